@@ -1,0 +1,1 @@
+"""Dagster-free corpus ingest: read, validate, normalize and shard images, MIDI and video."""

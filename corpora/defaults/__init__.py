@@ -1,0 +1,40 @@
+"""Default corpora, written from data that installed packages ship; nothing is downloaded.
+
+Each module here has `write_default_corpus(folder)`; `seed_if_empty` runs it into a
+temporary sibling folder and renames that into place, so a killed seeding leaves no
+half-filled corpus behind that would later pass for a user's data.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+from pathlib import Path
+
+DEFAULT_CORPORA = {
+    "images": "corpora.defaults.images",
+    "painting": "corpora.defaults.painting",
+    "midi": "corpora.defaults.midi",
+    "video": "corpora.defaults.video",
+}
+
+
+def is_empty(folder: Path) -> bool:
+    return not folder.exists() or not any(p for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def seed_if_empty(corpus: str, folder: str | Path) -> int:
+    """Fill `folder` with the default `corpus` if it is missing or empty; returns files written."""
+    folder = Path(folder)
+    if not is_empty(folder):
+        return 0
+    module = importlib.import_module(DEFAULT_CORPORA[corpus])
+    staging = folder.with_name(f".{folder.name}.seeding")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    written = module.write_default_corpus(staging)
+    os.sync()  # the files' contents reach the disk before the rename makes them the corpus
+    if folder.exists():
+        shutil.rmtree(folder)
+    staging.rename(folder)
+    return written

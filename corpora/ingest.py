@@ -1,0 +1,381 @@
+"""The ingest engine shared by every corpus: scan, decode in workers, dedupe, shard, manifest.
+
+A modality (images, MIDI, video) supplies only how one file becomes rows; everything a
+corpus promises (atomic shards, a rejected-files table, accounting of every file, a
+manifest whose hash is the data version, no work when nothing changed) lives here once.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from corpora.atomic import atomic_write_json, remove_stale_temporaries
+from corpora.hashing import heldout_split, sha256_file, sha256_json
+from corpora.shards import ShardInfo, TableSpec, tensor_table, write_parquet, write_shards
+from corpora.workers import ItemFailure, map_isolated
+
+MANIFEST_NAME = "manifest.json"
+REJECTED_TABLE = "rejected"
+LINEAGE_COLUMNS: dict[str, pa.DataType] = {
+    "source_path": pa.string(),
+    "sha256": pa.string(),
+    "split": pa.string(),
+}
+REJECTED_SCHEMA = pa.schema(
+    [
+        ("source_path", pa.string()),
+        ("sha256", pa.string()),
+        ("stage", pa.string()),
+        ("error_type", pa.string()),
+        ("message", pa.string()),
+    ]
+)
+VERSIONS_KEPT = 2  # the current shards and the previous ones, which a running reader may hold
+
+log = logging.getLogger(__name__)
+
+
+class Rejected(Exception):
+    """Raised by a decoder for a file it refuses, with the stage that found the problem."""
+
+    def __init__(self, message: str, stage: str = "validate", error_type: str | None = None):
+        super().__init__(message)
+        self.stage = stage
+        self.error_type = error_type
+
+
+@dataclass
+class TableRows:
+    """Rows for one table: a stacked (N, *shape) tensor array (None for a plain table) and columns."""
+
+    tensors: np.ndarray | None
+    columns: dict[str, list] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        if self.tensors is not None:
+            return len(self.tensors)
+        return len(next(iter(self.columns.values()), []))
+
+
+@dataclass
+class DecodedFile:
+    """What one source file contributes: rows per output table, and a hash of its content."""
+
+    content_hash: str
+    tables: dict[str, TableRows]
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    """How to run an ingest; none of it changes the content of the shards except the split."""
+
+    heldout_percent: int = 10
+    shard_megabytes: int = 64
+    workers: int = 2
+    timeout_s: float = 30.0
+    chunk_size: int | None = None  # None: the modality's own choice
+
+
+@dataclass(frozen=True)
+class DecodeTask:
+    """One file for a worker: where it is, its path inside the corpus, and the corpus config."""
+
+    path: str
+    relpath: str
+    config: Any
+
+
+@dataclass(frozen=True)
+class Modality:
+    """A kind of corpus: how one file becomes rows, and what the output tables look like.
+
+    `decode` must be a module-level function (it is sent to worker processes by name) that
+    returns a DecodedFile or raises (preferably `Rejected`, with a reason a person can act on).
+    """
+
+    name: str
+    code_version: str
+    extensions: frozenset[str]
+    table_specs: Callable[[Any], list[TableSpec]]
+    decode: Callable[[DecodeTask], DecodedFile]
+    chunk_size: int = 16  # files per message to a worker: large for cheap files, 1 for slow ones
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    path: Path
+    relpath: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Rejection:
+    source_path: str
+    sha256: str
+    stage: str
+    error_type: str
+    message: str
+
+
+@dataclass
+class IngestReport:
+    corpus: str
+    manifest: dict
+    manifest_path: Path
+    reused: bool
+    elapsed_s: float
+    rejections: list[Rejection]
+
+    @property
+    def counts(self) -> dict:
+        return self.manifest["counts"]
+
+    @property
+    def version(self) -> str:
+        return self.manifest["version"]
+
+    def shard_paths(self, table: str) -> list[Path]:
+        return shard_paths(self.manifest_path, table)
+
+
+def scan(raw_dir: Path) -> list[SourceFile]:
+    """Every non-hidden file under `raw_dir`, sorted, with its content hash."""
+    files = []
+    for root, dirs, names in os.walk(raw_dir):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(names):
+            if name.startswith("."):
+                continue
+            path = Path(root) / name
+            files.append(
+                SourceFile(
+                    path=path,
+                    relpath=path.relative_to(raw_dir).as_posix(),
+                    size=path.stat().st_size,
+                    sha256=sha256_file(path),
+                )
+            )
+    return files
+
+
+def load_manifest(manifest_path: Path) -> dict | None:
+    import json
+
+    try:
+        return json.loads(Path(manifest_path).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def shard_paths(manifest_path: Path, table: str) -> list[Path]:
+    manifest = load_manifest(manifest_path)
+    if manifest is None:
+        raise FileNotFoundError(f"no manifest at {manifest_path}")
+    return [manifest_path.parent / shard["path"] for shard in manifest["tables"][table]["shards"]]
+
+
+def _manifest_is_usable(manifest: dict | None, out_dir: Path, fingerprint: str) -> bool:
+    if not manifest or manifest.get("input_fingerprint") != fingerprint:
+        return False
+    files = [shard for table in manifest["tables"].values() for shard in table["shards"]]
+    files.append(manifest["rejected"])
+    return all(
+        (out_dir / f["path"]).is_file() and (out_dir / f["path"]).stat().st_size == f["bytes"]
+        for f in files
+    )
+
+
+def ingest(
+    modality: Modality,
+    config: Any,
+    raw_dir: str | Path,
+    out_dir: str | Path,
+    settings: IngestSettings = IngestSettings(),
+    progress: Callable[[str], None] = log.info,
+) -> IngestReport:
+    """Turn every file under `raw_dir` into shards under `out_dir`, or reuse the last result."""
+    started = time.monotonic()
+    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)
+    manifest_path = out_dir / MANIFEST_NAME
+
+    files = scan(raw_dir) if raw_dir.is_dir() else []
+    config_json = asdict(config)
+    fingerprint = sha256_json(
+        {
+            "code_version": modality.code_version,
+            "config": config_json,
+            "heldout_percent": settings.heldout_percent,
+            "shard_megabytes": settings.shard_megabytes,
+            "files": [(f.relpath, f.sha256) for f in files],
+        }
+    )
+    previous = load_manifest(manifest_path)
+    if _manifest_is_usable(previous, out_dir, fingerprint):
+        progress(f"{modality.name}: {len(files)} files unchanged, reusing version {previous['version'][:12]}")
+        rejections = read_rejections(out_dir / previous["rejected"]["path"])
+        return IngestReport(modality.name, previous, manifest_path, True, time.monotonic() - started, rejections)
+
+    progress(f"{modality.name}: decoding {len(files)} files from {raw_dir}")
+    rejections, duplicates, accepted = _decode_all(modality, config, files, settings, progress)
+
+    version_dir = out_dir / f"v-{fingerprint[:16]}"
+    shutil.rmtree(version_dir, ignore_errors=True)  # leftovers of a killed run with the same input
+    version_dir.mkdir(parents=True)
+    tables = _write_tables(modality.table_specs(config), accepted, settings, version_dir, out_dir)
+    rejected_info = _write_rejected(rejections, version_dir / f"{REJECTED_TABLE}.parquet", out_dir)
+
+    manifest = {
+        "corpus": modality.name,
+        "code_version": modality.code_version,
+        "config": config_json,
+        "config_hash": sha256_json(config_json),
+        "heldout_percent": settings.heldout_percent,
+        "source_dir": str(raw_dir.resolve()),
+        "input_fingerprint": fingerprint,
+        "counts": {
+            "seen": len(files),
+            "ingested": len(accepted),
+            "rejected": len(rejections),
+            "duplicates": len(duplicates),
+            "reject_rate": len(rejections) / len(files) if files else 0.0,
+            "rows": {name: table["rows"] for name, table in tables.items()},
+        },
+        "tables": tables,
+        "rejected": rejected_info,
+        "duplicates": duplicates,
+    }
+    manifest["version"] = sha256_json(manifest)
+    manifest["created_at"] = datetime.now(timezone.utc).isoformat()
+    atomic_write_json(manifest_path, manifest)  # the commit point: readers now see the new shards
+    _remove_old_versions(out_dir, keep=version_dir.name)
+
+    counts = manifest["counts"]
+    progress(
+        f"{modality.name}: {counts['seen']} seen = {counts['ingested']} ingested + "
+        f"{counts['rejected']} rejected + {counts['duplicates']} duplicates; rows {counts['rows']}"
+    )
+    return IngestReport(modality.name, manifest, manifest_path, False, time.monotonic() - started, rejections)
+
+
+def _decode_all(modality, config, files: Sequence[SourceFile], settings: IngestSettings, progress):
+    rejections: list[Rejection] = []
+    duplicates: list[dict] = []
+    to_decode: list[SourceFile] = []
+    first_by_file_hash: dict[str, str] = {}
+    for f in files:
+        if Path(f.relpath).suffix.lower() not in modality.extensions:
+            rejections.append(
+                Rejection(f.relpath, f.sha256, "scan", "UnsupportedExtension",
+                          f"{Path(f.relpath).suffix or 'no extension'} is not one of {sorted(modality.extensions)}")
+            )
+        elif f.size == 0:
+            rejections.append(Rejection(f.relpath, f.sha256, "read", "EmptyFile", "the file has zero bytes"))
+        elif f.sha256 in first_by_file_hash:
+            duplicates.append({"source_path": f.relpath, "duplicate_of": first_by_file_hash[f.sha256]})
+        else:
+            first_by_file_hash[f.sha256] = f.relpath
+            to_decode.append(f)
+
+    results: dict[int, Any] = {}
+    last_report = time.monotonic()
+    items = [DecodeTask(str(f.path), f.relpath, config) for f in to_decode]
+    for index, result in map_isolated(
+        modality.decode, items, workers=settings.workers, timeout_s=settings.timeout_s,
+        chunk_size=settings.chunk_size or modality.chunk_size,
+    ):
+        results[index] = result
+        if time.monotonic() - last_report > 10:
+            progress(f"{modality.name}: decoded {len(results)}/{len(items)} files")
+            last_report = time.monotonic()
+
+    accepted: list[tuple[SourceFile, DecodedFile]] = []
+    first_by_content: dict[str, str] = {}
+    for index, f in enumerate(to_decode):  # in path order, so the first copy always wins
+        result = results[index]
+        if isinstance(result, ItemFailure):
+            rejections.append(Rejection(f.relpath, f.sha256, result.stage, result.error_type, result.message))
+        elif result.content_hash in first_by_content:
+            duplicates.append({"source_path": f.relpath, "duplicate_of": first_by_content[result.content_hash]})
+        else:
+            first_by_content[result.content_hash] = f.relpath
+            accepted.append((f, result))
+    rejections.sort(key=lambda r: r.source_path)
+    duplicates.sort(key=lambda d: d["source_path"])
+    return rejections, duplicates, accepted
+
+
+def _write_tables(specs, accepted, settings, version_dir: Path, out_dir: Path) -> dict:
+    tables = {}
+    for spec in specs:
+        full_spec = TableSpec(spec.name, spec.tensor, {**spec.columns, **LINEAGE_COLUMNS})
+        tensors, columns = [], {name: [] for name in full_spec.columns}
+        for source, decoded in accepted:
+            rows = decoded.tables.get(spec.name)
+            if rows is None or len(rows) == 0:
+                continue
+            count = len(rows)
+            if spec.tensor is not None:
+                tensors.append(rows.tensors)
+            for name in spec.columns:
+                columns[name].extend(rows.columns[name])
+            columns["source_path"].extend([source.relpath] * count)
+            columns["sha256"].extend([source.sha256] * count)
+            columns["split"].extend([heldout_split(source.sha256, settings.heldout_percent)] * count)
+        if spec.tensor is None:
+            stacked = None
+        elif tensors:
+            stacked = np.concatenate(tensors)
+        else:
+            stacked = np.empty((0, *spec.tensor.shape), dtype=spec.tensor.dtype)
+        table = tensor_table(full_spec, stacked, columns)
+        shards: list[ShardInfo] = write_shards(table, full_spec, version_dir, out_dir, settings.shard_megabytes)
+        tensor = spec.tensor
+        tables[spec.name] = {
+            "tensor": {"column": tensor.name, "shape": list(tensor.shape), "dtype": tensor.dtype} if tensor else None,
+            "columns": [field.name for field in full_spec.schema()],
+            "rows": len(table),
+            "shards": [shard.to_json() for shard in shards],
+        }
+    return tables
+
+
+def _write_rejected(rejections: list[Rejection], path: Path, out_dir: Path) -> dict:
+    table = pa.Table.from_pylist([asdict(r) for r in rejections], schema=REJECTED_SCHEMA)
+    write_parquet(table, path)
+    return {"path": str(path.relative_to(out_dir)), "rows": len(rejections), "bytes": path.stat().st_size}
+
+
+def _remove_old_versions(out_dir: Path, keep: str) -> None:
+    versions = sorted(
+        (d for d in out_dir.glob("v-*") if d.is_dir() and d.name != keep),
+        key=lambda d: d.stat().st_mtime,
+        reverse=True,
+    )
+    for stale in versions[VERSIONS_KEPT - 1 :]:
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def read_rejections(path: Path) -> list[Rejection]:
+    import pyarrow.parquet as pq
+
+    return [Rejection(**row) for row in pq.read_table(path).to_pylist()]
+
+
+def rejected_counts(rejections: Sequence[Rejection]) -> Mapping[str, int]:
+    counts: dict[str, int] = {}
+    for r in rejections:
+        counts[r.error_type] = counts.get(r.error_type, 0) + 1
+    return counts

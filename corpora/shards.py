@@ -1,0 +1,176 @@
+"""Parquet shards that carry fixed-shape tensors.
+
+A tensor column is `fixed_size_binary(prod(shape) * itemsize)`: one contiguous buffer that
+reads back into numpy without a per-element decode (a `list<uint8>` column is ~10x slower,
+see shared/research/ecosystem.md). The shape and dtype travel in the schema metadata under
+`atelier.tensor.<column>`, so a shard describes itself.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from corpora.atomic import atomic_write
+from corpora.hashing import sha256_file
+
+TENSOR_METADATA_PREFIX = "atelier.tensor."
+COMPRESSION = "zstd"
+MIN_ROW_GROUP, MAX_ROW_GROUP = 1024, 4096
+
+
+@dataclass(frozen=True)
+class TensorColumn:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "uint8"
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * np.dtype(self.dtype).itemsize
+
+    def metadata(self) -> dict[bytes, bytes]:
+        value = {"shape": list(self.shape), "dtype": self.dtype}
+        return {(TENSOR_METADATA_PREFIX + self.name).encode(): json.dumps(value).encode()}
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """What one output table of a corpus looks like: a tensor column (or none) plus plain columns."""
+
+    name: str
+    tensor: TensorColumn | None
+    columns: Mapping[str, pa.DataType] = field(default_factory=dict)
+
+    def schema(self) -> pa.Schema:
+        fields = [pa.field(name, dtype) for name, dtype in self.columns.items()]
+        if self.tensor is None:
+            return pa.schema(fields)
+        tensor_field = pa.field(self.tensor.name, pa.binary(self.tensor.nbytes), nullable=False)
+        return pa.schema([tensor_field, *fields], metadata=self.tensor.metadata())
+
+    @property
+    def row_nbytes(self) -> int:
+        # the tensor plus a rough allowance for the plain columns, to size shards
+        return (self.tensor.nbytes if self.tensor else 0) + 16 * len(self.columns) + 96
+
+
+def tensor_table(spec: TableSpec, tensors: np.ndarray | None, columns: Mapping[str, Sequence]) -> pa.Table:
+    """Build a table from a stacked tensor array (N, *shape) and plain column values."""
+    schema = spec.schema()
+    plain = [pa.array(columns[name], type=schema.field(name).type) for name in spec.columns]
+    if spec.tensor is None:
+        return pa.Table.from_arrays(plain, schema=schema)
+    tensors = np.ascontiguousarray(tensors, dtype=spec.tensor.dtype)
+    expected = (len(tensors), *spec.tensor.shape)
+    if tensors.shape != expected:
+        raise ValueError(f"{spec.name}.{spec.tensor.name}: shape {tensors.shape} != {expected}")
+    buffer = pa.py_buffer(tensors.tobytes())
+    tensor_array = pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(spec.tensor.nbytes), len(tensors), [None, buffer]
+    )
+    return pa.Table.from_arrays([tensor_array, *plain], schema=schema)
+
+
+def tensor_column_of(schema: pa.Schema, column: str) -> TensorColumn:
+    raw = (schema.metadata or {}).get((TENSOR_METADATA_PREFIX + column).encode())
+    if raw is None:
+        raise KeyError(f"column {column!r} carries no tensor metadata")
+    value = json.loads(raw)
+    return TensorColumn(column, tuple(value["shape"]), value["dtype"])
+
+
+def tensors_from_table(table: pa.Table, column: str) -> np.ndarray:
+    """The tensor column as one (N, *shape) numpy array."""
+    spec = tensor_column_of(table.schema, column)
+    chunks = table.column(column).chunks
+    parts = [
+        np.frombuffer(chunk.buffers()[1], dtype=np.uint8)[
+            chunk.offset * spec.nbytes : (chunk.offset + len(chunk)) * spec.nbytes
+        ]
+        for chunk in chunks
+        if len(chunk)
+    ]
+    flat = np.concatenate(parts) if parts else np.empty(0, dtype=np.uint8)
+    return flat.view(spec.dtype).reshape(len(table), *spec.shape)
+
+
+def read_shards(paths: Iterable[str | Path], columns: Sequence[str] | None = None) -> pa.Table:
+    tables = [pq.read_table(path, columns=columns) for path in paths]
+    if not tables:
+        raise ValueError("no shards to read")
+    return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+
+
+def row_group_size_for(row_nbytes: int, target_group_bytes: int = 8 << 20) -> int:
+    return int(min(MAX_ROW_GROUP, max(MIN_ROW_GROUP, target_group_bytes // max(row_nbytes, 1))))
+
+
+def write_parquet(table: pa.Table, path: str | Path, row_group_size: int | None = None) -> Path:
+    """Write one Parquet file atomically (temp file beside it, fsync, rename)."""
+    def write(file) -> None:
+        pq.write_table(
+            table,
+            file,
+            compression=COMPRESSION,
+            row_group_size=row_group_size or MAX_ROW_GROUP,
+            write_statistics=False,
+        )
+
+    return atomic_write(path, write)
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    path: str  # relative to the corpus output folder
+    rows: int
+    sha256: str
+    bytes: int
+
+    def to_json(self) -> dict:
+        return {"path": self.path, "rows": self.rows, "sha256": self.sha256, "bytes": self.bytes}
+
+
+def write_shards(
+    table: pa.Table,
+    spec: TableSpec,
+    folder: Path,
+    relative_to: Path,
+    shard_megabytes: int,
+) -> list[ShardInfo]:
+    """Split `table` into shards of about `shard_megabytes` and write each atomically."""
+    row_nbytes = spec.row_nbytes
+    rows_per_shard = max(1, (shard_megabytes << 20) // row_nbytes)
+    group = row_group_size_for(row_nbytes)
+    shards = []
+    for index, start in enumerate(range(0, max(len(table), 1), rows_per_shard)):
+        part = table.slice(start, rows_per_shard)
+        path = folder / f"{spec.name}-{index:05d}.parquet"
+        write_parquet(part, path, row_group_size=group)
+        shards.append(
+            ShardInfo(
+                path=str(path.relative_to(relative_to)),
+                rows=len(part),
+                sha256=sha256_file(path),
+                bytes=path.stat().st_size,
+            )
+        )
+    return shards
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """Encode a uint8 HxW or HxWxC array as PNG (for previews and galleries)."""
+    from PIL import Image
+
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    out = io.BytesIO()
+    Image.fromarray(image).save(out, format="PNG", optimize=True)
+    return out.getvalue()

@@ -1,0 +1,168 @@
+"""Run a decoder over many files in worker processes, with a time limit per file.
+
+Native decoders (MIDI, video) can hang or crash the process on a malformed file. Files are
+sent to workers in chunks (cheap), and a chunk whose worker crashes or overruns its time is
+split and its files retried one at a time, so the culprit is found and everything else in
+the chunk is still decoded.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ItemFailure:
+    """Why one item produced no result."""
+
+    stage: str
+    error_type: str
+    message: str
+
+
+def failure_from_exception(exc: BaseException) -> ItemFailure:
+    return ItemFailure(
+        stage=getattr(exc, "stage", "decode"),
+        error_type=getattr(exc, "error_type", None) or type(exc).__name__,
+        message=str(exc) or repr(exc),
+    )
+
+
+def _call(fn: Callable[[Any], Any], item: Any) -> Any:
+    try:
+        return fn(item)
+    except Exception as exc:  # noqa: BLE001 - any decoder error rejects this one file
+        return failure_from_exception(exc)
+
+
+def _worker_main(conn: Connection, fn: Callable[[Any], Any]) -> None:
+    while True:
+        try:
+            message = conn.recv()
+        except EOFError:
+            return
+        if message is None:
+            return
+        chunk_id, items = message
+        conn.send((chunk_id, [_call(fn, item) for item in items]))
+
+
+@dataclass
+class _Chunk:
+    indices: list[int]
+    isolated: bool  # a single file being retried on its own
+
+
+class _Worker:
+    def __init__(self, ctx, fn):
+        self.conn, child_conn = ctx.Pipe()
+        self.process = ctx.Process(target=_worker_main, args=(child_conn, fn), daemon=True)
+        self.process.start()
+        child_conn.close()
+        self.chunk: _Chunk | None = None
+        self.chunk_id = -1
+        self.deadline = float("inf")
+
+    def stop(self, kill: bool = False) -> None:
+        if kill:
+            self.process.kill()
+        else:
+            try:
+                self.conn.send(None)
+            except (BrokenPipeError, OSError):
+                self.process.kill()
+        self.process.join(timeout=5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.conn.close()
+
+
+def map_isolated(
+    fn: Callable[[Any], Any],
+    items: Sequence[Any],
+    *,
+    workers: int,
+    timeout_s: float,
+    chunk_size: int = 16,
+    start_method: str = "forkserver",
+) -> Iterator[tuple[int, Any]]:
+    """Yield `(index, fn(items[index]) or ItemFailure)` for every item, in completion order.
+
+    `fn` must be importable (a module-level function). An exception inside `fn` becomes an
+    ItemFailure for that item; a crash or a timeout of the worker does too, after retrying
+    the other items of its chunk.
+    """
+    if not items:
+        return
+    ctx = multiprocessing.get_context(start_method)
+    pending: deque[_Chunk] = deque(
+        _Chunk(list(range(start, min(start + chunk_size, len(items)))), isolated=chunk_size == 1)
+        for start in range(0, len(items), chunk_size)
+    )
+    pool = [_Worker(ctx, fn) for _ in range(max(1, min(workers, len(pending))))]
+    next_chunk_id = 0
+    outstanding = len(items)
+
+    def retry_or_fail(worker: _Worker, reason: ItemFailure) -> list[tuple[int, Any]]:
+        chunk = worker.chunk
+        worker.chunk = None
+        if chunk.isolated:
+            return [(chunk.indices[0], reason)]
+        pending.extendleft(_Chunk([index], isolated=True) for index in reversed(chunk.indices))
+        return []
+
+    try:
+        while outstanding:
+            for position, worker in enumerate(pool):
+                if worker.chunk is None and pending:
+                    if not worker.process.is_alive():
+                        worker.stop(kill=True)
+                        pool[position] = worker = _Worker(ctx, fn)
+                    chunk = pending.popleft()
+                    worker.chunk, worker.chunk_id = chunk, next_chunk_id
+                    worker.deadline = time.monotonic() + timeout_s * len(chunk.indices)
+                    next_chunk_id += 1
+                    worker.conn.send((worker.chunk_id, [items[i] for i in chunk.indices]))
+
+            busy = [w for w in pool if w.chunk is not None]
+            wait_for = min(w.deadline for w in busy) - time.monotonic()
+            ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy], max(0.0, wait_for))
+
+            finished: list[tuple[int, Any]] = []
+            for position, worker in enumerate(pool):
+                if worker.chunk is None:
+                    continue
+                if worker.conn in ready:
+                    try:
+                        chunk_id, results = worker.conn.recv()
+                    except (EOFError, OSError):
+                        chunk_id, results = None, None
+                    if chunk_id == worker.chunk_id:
+                        finished += zip(worker.chunk.indices, results)
+                        worker.chunk = None
+                        continue
+                if worker.conn in ready or worker.process.sentinel in ready:
+                    worker.process.join(timeout=1)
+                    code = worker.process.exitcode
+                    failure = ItemFailure("decode", "WorkerCrashed", f"decoder process died (exit code {code})")
+                    finished += retry_or_fail(worker, failure)
+                    worker.stop(kill=True)
+                    pool[position] = _Worker(ctx, fn)
+                elif time.monotonic() >= worker.deadline:
+                    failure = ItemFailure("decode", "Timeout", f"decoding took longer than {timeout_s:g} s")
+                    finished += retry_or_fail(worker, failure)
+                    worker.stop(kill=True)
+                    pool[position] = _Worker(ctx, fn)
+            for index, result in finished:
+                outstanding -= 1
+                yield index, result
+    finally:
+        for worker in pool:
+            worker.stop(kill=worker.chunk is not None)

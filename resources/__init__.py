@@ -1,0 +1,1 @@
+"""Dagster resources: storage paths, compute settings and the MLflow registry."""
