@@ -1,0 +1,1 @@
+"""Dagster assets: thin wrappers that read config, call corpora/ and models/, report metadata."""

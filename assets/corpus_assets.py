@@ -1,0 +1,148 @@
+"""Shared plumbing of the ingest assets: config, metadata and the asset checks they report."""
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import dagster as dg
+import pyarrow.parquet as pq
+
+from corpora.defaults import seed_if_empty
+from corpora.ingest import IngestReport, IngestSettings, Modality, ingest
+from corpora.shards import TableSpec
+from resources.compute import ComputeResource
+from resources.storage import StorageResource
+
+GROUP = "corpora"
+REJECT_RATE_CHECK, SCHEMA_CHECK, NOT_EMPTY_CHECK = "reject_rate", "schema_matches", "not_empty"
+MAX_REJECTIONS_SHOWN = 20
+
+
+class IngestConfig(dg.Config):
+    """Options every corpus shares. Corpus-specific options live in the subclasses."""
+
+    source_dir: str = ""  # empty: <data_root>/raw/<corpus>, seeded with the default corpus when empty
+    seed_defaults: bool = True
+    heldout_percent: int = IngestSettings.heldout_percent
+    shard_megabytes: int = IngestSettings.shard_megabytes
+    timeout_s: float = IngestSettings.timeout_s
+    max_reject_rate: float = 0.05  # the blocking check fails above this share of rejected files
+
+    def settings(self, compute: ComputeResource) -> IngestSettings:
+        return IngestSettings(
+            heldout_percent=self.heldout_percent,
+            shard_megabytes=self.shard_megabytes,
+            workers=compute.threads,
+            timeout_s=self.timeout_s,
+        )
+
+
+def corpus_check_specs(asset_name: str) -> list[dg.AssetCheckSpec]:
+    return [
+        dg.AssetCheckSpec(REJECT_RATE_CHECK, asset=asset_name, blocking=True,
+                          description="Share of rejected files is at most max_reject_rate."),
+        dg.AssetCheckSpec(SCHEMA_CHECK, asset=asset_name, blocking=True,
+                          description="Every shard on disk has the schema and tensor metadata the corpus promises."),
+        dg.AssetCheckSpec(NOT_EMPTY_CHECK, asset=asset_name, blocking=True,
+                          description="At least one file was ingested and the main table has rows."),
+    ]
+
+
+def materialize_corpus(
+    context: dg.AssetExecutionContext,
+    corpus: str,
+    modality: Modality,
+    corpus_config,
+    config: IngestConfig,
+    storage: StorageResource,
+    compute: ComputeResource,
+    preview: "callable",
+) -> dg.MaterializeResult:
+    """Seed (if needed), ingest, and report one corpus as a MaterializeResult."""
+    raw_dir = Path(config.source_dir) if config.source_dir else storage.raw_dir(corpus)
+    if not config.source_dir and config.seed_defaults:
+        seeded = seed_if_empty(corpus, raw_dir)
+        if seeded:
+            context.log.info(f"seeded {seeded} default {corpus} files into {raw_dir}")
+    report = ingest(
+        modality, corpus_config, raw_dir, storage.shards_dir(corpus),
+        settings=config.settings(compute), progress=context.log.info,
+    )
+    specs = modality.table_specs(corpus_config)
+    return dg.MaterializeResult(
+        metadata=_metadata(report, raw_dir, preview),
+        data_version=dg.DataVersion(report.version),
+        check_results=_check_results(report, specs, config.max_reject_rate),
+    )
+
+
+def _metadata(report: IngestReport, raw_dir: Path, preview) -> dict:
+    counts = report.counts
+    metadata = {
+        "files_seen": counts["seen"],
+        "ingested": counts["ingested"],
+        "rejected": counts["rejected"],
+        "duplicates": counts["duplicates"],
+        "reject_rate": dg.MetadataValue.float(float(counts["reject_rate"])),
+        "accounted_for": counts["seen"] == counts["ingested"] + counts["rejected"] + counts["duplicates"],
+        **{f"rows_{table}": rows for table, rows in counts["rows"].items()},
+        "data_version": report.version,
+        "decoded_this_run": not report.reused,
+        "elapsed_s": round(report.elapsed_s, 2),
+        "source_dir": dg.MetadataValue.path(str(raw_dir)),
+        "manifest": dg.MetadataValue.path(str(report.manifest_path)),
+        "shards": dg.MetadataValue.json(
+            {table: [shard["path"] for shard in info["shards"]] for table, info in report.manifest["tables"].items()}
+        ),
+    }
+    if report.rejections:
+        metadata["rejections"] = dg.MetadataValue.md(_rejections_markdown(report))
+    picture = preview(report)
+    if picture is not None:
+        encoded = base64.b64encode(picture).decode("ascii")
+        metadata["preview"] = dg.MetadataValue.md(f"![preview](data:image/png;base64,{encoded})")
+    return metadata
+
+
+def _rejections_markdown(report: IngestReport) -> str:
+    lines = ["| file | stage | error | reason |", "|---|---|---|---|"]
+    for r in report.rejections[:MAX_REJECTIONS_SHOWN]:
+        cells = [r.source_path, r.stage, r.error_type, r.message[:160]]
+        lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
+    if len(report.rejections) > MAX_REJECTIONS_SHOWN:
+        lines.append(f"\n…and {len(report.rejections) - MAX_REJECTIONS_SHOWN} more in the rejected table")
+    return "\n".join(lines)
+
+
+def _check_results(report: IngestReport, specs: list[TableSpec], max_reject_rate: float) -> list[dg.AssetCheckResult]:
+    counts = report.counts
+    schema_problems = []
+    for spec in specs:
+        expected = spec.schema()
+        for shard in report.manifest["tables"][spec.name]["shards"]:
+            actual = pq.read_schema(report.manifest_path.parent / shard["path"])
+            for field in expected:
+                if actual.get_field_index(field.name) < 0 or actual.field(field.name).type != field.type:
+                    schema_problems.append(f"{shard['path']}: column {field.name} ({field.type}) missing or mistyped")
+            for key, value in (expected.metadata or {}).items():
+                if (actual.metadata or {}).get(key) != value:
+                    schema_problems.append(f"{shard['path']}: tensor metadata {key.decode()} differs")
+    main_rows = counts["rows"].get(specs[0].name, 0)
+    return [
+        dg.AssetCheckResult(
+            check_name=REJECT_RATE_CHECK,
+            passed=counts["reject_rate"] <= max_reject_rate,
+            metadata={"reject_rate": float(counts["reject_rate"]), "threshold": max_reject_rate,
+                      "rejected": counts["rejected"], "files_seen": counts["seen"]},
+        ),
+        dg.AssetCheckResult(
+            check_name=SCHEMA_CHECK,
+            passed=not schema_problems,
+            metadata={"problems": dg.MetadataValue.json(schema_problems[:20])},
+        ),
+        dg.AssetCheckResult(
+            check_name=NOT_EMPTY_CHECK,
+            passed=counts["ingested"] > 0 and main_rows > 0,
+            metadata={"ingested": counts["ingested"], f"rows_{specs[0].name}": main_rows},
+        ),
+    ]

@@ -1,0 +1,1 @@
+"""Dagster wiring: the code location, jobs and the command line."""

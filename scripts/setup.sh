@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Sets up everything Atelier needs on Debian with Python 3.11: the Debian packages that hold
+# default data and audio rendering, a virtualenv in .venv, and the project with its pins.
+# Idempotent: a second run checks and returns in a few seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEBIAN_PACKAGES=(dataset-fashion-mnist fluidsynth)
+missing=()
+for package in "${DEBIAN_PACKAGES[@]}"; do
+  dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  echo "installing Debian packages: ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+python=$(command -v python3.11 || command -v python3)
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+
+# Reinstall only when the pins change.
+stamp=.venv/.atelier-pyproject.sha256
+wanted=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+  .venv/bin/pip install --quiet --upgrade pip
+  .venv/bin/pip install --quiet -e ".[test]"
+  echo "$wanted" > "$stamp"
+fi
+echo "set-up done: .venv is ready"

@@ -1,0 +1,66 @@
+"""The code location loads, validates with Dagster's own CLI, and its asset graph is pinned.
+
+The snapshot catches an unintended lineage change (a renamed asset, a lost dependency, a
+dropped check). After an intended change, refresh it with
+`ATELIER_UPDATE_SNAPSHOTS=1 .venv/bin/python -m pytest tests/test_definitions.py`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+
+from pipelines.definitions import defs
+
+PROJECT = Path(__file__).resolve().parents[1]
+SNAPSHOT = Path(__file__).parent / "snapshots" / "asset_graph.json"
+
+
+def asset_graph() -> dict:
+    graph = {}
+    repository = defs.get_repository_def()
+    asset_graph = repository.asset_graph
+    for key in sorted(asset_graph.get_all_asset_keys(), key=lambda k: k.to_user_string()):
+        node = asset_graph.get(key)
+        graph[key.to_user_string()] = {
+            "group": node.group_name,
+            "code_version": node.code_version,
+            "deps": sorted(parent.to_user_string() for parent in node.parent_keys),
+            "checks": sorted(
+                f"{spec.name}{' (blocking)' if spec.blocking else ''}"
+                for spec in map(asset_graph.get_check_spec, asset_graph.get_check_keys_for_assets([key]))
+            ),
+            "kinds": sorted(node.kinds),
+        }
+    graph["__jobs__"] = sorted(job.name for job in repository.get_all_jobs() if not job.name.startswith("__"))
+    return graph
+
+
+def test_asset_graph_matches_snapshot():
+    current = asset_graph()
+    if os.environ.get("ATELIER_UPDATE_SNAPSHOTS") or not SNAPSHOT.exists():
+        SNAPSHOT.parent.mkdir(exist_ok=True)
+        SNAPSHOT.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
+    assert current == json.loads(SNAPSHOT.read_text())
+
+
+def test_definitions_load_and_resolve_jobs():
+    dg.Definitions.validate_loadable(defs)
+    main = defs.resolve_job_def("main")
+    assert {key.to_user_string() for key in main.asset_layer.executable_asset_keys} >= {
+        "image_corpus", "painting_corpus", "midi_corpus", "video_corpus"
+    }
+
+
+def test_dagster_cli_validates_the_workspace(tmp_path):
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "ATELIER_DATA_ROOT": str(tmp_path / "data")}
+    completed = subprocess.run(
+        [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=PROJECT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "Validation successful" in completed.stdout + completed.stderr

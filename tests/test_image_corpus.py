@@ -1,0 +1,201 @@
+"""The image and painting ingest assets, materialized by Dagster on files the tests write."""
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from assets.ingest import image_corpus, painting_corpus
+from corpora.ingest import load_manifest
+from corpora.shards import read_shards, tensors_from_table
+from tests.conftest import check_outcomes, data_version_of, materialization_metadata
+
+RESOLUTION = 16
+
+
+def random_image(rng: np.random.Generator, size=(RESOLUTION, RESOLUTION), channels=1) -> np.ndarray:
+    shape = (*size, channels) if channels > 1 else size
+    return rng.integers(0, 256, size=shape, dtype=np.uint8)
+
+
+def write_labelled_corpus(raw: Path, seed: int = 0) -> dict[str, np.ndarray]:
+    """Lossless files in several formats at the target size: stored pixels must equal these."""
+    rng = np.random.default_rng(seed)
+    written = {}
+    for label, extension in [("shoe", "png"), ("shoe", "bmp"), ("bag", "webp"), ("bag", "png"), ("coat", "gif")]:
+        for index in range(2):
+            pixels = random_image(rng)
+            path = raw / label / f"{extension}-{index}.{extension}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            options = {"lossless": True} if extension == "webp" else {}
+            Image.fromarray(pixels).save(path, **options)
+            written[f"{label}/{path.name}"] = pixels
+    return written
+
+
+def png_with_claimed_size(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height (with a valid CRC) but holds almost no data."""
+    out = io.BytesIO()
+    Image.new("L", (1, 1)).save(out, format="PNG")
+    data = bytearray(out.getvalue())
+    ihdr = struct.pack(">II", width, height) + bytes(data[24:29])
+    data[16:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr) & 0xFFFFFFFF)
+    return bytes(data)
+
+
+def stored_rows(metadata_manifest: str) -> tuple[np.ndarray, list[dict]]:
+    manifest_path = Path(metadata_manifest)
+    manifest = load_manifest(manifest_path)
+    table = read_shards(manifest_path.parent / s["path"] for s in manifest["tables"]["images"]["shards"])
+    return tensors_from_table(table, "pixels"), table.drop(["pixels"]).to_pylist()
+
+
+def test_ingest_stores_exact_pixels_labels_and_lineage(materialize_asset, data_root, tmp_path):
+    raw = tmp_path / "raw"
+    originals = write_labelled_corpus(raw)
+    result = materialize_asset(image_corpus, {"source_dir": str(raw), "resolution": RESOLUTION})
+    assert result.success
+    metadata = materialization_metadata(result, image_corpus)
+    assert (metadata["files_seen"], metadata["ingested"], metadata["rejected"]) == (10, 10, 0)
+    assert metadata["rows_images"] == 10 and metadata["accounted_for"] is True
+    assert "data:image/png;base64," in metadata["preview"]
+
+    pixels, rows = stored_rows(metadata["manifest"])
+    assert pixels.shape == (10, RESOLUTION, RESOLUTION, 1) and pixels.dtype == np.uint8
+    for stored, row in zip(pixels, rows):
+        np.testing.assert_array_equal(stored[:, :, 0], originals[row["source_path"]])
+        assert row["label"] == row["source_path"].split("/")[0]
+        assert row["split"] in {"train", "heldout"}
+        assert len(row["sha256"]) == 64
+    assert check_outcomes(result) == {"reject_rate": True, "schema_matches": True, "not_empty": True}
+
+
+def test_orientation_mode_and_resize(materialize_asset, tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    rng = np.random.default_rng(1)
+    tall = random_image(rng, size=(20, 10), channels=3)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    Image.fromarray(tall).save(raw / "rotated.png", exif=exif)
+    rgba = np.zeros((8, 8, 4), np.uint8)  # fully transparent: must come out white
+    Image.fromarray(rgba).save(raw / "transparent.png")
+
+    result = materialize_asset(
+        image_corpus, {"source_dir": str(raw), "resolution": 10, "channels": 3, "label_from_path": False}
+    )
+    pixels, rows = stored_rows(materialization_metadata(result, image_corpus)["manifest"])
+    by_name = dict(zip((r["source_path"] for r in rows), pixels))
+    upright = np.rot90(tall, k=-1)  # 10 x 20 once displayed
+    np.testing.assert_array_equal(by_name["rotated.png"], upright[:, 5:15])  # centre crop, no resize needed
+    assert (by_name["transparent.png"] == 255).all()
+    assert {r["source_path"]: (r["original_width"], r["original_height"]) for r in rows}["rotated.png"] == (20, 10)
+    assert all(r["label"] is None for r in rows)
+
+
+def test_bad_files_are_rejected_with_reasons_and_nothing_is_lost(materialize_asset, tmp_path):
+    raw = tmp_path / "raw"
+    write_labelled_corpus(raw)
+    good = raw / "shoe" / "png-0.png"
+    bad = raw / "bad"
+    bad.mkdir()
+    (bad / "empty.png").write_bytes(b"")
+    (bad / "truncated.png").write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    (bad / "noise.jpg").write_bytes(np.random.default_rng(2).bytes(3000))
+    (bad / "notes.png").write_text("this is a text file, not a picture\n")
+    (bad / "bomb.png").write_bytes(png_with_claimed_size(100_000, 100_000))
+    (bad / "readme.txt").write_text("not an image extension\n")
+    (raw / "shoe" / "z-copy-of-png-0.png").write_bytes(good.read_bytes())  # byte-identical
+    Image.open(good).save(raw / "shoe" / "z-same-pixels.bmp")  # same pixels, other format
+
+    config = {"source_dir": str(raw), "resolution": RESOLUTION, "max_reject_rate": 0.5}
+    result = materialize_asset(image_corpus, config)
+    assert result.success  # bad input never fails the run...
+    metadata = materialization_metadata(result, image_corpus)
+    assert (metadata["files_seen"], metadata["ingested"], metadata["rejected"], metadata["duplicates"]) == (18, 10, 6, 2)
+    assert metadata["accounted_for"] is True
+
+    manifest_path = Path(metadata["manifest"])
+    manifest = load_manifest(manifest_path)
+    rejected = {r["source_path"]: r for r in pq.read_table(manifest_path.parent / manifest["rejected"]["path"]).to_pylist()}
+    assert {k: v["error_type"] for k, v in rejected.items()} == {
+        "bad/empty.png": "EmptyFile",
+        "bad/truncated.png": "CorruptImage",
+        "bad/noise.jpg": "UnidentifiedImage",
+        "bad/notes.png": "UnidentifiedImage",
+        "bad/bomb.png": "DecompressionBomb",
+        "bad/readme.txt": "UnsupportedExtension",
+    }
+    assert "10,000,000,000 pixels" in rejected["bad/bomb.png"]["message"]
+    assert all(r["message"] and len(r["sha256"]) == 64 for r in rejected.values())
+    assert {d["source_path"]: d["duplicate_of"] for d in manifest["duplicates"]} == {
+        "shoe/z-copy-of-png-0.png": "shoe/png-0.png",
+        "shoe/z-same-pixels.bmp": "shoe/png-0.png",
+    }
+    assert "bad/bomb.png" in metadata["rejections"]
+
+    # ...unless the reject rate passes the threshold: then the blocking check stops the run,
+    # after the shards and the rejected table have been written for a person to inspect
+    strict = materialize_asset(image_corpus, {**config, "max_reject_rate": 0.05})
+    assert not strict.success
+    assert check_outcomes(strict)["reject_rate"] is False
+    assert materialization_metadata(strict, image_corpus)["rejected"] == 6
+
+
+def test_unchanged_input_decodes_nothing_and_any_change_moves_the_version(materialize_asset, tmp_path):
+    raw = tmp_path / "raw"
+    write_labelled_corpus(raw)
+    config = {"source_dir": str(raw), "resolution": RESOLUTION}
+
+    first = materialize_asset(image_corpus, config)
+    again = materialize_asset(image_corpus, config)
+    assert materialization_metadata(first, image_corpus)["decoded_this_run"] is True
+    assert materialization_metadata(again, image_corpus)["decoded_this_run"] is False
+    assert data_version_of(again, image_corpus) == data_version_of(first, image_corpus)
+
+    versions = {data_version_of(first, image_corpus)}
+    Image.fromarray(np.zeros((RESOLUTION, RESOLUTION), np.uint8)).save(raw / "bag" / "added.png")
+    versions.add(data_version_of(materialize_asset(image_corpus, config), image_corpus))
+    Image.fromarray(np.ones((RESOLUTION, RESOLUTION), np.uint8)).save(raw / "bag" / "added.png")
+    versions.add(data_version_of(materialize_asset(image_corpus, config), image_corpus))
+    (raw / "bag" / "added.png").unlink()
+    (raw / "bag" / "png-0.png").unlink()
+    versions.add(data_version_of(materialize_asset(image_corpus, config), image_corpus))
+    assert len(versions) == 4
+    # a config change is a change too
+    assert data_version_of(materialize_asset(image_corpus, {**config, "resolution": 8}), image_corpus) not in versions
+
+
+def test_painting_corpus_seeds_the_bundled_pictures_once(materialize_asset, data_root):
+    result = materialize_asset(painting_corpus, {})
+    assert result.success
+    metadata = materialization_metadata(result, painting_corpus)
+    seeded = sorted(p.name for p in (data_root / "raw" / "painting").iterdir())
+    assert "sklearn-china.jpg" in seeded and "skimage-astronaut.png" in seeded
+    assert metadata["files_seen"] == len(seeded) and metadata["rejected"] == 0
+    pixels, rows = stored_rows(metadata["manifest"])
+    assert pixels.shape[1:] == (128, 128, 3)
+    # astronaut.png is 512x512 RGB: the stored tensor is its area-downscaled copy
+    source = np.asarray(Image.open(data_root / "raw" / "painting" / "skimage-astronaut.png").convert("RGB"))
+    stored = pixels[[r["source_path"] for r in rows].index("skimage-astronaut.png")]
+    expected = source.reshape(128, 4, 128, 4, 3).mean(axis=(1, 3))
+    assert np.abs(stored.astype(float) - expected).max() <= 1.0
+
+    (data_root / "raw" / "painting" / "skimage-coffee.png").unlink()  # a user's edit is kept
+    second = materialize_asset(painting_corpus, {})
+    assert materialization_metadata(second, painting_corpus)["files_seen"] == len(seeded) - 1
+
+
+@pytest.mark.parametrize("channels", [0, 2, 4])
+def test_invalid_channel_config_is_refused(materialize_asset, tmp_path, channels):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    result = materialize_asset(image_corpus, {"source_dir": str(raw), "channels": channels})
+    assert not result.success
