@@ -15,6 +15,7 @@ telemetry:
   enabled: false
 """
 UI_HOST = "127.0.0.1"
+QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}  # the UI keeps the DEBUG events
 
 
 def ensure_dagster_home(data_root: Path) -> Path:
@@ -36,7 +37,9 @@ def run(job_name: str) -> int:
     home = ensure_dagster_home(data_root)
     defs.resources["mlflow"].initialize()  # create the tracking database once, before any fan-out
     with dg.DagsterInstance.get() as instance:
-        result = defs.resolve_job_def(job_name).execute_in_process(instance=instance, raise_on_error=False)
+        result = defs.resolve_job_def(job_name).execute_in_process(
+            instance=instance, raise_on_error=False, run_config=QUIET_LOGS
+        )
     print(f"\njob {job_name!r}: {'succeeded' if result.success else 'FAILED'} (run {result.run_id})")
     for event in result.get_asset_materialization_events():
         materialization = event.event_specific_data.materialization
