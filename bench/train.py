@@ -1,0 +1,235 @@
+"""Image GAN training throughput (and, with --quality, sample quality). Prints tables.
+
+    .venv/bin/python -m bench.train                      # throughput: pipeline vs plain loop, FLOP/s vs peak
+    .venv/bin/python -m bench.train --quality            # + fid_classifier of a demo-profile run
+    .venv/bin/python -m bench.train --quality --minutes 20 --bundle runs/demo/bundle.pt
+
+Throughput rows, interleaved in each repeat so that machine load hits them alike (medians):
+- pipeline: ImageGanFamily through models.trainer.fit, fed uint8 images as the corpus stores
+  them (converted per batch), with RNG/sampler bookkeeping and logging;
+- plain loop: the same networks and losses in a bare PyTorch loop on pre-converted float tensors.
+The FLOP count of one step comes from torch.utils.flop_counter.FlopCounterMode; the peak is a
+square matmul timed in the same run. On a shared machine, read the load average printed above
+the table before reading any number.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from models import metrics
+from models.image_gan import (
+    Discriminator, Generator, ImageGanConfig, ImageGanFamily, export_bundle, load_generator, sample, save_bundle,
+    to_unit_range,
+)
+from models.trainer import autocast_for, bf16_supported, fit
+
+MATMUL_SIZE, MATMUL_REPEATS = 1024, 10
+QUALITY_SAMPLES = 5000  # images per row of the quality table (FID is biased by n: all rows equal)
+
+
+def load_images(manifest: Path | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """(train images, labels, heldout images, labels, class names) as uint8 (N,32,32,1)."""
+    if manifest is not None:
+        from corpora.ingest import shard_paths
+        from corpora.shards import read_shards, tensors_from_table
+
+        table = read_shards(shard_paths(manifest, "images"))
+        pixels = tensors_from_table(table, "pixels")
+        names = table.column("label").to_pylist()
+        class_names = sorted({n for n in names if n is not None})
+        labels = np.array([class_names.index(n) if n is not None else 0 for n in names])
+        train = np.array(table.column("split").to_pylist()) == "train"
+        return pixels[train], labels[train], pixels[~train], labels[~train], class_names
+    from corpora.defaults.images import CLASS_NAMES, read_idx
+
+    def padded(split):  # Fashion-MNIST is 28x28; the GAN wants a power of two
+        images, labels = read_idx(split)
+        return np.pad(images, ((0, 0), (2, 2), (2, 2)))[..., None], labels.astype(np.int64)
+
+    (x, y), (hx, hy) = padded("train"), padded("test")
+    return x, y, hx, hy, list(CLASS_NAMES)
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{v:.1f}" for v in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+# --- throughput ----------------------------------------------------------------------------
+
+
+def pipeline_images_per_second(config, images, labels, steps, bf16: str) -> float:
+    family = ImageGanFamily(config, images, labels)
+    seen = {}
+    with tempfile.TemporaryDirectory() as run_dir:
+        fit(family, config.trainer_config(steps=steps, log_every=steps, checkpoint_every=10 * steps, bf16=bf16),
+            run_dir, log=lambda step, m: seen.update(m))
+    return seen["items_per_second"]
+
+
+def plain_images_per_second(config, real: torch.Tensor, labels: torch.Tensor, steps: int) -> float:
+    """The same DCGAN step written as a bare loop: no trainer, no uint8 conversion."""
+    torch.manual_seed(config.seed)
+    g, d = Generator(config), Discriminator(config)
+    opt_g = torch.optim.Adam(g.parameters(), lr=config.lr_g, betas=config.betas)
+    opt_d = torch.optim.Adam(d.parameters(), lr=config.lr_d, betas=config.betas)
+    started = time.perf_counter()
+    for _ in range(steps):
+        index = torch.randint(len(real), (config.batch_size,))
+        x, y = real[index], labels[index]
+        fake = g(torch.randn(config.batch_size, config.latent_dim), y)
+        d_loss = F.softplus(-d(x, y)).mean() + F.softplus(d(fake.detach(), y)).mean()
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt_d.step()
+        g_loss = F.softplus(-d(fake, y)).mean()
+        opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        opt_g.step()
+        d_loss.item(), g_loss.item()
+    return steps * config.batch_size / (time.perf_counter() - started)
+
+
+def flops_per_step(config, images, labels, bf16: bool) -> int:
+    family = ImageGanFamily(config, images, labels)
+    batch = family.make_batch(torch.arange(config.batch_size), torch.device("cpu"))
+    counter = FlopCounterMode(display=False)
+    with counter:
+        family.train_step(batch, 0, autocast_for(torch.device("cpu"), bf16))
+    return counter.get_total_flops()
+
+
+def matmul_peak_gflops(dtype: torch.dtype) -> float:
+    a = torch.randn(MATMUL_SIZE, MATMUL_SIZE).to(dtype)
+    b = torch.randn(MATMUL_SIZE, MATMUL_SIZE).to(dtype)
+    a @ b  # warm-up: first call picks kernels
+    times = []
+    for _ in range(MATMUL_REPEATS):
+        started = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - started)
+    return 2 * MATMUL_SIZE**3 / min(times) / 1e9  # best: the peak, not the contended average
+
+
+def throughput_table(config, images, labels, steps: int, repeats: int) -> str:
+    real = to_unit_range(torch.as_tensor(images))  # the plain loop's pre-converted float copy
+    label_tensor = torch.as_tensor(labels)
+    use_bf16 = bf16_supported(torch.device("cpu"))
+    rows = {"pipeline fp32": [], "plain loop fp32": []}
+    if use_bf16:
+        rows["pipeline bf16 autocast"] = []
+    pipeline_images_per_second(config, images, labels, 2, "off")  # warm-up
+    for _ in range(repeats):
+        rows["pipeline fp32"].append(pipeline_images_per_second(config, images, labels, steps, "off"))
+        rows["plain loop fp32"].append(plain_images_per_second(config, real, label_tensor, steps))
+        if use_bf16:
+            rows["pipeline bf16 autocast"].append(pipeline_images_per_second(config, images, labels, steps, "on"))
+    flops = {"fp32": flops_per_step(config, images, labels, False), "bf16": flops_per_step(config, images, labels, True)}
+    peaks = {"fp32": matmul_peak_gflops(torch.float32), "bf16": matmul_peak_gflops(torch.bfloat16)}
+    lines = [
+        f"config: {config.architecture} {config.resolution}x{config.resolution}x{config.channels} widths={config.widths} "
+        f"batch={config.batch_size}; {steps} steps x {repeats} repeats; threads={torch.get_num_threads()}; "
+        f"load average {load_average()}; cpu bf16 native: {use_bf16}",
+        f"matmul peak ({MATMUL_SIZE}^3, best of {MATMUL_REPEATS}): fp32 {peaks['fp32']:.1f} GFLOP/s, bf16 {peaks['bf16']:.1f} GFLOP/s",
+        f"FLOPs per step (FlopCounterMode): {flops['fp32'] / 1e9:.3f} GFLOP",
+        "",
+        "| loop | images/s median | min | max | step GFLOP/s | % of matmul peak |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, values in rows.items():
+        median = statistics.median(values)
+        precision = "bf16" if "bf16" in name else "fp32"
+        gflops = flops[precision] * median / config.batch_size / 1e9
+        lines.append(f"| {name} | {median:.0f} | {min(values):.0f} | {max(values):.0f} | {gflops:.1f} | "
+                     f"{100 * gflops / peaks[precision]:.0f}% |")
+    return "\n".join(lines)
+
+
+# --- quality -------------------------------------------------------------------------------
+
+
+def train_to_bundle(config, images, labels, class_names, run_dir: Path, max_seconds: float | None) -> tuple[dict, object]:
+    family = ImageGanFamily(config, images, labels, class_names)
+
+    def log(step, m):
+        print(f"  step {step}: " + " ".join(f"{k}={v:.3g}" for k, v in m.items()), flush=True)
+
+    result = fit(family, config.trainer_config(max_seconds=max_seconds, bf16="off"), run_dir, log=log)
+    bundle = export_bundle(family, result.step)
+    save_bundle(bundle, run_dir / "bundle.pt")
+    return bundle, result
+
+
+def quality_table(args, images, labels, heldout, heldout_labels, class_names, num_classes) -> str:
+    started = time.perf_counter()
+    if args.classifier is not None and args.classifier.exists():  # reuse: it takes minutes on 2 cores
+        classifier = metrics.FeatureClassifier(images.shape[3], num_classes)
+        classifier.load_state_dict(torch.load(args.classifier, weights_only=True))
+        accuracy = float((metrics.predict_labels(classifier, heldout) == heldout_labels).mean())
+    else:
+        classifier, accuracy = metrics.train_classifier(images, labels, heldout, heldout_labels)
+        if args.classifier is not None:
+            torch.save(classifier.state_dict(), args.classifier)
+    print(f"feature classifier: heldout accuracy {accuracy:.3f} ({time.perf_counter() - started:.0f} s)", flush=True)
+    demo = ImageGanConfig.profile("demo", num_classes=num_classes)
+    torch.manual_seed(demo.seed)
+    samples = {"untrained": sample(Generator(demo).eval(), QUALITY_SAMPLES, seed=1)}
+    notes = []
+    bundles = {f"bundle {i}": load_generator(path) for i, path in enumerate(args.bundle or [])}
+    if not args.bundle:
+        run_dir = Path(tempfile.mkdtemp(prefix="bench-demo-"))
+        bundle, result = train_to_bundle(demo, images, labels, class_names, run_dir, None)
+        bundles["demo"] = load_generator(bundle)
+        notes.append(f"demo: {result.step} steps in {result.seconds:.0f} s ({run_dir})")
+    if args.minutes:
+        run_dir = Path(tempfile.mkdtemp(prefix="bench-long-"))
+        long = ImageGanConfig.profile("cpu-long", num_classes=num_classes, steps=10**7)
+        bundle, result = train_to_bundle(long, images, labels, class_names, run_dir, 60 * args.minutes)
+        bundles[f"cpu-long {args.minutes} min"] = load_generator(bundle)
+        notes.append(f"cpu-long: {result.step} steps in {result.seconds:.0f} s ({run_dir})")
+    for name, generator in bundles.items():
+        samples[name] = sample(generator, QUALITY_SAMPLES, seed=1)
+    report = metrics.gan_report(classifier, images, heldout, samples, num_classes)
+    copies = {name: metrics.memorization(s[:500], images)["near_copy_count"] for name, s in samples.items()}
+    return "\n".join([*notes, metrics.format_report(report), f"near copies among 500 samples: {copies}"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--manifest", type=Path, help="an image corpus manifest.json (default: Fashion-MNIST in memory)")
+    parser.add_argument("--steps", type=int, default=20, help="steps per throughput repeat")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quality", action="store_true")
+    parser.add_argument("--minutes", type=float, help="with --quality: also a cpu-long run of this many minutes")
+    parser.add_argument("--bundle", type=Path, action="append", help="with --quality: evaluate these bundles instead of training the demo")
+    parser.add_argument("--classifier", type=Path, help="with --quality: feature classifier state_dict to load, or to save once trained")
+    parser.add_argument("--skip-throughput", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    images, labels, heldout, heldout_labels, class_names = load_images(args.manifest)
+    num_classes = len(class_names)
+    if not args.skip_throughput:
+        # DCGAN only: the plain loop below writes out the DCGAN step
+        config = ImageGanConfig.profile("demo", num_classes=num_classes,
+                                        resolution=images.shape[1], channels=images.shape[3])
+        print(throughput_table(config, images, labels, args.steps, args.repeats), flush=True)
+    if args.quality:
+        print(quality_table(args, images, labels, heldout, heldout_labels, class_names, num_classes), flush=True)
+
+
+if __name__ == "__main__":
+    main()

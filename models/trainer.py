@@ -1,0 +1,405 @@
+"""The training loop every family shares: resume, step, log, checkpoint, stop on a budget.
+
+A family (image GAN, music VAE, ...) supplies only what is its own: its modules and
+optimizers, how a list of item indices becomes a batch, and one training step. Everything a
+run promises lives here once:
+
+- a killed run resumes from the newest checkpoint in its run folder, with model, optimizer,
+  scheduler, step, data position and every RNG state restored, so it ends with the same
+  weights as an uninterrupted run (bit-exact on CPU at a fixed thread count; see `fit`);
+- checkpoints are written atomically and read with `torch.load(weights_only=True)`, so every
+  value in them is a tensor or a plain Python value, never a pickled object;
+- a run can stop early on a wall-clock budget or a caller's `should_stop`, and is resumable.
+
+Read `fit` top to bottom; the helpers above it are small on purpose.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import re
+import sys
+import time
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import nn
+
+from corpora.atomic import atomic_write, remove_stale_temporaries
+
+CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_PATTERN = re.compile(r"^step-(\d+)\.pt$")
+CHECKPOINT_FORMAT = "atelier.checkpoint/1"
+
+Autocast = Callable[[], AbstractContextManager]
+LogFn = Callable[[int, dict], None]
+
+
+# --- configuration -----------------------------------------------------------------------
+
+
+@dataclass
+class TrainerConfig:
+    steps: int = 1000  # total optimizer steps of the run (one batch per step)
+    batch_size: int = 64
+    checkpoint_every: int = 500  # also written at the end and when a budget stops the run
+    log_every: int = 50
+    keep_checkpoints: int = 3  # the newest N stay on disk; a killed run loses at most N-1
+    seed: int = 0
+    bf16: str = "auto"  # "auto": on CUDA and on CPUs with native bf16 (see bf16_supported); "on"; "off"
+    channels_last: str = "auto"  # "auto": on CUDA only, where convs gain from NHWC; "on"; "off"
+    max_seconds: float | None = None  # wall-clock budget; the run checkpoints and stops when spent
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# --- the family interface ------------------------------------------------------------------
+
+
+@runtime_checkable
+class Family(Protocol):
+    """What a model family gives the trainer. Schedulers and EMA copies are optional:
+    an EMA model is just one more entry of `modules()`."""
+
+    num_items: int  # how many training items the batch sampler draws from
+
+    def modules(self) -> dict[str, nn.Module]: ...
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]: ...
+
+    def schedulers(self) -> dict[str, Any]: ...
+
+    def to(self, device: torch.device, channels_last: bool) -> None: ...
+
+    def make_batch(self, indices: torch.Tensor, device: torch.device) -> Any: ...
+
+    def train_step(self, batch: Any, step: int, autocast: Autocast) -> dict[str, float]: ...
+
+
+# --- seeds and RNG state -------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # seeds every CUDA device too
+
+
+def rng_state() -> dict:
+    """Every global RNG as plain values and tensors, so `weights_only=True` can load it."""
+    version, mt_state, gauss_next = random.getstate()
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    state = {
+        "python": {"version": version, "state": list(mt_state), "gauss_next": gauss_next},
+        "numpy": {
+            "kind": str(kind),
+            "keys": [int(k) for k in keys],
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: Mapping) -> None:
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss_next"]))
+    npy = state["numpy"]
+    np.random.set_state(
+        (npy["kind"], np.asarray(npy["keys"], dtype=np.uint32), npy["pos"], npy["has_gauss"], npy["cached_gaussian"])
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        # a checkpoint from a bigger machine: restore the devices this one has
+        cuda_states = list(state["cuda"])[: torch.cuda.device_count()]
+        torch.cuda.set_rng_state_all(cuda_states)
+
+
+# --- the resumable batch source ------------------------------------------------------------
+
+
+class IndexSampler:
+    """An endless stream of index batches, reshuffled every epoch.
+
+    Its whole state is three integers (seed, epoch, position): epoch e's order is a
+    permutation drawn from its own generator seeded with (seed, e), so a resumed run rebuilds
+    it instead of storing it. A batch that crosses an epoch end continues into the next epoch,
+    so every batch has `batch_size` items even when the data set is smaller than a batch.
+    """
+
+    def __init__(self, num_items: int, batch_size: int, seed: int = 0):
+        if num_items < 1:
+            raise ValueError("the data set is empty")
+        self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
+        self.epoch, self.position = 0, 0
+        self._order = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.num_items, generator=generator)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        parts, wanted = [], self.batch_size
+        while wanted:
+            take = min(wanted, self.num_items - self.position)
+            parts.append(self._order[self.position : self.position + take])
+            self.position += take
+            wanted -= take
+            if self.position == self.num_items:
+                self.epoch, self.position = self.epoch + 1, 0
+                self._order = self._permutation(self.epoch)
+        return torch.cat(parts)
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "epoch": self.epoch, "position": self.position, "num_items": self.num_items}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        if state["num_items"] != self.num_items:
+            raise ValueError(f"checkpoint was made on {state['num_items']} items, this data has {self.num_items}")
+        self.seed, self.epoch, self.position = state["seed"], state["epoch"], state["position"]
+        self._order = self._permutation(self.epoch)
+
+
+# --- checkpoints ---------------------------------------------------------------------------
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:06d}.pt"
+
+
+def list_checkpoints(folder: str | os.PathLike) -> list[tuple[int, Path]]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in folder.iterdir():
+        match = CHECKPOINT_PATTERN.match(path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
+    found = list_checkpoints(folder)
+    return found[-1][1] if found else None
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict, keep: int | None = None) -> Path:
+    """Write `state` atomically to `path`; with `keep`, prune all but the newest `keep` in its folder."""
+    path = atomic_write(path, lambda file: torch.save(state, file))
+    if keep is not None:
+        for _, old in list_checkpoints(path.parent)[:-keep]:
+            old.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | None = "cpu") -> dict:
+    # Never weights_only=False: a checkpoint is data, and loading one must not run code.
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+# --- precision and layout ------------------------------------------------------------------
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Native bf16 matmul: CUDA devices that report it, and CPUs with AVX512-BF16 or AMX.
+
+    Without those instructions, CPU bf16 is emulated and slower than fp32, so "auto" keeps
+    fp32 there. torch.cpu._is_avx512_bf16_supported / _is_amx_tile_supported are private
+    helpers (torch 2.x); if they vanish we fall back to fp32.
+    """
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+        return any(check() for check in checks if check is not None)
+    return False
+
+
+def resolve_flag(value: str | bool, auto: bool) -> bool:
+    if isinstance(value, bool):
+        return value
+    if value not in ("auto", "on", "off"):
+        raise ValueError(f"expected 'auto', 'on' or 'off', not {value!r}")
+    return auto if value == "auto" else value == "on"
+
+
+def autocast_for(device: torch.device, enabled: bool) -> Autocast:
+    if not enabled:
+        return nullcontext
+    return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+# --- the loop ------------------------------------------------------------------------------
+
+
+@dataclass
+class FitResult:
+    step: int  # the step the run reached
+    finished: bool  # True when it reached config.steps; False when a budget or should_stop ended it
+    checkpoint: Path | None
+    resumed_from: int  # 0 for a fresh run
+    metrics: dict = field(default_factory=dict)  # the last logged window
+    seconds: float = 0.0
+    bf16: bool = False
+    channels_last: bool = False
+
+
+class _Window:
+    """Averages of each metric since the last log line, and the items/s over that window."""
+
+    def __init__(self):
+        self.reset(time.perf_counter())
+
+    def reset(self, now: float) -> None:
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+        self.items, self.started = 0, now
+
+    def add(self, metrics: Mapping[str, float], items: int) -> None:
+        for key, value in metrics.items():
+            self.sums[key] = self.sums.get(key, 0.0) + float(value)
+            self.counts[key] = self.counts.get(key, 0) + 1
+        self.items += items
+
+    def summary(self, now: float) -> dict:
+        out = {key: self.sums[key] / self.counts[key] for key in self.sums}
+        out["items_per_second"] = self.items / max(now - self.started, 1e-9)
+        return out
+
+
+def _progress_bar(total: int, initial: int):
+    # Dagster and CI capture stderr: a progress bar there is noise, so only on a terminal.
+    if not sys.stderr.isatty():
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+
+
+def _state_of(family: Family, sampler: IndexSampler, step: int, config: TrainerConfig, extra: Mapping) -> dict:
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "step": step,
+        "modules": {name: module.state_dict() for name, module in family.modules().items()},
+        "optimizers": {name: opt.state_dict() for name, opt in family.optimizers().items()},
+        "schedulers": {name: sched.state_dict() for name, sched in family.schedulers().items()},
+        "sampler": sampler.state_dict(),
+        "rng": rng_state(),
+        "trainer_config": config.to_dict(),
+        "extra": dict(extra),
+    }
+
+
+def _restore(family: Family, sampler: IndexSampler, state: Mapping) -> None:
+    for name, module in family.modules().items():
+        module.load_state_dict(state["modules"][name])
+    for name, opt in family.optimizers().items():
+        opt.load_state_dict(state["optimizers"][name])
+    for name, sched in family.schedulers().items():
+        sched.load_state_dict(state["schedulers"][name])
+    sampler.load_state_dict(state["sampler"])
+    restore_rng_state(state["rng"])
+
+
+def fit(
+    family: Family,
+    config: TrainerConfig,
+    run_dir: str | os.PathLike,
+    device: torch.device | str = "cpu",
+    log: LogFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    checkpoint_extra: Mapping | None = None,
+) -> FitResult:
+    """Train `family` to `config.steps`, resuming from the newest checkpoint in `run_dir`.
+
+    Determinism: the same seed and data give the same weights whether or not the run was
+    killed and resumed, bit-exact on CPU at a fixed `torch.set_num_threads` (the tests check
+    this). On CUDA, cuDNN kernel choice may differ between processes unless the caller sets
+    `torch.use_deterministic_algorithms(True)`; expect agreement to float rounding only.
+    `checkpoint_extra` is plain data stored with every checkpoint (e.g. the family config).
+    """
+    device = torch.device(device)
+    run_dir = Path(run_dir)
+    folder = run_dir / CHECKPOINT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(folder)  # a killed writer's half file is never a checkpoint
+
+    use_bf16 = resolve_flag(config.bf16, bf16_supported(device))
+    use_channels_last = resolve_flag(config.channels_last, device.type == "cuda")
+    autocast = autocast_for(device, use_bf16)
+    family.to(device, use_channels_last)
+
+    seed_everything(config.seed)
+    sampler = IndexSampler(family.num_items, config.batch_size, seed=config.seed)
+    step = resumed_from = 0
+    latest = latest_checkpoint(folder)
+    if latest is not None:
+        state = load_checkpoint(latest, map_location=device)
+        _restore(family, sampler, state)
+        step = resumed_from = int(state["step"])
+
+    def checkpoint(at: int) -> Path:
+        state = _state_of(family, sampler, at, config, checkpoint_extra or {})
+        return save_checkpoint(folder / checkpoint_name(at), state, keep=config.keep_checkpoints)
+
+    started = time.perf_counter()
+    window, last_metrics = _Window(), {}
+    saved_at = step if latest is not None else -1
+    bar = _progress_bar(config.steps, step)
+    try:
+        while step < config.steps:
+            out_of_time = config.max_seconds is not None and time.perf_counter() - started >= config.max_seconds
+            if out_of_time or (should_stop is not None and should_stop()):
+                break
+            batch = family.make_batch(next(sampler), device)
+            metrics = family.train_step(batch, step, autocast)
+            step += 1
+            window.add(metrics, config.batch_size)
+            if bar is not None:
+                bar.update(1)
+            if step % config.log_every == 0 or step == config.steps:
+                now = time.perf_counter()
+                last_metrics = window.summary(now)
+                for key, value in last_metrics.items():
+                    if not math.isfinite(value):
+                        raise FloatingPointError(f"step {step}: {key} is {value}")
+                if log is not None:
+                    log(step, last_metrics)
+                if bar is not None:
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in last_metrics.items()})
+                window.reset(now)
+            if step % config.checkpoint_every == 0:
+                checkpoint(step)
+                saved_at = step
+    finally:
+        if bar is not None:
+            bar.close()
+    # The end of a run, and a run a budget stopped, always leave a checkpoint to resume from.
+    path = checkpoint(step) if saved_at != step else latest_checkpoint(folder)
+    return FitResult(
+        step=step,
+        finished=step >= config.steps,
+        checkpoint=path,
+        resumed_from=resumed_from,
+        metrics=last_metrics,
+        seconds=time.perf_counter() - started,
+        bf16=use_bf16,
+        channels_last=use_channels_last,
+    )
