@@ -1,4 +1,4 @@
-"""`atelier`: run the pipeline, open the web UI, or seed the default corpora."""
+"""`atelier`: run the pipeline, open the web UI, seed the default corpora, sample a registered model."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from corpora.atomic import atomic_write_text
+from corpora.atomic import atomic_write_bytes, atomic_write_text
 from resources.storage import default_data_root
 
 DAGSTER_YAML = """\
@@ -74,6 +74,34 @@ def seed() -> int:
     return 0
 
 
+def parse_model_reference(reference: str) -> str:
+    """`name@alias` or `name/version` (or a full `models:/...` URI) as an MLflow model URI."""
+    if reference.startswith("models:/"):
+        return reference
+    if "@" not in reference and "/" not in reference:
+        raise SystemExit(f"expected name@alias or name/version, not {reference!r}")
+    return f"models:/{reference}"
+
+
+def sample(reference: str, n: int, seed: int, label: str | None, output: Path) -> int:
+    """Sample from a registered model using only MLflow: no Dagster, no training code."""
+    import mlflow
+
+    from corpora.preview import contact_sheet
+    from corpora.shards import png_bytes
+
+    data_root = Path(default_data_root())
+    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{data_root / 'mlflow' / 'mlflow.db'}"
+    mlflow.set_tracking_uri(tracking_uri)
+    model = mlflow.pyfunc.load_model(parse_model_reference(reference))
+    request = {"n": n, "seed": seed, **({"label": label} if label is not None else {})}
+    images = model.predict(request)
+    columns = min(n, 8)
+    atomic_write_bytes(output, png_bytes(contact_sheet(images, columns=columns, cell=max(images.shape[1], 32))))
+    print(f"wrote {len(images)} samples from {reference} to {output}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="atelier", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -82,11 +110,19 @@ def main(argv: list[str] | None = None) -> int:
     ui_parser = commands.add_parser("ui", help=f"open the Dagster web UI on {UI_HOST}")
     ui_parser.add_argument("--port", type=int, default=3000)
     commands.add_parser("seed", help="write the default corpora into empty data/raw/<corpus>/ folders")
+    sample_parser = commands.add_parser("sample", help="sample a registered model: sample image-gan@champion -n 16 -o grid.png")
+    sample_parser.add_argument("model", help="name@alias or name/version, e.g. image-gan@champion")
+    sample_parser.add_argument("-n", type=int, default=16)
+    sample_parser.add_argument("--seed", type=int, default=0)
+    sample_parser.add_argument("--label", help="class name or index, for class-conditional models")
+    sample_parser.add_argument("-o", "--output", type=Path, default=Path("samples.png"))
     args = parser.parse_args(argv)
     if args.command == "run":
         return run(args.job)
     if args.command == "ui":
         return ui(args.port)
+    if args.command == "sample":
+        return sample(args.model, args.n, args.seed, args.label, args.output)
     return seed()
 
 

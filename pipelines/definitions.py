@@ -3,6 +3,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from assets.image_gan import IMAGE_GAN_ASSETS
 from assets.ingest import CORPUS_ASSETS
 from resources.compute import ComputeResource
 from resources.mlflow_registry import MlflowRegistry
@@ -31,7 +32,7 @@ def build_resources(data_root: str | None = None) -> dict:
 
 
 defs = dg.Definitions(
-    assets=[*CORPUS_ASSETS],
+    assets=[*CORPUS_ASSETS, *IMAGE_GAN_ASSETS],
     jobs=[ingest_job, main_job],
     resources=build_resources(),
 )
