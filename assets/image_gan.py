@@ -169,11 +169,13 @@ class ImageGanTrainConfig(dg.Config):
 def evaluate(generator, data: ImageSplit, classifier, family_untrained, seed: int) -> dict:
     """The metric table (floor, ceiling, model), class coverage and memorization."""
     count = min(EVAL_SAMPLES, len(data.heldout_images))
+    # Shards are in path order (class folders): a random subset, not the first rows, is the floor.
+    heldout = data.heldout_images[np.sort(np.random.default_rng(seed).choice(len(data.heldout_images), count, replace=False))]
     samples = {
         "untrained_generator": sample(family_untrained, count, seed=seed),
         "model": sample(generator, count, seed=seed),
     }
-    report = metrics.gan_report(classifier, data.train_images, data.heldout_images[:count], samples,
+    report = metrics.gan_report(classifier, data.train_images, heldout, samples,
                                 num_classes=len(data.class_names), seed=seed)
     copies = metrics.memorization(samples["model"][:MEMORIZATION_SAMPLES], data.train_images, seed=seed)
     return {"table": report, "memorization": copies, "samples": samples["model"]}

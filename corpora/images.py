@@ -72,7 +72,7 @@ def load_image(path: str, channels: int, max_pixels: int) -> np.ndarray:
             image.load()
         except (OSError, SyntaxError, ValueError) as exc:
             raise Rejected(f"pixel data is corrupt or truncated: {exc}", "decode", "CorruptImage") from exc
-        image = ImageOps.exif_transpose(image)
+        ImageOps.exif_transpose(image, in_place=True)  # in place: no copy when there is no tag
         image = _to_channels(image, channels)
         pixels = np.asarray(image, dtype=np.uint8)
     return pixels[:, :, None] if pixels.ndim == 2 else pixels

@@ -113,7 +113,7 @@ class Modality:
 
 @dataclass(frozen=True)
 class SourceFile:
-    path: Path
+    path: str
     relpath: str
     size: int
     sha256: str
@@ -150,23 +150,22 @@ class IngestReport:
 
 
 def scan(raw_dir: Path) -> list[SourceFile]:
-    """Every non-hidden file under `raw_dir`, sorted, with its content hash."""
-    files = []
-    for root, dirs, names in os.walk(raw_dir):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(names):
-            if name.startswith("."):
-                continue
-            path = Path(root) / name
-            files.append(
-                SourceFile(
-                    path=path,
-                    relpath=path.relative_to(raw_dir).as_posix(),
-                    size=path.stat().st_size,
-                    sha256=sha256_file(path),
-                )
-            )
-    return files
+    """Every non-hidden file under `raw_dir`, sorted by relative path, with its content hash."""
+    found: list[tuple[str, str, int]] = []
+
+    def walk(folder: str, prefix: str) -> None:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    walk(entry.path, f"{prefix}{entry.name}/")
+                elif entry.is_file():
+                    found.append((f"{prefix}{entry.name}", entry.path, entry.stat().st_size))
+
+    walk(str(raw_dir), "")
+    found.sort()
+    return [SourceFile(path, relpath, size, sha256_file(path)) for relpath, path, size in found]
 
 
 def load_manifest(manifest_path: Path) -> dict | None:
@@ -291,7 +290,7 @@ def _decode_all(modality, config, files: Sequence[SourceFile], settings: IngestS
 
     results: dict[int, Any] = {}
     last_report = time.monotonic()
-    items = [DecodeTask(str(f.path), f.relpath, config) for f in to_decode]
+    items = [DecodeTask(f.path, f.relpath, config) for f in to_decode]
     for index, result in map_isolated(
         modality.decode, items, workers=settings.workers, timeout_s=settings.timeout_s,
         chunk_size=settings.chunk_size or modality.chunk_size,
