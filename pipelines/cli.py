@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from corpora.atomic import atomic_write_bytes, atomic_write_text
-from resources.storage import default_data_root
+from resources.storage import DATA_ROOT_ENV, default_data_root
 
 DAGSTER_YAML = """\
 # Written by `atelier` on first use; edit freely, it is never overwritten.
@@ -58,10 +58,13 @@ def run(job_name: str) -> int:
 
 
 def ui(port: int) -> int:
-    ensure_dagster_home(Path(default_data_root()))
+    data_root = default_data_root()
+    ensure_dagster_home(Path(data_root))
+    os.environ[DATA_ROOT_ENV] = data_root  # the code server resolves the same data root as this shell
     workspace = Path(__file__).resolve().parents[1] / "workspace.yaml"
-    command = ["dagster", "dev", "-w", str(workspace), "-h", UI_HOST, "-p", str(port)]
-    os.execvp(command[0], command)
+    dagster = str(Path(sys.executable).parent / "dagster")  # the venv's, even when it is not activated
+    command = [dagster, "dev", "-w", str(workspace), "-h", UI_HOST, "-p", str(port)]
+    os.execv(dagster, command)
 
 
 def seed() -> int:
