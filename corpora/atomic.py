@@ -8,27 +8,38 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
-    """Call `write(file)` on a temporary file beside `path`, fsync it, then rename it over `path`."""
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary file name beside `path`; once the block succeeds it is fsynced and renamed over `path`.
+
+    For writers that want a file name rather than a file object (video encoders, for one).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as file:
-            write(file)
-            file.flush()
+        yield Path(tmp_name)
+        with open(tmp_name, "rb+") as file:
             os.fsync(file.fileno())
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     _fsync_directory(path.parent)
-    return path
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
+    """Call `write(file)` on a temporary file beside `path`, fsync it, then rename it over `path`."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as file:
+        write(file)
+    return Path(path)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
-from pathlib import Path
 
 import av
 import cv2
 import numpy as np
 import pyarrow as pa
 
+from corpora.atomic import atomic_path
 from corpora.ingest import DecodedFile, DecodeTask, Modality, Rejected, TableRows
 from corpora.shards import TableSpec, TensorColumn
 
@@ -356,12 +355,8 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, *, crf:
         frames = np.repeat(frames, 3, axis=-1)
     height, width = frames.shape[1:3]
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with av.open(tmp_name, "w", format="mp4", options={"movflags": "+faststart"}) as container:
+    with atomic_path(path) as tmp:
+        with av.open(str(tmp), "w", format="mp4", options={"movflags": "+faststart"}) as container:
             stream = container.add_stream(
                 "libx264", rate=_exact(fps).limit_denominator(1_000_000), options=X264_OPTIONS | {"crf": str(crf)}
             )
@@ -370,23 +365,3 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, *, crf:
                 frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels), format="rgb24")
                 container.mux(stream.encode(frame))
             container.mux(stream.encode(None))
-        with open(tmp_name, "rb+") as file:
-            os.fsync(file.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

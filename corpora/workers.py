@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import multiprocessing
 import time
-import traceback
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass

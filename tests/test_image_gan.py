@@ -24,7 +24,7 @@ from models.image_gan import (
     ImageGanConfig, ImageGanFamily, export_bundle, interpolate, load_generator, sample, save_bundle,
 )
 from models.trainer import (
-    IndexSampler, TrainerConfig, fit, latest_checkpoint, list_checkpoints, load_checkpoint, restore_rng_state,
+    IndexSampler, fit, latest_checkpoint, list_checkpoints, load_checkpoint, restore_rng_state,
     rng_state, seed_everything,
 )
 
