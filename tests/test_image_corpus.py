@@ -199,3 +199,38 @@ def test_invalid_channel_config_is_refused(materialize_asset, tmp_path, channels
     raw.mkdir()
     result = materialize_asset(image_corpus, {"source_dir": str(raw), "channels": channels})
     assert not result.success
+
+
+def test_an_ingest_killed_while_writing_leaves_the_previous_version_readable(tmp_path, monkeypatch):
+    """The manifest is replaced last: dying between shards never exposes a half-written version."""
+    import corpora.shards
+    from corpora.images import IMAGES, ImageCorpusConfig
+    from corpora.ingest import IngestSettings, ingest
+
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    write_labelled_corpus(raw)
+    settings = IngestSettings(workers=1, shard_megabytes=0)  # shard_megabytes=0: one row per shard
+    first = ingest(IMAGES, ImageCorpusConfig(resolution=RESOLUTION), raw, out, settings)
+    Image.fromarray(np.zeros((RESOLUTION, RESOLUTION), np.uint8)).save(raw / "bag" / "new.png")
+
+    real_write = corpora.shards.write_parquet
+    written = []
+
+    def dies_on_the_third_shard(table, path, row_group_size=None):
+        if len(written) == 2:
+            raise KeyboardInterrupt("killed")  # what a signal looks like from inside Python
+        written.append(path)
+        return real_write(table, path, row_group_size)
+
+    monkeypatch.setattr(corpora.shards, "write_parquet", dies_on_the_third_shard)
+    with pytest.raises(KeyboardInterrupt):
+        ingest(IMAGES, ImageCorpusConfig(resolution=RESOLUTION), raw, out, settings)
+    assert load_manifest(out / "manifest.json")["version"] == first.version
+    previous = read_shards(first.shard_paths("images"))
+    assert len(previous) == 10  # every shard the old manifest names is still there and readable
+
+    monkeypatch.setattr(corpora.shards, "write_parquet", real_write)
+    resumed = ingest(IMAGES, ImageCorpusConfig(resolution=RESOLUTION), raw, out, settings)
+    assert resumed.version != first.version and resumed.counts["ingested"] == 11
+    assert len(read_shards(resumed.shard_paths("images"))) == 11
+    assert not list(out.rglob("*.tmp"))
