@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
@@ -56,7 +57,7 @@ def materialize_corpus(
     config: IngestConfig,
     storage: StorageResource,
     compute: ComputeResource,
-    preview: "callable",
+    preview: Callable[[IngestReport], bytes | None],
 ) -> dg.MaterializeResult:
     """Seed (if needed), ingest, and report one corpus as a MaterializeResult."""
     raw_dir = Path(config.source_dir) if config.source_dir else storage.raw_dir(corpus)
