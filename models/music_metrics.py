@@ -1,0 +1,259 @@
+"""Metrics of the music VAE, kept apart from training (as stylegan2-ada keeps its metrics).
+
+Likelihood side, on held-out windows (split by piece):
+- per-token reconstruction accuracy, teacher-forced (true previous tokens as inputs) and
+  sampled (the decoder's own greedy outputs as inputs), from the posterior mean, as in
+  MusicVAE's Table 1; a "token" is one voice at one step, so melody numbers are per step;
+- NLL per token at z = posterior mean, and the negative ELBO per token (one posterior
+  sample plus the KL spread over the tokens), in nats;
+- teacher-forced accuracy on event tokens only (note-ons and NOTE_OFF), since HOLD is most
+  of every window and the most-frequent baseline scores high by predicting HOLD everywhere;
+- baselines in the same table: the most frequent token per voice, and a per-voice unigram
+  (its accuracy is the expected accuracy of sampling from it).
+
+Music side, for N samples against N corpus windows: per-window statistics after muspy 0.5
+(pitch-class entropy, scale consistency, pitch range, empty-beat rate, polyphony), each
+compared as distributions by the overlapping area of their kernel density estimates (after
+Yang & Lerch 2018, applied to the feature values themselves), and the chroma (librosa) of
+rendered audio compared as distributions (cosine of mean profiles, Frechet distance, mean
+per-pitch-class overlapping area).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+import torch
+
+from models.music_vae import (HOLD, NUM_CLASSES, NUM_PITCHES, STEPS_PER_QUARTER, MusicVae, as_voices,
+                              kl_divergence, reconstruction_nll, sample, tokens_to_midi_bytes, tokens_to_notes)
+
+EVAL_BATCH = 256
+KDE_GRID_POINTS = 512
+KDE_PADDING_BANDWIDTHS = 4.0  # the grid reaches this many bandwidths beyond the data
+MIN_BANDWIDTH = 1e-2  # for a constant feature (e.g. polyphony of a melody): a narrow bump, not a division by 0
+PITCH_CLASSES = 12
+MAJOR = (0, 2, 4, 5, 7, 9, 11)
+NATURAL_MINOR = (0, 2, 3, 5, 7, 8, 10)
+STATISTICS = ("pitch_class_entropy", "scale_consistency", "pitch_range", "empty_beat_rate", "polyphony")
+
+
+# --- reconstruction and likelihood -------------------------------------------------------
+
+
+def token_accuracy(predicted, target) -> float:
+    """Fraction of equal tokens (any matching shapes)."""
+    predicted, target = np.asarray(predicted), np.asarray(target)
+    if predicted.shape != target.shape:
+        raise ValueError(f"shapes differ: {predicted.shape} vs {target.shape}")
+    return float((predicted == target).mean()) if target.size else float("nan")
+
+
+@torch.no_grad()
+def reconstruction(model: MusicVae, windows, seed: int = 0, batch_size: int = EVAL_BATCH) -> dict:
+    """Held-out accuracy (teacher-forced, sampled), NLL and negative ELBO per token, KL in bits."""
+    model.eval()
+    device = next(model.parameters()).device
+    tokens = torch.as_tensor(as_voices(windows, model.config.voices).astype(np.int64))
+    per_sequence = model.config.voices * model.config.steps_per_window
+    generator = torch.Generator().manual_seed(seed)
+    totals = dict(tf_correct=0.0, sampled_correct=0.0, event_correct=0.0, events=0.0, nll=0.0, elbo=0.0, kl=0.0)
+    for i in range(0, len(tokens), batch_size):
+        batch = tokens[i : i + batch_size].to(device)
+        mu, sigma = model.encoder(batch)
+        logits = model.decode_teacher_forced(mu, batch)
+        hits = logits.argmax(-1) == batch.transpose(1, 2)
+        totals["tf_correct"] += hits.sum().item()
+        # HOLD is most tokens: accuracy on the events alone (note-ons, NOTE_OFF) shows the music
+        events = batch.transpose(1, 2) != HOLD
+        totals["event_correct"] += (hits & events).sum().item()
+        totals["events"] += events.sum().item()
+        totals["sampled_correct"] += (model.generate(mu, temperature=0.0) == batch).sum().item()
+        totals["nll"] += reconstruction_nll(logits, batch).sum().item()
+        z = mu + sigma * torch.randn(sigma.shape, generator=generator).to(device)
+        kl = kl_divergence(mu, sigma)
+        totals["elbo"] += (reconstruction_nll(model.decode_teacher_forced(z, batch), batch) + kl).sum().item()
+        totals["kl"] += kl.sum().item()
+    count = len(tokens) * per_sequence
+    return {"teacher_forced_accuracy": totals["tf_correct"] / count, "sampled_accuracy": totals["sampled_correct"] / count,
+            "teacher_forced_event_accuracy": totals["event_correct"] / max(totals["events"], 1),
+            "nll_per_token": totals["nll"] / count, "neg_elbo_per_token": totals["elbo"] / count,
+            "kl_bits_per_window": totals["kl"] / max(len(tokens), 1) / math.log(2.0), "windows": len(tokens)}
+
+
+def baselines(train_windows, heldout_windows, voices: int) -> dict[str, dict]:
+    """Most frequent token and unigram, per voice, fitted on train, scored on held-out."""
+    train, heldout = as_voices(train_windows, voices), as_voices(heldout_windows, voices)
+    counts = np.stack([np.bincount(train[:, v].ravel(), minlength=NUM_CLASSES) for v in range(voices)]).astype(np.float64)
+    probs = (counts + 1.0) / (counts + 1.0).sum(1, keepdims=True)  # add-one: no held-out token gets p = 0
+    most_frequent = counts.argmax(1)
+    target = heldout.transpose(1, 0, 2).reshape(voices, -1)  # (V, N*T)
+    p_target = np.take_along_axis(probs, target.astype(np.int64), axis=1)
+    hits = target == most_frequent[:, None]
+    events = target != HOLD
+    mf_accuracy = float(hits.mean())
+    return {
+        "most frequent token": {"teacher_forced_accuracy": mf_accuracy, "sampled_accuracy": mf_accuracy,
+                                "teacher_forced_event_accuracy": float(hits[events].mean()) if events.any() else float("nan")},
+        "unigram": {"teacher_forced_accuracy": float(p_target.mean()), "sampled_accuracy": float(p_target.mean()),
+                    "teacher_forced_event_accuracy": float(p_target[events].mean()) if events.any() else float("nan"),
+                    "nll_per_token": float(-np.log(p_target).mean())},
+    }
+
+
+# --- musical statistics ------------------------------------------------------------------
+
+
+def sounding_pitches(voices) -> np.ndarray:
+    """(V, T) tokens -> (V, T) sounding pitch per voice and step, -1 in silence."""
+    voices = np.atleast_2d(np.asarray(voices))
+    out = np.full(voices.shape, -1, dtype=np.int16)
+    for v, row in enumerate(voices):
+        for pitch, start, duration in tokens_to_notes(row):
+            out[v, start : start + duration] = pitch
+    return out
+
+
+def window_statistics(voices) -> dict[str, float]:
+    """muspy-style statistics of one window (T,) or (V, T); NaN where undefined (no notes)."""
+    voices = np.atleast_2d(np.asarray(voices))
+    pitches = np.array([p for row in voices for p, _, _ in tokens_to_notes(row)], dtype=np.int64)
+    sounding = sounding_pitches(voices)
+    steps = voices.shape[-1]
+    beats = sounding.reshape(len(voices), -1, STEPS_PER_QUARTER) if steps % STEPS_PER_QUARTER == 0 else None
+    active = [len(set(sounding[:, t][sounding[:, t] >= 0].tolist())) for t in range(steps)]
+    active = np.array(active)
+    stats = {name: float("nan") for name in STATISTICS}
+    if beats is not None:
+        stats["empty_beat_rate"] = float(1.0 - (beats >= 0).any(axis=(0, 2)).mean())
+    if active.any():
+        stats["polyphony"] = float(active[active > 0].mean())
+    if len(pitches):
+        histogram = np.bincount(pitches % PITCH_CLASSES, minlength=PITCH_CLASSES) / len(pitches)
+        nonzero = histogram[histogram > 0]
+        stats["pitch_class_entropy"] = float(-(nonzero * np.log2(nonzero)).sum())
+        classes = pitches % PITCH_CLASSES
+        stats["scale_consistency"] = max(
+            float(np.isin(classes, [(root + step) % PITCH_CLASSES for step in scale]).mean())
+            for root in range(PITCH_CLASSES) for scale in (MAJOR, NATURAL_MINOR))
+        stats["pitch_range"] = float(pitches.max() - pitches.min())
+    return stats
+
+
+def statistics_table(windows) -> dict[str, np.ndarray]:
+    rows = [window_statistics(w) for w in windows]
+    return {name: np.array([row[name] for row in rows]) for name in STATISTICS}
+
+
+def _kde(values: np.ndarray, grid: np.ndarray, bandwidth: float) -> np.ndarray:
+    density = np.exp(-0.5 * ((grid[:, None] - values[None, :]) / bandwidth) ** 2).sum(1)
+    return density / density.sum()  # normalised on the grid: identical inputs give exactly 1
+
+
+def scott_bandwidth(values: np.ndarray) -> float:
+    return max(float(np.std(values)) * len(values) ** (-1 / 5), MIN_BANDWIDTH)
+
+
+def overlapping_area(a, b) -> float:
+    """Overlapping area of two samples' Gaussian KDEs (Scott bandwidth): 1 = same distribution,
+    0 = disjoint. NaNs are dropped; NaN if either side is empty."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+    if not len(a) or not len(b):
+        return float("nan")
+    bw_a, bw_b = scott_bandwidth(a), scott_bandwidth(b)
+    pad = KDE_PADDING_BANDWIDTHS * max(bw_a, bw_b)
+    grid = np.linspace(min(a.min(), b.min()) - pad, max(a.max(), b.max()) + pad, KDE_GRID_POINTS)
+    return float(np.minimum(_kde(a, grid, bw_a), _kde(b, grid, bw_b)).sum())
+
+
+def compare_statistics(generated, real) -> dict[str, dict]:
+    gen, ref = statistics_table(generated), statistics_table(real)
+    return {name: {"generated_mean": float(np.nanmean(gen[name])) if np.isfinite(gen[name]).any() else float("nan"),
+                   "real_mean": float(np.nanmean(ref[name])) if np.isfinite(ref[name]).any() else float("nan"),
+                   "overlapping_area": overlapping_area(gen[name], ref[name])}
+            for name in STATISTICS}
+
+
+# --- chroma of rendered audio ------------------------------------------------------------
+
+
+def chroma_profiles(windows, renderer: str = "pretty_midi") -> np.ndarray:
+    """(N, 12) time-averaged, sum-normalised chroma of each window's rendered audio.
+    pretty_midi's sines by default: fast, and the same timbre for real and generated."""
+    import librosa
+
+    from models.music_render import render
+
+    profiles = []
+    for window in windows:
+        rendered = render(tokens_to_midi_bytes(window), renderer)
+        if not len(rendered.audio) or not np.abs(rendered.audio).max() > 0:
+            profiles.append(np.full(PITCH_CLASSES, 1.0 / PITCH_CLASSES))  # silence: no pitch class preferred
+            continue
+        chroma = librosa.feature.chroma_stft(y=rendered.audio, sr=rendered.sample_rate).mean(axis=1)
+        profiles.append(chroma / max(chroma.sum(), 1e-12))
+    return np.array(profiles).reshape(-1, PITCH_CLASSES)
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy import linalg
+
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = linalg.sqrtm(cov_a @ cov_b)
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * np.real(root)))
+
+
+def compare_chroma(generated_profiles: np.ndarray, real_profiles: np.ndarray) -> dict[str, float]:
+    mean_g, mean_r = generated_profiles.mean(0), real_profiles.mean(0)
+    cosine = float(mean_g @ mean_r / max(np.linalg.norm(mean_g) * np.linalg.norm(mean_r), 1e-12))
+    oa = [overlapping_area(generated_profiles[:, k], real_profiles[:, k]) for k in range(PITCH_CLASSES)]
+    return {"mean_profile_cosine": cosine, "frechet_distance": frechet_distance(generated_profiles, real_profiles),
+            "mean_pitch_class_overlap": float(np.nanmean(oa))}
+
+
+# --- the report --------------------------------------------------------------------------
+
+
+def evaluate(model: MusicVae, train_windows, heldout_windows, n_samples: int = 64, seed: int = 0,
+             temperature: float = 1.0, chroma_windows: int = 32, renderer: str = "pretty_midi") -> dict:
+    """Everything above for one model: held-out likelihood next to baselines, and N samples
+    against N held-out windows (statistics, chroma)."""
+    voices = model.config.voices
+    heldout = as_voices(heldout_windows, voices)
+    rng = np.random.default_rng(seed)
+    real = heldout[rng.choice(len(heldout), size=min(n_samples, len(heldout)), replace=False)]
+    generated = as_voices(sample(model, n_samples, seed=seed, temperature=temperature), voices)
+    table = {"model": reconstruction(model, heldout, seed=seed), **baselines(train_windows, heldout, voices)}
+    report = {"kind": model.config.kind, "heldout_windows": len(heldout), "n_samples": n_samples,
+              "temperature": temperature, "likelihood": table, "statistics": compare_statistics(generated, real)}
+    if chroma_windows:
+        report["chroma"] = {**compare_chroma(chroma_profiles(generated[:chroma_windows], renderer),
+                                             chroma_profiles(real[:chroma_windows], renderer)), "renderer": renderer}
+    return report
+
+
+def _cell(value) -> str:
+    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+def format_report(report: dict) -> str:
+    """The report as markdown tables."""
+    lines = [f"**{report['kind']}**: {report['heldout_windows']} held-out windows; "
+             f"{report['n_samples']} samples at temperature {report['temperature']}", "",
+             "| model | teacher-forced acc | sampled acc | teacher-forced acc on events | NLL / token (nats) | -ELBO / token (nats) |",
+             "|---|---|---|---|---|---|"]
+    columns = ("teacher_forced_accuracy", "sampled_accuracy", "teacher_forced_event_accuracy", "nll_per_token", "neg_elbo_per_token")
+    for name, row in report["likelihood"].items():
+        cells = [row.get(k) for k in columns]
+        lines.append(f"| {name} | " + " | ".join(_cell(c) for c in cells) + " |")
+    lines += ["", "| statistic | real mean | generated mean | overlapping area |", "|---|---|---|---|"]
+    for name, row in report["statistics"].items():
+        lines.append(f"| {name} | {_cell(row['real_mean'])} | {_cell(row['generated_mean'])} | {_cell(row['overlapping_area'])} |")
+    if "chroma" in report:
+        chroma = report["chroma"]
+        lines += ["", f"chroma ({chroma['renderer']}): mean-profile cosine {_cell(chroma['mean_profile_cosine'])}, "
+                      f"Frechet {_cell(chroma['frechet_distance'])}, mean pitch-class overlap {_cell(chroma['mean_pitch_class_overlap'])}"]
+    return "\n".join(lines)

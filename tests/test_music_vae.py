@@ -1,0 +1,297 @@
+"""The music VAE family: tokens <-> MIDI, training steps, sampling, the pyfunc, rendering, metrics."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import pretty_midi
+import pytest
+import torch
+
+from corpora import midi as corpus_midi
+from models import music_metrics, music_render
+from models.music_vae import (HOLD, NOTE_OFF, START, MusicVaeConfig, MusicVaeFamily, encode, export_bundle, interpolate,
+                              load_bundle, load_model, midi_bytes_to_tokens, sample, save_bundle, shift_right, step_seconds,
+                              tokens_to_midi_bytes, tokens_to_notes, transpose)
+from models.trainer import fit
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+STEPS = 32
+torch.set_num_threads(1)
+
+
+def random_voice(rng: np.random.Generator, low: int = 55, high: int = 80, steps: int = STEPS) -> np.ndarray:
+    """Canonical tokens of random monophonic notes and rests, made the way the corpus makes them."""
+    pitch, onset, duration, t = [], [], [], int(rng.integers(0, 3))
+    while t < steps:
+        length = int(rng.integers(1, 6))
+        if rng.random() < 0.8:
+            pitch.append(int(rng.integers(low, high))), onset.append(t), duration.append(length)
+        t += length + int(rng.random() < 0.2)
+    return corpus_midi.melody_tokens(pitch, onset, duration, steps)
+
+
+def windows(kind: str, n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if kind == "melody":
+        return np.stack([random_voice(rng) for _ in range(n)])
+    ranges = [(67, 80), (60, 72), (52, 65), (40, 55)]
+    return np.stack([np.stack([random_voice(rng, lo, hi) for lo, hi in ranges]) for _ in range(n)])
+
+
+def tiny_config(kind: str, **overrides) -> MusicVaeConfig:
+    values = dict(kind=kind, embed_dim=8, encoder_hidden=16, decoder_hidden=16, decoder_layers=1, latent_dim=4,
+                  batch_size=8, steps=3, sampling_rate=2.0, beta_rate=0.0, max_beta=0.5, free_bits=0.0)
+    values.update(overrides)
+    return MusicVaeConfig(**values)
+
+
+# --- tokens <-> MIDI ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["melody", "chorale"])
+def test_tokens_to_midi_bytes_round_trip(kind):
+    dt = step_seconds()
+    for window in windows(kind, 6, seed=1):
+        parsed = pretty_midi.PrettyMIDI(io.BytesIO(tokens_to_midi_bytes(window)))
+        voices = np.atleast_2d(window)
+        assert len(parsed.instruments) == len(voices)  # one instrument per voice
+        for voice, instrument in zip(voices, parsed.instruments):
+            expected = corpus_midi.tokens_to_notes(voice)  # the corpus's semantics
+            assert tokens_to_notes(voice) == expected
+            got = [(n.pitch, round(n.start / dt), round((n.end - n.start) / dt)) for n in instrument.notes]
+            assert got == expected
+        assert np.array_equal(midi_bytes_to_tokens(tokens_to_midi_bytes(window), len(voices)).squeeze(), window)
+
+
+def test_transposition_moves_pitches_only_and_stays_in_range():
+    base = torch.tensor([[[0, HOLD, 5, NOTE_OFF, HOLD, 127]], [[60, HOLD, NOTE_OFF, 62, HOLD, HOLD]],
+                         [[HOLD] * 6]])
+    torch.manual_seed(0)
+    for _ in range(50):
+        moved = transpose(base.clone(), 5)
+        specials = base >= NOTE_OFF
+        assert torch.equal(moved[specials], base[specials])
+        assert moved[~specials].min() >= 0 and moved[~specials].max() <= 127
+        assert torch.equal(moved[0], base[0])  # 0..127 already used: no room to move
+        shift = moved[1, 0, 0] - 60
+        assert -5 <= shift <= 5 and moved[1, 0, 3] - 62 == shift  # one shift per window
+    shifts = {int(transpose(base.clone(), 5)[1, 0, 0]) - 60 for _ in range(200)}
+    assert shifts == set(range(-5, 6))
+
+
+# --- training ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["melody", "chorale"])
+def test_a_few_training_steps_are_finite_and_change_the_weights(tmp_path, kind):
+    config = tiny_config(kind)
+    family = MusicVaeFamily(config, windows(kind, 24))
+    before = {k: v.clone() for k, v in family.model.state_dict().items()}
+    logged = []
+    result = fit(family, config.trainer_config(log_every=1), tmp_path / "run", log=lambda s, m: logged.append(m))
+    assert result.finished and len(logged) == config.steps
+    assert all(np.isfinite(list(m.values())).all() for m in logged)
+    changed = [k for k, v in family.model.state_dict().items() if not torch.equal(v, before[k])]
+    assert any(k.startswith("encoder.") for k in changed) and any(k.startswith("decoder.") for k in changed)
+
+
+def test_a_run_resumes_from_its_weights_only_checkpoint(tmp_path):
+    data = windows("melody", 16)
+    config = tiny_config("melody", steps=4)
+    fit(MusicVaeFamily(config, data), config.trainer_config(steps=2), tmp_path / "run")
+    resumed = MusicVaeFamily(config, data)
+    result = fit(resumed, config.trainer_config(), tmp_path / "run")
+    assert result.resumed_from == 2 and result.finished
+    straight = MusicVaeFamily(config, data)
+    fit(straight, config.trainer_config(), tmp_path / "straight")
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+
+
+def test_free_bits_remove_the_kl_term_below_the_budget_and_beta_scales_it_above():
+    batch = torch.as_tensor(windows("chorale", 8).astype(np.int64))
+    tokens_per_window = 4 * STEPS
+
+    def step_loss(**overrides):
+        family = MusicVaeFamily(tiny_config("chorale", sampling_rate=0.0, **overrides), windows("chorale", 8))
+        torch.manual_seed(0)
+        metrics = family.train_step(batch, step=10, autocast=nullcontext)
+        return metrics["loss"], metrics["recon_nats_per_token"] * tokens_per_window, metrics["kl_bits"]
+
+    loss, recon, kl_bits = step_loss(free_bits=1e6)  # every KL is under the budget
+    assert loss == pytest.approx(recon, rel=1e-5) and kl_bits > 0
+    loss, recon, kl_bits = step_loss(free_bits=0.0, max_beta=0.5)
+    assert loss == pytest.approx(recon + 0.5 * kl_bits * np.log(2), rel=1e-4)
+
+
+def test_scheduled_sampling_changes_the_decoder_input():
+    model = MusicVaeFamily(tiny_config("chorale"), windows("chorale", 8)).model
+    targets = torch.as_tensor(windows("chorale", 8).astype(np.int64))
+    z = torch.randn(8, 4)
+    _, fed = model.decode_scheduled(z, targets, probability=0.0)
+    assert torch.equal(fed, shift_right(targets))
+    logits_tf = model.decode_teacher_forced(z, targets)
+    logits_steps, fed = model.decode_scheduled(z, targets, probability=1.0, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(fed[:, 0], torch.full_like(fed[:, 0], START))
+    assert not torch.equal(fed[:, 1:], shift_right(targets)[:, 1:])
+    assert torch.allclose(logits_tf[:, 0], logits_steps[:, 0], atol=1e-5)  # same first step, one pass vs stepwise
+
+
+# --- sampling, interpolation, bundles ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("music")
+    families = []
+    for kind in ("chorale", "melody"):
+        config = tiny_config(kind, steps=4)
+        family = MusicVaeFamily(config, windows(kind, 32))
+        fit(family, config.trainer_config(), folder / kind)
+        families.append(family)
+    bundle = save_bundle(export_bundle(*families, steps={"chorale": 4, "melody": 4}), folder / "bundle.pt")
+    return families, bundle
+
+
+def test_sample_shapes_and_determinism_by_seed(trained):
+    (chorale, melody), _ = trained
+    a = sample(chorale.model, 5, seed=3, temperature=1.0)
+    assert a.shape == (5, 4, STEPS) and a.dtype == np.uint8 and a.max() <= HOLD
+    assert np.array_equal(a, sample(chorale.model, 5, seed=3, temperature=1.0))
+    assert not np.array_equal(a, sample(chorale.model, 5, seed=4, temperature=1.0))
+    assert sample(melody.model, 3, seed=0).shape == (3, STEPS)
+    greedy = sample(melody.model, 3, seed=0, temperature=0.0)
+    assert np.array_equal(greedy, sample(melody.model, 3, seed=0, temperature=0.0))
+
+
+def test_bundle_reloads_weights_only_to_the_same_music(trained):
+    (chorale, melody), path = trained
+    bundle = load_bundle(path)
+    assert set(bundle["models"]) == {"chorale", "melody"} and bundle["tokens"]["hold"] == HOLD
+    assert np.array_equal(sample(load_model(bundle, "chorale"), 4, seed=1), sample(chorale.model, 4, seed=1))
+    assert np.array_equal(sample(load_model(bundle, "melody"), 4, seed=1), sample(melody.model, 4, seed=1))
+    ends = windows("chorale", 2, seed=5)
+    strip = interpolate(chorale.model, ends[0], ends[1], steps=4)
+    assert strip.shape == (4, 4, STEPS)
+    mu, sigma = encode(chorale.model, ends)
+    assert mu.shape == sigma.shape == (2, 4) and (sigma > 0).all()
+
+
+FRESH_PREDICT = textwrap.dedent("""
+    import importlib.abc, io, json, sys
+
+    class Forbid(importlib.abc.MetaPathFinder):
+        # the registered model may use only models/ (from its code path), torch, mlflow, pretty_midi
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("corpora", "dagster", "assets", "pipelines", "resources"):
+                raise ImportError(f"the pyfunc imported {name}")
+            return None
+
+    sys.meta_path.insert(0, Forbid())
+    import mlflow.pyfunc
+    import pandas as pd
+    import pretty_midi
+
+    model = mlflow.pyfunc.load_model(sys.argv[1])
+    chorales = model.predict({"n": 3, "seed": 7, "temperature": 0.8})
+    again = model.predict(pd.DataFrame({"n": [3], "seed": [7], "temperature": [0.8]}))
+    melodies = model.predict({"n": 2, "seed": 1, "mode": "melody"})
+    strip = model.predict({"interpolate": [chorales[0], chorales[1]], "steps": 4, "mode": "chorale"})
+    parsed = [pretty_midi.PrettyMIDI(io.BytesIO(b)) for b in chorales + melodies + strip]
+    module = sys.modules[type(model.unwrap_python_model()).__module__].__file__
+    print(json.dumps({"n": len(chorales), "same": chorales == again, "melodies": len(melodies), "strip": len(strip),
+                      "instruments": [len(p.instruments) for p in parsed], "module": module}))
+""")
+
+
+def test_pyfunc_in_a_fresh_process_returns_midi_and_interpolations(trained, tmp_path):
+    import mlflow.pyfunc
+
+    from models.music_pyfunc import MusicVaePyfunc
+
+    _, bundle = trained
+    model_dir = tmp_path / "model"
+    mlflow.pyfunc.save_model(str(model_dir), python_model=MusicVaePyfunc(), artifacts={"bundle": str(bundle)},
+                             code_paths=[str(PROJECT_ROOT / "models")])
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    env = {**os.environ, "PYTHONPATH": "", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    out = subprocess.run([sys.executable, "-c", FRESH_PREDICT, str(model_dir)], cwd=cwd, env=env,
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result == {**result, "n": 3, "same": True, "melodies": 2, "strip": 4}
+    assert result["instruments"] == [4, 4, 4, 1, 1, 4, 4, 4, 4]  # one instrument per voice
+    assert result["module"].startswith(str(model_dir)), "the pyfunc must come from the model's own code path"
+
+
+# --- rendering ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("renderer", ["pretty_midi", "fluidsynth"])
+def test_rendered_wav_is_not_silent_and_lasts_as_long_as_the_midi(renderer, tmp_path):
+    if renderer == "fluidsynth" and not music_render.fluidsynth_available():
+        pytest.skip("fluidsynth or a soundfont is not installed")
+    window = windows("chorale", 1, seed=2)[0]
+    rendered = music_render.render_tokens(window, renderer=renderer)
+    assert rendered.renderer == renderer
+    midi_s = music_render.midi_seconds(window)
+    # a short release tail after the last note is allowed (fluidsynth keeps RELEASE_TAIL_S)
+    assert midi_s - 0.1 <= rendered.seconds <= midi_s + music_render.RELEASE_TAIL_S + 0.1
+    path = music_render.write_wav(rendered, tmp_path / "a.wav")
+    audio, rate = music_render.read_wav(path.read_bytes())
+    assert rate == rendered.sample_rate and np.sqrt(np.mean(audio**2)) > 1e-3
+    assert music_render.write_midi(window, tmp_path / "a.mid").stat().st_size > 0
+
+
+def test_pictures_are_uint8_and_encode_as_png():
+    window = windows("chorale", 1, seed=3)[0]
+    roll = music_render.pianoroll_image(window)
+    assert roll.dtype == np.uint8 and roll.ndim == 3 and roll.shape[1] == STEPS * music_render.PIXELS_PER_STEP
+    assert roll.any()
+    rendered = music_render.render_tokens(window, renderer="pretty_midi")
+    mel = music_render.mel_spectrogram_image(rendered.audio, rendered.sample_rate)
+    assert mel.dtype == np.uint8 and mel.shape[0] == music_render.MEL_BANDS and mel.std() > 0
+    assert music_render.png_bytes(roll).startswith(b"\x89PNG")
+
+
+# --- metrics -----------------------------------------------------------------------------
+
+
+def test_metric_sanity():
+    x = windows("chorale", 4)
+    assert music_metrics.token_accuracy(x, x) == 1.0
+    values = np.random.default_rng(0).normal(size=200)
+    assert music_metrics.overlapping_area(values, values) == pytest.approx(1.0)
+    assert music_metrics.overlapping_area(values, values + 100) < 1e-6
+    assert music_metrics.overlapping_area([2.0] * 10, [2.0] * 10) == pytest.approx(1.0)  # constant features
+    c_major = np.full(STEPS, HOLD, np.uint8)
+    c_major[::4] = [60, 62, 64, 65, 67, 69, 71, 72]
+    stats = music_metrics.window_statistics(c_major)
+    assert stats["scale_consistency"] == 1.0 and stats["pitch_range"] == 12 and stats["empty_beat_rate"] == 0
+    assert stats["polyphony"] == 1.0 and stats["pitch_class_entropy"] == pytest.approx(np.log2(7) + 0, abs=0.1)
+    chord = np.full((4, STEPS), HOLD, np.uint8)
+    chord[:, 0], chord[:, 16] = [72, 67, 64, 48], NOTE_OFF
+    stats = music_metrics.window_statistics(chord)
+    assert stats["polyphony"] == 4.0 and stats["empty_beat_rate"] == 0.5
+
+
+def test_report_has_model_and_baselines_in_one_table(trained):
+    (chorale, _), _ = trained
+    report = music_metrics.evaluate(chorale.model, windows("chorale", 32), windows("chorale", 12, seed=9),
+                                    n_samples=6, chroma_windows=3)
+    table = report["likelihood"]
+    assert set(table) == {"model", "most frequent token", "unigram"}
+    assert 0 <= table["model"]["teacher_forced_accuracy"] <= 1 and np.isfinite(table["model"]["neg_elbo_per_token"])
+    assert table["model"]["neg_elbo_per_token"] >= 0
+    assert set(report["statistics"]) == set(music_metrics.STATISTICS)
+    text = music_metrics.format_report(report)
+    assert "| most frequent token |" in text and "overlapping area" in text and "chroma" in text
