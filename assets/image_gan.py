@@ -5,7 +5,6 @@ the step before it recorded (a manifest, a weights file, a registered version), 
 newest file in a folder".
 """
 
-import base64
 import html
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,9 @@ import numpy as np
 import torch
 
 from assets.ingest import image_corpus
+from assets.training import (
+    deadline, latest_metadata, log_metrics, log_params, log_training_data, promote, thumbnail_markdown,
+)
 from corpora.atomic import atomic_write, atomic_write_bytes, atomic_write_text
 from corpora.hashing import sha256_file, sha256_json
 from corpora.ingest import load_manifest, shard_paths
@@ -72,18 +74,6 @@ def load_image_split(storage: StorageResource) -> ImageSplit:
         images[~heldout], labels[~heldout], images[heldout], labels[heldout],
         class_names, manifest["version"], manifest_path,
     )
-
-
-def thumbnail_markdown(picture: np.ndarray) -> dg.MetadataValue:
-    encoded = base64.b64encode(png_bytes(picture)).decode("ascii")
-    return dg.MetadataValue.md(f"![samples](data:image/png;base64,{encoded})")
-
-
-def latest_metadata(context: dg.AssetExecutionContext, asset_key: str) -> dict:
-    event = context.instance.get_latest_materialization_event(dg.AssetKey(asset_key))
-    if event is None or event.asset_materialization is None:
-        raise dg.Failure(f"{asset_key} has never been materialized: materialize it first")
-    return {key: value.value for key, value in event.asset_materialization.metadata.items()}
 
 
 # --- the feature classifier ----------------------------------------------------------------
@@ -181,14 +171,6 @@ def evaluate(generator, data: ImageSplit, classifier, family_untrained, seed: in
     return {"table": report, "memorization": copies, "samples": samples["model"]}
 
 
-def champion_score(registry: MlflowRegistry) -> tuple[str | None, float | None]:
-    version = registry.get_version_by_alias(MODEL_NAME, "champion")
-    if version is None:
-        return None, None
-    score = version.tags.get(METRIC)
-    return str(version.version), float(score) if score is not None else None
-
-
 @dg.asset(
     group_name=GROUP, deps=[image_corpus, image_classifier], code_version=GAN_CODE_VERSION,
     kinds={"pytorch", "mlflow"}, pool="gpu",
@@ -219,9 +201,9 @@ def image_gan(
     with mlflow.start_run(EXPERIMENT, run_name=f"image-gan {context.run.run_id[:8]}", tags=tags) as run:
         client = mlflow.client()
         run_id = run.info.run_id
-        client.log_batch(run_id, params=_params({**gan_config.to_dict(), "profile": config.profile,
-                                                 "start_from": config.start_from}))
-        _log_dataset(client, run_id, data)
+        log_params(client, run_id, {**gan_config.to_dict(), "profile": config.profile, "start_from": config.start_from})
+        log_training_data(client, run_id, "image_corpus", data.manifest_path, data.data_version,
+                          f'{{"train": {len(data.train_images)}, "heldout": {len(data.heldout_images)}}}')
 
         family = ImageGanFamily(gan_config, data.train_images, data.train_labels, data.class_names)
         untrained = family.sampling_generator()
@@ -230,11 +212,10 @@ def image_gan(
 
         def log(step: int, values: dict) -> None:
             context.log.info(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in values.items()))
-            client.log_batch(run_id, metrics=_metrics(values, step))
+            log_metrics(client, run_id, values, step)
 
-        deadline = _deadline(config.max_minutes)
         result = fit(family, gan_config.trainer_config(), run_dir, device=device, log=log,
-                     should_stop=deadline, checkpoint_extra={"config": gan_config.to_dict()})
+                     should_stop=deadline(config.max_minutes), checkpoint_extra={"config": gan_config.to_dict()})
         bundle_path = save_bundle(export_bundle(family, step=result.step), run_dir / "bundle.pt")
         generator = load_generator(bundle_path)
         evaluation = evaluate(generator, data, classifier, untrained, compute.seed)
@@ -249,7 +230,7 @@ def image_gan(
             "near_copies": evaluation["memorization"]["near_copy_count"],
             "classifier_heldout_accuracy": classifier_meta["heldout_accuracy"],
         }
-        client.log_batch(run_id, metrics=_metrics(summary, result.step))
+        log_metrics(client, run_id, summary, result.step)
         report_markdown = metrics.format_report(table)
         client.log_text(run_id, report_markdown, "metrics_report.md")
 
@@ -258,10 +239,8 @@ def image_gan(
             registered_model_name=MODEL_NAME, code_paths=[str(MODELS_PACKAGE)],
             pip_requirements=PYFUNC_REQUIREMENTS, input_example={"n": 4, "seed": 0},
         )
-        client.set_model_version_tag(MODEL_NAME, version, METRIC, f"{score:.6f}")
         client.set_model_version_tag(MODEL_NAME, version, "classifier_weights", sha256_file(classifier_meta["weights"]))
-        mlflow.set_alias(MODEL_NAME, "challenger", version)
-        promotion = _promote(mlflow, version, score)
+        promotion = promote(mlflow, MODEL_NAME, METRIC, version, score, higher_is_better=False)
 
     context.log.info(f"registered {MODEL_NAME} version {version}; {promotion['decision']}")
     return dg.MaterializeResult(
@@ -287,23 +266,6 @@ def image_gan(
     )
 
 
-def _promote(registry: MlflowRegistry, version: str, score: float) -> dict:
-    """Move `champion` to `version` only if its metric is lower than the current champion's."""
-    champion, champion_value = champion_score(registry)
-    promoted = champion is None or champion_value is None or score < champion_value
-    if promoted:
-        registry.set_alias(MODEL_NAME, "champion", version)
-    decision = (
-        f"version {version} ({METRIC} {score:.4f}) "
-        + ("is the first champion" if champion is None else
-           f"{'replaces' if promoted else 'does not beat'} champion version {champion} ({METRIC} {champion_value:.4f})")
-    )
-    return {"promoted": promoted, "new_version": version, f"new_{METRIC}": score,
-            "previous_champion": champion or "none",
-            f"champion_{METRIC}": champion_value if champion_value is not None else float("nan"),
-            "decision": decision}
-
-
 def _warm_start(context, family: ImageGanFamily, registry: MlflowRegistry) -> None:
     version = registry.get_version_by_alias(MODEL_NAME, "champion")
     if version is None:
@@ -314,42 +276,6 @@ def _warm_start(context, family: ImageGanFamily, registry: MlflowRegistry) -> No
     family.generator.load_state_dict(champion.state_dict())
     family.ema_generator.load_state_dict(champion.state_dict())
     context.log.info(f"continuing from champion version {version.version}")
-
-
-def _deadline(max_minutes: float):
-    if not max_minutes:
-        return None
-    import time
-
-    end = time.monotonic() + max_minutes * 60
-    return lambda: time.monotonic() >= end
-
-
-def _params(values: dict):
-    from mlflow.entities import Param
-
-    return [Param(str(k), str(v)[:6000]) for k, v in values.items()]
-
-
-def _metrics(values: dict, step: int):
-    import time
-
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    return [Metric(k, float(v), now, step) for k, v in values.items() if np.isfinite(float(v))]
-
-
-def _log_dataset(client, run_id: str, data: ImageSplit) -> None:
-    """The shard manifest as the run's training dataset input (name, digest, source)."""
-    from mlflow.entities import Dataset, DatasetInput, InputTag
-
-    dataset = Dataset(
-        name="image_corpus", digest=data.data_version[:36], source_type="local",
-        source=str(data.manifest_path),
-        schema=None, profile=f'{{"train": {len(data.train_images)}, "heldout": {len(data.heldout_images)}}}',
-    )
-    client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])])
 
 
 # --- the gallery ----------------------------------------------------------------------------

@@ -1,0 +1,85 @@
+"""What every training asset shares: lineage lookups, MLflow logging, champion promotion."""
+import base64
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+
+from corpora.shards import png_bytes
+from resources.mlflow_registry import MlflowRegistry
+
+
+def latest_metadata(context: dg.AssetExecutionContext, asset_key: str) -> dict:
+    """The metadata of an upstream asset's latest materialization (its weights, its version)."""
+    event = context.instance.get_latest_materialization_event(dg.AssetKey(asset_key))
+    if event is None or event.asset_materialization is None:
+        raise dg.Failure(f"{asset_key} has never been materialized: materialize it first")
+    return {key: value.value for key, value in event.asset_materialization.metadata.items()}
+
+
+def thumbnail_markdown(picture: np.ndarray) -> dg.MetadataValue:
+    """A small PNG inline in the Dagster UI (kept small: metadata lives in the event log)."""
+    encoded = base64.b64encode(png_bytes(picture)).decode("ascii")
+    return dg.MetadataValue.md(f"![preview](data:image/png;base64,{encoded})")
+
+
+def deadline(max_minutes: float) -> Callable[[], bool] | None:
+    """A `should_stop` for the trainer that fires after `max_minutes` (0: never)."""
+    if not max_minutes:
+        return None
+    end = time.monotonic() + max_minutes * 60
+    return lambda: time.monotonic() >= end
+
+
+def log_params(client, run_id: str, values: dict) -> None:
+    from mlflow.entities import Param
+
+    client.log_batch(run_id, params=[Param(str(k), str(v)[:6000]) for k, v in values.items()])
+
+
+def log_metrics(client, run_id: str, values: dict, step: int) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    finite = {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and np.isfinite(float(v))}
+    client.log_batch(run_id, metrics=[Metric(k, v, now, step) for k, v in finite.items()])
+
+
+def log_training_data(client, run_id: str, name: str, manifest_path: Path, data_version: str, profile: str) -> None:
+    """The shard manifest as the run's training dataset input (name, digest, source)."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    dataset = Dataset(name=name, digest=data_version[:36], source_type="local", source=str(manifest_path),
+                      schema=None, profile=profile)
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])])
+
+
+def promote(registry: MlflowRegistry, model_name: str, metric: str, version: str, score: float,
+            higher_is_better: bool) -> dict:
+    """Tag the new version with its score, point `challenger` at it, and move `champion` to it
+    only when it beats the current champion's score. Returns the comparison, either way."""
+    client = registry.client()
+    client.set_model_version_tag(model_name, version, metric, f"{score:.6f}")
+    registry.set_alias(model_name, "challenger", version)
+    current = registry.get_version_by_alias(model_name, "champion")
+    current_score = float(current.tags[metric]) if current is not None and metric in current.tags else None
+    if current_score is None:
+        promoted = True
+    else:
+        promoted = score > current_score if higher_is_better else score < current_score
+    if promoted:
+        registry.set_alias(model_name, "champion", version)
+    if current is None:
+        decision = f"version {version} ({metric} {score:.4f}) is the first champion"
+    else:
+        verb = "replaces" if promoted else "does not beat"
+        decision = (f"version {version} ({metric} {score:.4f}) {verb} champion version {current.version} "
+                    f"({metric} {current_score if current_score is not None else float('nan'):.4f})")
+    return {
+        "promoted": promoted, "new_version": version, f"new_{metric}": score,
+        "previous_champion": str(current.version) if current is not None else "none",
+        f"champion_{metric}": current_score if current_score is not None else float("nan"),
+        "decision": decision,
+    }
