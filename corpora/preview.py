@@ -9,9 +9,10 @@ import numpy as np
 from corpora.shards import png_bytes
 
 
-def contact_sheet(images: np.ndarray, columns: int = 8, cell: int = 48, gap: int = 2) -> np.ndarray:
-    """Tile (N, H, W, C) uint8 images into one picture with cells of `cell` pixels."""
-    count, channels = len(images), images.shape[-1]
+def contact_sheet(images, columns: int = 8, cell: int = 48, gap: int = 2) -> np.ndarray:
+    """Tile uint8 images (an (N, H, W, C) array, or a list of HxWxC arrays of any sizes and one
+    channel count) into one picture with square cells of `cell` pixels."""
+    count, channels = len(images), images[0].shape[-1]
     rows = max(1, math.ceil(count / columns))
     sheet = np.full((rows * (cell + gap) + gap, columns * (cell + gap) + gap, channels), 255, np.uint8)
     for index, image in enumerate(images):

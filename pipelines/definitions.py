@@ -5,6 +5,7 @@ import dagster as dg
 
 from assets.image_gan import IMAGE_GAN_ASSETS
 from assets.ingest import CORPUS_ASSETS
+from assets.music_vae import MUSIC_ASSETS
 from resources.compute import ComputeResource
 from resources.mlflow_registry import MlflowRegistry
 from resources.storage import StorageResource, default_data_root
@@ -32,7 +33,7 @@ def build_resources(data_root: str | None = None) -> dict:
 
 
 defs = dg.Definitions(
-    assets=[*CORPUS_ASSETS, *IMAGE_GAN_ASSETS],
+    assets=[*CORPUS_ASSETS, *IMAGE_GAN_ASSETS, *MUSIC_ASSETS],
     jobs=[ingest_job, main_job],
     resources=build_resources(),
 )

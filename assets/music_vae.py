@@ -1,0 +1,232 @@
+"""Music creation: MusicVAE-style melody and 4-voice chorale models, registered as `music-vae`,
+and an audio gallery. Lineage: midi_corpus -> music_vae -> music_gallery."""
+import html
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+
+from assets.ingest import midi_corpus
+from assets.training import (
+    deadline, latest_metadata, log_metrics, log_params, log_training_data, promote, thumbnail_markdown,
+)
+from corpora.atomic import atomic_write_bytes, atomic_write_text
+from corpora.hashing import sha256_json
+from corpora.ingest import load_manifest
+from corpora.preview import contact_sheet
+from corpora.shards import png_bytes
+from models import music_metrics, music_render
+from models.music_pyfunc import MusicVaePyfunc
+from models.music_vae import (
+    KINDS, PROFILES, MusicVaeConfig, MusicVaeFamily, export_bundle, interpolate, load_windows, sample, save_bundle,
+    tokens_to_midi_bytes,
+)
+from models.trainer import fit
+from resources.compute import ComputeResource
+from resources.mlflow_registry import MlflowRegistry
+from resources.storage import StorageResource
+
+GROUP = "music_vae"
+MODEL_NAME = EXPERIMENT = "music-vae"
+CODE_VERSION = "music-vae-1"
+GALLERY_CODE_VERSION = "music-gallery-1"
+METRIC = "sampled_accuracy"  # held-out reconstruction accuracy, averaged over the bundle's models; higher wins
+MODELS_PACKAGE = Path(__file__).resolve().parents[1] / "models"
+PYFUNC_REQUIREMENTS = ["torch==2.13.0", "numpy", "pandas", "pretty_midi", "mlflow==3.17.2"]
+GALLERY_SAMPLES, GALLERY_SEED, INTERPOLATION_STEPS = 4, 0, 5
+
+
+class MusicVaeTrainConfig(dg.Config):
+    profile: str = "demo"  # one of models.music_vae.PROFILES: demo, cpu-long, gpu
+    kinds: list[str] = ["chorale", "melody"]  # which models the registered bundle holds
+    steps: int = 0  # 0: the profile's
+    max_minutes: float = 0.0  # per model; 0: no limit
+    eval_samples: int = 64
+
+
+def midi_manifest(storage: StorageResource) -> tuple[Path, dict]:
+    path = storage.shards_dir("midi") / "manifest.json"
+    manifest = load_manifest(path)
+    if manifest is None:
+        raise dg.Failure(f"no MIDI corpus at {path}: materialize midi_corpus first")
+    return path, manifest
+
+
+@dg.asset(
+    group_name=GROUP, deps=[midi_corpus], code_version=CODE_VERSION, kinds={"pytorch", "mlflow"}, pool="gpu",
+    check_specs=[dg.AssetCheckSpec(
+        "beats_champion", asset="music_vae",
+        description=f"Held-out {METRIC} against the champion's; champion moves only on improvement.",
+    )],
+    description="MusicVAE-style VAEs (BiLSTM encoder, LSTM decoder, scheduled sampling, KL annealing with "
+    "free bits) over 2-bar melodies and 4-voice chorale windows, registered in MLflow as `music-vae`.",
+)
+def music_vae(
+    context: dg.AssetExecutionContext, config: MusicVaeTrainConfig, storage: StorageResource,
+    compute: ComputeResource, mlflow: MlflowRegistry,
+) -> dg.MaterializeResult:
+    if config.profile not in PROFILES or not set(config.kinds) <= set(KINDS) or not config.kinds:
+        raise dg.Failure(f"profile must be one of {sorted(PROFILES)} and kinds a subset of {sorted(KINDS)}")
+    manifest_path, manifest = midi_manifest(storage)
+    device = compute.configure_torch()
+    overrides = {"steps": config.steps} if config.steps else {}
+    configs = {kind: MusicVaeConfig.profile(config.profile, kind=kind, seed=compute.seed, **overrides)
+               for kind in config.kinds}
+    config_hash = sha256_json({kind: c.to_dict() for kind, c in configs.items()})
+    tags = mlflow.lineage_tags(
+        dagster_run_id=context.run.run_id, asset_key="music_vae", code_version=CODE_VERSION,
+        data_version=manifest["version"], config_hash=config_hash,
+    )
+    with mlflow.start_run(EXPERIMENT, run_name=f"music-vae {context.run.run_id[:8]}", tags=tags) as run:
+        client, run_id = mlflow.client(), run.info.run_id
+        log_params(client, run_id, {"profile": config.profile, "kinds": ",".join(config.kinds),
+                                    **{f"{k}.{name}": v for k, c in configs.items() for name, v in c.to_dict().items()}})
+        log_training_data(client, run_id, "midi_corpus", manifest_path, manifest["version"],
+                          f'{{"pieces": {manifest["counts"]["ingested"]}}}')
+        families, steps, reports, summary = [], {}, {}, {}
+        for kind, kind_config in configs.items():
+            data = load_windows(manifest_path, kind)
+            family = MusicVaeFamily(kind_config, data["train"])
+            # Same data, code and config -> same folder: a killed run resumes from its checkpoint.
+            run_dir = storage.checkpoints_dir("music_vae") / f"{manifest['version'][:12]}-{config_hash[:12]}-{kind}"
+
+            def log(step: int, values: dict, kind=kind) -> None:
+                context.log.info(f"{kind} step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in values.items()))
+                log_metrics(client, run_id, {f"{kind}.{k}": v for k, v in values.items()}, step)
+
+            result = fit(family, kind_config.trainer_config(), run_dir, device=device, log=log,
+                         should_stop=deadline(config.max_minutes),
+                         checkpoint_extra={"family": "music_vae", "config": kind_config.to_dict()})
+            family.model.cpu()
+            report = music_metrics.evaluate(family.model, data["train"], data["heldout"],
+                                            n_samples=config.eval_samples, seed=compute.seed)
+            families.append(family)
+            steps[kind], reports[kind] = result.step, report
+            model_row = report["likelihood"]["model"]
+            summary.update({f"{kind}.{name}": value for name, value in model_row.items()
+                            if isinstance(value, (int, float))})
+            summary[f"{kind}.train_seconds"] = result.seconds
+        score = float(np.mean([reports[kind]["likelihood"]["model"][METRIC] for kind in configs]))
+        summary[METRIC] = score
+        log_metrics(client, run_id, summary, max(steps.values()))
+        report_markdown = "\n\n".join(music_metrics.format_report(report) for report in reports.values())
+        client.log_text(run_id, report_markdown, "metrics_report.md")
+
+        bundle_dir = storage.checkpoints_dir("music_vae") / f"{manifest['version'][:12]}-{config_hash[:12]}"
+        bundle_path = save_bundle(export_bundle(*families, steps=steps), bundle_dir / "bundle.pt")
+        _, version = mlflow.log_pyfunc_model(
+            run_id, name="music-vae", python_model=MusicVaePyfunc(), artifacts={"bundle": str(bundle_path)},
+            registered_model_name=MODEL_NAME, code_paths=[str(MODELS_PACKAGE)],
+            pip_requirements=PYFUNC_REQUIREMENTS,
+        )
+        promotion = promote(mlflow, MODEL_NAME, METRIC, version, score, higher_is_better=True)
+
+    context.log.info(f"registered {MODEL_NAME} version {version}; {promotion['decision']}")
+    return dg.MaterializeResult(
+        metadata={
+            "model_version": version,
+            "model_uri": mlflow.model_uri(MODEL_NAME, version),
+            "mlflow_run_id": run_id,
+            "steps": dg.MetadataValue.json(steps),
+            **{k: dg.MetadataValue.float(float(v)) for k, v in summary.items()},
+            "metrics_table": dg.MetadataValue.md(report_markdown),
+            "bundle": dg.MetadataValue.path(str(bundle_path)),
+            "corpus_data_version": manifest["version"],
+        },
+        data_version=dg.DataVersion(f"{MODEL_NAME}/{version}"),
+        check_results=[dg.AssetCheckResult(
+            check_name="beats_champion", passed=promotion["promoted"],
+            severity=dg.AssetCheckSeverity.WARN, metadata=promotion,
+        )],
+    )
+
+
+@dg.asset(
+    group_name=GROUP, deps=[music_vae], code_version=GALLERY_CODE_VERSION, kinds={"html"},
+    description="Samples of the music_vae version this run registered as .mid, rendered .wav, piano roll and "
+    "mel spectrogram, plus an interpolation between two real chorale phrases, under data/galleries/music-vae/<version>/.",
+)
+def music_gallery(
+    context: dg.AssetExecutionContext, storage: StorageResource, compute: ComputeResource, mlflow: MlflowRegistry,
+) -> dg.MaterializeResult:
+    compute.configure_torch()
+    trained = latest_metadata(context, "music_vae")
+    version = str(trained["model_version"])
+    model, model_version = mlflow.load_pyfunc_model(MODEL_NAME, version)
+    models = model.unwrap_python_model().models
+    manifest_path, manifest = midi_manifest(storage)
+    folder = storage.galleries_dir(MODEL_NAME) / version
+
+    entries, rolls = [], []
+    for kind, kind_model in models.items():
+        windows = sample(kind_model, GALLERY_SAMPLES, seed=GALLERY_SEED)
+        entries += [_write_piece(folder, f"{kind}-{i}", window) for i, window in enumerate(windows)]
+        rolls += [music_render.pianoroll_image(window) for window in windows]
+    interpolation = []
+    if "chorale" in models:
+        heldout = load_windows(manifest_path, "chorale")["heldout"]
+        ends = heldout[np.random.default_rng(GALLERY_SEED).choice(len(heldout), 2, replace=False)]
+        path = interpolate(models["chorale"], ends[0], ends[1], steps=INTERPOLATION_STEPS)
+        interpolation = [_write_piece(folder, f"interpolation-{i}", window) for i, window in enumerate(path)]
+
+    lineage = {
+        "model": f"{MODEL_NAME} version {version}",
+        "mlflow run": model_version.run_id,
+        "shard data version": manifest["version"],
+        "git commit": model_version.tags.get("git_commit", "unknown"),
+        "dagster run": context.run.run_id,
+    }
+    index = folder / "index.html"
+    atomic_write_text(index, gallery_html(f"{MODEL_NAME} version {version}", lineage, entries, interpolation,
+                                          trained.get("metrics_table", "")))
+    client = mlflow.client()
+    for entry in entries:
+        client.log_artifact(model_version.run_id, str(folder / entry["wav"]), artifact_path="gallery")
+    renderers = sorted({entry["renderer"] for entry in entries + interpolation})
+    return dg.MaterializeResult(metadata={
+        "index": dg.MetadataValue.path(str(index)),
+        "model_version": version,
+        "pieces": len(entries) + len(interpolation),
+        "audio_renderer": ", ".join(renderers),
+        "preview": thumbnail_markdown(contact_sheet(rolls, columns=4, cell=96)),
+    })
+
+
+def _write_piece(folder: Path, name: str, window: np.ndarray) -> dict:
+    """One window as .mid, .wav (fluidsynth, else pretty_midi's synthesizer), piano roll and mel PNGs."""
+    midi = tokens_to_midi_bytes(window)
+    rendered = music_render.render(midi)
+    files = {"mid": f"{name}.mid", "wav": f"{name}.wav", "roll": f"{name}-roll.png", "mel": f"{name}-mel.png"}
+    atomic_write_bytes(folder / files["mid"], midi)
+    atomic_write_bytes(folder / files["wav"], rendered.wav_bytes())
+    atomic_write_bytes(folder / files["roll"], png_bytes(music_render.pianoroll_image(window)))
+    atomic_write_bytes(folder / files["mel"], png_bytes(music_render.mel_spectrogram_image(rendered.audio, rendered.sample_rate)))
+    return {"name": name, **files, "renderer": rendered.renderer, "seconds": rendered.seconds}
+
+
+def gallery_html(title: str, lineage: dict, entries: list[dict], interpolation: list[dict], metrics_table: str) -> str:
+    """index.html with <audio> players; every string that came from input is escaped."""
+    e = html.escape
+
+    def piece(entry: dict) -> str:
+        return (f'<figure><figcaption>{e(entry["name"])} ({entry["seconds"]:.1f} s, {e(entry["renderer"])})'
+                f' <a href="{e(entry["mid"])}">.mid</a></figcaption>'
+                f'<audio controls preload="none" src="{e(entry["wav"])}"></audio><br>'
+                f'<img src="{e(entry["roll"])}" alt="piano roll"> <img src="{e(entry["mel"])}" alt="mel spectrogram">'
+                f"</figure>")
+
+    lineage_rows = "".join(f"<tr><th>{e(k)}</th><td><code>{e(str(v))}</code></td></tr>" for k, v in lineage.items())
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:70em}} figure{{margin:1em 0}}
+img{{image-rendering:pixelated;height:96px}} th{{text-align:left;padding-right:1em}}</style></head>
+<body><h1>{e(title)}</h1>
+<table>{lineage_rows}</table>
+<h2>Samples</h2>{''.join(piece(entry) for entry in entries)}
+<h2>Interpolation between two held-out chorale phrases</h2>{''.join(piece(entry) for entry in interpolation)}
+<h2>Metrics</h2><pre>{e(metrics_table)}</pre>
+</body></html>
+"""
+
+
+MUSIC_ASSETS = [music_vae, music_gallery]

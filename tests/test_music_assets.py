@@ -1,0 +1,106 @@
+"""The music family end to end in Dagster: MIDI corpus -> music VAE in MLflow -> audio gallery."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import wave
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pretty_midi
+import pytest
+
+from assets.ingest import midi_corpus
+from assets.music_vae import music_gallery, music_vae
+from pipelines.definitions import build_resources
+
+VOICES = (72, 67, 60, 48)
+MAJOR = (0, 2, 4, 5, 7, 9, 11, 12)
+
+
+def write_chorales(raw: Path, pieces: int = 12) -> None:
+    """Four voices walking a major scale in quarter notes, each piece in another key."""
+    raw.mkdir(parents=True)
+    for index in range(pieces):
+        midi = pretty_midi.PrettyMIDI(initial_tempo=120)
+        for voice, base in enumerate(VOICES):
+            instrument = pretty_midi.Instrument(program=0)
+            for beat in range(16):
+                pitch = base + index % 5 + MAJOR[(beat + voice * 2 + index) % len(MAJOR)]
+                instrument.notes.append(pretty_midi.Note(80, pitch, beat * 0.5, beat * 0.5 + 0.5))
+            midi.instruments.append(instrument)
+        midi.write(str(raw / f"piece-{index:02d}.mid"))
+
+
+@pytest.fixture(scope="module")
+def music_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("music")
+    write_chorales(root / "raw")
+    resources = build_resources(str(root / "data"))
+    resources["mlflow"].initialize()
+    config = {"ops": {
+        "midi_corpus": {"config": {"source_dir": str(root / "raw"), "heldout_percent": 40}},
+        "music_vae": {"config": {"steps": 6, "eval_samples": 8}},
+    }}
+    result = dg.materialize([midi_corpus, music_vae, music_gallery], resources=resources, run_config=config,
+                            instance=dg.DagsterInstance.ephemeral())
+    assert result.success
+    return {"root": root, "resources": resources, "result": result}
+
+
+def metadata_of(result, asset) -> dict:
+    [event] = result.asset_materializations_for_node(asset.op.name)
+    return {k: v.value for k, v in event.metadata.items()}
+
+
+def test_music_vae_is_registered_with_lineage_and_metrics(music_run):
+    trained = metadata_of(music_run["result"], music_vae)
+    assert trained["model_version"] == "1" and trained["steps"] == {"chorale": 6, "melody": 6}
+    assert 0.0 <= trained["sampled_accuracy"] <= 1.0
+    assert "most frequent" in trained["metrics_table"].lower() or "most_frequent" in trained["metrics_table"]
+    registry = music_run["resources"]["mlflow"]
+    assert str(registry.get_version_by_alias("music-vae", "champion").version) == "1"
+    run = registry.client().get_run(registry.client().get_model_version("music-vae", "1").run_id)
+    corpus = metadata_of(music_run["result"], midi_corpus)
+    assert run.data.tags["data_version"] == corpus["data_version"]
+    assert run.inputs.dataset_inputs[0].dataset.name == "midi_corpus"
+
+
+def test_gallery_has_audio_that_is_not_silent_and_lasts_as_long_as_the_midi(music_run):
+    index = Path(metadata_of(music_run["result"], music_gallery)["index"])
+    page = index.read_text()
+    assert page.count("<audio") >= 8 + 5 and "music-vae version 1" in page
+    for midi_path in sorted(index.parent.glob("chorale-*.mid")):
+        with wave.open(str(midi_path.with_suffix(".wav"))) as wav:
+            frames = np.frombuffer(wav.readframes(wav.getnframes()), dtype=np.int16)
+            seconds = wav.getnframes() / wav.getframerate()
+        midi_seconds = pretty_midi.PrettyMIDI(str(midi_path)).get_end_time()
+        assert np.abs(frames).max() > 1000  # audible
+        assert abs(seconds - midi_seconds) <= 1.0
+        assert (index.parent / f"{midi_path.stem}-roll.png").stat().st_size > 100
+        assert (index.parent / f"{midi_path.stem}-mel.png").stat().st_size > 100
+    assert len(list(index.parent.glob("interpolation-*.mid"))) == 5
+
+
+def test_music_vae_samples_and_interpolates_in_a_clean_process(music_run, tmp_path):
+    phrase = sorted((music_run["root"] / "raw").glob("*.mid"))[0].read_bytes()
+    (tmp_path / "phrase.mid").write_bytes(phrase)
+    script = (
+        "import json, mlflow, io, pretty_midi, sys\n"
+        "m = mlflow.pyfunc.load_model('models:/music-vae@champion')\n"
+        "songs = m.predict({'n': 3, 'seed': 1, 'temperature': 1.0, 'mode': 'chorale'})\n"
+        "a = open('phrase.mid', 'rb').read()\n"
+        "path = m.predict({'interpolate': [a, a], 'steps': 4, 'mode': 'chorale'})\n"
+        "voices = [len(pretty_midi.PrettyMIDI(io.BytesIO(s)).instruments) for s in songs]\n"
+        "print(json.dumps({'n': len(songs), 'voices': voices, 'steps': len(path), 'dagster': 'dagster' in sys.modules}))\n"
+    )
+    env = {**os.environ, "MLFLOW_TRACKING_URI": music_run["resources"]["mlflow"].tracking_uri, "PYTHONPATH": ""}
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["n"] == 3 and result["steps"] == 4 and result["dagster"] is False
+    assert all(v >= 1 for v in result["voices"])
