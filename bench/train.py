@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.train                      # throughput: pipeline vs plain loop, FLOP/s vs peak
     .venv/bin/python -m bench.train --quality            # + fid_classifier of a demo-profile run
     .venv/bin/python -m bench.train --quality --minutes 20 --bundle runs/demo/bundle.pt
+    .venv/bin/python -m bench.train --family music [--quality --minutes 20]   # see bench/music.py
 
 Throughput rows, interleaved in each repeat so that machine load hits them alike (medians):
 - pipeline: ImageGanFamily through models.trainer.fit, fed uint8 images as the corpus stores
@@ -217,8 +218,21 @@ def main() -> None:
     parser.add_argument("--bundle", type=Path, action="append", help="with --quality: evaluate these bundles instead of training the demo")
     parser.add_argument("--classifier", type=Path, help="with --quality: feature classifier state_dict to load, or to save once trained")
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--family", choices=["image", "music"], default="image")
+    parser.add_argument("--kind", choices=["chorale", "melody"], default="chorale", help="with --family music")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}; threads={args.threads}", flush=True)
+
+    if args.family == "music":
+        from bench import music
+
+        manifest = args.manifest or music.DEFAULT_MANIFEST
+        if not args.skip_throughput:
+            print(music.throughput_table(manifest, args.kind, args.steps, args.repeats), flush=True)
+        if args.quality:
+            print(music.quality_table(manifest, args.kind, args.minutes), flush=True)
+        return
 
     images, labels, heldout, heldout_labels, class_names = load_images(args.manifest)
     num_classes = len(class_names)
