@@ -15,6 +15,8 @@ telemetry:
   enabled: false
 """
 UI_HOST = "127.0.0.1"
+SUMMARY_KEYS = ("files_seen", "ingested", "rejected", "duplicates", "heldout_accuracy", "model_version",
+                "fid_classifier", "sampled_accuracy", "pieces")
 QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}  # the UI keeps the DEBUG events
 
 
@@ -44,15 +46,14 @@ def run(job_name: str) -> int:
     for event in result.get_asset_materialization_events():
         materialization = event.event_specific_data.materialization
         metadata = {key: value.value for key, value in materialization.metadata.items()}
-        summary = ", ".join(
-            f"{key}={metadata[key]}" for key in ("files_seen", "ingested", "rejected", "duplicates") if key in metadata
-        )
+        summary = ", ".join(f"{key}={metadata[key]}" for key in SUMMARY_KEYS if key in metadata)
         print(f"  {materialization.asset_key.to_user_string()}: {summary}")
-        if "manifest" in metadata:
-            print(f"    manifest: {metadata['manifest']}")
-    for evaluation in result.get_asset_check_evaluations():
-        if not evaluation.passed:
-            print(f"  check FAILED: {evaluation.asset_key.to_user_string()} {evaluation.check_name}")
+        for key in ("manifest", "index"):
+            if key in metadata:
+                print(f"    {key}: {metadata[key]}")
+    failed = {(e.asset_key.to_user_string(), e.check_name) for e in result.get_asset_check_evaluations() if not e.passed}
+    for asset, check in sorted(failed):
+        print(f"  check did not pass: {asset} {check}")
     print(f"\nresults are under {data_root}; Dagster runs are in {home} (open them with `atelier ui`)")
     return 0 if result.success else 1
 
