@@ -15,7 +15,8 @@ import torch
 
 from assets.ingest import image_corpus
 from assets.training import (
-    deadline, latest_metadata, log_metrics, log_params, log_training_data, promote, thumbnail_markdown,
+    champion_check_result, champion_check_spec, deadline, latest_metadata, log_metrics, log_params,
+    log_training_data, promote, thumbnail_markdown,
 )
 from corpora.atomic import atomic_write, atomic_write_bytes, atomic_write_text
 from corpora.hashing import sha256_file, sha256_json
@@ -174,10 +175,7 @@ def evaluate(generator, data: ImageSplit, classifier, family_untrained, seed: in
 @dg.asset(
     group_name=GROUP, deps=[image_corpus, image_classifier], code_version=GAN_CODE_VERSION,
     kinds={"pytorch", "mlflow"}, pool="gpu",
-    check_specs=[dg.AssetCheckSpec(
-        "beats_champion", asset="image_gan",
-        description=f"The new version's {METRIC} against the champion's; champion moves only on improvement.",
-    )],
+    check_specs=[champion_check_spec("image_gan", METRIC)],
     description="Class-conditional DCGAN or WGAN-GP with an EMA generator, trained on the image "
     "corpus, registered in MLflow as `image-gan` (alias challenger; champion when it beats the current one).",
 )
@@ -259,10 +257,7 @@ def image_gan(
             "samples": thumbnail_markdown(contact_sheet(evaluation["samples"][:32], cell=28)),
         },
         data_version=dg.DataVersion(f"{MODEL_NAME}/{version}"),
-        check_results=[dg.AssetCheckResult(
-            check_name="beats_champion", passed=promotion["promoted"],
-            severity=dg.AssetCheckSeverity.WARN, metadata=promotion,
-        )],
+        check_results=[champion_check_result(promotion)],
     )
 
 

@@ -8,7 +8,8 @@ import numpy as np
 
 from assets.ingest import midi_corpus
 from assets.training import (
-    deadline, latest_metadata, log_metrics, log_params, log_training_data, promote, thumbnail_markdown,
+    champion_check_result, champion_check_spec, deadline, latest_metadata, log_metrics, log_params,
+    log_training_data, promote, thumbnail_markdown,
 )
 from corpora.atomic import atomic_write_bytes, atomic_write_text
 from corpora.hashing import sha256_json
@@ -54,10 +55,7 @@ def midi_manifest(storage: StorageResource) -> tuple[Path, dict]:
 
 @dg.asset(
     group_name=GROUP, deps=[midi_corpus], code_version=CODE_VERSION, kinds={"pytorch", "mlflow"}, pool="gpu",
-    check_specs=[dg.AssetCheckSpec(
-        "beats_champion", asset="music_vae",
-        description=f"Held-out {METRIC} against the champion's; champion moves only on improvement.",
-    )],
+    check_specs=[champion_check_spec("music_vae", METRIC)],
     description="MusicVAE-style VAEs (BiLSTM encoder, LSTM decoder, scheduled sampling, KL annealing with "
     "free bits) over 2-bar melodies and 4-voice chorale windows, registered in MLflow as `music-vae`.",
 )
@@ -134,10 +132,7 @@ def music_vae(
             "corpus_data_version": manifest["version"],
         },
         data_version=dg.DataVersion(f"{MODEL_NAME}/{version}"),
-        check_results=[dg.AssetCheckResult(
-            check_name="beats_champion", passed=promotion["promoted"],
-            severity=dg.AssetCheckSeverity.WARN, metadata=promotion,
-        )],
+        check_results=[champion_check_result(promotion)],
     )
 
 

@@ -83,3 +83,18 @@ def promote(registry: MlflowRegistry, model_name: str, metric: str, version: str
         f"champion_{metric}": current_score if current_score is not None else float("nan"),
         "decision": decision,
     }
+
+
+def champion_check_spec(asset_name: str, metric: str) -> dg.AssetCheckSpec:
+    return dg.AssetCheckSpec(
+        "beats_champion", asset=asset_name,
+        description=f"The new version's {metric} against the champion's; champion moves only on improvement.",
+    )
+
+
+def champion_check_result(promotion: dict) -> dg.AssetCheckResult:
+    """Passes when the new version became champion; a warning (not a failure) when it did not."""
+    return dg.AssetCheckResult(
+        check_name="beats_champion", passed=promotion["promoted"],
+        severity=dg.AssetCheckSeverity.WARN, metadata=promotion,
+    )

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.fresh_process import FORBID_PROJECT_IMPORTS
 import torch
 from PIL import Image
 
@@ -254,17 +256,7 @@ def test_classifier_report_has_a_floor_and_coverage():
     assert metrics.class_coverage([0, 0, 0], 3) == {"classes_covered": 1, "kl_to_uniform": pytest.approx(np.log(3))}
 
 
-FRESH_PREDICT = textwrap.dedent("""
-    import importlib.abc, json, sys
-
-    class Forbid(importlib.abc.MetaPathFinder):
-        # the registered model may use only models/ (from its code path), torch and mlflow
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("corpora", "dagster", "assets", "pipelines", "resources"):
-                raise ImportError(f"the pyfunc imported {name}")
-            return None
-
-    sys.meta_path.insert(0, Forbid())
+FRESH_PREDICT = FORBID_PROJECT_IMPORTS + textwrap.dedent("""
     import mlflow.pyfunc
     import pandas as pd
 

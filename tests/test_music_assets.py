@@ -1,7 +1,6 @@
 """The music family end to end in Dagster: MIDI corpus -> music VAE in MLflow -> audio gallery."""
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess

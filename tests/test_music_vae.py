@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pretty_midi
 import pytest
+
+from tests.fresh_process import FORBID_PROJECT_IMPORTS
 import torch
 
 from corpora import midi as corpus_midi
@@ -185,17 +187,7 @@ def test_bundle_reloads_weights_only_to_the_same_music(trained):
     assert mu.shape == sigma.shape == (2, 4) and (sigma > 0).all()
 
 
-FRESH_PREDICT = textwrap.dedent("""
-    import importlib.abc, io, json, sys
-
-    class Forbid(importlib.abc.MetaPathFinder):
-        # the registered model may use only models/ (from its code path), torch, mlflow, pretty_midi
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("corpora", "dagster", "assets", "pipelines", "resources"):
-                raise ImportError(f"the pyfunc imported {name}")
-            return None
-
-    sys.meta_path.insert(0, Forbid())
+FRESH_PREDICT = FORBID_PROJECT_IMPORTS + textwrap.dedent("""
     import mlflow.pyfunc
     import pandas as pd
     import pretty_midi
