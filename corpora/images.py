@@ -87,15 +87,15 @@ def _to_channels(image: Image.Image, channels: int) -> Image.Image:
     return image.convert("L" if channels == 1 else "RGB")
 
 
-def square_resize(pixels: np.ndarray, resolution: int) -> np.ndarray:
-    """Centre-crop to a square, then resize; keeps HxWxC."""
+def square_resize(pixels: np.ndarray, resolution: int, enlarge_with: int = cv2.INTER_CUBIC) -> np.ndarray:
+    """Centre-crop to a square, then resize (INTER_AREA to shrink, `enlarge_with` to enlarge); keeps HxWxC."""
     height, width = pixels.shape[:2]
     side = min(height, width)
     top, left = (height - side) // 2, (width - side) // 2
     square = pixels[top : top + side, left : left + side]
     if side == resolution:
         return np.ascontiguousarray(square)
-    interpolation = cv2.INTER_AREA if side > resolution else cv2.INTER_CUBIC
+    interpolation = cv2.INTER_AREA if side > resolution else enlarge_with
     resized = cv2.resize(square, (resolution, resolution), interpolation=interpolation)
     return resized.reshape(resolution, resolution, pixels.shape[2])
 

@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from corpora.atomic import atomic_path
+from corpora.images import square_resize
 from corpora.ingest import DecodedFile, DecodeTask, Modality, Rejected, TableRows
 from corpora.shards import TableSpec, TensorColumn
 
@@ -137,17 +138,6 @@ def reported_frame_count(stream, container) -> int | None:
     return int(count) if count > 0 else None
 
 
-def square_resize(frame: np.ndarray, resolution: int) -> np.ndarray:
-    """Centre-crop an HxWxC frame to a square, then resize it to resolution x resolution with INTER_AREA."""
-    height, width, channels = frame.shape
-    side = min(height, width)
-    top, left = (height - side) // 2, (width - side) // 2
-    square = frame[top : top + side, left : left + side]
-    if side != resolution:
-        square = cv2.resize(square, (resolution, resolution), interpolation=cv2.INTER_AREA)
-    return np.ascontiguousarray(square).reshape(resolution, resolution, channels)
-
-
 def _to_array(frame: av.VideoFrame, channels: int) -> np.ndarray:
     """An upright HxWxC uint8 array, rotated as the stream's display matrix asks."""
     pixels = frame.to_ndarray(format="rgb24" if channels == 3 else "gray")
@@ -229,7 +219,7 @@ def _resample(decoded_frames, time_base, rate, config: VideoCorpusConfig):
         if previous_pixels is None:
             pixels = _to_array(frame, config.channels)
             height, width = pixels.shape[:2]
-            previous_pixels = square_resize(pixels, config.resolution)
+            previous_pixels = square_resize(pixels, config.resolution, enlarge_with=cv2.INTER_AREA)
         kept.append(previous_pixels)
 
     try:
