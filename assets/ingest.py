@@ -6,8 +6,8 @@ from assets.corpus_assets import GROUP, IngestConfig, corpus_check_specs, materi
 from corpora.images import IMAGES, ImageCorpusConfig
 from corpora.ingest import IngestReport
 from corpora.midi import MIDI, MidiCorpusConfig
-from corpora.preview import contact_sheet, pianoroll_picture, preview_png
-from corpora.shards import read_shards, tensors_from_table
+from corpora.preview import contact_sheet, pianoroll_picture
+from corpora.shards import png_bytes, read_shards, tensors_from_table
 from corpora.video import VIDEO, VideoCorpusConfig
 from resources.compute import ComputeResource
 from resources.storage import StorageResource
@@ -21,7 +21,7 @@ def _image_preview(report: IngestReport) -> bytes | None:
     table = read_shards(paths[:1]).slice(0, PREVIEW_COUNT)
     if len(table) == 0:
         return None
-    return preview_png(contact_sheet(tensors_from_table(table, "pixels"), cell=32))
+    return png_bytes(contact_sheet(tensors_from_table(table, "pixels"), cell=32))
 
 
 def _pianoroll_preview(report: IngestReport) -> bytes | None:
@@ -30,7 +30,7 @@ def _pianoroll_preview(report: IngestReport) -> bytes | None:
         return None
     first_piece = table.filter(pc.equal(table["source_path"], table["source_path"][0]))
     columns = [first_piece[name].to_numpy() for name in ("pitch", "onset_step", "duration_steps")]
-    return preview_png(pianoroll_picture(*columns))
+    return png_bytes(pianoroll_picture(*columns))
 
 
 def _video_preview(report: IngestReport) -> bytes | None:
@@ -40,7 +40,7 @@ def _video_preview(report: IngestReport) -> bytes | None:
     clips = tensors_from_table(table, "frames")
     step = max(1, clips.shape[1] // PREVIEW_FRAMES_PER_CLIP)
     frames = clips[:, ::step][:, :PREVIEW_FRAMES_PER_CLIP]
-    return preview_png(contact_sheet(frames.reshape(-1, *frames.shape[2:]), columns=frames.shape[1], cell=40))
+    return png_bytes(contact_sheet(frames.reshape(-1, *frames.shape[2:]), columns=frames.shape[1], cell=40))
 
 
 class ImageIngestConfig(IngestConfig):

@@ -10,7 +10,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -377,10 +377,3 @@ def read_rejections(path: Path) -> list[Rejection]:
     import pyarrow.parquet as pq
 
     return [Rejection(**row) for row in pq.read_table(path).to_pylist()]
-
-
-def rejected_counts(rejections: Sequence[Rejection]) -> Mapping[str, int]:
-    counts: dict[str, int] = {}
-    for r in rejections:
-        counts[r.error_type] = counts.get(r.error_type, 0) + 1
-    return counts

@@ -6,8 +6,6 @@ import math
 import cv2
 import numpy as np
 
-from corpora.shards import png_bytes
-
 
 def contact_sheet(images, columns: int = 8, cell: int = 48, gap: int = 2) -> np.ndarray:
     """Tile uint8 images (an (N, H, W, C) array, or a list of HxWxC arrays of any sizes and one
@@ -36,7 +34,3 @@ def pianoroll_picture(
             roll[high - p, start] = 96  # a lighter first step shows where repeated notes start
     big = np.repeat(np.repeat(roll, scale * 2, axis=0), scale, axis=1)
     return big[:, :, None]
-
-
-def preview_png(picture: np.ndarray) -> bytes:
-    return png_bytes(picture)
