@@ -21,12 +21,12 @@ per-pitch-class overlapping area).
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import numpy as np
 import torch
 
-from models.music_vae import (HOLD, NUM_CLASSES, NUM_PITCHES, STEPS_PER_QUARTER, MusicVae, as_voices,
+from models.metrics import frechet_distance  # the same Frechet distance as the image family
+from models.music_vae import (HOLD, NUM_CLASSES, STEPS_PER_QUARTER, MusicVae, as_voices,
                               kl_divergence, reconstruction_nll, sample, tokens_to_midi_bytes, tokens_to_notes)
 
 EVAL_BATCH = 256
@@ -195,15 +195,6 @@ def chroma_profiles(windows, renderer: str = "pretty_midi") -> np.ndarray:
         chroma = librosa.feature.chroma_stft(y=rendered.audio, sr=rendered.sample_rate).mean(axis=1)
         profiles.append(chroma / max(chroma.sum(), 1e-12))
     return np.array(profiles).reshape(-1, PITCH_CLASSES)
-
-
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    from scipy import linalg
-
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    root = linalg.sqrtm(cov_a @ cov_b)
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * np.real(root)))
 
 
 def compare_chroma(generated_profiles: np.ndarray, real_profiles: np.ndarray) -> dict[str, float]:
