@@ -14,9 +14,10 @@ import numpy as np
 import torch
 
 from assets.ingest import image_corpus
+from assets.gallery_site import write_cover
 from assets.training import (
-    champion_check_result, champion_check_spec, deadline, latest_metadata, log_metrics, log_params,
-    log_training_data, promote, thumbnail_markdown,
+    champion_check_result, champion_check_spec, deadline, latest_metadata, lineage_metadata, load_champion,
+    log_metrics, log_params, log_training_data, promote, register_bundle, run_folder_name, thumbnail_markdown,
 )
 from corpora.atomic import atomic_write, atomic_write_bytes, atomic_write_text
 from corpora.hashing import sha256_file, sha256_json
@@ -42,7 +43,6 @@ METRIC = "fid_classifier"  # lower is better; decides the champion
 EVAL_SAMPLES = 1000
 MEMORIZATION_SAMPLES = 256
 GALLERY_SEED = 0
-MODELS_PACKAGE = Path(__file__).resolve().parents[1] / "models"
 PYFUNC_REQUIREMENTS = ["torch==2.13.0", "numpy", "pandas", "mlflow==3.17.2"]
 
 
@@ -187,8 +187,10 @@ def image_gan(
     device = compute.configure_torch()
     gan_config = config.gan_config(data, compute.seed)
     config_hash = sha256_json(gan_config.to_dict())
-    # Same data, code and config -> same folder: a killed run resumes from its last checkpoint.
-    run_dir = storage.checkpoints_dir("image_gan") / f"{data.data_version[:12]}-{config_hash[:12]}-{config.start_from}"
+    champion = load_champion(mlflow, MODEL_NAME) if config.start_from == "champion" else None
+    champion_version = str(champion[1].version) if champion else None
+    run_dir = storage.checkpoints_dir("image_gan") / run_folder_name(data.data_version, config_hash, config.start_from,
+                                                                     champion_version)
     classifier_meta = latest_metadata(context, "image_classifier")
     classifier = load_classifier(classifier_meta["weights"])
 
@@ -205,8 +207,10 @@ def image_gan(
 
         family = ImageGanFamily(gan_config, data.train_images, data.train_labels, data.class_names)
         untrained = family.sampling_generator()
-        if config.start_from == "champion":
-            _warm_start(context, family, mlflow)
+        if champion is not None:
+            family.generator.load_state_dict(champion[0].generator.state_dict())
+            family.ema_generator.load_state_dict(champion[0].generator.state_dict())
+            context.log.info(f"continuing from champion version {champion_version}")
 
         def log(step: int, values: dict) -> None:
             context.log.info(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in values.items()))
@@ -232,20 +236,16 @@ def image_gan(
         report_markdown = metrics.format_report(table)
         client.log_text(run_id, report_markdown, "metrics_report.md")
 
-        _, version = mlflow.log_pyfunc_model(
-            run_id, name="image-gan", python_model=ImageGanPyfunc(), artifacts={"bundle": str(bundle_path)},
-            registered_model_name=MODEL_NAME, code_paths=[str(MODELS_PACKAGE)],
-            pip_requirements=PYFUNC_REQUIREMENTS, input_example={"n": 4, "seed": 0},
-        )
+        version, _ = register_bundle(mlflow, run_id, MODEL_NAME, ImageGanPyfunc(), bundle_path, PYFUNC_REQUIREMENTS,
+                                     input_example={"n": 4, "seed": 0})
         client.set_model_version_tag(MODEL_NAME, version, "classifier_weights", sha256_file(classifier_meta["weights"]))
         promotion = promote(mlflow, MODEL_NAME, METRIC, version, score, higher_is_better=False)
 
     context.log.info(f"registered {MODEL_NAME} version {version}; {promotion['decision']}")
     return dg.MaterializeResult(
         metadata={
-            "model_version": version,
-            "model_uri": mlflow.model_uri(MODEL_NAME, version),
-            "mlflow_run_id": run_id,
+            **lineage_metadata(mlflow, MODEL_NAME, version, run_id, context),
+            "start_from": f"champion version {champion_version}" if champion_version else "fresh",
             "steps": result.step,
             "resumed_from_step": result.resumed_from,
             "train_seconds": round(result.seconds, 1),
@@ -261,23 +261,12 @@ def image_gan(
     )
 
 
-def _warm_start(context, family: ImageGanFamily, registry: MlflowRegistry) -> None:
-    version = registry.get_version_by_alias(MODEL_NAME, "champion")
-    if version is None:
-        context.log.info("no champion yet: starting fresh")
-        return
-    model, _ = registry.load_pyfunc_model(MODEL_NAME, "champion")
-    champion = model.unwrap_python_model().generator
-    family.generator.load_state_dict(champion.state_dict())
-    family.ema_generator.load_state_dict(champion.state_dict())
-    context.log.info(f"continuing from champion version {version.version}")
-
-
 # --- the gallery ----------------------------------------------------------------------------
 
 
 @dg.asset(
     group_name=GROUP, deps=[image_gan], code_version=GALLERY_CODE_VERSION, kinds={"html"},
+    automation_condition=dg.AutomationCondition.eager(),
     description="Sample grid (a row per class), latent interpolation and nearest-training-image pairs "
     "of the image_gan version this run registered, with its lineage, under data/galleries/image-gan/<version>/.",
 )
@@ -313,6 +302,7 @@ def image_gallery(
         "git commit": model_version.tags.get("git_commit", "unknown"),
         "dagster run": context.run.run_id,
     }
+    write_cover(folder, [("img", "samples.png"), ("img", "interpolation.png")])
     index = folder / "index.html"
     atomic_write_text(index, gallery_html(f"{MODEL_NAME} version {version}", lineage, classes, pictures,
                                           nearest["near_copy"], gan.get("metrics_table", "")))

@@ -6,10 +6,11 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 
+from assets.gallery_site import write_cover
 from assets.ingest import midi_corpus
 from assets.training import (
-    champion_check_result, champion_check_spec, deadline, latest_metadata, log_metrics, log_params,
-    log_training_data, promote, thumbnail_markdown,
+    champion_check_result, champion_check_spec, deadline, latest_metadata, lineage_metadata, load_champion,
+    log_metrics, log_params, log_training_data, promote, register_bundle, run_folder_name, thumbnail_markdown,
 )
 from corpora.atomic import atomic_write_bytes, atomic_write_text
 from corpora.hashing import sha256_json
@@ -32,7 +33,6 @@ MODEL_NAME = EXPERIMENT = "music-vae"
 CODE_VERSION = "music-vae-1"
 GALLERY_CODE_VERSION = "music-gallery-1"
 METRIC = "sampled_accuracy"  # held-out reconstruction accuracy, averaged over the bundle's models; higher wins
-MODELS_PACKAGE = Path(__file__).resolve().parents[1] / "models"
 PYFUNC_REQUIREMENTS = ["torch==2.13.0", "numpy", "pandas", "pretty_midi", "mlflow==3.17.2"]
 GALLERY_SAMPLES, GALLERY_SEED, INTERPOLATION_STEPS = 4, 0, 5
 
@@ -43,6 +43,7 @@ class MusicVaeTrainConfig(dg.Config):
     steps: int = 0  # 0: the profile's
     max_minutes: float = 0.0  # per model; 0: no limit
     eval_samples: int = 64
+    start_from: str = "fresh"  # "fresh", or "champion": continue from the champion's weights
 
 
 def midi_manifest(storage: StorageResource) -> tuple[Path, dict]:
@@ -71,6 +72,9 @@ def music_vae(
     configs = {kind: MusicVaeConfig.profile(config.profile, kind=kind, seed=compute.seed, **overrides)
                for kind in config.kinds}
     config_hash = sha256_json({kind: c.to_dict() for kind, c in configs.items()})
+    champion = load_champion(mlflow, MODEL_NAME) if config.start_from == "champion" else None
+    champion_version = str(champion[1].version) if champion else None
+    run_name = run_folder_name(manifest["version"], config_hash, config.start_from, champion_version)
     tags = mlflow.lineage_tags(
         dagster_run_id=context.run.run_id, asset_key="music_vae", code_version=CODE_VERSION,
         data_version=manifest["version"], config_hash=config_hash,
@@ -85,8 +89,10 @@ def music_vae(
         for kind, kind_config in configs.items():
             data = load_windows(manifest_path, kind)
             family = MusicVaeFamily(kind_config, data["train"])
-            # Same data, code and config -> same folder: a killed run resumes from its checkpoint.
-            run_dir = storage.checkpoints_dir("music_vae") / f"{manifest['version'][:12]}-{config_hash[:12]}-{kind}"
+            if champion is not None and kind in champion[0].models:
+                family.model.load_state_dict(champion[0].models[kind].state_dict())
+                context.log.info(f"{kind}: continuing from champion version {champion_version}")
+            run_dir = storage.checkpoints_dir("music_vae") / f"{run_name}-{kind}"
 
             def log(step: int, values: dict, kind=kind) -> None:
                 context.log.info(f"{kind} step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in values.items()))
@@ -110,21 +116,16 @@ def music_vae(
         report_markdown = "\n\n".join(music_metrics.format_report(report) for report in reports.values())
         client.log_text(run_id, report_markdown, "metrics_report.md")
 
-        bundle_dir = storage.checkpoints_dir("music_vae") / f"{manifest['version'][:12]}-{config_hash[:12]}"
-        bundle_path = save_bundle(export_bundle(*families, steps=steps), bundle_dir / "bundle.pt")
-        _, version = mlflow.log_pyfunc_model(
-            run_id, name="music-vae", python_model=MusicVaePyfunc(), artifacts={"bundle": str(bundle_path)},
-            registered_model_name=MODEL_NAME, code_paths=[str(MODELS_PACKAGE)],
-            pip_requirements=PYFUNC_REQUIREMENTS,
-        )
+        bundle_path = save_bundle(export_bundle(*families, steps=steps),
+                                  storage.checkpoints_dir("music_vae") / run_name / "bundle.pt")
+        version, _ = register_bundle(mlflow, run_id, MODEL_NAME, MusicVaePyfunc(), bundle_path, PYFUNC_REQUIREMENTS)
         promotion = promote(mlflow, MODEL_NAME, METRIC, version, score, higher_is_better=True)
 
     context.log.info(f"registered {MODEL_NAME} version {version}; {promotion['decision']}")
     return dg.MaterializeResult(
         metadata={
-            "model_version": version,
-            "model_uri": mlflow.model_uri(MODEL_NAME, version),
-            "mlflow_run_id": run_id,
+            **lineage_metadata(mlflow, MODEL_NAME, version, run_id, context),
+            "start_from": f"champion version {champion_version}" if champion_version else "fresh",
             "steps": dg.MetadataValue.json(steps),
             **{k: dg.MetadataValue.float(float(v)) for k, v in summary.items()},
             "metrics_table": dg.MetadataValue.md(report_markdown),
@@ -138,6 +139,7 @@ def music_vae(
 
 @dg.asset(
     group_name=GROUP, deps=[music_vae], code_version=GALLERY_CODE_VERSION, kinds={"html"},
+    automation_condition=dg.AutomationCondition.eager(),
     description="Samples of the music_vae version this run registered as .mid, rendered .wav, piano roll and "
     "mel spectrogram, plus an interpolation between two real chorale phrases, under data/galleries/music-vae/<version>/.",
 )
@@ -171,6 +173,7 @@ def music_gallery(
         "git commit": model_version.tags.get("git_commit", "unknown"),
         "dagster run": context.run.run_id,
     }
+    write_cover(folder, [("img", entries[0]["roll"]), ("audio", entries[0]["wav"])])
     index = folder / "index.html"
     atomic_write_text(index, gallery_html(f"{MODEL_NAME} version {version}", lineage, entries, interpolation,
                                           trained.get("metrics_table", "")))

@@ -98,3 +98,76 @@ def champion_check_result(promotion: dict) -> dg.AssetCheckResult:
         check_name="beats_champion", passed=promotion["promoted"],
         severity=dg.AssetCheckSeverity.WARN, metadata=promotion,
     )
+
+
+# --- retraining: where a run starts, and registering without duplicates ----------------------
+
+START_FROM_CHOICES = ("fresh", "champion")
+
+
+def load_champion(registry: MlflowRegistry, model_name: str):
+    """(the champion's unwrapped python model, its version) or None when there is no champion."""
+    if registry.get_version_by_alias(model_name, "champion") is None:
+        return None
+    model, version = registry.load_pyfunc_model(model_name, "champion")
+    return model.unwrap_python_model(), version
+
+
+def run_folder_name(data_version: str, config_hash: str, start_from: str, champion_version: str | None) -> str:
+    """Same data, code, config and starting weights -> same folder, so a killed run resumes.
+    A warm start names the champion it starts from: a new champion means a new run."""
+    if start_from not in START_FROM_CHOICES:
+        raise dg.Failure(f"start_from must be one of {START_FROM_CHOICES}, not {start_from!r}")
+    start = f"champion-v{champion_version}" if champion_version else "fresh"
+    return f"{data_version[:12]}-{config_hash[:12]}-{start}"
+
+
+def registered_version_with(registry: MlflowRegistry, model_name: str, bundle_sha256: str) -> str | None:
+    """An existing version of `model_name` whose weights file has this hash, if any: retraining
+    with unchanged data, code, config and start reproduces the weights, and registering them
+    again would only add a duplicate version."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = registry.client().search_model_versions(
+            f"name='{model_name}' and tags.bundle_sha256='{bundle_sha256}'")
+    except MlflowException:
+        return None
+    return str(min(int(v.version) for v in versions)) if versions else None
+
+
+def lineage_metadata(registry: MlflowRegistry, model_name: str, version: str, run_id: str,
+                     context: dg.AssetExecutionContext) -> dict:
+    """Metadata that links a training asset to MLflow (URLs when a UI is configured), after
+    linking the model version back to this Dagster run."""
+    asset_key = context.asset_key.to_user_string()
+    registry.link_version_to_dagster(model_name, version, context.run.run_id, asset_key)
+    metadata = {"model_version": version, "model_uri": registry.model_uri(model_name, version),
+                "mlflow_run_id": run_id}
+    if url := registry.run_url(run_id):
+        metadata["mlflow_run"] = dg.MetadataValue.url(url)
+    if url := registry.model_version_url(model_name, version):
+        metadata["mlflow_model_version"] = dg.MetadataValue.url(url)
+    return metadata
+
+
+MODELS_PACKAGE = Path(__file__).resolve().parents[1] / "models"  # shipped with every pyfunc
+
+
+def register_bundle(registry: MlflowRegistry, run_id: str, model_name: str, python_model, bundle_path: Path,
+                    pip_requirements: list[str], input_example=None) -> tuple[str, bool]:
+    """Register `bundle_path` as a pyfunc version of `model_name`: (version, newly_registered).
+    Weights identical to an existing version's reuse that version (see registered_version_with)."""
+    from corpora.hashing import sha256_file
+
+    digest = sha256_file(bundle_path)
+    existing = registered_version_with(registry, model_name, digest)
+    if existing is not None:
+        registry.client().set_tag(run_id, "reused_model_version", existing)
+        return existing, False
+    _, version = registry.log_pyfunc_model(
+        run_id, name=model_name, python_model=python_model, artifacts={"bundle": str(bundle_path)},
+        registered_model_name=model_name, code_paths=[str(MODELS_PACKAGE)], pip_requirements=pip_requirements,
+        input_example=input_example, tags={"bundle_sha256": digest},
+    )
+    return version, True

@@ -103,6 +103,10 @@ class MlflowRegistry(dg.ConfigurableResource):
     tracking_uri: str
     artifact_root: str = ""
     registry_uri: str = ""
+    # Where people open the UIs, for links in Dagster metadata and MLflow descriptions. An
+    # http(s) tracking URI is its own UI; a SQLite store has one only while `atelier ui` runs.
+    ui_url: str = ""
+    dagster_ui_url: str = ""
 
     _client: Any = PrivateAttr(default=None)
 
@@ -218,6 +222,36 @@ class MlflowRegistry(dg.ConfigurableResource):
         if commit != "unknown":
             tags["mlflow.source.git.commit"] = commit
         return {**tags, **{k: str(v) for k, v in extra.items()}}
+
+    # ---- links ---------------------------------------------------------------------------
+    def ui_base(self) -> str:
+        if self.ui_url:
+            return self.ui_url.rstrip("/")
+        return self.tracking_uri.rstrip("/") if self.tracking_uri.startswith(("http://", "https://")) else ""
+
+    def run_url(self, run_id: str) -> str:
+        """The run's page in the MLflow UI, or "" when no UI is configured."""
+        if not self.ui_base():
+            return ""
+        experiment_id = self.client().get_run(run_id).info.experiment_id
+        return f"{self.ui_base()}/#/experiments/{experiment_id}/runs/{run_id}"
+
+    def model_version_url(self, name: str, version: str | int) -> str:
+        return f"{self.ui_base()}/#/models/{name}/versions/{version}" if self.ui_base() else ""
+
+    def dagster_run_url(self, dagster_run_id: str) -> str:
+        return f"{self.dagster_ui_url.rstrip('/')}/runs/{dagster_run_id}" if self.dagster_ui_url else ""
+
+    def link_version_to_dagster(self, name: str, version: str | int, dagster_run_id: str, asset_key: str) -> None:
+        """The model version's description (markdown in the MLflow UI) names the Dagster run
+        and asset that made it, as a link when the Dagster UI's address is known."""
+        url = self.dagster_run_url(dagster_run_id)
+        run = f"[{dagster_run_id}]({url})" if url else f"`{dagster_run_id}`"
+        self.client().update_model_version(
+            name, str(version), description=f"Materialized by Dagster run {run}, asset `{asset_key}`."
+        )
+        if url:
+            self.client().set_model_version_tag(name, str(version), "dagster_run_url", url)
 
     # ---- models and registry -------------------------------------------------------------
     def log_pyfunc_model(
