@@ -1,14 +1,22 @@
-"""The Dagster code location: every asset, job and resource of Atelier."""
+"""The Dagster code location: every asset, job, schedule, sensor and resource of Atelier."""
+import os
 from pathlib import Path
 
 import dagster as dg
 
-from assets.image_gan import IMAGE_GAN_ASSETS
+from assets.gallery_site import gallery_site
+from assets.image_gan import IMAGE_GAN_ASSETS, image_gallery, image_gan
 from assets.ingest import CORPUS_ASSETS
-from assets.music_vae import MUSIC_ASSETS
+from assets.music_vae import MUSIC_ASSETS, music_gallery, music_vae
+from pipelines.automation import gallery_automation, raw_files_sensor, retraining_schedule
 from resources.compute import ComputeResource
 from resources.mlflow_registry import MlflowRegistry
 from resources.storage import StorageResource, default_data_root
+
+MLFLOW_UI_ENV, DAGSTER_UI_ENV = "ATELIER_MLFLOW_UI_URL", "ATELIER_DAGSTER_UI_URL"  # set by `atelier ui`
+
+TRAINING_ASSETS = [image_gan, music_vae]  # each takes `start_from` and registers a model
+GALLERY_ASSETS = [image_gallery, music_gallery, gallery_site]
 
 ingest_job = dg.define_asset_job(
     "ingest", selection=dg.AssetSelection.groups("corpora"),
@@ -17,6 +25,10 @@ ingest_job = dg.define_asset_job(
 main_job = dg.define_asset_job(
     "main", selection=dg.AssetSelection.all(),
     description="Everything, in dependency order: what the README's first command runs.",
+)
+retrain_job = dg.define_asset_job(
+    "retrain", selection=dg.AssetSelection.assets(*TRAINING_ASSETS).downstream(),
+    description="Every family's training asset from the current shards, then the galleries and the site.",
 )
 
 
@@ -27,13 +39,16 @@ def build_resources(data_root: str | None = None) -> dict:
         "storage": StorageResource(data_root=str(root)),
         "compute": ComputeResource(),
         "mlflow": MlflowRegistry(
-            tracking_uri=f"sqlite:///{database}", artifact_root=str(root / "mlflow" / "artifacts")
+            tracking_uri=f"sqlite:///{database}", artifact_root=str(root / "mlflow" / "artifacts"),
+            ui_url=os.environ.get(MLFLOW_UI_ENV, ""), dagster_ui_url=os.environ.get(DAGSTER_UI_ENV, ""),
         ),
     }
 
 
 defs = dg.Definitions(
-    assets=[*CORPUS_ASSETS, *IMAGE_GAN_ASSETS, *MUSIC_ASSETS],
-    jobs=[ingest_job, main_job],
+    assets=[*CORPUS_ASSETS, *IMAGE_GAN_ASSETS, *MUSIC_ASSETS, gallery_site],
+    jobs=[ingest_job, main_job, retrain_job],
+    schedules=[retraining_schedule(TRAINING_ASSETS, retrain_job)],
+    sensors=[raw_files_sensor, gallery_automation(GALLERY_ASSETS)],
     resources=build_resources(),
 )
