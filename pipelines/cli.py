@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+import time
 from pathlib import Path
 
 from corpora.atomic import atomic_write_bytes, atomic_write_text
@@ -15,6 +17,7 @@ telemetry:
   enabled: false
 """
 UI_HOST = "127.0.0.1"
+UI_STOP_GRACE_S = 20.0
 SUMMARY_KEYS = ("files_seen", "ingested", "rejected", "duplicates", "heldout_accuracy", "model_version",
                 "fid_classifier", "sampled_accuracy", "pieces")
 QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}  # the UI keeps the DEBUG events
@@ -58,14 +61,72 @@ def run(job_name: str) -> int:
     return 0 if result.success else 1
 
 
-def ui(port: int) -> int:
-    data_root = default_data_root()
-    ensure_dagster_home(Path(data_root))
-    os.environ[DATA_ROOT_ENV] = data_root  # the code server resolves the same data root as this shell
+def ui_commands(data_root: Path, dagster_port: int, mlflow_port: int) -> dict[str, list[str]]:
+    """The two servers `atelier ui` runs: Dagster (webserver and daemon) and the MLflow UI, on
+    the loopback interface, against the same data root."""
+    bin_dir = Path(sys.executable).parent  # the venv's tools, even when the venv is not activated
     workspace = Path(__file__).resolve().parents[1] / "workspace.yaml"
-    dagster = str(Path(sys.executable).parent / "dagster")  # the venv's, even when it is not activated
-    command = [dagster, "dev", "-w", str(workspace), "-h", UI_HOST, "-p", str(port)]
-    os.execv(dagster, command)
+    mlflow_dir = data_root / "mlflow"
+    return {
+        "dagster": [str(bin_dir / "dagster"), "dev", "-w", str(workspace), "-h", UI_HOST, "-p", str(dagster_port)],
+        "mlflow": [str(bin_dir / "mlflow"), "server", "--host", UI_HOST, "--port", str(mlflow_port),
+                   "--backend-store-uri", f"sqlite:///{mlflow_dir / 'mlflow.db'}",
+                   "--default-artifact-root", str(mlflow_dir / "artifacts"), "--workers", "1"],
+    }
+
+
+def ui(dagster_port: int, mlflow_port: int, automation: bool) -> int:
+    """Start both UIs; stop both when either exits, on Ctrl-C, or on SIGTERM."""
+    import signal
+    import subprocess
+
+    from pipelines.definitions import DAGSTER_UI_ENV, MLFLOW_UI_ENV, build_resources
+
+    data_root = Path(default_data_root())
+    ensure_dagster_home(data_root)
+    build_resources(str(data_root))["mlflow"].initialize()  # migrate once, before two servers open it
+    env = {**os.environ, DATA_ROOT_ENV: str(data_root),  # the code server resolves the same data root
+           MLFLOW_UI_ENV: f"http://{UI_HOST}:{mlflow_port}", DAGSTER_UI_ENV: f"http://{UI_HOST}:{dagster_port}"}
+    if automation:
+        env["ATELIER_AUTOMATION"] = "on"
+    # A shell starts background jobs with SIGINT ignored; Ctrl-C and a service manager's SIGTERM
+    # must both stop the servers.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    servers = {name: subprocess.Popen(command, env=env, start_new_session=True)
+               for name, command in ui_commands(data_root, dagster_port, mlflow_port).items()}
+    print(f"Dagster UI: {env[DAGSTER_UI_ENV]}   MLflow UI: {env[MLFLOW_UI_ENV]}   (Ctrl-C stops both)", flush=True)
+    try:
+        while all(server.poll() is None for server in servers.values()):
+            time.sleep(0.5)
+        exited = [name for name, server in servers.items() if server.poll() is not None]
+        print(f"{', '.join(exited)} exited; stopping the other", flush=True)
+    except KeyboardInterrupt:
+        print("stopping both servers", flush=True)
+    finally:
+        _stop(servers.values())
+    return 0
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop(servers, grace_s: float = UI_STOP_GRACE_S) -> None:
+    """SIGINT to each server's process group (dagster dev then stops its webserver, daemon and
+    code server; uvicorn its workers), then SIGKILL whatever is still alive after `grace_s`."""
+    import signal
+
+    for server in servers:
+        if server.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.pid, signal.SIGINT)
+    deadline = time.monotonic() + grace_s
+    for server in servers:
+        with contextlib.suppress(Exception):
+            server.wait(timeout=max(0.1, deadline - time.monotonic()))
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)
 
 
 def seed() -> int:
@@ -111,8 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     run_parser = commands.add_parser("run", help="materialize a job (default: main) in the persistent instance")
     run_parser.add_argument("--job", default="main")
-    ui_parser = commands.add_parser("ui", help=f"open the Dagster web UI on {UI_HOST}")
-    ui_parser.add_argument("--port", type=int, default=3000)
+    ui_parser = commands.add_parser("ui", help=f"start the Dagster UI (with its daemon) and the MLflow UI on {UI_HOST}")
+    ui_parser.add_argument("--port", type=int, default=3000, help="Dagster UI port")
+    ui_parser.add_argument("--mlflow-port", type=int, default=5000)
+    ui_parser.add_argument("--automation", action="store_true",
+                           help="start the schedule and sensors switched on (see README, Automation)")
     commands.add_parser("seed", help="write the default corpora into empty data/raw/<corpus>/ folders")
     sample_parser = commands.add_parser("sample", help="sample a registered model: sample image-gan@champion -n 16 -o grid.png")
     sample_parser.add_argument("model", help="name@alias or name/version, e.g. image-gan@champion")
@@ -124,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         return run(args.job)
     if args.command == "ui":
-        return ui(args.port)
+        return ui(args.port, args.mlflow_port, args.automation)
     if args.command == "sample":
         return sample(args.model, args.n, args.seed, args.label, args.output)
     return seed()
