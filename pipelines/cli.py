@@ -15,6 +15,11 @@ DAGSTER_YAML = """\
 # Written by `atelier` on first use; edit freely, it is never overwritten.
 telemetry:
   enabled: false
+concurrency:
+  runs:
+    max_concurrent_runs: 2  # queued runs wait: an ingest and a training may overlap on 2 cores
+  pools:
+    default_limit: 1  # the `gpu` pool holds every training asset: one training at a time
 """
 UI_HOST = "127.0.0.1"
 UI_STOP_GRACE_S = 20.0

@@ -5,7 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES=(dataset-fashion-mnist fluidsynth)
+# dataset-fashion-mnist: the default image corpus; fluidsynth: renders the music gallery's audio;
+# chromium-headless-shell: the end-to-end test opens the gallery site in it.
+DEBIAN_PACKAGES=(dataset-fashion-mnist fluidsynth chromium-headless-shell)
 missing=()
 for package in "${DEBIAN_PACKAGES[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
