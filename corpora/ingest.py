@@ -40,7 +40,6 @@ REJECTED_SCHEMA = pa.schema(
         ("message", pa.string()),
     ]
 )
-VERSIONS_KEPT = 2  # the current shards and the previous ones, which a running reader may hold
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +148,21 @@ class IngestReport:
         return shard_paths(self.manifest_path, table)
 
 
+def displayable(text: str) -> str:
+    """`text` as a valid string: a file name that is not UTF-8 reaches Python with surrogate
+    escapes, which Parquet and JSON cannot store, so its stray bytes are spelled `\\xe9`."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate no file name makes (only a message could hold one)
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _listing(raw_dir: Path) -> list[tuple[str, str, os.stat_result]]:
-    """(relative path, path, stat) of every non-hidden file under `raw_dir`, sorted."""
+    """(relative path, path, stat) of every non-hidden file under `raw_dir`, sorted.
+
+    The path is the real one, to open the file by; the relative path is `displayable`, since
+    it is recorded (shards, manifest, rejections) and labels are derived from it.
+    """
     found: list[tuple[str, str, os.stat_result]] = []
 
     def walk(folder: str, prefix: str) -> None:
@@ -161,7 +173,7 @@ def _listing(raw_dir: Path) -> list[tuple[str, str, os.stat_result]]:
                 if entry.is_dir(follow_symlinks=False):
                     walk(entry.path, f"{prefix}{entry.name}/")
                 elif entry.is_file():
-                    found.append((f"{prefix}{entry.name}", entry.path, entry.stat()))
+                    found.append((displayable(f"{prefix}{entry.name}"), entry.path, entry.stat()))
 
     if Path(raw_dir).is_dir():
         walk(str(raw_dir), "")
@@ -276,8 +288,9 @@ def ingest(
     }
     manifest["version"] = sha256_json(manifest)
     manifest["created_at"] = datetime.now(timezone.utc).isoformat()
+    replaced = load_manifest(manifest_path)  # read again: what a reader may hold until this commit
     atomic_write_json(manifest_path, manifest)  # the commit point: readers now see the new shards
-    _remove_old_versions(out_dir, keep=version_dir.name)
+    _remove_old_versions(out_dir, manifest, replaced)
 
     counts = manifest["counts"]
     progress(
@@ -288,10 +301,11 @@ def ingest(
 
 
 def _decode_all(modality, config, files: Sequence[SourceFile], settings: IngestSettings, progress):
+    """Sort every file into rejected, duplicate or accepted; byte-identical copies are decoded once."""
     rejections: list[Rejection] = []
-    duplicates: list[dict] = []
+    byte_copies: list[tuple[SourceFile, SourceFile]] = []  # (a copy, the first file with its bytes)
     to_decode: list[SourceFile] = []
-    first_by_file_hash: dict[str, str] = {}
+    first_by_file_hash: dict[str, SourceFile] = {}
     for f in files:
         if Path(f.relpath).suffix.lower() not in modality.extensions:
             rejections.append(
@@ -301,11 +315,46 @@ def _decode_all(modality, config, files: Sequence[SourceFile], settings: IngestS
         elif f.size == 0:
             rejections.append(Rejection(f.relpath, f.sha256, "read", "EmptyFile", "the file has zero bytes"))
         elif f.sha256 in first_by_file_hash:
-            duplicates.append({"source_path": f.relpath, "duplicate_of": first_by_file_hash[f.sha256]})
+            byte_copies.append((f, first_by_file_hash[f.sha256]))  # its verdict is the first copy's
         else:
-            first_by_file_hash[f.sha256] = f.relpath
+            first_by_file_hash[f.sha256] = f
             to_decode.append(f)
 
+    results = _decode_in_workers(modality, config, to_decode, settings, progress)
+
+    accepted: list[tuple[SourceFile, DecodedFile]] = []
+    duplicates: list[dict] = []
+    # each decoded file's verdict: its rejection, or the relpath of the file whose rows stand for it
+    verdicts: dict[SourceFile, Rejection | str] = {}
+    first_by_content: dict[str, str] = {}
+    for f, result in zip(to_decode, results):  # in path order, so the first copy always wins
+        if isinstance(result, ItemFailure):
+            # a decoder's message may quote the real path, surrogate escapes and all
+            message = displayable(result.message)
+            verdicts[f] = Rejection(f.relpath, f.sha256, result.stage, result.error_type, message)
+            rejections.append(verdicts[f])
+        elif result.content_hash in first_by_content:
+            verdicts[f] = first_by_content[result.content_hash]
+            duplicates.append({"source_path": f.relpath, "duplicate_of": verdicts[f]})
+        else:
+            verdicts[f] = first_by_content[result.content_hash] = f.relpath
+            accepted.append((f, result))
+    for copy, original in byte_copies:
+        # A copy of a rejected file is as bad as the file (the reject rate must count it), and
+        # a copy of a content duplicate points at the kept file, never at a file without rows.
+        verdict = verdicts[original]
+        if isinstance(verdict, Rejection):
+            message = f"a byte-identical copy of {original.relpath}, which was rejected because: {verdict.message}"
+            rejections.append(Rejection(copy.relpath, copy.sha256, verdict.stage, verdict.error_type, message))
+        else:
+            duplicates.append({"source_path": copy.relpath, "duplicate_of": verdict})
+    rejections.sort(key=lambda r: r.source_path)
+    duplicates.sort(key=lambda d: d["source_path"])
+    return rejections, duplicates, accepted
+
+
+def _decode_in_workers(modality, config, to_decode: Sequence[SourceFile], settings: IngestSettings, progress) -> list:
+    """The DecodedFile or ItemFailure of each file, in the order given."""
     results: dict[int, Any] = {}
     last_report = time.monotonic()
     items = [DecodeTask(f.path, f.relpath, config) for f in to_decode]
@@ -323,21 +372,7 @@ def _decode_all(modality, config, files: Sequence[SourceFile], settings: IngestS
         # Not a verdict on the files: the workers could not run at all. Saving this as a
         # corpus version would make the next run reuse it instead of trying again.
         raise RuntimeError(f"every decoder process died ({crashed[0].message}); nothing was saved")
-
-    accepted: list[tuple[SourceFile, DecodedFile]] = []
-    first_by_content: dict[str, str] = {}
-    for index, f in enumerate(to_decode):  # in path order, so the first copy always wins
-        result = results[index]
-        if isinstance(result, ItemFailure):
-            rejections.append(Rejection(f.relpath, f.sha256, result.stage, result.error_type, result.message))
-        elif result.content_hash in first_by_content:
-            duplicates.append({"source_path": f.relpath, "duplicate_of": first_by_content[result.content_hash]})
-        else:
-            first_by_content[result.content_hash] = f.relpath
-            accepted.append((f, result))
-    rejections.sort(key=lambda r: r.source_path)
-    duplicates.sort(key=lambda d: d["source_path"])
-    return rejections, duplicates, accepted
+    return [results[index] for index in range(len(items))]
 
 
 def _write_tables(specs, accepted, settings, version_dir: Path, out_dir: Path) -> dict:
@@ -381,14 +416,28 @@ def _write_rejected(rejections: list[Rejection], path: Path, out_dir: Path) -> d
     return {"path": str(path.relative_to(out_dir)), "rows": len(rejections), "bytes": path.stat().st_size}
 
 
-def _remove_old_versions(out_dir: Path, keep: str) -> None:
-    versions = sorted(
-        (d for d in out_dir.glob("v-*") if d.is_dir() and d.name != keep),
-        key=lambda d: d.stat().st_mtime,
-        reverse=True,
-    )
-    for stale in versions[VERSIONS_KEPT - 1 :]:
-        shutil.rmtree(stale, ignore_errors=True)
+def _version_folders(manifest: dict | None) -> set[str]:
+    """The v-* folders a manifest's shards and rejected table lie in (one, unless hand-edited)."""
+    if not manifest:
+        return set()
+    named = [shard for table in manifest["tables"].values() for shard in table["shards"]]
+    named.append(manifest["rejected"])
+    return {Path(entry["path"]).parts[0] for entry in named}
+
+
+def _remove_old_versions(out_dir: Path, committed: dict, replaced: dict | None) -> None:
+    """Delete every v-* folder except the one just committed and the one the replaced manifest named.
+
+    A reader that loaded the replaced manifest before the commit still finds all its shards;
+    a reader of any older manifest has had a whole ingest's time to finish. Everything else
+    goes, whatever its age: half-written folders of killed runs were never named by a
+    manifest, so no reader can hold them (judging by mtime would keep those and delete the
+    previous committed version instead).
+    """
+    keep = _version_folders(committed) | _version_folders(replaced)
+    for folder in out_dir.glob("v-*"):
+        if folder.is_dir() and folder.name not in keep:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def read_rejections(path: Path) -> list[Rejection]:

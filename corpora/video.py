@@ -167,10 +167,20 @@ def decode_resampled(path: str, config: VideoCorpusConfig) -> DecodedVideo:
         raise Rejected(f"{_open_failure_hint(path)}: {_ffmpeg_reason(exc)}", "decode", _error_type(exc)) from exc
     except OSError as exc:
         raise Rejected(f"cannot open the file: {exc}", "read", _error_type(exc)) from exc
+    except UnicodeDecodeError as exc:
+        # PyAV decodes the container's text fields (an MP4's brand, a title tag) as UTF-8 while
+        # opening; bytes that are not UTF-8 there mean a damaged header, not a Python bug
+        raise Rejected(
+            f"not a readable container: its header holds text that is not UTF-8 ({exc.object[:16]!r})",
+            "decode",
+            "InvalidMetadata",
+        ) from exc
     with container:
         if not container.streams.video:
             raise Rejected("the container holds no video stream", "decode", "NoVideoStream")
         stream = container.streams.video[0]
+        if stream.codec_context is None:  # PyAV gives no codec context for a codec FFmpeg does not know
+            raise Rejected("no decodable video stream (unknown codec)", "decode", "UnknownCodec")
         stream.thread_type = "AUTO"
         coded_pixels = (stream.codec_context.width or 0) * (stream.codec_context.height or 0)
         if coded_pixels > config.max_source_pixels:
