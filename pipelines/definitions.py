@@ -14,6 +14,7 @@ from resources.mlflow_registry import MlflowRegistry
 from resources.storage import StorageResource, default_data_root
 
 MLFLOW_UI_ENV, DAGSTER_UI_ENV = "ATELIER_MLFLOW_UI_URL", "ATELIER_DAGSTER_UI_URL"  # set by `atelier ui`
+TRACKING_URI_ENV, REGISTRY_URI_ENV = "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"  # MLflow's own variables
 
 TRAINING_ASSETS = [image_gan, music_vae]  # each takes `start_from` and registers a model
 GALLERY_ASSETS = [image_gallery, music_gallery, gallery_site]
@@ -33,16 +34,16 @@ retrain_job = dg.define_asset_job(
 
 
 def build_resources(data_root: str | None = None) -> dict:
+    """Resources under one data root. MLflow: `$MLFLOW_TRACKING_URI` when set (a tracking
+    server, which then chooses artifact locations), else a SQLite store under the data root."""
     root = Path(data_root or default_data_root())
-    database = root / "mlflow" / "mlflow.db"
-    return {
-        "storage": StorageResource(data_root=str(root)),
-        "compute": ComputeResource(),
-        "mlflow": MlflowRegistry(
-            tracking_uri=f"sqlite:///{database}", artifact_root=str(root / "mlflow" / "artifacts"),
-            ui_url=os.environ.get(MLFLOW_UI_ENV, ""), dagster_ui_url=os.environ.get(DAGSTER_UI_ENV, ""),
-        ),
-    }
+    links = {"ui_url": os.environ.get(MLFLOW_UI_ENV, ""), "dagster_ui_url": os.environ.get(DAGSTER_UI_ENV, "")}
+    if server := os.environ.get(TRACKING_URI_ENV):
+        registry = MlflowRegistry(tracking_uri=server, registry_uri=os.environ.get(REGISTRY_URI_ENV, ""), **links)
+    else:
+        registry = MlflowRegistry(tracking_uri=f"sqlite:///{root / 'mlflow' / 'mlflow.db'}",
+                                  artifact_root=str(root / "mlflow" / "artifacts"), **links)
+    return {"storage": StorageResource(data_root=str(root)), "compute": ComputeResource(), "mlflow": registry}
 
 
 defs = dg.Definitions(

@@ -64,3 +64,16 @@ def test_dagster_cli_validates_the_workspace(tmp_path):
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
     assert "Validation successful" in completed.stdout + completed.stderr
+
+
+def test_mlflow_tracking_uri_in_the_environment_points_every_run_at_that_server(monkeypatch, tmp_path):
+    from pipelines.definitions import build_resources
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    local = build_resources(str(tmp_path))["mlflow"]
+    assert local.tracking_uri == f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    assert local.artifact_root == str(tmp_path / "mlflow" / "artifacts")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.internal:5000")
+    server = build_resources(str(tmp_path))["mlflow"]
+    assert (server.tracking_uri, server.artifact_root, server.ui_base()) == (
+        "http://mlflow.internal:5000", "", "http://mlflow.internal:5000")
