@@ -1,0 +1,119 @@
+"""Sample-quality metrics of the painting GAN, on the features that define style.
+
+There is no Inception network here (shared/research/models.md, section 2), and the image
+family's classifier saw only grayscale clothing. So KID is computed on the style statistics of
+the style-transfer feature network (models/style_transfer.py: every layer's channel means and
+standard deviations), by default the untrained random multi-scale CNN. The number is called
+`kid_style_random_cnn` (or `kid_style_classifier`): it ranks models on this corpus and is NOT
+an Inception KID or FID. Features are standardized with the real reference's per-dimension
+mean and std, because a random network's activation scale is arbitrary and the cubic KID
+kernel is not scale-invariant.
+
+The real reference is random crops of the training pictures at the generator's resolution and
+crop scale, as the GAN saw them. Read a number against its floor and ceiling:
+- `real_vs_real`: crops of the same pictures with another seed (the floor; with 13 pictures
+  the held-out split has 0-2 pictures, too few to be a floor of its own);
+- `heldout_vs_train` (only when there are held-out pictures): crops of pictures the GAN never
+  saw, i.e. how far "another picture" is;
+- an untrained generator (the ceiling), computed by the caller with the same function.
+
+Memorization: each sample's nearest real crop in pixel space (models.metrics.memorization);
+a near copy is closer to a crop than crops typically are to each other. Because crops of the
+same picture overlap, real crops themselves score many near copies: the real_vs_real row is
+the floor for that count too.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from models import metrics
+from models.painting_gan import DEFAULT_CROP_SCALE, Generator, random_crops, sample
+from models.style_transfer import feature_network, style_statistics
+
+DEFAULT_N = 256
+REFERENCE_SIZE = 1024  # real crops in the reference of KID and of the nearest-neighbour search
+KID_SUBSETS = 50
+FLOOR_SEED_OFFSET = 1  # real_vs_real crops use seed + this, so they differ from the reference
+SAMPLE_SEED_OFFSET = 2
+STD_FLOOR = 1e-8  # a feature constant over the reference (a dead ReLU) is left unscaled
+
+
+def _kid_name(network_name: str) -> str:
+    return "kid_style_random_cnn" if network_name == "random" else f"kid_style_{network_name}"
+
+
+def painting_report(generator_or_samples: Generator | np.ndarray, pictures, n: int = DEFAULT_N, seed: int = 0,
+                    scale: tuple[float, float] | None = None, reference_size: int = REFERENCE_SIZE,
+                    kid_subsets: int = KID_SUBSETS, network_name: str = "random",
+                    classifier_state: Mapping | None = None) -> dict:
+    """KID on style features and near copies of `n` samples (or the given uint8 (N, H, W, C)
+    images) against random crops of `pictures` (uint8 (N, H, W, C)) at the samples' size.
+
+    `scale` defaults to the generator's training crop scale (a Generator carries it), else
+    models.painting_gan's default. Everything is deterministic given `seed`."""
+    if isinstance(generator_or_samples, Generator):
+        samples = sample(generator_or_samples, n, seed=seed + SAMPLE_SEED_OFFSET)
+        scale = scale or generator_or_samples.crop_scale
+    else:
+        samples = np.asarray(generator_or_samples)
+    scale = tuple(scale or DEFAULT_CROP_SCALE)
+    resolution = samples.shape[1]
+    reference = random_crops(pictures, reference_size, resolution, seed=seed, scale=scale)
+    network = feature_network(network_name, seed, classifier_state)
+    ref_features = style_statistics(network, reference)
+    mean, std = ref_features.mean(0), ref_features.std(0)
+    std = np.where(std > STD_FLOOR, std, 1.0)
+    features = (style_statistics(network, samples) - mean) / std
+    kid, kid_std = metrics.kernel_distance(features, (ref_features - mean) / std, kid_subsets,
+                                           subset_size=min(len(samples), reference_size), seed=seed)
+    copies = metrics.memorization(samples, reference, seed=seed)
+    name = _kid_name(network_name)
+    return {
+        "n": int(len(samples)),
+        "resolution": int(resolution),
+        "feature_network": network.description,
+        name: kid,
+        f"{name}_std": kid_std,
+        "near_copies": copies["near_copy_count"],
+        "near_copy_fraction": float(copies["near_copy"].mean()),
+        "nearest_distance_median": float(np.median(copies["nearest_distance"])),
+        "typical_nn_distance": copies["typical_nn_distance"],
+    }
+
+
+def painting_reports(samples: Mapping[str, Generator | np.ndarray], pictures, heldout=None, n: int = DEFAULT_N,
+                     seed: int = 0, resolution: int | None = None, scale: tuple[float, float] | None = None,
+                     **options) -> dict[str, dict]:
+    """painting_report of each entry of `samples` (e.g. "model", "untrained"), with the
+    real_vs_real floor (and heldout_vs_train when `heldout` has pictures) in front."""
+    first = next(iter(samples.values()))
+    if isinstance(first, Generator):
+        resolution, scale = resolution or first.resolution, scale or first.crop_scale
+    else:
+        resolution = resolution or np.asarray(first).shape[1]
+    scale = tuple(scale or DEFAULT_CROP_SCALE)
+    rows = {"real_vs_real": random_crops(pictures, n, resolution, seed=seed + FLOOR_SEED_OFFSET, scale=scale)}
+    if heldout is not None and len(heldout):
+        rows["heldout_vs_train"] = random_crops(heldout, n, resolution, seed=seed + FLOOR_SEED_OFFSET, scale=scale)
+    rows.update(samples)
+    return {name: painting_report(value, pictures, n=n, seed=seed, scale=scale, **options) for name, value in rows.items()}
+
+
+def format_painting_report(report: Mapping[str, Mapping]) -> str:
+    """The rows of painting_reports as a Markdown table."""
+    first = next(iter(report.values()))
+    kid = next(key for key in first if key.startswith("kid_style_") and not key.endswith("_std"))
+    lines = [f"| set | n | {kid} (± std) | near copies |", "|---|---|---|---|"]
+    for name, row in report.items():
+        lines.append(f"| {name} | {row['n']} | {row[kid]:.4f} ± {row[kid + '_std']:.4f} | {row['near_copies']} |")
+    return "\n".join(lines)
+
+
+def untrained_generator(config) -> Generator:
+    """The ceiling row's generator: the config's initial weights (w_avg is still zero)."""
+    with torch.random.fork_rng(devices=[]):  # the caller's random stream stays as it was
+        torch.manual_seed(config.seed)
+        return Generator(config).eval()
