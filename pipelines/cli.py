@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from corpora.atomic import atomic_write_bytes, atomic_write_text
+from corpora.shards import png_bytes
 from resources.storage import DATA_ROOT_ENV, default_data_root
 
 DAGSTER_YAML = """\
@@ -172,6 +173,31 @@ def sample(reference: str, n: int, seed: int, label: str | None, output: Path) -
     return 0
 
 
+def repaint(content: Path, style: Path, output: Path, feature_network: str, classifier: Path | None,
+            steps: int | None, size: int | None, seed: int, threads: int) -> int:
+    """Gatys-style transfer of one picture's style onto another, with no registry involved."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from models.style_transfer import StyleTransferConfig, transfer
+
+    torch.set_num_threads(threads)
+    state = None
+    if feature_network == "classifier":
+        if classifier is None:
+            raise SystemExit("--feature-network classifier needs --classifier (the image_classifier asset's weights file)")
+        state = torch.load(classifier, map_location="cpu", weights_only=True)["model"]
+    pictures = [np.asarray(Image.open(path).convert("RGB")) for path in (content, style)]
+    chosen = {key: value for key, value in {"steps": steps, "size": size}.items() if value is not None}
+    config = StyleTransferConfig(feature_network=feature_network, seed=seed, **chosen)
+    result = transfer(*pictures, config, classifier_state=state)
+    atomic_write_bytes(output, png_bytes(result.image))
+    print(f"wrote {output} ({result.image.shape[1]}x{result.image.shape[0]}) in {result.seconds:.1f} s; features: "
+          f"{result.feature_network}; style loss {result.style_losses[0]:.4g} -> {result.style_losses[-1]:.4g}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="atelier", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -189,11 +215,25 @@ def main(argv: list[str] | None = None) -> int:
     sample_parser.add_argument("--seed", type=int, default=0)
     sample_parser.add_argument("--label", help="class name or index, for class-conditional models")
     sample_parser.add_argument("-o", "--output", type=Path, default=Path("samples.png"))
+    transfer_parser = commands.add_parser(
+        "style-transfer", help="repaint CONTENT_IMAGE in the style of --style PICTURE (Gatys et al., no downloads)")
+    transfer_parser.add_argument("content", type=Path, metavar="CONTENT_IMAGE")
+    transfer_parser.add_argument("--style", type=Path, required=True, metavar="PICTURE")
+    transfer_parser.add_argument("-o", "--output", type=Path, default=Path("styled.png"))
+    transfer_parser.add_argument("--feature-network", choices=["random", "classifier"], default="random")
+    transfer_parser.add_argument("--classifier", type=Path, help="weights of the image_classifier asset")
+    transfer_parser.add_argument("--steps", type=int, help="optimizer steps (default: the demo setting's)")
+    transfer_parser.add_argument("--size", type=int, help="long side of the result (default: the demo setting's)")
+    transfer_parser.add_argument("--seed", type=int, default=0)
+    transfer_parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     if args.command == "run":
         return run(args.job)
     if args.command == "ui":
         return ui(args.port, args.mlflow_port, args.automation)
+    if args.command == "style-transfer":
+        return repaint(args.content, args.style, args.output, args.feature_network, args.classifier, args.steps,
+                       args.size, args.seed, args.threads)
     if args.command == "sample":
         return sample(args.model, args.n, args.seed, args.label, args.output)
     return seed()

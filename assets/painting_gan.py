@@ -1,0 +1,260 @@
+"""Painting generation: a StyleGAN2-lite on random crops of the painting corpus, registered as
+`painting-gan`, and a gallery with style mixing, a truncation sweep and style transfer.
+Lineage: painting_corpus -> painting_gan -> painting_gallery."""
+import html
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import torch
+
+from assets.gallery_site import write_cover
+from assets.ingest import painting_corpus
+from assets.training import (
+    champion_check_result, champion_check_spec, deadline, latest_metadata, lineage_metadata, load_champion,
+    log_metrics, log_params, log_training_data, promote, register_bundle, run_folder_name, thumbnail_markdown,
+)
+from corpora.atomic import atomic_write_bytes, atomic_write_text
+from corpora.hashing import sha256_json
+from corpora.ingest import load_manifest
+from corpora.shards import png_bytes
+from models import painting_metrics, style_transfer
+from models.painting_gan import (
+    PROFILES, PaintingGanConfig, PaintingGanFamily, export_bundle, load_generator, load_pictures, num_style_layers,
+    sample, save_bundle, style_mixing_grid, truncation_sweep,
+)
+from models.painting_pyfunc import PaintingGanPyfunc
+from models.trainer import fit
+from resources.compute import ComputeResource
+from resources.mlflow_registry import MlflowRegistry
+from resources.storage import StorageResource
+
+GROUP = "painting_gan"
+MODEL_NAME = EXPERIMENT = "painting-gan"
+CODE_VERSION = "painting-gan-1"
+GALLERY_CODE_VERSION = "painting-gallery-1"
+METRIC = "kid_style"  # KID on the random CNN's style statistics against real crops; lower is better
+PYFUNC_REQUIREMENTS = ["torch==2.13.0", "numpy", "pandas", "mlflow==3.17.2"]
+GALLERY_SEED, GALLERY_SAMPLES, GALLERY_PSI = 0, 24, 0.7
+MIXING_SEEDS, SWEEP_SEEDS, SWEEP_PSIS = 4, 4, (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+class PaintingGanTrainConfig(dg.Config):
+    profile: str = "demo"  # one of models.painting_gan.PROFILES: demo, cpu-long, gpu
+    steps: int = 0  # 0: the profile's
+    batch_size: int = 0  # 0: the profile's
+    max_minutes: float = 0.0  # stop (and register) after this long; 0: no limit
+    start_from: str = "fresh"  # "fresh", or "champion": continue from the champion's weights
+    eval_samples: int = 256
+
+    def gan_config(self, seed: int) -> PaintingGanConfig:
+        if self.profile not in PROFILES:
+            raise dg.Failure(f"unknown profile {self.profile!r}; choose one of {sorted(PROFILES)}")
+        overrides = {"seed": seed, **({"steps": self.steps} if self.steps else {}),
+                     **({"batch_size": self.batch_size} if self.batch_size else {})}
+        return PaintingGanConfig.profile(self.profile, **overrides)
+
+
+def painting_manifest(storage: StorageResource) -> tuple[Path, dict]:
+    path = storage.shards_dir("painting") / "manifest.json"
+    manifest = load_manifest(path)
+    if manifest is None:
+        raise dg.Failure(f"no painting corpus at {path}: materialize painting_corpus first")
+    return path, manifest
+
+
+@dg.asset(
+    group_name=GROUP, deps=[painting_corpus], code_version=CODE_VERSION, kinds={"pytorch", "mlflow"}, pool="gpu",
+    check_specs=[champion_check_spec("painting_gan", METRIC)],
+    description="StyleGAN2-lite (mapping network, modulated convolutions, noise, style mixing, R1, DiffAugment) "
+    "trained on random crops of the painting corpus, registered in MLflow as `painting-gan`.",
+)
+def painting_gan(
+    context: dg.AssetExecutionContext, config: PaintingGanTrainConfig, storage: StorageResource,
+    compute: ComputeResource, mlflow: MlflowRegistry,
+) -> dg.MaterializeResult:
+    manifest_path, manifest = painting_manifest(storage)
+    pictures = load_pictures(manifest_path)
+    device = compute.configure_torch()
+    gan_config = config.gan_config(compute.seed)
+    config_hash = sha256_json(gan_config.to_dict())
+    champion = load_champion(mlflow, MODEL_NAME) if config.start_from == "champion" else None
+    champion_version = str(champion[1].version) if champion else None
+    run_dir = storage.checkpoints_dir("painting_gan") / run_folder_name(
+        manifest["version"], config_hash, config.start_from, champion_version)
+    tags = mlflow.lineage_tags(dagster_run_id=context.run.run_id, asset_key="painting_gan", code_version=CODE_VERSION,
+                               data_version=manifest["version"], config_hash=config_hash)
+    with mlflow.start_run(EXPERIMENT, run_name=f"painting-gan {context.run.run_id[:8]}", tags=tags) as run:
+        client, run_id = mlflow.client(), run.info.run_id
+        log_params(client, run_id, {**gan_config.to_dict(), "profile": config.profile, "start_from": config.start_from})
+        log_training_data(client, run_id, "painting_corpus", manifest_path, manifest["version"],
+                          f'{{"train": {len(pictures["train"])}, "heldout": {len(pictures["heldout"])}}}')
+        family = PaintingGanFamily(gan_config, pictures["train"])
+        if champion is not None:
+            for name in ("generator", "ema_generator"):
+                getattr(family, name).load_state_dict(champion[0].generator.state_dict())
+            context.log.info(f"continuing from champion version {champion_version}")
+
+        def log(step: int, values: dict) -> None:
+            context.log.info(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in values.items()))
+            log_metrics(client, run_id, values, step)
+
+        result = fit(family, gan_config.trainer_config(), run_dir, device=device, log=log,
+                     should_stop=deadline(config.max_minutes), checkpoint_extra={"config": gan_config.to_dict()})
+        bundle_path = save_bundle(export_bundle(family, step=result.step), run_dir / "bundle.pt")
+        generator = load_generator(bundle_path)
+        report = painting_metrics.painting_reports(
+            {"untrained_generator": painting_metrics.untrained_generator(gan_config), "model": generator},
+            pictures["train"], heldout=pictures["heldout"], n=config.eval_samples, seed=compute.seed)
+        kid_key = next(k for k in report["model"] if k.startswith("kid_style_") and not k.endswith("_std"))
+        score = float(report["model"][kid_key])
+        summary = {METRIC: score, kid_key: score, f"{METRIC}_floor": report["real_vs_real"][kid_key],
+                   f"{METRIC}_ceiling": report["untrained_generator"][kid_key],
+                   "near_copies": report["model"]["near_copies"],
+                   "near_copies_real_vs_real": report["real_vs_real"]["near_copies"]}
+        log_metrics(client, run_id, summary, result.step)
+        table = painting_metrics.format_painting_report(report)
+        client.log_text(run_id, table, "metrics_report.md")
+        version, _ = register_bundle(mlflow, run_id, MODEL_NAME, PaintingGanPyfunc(), bundle_path,
+                                     PYFUNC_REQUIREMENTS)
+        promotion = promote(mlflow, MODEL_NAME, METRIC, version, score, higher_is_better=False)
+
+    context.log.info(f"registered {MODEL_NAME} version {version}; {promotion['decision']}")
+    return dg.MaterializeResult(
+        metadata={
+            **lineage_metadata(mlflow, MODEL_NAME, version, run_id, context),
+            "start_from": f"champion version {champion_version}" if champion_version else "fresh",
+            "steps": result.step,
+            "resumed_from_step": result.resumed_from,
+            "train_seconds": round(result.seconds, 1),
+            **{k: dg.MetadataValue.float(float(v)) for k, v in summary.items()},
+            "feature_network": report["model"]["feature_network"],
+            "metrics_table": dg.MetadataValue.md(table),
+            "bundle": dg.MetadataValue.path(str(bundle_path)),
+            "corpus_data_version": manifest["version"],
+            "samples": thumbnail_markdown(_grid(sample(generator, 8, seed=GALLERY_SEED, truncation_psi=GALLERY_PSI))),
+        },
+        data_version=dg.DataVersion(f"{MODEL_NAME}/{version}"),
+        check_results=[champion_check_result(promotion)],
+    )
+
+
+class PaintingGalleryConfig(dg.Config):
+    feature_network: str = "random"  # style transfer's features: "random" CNN, or the image family's "classifier"
+    transfer_steps: int = style_transfer.DEMO.steps
+    transfer_size: int = style_transfer.DEMO.size
+    triptychs: int = 2
+
+
+def _classifier_state(context, feature_network: str) -> dict | None:
+    if feature_network != "classifier":
+        return None
+    weights = latest_metadata(context, "image_classifier")["weights"]
+    return torch.load(weights, map_location="cpu", weights_only=True)["model"]
+
+
+@dg.asset(
+    group_name=GROUP, deps=[painting_gan], code_version=GALLERY_CODE_VERSION, kinds={"html"},
+    automation_condition=dg.AutomationCondition.eager(),
+    description="Sample grid, style-mixing grid, truncation sweep and style-transfer triptychs (content, style, "
+    "result) of the painting_gan version this run registered, under data/galleries/painting-gan/<version>/.",
+)
+def painting_gallery(
+    context: dg.AssetExecutionContext, config: PaintingGalleryConfig, storage: StorageResource,
+    compute: ComputeResource, mlflow: MlflowRegistry,
+) -> dg.MaterializeResult:
+    compute.configure_torch()
+    trained = latest_metadata(context, "painting_gan")
+    version = str(trained["model_version"])
+    model, model_version = mlflow.load_pyfunc_model(MODEL_NAME, version)
+    generator = model.unwrap_python_model().generator
+    manifest_path, manifest = painting_manifest(storage)
+    pictures = load_pictures(manifest_path)["all"]
+    folder = storage.galleries_dir(MODEL_NAME) / version
+
+    seeds = range(GALLERY_SEED, GALLERY_SEED + MIXING_SEEDS)
+    crossover = max(1, num_style_layers(generator) // 2)
+    grids = {
+        "samples.png": _grid(sample(generator, GALLERY_SAMPLES, seed=GALLERY_SEED, truncation_psi=GALLERY_PSI)),
+        "style_mixing.png": style_mixing_grid(generator, list(seeds), [s + MIXING_SEEDS for s in seeds], crossover),
+        "truncation.png": truncation_sweep(generator, list(range(SWEEP_SEEDS)), list(SWEEP_PSIS)),
+    }
+    for name, picture in grids.items():
+        atomic_write_bytes(folder / name, png_bytes(_upscale(picture)))
+
+    transfer_config = style_transfer.StyleTransferConfig(
+        feature_network=config.feature_network, steps=config.transfer_steps, size=config.transfer_size,
+        seed=compute.seed)
+    classifier_state = _classifier_state(context, config.feature_network)
+    rng = np.random.default_rng(compute.seed)
+    transfers = []
+    for index in range(min(config.triptychs, len(pictures) // 2)):
+        content, style = pictures[rng.choice(len(pictures), 2, replace=False)]
+        result = style_transfer.transfer(content, style, transfer_config, classifier_state)
+        name = f"style-transfer-{index}.png"
+        atomic_write_bytes(folder / name, png_bytes(style_transfer.triptych(content, style, result)))
+        transfers.append({"file": name, "network": result.feature_network, "seconds": result.seconds,
+                          "style_loss": (result.style_losses[0], result.style_losses[-1])})
+
+    lineage = {
+        "model": f"{MODEL_NAME} version {version}", "mlflow run": model_version.run_id,
+        "shard data version": manifest["version"], "git commit": model_version.tags.get("git_commit", "unknown"),
+        "dagster run": context.run.run_id,
+    }
+    write_cover(folder, [("img", "samples.png"), ("img", "style_mixing.png")])
+    index = folder / "index.html"
+    atomic_write_text(index, gallery_html(f"{MODEL_NAME} version {version}", lineage, crossover, transfers,
+                                          trained.get("metrics_table", "")))
+    client = mlflow.client()
+    for name in [*grids, *(t["file"] for t in transfers)]:
+        client.log_artifact(model_version.run_id, str(folder / name), artifact_path="gallery")
+    return dg.MaterializeResult(metadata={
+        "index": dg.MetadataValue.path(str(index)),
+        "model_version": version,
+        "style_transfer_network": transfers[0]["network"] if transfers else "none",
+        "style_loss_drop": dg.MetadataValue.json([round(t["style_loss"][0] / max(t["style_loss"][1], 1e-12), 2)
+                                                  for t in transfers]),
+        "preview": thumbnail_markdown(grids["style_mixing.png"]),
+    })
+
+
+def _upscale(picture: np.ndarray, minimum: int = 384) -> np.ndarray:
+    """Nearest-neighbour enlargement so small samples are visible; whole factors keep pixels square."""
+    factor = max(1, minimum // max(picture.shape[:2]))
+    return picture.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
+def _grid(images: np.ndarray, columns: int = 8) -> np.ndarray:
+    from models.painting_gan import image_grid
+
+    rows = [list(images[i:i + columns]) for i in range(0, len(images), columns)]
+    return image_grid(rows)
+
+
+def gallery_html(title: str, lineage: dict, crossover: int, transfers: list[dict], metrics_table: str) -> str:
+    """index.html; every string that came from input is escaped."""
+    e = html.escape
+    lineage_rows = "".join(f"<tr><th>{e(k)}</th><td><code>{e(str(v))}</code></td></tr>" for k, v in lineage.items())
+    triptychs = "".join(
+        f'<figure><img src="{e(t["file"])}" alt="content, style, result"><figcaption>content | style | result; '
+        f'features: <code>{e(t["network"])}</code>; style loss {t["style_loss"][0]:.3g} -> {t["style_loss"][1]:.3g} '
+        f'in {t["seconds"]:.0f} s</figcaption></figure>' for t in transfers)
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:70em}} img{{image-rendering:pixelated;max-width:100%}}
+th{{text-align:left;padding-right:1em}}</style></head>
+<body><h1>{e(title)}</h1>
+<table>{lineage_rows}</table>
+<h2>Samples</h2><p>Truncation psi {GALLERY_PSI}.</p><img src="samples.png" alt="samples">
+<h2>Style mixing</h2><p>Top row and left column are the sources; each cell takes the coarse styles (layers
+below {crossover}) from its row's source and the fine styles from its column's.</p>
+<img src="style_mixing.png" alt="style mixing">
+<h2>Truncation sweep</h2><p>One row per seed; psi {", ".join(str(p) for p in SWEEP_PSIS)} from left to right
+(psi 0 is the mean style).</p><img src="truncation.png" alt="truncation sweep">
+<h2>Style transfer</h2>{triptychs or "<p>The corpus has fewer than two pictures.</p>"}
+<h2>Metrics</h2><pre>{e(metrics_table)}</pre>
+</body></html>
+"""
+
+
+PAINTING_ASSETS = [painting_gan, painting_gallery]
