@@ -236,8 +236,8 @@ def image_gan(
         report_markdown = metrics.format_report(table)
         client.log_text(run_id, report_markdown, "metrics_report.md")
 
-        version, _ = register_bundle(mlflow, run_id, MODEL_NAME, ImageGanPyfunc(), bundle_path, PYFUNC_REQUIREMENTS,
-                                     input_example={"n": 4, "seed": 0})
+        # No input example: MLflow would infer a signature from it and drop every other key (label, interpolate_to).
+        version, _ = register_bundle(mlflow, run_id, MODEL_NAME, ImageGanPyfunc(), bundle_path, PYFUNC_REQUIREMENTS)
         client.set_model_version_tag(MODEL_NAME, version, "classifier_weights", sha256_file(classifier_meta["weights"]))
         promotion = promote(mlflow, MODEL_NAME, METRIC, version, score, higher_is_better=False)
 

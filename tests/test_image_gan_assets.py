@@ -120,8 +120,10 @@ def test_champion_samples_in_a_clean_process(family_run, tmp_path):
         "m = mlflow.pyfunc.load_model('models:/image-gan@champion')\n"
         "a = m.predict({'n': 6, 'seed': 3, 'label': 'bar'})\n"
         "b = m.predict({'n': 6, 'seed': 3, 'label': 'bar'})\n"
+        "c = m.predict({'n': 6, 'seed': 3, 'label': 'blob'})\n"
         "import sys\n"
         "print(json.dumps({'shape': list(a.shape), 'dtype': str(a.dtype), 'same': bool((a == b).all()),"
+        " 'label_matters': bool((a != c).any()),"
         " 'std': float(a.std()), 'code': sys.modules['models.image_gan'].__file__,"
         " 'dagster_loaded': 'dagster' in sys.modules}))\n"
     )
@@ -130,7 +132,7 @@ def test_champion_samples_in_a_clean_process(family_run, tmp_path):
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result == {**result, "shape": [6, 32, 32, 1], "dtype": "uint8", "same": True}
+    assert result == {**result, "shape": [6, 32, 32, 1], "dtype": "uint8", "same": True, "label_matters": True}
     assert result["std"] > 5  # not a blank image
     project = str(Path(__file__).resolve().parents[1])
     assert not result["code"].startswith(project)  # the code shipped with the model, not this checkout
