@@ -1,0 +1,340 @@
+"""The video forecaster (ConvLSTM + PixelCNN head), its metrics and its pyfunc, on tiny clips."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.fresh_process import FORBID_PROJECT_IMPORTS
+from models import video_metrics
+from models.trainer import fit, latest_checkpoint, load_checkpoint
+from models.video_rnn import (
+    PRIOR_CENTRES, ConvLSTMCell, ConvLSTMStack, VideoRnn, VideoRnnConfig, VideoRnnFamily, bits_per_dim, export_bundle,
+    from_subpixels, load_bundle, load_clips, load_model, predict, sample_frame, save_bundle, to_subpixels,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SIZE, CONTEXT, HORIZON, CLIP = 16, 4, 4, 10
+TINY = dict(context_frames=CONTEXT, horizon=HORIZON, resolution=SIZE, hidden=(8, 8), kernel=3, levels=8,
+            cond_channels=4, head_width=8, head_layers=3, head_frames=2, batch_size=4, steps=4)
+
+torch.set_num_threads(1)  # shared CPUs; and bit-exact comparisons need a fixed thread count
+
+
+def moving_squares(n: int = 12, frames: int = CLIP, seed: int = 0) -> np.ndarray:
+    """uint8 (n, frames, SIZE, SIZE, 3) clips of a bright square moving one pixel a frame, on noise."""
+    rng = np.random.default_rng(seed)
+    clips = rng.integers(0, 30, size=(n, frames, SIZE, SIZE, 3), dtype=np.uint8)
+    for i in range(n):
+        y, x = rng.integers(0, SIZE - 4, size=2)
+        dy, dx = rng.choice([-1, 1], size=2)
+        for t in range(frames):
+            top, left = (y + dy * t) % (SIZE - 4), (x + dx * t) % (SIZE - 4)
+            clips[i, t, top : top + 4, left : left + 4] = 220
+    return clips
+
+
+def tiny_config(**overrides) -> VideoRnnConfig:
+    return VideoRnnConfig.profile("demo", **{**TINY, **overrides})
+
+
+def parameters_of(module: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in module.parameters()])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny model after a few steps through the shared trainer, and its bundle on disk."""
+    run = tmp_path_factory.mktemp("run")
+    config = tiny_config(steps=6)
+    family = VideoRnnFamily(config, moving_squares())
+    before = parameters_of(family.model)
+    logged = []
+    result = fit(family, config.trainer_config(log_every=2, checkpoint_every=3), run, log=lambda s, m: logged.append(m))
+    bundle = save_bundle(export_bundle(family, result.step), run / "bundle.pt")
+    return {"family": family, "before": before, "logged": logged, "result": result, "run": run, "bundle": bundle}
+
+
+# --- the ConvLSTM ------------------------------------------------------------------------
+
+
+def test_convlstm_cell_shapes_and_state():
+    torch.manual_seed(0)
+    cell = ConvLSTMCell(in_channels=5, hidden=7, kernel=3)
+    x = torch.randn(2, 5, 6, 6)
+    h, c = cell(x)
+    assert h.shape == c.shape == (2, 7, 6, 6)
+    h2, c2 = cell(x, (h, c))
+    assert not torch.equal(h2, h)  # the state matters
+    assert torch.equal(cell(x, None)[0], h)  # None is the zero state
+
+
+def test_a_sequence_in_one_call_equals_steps_with_the_state_passed_on():
+    torch.manual_seed(0)
+    stack = ConvLSTMStack(3, (6, 4), kernel=3)
+    xs = torch.randn(2, 5, 3, 8, 8)
+    whole, final = stack(xs)
+    assert whole.shape == (2, 5, 4, 8, 8)
+    states, outputs = None, []
+    for t in range(5):
+        out, states = stack.step(xs[:, t], states)
+        outputs.append(out)
+    assert torch.allclose(torch.stack(outputs, 1), whole, atol=1e-6)
+    first, middle = stack(xs[:, :2])
+    rest, end = stack(xs[:, 2:], middle)  # resuming a sequence from a carried state
+    assert torch.allclose(torch.cat([first, rest], 1), whole, atol=1e-6)
+    for (h_a, c_a), (h_b, c_b) in zip(final, end):
+        assert torch.allclose(h_a, h_b, atol=1e-6) and torch.allclose(c_a, c_b, atol=1e-6)
+
+
+# --- the PixelCNN head -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_the_head_never_sees_the_current_or_later_pixels(channels):
+    """d logits(p) / d input is zero at p and after it in raster order over (row, column, channel)."""
+    torch.manual_seed(0)
+    model = VideoRnn(tiny_config(channels=channels))
+    width = SIZE * channels
+    x = torch.randn(1, 1, SIZE, width, requires_grad=True)
+    cond = torch.randn(1, model.head.cond.in_channels, SIZE, width)
+    logits = model.head(x, cond, torch.rand(1, PRIOR_CENTRES, SIZE, width))
+    assert logits.shape == (1, model.config.levels, SIZE, width)
+    for i, j in [(0, 1), (0, width - 1), (1, 0), (5, 7), (8, width // 2), (SIZE - 1, width - 1), (SIZE - 1, 0)]:
+        (grad,) = torch.autograd.grad(logits[0, :, i, j].sum(), x, retain_graph=True)
+        flat, position = grad[0, 0].flatten().abs(), i * width + j
+        assert flat[position:].max() == 0, f"pixel {(i, j)} sees itself or a later pixel"
+        assert flat[:position].max() > 0, f"pixel {(i, j)} sees no earlier pixel"
+    (grad,) = torch.autograd.grad(logits[0, :, 0, 0].sum(), x)
+    assert grad.abs().max() == 0  # the first pixel depends on the conditioning only
+
+
+def test_subpixel_layout_round_trips_and_orders_channels_within_a_pixel():
+    frames = torch.arange(2 * 3 * 4 * 5).reshape(2, 3, 4, 5)
+    laid_out = to_subpixels(frames)
+    assert laid_out.shape == (2, 1, 4, 15)
+    assert laid_out[0, 0, 1, :3].tolist() == frames[0, :, 1, 0].tolist()  # R, G, B of pixel (1, 0)
+    assert torch.equal(from_subpixels(laid_out, 3), frames)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_pixel_by_pixel_sampling_uses_the_full_forwards_logits(channels):
+    """The row-cached, pixel-incremental sampler is exact: the logits each pixel was drawn from
+    equal a full forward of the head over the finished sample."""
+    torch.manual_seed(1)
+    model = VideoRnn(tiny_config(channels=channels)).eval()
+    cond = torch.randn(2, model.head.cond.in_channels, SIZE, SIZE * channels)
+    centres = torch.rand(2, PRIOR_CENTRES, SIZE, SIZE * channels)
+    chosen, seen = sample_frame(model.head, cond, centres, torch.Generator().manual_seed(0), return_logits=True)
+    assert chosen.shape == (2, SIZE, SIZE * channels) and 0 <= chosen.min() and chosen.max() < model.config.levels
+    with torch.no_grad():
+        full = model.head(model.head.embed(chosen[:, None]), cond, centres)
+    assert torch.allclose(seen, full, atol=1e-4)
+    assert torch.allclose(full.exp().sum(1), torch.ones(()), atol=1e-5)  # a normalised distribution per pixel
+    again, _ = sample_frame(model.head, cond, centres, torch.Generator().manual_seed(0))
+    assert torch.equal(chosen, again)
+
+
+def test_an_untrained_heads_samples_stay_near_the_forecast():
+    """The mixture's Gaussians around the forecast (here mean = previous frame): before any
+    training, most samples are within a level of it."""
+    torch.manual_seed(2)
+    model = VideoRnn(tiny_config()).eval()
+    cond = torch.randn(1, model.head.cond.in_channels, SIZE, SIZE)
+    centres = torch.rand(1, 1, SIZE, SIZE).expand(1, PRIOR_CENTRES, SIZE, SIZE)
+    chosen, _ = sample_frame(model.head, cond, centres, torch.Generator().manual_seed(0))
+    distance = (chosen.float() - centres[:, 0] * (model.config.levels - 1)).abs()
+    assert (distance <= 1.5).float().mean() > 0.6
+
+
+# --- training ----------------------------------------------------------------------------
+
+
+def test_training_steps_are_finite_and_change_the_weights(trained):
+    assert trained["result"].finished and trained["result"].step == 6
+    assert len(trained["logged"]) == 3
+    for metrics in trained["logged"]:
+        assert {"loss", "mse", "mse_per_frame", "bits_per_dim"} <= set(metrics)
+        assert all(np.isfinite(v) for v in metrics.values())
+        assert 0 < metrics["bits_per_dim"] <= np.log2(TINY["levels"]) + 1
+    assert not torch.equal(trained["before"], parameters_of(trained["family"].model))
+
+
+def test_checkpoint_loads_weights_only_and_a_resumed_run_is_bit_exact(trained, tmp_path):
+    state = torch.load(latest_checkpoint(trained["run"] / "checkpoints"), weights_only=True)
+    assert state["step"] == 6 and set(state["modules"]) == {"video_rnn"} and "video_rnn" in state["schedulers"]
+    config = tiny_config(steps=6)
+    stops = iter([False, False, False, True])
+    first = fit(VideoRnnFamily(config, moving_squares()), config.trainer_config(checkpoint_every=100), tmp_path,
+                should_stop=lambda: next(stops))
+    assert (first.step, first.finished) == (3, False)
+    second = fit(VideoRnnFamily(config, moving_squares()), config.trainer_config(checkpoint_every=100), tmp_path)
+    assert (second.resumed_from, second.step) == (3, 6)
+    resumed = load_checkpoint(latest_checkpoint(tmp_path / "checkpoints"))["modules"]["video_rnn"]
+    for key, tensor in state["modules"]["video_rnn"].items():
+        assert torch.equal(tensor, resumed[key]), f"{key} differs after a resume"
+
+
+def test_clips_are_converted_to_the_configs_channels_and_resolution():
+    clips = moving_squares(n=4)
+    gray = VideoRnnFamily(tiny_config(), clips)
+    assert tuple(gray.clips.shape) == (4, CLIP, SIZE, SIZE, 1)
+    half = VideoRnnFamily(tiny_config(resolution=SIZE // 2, patch=2, channels=3), clips)
+    assert tuple(half.clips.shape) == (4, CLIP, SIZE // 2, SIZE // 2, 3)
+    batch = gray.make_batch(torch.arange(4), torch.device("cpu"))
+    assert batch.shape == (4, CONTEXT + HORIZON, 1, SIZE, SIZE) and 0 <= batch.min() and batch.max() <= 1
+    with pytest.raises(ValueError):
+        VideoRnnFamily(tiny_config(horizon=8), clips)  # 4 + 8 frames > 10
+
+
+# --- prediction --------------------------------------------------------------------------
+
+
+def test_predict_modes_shapes_and_seeds(trained):
+    model = trained["family"].model
+    context = moving_squares(n=2, seed=3)[:, :CONTEXT]
+    mean = predict(model, context[0], horizon=HORIZON + 2, mode="mean")  # past the trained horizon
+    assert mean.shape == (HORIZON + 2, SIZE, SIZE, 3) and mean.dtype == np.uint8  # the input's channels
+    assert np.array_equal(mean, predict(model, context[0], horizon=HORIZON + 2, mode="mean", seed=9))
+    gray = predict(model, context[0][..., :1], horizon=2)
+    assert gray.shape == (2, SIZE, SIZE, 1)
+    a = predict(model, context, horizon=3, mode="sample", seed=1)
+    assert a.shape == (2, 3, SIZE, SIZE, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, predict(model, context, horizon=3, mode="sample", seed=1))
+    assert not np.array_equal(a, predict(model, context, horizon=3, mode="sample", seed=2))
+    assert predict(model, context[0], horizon=0).shape == (0, SIZE, SIZE, 3)
+    with pytest.raises(ValueError):
+        predict(model, context[0], mode="beam")
+
+
+def test_bundle_reloads_weights_only_to_the_same_predictions(trained):
+    bundle = torch.load(trained["bundle"], weights_only=True)
+    assert bundle["config"]["hidden"] == [8, 8] and bundle["step"] == 6
+    model = load_model(load_bundle(trained["bundle"]))
+    context = moving_squares(n=1, seed=4)[0, :CONTEXT]
+    for mode in ("mean", "sample"):
+        assert np.array_equal(predict(model, context, 2, mode, seed=5), predict(trained["family"].model, context, 2, mode, seed=5))
+
+
+# --- metrics and gallery -----------------------------------------------------------------
+
+
+def test_copy_last_frame_is_perfect_on_a_static_clip():
+    still = np.repeat(moving_squares(n=1)[:, :1], CLIP, axis=1)
+    baseline = video_metrics.copy_last_frame(still[:, :CONTEXT], HORIZON)
+    scores = video_metrics.per_step_scores(still[:, CONTEXT : CONTEXT + HORIZON], baseline)
+    assert scores["mse"] == [0.0] * HORIZON
+    assert scores["ssim"] == pytest.approx([1.0] * HORIZON)
+    assert scores["psnr"] == [video_metrics.PSNR_CAP_DB] * HORIZON
+    noisy = video_metrics.frame_scores(still[0, 0], 255 - still[0, 0])
+    assert noisy["mse"] > 100 and noisy["ssim"] < 0.5 and 0 < noisy["psnr"] < 10
+
+
+def test_report_has_model_and_baseline_per_horizon(trained):
+    model = trained["family"].model
+    heldout = moving_squares(n=3, seed=7)
+    report = video_metrics.evaluate(model, heldout)
+    assert report["horizons"] == [1, 2, 3, 4] and report["clips"] == 3
+    for who in ("model", "baseline"):
+        assert all(len(report[who][name]) == HORIZON for name in ("mse", "ssim", "psnr"))
+        assert all(np.isfinite(v) for values in report[who].values() for v in values)
+    assert 0 < report["bits_per_dim"] < np.log2(TINY["levels"]) + 1
+    assert report["bits_per_dim"] == pytest.approx(bits_per_dim(model, heldout))
+    expected = [h for h, a, b in zip(report["horizons"], report["model"]["mse"], report["baseline"]["mse"]) if a < b]
+    assert report["beats_baseline_at"] == expected
+    table = video_metrics.format_table(report)
+    assert "copy-last" in table and table.count("\n| ") == HORIZON + 2  # header, steps, mean
+    png = video_metrics.error_plot_png(report)
+    assert png.startswith(b"\x89PNG") and Image.open(io.BytesIO(png)).size[0] > 100
+
+
+def test_side_by_side_and_gif(tmp_path):
+    clip = moving_squares(n=1)[0]
+    frames = video_metrics.side_by_side(clip[:CONTEXT], clip[CONTEXT:], clip[CONTEXT:, :, :, :1])
+    gap = video_metrics.GAP_PIXELS
+    assert frames.shape == (CLIP, SIZE, 3 * SIZE + 2 * gap, 3) and frames.dtype == np.uint8
+    assert np.array_equal(frames[0, :, SIZE + gap : 2 * SIZE + gap], clip[0])  # context shown in every panel
+    assert np.array_equal(frames[CONTEXT, :, :SIZE], clip[CONTEXT - 1])  # the left panel holds the last context frame
+    data = video_metrics.write_gif(None, frames, fps=10)
+    assert data.startswith(b"GIF89a")
+    gif = Image.open(io.BytesIO(data))
+    assert gif.n_frames == CLIP and gif.info["duration"] == 100
+    assert video_metrics.write_gif(tmp_path / "clip.gif", frames, fps=10) is None
+    assert (tmp_path / "clip.gif").read_bytes() == data
+
+
+def test_load_clips_reads_a_video_manifest(tmp_path):
+    from corpora.ingest import IngestSettings, ingest
+    from corpora.video import VIDEO, VideoCorpusConfig, write_video
+
+    for i, clip in enumerate(moving_squares(n=3, frames=20, seed=5)):
+        write_video(tmp_path / "raw" / f"clip_{i}.mp4", clip, fps=10)
+    report = ingest(VIDEO, VideoCorpusConfig(resolution=SIZE, clip_frames=CLIP, clip_hop_frames=CLIP), tmp_path / "raw",
+                    tmp_path / "out", IngestSettings(workers=1, heldout_percent=50))
+    data = load_clips(report.manifest_path)
+    assert len(data["train"]) + len(data["heldout"]) == 6
+    assert data["train"].shape[1:] == (CLIP, SIZE, SIZE, 3) and data["train"].dtype == np.uint8
+    assert len(data["train_sources"]) == len(data["train"]) and all(s.endswith(".mp4") for s in data["train_sources"])
+
+
+# --- the registered model ----------------------------------------------------------------
+
+FRESH_PREDICT = FORBID_PROJECT_IMPORTS + textwrap.dedent("""
+    import numpy as np
+    import mlflow.pyfunc
+    import pandas as pd
+
+    model = mlflow.pyfunc.load_model(sys.argv[1])
+    context = np.load(sys.argv[2])
+    by_dict = model.predict({"context": context, "horizon": 3, "mode": "sample", "seed": 4})
+    by_frame = model.predict(pd.DataFrame({"context": [context], "horizon": [3], "mode": ["sample"], "seed": [4]}))
+    by_lists = model.predict({"context": context.tolist(), "horizon": [3], "mode": "mean"})
+    default = model.predict({"context": context[..., :1]})
+    module = sys.modules[type(model.unwrap_python_model()).__module__].__file__
+    print(json.dumps({"shape": list(by_dict.shape), "dtype": str(by_dict.dtype), "same": bool((by_dict == by_frame).all()),
+                      "lists_shape": list(by_lists.shape), "default_shape": list(default.shape), "module": module}))
+""")
+
+
+def test_pyfunc_predicts_in_a_fresh_process_with_only_models_on_the_path(trained, tmp_path):
+    import mlflow.pyfunc
+
+    from models.video_pyfunc import VideoRnnPyfunc
+
+    model_dir = tmp_path / "model"
+    mlflow.pyfunc.save_model(str(model_dir), python_model=VideoRnnPyfunc(), artifacts={"bundle": str(trained["bundle"])},
+                             code_paths=[str(PROJECT_ROOT / "models")])
+    context = tmp_path / "context.npy"
+    np.save(context, moving_squares(n=1, seed=6)[0, :CONTEXT])
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(PYTHONPATH=str(model_dir / "code"), MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false", OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", FRESH_PREDICT, str(model_dir), str(context)], cwd=cwd, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result == {**result, "shape": [3, SIZE, SIZE, 3], "dtype": "uint8", "same": True,
+                      "lists_shape": [3, SIZE, SIZE, 3], "default_shape": [HORIZON, SIZE, SIZE, 1]}
+    assert result["module"].startswith(str(model_dir)), "the pyfunc must come from the model's own code path"
+
+
+def test_pyfunc_rejects_bad_requests(trained):
+    from models.video_pyfunc import VideoRnnPyfunc
+
+    pyfunc = VideoRnnPyfunc()
+    pyfunc.model = load_model(trained["bundle"])
+    context = moving_squares(n=1)[0, :CONTEXT]
+    for request in ({"horizon": 2}, {"context": context, "mode": "beam"}, {"context": context.astype(float) * 2},
+                    {"context": context, "horizon": 10_000}, {"context": context[0, 0]}):
+        with pytest.raises((ValueError, TypeError)):
+            pyfunc.predict(None, request)
