@@ -8,6 +8,8 @@ from assets.gallery_site import gallery_site
 from assets.image_gan import IMAGE_GAN_ASSETS, image_gallery, image_gan
 from assets.ingest import CORPUS_ASSETS
 from assets.music_vae import MUSIC_ASSETS, music_gallery, music_vae
+from assets.painting_gan import PAINTING_ASSETS, painting_gallery, painting_gan
+from assets.video_rnn import VIDEO_ASSETS, video_gallery, video_rnn
 from pipelines.automation import gallery_automation, raw_files_sensor, retraining_schedule
 from resources.compute import ComputeResource
 from resources.mlflow_registry import MlflowRegistry
@@ -16,8 +18,8 @@ from resources.storage import StorageResource, default_data_root
 MLFLOW_UI_ENV, DAGSTER_UI_ENV = "ATELIER_MLFLOW_UI_URL", "ATELIER_DAGSTER_UI_URL"  # set by `atelier ui`
 TRACKING_URI_ENV, REGISTRY_URI_ENV = "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"  # MLflow's own variables
 
-TRAINING_ASSETS = [image_gan, music_vae]  # each takes `start_from` and registers a model
-GALLERY_ASSETS = [image_gallery, music_gallery, gallery_site]
+TRAINING_ASSETS = [image_gan, music_vae, painting_gan, video_rnn]  # each takes `start_from` and registers a model
+GALLERY_ASSETS = [image_gallery, music_gallery, painting_gallery, video_gallery, gallery_site]
 
 ingest_job = dg.define_asset_job(
     "ingest", selection=dg.AssetSelection.groups("corpora"),
@@ -47,7 +49,7 @@ def build_resources(data_root: str | None = None) -> dict:
 
 
 defs = dg.Definitions(
-    assets=[*CORPUS_ASSETS, *IMAGE_GAN_ASSETS, *MUSIC_ASSETS, gallery_site],
+    assets=[*CORPUS_ASSETS, *IMAGE_GAN_ASSETS, *MUSIC_ASSETS, *PAINTING_ASSETS, *VIDEO_ASSETS, gallery_site],
     jobs=[ingest_job, main_job, retrain_job],
     schedules=[retraining_schedule(TRAINING_ASSETS, retrain_job)],
     sensors=[raw_files_sensor, gallery_automation(GALLERY_ASSETS)],
