@@ -4,6 +4,8 @@
     .venv/bin/python -m bench.train --quality            # + fid_classifier of a demo-profile run
     .venv/bin/python -m bench.train --quality --minutes 20 --bundle runs/demo/bundle.pt
     .venv/bin/python -m bench.train --family music [--quality --minutes 20]   # see bench/music.py
+    .venv/bin/python -m bench.train --family painting [--quality --minutes 20]   # bench/painting.py
+    .venv/bin/python -m bench.train --family video [--quality --minutes 20]   # bench/video.py
 
 Throughput rows, interleaved in each repeat so that machine load hits them alike (medians):
 - pipeline: ImageGanFamily through models.trainer.fit, fed uint8 images as the corpus stores
@@ -218,7 +220,7 @@ def main() -> None:
     parser.add_argument("--bundle", type=Path, action="append", help="with --quality: evaluate these bundles instead of training the demo")
     parser.add_argument("--classifier", type=Path, help="with --quality: feature classifier state_dict to load, or to save once trained")
     parser.add_argument("--skip-throughput", action="store_true")
-    parser.add_argument("--family", choices=["image", "music"], default="image")
+    parser.add_argument("--family", choices=["image", "music", "painting", "video"], default="image")
     parser.add_argument("--kind", choices=["chorale", "melody"], default="chorale", help="with --family music")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -232,6 +234,16 @@ def main() -> None:
             print(music.throughput_table(manifest, args.kind, args.steps, args.repeats), flush=True)
         if args.quality:
             print(music.quality_table(manifest, args.kind, args.minutes), flush=True)
+        return
+    if args.family in ("painting", "video"):
+        import importlib
+
+        family = importlib.import_module(f"bench.{args.family}")
+        manifest = args.manifest or family.DEFAULT_MANIFEST
+        if not args.skip_throughput:
+            print(family.throughput_table(manifest, args.steps, args.repeats), flush=True)
+        if args.quality:
+            print(family.quality_table(manifest, args.minutes), flush=True)
         return
 
     images, labels, heldout, heldout_labels, class_names = load_images(args.manifest)

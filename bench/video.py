@@ -1,0 +1,48 @@
+"""Video RNN rows of bench/train.py: clips/s (trainer vs plain loop) and the held-out table.
+
+    .venv/bin/python -m bench.train --family video [--quality --minutes 20]
+
+Quality: the demo profile to its end, and with --minutes a cpu-long run stopped by that
+budget; each row is models.video_metrics.evaluate on the held-out clips, the copy-last-frame
+baseline beside the model at every horizon.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+from bench import throughput
+from models import video_metrics
+from models.trainer import fit
+from models.video_rnn import VideoRnnConfig, VideoRnnFamily, load_clips, predict
+
+DEFAULT_MANIFEST = Path("data/shards/video/manifest.json")
+
+
+def throughput_table(manifest: Path, steps: int, repeats: int) -> str:
+    clips = load_clips(manifest)["train"]
+    config = VideoRnnConfig.profile("demo")
+    return throughput.throughput_table("video RNN (demo profile, 10 -> 10 frames)", "clips",
+                                       lambda: VideoRnnFamily(config, clips), config, steps, repeats)
+
+
+def quality_table(manifest: Path, minutes: float | None) -> str:
+    clips = load_clips(manifest)
+    runs = {"demo": (VideoRnnConfig.profile("demo"), {})}
+    if minutes:
+        runs[f"cpu-long {minutes:g} min"] = (VideoRnnConfig.profile("cpu-long"), {"max_seconds": minutes * 60})
+    out = []
+    for name, (config, budget) in runs.items():
+        family = VideoRnnFamily(config, clips["train"])
+        with tempfile.TemporaryDirectory() as run_dir:
+            result = fit(family, config.trainer_config(**budget), run_dir)
+        model = family.model.cpu().eval()
+        report = video_metrics.evaluate(model, clips["heldout"])
+        started = time.perf_counter()
+        predict(model, clips["heldout"][0][: config.context_frames], mode="sample", seed=0)
+        sampling = time.perf_counter() - started
+        out += [f"### {name}: {result.step} steps in {result.seconds:.0f} s; "
+                f"sampling one {config.horizon}-frame continuation pixel by pixel: {sampling:.1f} s",
+                video_metrics.format_table(report), ""]
+    return "\n".join(out)
