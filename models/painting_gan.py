@@ -144,7 +144,9 @@ class PaintingGanConfig:
 
 
 PROFILES: dict[str, dict] = {
-    # 32x32, measured 3.9 minutes for the 1500 steps on 2 shared CPU cores (load ~1; see the report)
+    # 32x32: 0.15-0.17 s a step on 2 cores at load ~2.4 (best of 5, bf16 autocast on this AMX CPU), so ~4 minutes
+    # for 1500 steps. A full CLI run took 38 minutes at load 2.4-4.1 (other jobs on the 2 cores; 1 thread was then
+    # 5-10x faster than 2). Samples are colour textures of the crops, not yet objects (kid_style_random_cnn ~0.5).
     "demo": dict(resolution=32, widths=(128, 128, 64, 32), z_dim=64, w_dim=64, batch_size=16, steps=1500),
     # twice the 4x4 width and the batch, 2.7x the steps: ~0.3 s a step (0.15 for demo), about 20 minutes on 2 cores
     "cpu-long": dict(resolution=32, widths=(256, 128, 64, 32), z_dim=128, w_dim=128, batch_size=32, steps=4000),
