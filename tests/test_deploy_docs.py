@@ -33,13 +33,13 @@ from dagster._core.errors import DagsterInvalidConfigError
 from dagster._core.instance.config import dagster_instance_config
 from dagster._core.workspace.config_schema import process_workspace_config
 
-from pipelines.definitions import build_resources, defs
+from pipelines.definitions import TRAINING_ASSETS as TRAINING_ASSET_DEFS, build_resources, defs
 from resources.mlflow_registry import MlflowRegistry
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "docs" / "deploy"
 GUIDE = ROOT / "docs" / "deploy.md"
-TRAINING_ASSETS = {"image_gan", "music_vae"}  # the assets deploy.md says sit in the `gpu` pool
+TRAINING_ASSETS = {asset.op.name for asset in TRAINING_ASSET_DEFS}  # the `gpu` pool
 
 
 def load(name: str):
