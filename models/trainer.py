@@ -9,7 +9,9 @@ run promises lives here once:
   weights as an uninterrupted run (bit-exact on CPU at a fixed thread count; see `fit`);
 - checkpoints are written atomically and read with `torch.load(weights_only=True)`, so every
   value in them is a tensor or a plain Python value, never a pickled object;
-- a run can stop early on a wall-clock budget or a caller's `should_stop`, and is resumable.
+- a run can stop early on a wall-clock budget or a caller's `should_stop`, and is resumable;
+- under torchrun, the same loop trains data-parallel over several processes (see
+  models/distributed.py and `fit`'s `distributed`).
 
 Read `fit` top to bottom; the helpers above it are small on purpose.
 """
@@ -21,6 +23,7 @@ import random
 import re
 import sys
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
@@ -32,10 +35,15 @@ import torch
 from torch import nn
 
 from corpora.atomic import atomic_write, remove_stale_temporaries
+from models.distributed import (Distributed, all_gather_objects, any_rank, average_gradients_before_steps, barrier,
+                                broadcast_float_buffers, broadcast_modules, check_ready, local_slice)
 
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d+)\.pt$")
 CHECKPOINT_FORMAT = "atelier.checkpoint/1"
+# Rank r seeds its RNGs with seed + r * stride: rank 0 keeps the single-process stream, and the
+# other ranks' streams stay clear of the runs with nearby seeds.
+RANK_SEED_STRIDE = 1_000_003
 
 Autocast = Callable[[], AbstractContextManager]
 LogFn = Callable[[int, dict], None]
@@ -55,6 +63,7 @@ class TrainerConfig:
     bf16: str = "auto"  # "auto": on CUDA and on CPUs with native bf16 (see bf16_supported); "on"; "off"
     channels_last: str = "auto"  # "auto": on CUDA only, where convs gain from NHWC; "on"; "off"
     max_seconds: float | None = None  # wall-clock budget; the run checkpoints and stops when spent
+    compile: str = "off"  # torch.compile every module: "auto": on CUDA only; "on"; "off"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -92,6 +101,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # seeds every CUDA device too
 
 
+def rank_seed(seed: int, rank: int) -> int:
+    return seed + RANK_SEED_STRIDE * rank
+
+
 def rng_state() -> dict:
     """Every global RNG as plain values and tensors, so `weights_only=True` can load it."""
     version, mt_state, gauss_next = random.getstate()
@@ -119,10 +132,12 @@ def restore_rng_state(state: Mapping) -> None:
     np.random.set_state(
         (npy["kind"], np.asarray(npy["keys"], dtype=np.uint32), npy["pos"], npy["has_gauss"], npy["cached_gaussian"])
     )
-    torch.set_rng_state(state["torch"])
+    # .cpu(): a checkpoint loaded with map_location="cuda" brings the states along, but the
+    # generators take only CPU byte tensors
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
         # a checkpoint from a bigger machine: restore the devices this one has
-        cuda_states = list(state["cuda"])[: torch.cuda.device_count()]
+        cuda_states = [cuda_state.cpu() for cuda_state in state["cuda"]][: torch.cuda.device_count()]
         torch.cuda.set_rng_state_all(cuda_states)
 
 
@@ -244,6 +259,21 @@ def autocast_for(device: torch.device, enabled: bool) -> Autocast:
     return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
+def to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """Move a batch tensor to `device`; to a GPU through pinned memory, so the copy runs
+    asynchronously and overlaps the previous step's kernels instead of stalling the host."""
+    device = torch.device(device)
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+def compile_modules(family: Family) -> None:
+    # in place, so state_dict keys, checkpoints and the family's own references stay as they are
+    for module in family.modules().values():
+        module.compile()
+
+
 # --- the loop ------------------------------------------------------------------------------
 
 
@@ -257,6 +287,7 @@ class FitResult:
     seconds: float = 0.0
     bf16: bool = False
     channels_last: bool = False
+    compiled: bool = False
 
 
 class _Window:
@@ -307,6 +338,42 @@ def _state_of(family: Family, sampler: IndexSampler, step: int, config: TrainerC
     }
 
 
+def _state_for_ranks(state: dict, rank_rngs: list[dict]) -> dict:
+    """A checkpoint of several ranks also keeps each rank's RNG state (its "rng" is rank 0's);
+    one process's checkpoint stays as it always was."""
+    if len(rank_rngs) > 1:
+        state["rank_rng"] = rank_rngs
+    return state
+
+
+def _restore_rank_rng(state: Mapping, distributed: Distributed, seed: int, step: int) -> None:
+    """Each rank takes back its own RNG stream (`_restore` gave every rank rank 0's).
+
+    A checkpoint made at another world size has no stream for some ranks, so every rank is
+    reseeded from (seed, rank, step): the run goes on correctly, with fresh noise, but is not
+    bit-reproducible against an uninterrupted run.
+    """
+    if distributed.world_size == 1:
+        return  # "rng" is the single process's, or rank 0's of a bigger run: either continues
+    saved = state.get("rank_rng")
+    if saved is not None and len(saved) == distributed.world_size:
+        restore_rng_state(saved[distributed.rank])
+        return
+    if distributed.is_main:
+        saved_size = len(saved) if saved is not None else 1
+        warnings.warn(f"resuming a {saved_size}-process checkpoint on {distributed.world_size} processes: "
+                      "RNG streams are reseeded, so this run is not bit-reproducible")
+    seed_everything(rank_seed(seed, distributed.rank) + step)
+
+
+def _agree_on_checkpoint(latest: Path | None, distributed: Distributed) -> None:
+    # Ranks that resume from different steps would deadlock or silently train apart; this
+    # happens when run_dir is not one folder every rank sees.
+    seen = all_gather_objects(None if latest is None else latest.name, distributed)
+    if len(set(seen)) > 1:
+        raise RuntimeError(f"the ranks see different newest checkpoints {seen}: run_dir must be shared by all ranks")
+
+
 def _restore(family: Family, sampler: IndexSampler, state: Mapping) -> None:
     for name, module in family.modules().items():
         module.load_state_dict(state["modules"][name])
@@ -326,6 +393,7 @@ def fit(
     log: LogFn | None = None,
     should_stop: Callable[[], bool] | None = None,
     checkpoint_extra: Mapping | None = None,
+    distributed: Distributed | None = None,
 ) -> FitResult:
     """Train `family` to `config.steps`, resuming from the newest checkpoint in `run_dir`.
 
@@ -334,53 +402,80 @@ def fit(
     this). On CUDA, cuDNN kernel choice may differ between processes unless the caller sets
     `torch.use_deterministic_algorithms(True)`; expect agreement to float rounding only.
     `checkpoint_extra` is plain data stored with every checkpoint (e.g. the family config).
+
+    Data parallel (`distributed` from models.distributed.from_environment, world size > 1):
+    `config.batch_size` is the global batch; every rank draws the same global batch and
+    trains on its own slice, gradients are averaged over the ranks before every optimizer
+    step, and the ranks agree on when to stop. Only rank 0 logs and writes checkpoints, which
+    hold every rank's RNG state; `run_dir` must be a folder all ranks see. Buffers the ranks
+    update from their own slices (BatchNorm statistics) take rank 0's values at every
+    checkpoint, so the saved model is rank 0's and all ranks end identical. With None or a
+    world size of 1 nothing of this happens.
     """
+    distributed = distributed or Distributed()
+    check_ready(distributed, config.batch_size)
     device = torch.device(device)
     run_dir = Path(run_dir)
     folder = run_dir / CHECKPOINT_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(folder)  # a killed writer's half file is never a checkpoint
+    if distributed.is_main:
+        remove_stale_temporaries(folder)  # a killed writer's half file is never a checkpoint
 
     use_bf16 = resolve_flag(config.bf16, bf16_supported(device))
     use_channels_last = resolve_flag(config.channels_last, device.type == "cuda")
+    use_compile = resolve_flag(config.compile, device.type == "cuda")
     autocast = autocast_for(device, use_bf16)
     family.to(device, use_channels_last)
+    if use_compile:
+        compile_modules(family)
 
-    seed_everything(config.seed)
-    sampler = IndexSampler(family.num_items, config.batch_size, seed=config.seed)
+    seed_everything(rank_seed(config.seed, distributed.rank))
+    sampler = IndexSampler(family.num_items, config.batch_size, seed=config.seed)  # the same global batches on every rank
     step = resumed_from = 0
     latest = latest_checkpoint(folder)
+    _agree_on_checkpoint(latest, distributed)
     if latest is not None:
         state = load_checkpoint(latest, map_location=device)
         _restore(family, sampler, state)
+        _restore_rank_rng(state, distributed, config.seed, int(state["step"]))
         step = resumed_from = int(state["step"])
+    modules = list(family.modules().values())
+    broadcast_modules(modules, distributed)
 
     def checkpoint(at: int) -> Path:
-        state = _state_of(family, sampler, at, config, checkpoint_extra or {})
-        return save_checkpoint(folder / checkpoint_name(at), state, keep=config.keep_checkpoints)
+        broadcast_float_buffers(modules, distributed)
+        rank_rngs = all_gather_objects(rng_state(), distributed)
+        path = folder / checkpoint_name(at)
+        if distributed.is_main:
+            state = _state_for_ranks(_state_of(family, sampler, at, config, checkpoint_extra or {}), rank_rngs)
+            save_checkpoint(path, state, keep=config.keep_checkpoints)
+        barrier(distributed)  # the others go on only once the checkpoint is on disk
+        return path
 
     started = time.perf_counter()
     window, last_metrics = _Window(), {}
     saved_at = step if latest is not None else -1
-    bar = _progress_bar(config.steps, step)
+    bar = _progress_bar(config.steps, step) if distributed.is_main else None
+    gradient_hooks = average_gradients_before_steps(family.optimizers().values(), distributed)
     try:
         while step < config.steps:
             out_of_time = config.max_seconds is not None and time.perf_counter() - started >= config.max_seconds
-            if out_of_time or (should_stop is not None and should_stop()):
+            if any_rank(out_of_time or (should_stop is not None and should_stop()), distributed):
                 break
-            batch = family.make_batch(next(sampler), device)
+            batch = family.make_batch(local_slice(next(sampler), distributed), device)
             metrics = family.train_step(batch, step, autocast)
             step += 1
-            window.add(metrics, config.batch_size)
+            window.add(metrics, config.batch_size)  # the global batch: items/s of the whole run
             if bar is not None:
                 bar.update(1)
             if step % config.log_every == 0 or step == config.steps:
                 now = time.perf_counter()
                 last_metrics = window.summary(now)
+                # every rank checks its own losses: a rank that raises ends the whole torchrun job
                 for key, value in last_metrics.items():
                     if not math.isfinite(value):
                         raise FloatingPointError(f"step {step}: {key} is {value}")
-                if log is not None:
+                if log is not None and distributed.is_main:
                     log(step, last_metrics)
                 if bar is not None:
                     bar.set_postfix({k: f"{v:.3g}" for k, v in last_metrics.items()})
@@ -389,6 +484,8 @@ def fit(
                 checkpoint(step)
                 saved_at = step
     finally:
+        for hook in gradient_hooks:
+            hook.remove()
         if bar is not None:
             bar.close()
     # The end of a run, and a run a budget stopped, always leave a checkpoint to resume from.
@@ -402,4 +499,5 @@ def fit(
         seconds=time.perf_counter() - started,
         bf16=use_bf16,
         channels_last=use_channels_last,
+        compiled=use_compile,
     )
