@@ -9,31 +9,33 @@ import numpy as np
 from assets.gallery_site import write_cover
 from assets.ingest import midi_corpus
 from assets.training import (
-    champion_check_result, champion_check_spec, deadline, latest_metadata, lineage_metadata, load_champion,
-    log_metrics, log_params, log_training_data, promote, register_bundle, run_folder_name, thumbnail_markdown,
+    FamilyRegistration, champion_check_spec, latest_metadata, thumbnail_markdown, train_and_register, trained_result,
 )
 from corpora.atomic import atomic_write_bytes, atomic_write_text
-from corpora.hashing import sha256_json
 from corpora.ingest import load_manifest
 from corpora.preview import contact_sheet
 from corpora.shards import png_bytes
-from models import music_metrics, music_render
+from models import music_render
 from models.music_pyfunc import MusicVaePyfunc
 from models.music_vae import (
-    KINDS, PROFILES, MusicVaeConfig, MusicVaeFamily, export_bundle, interpolate, load_windows, sample, save_bundle,
-    tokens_to_midi_bytes,
+    CHAMPION_METRIC, KINDS, PROFILES, MusicVaeConfig, interpolate, load_windows, sample, tokens_to_midi_bytes,
 )
-from models.trainer import fit
+from models.train import TrainingRequest
 from resources.compute import ComputeResource
 from resources.mlflow_registry import MlflowRegistry
 from resources.storage import StorageResource
+from resources.trainer import TrainerLauncher
 
 GROUP = "music_vae"
 MODEL_NAME = EXPERIMENT = "music-vae"
 CODE_VERSION = "music-vae-1"
 GALLERY_CODE_VERSION = "music-gallery-1"
-METRIC = "sampled_accuracy"  # held-out reconstruction accuracy, averaged over the bundle's models; higher wins
-PYFUNC_REQUIREMENTS = ["torch==2.13.0", "numpy", "pandas", "pretty_midi", "mlflow==3.17.2"]
+METRIC = CHAMPION_METRIC  # held-out reconstruction accuracy, averaged over the bundle's models; higher wins
+FAMILY = FamilyRegistration(
+    asset_name="music_vae", model_name=MODEL_NAME, code_version=CODE_VERSION, metric=METRIC, higher_is_better=True,
+    python_model=MusicVaePyfunc, pip_requirements=("torch==2.13.0", "numpy", "pandas", "pretty_midi", "mlflow==3.17.2"),
+    corpus="midi_corpus",
+)
 GALLERY_SAMPLES, GALLERY_SEED, INTERPOLATION_STEPS = 4, 0, 5
 
 
@@ -62,79 +64,21 @@ def midi_manifest(storage: StorageResource) -> tuple[Path, dict]:
 )
 def music_vae(
     context: dg.AssetExecutionContext, config: MusicVaeTrainConfig, storage: StorageResource,
-    compute: ComputeResource, mlflow: MlflowRegistry,
+    compute: ComputeResource, mlflow: MlflowRegistry, trainer: TrainerLauncher,
 ) -> dg.MaterializeResult:
     if config.profile not in PROFILES or not set(config.kinds) <= set(KINDS) or not config.kinds:
         raise dg.Failure(f"profile must be one of {sorted(PROFILES)} and kinds a subset of {sorted(KINDS)}")
     manifest_path, manifest = midi_manifest(storage)
-    device = compute.configure_torch()
     overrides = {"steps": config.steps} if config.steps else {}
-    configs = {kind: MusicVaeConfig.profile(config.profile, kind=kind, seed=compute.seed, **overrides)
-               for kind in config.kinds}
-    config_hash = sha256_json({kind: c.to_dict() for kind, c in configs.items()})
-    champion = load_champion(mlflow, MODEL_NAME) if config.start_from == "champion" else None
-    champion_version = str(champion[1].version) if champion else None
-    run_name = run_folder_name(manifest["version"], config_hash, config.start_from, champion_version)
-    tags = mlflow.lineage_tags(
-        dagster_run_id=context.run.run_id, asset_key="music_vae", code_version=CODE_VERSION,
-        data_version=manifest["version"], config_hash=config_hash,
+    request = TrainingRequest(
+        family=MODEL_NAME, max_minutes=config.max_minutes, options={"eval_samples": config.eval_samples},
+        model_config={kind: MusicVaeConfig.profile(config.profile, kind=kind, seed=compute.seed, **overrides).to_dict()
+                      for kind in config.kinds},
+        device=compute.device, threads=compute.threads, seed=compute.seed,
     )
-    with mlflow.start_run(EXPERIMENT, run_name=f"music-vae {context.run.run_id[:8]}", tags=tags) as run:
-        client, run_id = mlflow.client(), run.info.run_id
-        log_params(client, run_id, {"profile": config.profile, "kinds": ",".join(config.kinds),
-                                    **{f"{k}.{name}": v for k, c in configs.items() for name, v in c.to_dict().items()}})
-        log_training_data(client, run_id, "midi_corpus", manifest_path, manifest["version"],
-                          f'{{"pieces": {manifest["counts"]["ingested"]}}}')
-        families, steps, reports, summary = [], {}, {}, {}
-        for kind, kind_config in configs.items():
-            data = load_windows(manifest_path, kind)
-            family = MusicVaeFamily(kind_config, data["train"])
-            if champion is not None and kind in champion[0].models:
-                family.model.load_state_dict(champion[0].models[kind].state_dict())
-                context.log.info(f"{kind}: continuing from champion version {champion_version}")
-            run_dir = storage.checkpoints_dir("music_vae") / f"{run_name}-{kind}"
-
-            def log(step: int, values: dict, kind=kind) -> None:
-                context.log.info(f"{kind} step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in values.items()))
-                log_metrics(client, run_id, {f"{kind}.{k}": v for k, v in values.items()}, step)
-
-            result = fit(family, kind_config.trainer_config(), run_dir, device=device, log=log,
-                         should_stop=deadline(config.max_minutes),
-                         checkpoint_extra={"family": "music_vae", "config": kind_config.to_dict()})
-            family.model.cpu()
-            report = music_metrics.evaluate(family.model, data["train"], data["heldout"],
-                                            n_samples=config.eval_samples, seed=compute.seed)
-            families.append(family)
-            steps[kind], reports[kind] = result.step, report
-            model_row = report["likelihood"]["model"]
-            summary.update({f"{kind}.{name}": value for name, value in model_row.items()
-                            if isinstance(value, (int, float))})
-            summary[f"{kind}.train_seconds"] = result.seconds
-        score = float(np.mean([reports[kind]["likelihood"]["model"][METRIC] for kind in configs]))
-        summary[METRIC] = score
-        log_metrics(client, run_id, summary, max(steps.values()))
-        report_markdown = "\n\n".join(music_metrics.format_report(report) for report in reports.values())
-        client.log_text(run_id, report_markdown, "metrics_report.md")
-
-        bundle_path = save_bundle(export_bundle(*families, steps=steps),
-                                  storage.checkpoints_dir("music_vae") / run_name / "bundle.pt")
-        version, _ = register_bundle(mlflow, run_id, MODEL_NAME, MusicVaePyfunc(), bundle_path, PYFUNC_REQUIREMENTS)
-        promotion = promote(mlflow, MODEL_NAME, METRIC, version, score, higher_is_better=True)
-
-    context.log.info(f"registered {MODEL_NAME} version {version}; {promotion['decision']}")
-    return dg.MaterializeResult(
-        metadata={
-            **lineage_metadata(mlflow, MODEL_NAME, version, run_id, context),
-            "start_from": f"champion version {champion_version}" if champion_version else "fresh",
-            "steps": dg.MetadataValue.json(steps),
-            **{k: dg.MetadataValue.float(float(v)) for k, v in summary.items()},
-            "metrics_table": dg.MetadataValue.md(report_markdown),
-            "bundle": dg.MetadataValue.path(str(bundle_path)),
-            "corpus_data_version": manifest["version"],
-        },
-        data_version=dg.DataVersion(f"{MODEL_NAME}/{version}"),
-        check_results=[champion_check_result(promotion)],
-    )
+    trained = train_and_register(context, FAMILY, request, manifest_path, manifest, config.start_from,
+                                 {"profile": config.profile, "kinds": ",".join(config.kinds)}, storage, trainer, mlflow)
+    return trained_result(context, FAMILY, trained, manifest, mlflow)
 
 
 @dg.asset(

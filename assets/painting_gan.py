@@ -11,30 +11,33 @@ import torch
 from assets.gallery_site import write_cover
 from assets.ingest import painting_corpus
 from assets.training import (
-    champion_check_result, champion_check_spec, deadline, latest_metadata, lineage_metadata, load_champion,
-    log_metrics, log_params, log_training_data, promote, register_bundle, run_folder_name, thumbnail_markdown,
+    FamilyRegistration, champion_check_spec, latest_metadata, thumbnail_markdown, train_and_register, trained_result,
 )
 from corpora.atomic import atomic_write_bytes, atomic_write_text
-from corpora.hashing import sha256_json
 from corpora.ingest import load_manifest
 from corpora.shards import png_bytes
-from models import painting_metrics, style_transfer
+from models import style_transfer
 from models.painting_gan import (
-    PROFILES, PaintingGanConfig, PaintingGanFamily, export_bundle, load_generator, load_pictures, num_style_layers,
-    sample, save_bundle, style_mixing_grid, truncation_sweep,
+    CHAMPION_METRIC, PROFILES, PaintingGanConfig, load_generator, load_pictures, num_style_layers, sample,
+    style_mixing_grid, truncation_sweep,
 )
 from models.painting_pyfunc import PaintingGanPyfunc
-from models.trainer import fit
+from models.train import TrainingRequest
 from resources.compute import ComputeResource
 from resources.mlflow_registry import MlflowRegistry
 from resources.storage import StorageResource
+from resources.trainer import TrainerLauncher
 
 GROUP = "painting_gan"
 MODEL_NAME = EXPERIMENT = "painting-gan"
 CODE_VERSION = "painting-gan-1"
 GALLERY_CODE_VERSION = "painting-gallery-1"
-METRIC = "kid_style"  # KID on the random CNN's style statistics against real crops; lower is better
-PYFUNC_REQUIREMENTS = ["torch==2.13.0", "numpy", "pandas", "mlflow==3.17.2"]
+METRIC = CHAMPION_METRIC  # KID on the random CNN's style statistics against real crops; lower is better
+FAMILY = FamilyRegistration(
+    asset_name="painting_gan", model_name=MODEL_NAME, code_version=CODE_VERSION, metric=METRIC,
+    higher_is_better=False, python_model=PaintingGanPyfunc,
+    pip_requirements=("torch==2.13.0", "numpy", "pandas", "mlflow==3.17.2"), corpus="painting_corpus",
+)
 GALLERY_SEED, GALLERY_SAMPLES, GALLERY_PSI = 0, 24, 0.7
 MIXING_SEEDS, SWEEP_SEEDS, SWEEP_PSIS = 4, 4, (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -71,72 +74,17 @@ def painting_manifest(storage: StorageResource) -> tuple[Path, dict]:
 )
 def painting_gan(
     context: dg.AssetExecutionContext, config: PaintingGanTrainConfig, storage: StorageResource,
-    compute: ComputeResource, mlflow: MlflowRegistry,
+    compute: ComputeResource, mlflow: MlflowRegistry, trainer: TrainerLauncher,
 ) -> dg.MaterializeResult:
     manifest_path, manifest = painting_manifest(storage)
-    pictures = load_pictures(manifest_path)
-    device = compute.configure_torch()
-    gan_config = config.gan_config(compute.seed)
-    config_hash = sha256_json(gan_config.to_dict())
-    champion = load_champion(mlflow, MODEL_NAME) if config.start_from == "champion" else None
-    champion_version = str(champion[1].version) if champion else None
-    run_dir = storage.checkpoints_dir("painting_gan") / run_folder_name(
-        manifest["version"], config_hash, config.start_from, champion_version)
-    tags = mlflow.lineage_tags(dagster_run_id=context.run.run_id, asset_key="painting_gan", code_version=CODE_VERSION,
-                               data_version=manifest["version"], config_hash=config_hash)
-    with mlflow.start_run(EXPERIMENT, run_name=f"painting-gan {context.run.run_id[:8]}", tags=tags) as run:
-        client, run_id = mlflow.client(), run.info.run_id
-        log_params(client, run_id, {**gan_config.to_dict(), "profile": config.profile, "start_from": config.start_from})
-        log_training_data(client, run_id, "painting_corpus", manifest_path, manifest["version"],
-                          f'{{"train": {len(pictures["train"])}, "heldout": {len(pictures["heldout"])}}}')
-        family = PaintingGanFamily(gan_config, pictures["train"])
-        if champion is not None:
-            for name in ("generator", "ema_generator"):
-                getattr(family, name).load_state_dict(champion[0].generator.state_dict())
-            context.log.info(f"continuing from champion version {champion_version}")
-
-        def log(step: int, values: dict) -> None:
-            context.log.info(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in values.items()))
-            log_metrics(client, run_id, values, step)
-
-        result = fit(family, gan_config.trainer_config(), run_dir, device=device, log=log,
-                     should_stop=deadline(config.max_minutes), checkpoint_extra={"config": gan_config.to_dict()})
-        bundle_path = save_bundle(export_bundle(family, step=result.step), run_dir / "bundle.pt")
-        generator = load_generator(bundle_path)
-        report = painting_metrics.painting_reports(
-            {"untrained_generator": painting_metrics.untrained_generator(gan_config), "model": generator},
-            pictures["train"], heldout=pictures["heldout"], n=config.eval_samples, seed=compute.seed)
-        kid_key = next(k for k in report["model"] if k.startswith("kid_style_") and not k.endswith("_std"))
-        score = float(report["model"][kid_key])
-        summary = {METRIC: score, kid_key: score, f"{METRIC}_floor": report["real_vs_real"][kid_key],
-                   f"{METRIC}_ceiling": report["untrained_generator"][kid_key],
-                   "near_copies": report["model"]["near_copies"],
-                   "near_copies_real_vs_real": report["real_vs_real"]["near_copies"]}
-        log_metrics(client, run_id, summary, result.step)
-        table = painting_metrics.format_painting_report(report)
-        client.log_text(run_id, table, "metrics_report.md")
-        version, _ = register_bundle(mlflow, run_id, MODEL_NAME, PaintingGanPyfunc(), bundle_path,
-                                     PYFUNC_REQUIREMENTS)
-        promotion = promote(mlflow, MODEL_NAME, METRIC, version, score, higher_is_better=False)
-
-    context.log.info(f"registered {MODEL_NAME} version {version}; {promotion['decision']}")
-    return dg.MaterializeResult(
-        metadata={
-            **lineage_metadata(mlflow, MODEL_NAME, version, run_id, context),
-            "start_from": f"champion version {champion_version}" if champion_version else "fresh",
-            "steps": result.step,
-            "resumed_from_step": result.resumed_from,
-            "train_seconds": round(result.seconds, 1),
-            **{k: dg.MetadataValue.float(float(v)) for k, v in summary.items()},
-            "feature_network": report["model"]["feature_network"],
-            "metrics_table": dg.MetadataValue.md(table),
-            "bundle": dg.MetadataValue.path(str(bundle_path)),
-            "corpus_data_version": manifest["version"],
-            "samples": thumbnail_markdown(_grid(sample(generator, 8, seed=GALLERY_SEED, truncation_psi=GALLERY_PSI))),
-        },
-        data_version=dg.DataVersion(f"{MODEL_NAME}/{version}"),
-        check_results=[champion_check_result(promotion)],
-    )
+    request = TrainingRequest(family=MODEL_NAME, model_config=config.gan_config(compute.seed).to_dict(),
+                              options={"eval_samples": config.eval_samples}, max_minutes=config.max_minutes,
+                              device=compute.device, threads=compute.threads, seed=compute.seed)
+    trained = train_and_register(context, FAMILY, request, manifest_path, manifest, config.start_from,
+                                 {"profile": config.profile}, storage, trainer, mlflow)
+    generator = load_generator(trained.report.outcome.bundle)
+    preview = _grid(sample(generator, 8, seed=GALLERY_SEED, truncation_psi=GALLERY_PSI))
+    return trained_result(context, FAMILY, trained, manifest, mlflow, {"samples": thumbnail_markdown(preview)})
 
 
 class PaintingGalleryConfig(dg.Config):

@@ -1,14 +1,20 @@
-"""What every training asset shares: lineage lookups, MLflow logging, champion promotion."""
+"""What every training asset shares: one flow from a training request to a registered,
+promoted model version (`train_and_register`), and the lineage, logging and promotion under it."""
 import base64
+import json
 import time
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
 import numpy as np
 
+from corpora.hashing import sha256_json
 from corpora.shards import png_bytes
+from models.train import TrainingRequest
 from resources.mlflow_registry import MlflowRegistry
+from resources.storage import StorageResource
+from resources.trainer import TrainerLauncher, TrainingReport
 
 
 def latest_metadata(context: dg.AssetExecutionContext, asset_key: str) -> dict:
@@ -23,14 +29,6 @@ def thumbnail_markdown(picture: np.ndarray) -> dg.MetadataValue:
     """A small PNG inline in the Dagster UI (kept small: metadata lives in the event log)."""
     encoded = base64.b64encode(png_bytes(picture)).decode("ascii")
     return dg.MetadataValue.md(f"![preview](data:image/png;base64,{encoded})")
-
-
-def deadline(max_minutes: float) -> Callable[[], bool] | None:
-    """A `should_stop` for the trainer that fires after `max_minutes` (0: never)."""
-    if not max_minutes:
-        return None
-    end = time.monotonic() + max_minutes * 60
-    return lambda: time.monotonic() >= end
 
 
 def log_params(client, run_id: str, values: dict) -> None:
@@ -105,14 +103,6 @@ def champion_check_result(promotion: dict) -> dg.AssetCheckResult:
 START_FROM_CHOICES = ("fresh", "champion")
 
 
-def load_champion(registry: MlflowRegistry, model_name: str):
-    """(the champion's unwrapped python model, its version) or None when there is no champion."""
-    if registry.get_version_by_alias(model_name, "champion") is None:
-        return None
-    model, version = registry.load_pyfunc_model(model_name, "champion")
-    return model.unwrap_python_model(), version
-
-
 def run_folder_name(data_version: str, config_hash: str, start_from: str, champion_version: str | None) -> str:
     """Same data, code, config and starting weights -> same folder, so a killed run resumes.
     A warm start names the champion it starts from: a new champion means a new run."""
@@ -171,3 +161,109 @@ def register_bundle(registry: MlflowRegistry, run_id: str, model_name: str, pyth
         input_example=input_example, tags={"bundle_sha256": digest},
     )
     return version, True
+
+
+# --- the flow every training asset runs ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FamilyRegistration:
+    """What differs between the four training assets' flows."""
+
+    asset_name: str  # "music_vae": also the checkpoints folder
+    model_name: str  # "music-vae": the registered model and its experiment
+    code_version: str
+    metric: str  # decides the champion
+    higher_is_better: bool
+    python_model: type  # the pyfunc class registered with each bundle
+    pip_requirements: tuple[str, ...]
+    corpus: str  # the corpus asset, logged as the run's training dataset
+
+
+@dataclass
+class TrainedVersion:
+    version: str
+    run_id: str
+    report: TrainingReport
+    promotion: dict
+    start_from: str  # "fresh" or "champion version N"
+
+
+def flat_params(values: dict, prefix: str = "") -> dict:
+    """{"chorale": {"hidden": 256}} -> {"chorale.hidden": 256}: MLflow params are flat."""
+    flat = {}
+    for name, value in values.items():
+        if isinstance(value, dict):
+            flat.update(flat_params(value, f"{prefix}{name}."))
+        else:
+            flat[f"{prefix}{name}"] = value
+    return flat
+
+
+def train_and_register(
+    context: dg.AssetExecutionContext, family: FamilyRegistration, request: TrainingRequest, manifest_path: Path,
+    manifest: dict, start_from: str, params: dict, storage: StorageResource, trainer: TrainerLauncher,
+    mlflow: MlflowRegistry,
+) -> TrainedVersion:
+    """Run the request through `trainer` (a Pipes subprocess by default) inside an MLflow run
+    with lineage tags, then register its bundle and promote it. A warm start downloads the
+    champion's bundle into the run folder, which names the champion: a new champion, a new run."""
+    config_hash = sha256_json(request.model_config)
+    champion = mlflow.get_version_by_alias(family.model_name, "champion") if start_from == "champion" else None
+    champion_version = str(champion.version) if champion is not None else None
+    run_dir = storage.checkpoints_dir(family.asset_name) / run_folder_name(
+        manifest["version"], config_hash, start_from, champion_version)
+    if champion_version:
+        bundle, _ = mlflow.download_bundle(family.model_name, champion_version, run_dir / "start-from")
+        request.init_from = str(bundle)
+        context.log.info(f"continuing from champion version {champion_version}")
+
+    tags = mlflow.lineage_tags(dagster_run_id=context.run.run_id, asset_key=family.asset_name,
+                               code_version=family.code_version, data_version=manifest["version"],
+                               config_hash=config_hash)
+    with mlflow.start_run(family.model_name, run_name=f"{family.model_name} {context.run.run_id[:8]}",
+                          tags=tags) as run:
+        client, run_id = mlflow.client(), run.info.run_id
+        log_params(client, run_id, {**flat_params(request.model_config), **params, "start_from": start_from})
+        log_training_data(client, run_id, family.corpus, manifest_path, manifest["version"],
+                          json.dumps(manifest.get("counts", {})))
+        report = trainer.launch(context, request, manifest_path, run_dir)
+        outcome = report.outcome
+        for step, values in report.metrics:
+            log_metrics(client, run_id, values, step)
+        log_metrics(client, run_id, outcome.summary, outcome.step)
+        client.log_text(run_id, outcome.report_markdown, "metrics_report.md")
+        version, _ = register_bundle(mlflow, run_id, family.model_name, family.python_model(), Path(outcome.bundle),
+                                     list(family.pip_requirements))
+        promotion = promote(mlflow, family.model_name, family.metric, version, outcome.score,
+                            higher_is_better=family.higher_is_better)
+    context.log.info(f"registered {family.model_name} version {version}; {promotion['decision']}")
+    return TrainedVersion(version, run_id, report, promotion,
+                          f"champion version {champion_version}" if champion_version else "fresh")
+
+
+def trained_result(context: dg.AssetExecutionContext, family: FamilyRegistration, trained: TrainedVersion,
+                   manifest: dict, mlflow: MlflowRegistry, extra_metadata: dict | None = None) -> dg.MaterializeResult:
+    """The training asset's materialization: lineage links, the run's numbers, its metric table,
+    the champion check; the data version is the registered version, so galleries follow it."""
+    outcome = trained.report.outcome
+    details = {name: dg.MetadataValue.json(value) if isinstance(value, (list, dict)) else value
+               for name, value in outcome.details.items()}
+    return dg.MaterializeResult(
+        metadata={
+            **lineage_metadata(mlflow, family.model_name, trained.version, trained.run_id, context),
+            "start_from": trained.start_from,
+            "steps": outcome.step,
+            "resumed_from_step": outcome.resumed_from,
+            "train_seconds": round(outcome.train_seconds, 1),
+            **{name: dg.MetadataValue.float(value) for name, value in outcome.summary.items()},
+            **details,
+            "metrics_table": dg.MetadataValue.md(outcome.report_markdown),
+            "bundle": dg.MetadataValue.path(outcome.bundle),
+            "checkpoint": dg.MetadataValue.path(outcome.checkpoint),
+            "corpus_data_version": manifest["version"],
+            **(extra_metadata or {}),
+        },
+        data_version=dg.DataVersion(f"{family.model_name}/{trained.version}"),
+        check_results=[champion_check_result(trained.promotion)],
+    )

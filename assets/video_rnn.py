@@ -10,29 +10,30 @@ import numpy as np
 from assets.gallery_site import write_cover
 from assets.ingest import video_corpus
 from assets.training import (
-    champion_check_result, champion_check_spec, deadline, latest_metadata, lineage_metadata, load_champion,
-    log_metrics, log_params, log_training_data, promote, register_bundle, run_folder_name, thumbnail_markdown,
+    FamilyRegistration, champion_check_spec, latest_metadata, thumbnail_markdown, train_and_register, trained_result,
 )
 from corpora.atomic import atomic_write_bytes, atomic_write_text
-from corpora.hashing import sha256_json
 from corpora.ingest import load_manifest
 from corpora.video import write_video
 from models import video_metrics
-from models.trainer import fit
+from models.train import TrainingRequest
 from models.video_pyfunc import VideoRnnPyfunc
-from models.video_rnn import (
-    PROFILES, VideoRnnConfig, VideoRnnFamily, export_bundle, load_clips, load_model, predict, save_bundle,
-)
+from models.video_rnn import CHAMPION_METRIC, PROFILES, VideoRnnConfig, load_clips, predict
 from resources.compute import ComputeResource
 from resources.mlflow_registry import MlflowRegistry
 from resources.storage import StorageResource
+from resources.trainer import TrainerLauncher
 
 GROUP = "video_rnn"
 MODEL_NAME = EXPERIMENT = "video-rnn"
 CODE_VERSION = "video-rnn-1"
 GALLERY_CODE_VERSION = "video-gallery-1"
-METRIC = "heldout_mse"  # mean over the horizons of the per-frame summed squared error; lower is better
-PYFUNC_REQUIREMENTS = ["torch==2.13.0", "numpy", "pandas", "mlflow==3.17.2"]
+METRIC = CHAMPION_METRIC  # mean over the horizons of the per-frame summed squared error; lower is better
+FAMILY = FamilyRegistration(
+    asset_name="video_rnn", model_name=MODEL_NAME, code_version=CODE_VERSION, metric=METRIC, higher_is_better=False,
+    python_model=VideoRnnPyfunc, pip_requirements=("torch==2.13.0", "numpy", "pandas", "mlflow==3.17.2"),
+    corpus="video_corpus",
+)
 FPS = 10.0  # the corpus' frame rate (corpora.video.VideoCorpusConfig.fps)
 GALLERY_SEED = 0
 
@@ -52,16 +53,12 @@ class VideoRnnTrainConfig(dg.Config):
         return VideoRnnConfig.profile(self.profile, **overrides)
 
 
-def video_clips(storage: StorageResource) -> tuple[Path, dict, dict]:
+def video_manifest(storage: StorageResource) -> tuple[Path, dict]:
     path = storage.shards_dir("video") / "manifest.json"
     manifest = load_manifest(path)
     if manifest is None:
         raise dg.Failure(f"no video corpus at {path}: materialize video_corpus first")
-    clips = load_clips(path)
-    if len(clips["train"]) == 0 or len(clips["heldout"]) == 0:
-        raise dg.Failure(f"the video corpus has {len(clips['train'])} train and {len(clips['heldout'])} held-out "
-                         "clips; both are needed (raise video_corpus's heldout_percent, or add videos)")
-    return path, manifest, clips
+    return path, manifest
 
 
 @dg.asset(
@@ -72,68 +69,15 @@ def video_clips(storage: StorageResource) -> tuple[Path, dict, dict]:
 )
 def video_rnn(
     context: dg.AssetExecutionContext, config: VideoRnnTrainConfig, storage: StorageResource,
-    compute: ComputeResource, mlflow: MlflowRegistry,
+    compute: ComputeResource, mlflow: MlflowRegistry, trainer: TrainerLauncher,
 ) -> dg.MaterializeResult:
-    manifest_path, manifest, clips = video_clips(storage)
-    device = compute.configure_torch()
-    model_config = config.rnn_config(compute.seed)
-    config_hash = sha256_json(model_config.to_dict())
-    champion = load_champion(mlflow, MODEL_NAME) if config.start_from == "champion" else None
-    champion_version = str(champion[1].version) if champion else None
-    run_dir = storage.checkpoints_dir("video_rnn") / run_folder_name(
-        manifest["version"], config_hash, config.start_from, champion_version)
-    tags = mlflow.lineage_tags(dagster_run_id=context.run.run_id, asset_key="video_rnn", code_version=CODE_VERSION,
-                               data_version=manifest["version"], config_hash=config_hash)
-    with mlflow.start_run(EXPERIMENT, run_name=f"video-rnn {context.run.run_id[:8]}", tags=tags) as run:
-        client, run_id = mlflow.client(), run.info.run_id
-        log_params(client, run_id, {**model_config.to_dict(), "profile": config.profile, "start_from": config.start_from})
-        log_training_data(client, run_id, "video_corpus", manifest_path, manifest["version"],
-                          f'{{"train_clips": {len(clips["train"])}, "heldout_clips": {len(clips["heldout"])}}}')
-        family = VideoRnnFamily(model_config, clips["train"])
-        if champion is not None:
-            family.model.load_state_dict(champion[0].model.state_dict())
-            context.log.info(f"continuing from champion version {champion_version}")
-
-        def log(step: int, values: dict) -> None:
-            context.log.info(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in values.items()))
-            log_metrics(client, run_id, values, step)
-
-        result = fit(family, model_config.trainer_config(), run_dir, device=device, log=log,
-                     should_stop=deadline(config.max_minutes), checkpoint_extra={"config": model_config.to_dict()})
-        bundle_path = save_bundle(export_bundle(family, step=result.step), run_dir / "bundle.pt")
-        report = video_metrics.evaluate(load_model(bundle_path), clips["heldout"])
-        score = report["model_mean"]["mse"]
-        summary = {
-            METRIC: score, "heldout_ssim": report["model_mean"]["ssim"], "heldout_psnr": report["model_mean"]["psnr"],
-            "baseline_mse": report["baseline_mean"]["mse"], "baseline_ssim": report["baseline_mean"]["ssim"],
-            "bits_per_dim": report["bits_per_dim"] if report["bits_per_dim"] is not None else float("nan"),
-        }
-        log_metrics(client, run_id, summary, result.step)
-        table = video_metrics.format_table(report)
-        client.log_text(run_id, table, "metrics_report.md")
-        version, _ = register_bundle(mlflow, run_id, MODEL_NAME, VideoRnnPyfunc(), bundle_path, PYFUNC_REQUIREMENTS)
-        promotion = promote(mlflow, MODEL_NAME, METRIC, version, score, higher_is_better=False)
-
-    context.log.info(f"registered {MODEL_NAME} version {version}; {promotion['decision']}")
-    horizons = len(report["horizons"])
-    return dg.MaterializeResult(
-        metadata={
-            **lineage_metadata(mlflow, MODEL_NAME, version, run_id, context),
-            "start_from": f"champion version {champion_version}" if champion_version else "fresh",
-            "steps": result.step,
-            "resumed_from_step": result.resumed_from,
-            "train_seconds": round(result.seconds, 1),
-            **{k: dg.MetadataValue.float(float(v)) for k, v in summary.items()},
-            "heldout_clips": report["clips"],
-            "beats_baseline_at": dg.MetadataValue.json(report["beats_baseline_at"]),
-            "beats_baseline_at_every_horizon": len(report["beats_baseline_at"]) == horizons,
-            "metrics_table": dg.MetadataValue.md(table),
-            "bundle": dg.MetadataValue.path(str(bundle_path)),
-            "corpus_data_version": manifest["version"],
-        },
-        data_version=dg.DataVersion(f"{MODEL_NAME}/{version}"),
-        check_results=[champion_check_result(promotion)],
-    )
+    manifest_path, manifest = video_manifest(storage)
+    request = TrainingRequest(family=MODEL_NAME, model_config=config.rnn_config(compute.seed).to_dict(),
+                              max_minutes=config.max_minutes, device=compute.device, threads=compute.threads,
+                              seed=compute.seed)
+    trained = train_and_register(context, FAMILY, request, manifest_path, manifest, config.start_from,
+                                 {"profile": config.profile}, storage, trainer, mlflow)
+    return trained_result(context, FAMILY, trained, manifest, mlflow)
 
 
 class VideoGalleryConfig(dg.Config):
@@ -156,7 +100,8 @@ def video_gallery(
     version = str(trained["model_version"])
     pyfunc, model_version = mlflow.load_pyfunc_model(MODEL_NAME, version)
     model = pyfunc.unwrap_python_model().model
-    _, manifest, clips = video_clips(storage)
+    manifest_path, manifest = video_manifest(storage)
+    clips = load_clips(manifest_path)
     folder = storage.galleries_dir(MODEL_NAME) / version
     m, k = model.config.context_frames, model.config.horizon
     heldout, sources = clips["heldout"], clips["heldout_sources"]

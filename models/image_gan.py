@@ -512,5 +512,106 @@ def main(argv: Sequence[str] | None = None) -> dict:
     return summary
 
 
+
+# --- the shared entry point's run (python -m models.train --family image-gan) ----------------
+
+CHAMPION_METRIC = "fid_classifier"  # Fréchet distance in the feature classifier's space; lower wins
+EVAL_SAMPLES = 1000
+MEMORIZATION_SAMPLES = 256
+
+
+@dataclass
+class ImageSplit:
+    """The image corpus as the models see it: uint8 (N, H, W, C) arrays and class indices."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    heldout_images: np.ndarray
+    heldout_labels: np.ndarray
+    class_names: list[str]
+
+
+def load_image_split(manifest_path: str | Path) -> ImageSplit:
+    """Train and held-out images of an image shard manifest; labels index the sorted class names."""
+    from corpora.ingest import shard_paths
+    from corpora.shards import read_shards, tensors_from_table
+
+    table = read_shards(shard_paths(Path(manifest_path), "images"), columns=["pixels", "label", "split"])
+    images = tensors_from_table(table, "pixels")
+    names = [name if name is not None else "" for name in table["label"].to_pylist()]
+    class_names = sorted(set(names) - {""})
+    index = {name: i for i, name in enumerate(class_names)}
+    labels = np.array([index.get(name, -1) for name in names], dtype=np.int64)
+    heldout = np.array(table["split"].to_pylist()) == "heldout"
+    return ImageSplit(images[~heldout], labels[~heldout], images[heldout], labels[heldout], class_names)
+
+
+def load_classifier(path: str | Path):
+    """The feature classifier the image_classifier asset saved (read with weights_only=True)."""
+    from models.metrics import FeatureClassifier
+
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    model = FeatureClassifier(saved["channels"], len(saved["class_names"]))
+    model.load_state_dict(saved["model"])
+    return model.eval()
+
+
+def evaluate(generator: Generator, data: ImageSplit, classifier, untrained: Generator, seed: int) -> dict:
+    """The metric table (real-vs-real floor, untrained ceiling, model), class coverage, memorization."""
+    from models import metrics
+
+    count = min(EVAL_SAMPLES, len(data.heldout_images))
+    # Shards are in path order (class folders): a random subset, not the first rows, is the floor.
+    chosen = np.sort(np.random.default_rng(seed).choice(len(data.heldout_images), count, replace=False))
+    samples = {"untrained_generator": sample(untrained, count, seed=seed), "model": sample(generator, count, seed=seed)}
+    report = metrics.gan_report(classifier, data.train_images, data.heldout_images[chosen], samples,
+                                num_classes=len(data.class_names), seed=seed)
+    copies = metrics.memorization(samples["model"][:MEMORIZATION_SAMPLES], data.train_images, seed=seed)
+    return {"table": report, "memorization": copies}
+
+
+def run_training(request, run):
+    """Train on the manifest's training images (class-conditional when they have labels), then
+    score against held-out images in the space of the classifier at `options["classifier"]`."""
+    from models import metrics
+    from models.train import TrainingOutcome
+    from models.trainer import fit
+
+    data = load_image_split(run.manifest)
+    shape = {"resolution": int(data.train_images.shape[1]), "channels": int(data.train_images.shape[3]),
+             "num_classes": len(data.class_names)}
+    config = ImageGanConfig.from_dict({**request.model_config, **shape})
+    family = ImageGanFamily(config, data.train_images, data.train_labels, data.class_names)
+    untrained = family.sampling_generator()
+    if request.init_from:
+        start = load_generator(request.init_from).state_dict()
+        for generator in (family.generator, family.ema_generator):
+            generator.load_state_dict(start)
+        run.report.log(f"starting from the weights in {request.init_from}")
+    result = fit(family, config.trainer_config(), run.run_dir, device=run.device, log=run.report.metrics,
+                 should_stop=run.should_stop(request.max_minutes), distributed=run.distributed,
+                 checkpoint_extra={"config": config.to_dict()})
+    if not run.distributed.is_main:
+        return None
+    bundle = save_bundle(export_bundle(family, step=result.step), run.run_dir / "bundle.pt")
+    evaluation = evaluate(load_generator(bundle), data, load_classifier(request.options["classifier"]), untrained,
+                          request.seed)
+    table = evaluation["table"]
+    summary = {
+        CHAMPION_METRIC: table["model"][CHAMPION_METRIC], "kid_classifier": table["model"]["kid_classifier"],
+        f"{CHAMPION_METRIC}_floor": table["real_vs_real"][CHAMPION_METRIC],
+        f"{CHAMPION_METRIC}_ceiling": table["untrained_generator"][CHAMPION_METRIC],
+        "classes_covered": table["model"]["classes_covered"], "class_kl_to_uniform": table["model"]["kl_to_uniform"],
+        "near_copies": evaluation["memorization"]["near_copy_count"],
+    }
+    return TrainingOutcome(
+        bundle=str(bundle), checkpoint=str(result.checkpoint), step=result.step, resumed_from=result.resumed_from,
+        train_seconds=result.seconds, score=float(summary[CHAMPION_METRIC]), summary=summary,
+        report_markdown=metrics.format_report(table),
+        details={"bf16_autocast": result.bf16, "train_images": len(data.train_images),
+                 "heldout_images": len(data.heldout_images)},
+    )
+
+
 if __name__ == "__main__":
     main()

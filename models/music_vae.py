@@ -323,8 +323,10 @@ class MusicVaeFamily:
         self.model.to(device)  # no convolutions: channels_last does not apply
 
     def make_batch(self, indices: torch.Tensor, device: torch.device) -> torch.Tensor:
+        from models.trainer import to_device  # not at the top: the registered pyfunc ships without trainer's imports
+
         batch = self.tokens[indices.cpu()].long()
-        return transpose(batch, self.config.transpose_range).to(device)
+        return to_device(transpose(batch, self.config.transpose_range), device)
 
     def train_step(self, batch: torch.Tensor, step: int, autocast) -> dict[str, float]:
         cfg = self.config
@@ -604,6 +606,59 @@ def main(argv: Sequence[str] | None = None) -> dict:
                "train_windows": len(data["train"]), "heldout_windows": len(data["heldout"])}
     print(json.dumps(summary), flush=True)
     return {**summary, "report": report}
+
+
+
+# --- the shared entry point's run (python -m models.train --family music-vae) ----------------
+
+CHAMPION_METRIC = "sampled_accuracy"  # held-out reconstruction accuracy averaged over the bundle's kinds; higher wins
+
+
+def run_training(request, run):
+    """Train each kind of `request.model_config` ({kind: config}) on the manifest's windows,
+    evaluate each on its held-out pieces, and export one bundle holding all of them."""
+    from models import music_metrics
+    from models.train import TrainingOutcome
+    from models.trainer import fit
+
+    start = load_bundle(request.init_from)["models"] if request.init_from else {}
+    families, steps, reports, summary, resumed, seconds = [], {}, {}, {}, {}, 0.0
+    for kind, values in request.model_config.items():
+        config = MusicVaeConfig.from_dict(values)
+        data = load_windows(run.manifest, kind)
+        family = MusicVaeFamily(config, data["train"])
+        if kind in start:
+            family.model.load_state_dict(start[kind]["state_dict"])
+            run.report.log(f"{kind}: starting from the weights in {request.init_from}")
+
+        def log(step: int, values: dict, kind=kind) -> None:
+            run.report.metrics(step, {f"{kind}.{name}": value for name, value in values.items()})
+
+        result = fit(family, config.trainer_config(), run.run_dir / kind, device=run.device, log=log,
+                     should_stop=run.should_stop(request.max_minutes), distributed=run.distributed,
+                     checkpoint_extra={"family": "music_vae", "config": config.to_dict()})
+        families.append(family)
+        steps[kind], resumed[kind], seconds = result.step, result.resumed_from, seconds + result.seconds
+        if not run.distributed.is_main:
+            continue
+        family.model.cpu()
+        report = music_metrics.evaluate(family.model, data["train"], data["heldout"],
+                                        n_samples=request.options.get("eval_samples", 64), seed=request.seed)
+        reports[kind] = report
+        summary.update({f"{kind}.{name}": value for name, value in report["likelihood"]["model"].items()
+                        if isinstance(value, (int, float))})
+        summary[f"{kind}.train_seconds"] = result.seconds
+    if not run.distributed.is_main:
+        return None
+    score = float(np.mean([report["likelihood"]["model"][CHAMPION_METRIC] for report in reports.values()]))
+    summary[CHAMPION_METRIC] = score
+    bundle = save_bundle(export_bundle(*families, steps=steps), run.run_dir / "bundle.pt")
+    return TrainingOutcome(
+        bundle=str(bundle), checkpoint=str(result.checkpoint), step=max(steps.values()),
+        resumed_from=max(resumed.values()), train_seconds=seconds, score=score, summary=summary,
+        report_markdown="\n\n".join(music_metrics.format_report(report) for report in reports.values()),
+        details={"steps_per_kind": steps},
+    )
 
 
 if __name__ == "__main__":

@@ -761,5 +761,50 @@ def main(argv: Sequence[str] | None = None) -> dict:
     return summary
 
 
+
+# --- the shared entry point's run (python -m models.train --family painting-gan) -------------
+
+CHAMPION_METRIC = "kid_style"  # KID on the random CNN's style statistics against real crops; lower wins
+
+
+def run_training(request, run):
+    """Train on random crops of the manifest's training pictures; score samples against real crops
+    with a real-vs-real floor and an untrained-generator ceiling."""
+    from models import painting_metrics
+    from models.train import TrainingOutcome
+    from models.trainer import fit
+
+    pictures = load_pictures(run.manifest)
+    config = PaintingGanConfig.from_dict(request.model_config)
+    family = PaintingGanFamily(config, pictures["train"])
+    if request.init_from:
+        start = load_generator(request.init_from).state_dict()
+        for generator in (family.generator, family.ema_generator):
+            generator.load_state_dict(start)
+        run.report.log(f"starting from the weights in {request.init_from}")
+    result = fit(family, config.trainer_config(), run.run_dir, device=run.device, log=run.report.metrics,
+                 should_stop=run.should_stop(request.max_minutes), distributed=run.distributed,
+                 checkpoint_extra={"config": config.to_dict()})
+    if not run.distributed.is_main:
+        return None
+    bundle = save_bundle(export_bundle(family, step=result.step), run.run_dir / "bundle.pt")
+    report = painting_metrics.painting_reports(
+        {"untrained_generator": painting_metrics.untrained_generator(config), "model": load_generator(bundle)},
+        pictures["train"], heldout=pictures["heldout"], n=request.options.get("eval_samples", 256), seed=request.seed)
+    kid_key = next(k for k in report["model"] if k.startswith("kid_style_") and not k.endswith("_std"))
+    score = float(report["model"][kid_key])
+    summary = {CHAMPION_METRIC: score, kid_key: score, f"{CHAMPION_METRIC}_floor": report["real_vs_real"][kid_key],
+               f"{CHAMPION_METRIC}_ceiling": report["untrained_generator"][kid_key],
+               "near_copies": report["model"]["near_copies"],
+               "near_copies_real_vs_real": report["real_vs_real"]["near_copies"]}
+    return TrainingOutcome(
+        bundle=str(bundle), checkpoint=str(result.checkpoint), step=result.step, resumed_from=result.resumed_from,
+        train_seconds=result.seconds, score=score, summary=summary,
+        report_markdown=painting_metrics.format_painting_report(report),
+        details={"train_pictures": len(pictures["train"]), "heldout_pictures": len(pictures["heldout"]),
+                 "feature_network": report["model"]["feature_network"]},
+    )
+
+
 if __name__ == "__main__":
     main()

@@ -686,7 +686,9 @@ class VideoRnnFamily:
         for clip, start, flip in zip(clips, starts.tolist(), flips):
             clip = clip[start : start + cfg.clip_frames]
             chosen.append(augment_clip(clip, flip) if cfg.augment else clip)
-        return to_float_frames(torch.stack(chosen)).to(device)
+        from models.trainer import to_device  # not at the top: the registered pyfunc ships without trainer's imports
+
+        return to_device(to_float_frames(torch.stack(chosen)), device)
 
     def train_step(self, batch: torch.Tensor, step: int, autocast) -> dict[str, float]:
         cfg = self.config
@@ -914,6 +916,49 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print(video_metrics.format_table(report), flush=True)
     print(json.dumps(summary), flush=True)
     return {**summary, "report": report}
+
+
+
+# --- the shared entry point's run (python -m models.train --family video-rnn) ----------------
+
+CHAMPION_METRIC = "heldout_mse"  # mean over the horizons of the per-frame summed squared error; lower wins
+
+
+def run_training(request, run):
+    """Train on the manifest's training clips, then compare with copy-last-frame on the held-out ones."""
+    from models import video_metrics
+    from models.train import TrainingOutcome
+    from models.trainer import fit
+
+    clips = load_clips(run.manifest)
+    if len(clips["train"]) == 0 or len(clips["heldout"]) == 0:
+        raise ValueError(f"the video corpus has {len(clips['train'])} train and {len(clips['heldout'])} held-out "
+                         "clips; both are needed (raise video_corpus's heldout_percent, or add videos)")
+    config = VideoRnnConfig.from_dict(request.model_config)
+    family = VideoRnnFamily(config, clips["train"])
+    if request.init_from:
+        family.model.load_state_dict(load_model(request.init_from).state_dict())
+        run.report.log(f"starting from the weights in {request.init_from}")
+    result = fit(family, config.trainer_config(), run.run_dir, device=run.device, log=run.report.metrics,
+                 should_stop=run.should_stop(request.max_minutes), distributed=run.distributed,
+                 checkpoint_extra={"config": config.to_dict()})
+    if not run.distributed.is_main:
+        return None
+    bundle = save_bundle(export_bundle(family, step=result.step), run.run_dir / "bundle.pt")
+    report = video_metrics.evaluate(load_model(bundle), clips["heldout"])
+    summary = {
+        CHAMPION_METRIC: report["model_mean"]["mse"], "heldout_ssim": report["model_mean"]["ssim"],
+        "heldout_psnr": report["model_mean"]["psnr"], "baseline_mse": report["baseline_mean"]["mse"],
+        "baseline_ssim": report["baseline_mean"]["ssim"],
+        "bits_per_dim": report["bits_per_dim"] if report["bits_per_dim"] is not None else float("nan"),
+    }
+    return TrainingOutcome(
+        bundle=str(bundle), checkpoint=str(result.checkpoint), step=result.step, resumed_from=result.resumed_from,
+        train_seconds=result.seconds, score=summary[CHAMPION_METRIC], summary=summary,
+        report_markdown=video_metrics.format_table(report),
+        details={"heldout_clips": report["clips"], "beats_baseline_at": report["beats_baseline_at"],
+                 "beats_baseline_at_every_horizon": len(report["beats_baseline_at"]) == len(report["horizons"])},
+    )
 
 
 if __name__ == "__main__":

@@ -14,9 +14,11 @@ from pipelines.automation import gallery_automation, raw_files_sensor, retrainin
 from resources.compute import ComputeResource
 from resources.mlflow_registry import MlflowRegistry
 from resources.storage import StorageResource, default_data_root
+from resources.trainer import TrainerLauncher
 
 MLFLOW_UI_ENV, DAGSTER_UI_ENV = "ATELIER_MLFLOW_UI_URL", "ATELIER_DAGSTER_UI_URL"  # set by `atelier ui`
 TRACKING_URI_ENV, REGISTRY_URI_ENV = "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"  # MLflow's own variables
+TRAINER_MODE_ENV, TRAINER_NPROC_ENV = "ATELIER_TRAINER_MODE", "ATELIER_TRAINER_NPROC"  # subprocess|in_process; ranks
 
 TRAINING_ASSETS = [image_gan, music_vae, painting_gan, video_rnn]  # each takes `start_from` and registers a model
 GALLERY_ASSETS = [image_gallery, music_gallery, painting_gallery, video_gallery, gallery_site]
@@ -37,7 +39,9 @@ retrain_job = dg.define_asset_job(
 
 def build_resources(data_root: str | None = None) -> dict:
     """Resources under one data root. MLflow: `$MLFLOW_TRACKING_URI` when set (a tracking
-    server, which then chooses artifact locations), else a SQLite store under the data root."""
+    server, which then chooses artifact locations), else a SQLite store under the data root.
+    Training runs in a Pipes subprocess (`$ATELIER_TRAINER_MODE=in_process` keeps it in the step's
+    process), under torchrun with `$ATELIER_TRAINER_NPROC` ranks when that is above 1."""
     root = Path(data_root or default_data_root())
     links = {"ui_url": os.environ.get(MLFLOW_UI_ENV, ""), "dagster_ui_url": os.environ.get(DAGSTER_UI_ENV, "")}
     if server := os.environ.get(TRACKING_URI_ENV):
@@ -45,7 +49,10 @@ def build_resources(data_root: str | None = None) -> dict:
     else:
         registry = MlflowRegistry(tracking_uri=f"sqlite:///{root / 'mlflow' / 'mlflow.db'}",
                                   artifact_root=str(root / "mlflow" / "artifacts"), **links)
-    return {"storage": StorageResource(data_root=str(root)), "compute": ComputeResource(), "mlflow": registry}
+    trainer = TrainerLauncher(mode=os.environ.get(TRAINER_MODE_ENV, "subprocess"),
+                              nproc_per_node=int(os.environ.get(TRAINER_NPROC_ENV, "1")))
+    return {"storage": StorageResource(data_root=str(root)), "compute": ComputeResource(), "mlflow": registry,
+            "trainer": trainer}
 
 
 defs = dg.Definitions(

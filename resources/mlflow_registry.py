@@ -320,11 +320,9 @@ class MlflowRegistry(dg.ConfigurableResource):
         info.registered_model_version = mv.version
         return info, str(mv.version)
 
-    def load_pyfunc_model(
-        self, name: str, alias_or_version: str | int, dst_dir: str | None = None
-    ) -> tuple[Any, ModelVersion]:
-        """Load a registered version in-process, returning ``(pyfunc_model, model_version)``
-        (the version carries run id and lineage tags for galleries).
+    def download_version(self, name: str, alias_or_version: str | int, dst_dir: str | None = None
+                         ) -> tuple[str, ModelVersion]:
+        """Download a registered version's model folder: ``(local_path, model_version)``.
 
         ``mlflow.pyfunc.load_model("models:/...")`` resolves the registry through the global
         URIs even via ``download_artifacts(tracking_uri=...)``, so resolve the version's
@@ -332,7 +330,6 @@ class MlflowRegistry(dg.ConfigurableResource):
         MLFLOW_TRACKING_URI set, plain ``mlflow.pyfunc.load_model(model_uri(...))`` is fine.
         """
         import mlflow.artifacts
-        import mlflow.pyfunc
 
         client, ref = self.client(), str(alias_or_version)
         if ref.isdigit():
@@ -346,7 +343,32 @@ class MlflowRegistry(dg.ConfigurableResource):
             dst_path=dst_dir or tempfile.mkdtemp(prefix="mlflow-model-"),
             tracking_uri=self.tracking_uri,
         )
+        return local, mv
+
+    def load_pyfunc_model(
+        self, name: str, alias_or_version: str | int, dst_dir: str | None = None
+    ) -> tuple[Any, ModelVersion]:
+        """Load a registered version in-process, returning ``(pyfunc_model, model_version)``
+        (the version carries run id and lineage tags for galleries)."""
+        import mlflow.pyfunc
+
+        local, mv = self.download_version(name, alias_or_version, dst_dir)
         return mlflow.pyfunc.load_model(local), mv
+
+    def download_bundle(self, name: str, alias_or_version: str | int, dst_dir: str | Path
+                        ) -> tuple[Path, ModelVersion]:
+        """The weights file a version was registered with (its pyfunc's `bundle` artifact),
+        downloaded under ``dst_dir`` and checked against the version's ``bundle_sha256`` tag."""
+        from corpora.hashing import sha256_file
+
+        local, mv = self.download_version(name, alias_or_version, str(dst_dir))
+        found = sorted(Path(local).glob("artifacts/*.pt"))
+        if len(found) != 1:
+            raise LookupError(f"{name} version {mv.version}: expected one bundle under {local}/artifacts, found {found}")
+        expected = mv.tags.get("bundle_sha256")
+        if expected and sha256_file(found[0]) != expected:
+            raise ValueError(f"{name} version {mv.version}: {found[0]} does not match its bundle_sha256 tag")
+        return found[0], mv
 
     def set_alias(self, name: str, alias: str, version: str | int) -> None:
         """Point ``alias`` (champion/challenger; registry stages are deprecated) at a version."""

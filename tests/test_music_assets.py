@@ -58,7 +58,7 @@ def metadata_of(result, asset) -> dict:
 
 def test_music_vae_is_registered_with_lineage_and_metrics(music_run):
     trained = metadata_of(music_run["result"], music_vae)
-    assert trained["model_version"] == "1" and trained["steps"] == {"chorale": 6, "melody": 6}
+    assert trained["model_version"] == "1" and trained["steps_per_kind"] == {"chorale": 6, "melody": 6}
     assert 0.0 <= trained["sampled_accuracy"] <= 1.0
     assert "most frequent" in trained["metrics_table"].lower() or "most_frequent" in trained["metrics_table"]
     registry = music_run["resources"]["mlflow"]

@@ -62,12 +62,6 @@ def write_payload(path: Path, payload: dict, how: str) -> Path:
     return path
 
 
-def _load_classifier(path):
-    from assets.image_gan import load_classifier
-
-    return load_classifier(path)
-
-
 # name -> (module that must import, loader); the families still being written are skipped until they exist
 LOADERS = {
     "trainer.load_checkpoint": ("models.trainer", lambda path: load_checkpoint(path)),
@@ -76,7 +70,8 @@ LOADERS = {
     "painting_gan.load_bundle": ("models.painting_gan",
                                  lambda path: importlib.import_module("models.painting_gan").load_bundle(path)),
     "video_rnn.load_bundle": ("models.video_rnn", lambda path: importlib.import_module("models.video_rnn").load_bundle(path)),
-    "assets.image_gan.load_classifier": ("assets.image_gan", _load_classifier),
+    "image_gan.load_classifier": ("models.image_gan",
+                                  lambda path: importlib.import_module("models.image_gan").load_classifier(path)),
 }
 
 

@@ -1,0 +1,96 @@
+"""Where a training asset's run happens: a process of its own behind Dagster Pipes, or this one.
+
+Every training asset hands a `TrainingRequest` to `TrainerLauncher.launch` and gets back what
+the run reported. The asset never knows which way it ran, so moving training elsewhere (a
+Kubernetes pod through `dagster_k8s.PipesK8sClient`, see docs/deploy.md) means a different
+`pipes_client()` here, not a change to any asset.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dagster as dg
+
+from corpora.atomic import atomic_write_text
+from models.train import Reporter, TrainingOutcome, TrainingRequest, train
+
+MODES = ("subprocess", "in_process")
+REQUEST_FILE = "request.json"
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class TrainingReport:
+    """What one run reported: its outcome, and every metric window it logged (step, values)."""
+
+    outcome: TrainingOutcome
+    metrics: list[tuple[int, dict]] = field(default_factory=list)
+
+
+class _CollectingReporter(Reporter):
+    """The in-process run's reporter: log lines to the Dagster log, the rest kept for the asset."""
+
+    def __init__(self, log):
+        self.dagster_log, self.windows, self.result = log, [], None
+
+    def log(self, message: str) -> None:
+        self.dagster_log.info(message)
+
+    def metrics(self, step: int, values: dict) -> None:
+        self.dagster_log.info(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in values.items()))
+        self.windows.append((step, values))
+
+    def outcome(self, outcome: TrainingOutcome) -> None:
+        self.result = outcome
+
+
+class TrainerLauncher(dg.ConfigurableResource):
+    """`mode="subprocess"` (the default) runs `python -m models.train` through a
+    PipesSubprocessClient: logs arrive live, metrics and the outcome as Pipes messages, and a
+    crash in training cannot take the orchestrating process with it. `mode="in_process"` calls
+    the same `train` function here (debugging, and tests that want one process).
+    `nproc_per_node > 1` starts the subprocess under torchrun with that many ranks."""
+
+    mode: str = "subprocess"
+    nproc_per_node: int = 1
+
+    def launch(self, context: dg.AssetExecutionContext, request: TrainingRequest, manifest: Path,
+               run_dir: Path) -> TrainingReport:
+        if self.mode not in MODES:
+            raise dg.Failure(f"trainer mode must be one of {MODES}, not {self.mode!r}")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if self.mode == "in_process":
+            if self.nproc_per_node > 1:
+                raise dg.Failure("nproc_per_node > 1 needs mode='subprocess' (torchrun starts the ranks)")
+            reporter = _CollectingReporter(context.log)
+            train(request, manifest, run_dir, reporter)
+            return TrainingReport(reporter.result, reporter.windows)
+        request_path = atomic_write_text(run_dir / REQUEST_FILE, request.to_json())
+        invocation = self.pipes_client().run(
+            context=context, command=self.command(request_path, manifest, run_dir),
+            env={"OMP_NUM_THREADS": str(request.threads)},
+        )
+        return report_from_messages(invocation.get_custom_messages())
+
+    def pipes_client(self) -> dg.PipesClient:
+        return dg.PipesSubprocessClient(cwd=str(PROJECT_ROOT))
+
+    def command(self, request_path: Path, manifest: Path, run_dir: Path) -> list[str]:
+        entry = ["-m", "models.train", "--config", str(request_path), "--manifest", str(manifest),
+                 "--run-dir", str(run_dir)]
+        if self.nproc_per_node > 1:
+            return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    f"--nproc-per-node={self.nproc_per_node}", *entry]
+        return [sys.executable, *entry]
+
+
+def report_from_messages(messages: list) -> TrainingReport:
+    windows = [(int(m["metrics"]["step"]), m["metrics"]["values"]) for m in messages if "metrics" in m]
+    outcomes = [m["outcome"] for m in messages if "outcome" in m]
+    if len(outcomes) != 1:
+        raise dg.Failure(f"the training process reported {len(outcomes)} outcomes, expected 1: "
+                         f"see its stderr in this step's logs ({json.dumps(messages)[:500]})")
+    return TrainingReport(TrainingOutcome(**outcomes[0]), windows)
