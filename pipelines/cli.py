@@ -39,19 +39,44 @@ def ensure_dagster_home(data_root: Path) -> Path:
     return home
 
 
-def run(job_name: str) -> int:
+def run(job_name: str, everything: bool = False) -> int:
+    """Materialize `job_name`. The main job without `everything`: ingest, then only what is
+    missing or out of date (pipelines/freshness.py), so a rerun with nothing changed is quick."""
     import dagster as dg
 
     from pipelines.definitions import defs
+    from pipelines.freshness import assets_to_refresh
 
     data_root = Path(default_data_root())
     home = ensure_dagster_home(data_root)
     defs.resources["mlflow"].initialize()  # create the tracking database once, before any fan-out
     with dg.DagsterInstance.get() as instance:
-        result = defs.resolve_job_def(job_name).execute_in_process(
-            instance=instance, raise_on_error=False, run_config=QUIET_LOGS
-        )
-    print(f"\njob {job_name!r}: {'succeeded' if result.success else 'FAILED'} (run {result.run_id})")
+        if job_name != "main" or everything:
+            results = [_execute(defs.resolve_job_def(job_name), instance)]
+        else:
+            results = [_execute(defs.resolve_job_def("ingest"), instance)]
+            graph = defs.resolve_asset_graph()
+            corpora = dg.AssetSelection.groups("corpora").resolve(graph)
+            stale = assets_to_refresh(instance, graph, graph.materializable_asset_keys - corpora)
+            if results[0].success and stale:
+                print(f"\nout of date: {', '.join(key.to_user_string() for key in stale)}")
+                results.append(_execute(defs.resolve_job_def("main"), instance, stale))
+            elif results[0].success:
+                print("\nevery model and gallery is up to date with its data and code: nothing to train "
+                      "(`atelier run --all` recomputes everything)")
+    for result in results:
+        _print_summary(result)
+    print(f"\nresults are under {data_root}; Dagster runs are in {home} (open them with `atelier ui`)")
+    return 0 if all(result.success for result in results) else 1
+
+
+def _execute(job, instance, asset_selection=None):
+    return job.execute_in_process(instance=instance, raise_on_error=False, run_config=QUIET_LOGS,
+                                  asset_selection=asset_selection)
+
+
+def _print_summary(result) -> None:
+    print(f"\njob {result.job_def.name!r}: {'succeeded' if result.success else 'FAILED'} (run {result.run_id})")
     for event in result.get_asset_materialization_events():
         materialization = event.event_specific_data.materialization
         metadata = {key: value.value for key, value in materialization.metadata.items()}
@@ -63,8 +88,6 @@ def run(job_name: str) -> int:
     failed = {(e.asset_key.to_user_string(), e.check_name) for e in result.get_asset_check_evaluations() if not e.passed}
     for asset, check in sorted(failed):
         print(f"  check did not pass: {asset} {check}")
-    print(f"\nresults are under {data_root}; Dagster runs are in {home} (open them with `atelier ui`)")
-    return 0 if result.success else 1
 
 
 def ui_commands(data_root: Path, dagster_port: int, mlflow_port: int) -> dict[str, list[str]]:
@@ -203,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     run_parser = commands.add_parser("run", help="materialize a job (default: main) in the persistent instance")
     run_parser.add_argument("--job", default="main")
+    run_parser.add_argument("--all", action="store_true",
+                            help="main job: recompute every asset, not only those missing or out of date")
     ui_parser = commands.add_parser("ui", help=f"start the Dagster UI (with its daemon) and the MLflow UI on {UI_HOST}")
     ui_parser.add_argument("--port", type=int, default=3000, help="Dagster UI port")
     ui_parser.add_argument("--mlflow-port", type=int, default=5000)
@@ -228,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     transfer_parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     if args.command == "run":
-        return run(args.job)
+        return run(args.job, args.all)
     if args.command == "ui":
         return ui(args.port, args.mlflow_port, args.automation)
     if args.command == "style-transfer":

@@ -18,6 +18,7 @@ from assets.ingest import RAW_FOLDERS, midi_corpus
 from assets.music_vae import music_gallery, music_vae
 from corpora.ingest import folder_fingerprint
 from pipelines.automation import raw_files_sensor, retraining_schedule
+from pipelines.freshness import assets_to_refresh
 from pipelines.definitions import TRAINING_ASSETS, build_resources, defs, retrain_job
 from resources.mlflow_registry import MlflowRegistry
 from resources.storage import StorageResource
@@ -185,9 +186,15 @@ def test_a_changed_corpus_file_or_code_version_makes_downstream_assets_unsynced(
     def status(asset_list, asset) -> StaleStatus:
         return get_stale_status_resolver(instance, asset_list).get_status(asset.key)
 
+    def to_refresh(asset_list) -> list[str]:
+        """What `atelier run` would recompute below the corpora (pipelines/freshness.py)."""
+        graph = dg.Definitions(assets=asset_list, resources=resources).resolve_asset_graph()
+        return [key.to_user_string() for key in assets_to_refresh(instance, graph, [music_vae.key, music_gallery.key])]
+
     # music_vae was re-materialized by the previous test; bring the gallery up to date too.
     assert dg.materialize([music_gallery], resources=resources, instance=instance, selection=[music_gallery]).success
     assert [status(assets, a) for a in (midi_corpus, music_vae, music_gallery)] == [StaleStatus.FRESH] * 3
+    assert to_refresh(assets) == []  # a rerun now trains nothing
 
     @dg.asset(name="music_vae", deps=[midi_corpus], code_version="music-vae-next")
     def music_vae_with_new_code():
@@ -198,6 +205,7 @@ def test_a_changed_corpus_file_or_code_version_makes_downstream_assets_unsynced(
     causes = get_stale_status_resolver(instance, changed_code).get_stale_causes(music_vae_with_new_code.key)
     assert any("code version" in cause.reason for cause in causes)
     assert status(changed_code, midi_corpus) == StaleStatus.FRESH
+    assert to_refresh(changed_code) == ["music_vae", "music_gallery"]
 
     # Dagster marks an asset unsynced when a direct input has a new data version, so a change
     # walks down the graph one materialization at a time.
@@ -210,3 +218,4 @@ def test_a_changed_corpus_file_or_code_version_makes_downstream_assets_unsynced(
     assert [status(assets, a) for a in (midi_corpus, music_vae)] == [StaleStatus.FRESH, StaleStatus.STALE]
     causes = get_stale_status_resolver(instance, assets).get_stale_causes(music_vae.key)
     assert [cause.reason for cause in causes] == ["has a new dependency data version"]
+    assert to_refresh(assets) == ["music_vae", "music_gallery"]  # the gallery too: its input is about to change
