@@ -142,7 +142,7 @@ def image_gan(
     classifier = latest_metadata(context, "image_classifier")
     request = TrainingRequest(family=MODEL_NAME, model_config=config.gan_config(compute.seed).to_dict(),
                               options={"classifier": str(classifier["weights"])}, max_minutes=config.max_minutes,
-                              device=compute.device, threads=compute.threads, seed=compute.seed)
+                              **compute.training_settings())
     trained = train_and_register(context, FAMILY, request, manifest_path, manifest, config.start_from,
                                  {"profile": config.profile}, storage, trainer, mlflow)
     mlflow.client().set_model_version_tag(MODEL_NAME, trained.version, "classifier_weights",

@@ -74,7 +74,7 @@ def music_vae(
         family=MODEL_NAME, max_minutes=config.max_minutes, options={"eval_samples": config.eval_samples},
         model_config={kind: MusicVaeConfig.profile(config.profile, kind=kind, seed=compute.seed, **overrides).to_dict()
                       for kind in config.kinds},
-        device=compute.device, threads=compute.threads, seed=compute.seed,
+        **compute.training_settings(),
     )
     trained = train_and_register(context, FAMILY, request, manifest_path, manifest, config.start_from,
                                  {"profile": config.profile, "kinds": ",".join(config.kinds)}, storage, trainer, mlflow)

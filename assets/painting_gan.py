@@ -79,7 +79,7 @@ def painting_gan(
     manifest_path, manifest = painting_manifest(storage)
     request = TrainingRequest(family=MODEL_NAME, model_config=config.gan_config(compute.seed).to_dict(),
                               options={"eval_samples": config.eval_samples}, max_minutes=config.max_minutes,
-                              device=compute.device, threads=compute.threads, seed=compute.seed)
+                              **compute.training_settings())
     trained = train_and_register(context, FAMILY, request, manifest_path, manifest, config.start_from,
                                  {"profile": config.profile}, storage, trainer, mlflow)
     generator = load_generator(trained.report.outcome.bundle)

@@ -73,8 +73,7 @@ def video_rnn(
 ) -> dg.MaterializeResult:
     manifest_path, manifest = video_manifest(storage)
     request = TrainingRequest(family=MODEL_NAME, model_config=config.rnn_config(compute.seed).to_dict(),
-                              max_minutes=config.max_minutes, device=compute.device, threads=compute.threads,
-                              seed=compute.seed)
+                              max_minutes=config.max_minutes, **compute.training_settings())
     trained = train_and_register(context, FAMILY, request, manifest_path, manifest, config.start_from,
                                  {"profile": config.profile}, storage, trainer, mlflow)
     return trained_result(context, FAMILY, trained, manifest, mlflow)

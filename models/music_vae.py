@@ -634,7 +634,7 @@ def run_training(request, run):
         def log(step: int, values: dict, kind=kind) -> None:
             run.report.metrics(step, {f"{kind}.{name}": value for name, value in values.items()})
 
-        result = fit(family, config.trainer_config(), run.run_dir / kind, device=run.device, log=log,
+        result = fit(family, config.trainer_config(**request.trainer), run.run_dir / kind, device=run.device, log=log,
                      should_stop=run.should_stop(request.max_minutes), distributed=run.distributed,
                      checkpoint_extra={"family": "music_vae", "config": config.to_dict()})
         families.append(family)

@@ -45,6 +45,7 @@ class TrainingRequest:
     options: dict = field(default_factory=dict)  # family-specific: eval_samples, classifier weights, ...
     max_minutes: float = 0.0  # stop, evaluate and export after this long; 0: no limit
     init_from: str = ""  # a bundle of the same family whose weights the run starts from
+    trainer: dict = field(default_factory=dict)  # TrainerConfig overrides: compile, bf16, channels_last, ...
     device: str = "auto"  # "auto": CUDA when present
     threads: int = 2  # torch intra-op threads per process
     seed: int = 0

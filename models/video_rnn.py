@@ -939,7 +939,7 @@ def run_training(request, run):
     if request.init_from:
         family.model.load_state_dict(load_model(request.init_from).state_dict())
         run.report.log(f"starting from the weights in {request.init_from}")
-    result = fit(family, config.trainer_config(), run.run_dir, device=run.device, log=run.report.metrics,
+    result = fit(family, config.trainer_config(**request.trainer), run.run_dir, device=run.device, log=run.report.metrics,
                  should_stop=run.should_stop(request.max_minutes), distributed=run.distributed,
                  checkpoint_extra={"config": config.to_dict()})
     if not run.distributed.is_main:

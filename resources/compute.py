@@ -14,6 +14,11 @@ class ComputeResource(dg.ConfigurableResource):
     device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
     threads: int = 2
     seed: int = 0
+    compile: str = "off"  # torch.compile the training modules: "auto" (on CUDA), "on", "off"
+
+    def training_settings(self) -> dict:
+        """These settings as keyword arguments of a models.train.TrainingRequest."""
+        return {"device": self.device, "threads": self.threads, "seed": self.seed, "trainer": {"compile": self.compile}}
 
     def torch_device(self):
         import torch
