@@ -2,8 +2,8 @@
 
 Every training asset hands a `TrainingRequest` to `TrainerLauncher.launch` and gets back what
 the run reported. The asset never knows which way it ran, so moving training elsewhere (a
-Kubernetes pod through `dagster_k8s.PipesK8sClient`, see docs/deploy.md) means a different
-`pipes_client()` here, not a change to any asset.
+Kubernetes pod through `dagster_k8s.PipesK8sClient`, docs/deploy.md section 3) means a
+launcher whose `run_pipes` starts a pod, not a change to any asset.
 """
 from __future__ import annotations
 
@@ -69,14 +69,13 @@ class TrainerLauncher(dg.ConfigurableResource):
             train(request, manifest, run_dir, reporter)
             return TrainingReport(reporter.result, reporter.windows)
         request_path = atomic_write_text(run_dir / REQUEST_FILE, request.to_json())
-        invocation = self.pipes_client().run(
-            context=context, command=self.command(request_path, manifest, run_dir),
-            env={"OMP_NUM_THREADS": str(request.threads)},
-        )
+        invocation = self.run_pipes(context, self.command(request_path, manifest, run_dir),
+                                    env={"OMP_NUM_THREADS": str(request.threads)})
         return report_from_messages(invocation.get_custom_messages())
 
-    def pipes_client(self) -> dg.PipesClient:
-        return dg.PipesSubprocessClient(cwd=str(PROJECT_ROOT))
+    def run_pipes(self, context: dg.AssetExecutionContext, command: list[str], env: dict[str, str]):
+        """Start `command` in a Pipes session and wait for it. Override to run it elsewhere."""
+        return dg.PipesSubprocessClient(cwd=str(PROJECT_ROOT)).run(context=context, command=command, env=env)
 
     def command(self, request_path: Path, manifest: Path, run_dir: Path) -> list[str]:
         entry = ["-m", "models.train", "--config", str(request_path), "--manifest", str(manifest),
