@@ -575,7 +575,6 @@ def run_training(request, run):
     score against held-out images in the space of the classifier at `options["classifier"]`."""
     from models import metrics
     from models.train import TrainingOutcome
-    from models.trainer import fit
 
     data = load_image_split(run.manifest)
     shape = {"resolution": int(data.train_images.shape[1]), "channels": int(data.train_images.shape[3]),
@@ -588,9 +587,7 @@ def run_training(request, run):
         for generator in (family.generator, family.ema_generator):
             generator.load_state_dict(start)
         run.report.log(f"starting from the weights in {request.init_from}")
-    result = fit(family, config.trainer_config(**request.trainer), run.run_dir, device=run.device, log=run.report.metrics,
-                 should_stop=run.should_stop(request.max_minutes), distributed=run.distributed,
-                 checkpoint_extra={"config": config.to_dict()})
+    result = run.fit(family, config, request)
     if not run.distributed.is_main:
         return None
     bundle = save_bundle(export_bundle(family, step=result.step), run.run_dir / "bundle.pt")

@@ -619,7 +619,6 @@ def run_training(request, run):
     evaluate each on its held-out pieces, and export one bundle holding all of them."""
     from models import music_metrics
     from models.train import TrainingOutcome
-    from models.trainer import fit
 
     start = load_bundle(request.init_from)["models"] if request.init_from else {}
     families, steps, reports, summary, resumed, seconds = [], {}, {}, {}, {}, 0.0
@@ -634,9 +633,7 @@ def run_training(request, run):
         def log(step: int, values: dict, kind=kind) -> None:
             run.report.metrics(step, {f"{kind}.{name}": value for name, value in values.items()})
 
-        result = fit(family, config.trainer_config(**request.trainer), run.run_dir / kind, device=run.device, log=log,
-                     should_stop=run.should_stop(request.max_minutes), distributed=run.distributed,
-                     checkpoint_extra={"family": "music_vae", "config": config.to_dict()})
+        result = run.fit(family, config, request, run_dir=run.run_dir / kind, log=log, extra={"family": "music_vae"})
         families.append(family)
         steps[kind], resumed[kind], seconds = result.step, result.resumed_from, seconds + result.seconds
         if not run.distributed.is_main:

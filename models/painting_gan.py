@@ -772,7 +772,6 @@ def run_training(request, run):
     with a real-vs-real floor and an untrained-generator ceiling."""
     from models import painting_metrics
     from models.train import TrainingOutcome
-    from models.trainer import fit
 
     pictures = load_pictures(run.manifest)
     config = PaintingGanConfig.from_dict(request.model_config)
@@ -782,9 +781,7 @@ def run_training(request, run):
         for generator in (family.generator, family.ema_generator):
             generator.load_state_dict(start)
         run.report.log(f"starting from the weights in {request.init_from}")
-    result = fit(family, config.trainer_config(**request.trainer), run.run_dir, device=run.device, log=run.report.metrics,
-                 should_stop=run.should_stop(request.max_minutes), distributed=run.distributed,
-                 checkpoint_extra={"config": config.to_dict()})
+    result = run.fit(family, config, request)
     if not run.distributed.is_main:
         return None
     bundle = save_bundle(export_bundle(family, step=result.step), run.run_dir / "bundle.pt")

@@ -145,6 +145,16 @@ class RunContext:
         end = time.monotonic() + max_minutes * 60
         return lambda: time.monotonic() >= end
 
+    def fit(self, family, config, request: TrainingRequest, run_dir: Path | None = None,
+            log: Callable[[int, dict], None] | None = None, extra: dict | None = None):
+        """models.trainer.fit with this run's device, ranks, budget and reporter; `config` is the
+        family's config, stored with every checkpoint."""
+        from models.trainer import fit
+
+        return fit(family, config.trainer_config(**request.trainer), run_dir or self.run_dir, device=self.device,
+                   log=log or self.report.metrics, should_stop=self.should_stop(request.max_minutes),
+                   distributed=self.distributed, checkpoint_extra={"config": config.to_dict(), **(extra or {})})
+
 
 def family_runner(family: str) -> Callable[[TrainingRequest, RunContext], TrainingOutcome | None]:
     """The family's `run_training(request, run)`; imported on demand, so a run loads one family."""

@@ -928,7 +928,6 @@ def run_training(request, run):
     """Train on the manifest's training clips, then compare with copy-last-frame on the held-out ones."""
     from models import video_metrics
     from models.train import TrainingOutcome
-    from models.trainer import fit
 
     clips = load_clips(run.manifest)
     if len(clips["train"]) == 0 or len(clips["heldout"]) == 0:
@@ -939,9 +938,7 @@ def run_training(request, run):
     if request.init_from:
         family.model.load_state_dict(load_model(request.init_from).state_dict())
         run.report.log(f"starting from the weights in {request.init_from}")
-    result = fit(family, config.trainer_config(**request.trainer), run.run_dir, device=run.device, log=run.report.metrics,
-                 should_stop=run.should_stop(request.max_minutes), distributed=run.distributed,
-                 checkpoint_extra={"config": config.to_dict()})
+    result = run.fit(family, config, request)
     if not run.distributed.is_main:
         return None
     bundle = save_bundle(export_bundle(family, step=result.step), run.run_dir / "bundle.pt")
