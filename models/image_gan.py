@@ -257,6 +257,11 @@ class ImageGanFamily:
     def modules(self) -> dict[str, nn.Module]:
         return {"generator": self.generator, "discriminator": self.discriminator, "ema_generator": self.ema_generator}
 
+    def compiled_modules(self) -> dict[str, nn.Module]:
+        if self.config.architecture == "wgan-gp":  # the gradient penalty differentiates the critic twice
+            return {"generator": self.generator}
+        return {"generator": self.generator, "discriminator": self.discriminator}
+
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"generator": self.opt_g, "discriminator": self.opt_d}
 

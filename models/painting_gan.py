@@ -499,6 +499,9 @@ class PaintingGanFamily:
     def modules(self) -> dict[str, nn.Module]:
         return {"generator": self.generator, "discriminator": self.discriminator, "ema_generator": self.ema_generator}
 
+    def compiled_modules(self) -> dict[str, nn.Module]:
+        return {"generator": self.generator}  # the R1 penalty differentiates the discriminator twice
+
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"generator": self.opt_g, "discriminator": self.opt_d}
 

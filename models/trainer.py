@@ -269,8 +269,12 @@ def to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
 
 
 def compile_modules(family: Family) -> None:
-    # in place, so state_dict keys, checkpoints and the family's own references stay as they are
-    for module in family.modules().values():
+    """Compile in place, so state_dict keys, checkpoints and the family's own references stay as
+    they are. A family may name a subset in `compiled_modules()`: a module that a loss
+    differentiates twice (R1, gradient penalty) must stay eager, as aot_autograd has no double
+    backward."""
+    chosen = family.compiled_modules() if hasattr(family, "compiled_modules") else family.modules()
+    for module in chosen.values():
         module.compile()
 
 
