@@ -139,11 +139,13 @@ class RunContext:
     distributed: dist_env.Distributed
     report: Reporter
 
-    def should_stop(self, max_minutes: float) -> Callable[[], bool] | None:
-        if not max_minutes:
-            return None
-        end = time.monotonic() + max_minutes * 60
-        return lambda: time.monotonic() >= end
+    def should_stop(self, max_minutes: float) -> Callable[[], bool]:
+        """True once the budget is spent, or once the process that started this one is gone:
+        an orphaned trainer would otherwise train on beside the rerun that resumes its run
+        folder. It stops at the next step and leaves a checkpoint."""
+        parent = os.getppid()
+        end = time.monotonic() + max_minutes * 60 if max_minutes else None
+        return lambda: os.getppid() != parent or (end is not None and time.monotonic() >= end)
 
     def fit(self, family, config, request: TrainingRequest, run_dir: Path | None = None,
             log: Callable[[int, dict], None] | None = None, extra: dict | None = None):

@@ -133,3 +133,44 @@ def test_the_asset_trains_data_parallel_under_torchrun_through_pipes(chorales):
     [event] = result.asset_materializations_for_node("music_vae")
     assert event.metadata["steps"].value == STEPS
     assert load_model(event.metadata["bundle"].value, "chorale").config.kind == "chorale"
+
+
+def test_a_trainer_whose_launcher_dies_stops_and_leaves_a_checkpoint(chorales, tmp_path):
+    """SIGKILL the process that started the trainer (a Dagster step, say): the orphan must not
+    train on beside the rerun that will resume its folder."""
+    import os
+    import signal
+    import time
+
+    from models.trainer import latest_checkpoint
+
+    resources = ingest_chorales(chorales / "orphan")
+    manifest = resources["storage"].shards_dir("midi") / "manifest.json"
+    request = chorale_request()
+    long_run = 100_000
+    request.model_config["chorale"]["steps"] = long_run
+    request_path = tmp_path / "request.json"
+    request_path.write_text(request.to_json())
+    run_dir, child_out = tmp_path / "run", tmp_path / "trainer.out"
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess, sys, time\n"
+         f"child = subprocess.Popen([sys.executable, '-m', 'models.train', '--config', {str(request_path)!r}, "
+         f"'--manifest', {str(manifest)!r}, '--run-dir', {str(run_dir)!r}], stdout=open({str(child_out)!r}, 'w'))\n"
+         "print(child.pid, flush=True)\ntime.sleep(3600)\n"],
+        cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True,
+    )
+    trainer_pid = int(launcher.stdout.readline())
+    deadline = time.monotonic() + 300
+    while '"metrics"' not in (child_out.read_text() if child_out.exists() else ""):
+        assert time.monotonic() < deadline, "the trainer never logged a step"
+        time.sleep(0.5)
+    launcher.send_signal(signal.SIGKILL)
+    launcher.wait()
+
+    deadline = time.monotonic() + 300
+    while os.path.exists(f"/proc/{trainer_pid}") and "zombie" not in open(f"/proc/{trainer_pid}/status").read():
+        assert time.monotonic() < deadline, "the orphaned trainer kept running"
+        time.sleep(0.5)
+    outcome = json.loads((run_dir / OUTCOME_FILE).read_text())
+    assert 0 < outcome["step"] < long_run
+    assert latest_checkpoint(run_dir / "chorale" / "checkpoints").name == f"step-{outcome['step']:06d}.pt"
