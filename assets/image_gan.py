@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from assets.ingest import image_corpus
-from assets.gallery_site import write_cover
+from assets.gallery_site import gallery_lineage, gallery_page, write_cover
 from assets.training import (
     FamilyRegistration, champion_check_spec, latest_metadata, thumbnail_markdown, train_and_register, trained_result,
 )
@@ -189,13 +189,7 @@ def image_gallery(
     pictures = {"samples.png": grid, "interpolation.png": strip, "nearest_neighbours.png": pairs}
     for name, picture in pictures.items():
         atomic_write_bytes(folder / name, png_bytes(picture))
-    lineage = {
-        "model": f"{MODEL_NAME} version {version}",
-        "mlflow run": model_version.run_id,
-        "shard data version": manifest["version"],
-        "git commit": model_version.tags.get("git_commit", "unknown"),
-        "dagster run": context.run.run_id,
-    }
+    lineage = gallery_lineage(MODEL_NAME, version, model_version, manifest["version"], context.run.run_id)
     write_cover(folder, [("img", "samples.png"), ("img", "interpolation.png")])
     index = folder / "index.html"
     atomic_write_text(index, gallery_html(f"{MODEL_NAME} version {version}", lineage, classes, pictures,
@@ -215,23 +209,14 @@ def image_gallery(
 
 def gallery_html(title: str, lineage: dict, class_names, pictures: dict, near_copy, metrics_table: str) -> str:
     """index.html: every string that came from input (class names, paths, tags) is escaped."""
-    e = html.escape
-    lineage_rows = "".join(f"<tr><th>{e(k)}</th><td><code>{e(str(v))}</code></td></tr>" for k, v in lineage.items())
-    classes = ", ".join(e(name) for name in class_names)
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:60em}} img{{image-rendering:pixelated;max-width:100%}}
-th{{text-align:left;padding-right:1em}}</style></head>
-<body><h1>{e(title)}</h1>
-<table>{lineage_rows}</table>
-<h2>Samples</h2><p>One row per class: {classes}</p><img src="samples.png" alt="samples">
+    classes = ", ".join(html.escape(name) for name in class_names)
+    body = f"""<h2>Samples</h2><p>One row per class: {classes}</p><img src="samples.png" alt="samples">
 <h2>Latent interpolation</h2><img src="interpolation.png" alt="interpolation">
 <h2>Nearest training images</h2>
 <p>Each sample beside its nearest training image (pixel distance). Near copies among these: {int(np.sum(near_copy))}.</p>
-<img src="nearest_neighbours.png" alt="nearest neighbours">
-<h2>Metrics</h2><pre>{e(metrics_table)}</pre>
-</body></html>
-"""
+<img src="nearest_neighbours.png" alt="nearest neighbours">"""
+    return gallery_page(title, lineage, body, metrics_table,
+                        style="body{max-width:60em} img{image-rendering:pixelated;max-width:100%}")
 
 
 IMAGE_GAN_ASSETS = [image_classifier, image_gan, image_gallery]

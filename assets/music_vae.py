@@ -6,7 +6,7 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 
-from assets.gallery_site import write_cover
+from assets.gallery_site import gallery_lineage, gallery_page, write_cover
 from assets.ingest import midi_corpus
 from assets.training import (
     FamilyRegistration, champion_check_spec, latest_metadata, thumbnail_markdown, train_and_register, trained_result,
@@ -110,13 +110,7 @@ def music_gallery(
         path = interpolate(models["chorale"], ends[0], ends[1], steps=INTERPOLATION_STEPS)
         interpolation = [_write_piece(folder, f"interpolation-{i}", window) for i, window in enumerate(path)]
 
-    lineage = {
-        "model": f"{MODEL_NAME} version {version}",
-        "mlflow run": model_version.run_id,
-        "shard data version": manifest["version"],
-        "git commit": model_version.tags.get("git_commit", "unknown"),
-        "dagster run": context.run.run_id,
-    }
+    lineage = gallery_lineage(MODEL_NAME, version, model_version, manifest["version"], context.run.run_id)
     write_cover(folder, [("img", entries[0]["roll"]), ("audio", entries[0]["wav"])])
     index = folder / "index.html"
     atomic_write_text(index, gallery_html(f"{MODEL_NAME} version {version}", lineage, entries, interpolation,
@@ -157,18 +151,10 @@ def gallery_html(title: str, lineage: dict, entries: list[dict], interpolation: 
                 f'<img src="{e(entry["roll"])}" alt="piano roll"> <img src="{e(entry["mel"])}" alt="mel spectrogram">'
                 f"</figure>")
 
-    lineage_rows = "".join(f"<tr><th>{e(k)}</th><td><code>{e(str(v))}</code></td></tr>" for k, v in lineage.items())
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:70em}} figure{{margin:1em 0}}
-img{{image-rendering:pixelated;height:96px}} th{{text-align:left;padding-right:1em}}</style></head>
-<body><h1>{e(title)}</h1>
-<table>{lineage_rows}</table>
-<h2>Samples</h2>{''.join(piece(entry) for entry in entries)}
-<h2>Interpolation between two held-out chorale phrases</h2>{''.join(piece(entry) for entry in interpolation)}
-<h2>Metrics</h2><pre>{e(metrics_table)}</pre>
-</body></html>
-"""
+    body = f"""<h2>Samples</h2>{''.join(piece(entry) for entry in entries)}
+<h2>Interpolation between two held-out chorale phrases</h2>{''.join(piece(entry) for entry in interpolation)}"""
+    return gallery_page(title, lineage, body, metrics_table,
+                        style="body{max-width:70em} figure{margin:1em 0} img{image-rendering:pixelated;height:96px}")
 
 
 MUSIC_ASSETS = [music_vae, music_gallery]

@@ -8,7 +8,7 @@ import dagster as dg
 import numpy as np
 import torch
 
-from assets.gallery_site import write_cover
+from assets.gallery_site import gallery_lineage, gallery_page, write_cover
 from assets.ingest import painting_corpus
 from assets.training import (
     FamilyRegistration, champion_check_spec, latest_metadata, thumbnail_markdown, train_and_register, trained_result,
@@ -144,11 +144,7 @@ def painting_gallery(
         transfers.append({"file": name, "network": result.feature_network, "seconds": result.seconds,
                           "style_loss": (result.style_losses[0], result.style_losses[-1])})
 
-    lineage = {
-        "model": f"{MODEL_NAME} version {version}", "mlflow run": model_version.run_id,
-        "shard data version": manifest["version"], "git commit": model_version.tags.get("git_commit", "unknown"),
-        "dagster run": context.run.run_id,
-    }
+    lineage = gallery_lineage(MODEL_NAME, version, model_version, manifest["version"], context.run.run_id)
     write_cover(folder, [("img", "samples.png"), ("img", "style_mixing.png")])
     index = folder / "index.html"
     atomic_write_text(index, gallery_html(f"{MODEL_NAME} version {version}", lineage, crossover, transfers,
@@ -182,27 +178,19 @@ def _grid(images: np.ndarray, columns: int = 8) -> np.ndarray:
 def gallery_html(title: str, lineage: dict, crossover: int, transfers: list[dict], metrics_table: str) -> str:
     """index.html; every string that came from input is escaped."""
     e = html.escape
-    lineage_rows = "".join(f"<tr><th>{e(k)}</th><td><code>{e(str(v))}</code></td></tr>" for k, v in lineage.items())
     triptychs = "".join(
         f'<figure><img src="{e(t["file"])}" alt="content, style, result"><figcaption>content | style | result; '
         f'features: <code>{e(t["network"])}</code>; style loss {t["style_loss"][0]:.3g} -> {t["style_loss"][1]:.3g} '
         f'in {t["seconds"]:.0f} s</figcaption></figure>' for t in transfers)
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:70em}} img{{image-rendering:pixelated;max-width:100%}}
-th{{text-align:left;padding-right:1em}}</style></head>
-<body><h1>{e(title)}</h1>
-<table>{lineage_rows}</table>
-<h2>Samples</h2><p>Truncation psi {GALLERY_PSI}.</p><img src="samples.png" alt="samples">
+    body = f"""<h2>Samples</h2><p>Truncation psi {GALLERY_PSI}.</p><img src="samples.png" alt="samples">
 <h2>Style mixing</h2><p>Top row and left column are the sources; each cell takes the coarse styles (layers
 below {crossover}) from its row's source and the fine styles from its column's.</p>
 <img src="style_mixing.png" alt="style mixing">
 <h2>Truncation sweep</h2><p>One row per seed; psi {", ".join(str(p) for p in SWEEP_PSIS)} from left to right
 (psi 0 is the mean style).</p><img src="truncation.png" alt="truncation sweep">
-<h2>Style transfer</h2>{triptychs or "<p>The corpus has fewer than two pictures.</p>"}
-<h2>Metrics</h2><pre>{e(metrics_table)}</pre>
-</body></html>
-"""
+<h2>Style transfer</h2>{triptychs or "<p>The corpus has fewer than two pictures.</p>"}"""
+    return gallery_page(title, lineage, body, metrics_table,
+                        style="body{max-width:70em} img{image-rendering:pixelated;max-width:100%}")
 
 
 PAINTING_ASSETS = [painting_gan, painting_gallery]

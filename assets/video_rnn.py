@@ -7,7 +7,7 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 
-from assets.gallery_site import write_cover
+from assets.gallery_site import gallery_lineage, gallery_page, write_cover
 from assets.ingest import video_corpus
 from assets.training import (
     FamilyRegistration, champion_check_spec, latest_metadata, thumbnail_markdown, train_and_register, trained_result,
@@ -121,11 +121,7 @@ def video_gallery(
     report = video_metrics.evaluate(model, heldout, with_bits_per_dim=False)
     atomic_write_bytes(folder / "error_by_horizon.png", video_metrics.error_plot_png(report))
 
-    lineage = {
-        "model": f"{MODEL_NAME} version {version}", "mlflow run": model_version.run_id,
-        "shard data version": manifest["version"], "git commit": model_version.tags.get("git_commit", "unknown"),
-        "dagster run": context.run.run_id,
-    }
+    lineage = gallery_lineage(MODEL_NAME, version, model_version, manifest["version"], context.run.run_id)
     write_cover(folder, [("video", f"{entries[0]['name']}.mp4"), ("img", "error_by_horizon.png")])
     index = folder / "index.html"
     atomic_write_text(index, gallery_html(f"{MODEL_NAME} version {version}", lineage, entries,
@@ -145,25 +141,17 @@ def gallery_html(title: str, lineage: dict, entries: list[dict], metrics_table: 
     """index.html with <video> elements (H.264 MP4; the GIF beside each for viewers without
     H.264); every string that came from input is escaped."""
     e = html.escape
-    lineage_rows = "".join(f"<tr><th>{e(k)}</th><td><code>{e(str(v))}</code></td></tr>" for k, v in lineage.items())
     clips = "".join(
         f'<figure><figcaption>{e(entry["source"])}: context | truth | prediction ({e(entry["mode"])})</figcaption>'
         f'<video controls muted loop preload="metadata" src="{e(entry["name"])}.mp4"></video> '
         f'<img src="{e(entry["name"])}.gif" alt="the same clip as a GIF"></figure>' for entry in entries)
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{e(title)}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:75em}} video,img{{image-rendering:pixelated;height:160px}}
-th{{text-align:left;padding-right:1em}}</style></head>
-<body><h1>{e(title)}</h1>
-<table>{lineage_rows}</table>
-<h2>Held-out clips</h2><p>While the context plays, all three panels show it; then the middle panel is the truth
+    body = f"""<h2>Held-out clips</h2><p>While the context plays, all three panels show it; then the middle panel is the truth
 and the right one the model's continuation ("mean": the forecaster's prediction; "sample": drawn pixel by pixel
 from the PixelCNN head).</p>{clips}
 <h2>Error by horizon</h2><img src="error_by_horizon.png" alt="MSE and SSIM per future step, model and copy-last-frame"
-style="height:auto;max-width:100%">
-<h2>Metrics</h2><pre>{e(metrics_table)}</pre>
-</body></html>
-"""
+style="height:auto;max-width:100%">"""
+    return gallery_page(title, lineage, body, metrics_table,
+                        style="body{max-width:75em} video,img{image-rendering:pixelated;height:160px}")
 
 
 VIDEO_ASSETS = [video_rnn, video_gallery]
