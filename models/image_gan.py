@@ -27,7 +27,7 @@ import copy
 import json
 import math
 import sys
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -35,6 +35,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from models.family_config import FamilyConfig
 
 BUNDLE_FORMAT = "atelier.image_gan/1"
 INIT_STD = 0.02  # DCGAN's weight init (Radford et al. 2016)
@@ -48,7 +50,7 @@ EMA_WARMUP = 10  # decay ramps as (1+k)/(EMA_WARMUP+k) so early EMA is not stuck
 
 
 @dataclass
-class ImageGanConfig:
+class ImageGanConfig(FamilyConfig):
     architecture: str = "dcgan"  # "dcgan" | "wgan-gp"
     resolution: int = 32
     channels: int = 1
@@ -88,27 +90,6 @@ class ImageGanConfig:
             base.update(WGAN_GP_OPTIMIZER)
         base.update(overrides)
         return cls(**base)
-
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "ImageGanConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
-
-    def trainer_config(self, **overrides):
-        from models.trainer import TrainerConfig  # lazily: the pyfunc process has no corpora/
-
-        values = dict(
-            steps=self.steps,
-            batch_size=self.batch_size,
-            seed=self.seed,
-            checkpoint_every=max(1, self.steps // 4),
-            log_every=max(1, min(100, self.steps // 20)),
-        )
-        values.update(overrides)
-        return TrainerConfig(**values)
 
 
 WGAN_GP_OPTIMIZER = dict(lr_g=1e-4, lr_d=1e-4, betas=(0.0, 0.9), n_critic=5)

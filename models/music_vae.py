@@ -27,7 +27,7 @@ import io
 import json
 import math
 import sys
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -35,6 +35,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from models.family_config import FamilyConfig
 
 BUNDLE_FORMAT = "atelier.music_vae/1"
 
@@ -57,7 +59,7 @@ SAMPLE_CHUNK = 512  # sequences per decoder pass when sampling, to bound memory
 
 
 @dataclass
-class MusicVaeConfig:
+class MusicVaeConfig(FamilyConfig):
     kind: str = "chorale"  # "melody" | "chorale"
     steps_per_window: int = 32  # 2 bars of 16ths
     embed_dim: int = 32  # per voice
@@ -93,22 +95,6 @@ class MusicVaeConfig:
         values = dict(PROFILES[name])
         values.update(overrides)
         return cls(**values)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "MusicVaeConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
-
-    def trainer_config(self, **overrides):
-        from models.trainer import TrainerConfig  # lazily: the pyfunc process has no corpora/
-
-        values = dict(steps=self.steps, batch_size=self.batch_size, seed=self.seed,
-                      checkpoint_every=max(1, self.steps // 4), log_every=max(1, min(100, self.steps // 20)))
-        values.update(overrides)
-        return TrainerConfig(**values)
 
 
 PROFILES: dict[str, dict] = {

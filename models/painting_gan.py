@@ -47,7 +47,7 @@ import copy
 import json
 import math
 import sys
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -56,6 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.family_config import FamilyConfig
 from models.image_gan import EMA_WARMUP, latents, to_uint8, to_unit_range, update_ema
 
 BUNDLE_FORMAT = "atelier.painting_gan/1"
@@ -81,7 +82,7 @@ DEFAULT_CROP_SCALE = (0.3, 1.0)
 
 
 @dataclass
-class PaintingGanConfig:
+class PaintingGanConfig(FamilyConfig):
     resolution: int = 32  # power of two >= 8
     channels: int = 3
     z_dim: int = 64
@@ -120,27 +121,6 @@ class PaintingGanConfig:
     @classmethod
     def profile(cls, name: str, **overrides) -> "PaintingGanConfig":
         return cls(**{**PROFILES[name], **overrides})
-
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "PaintingGanConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
-
-    def trainer_config(self, **overrides):
-        from models.trainer import TrainerConfig  # lazily: the pyfunc process has no corpora/
-
-        values = dict(
-            steps=self.steps,
-            batch_size=self.batch_size,
-            seed=self.seed,
-            checkpoint_every=max(1, self.steps // 4),
-            log_every=max(1, min(100, self.steps // 20)),
-        )
-        values.update(overrides)
-        return TrainerConfig(**values)
 
 
 PROFILES: dict[str, dict] = {

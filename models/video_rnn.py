@@ -99,7 +99,7 @@ import copy
 import json
 import math
 import sys
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -107,6 +107,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from models.family_config import FamilyConfig
 
 BUNDLE_FORMAT = "atelier.video_rnn/1"
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, as PIL's "L" conversion
@@ -122,7 +124,9 @@ PRIOR_CENTRES = 2  # Gaussian components of the head's mixture: around the forec
 
 
 @dataclass
-class VideoRnnConfig:
+class VideoRnnConfig(FamilyConfig):
+    log_every_cap = 50
+
     context_frames: int = 10  # M: frames the model reads before predicting
     horizon: int = 10  # K: future frames it is trained to predict (predict() may roll further)
     resolution: int = 64  # square frames; clips of another size are area-resized by an integer factor
@@ -178,22 +182,6 @@ class VideoRnnConfig:
         values = dict(PROFILES[name])
         values.update(overrides)
         return cls(**values)
-
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "VideoRnnConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
-
-    def trainer_config(self, **overrides):
-        from models.trainer import TrainerConfig  # lazily: the pyfunc process has no corpora/
-
-        values = dict(steps=self.steps, batch_size=self.batch_size, seed=self.seed,
-                      checkpoint_every=max(1, self.steps // 4), log_every=max(1, min(50, self.steps // 20)))
-        values.update(overrides)
-        return TrainerConfig(**values)
 
 
 PROFILES: dict[str, dict] = {
