@@ -7,14 +7,11 @@ import random
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-from tests.fresh_process import FORBID_PROJECT_IMPORTS
 import torch
 from PIL import Image
 
@@ -29,6 +26,7 @@ from models.trainer import (
     IndexSampler, fit, latest_checkpoint, list_checkpoints, load_checkpoint, restore_rng_state,
     rng_state, seed_everything,
 )
+from tests.fresh_process import run_in_fresh_process
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 RESOLUTION, CLASSES = 16, 3
@@ -256,7 +254,7 @@ def test_classifier_report_has_a_floor_and_coverage():
     assert metrics.class_coverage([0, 0, 0], 3) == {"classes_covered": 1, "kl_to_uniform": pytest.approx(np.log(3))}
 
 
-FRESH_PREDICT = FORBID_PROJECT_IMPORTS + textwrap.dedent("""
+FRESH_PREDICT = """
     import mlflow.pyfunc
     import pandas as pd
 
@@ -268,7 +266,7 @@ FRESH_PREDICT = FORBID_PROJECT_IMPORTS + textwrap.dedent("""
     module = sys.modules[type(model.unwrap_python_model()).__module__].__file__
     print(json.dumps({"shape": list(by_name.shape), "dtype": str(by_name.dtype), "same": bool((by_name == by_dict).all()),
                       "default_shape": list(default.shape), "strip_shape": list(strip.shape), "module": module}))
-""")
+"""
 
 
 def test_pyfunc_predicts_in_a_fresh_process_with_only_models_on_the_path(tmp_path):
@@ -284,14 +282,7 @@ def test_pyfunc_predicts_in_a_fresh_process_with_only_models_on_the_path(tmp_pat
     model_dir = tmp_path / "model"
     mlflow.pyfunc.save_model(str(model_dir), python_model=ImageGanPyfunc(), artifacts={"bundle": str(bundle)},
                              code_paths=[str(PROJECT_ROOT / "models")])
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(PYTHONPATH=str(model_dir / "code"), MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false")
-    out = subprocess.run([sys.executable, "-c", FRESH_PREDICT, str(model_dir)], cwd=cwd, env=env,
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = run_in_fresh_process(FRESH_PREDICT, model_dir)
     assert result == {**result, "shape": [5, RESOLUTION, RESOLUTION, 1], "dtype": "uint8", "same": True,
                       "default_shape": [16, RESOLUTION, RESOLUTION, 1], "strip_shape": [4, RESOLUTION, RESOLUTION, 1]}
     assert result["module"].startswith(str(model_dir)), "the pyfunc must come from the model's own code path"

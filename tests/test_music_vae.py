@@ -2,19 +2,12 @@
 from __future__ import annotations
 
 import io
-import json
-import os
-import subprocess
-import sys
-import textwrap
 from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import pretty_midi
 import pytest
-
-from tests.fresh_process import FORBID_PROJECT_IMPORTS
 import torch
 
 from corpora import midi as corpus_midi
@@ -23,6 +16,7 @@ from models.music_vae import (HOLD, NOTE_OFF, START, MusicVaeConfig, MusicVaeFam
                               load_bundle, load_model, midi_bytes_to_tokens, sample, save_bundle, shift_right, step_seconds,
                               tokens_to_midi_bytes, tokens_to_notes, transpose)
 from models.trainer import fit
+from tests.fresh_process import run_in_fresh_process
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 STEPS = 32
@@ -187,7 +181,7 @@ def test_bundle_reloads_weights_only_to_the_same_music(trained):
     assert mu.shape == sigma.shape == (2, 4) and (sigma > 0).all()
 
 
-FRESH_PREDICT = FORBID_PROJECT_IMPORTS + textwrap.dedent("""
+FRESH_PREDICT = """
     import mlflow.pyfunc
     import pandas as pd
     import pretty_midi
@@ -201,7 +195,7 @@ FRESH_PREDICT = FORBID_PROJECT_IMPORTS + textwrap.dedent("""
     module = sys.modules[type(model.unwrap_python_model()).__module__].__file__
     print(json.dumps({"n": len(chorales), "same": chorales == again, "melodies": len(melodies), "strip": len(strip),
                       "instruments": [len(p.instruments) for p in parsed], "module": module}))
-""")
+"""
 
 
 def test_pyfunc_in_a_fresh_process_returns_midi_and_interpolations(trained, tmp_path):
@@ -213,13 +207,7 @@ def test_pyfunc_in_a_fresh_process_returns_midi_and_interpolations(trained, tmp_
     model_dir = tmp_path / "model"
     mlflow.pyfunc.save_model(str(model_dir), python_model=MusicVaePyfunc(), artifacts={"bundle": str(bundle)},
                              code_paths=[str(PROJECT_ROOT / "models")])
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    env = {**os.environ, "PYTHONPATH": "", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
-    out = subprocess.run([sys.executable, "-c", FRESH_PREDICT, str(model_dir)], cwd=cwd, env=env,
-                         capture_output=True, text=True, timeout=180)
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = run_in_fresh_process(FRESH_PREDICT, model_dir, timeout=180)
     assert result == {**result, "n": 3, "same": True, "melodies": 2, "strip": 4}
     assert result["instruments"] == [4, 4, 4, 1, 1, 4, 4, 4, 4]  # one instrument per voice
     assert result["module"].startswith(str(model_dir)), "the pyfunc must come from the model's own code path"

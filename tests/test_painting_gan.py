@@ -1,11 +1,6 @@
 """The painting family: StyleGAN2-lite, style transfer, metrics and pyfunc, on tiny data."""
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +17,7 @@ from models.painting_gan import (
 from models.painting_metrics import painting_report, painting_reports, untrained_generator
 from models.style_transfer import StyleTransferConfig, gram_matrix, transfer, triptych
 from models.trainer import fit, latest_checkpoint, load_checkpoint
-from tests.fresh_process import FORBID_PROJECT_IMPORTS
+from tests.fresh_process import run_in_fresh_process
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 RESOLUTION = 16
@@ -239,7 +234,7 @@ def test_painting_report_has_finite_numbers_and_a_floor(trained):
 # --- the registered model ------------------------------------------------------------------
 
 
-FRESH_PREDICT = FORBID_PROJECT_IMPORTS + textwrap.dedent("""
+FRESH_PREDICT = """
     import mlflow.pyfunc
     import numpy as np
     import pandas as pd
@@ -255,7 +250,7 @@ FRESH_PREDICT = FORBID_PROJECT_IMPORTS + textwrap.dedent("""
     print(json.dumps({"shape": list(by_frame.shape), "dtype": str(by_frame.dtype), "same": bool((by_frame == by_dict).all()),
                       "default_shape": list(default.shape), "mix_shape": list(mix.shape),
                       "mix_same": bool((mix == mix_frame).all()), "row_shape": list(row.shape), "module": module}))
-""")
+"""
 
 
 def test_pyfunc_predicts_in_a_fresh_process_with_only_models_on_the_path(trained, tmp_path):
@@ -267,14 +262,7 @@ def test_pyfunc_predicts_in_a_fresh_process_with_only_models_on_the_path(trained
     model_dir = tmp_path / "model"
     mlflow.pyfunc.save_model(str(model_dir), python_model=PaintingGanPyfunc(), artifacts={"bundle": str(bundle)},
                              code_paths=[str(PROJECT_ROOT / "models")])
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(PYTHONPATH=str(model_dir / "code"), MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false")
-    out = subprocess.run([sys.executable, "-c", FRESH_PREDICT, str(model_dir)], cwd=cwd, env=env,
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = run_in_fresh_process(FRESH_PREDICT, model_dir)
     layers = num_style_layers(trained.generator)
     assert result == {**result, "shape": [3, RESOLUTION, RESOLUTION, 3], "dtype": "uint8", "same": True,
                       "default_shape": [16, RESOLUTION, RESOLUTION, 3], "mix_shape": [1, RESOLUTION, RESOLUTION, 3],

@@ -2,11 +2,6 @@
 from __future__ import annotations
 
 import io
-import json
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.fresh_process import FORBID_PROJECT_IMPORTS
 from models import video_metrics
 from models.trainer import fit, latest_checkpoint, load_checkpoint
 from models.video_rnn import (
     PRIOR_CENTRES, ConvLSTMCell, ConvLSTMStack, VideoRnn, VideoRnnConfig, VideoRnnFamily, bits_per_dim, export_bundle,
     from_subpixels, load_bundle, load_clips, load_model, predict, sample_frame, save_bundle, to_subpixels,
 )
+from tests.fresh_process import run_in_fresh_process
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SIZE, CONTEXT, HORIZON, CLIP = 16, 4, 4, 10
@@ -288,7 +283,7 @@ def test_load_clips_reads_a_video_manifest(tmp_path):
 
 # --- the registered model ----------------------------------------------------------------
 
-FRESH_PREDICT = FORBID_PROJECT_IMPORTS + textwrap.dedent("""
+FRESH_PREDICT = """
     import numpy as np
     import mlflow.pyfunc
     import pandas as pd
@@ -302,7 +297,7 @@ FRESH_PREDICT = FORBID_PROJECT_IMPORTS + textwrap.dedent("""
     module = sys.modules[type(model.unwrap_python_model()).__module__].__file__
     print(json.dumps({"shape": list(by_dict.shape), "dtype": str(by_dict.dtype), "same": bool((by_dict == by_frame).all()),
                       "lists_shape": list(by_lists.shape), "default_shape": list(default.shape), "module": module}))
-""")
+"""
 
 
 def test_pyfunc_predicts_in_a_fresh_process_with_only_models_on_the_path(trained, tmp_path):
@@ -315,14 +310,7 @@ def test_pyfunc_predicts_in_a_fresh_process_with_only_models_on_the_path(trained
                              code_paths=[str(PROJECT_ROOT / "models")])
     context = tmp_path / "context.npy"
     np.save(context, moving_squares(n=1, seed=6)[0, :CONTEXT])
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(PYTHONPATH=str(model_dir / "code"), MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false", OMP_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-c", FRESH_PREDICT, str(model_dir), str(context)], cwd=cwd, env=env,
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = run_in_fresh_process(FRESH_PREDICT, model_dir, str(context), OMP_NUM_THREADS="1")
     assert result == {**result, "shape": [3, SIZE, SIZE, 3], "dtype": "uint8", "same": True,
                       "lists_shape": [3, SIZE, SIZE, 3], "default_shape": [HORIZON, SIZE, SIZE, 1]}
     assert result["module"].startswith(str(model_dir)), "the pyfunc must come from the model's own code path"
