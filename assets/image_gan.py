@@ -6,7 +6,6 @@ newest file in a folder".
 """
 
 import html
-from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -15,11 +14,11 @@ import torch
 from assets.ingest import image_corpus
 from assets.gallery_site import gallery_lineage, gallery_page, write_cover
 from assets.training import (
-    FamilyRegistration, champion_check_spec, latest_metadata, thumbnail_markdown, train_and_register, trained_result,
+    FamilyRegistration, champion_check_spec, corpus_manifest, latest_metadata, thumbnail_markdown,
+    train_and_register, trained_result,
 )
 from corpora.atomic import atomic_write, atomic_write_bytes, atomic_write_text
 from corpora.hashing import sha256_file, sha256_json
-from corpora.ingest import load_manifest
 from corpora.preview import contact_sheet
 from corpora.shards import png_bytes
 from models import metrics
@@ -47,14 +46,6 @@ FAMILY = FamilyRegistration(
 )
 
 
-def image_manifest(storage: StorageResource) -> tuple[Path, dict]:
-    path = storage.shards_dir("images") / "manifest.json"
-    manifest = load_manifest(path)
-    if manifest is None:
-        raise dg.Failure(f"no image corpus at {path}: materialize image_corpus first")
-    return path, manifest
-
-
 # --- the feature classifier ----------------------------------------------------------------
 
 
@@ -72,7 +63,7 @@ class ImageClassifierConfig(dg.Config):
 def image_classifier(
     context: dg.AssetExecutionContext, config: ImageClassifierConfig, storage: StorageResource, compute: ComputeResource
 ) -> dg.MaterializeResult:
-    manifest_path, manifest = image_manifest(storage)
+    manifest_path, manifest = corpus_manifest(storage, "images", "image_corpus")
     data = load_image_split(manifest_path)
     if not data.class_names:
         raise dg.Failure("the image corpus has no labels (class folders): the feature classifier needs them")
@@ -138,7 +129,7 @@ def image_gan(
     context: dg.AssetExecutionContext, config: ImageGanTrainConfig, storage: StorageResource,
     compute: ComputeResource, mlflow: MlflowRegistry, trainer: TrainerLauncher,
 ) -> dg.MaterializeResult:
-    manifest_path, manifest = image_manifest(storage)
+    manifest_path, manifest = corpus_manifest(storage, "images", "image_corpus")
     classifier = latest_metadata(context, "image_classifier")
     request = TrainingRequest(family=MODEL_NAME, model_config=config.gan_config(compute.seed).to_dict(),
                               options={"classifier": str(classifier["weights"])}, max_minutes=config.max_minutes,
@@ -171,7 +162,7 @@ def image_gallery(
     version = str(gan["model_version"])
     model, model_version = mlflow.load_pyfunc_model(MODEL_NAME, version)
     generator = model.unwrap_python_model().generator
-    manifest_path, manifest = image_manifest(storage)
+    manifest_path, manifest = corpus_manifest(storage, "images", "image_corpus")
     data = load_image_split(manifest_path)
     folder = storage.galleries_dir(MODEL_NAME) / version
     classes = generator.class_names or [""]

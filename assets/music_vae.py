@@ -9,10 +9,10 @@ import numpy as np
 from assets.gallery_site import gallery_lineage, gallery_page, write_cover
 from assets.ingest import midi_corpus
 from assets.training import (
-    FamilyRegistration, champion_check_spec, latest_metadata, thumbnail_markdown, train_and_register, trained_result,
+    FamilyRegistration, champion_check_spec, corpus_manifest, latest_metadata, thumbnail_markdown,
+    train_and_register, trained_result,
 )
 from corpora.atomic import atomic_write_bytes, atomic_write_text
-from corpora.ingest import load_manifest
 from corpora.preview import contact_sheet
 from corpora.shards import png_bytes
 from models import music_render
@@ -48,14 +48,6 @@ class MusicVaeTrainConfig(dg.Config):
     start_from: str = "fresh"  # "fresh", or "champion": continue from the champion's weights
 
 
-def midi_manifest(storage: StorageResource) -> tuple[Path, dict]:
-    path = storage.shards_dir("midi") / "manifest.json"
-    manifest = load_manifest(path)
-    if manifest is None:
-        raise dg.Failure(f"no MIDI corpus at {path}: materialize midi_corpus first")
-    return path, manifest
-
-
 @dg.asset(
     group_name=GROUP, deps=[midi_corpus], code_version=CODE_VERSION, kinds={"pytorch", "mlflow"}, pool="gpu",
     check_specs=[champion_check_spec("music_vae", METRIC)],
@@ -68,7 +60,7 @@ def music_vae(
 ) -> dg.MaterializeResult:
     if config.profile not in PROFILES or not set(config.kinds) <= set(KINDS) or not config.kinds:
         raise dg.Failure(f"profile must be one of {sorted(PROFILES)} and kinds a subset of {sorted(KINDS)}")
-    manifest_path, manifest = midi_manifest(storage)
+    manifest_path, manifest = corpus_manifest(storage, "midi", "midi_corpus")
     overrides = {"steps": config.steps} if config.steps else {}
     request = TrainingRequest(
         family=MODEL_NAME, max_minutes=config.max_minutes, options={"eval_samples": config.eval_samples},
@@ -95,7 +87,7 @@ def music_gallery(
     version = str(trained["model_version"])
     model, model_version = mlflow.load_pyfunc_model(MODEL_NAME, version)
     models = model.unwrap_python_model().models
-    manifest_path, manifest = midi_manifest(storage)
+    manifest_path, manifest = corpus_manifest(storage, "midi", "midi_corpus")
     folder = storage.galleries_dir(MODEL_NAME) / version
 
     entries, rolls = [], []

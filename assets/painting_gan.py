@@ -2,7 +2,6 @@
 `painting-gan`, and a gallery with style mixing, a truncation sweep and style transfer.
 Lineage: painting_corpus -> painting_gan -> painting_gallery."""
 import html
-from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -11,10 +10,10 @@ import torch
 from assets.gallery_site import gallery_lineage, gallery_page, write_cover
 from assets.ingest import painting_corpus
 from assets.training import (
-    FamilyRegistration, champion_check_spec, latest_metadata, thumbnail_markdown, train_and_register, trained_result,
+    FamilyRegistration, champion_check_spec, corpus_manifest, latest_metadata, thumbnail_markdown,
+    train_and_register, trained_result,
 )
 from corpora.atomic import atomic_write_bytes, atomic_write_text
-from corpora.ingest import load_manifest
 from corpora.shards import png_bytes
 from models import style_transfer
 from models.painting_gan import (
@@ -58,14 +57,6 @@ class PaintingGanTrainConfig(dg.Config):
         return PaintingGanConfig.profile(self.profile, **overrides)
 
 
-def painting_manifest(storage: StorageResource) -> tuple[Path, dict]:
-    path = storage.shards_dir("painting") / "manifest.json"
-    manifest = load_manifest(path)
-    if manifest is None:
-        raise dg.Failure(f"no painting corpus at {path}: materialize painting_corpus first")
-    return path, manifest
-
-
 @dg.asset(
     group_name=GROUP, deps=[painting_corpus], code_version=CODE_VERSION, kinds={"pytorch", "mlflow"}, pool="gpu",
     check_specs=[champion_check_spec("painting_gan", METRIC)],
@@ -76,7 +67,7 @@ def painting_gan(
     context: dg.AssetExecutionContext, config: PaintingGanTrainConfig, storage: StorageResource,
     compute: ComputeResource, mlflow: MlflowRegistry, trainer: TrainerLauncher,
 ) -> dg.MaterializeResult:
-    manifest_path, manifest = painting_manifest(storage)
+    manifest_path, manifest = corpus_manifest(storage, "painting", "painting_corpus")
     request = TrainingRequest(family=MODEL_NAME, model_config=config.gan_config(compute.seed).to_dict(),
                               options={"eval_samples": config.eval_samples}, max_minutes=config.max_minutes,
                               **compute.training_settings())
@@ -116,7 +107,7 @@ def painting_gallery(
     version = str(trained["model_version"])
     model, model_version = mlflow.load_pyfunc_model(MODEL_NAME, version)
     generator = model.unwrap_python_model().generator
-    manifest_path, manifest = painting_manifest(storage)
+    manifest_path, manifest = corpus_manifest(storage, "painting", "painting_corpus")
     pictures = load_pictures(manifest_path)["all"]
     folder = storage.galleries_dir(MODEL_NAME) / version
 

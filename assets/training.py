@@ -10,11 +10,21 @@ import dagster as dg
 import numpy as np
 
 from corpora.hashing import sha256_json
+from corpora.ingest import load_manifest
 from corpora.shards import png_bytes
 from models.train import TrainingRequest
 from resources.mlflow_registry import MlflowRegistry
 from resources.storage import StorageResource
 from resources.trainer import TrainerLauncher, TrainingReport
+
+
+def corpus_manifest(storage: StorageResource, shards: str, corpus_asset: str) -> tuple[Path, dict]:
+    """(path, content) of the manifest under data/shards/<shards>/ that `corpus_asset` writes."""
+    path = storage.shards_dir(shards) / "manifest.json"
+    manifest = load_manifest(path)
+    if manifest is None:
+        raise dg.Failure(f"no shards at {path}: materialize {corpus_asset} first")
+    return path, manifest
 
 
 def latest_metadata(context: dg.AssetExecutionContext, asset_key: str) -> dict:

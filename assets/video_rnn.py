@@ -2,7 +2,6 @@
 as `video-rnn`, and a gallery of held-out continuations next to the truth.
 Lineage: video_corpus -> video_rnn -> video_gallery."""
 import html
-from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -10,10 +9,10 @@ import numpy as np
 from assets.gallery_site import gallery_lineage, gallery_page, write_cover
 from assets.ingest import video_corpus
 from assets.training import (
-    FamilyRegistration, champion_check_spec, latest_metadata, thumbnail_markdown, train_and_register, trained_result,
+    FamilyRegistration, champion_check_spec, corpus_manifest, latest_metadata, thumbnail_markdown,
+    train_and_register, trained_result,
 )
 from corpora.atomic import atomic_write_bytes, atomic_write_text
-from corpora.ingest import load_manifest
 from corpora.video import write_video
 from models import video_metrics
 from models.train import TrainingRequest
@@ -53,14 +52,6 @@ class VideoRnnTrainConfig(dg.Config):
         return VideoRnnConfig.profile(self.profile, **overrides)
 
 
-def video_manifest(storage: StorageResource) -> tuple[Path, dict]:
-    path = storage.shards_dir("video") / "manifest.json"
-    manifest = load_manifest(path)
-    if manifest is None:
-        raise dg.Failure(f"no video corpus at {path}: materialize video_corpus first")
-    return path, manifest
-
-
 @dg.asset(
     group_name=GROUP, deps=[video_corpus], code_version=CODE_VERSION, kinds={"pytorch", "mlflow"}, pool="gpu",
     check_specs=[champion_check_spec("video_rnn", METRIC)],
@@ -71,7 +62,7 @@ def video_rnn(
     context: dg.AssetExecutionContext, config: VideoRnnTrainConfig, storage: StorageResource,
     compute: ComputeResource, mlflow: MlflowRegistry, trainer: TrainerLauncher,
 ) -> dg.MaterializeResult:
-    manifest_path, manifest = video_manifest(storage)
+    manifest_path, manifest = corpus_manifest(storage, "video", "video_corpus")
     request = TrainingRequest(family=MODEL_NAME, model_config=config.rnn_config(compute.seed).to_dict(),
                               max_minutes=config.max_minutes, **compute.training_settings())
     trained = train_and_register(context, FAMILY, request, manifest_path, manifest, config.start_from,
@@ -99,7 +90,7 @@ def video_gallery(
     version = str(trained["model_version"])
     pyfunc, model_version = mlflow.load_pyfunc_model(MODEL_NAME, version)
     model = pyfunc.unwrap_python_model().model
-    manifest_path, manifest = video_manifest(storage)
+    manifest_path, manifest = corpus_manifest(storage, "video", "video_corpus")
     clips = load_clips(manifest_path)
     folder = storage.galleries_dir(MODEL_NAME) / version
     m, k = model.config.context_frames, model.config.horizon
