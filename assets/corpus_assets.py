@@ -25,6 +25,9 @@ class IngestConfig(dg.Config):
     source_dir: str = ""  # empty: <data_root>/raw/<corpus>, seeded with the default corpus when empty
     seed_defaults: bool = True
     heldout_percent: int = IngestSettings.heldout_percent
+    # "work": files holding the same tune, scene or picture are held out together; "file": each file alone
+    group_by: str = IngestSettings.group_by
+    time_split_below_groups: int = IngestSettings.time_split_below_groups  # fewer groups: split long videos by time
     shard_megabytes: int = IngestSettings.shard_megabytes
     timeout_s: float = IngestSettings.timeout_s
     max_reject_rate: float = 0.05  # the blocking check fails above this share of rejected files
@@ -32,6 +35,8 @@ class IngestConfig(dg.Config):
     def settings(self, compute: ComputeResource) -> IngestSettings:
         return IngestSettings(
             heldout_percent=self.heldout_percent,
+            group_by=self.group_by,
+            time_split_below_groups=self.time_split_below_groups,
             shard_megabytes=self.shard_megabytes,
             workers=compute.threads,
             timeout_s=self.timeout_s,
@@ -87,6 +92,7 @@ def _metadata(report: IngestReport, raw_dir: Path, preview) -> dict:
         "reject_rate": dg.MetadataValue.float(float(counts["reject_rate"])),
         "accounted_for": counts["seen"] == counts["ingested"] + counts["rejected"] + counts["duplicates"],
         **{f"rows_{table}": rows for table, rows in counts["rows"].items()},
+        **_grouping_metadata(report.manifest),
         "data_version": report.version,
         "decoded_this_run": not report.reused,
         "elapsed_s": round(report.elapsed_s, 2),
@@ -102,6 +108,28 @@ def _metadata(report: IngestReport, raw_dir: Path, preview) -> dict:
     if picture is not None:
         encoded = base64.b64encode(picture).decode("ascii")
         metadata["preview"] = dg.MetadataValue.md(f"![preview](data:image/png;base64,{encoded})")
+    return metadata
+
+
+def _grouping_metadata(manifest: dict) -> dict:
+    grouping = manifest["grouping"]
+    largest = grouping["largest_group"] or {"files": 0, "example": ""}
+    leakage = grouping["leakage"]
+    metadata = {
+        "groups": grouping["groups"],
+        "largest_group_files": largest["files"],
+        "largest_group_example": largest["example"],
+        "split": dg.MetadataValue.json({name: {k: v for k, v in stratum.items()}
+                                        for name, stratum in grouping["strata"].items()}),
+        "notices": manifest["counts"].get("notices", 0),
+    }
+    for table, value in leakage.items():
+        metadata[f"leakage_{table}"] = dg.MetadataValue.float(float(value["fraction"]))
+    if leakage:
+        lines = ["| table | held-out rows | checked | also in training | share | measure |", "|---|---|---|---|---|---|"]
+        lines += [f"| {table} | {v['heldout_rows']} | {v['checked']} | {v['leaked']} | {v['fraction']:.4f} | {v['measure']} |"
+                  for table, v in leakage.items()]
+        metadata["leakage"] = dg.MetadataValue.md("\n".join(lines))
     return metadata
 
 

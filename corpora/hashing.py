@@ -25,13 +25,3 @@ def sha256_json(obj: Any) -> str:
     """Hash of a JSON-able value in canonical form (sorted keys, no whitespace)."""
     canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-
-
-def heldout_split(sha256_hex: str, heldout_percent: int) -> str:
-    """'heldout' or 'train', decided by the source file's content hash.
-
-    Deriving the split from the hash keeps it stable when files are added or removed, and
-    keeps every row of one source (all windows of a piece, all clips of a video) together.
-    """
-    bucket = int(sha256_hex[:8], 16) % 100
-    return "heldout" if bucket < heldout_percent else "train"

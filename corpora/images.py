@@ -14,11 +14,15 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageOps
 
-from corpora.ingest import DecodedFile, DecodeTask, Modality, Rejected, TableRows
+from corpora.grouping import THUMBNAIL_SIDE
+from corpora.ingest import DecodedFile, DecodeTask, Grouping, Modality, Rejected, TableRows
 from corpora.shards import TableSpec, TensorColumn
 
 EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"})
 TABLE = "images"
+# A re-encoded or resized copy of a picture stays within RMS 6 of its thumbnail (JPEG at quality
+# 50: at most 5.8), while 99.9% of Fashion-MNIST pictures are farther than that from every other.
+NEAR_IDENTICAL_RMS = 6.0
 
 # Our own size check runs on the header, before any pixel is decoded; Pillow's built-in
 # guard would otherwise warn or raise with a different limit.
@@ -100,6 +104,12 @@ def square_resize(pixels: np.ndarray, resolution: int, enlarge_with: int = cv2.I
     return resized.reshape(resolution, resolution, pixels.shape[2])
 
 
+def thumbnail(pixels: np.ndarray) -> np.ndarray:
+    """A flat uint8 grey THUMBNAIL_SIDE^2 thumbnail of an HxWxC picture: what near-duplicates share."""
+    grey = pixels[:, :, 0] if pixels.shape[2] == 1 else cv2.cvtColor(np.ascontiguousarray(pixels), cv2.COLOR_RGB2GRAY)
+    return cv2.resize(grey, (THUMBNAIL_SIDE, THUMBNAIL_SIDE), interpolation=cv2.INTER_AREA).reshape(-1)
+
+
 def decode(task: DecodeTask) -> DecodedFile:
     config: ImageCorpusConfig = task.config
     original = load_image(task.path, config.channels, config.max_pixels)
@@ -117,7 +127,9 @@ def decode(task: DecodeTask) -> DecodedFile:
                 },
             )
         },
+        signatures={TABLE: thumbnail(pixels)[None]},
     )
 
 
-IMAGES = Modality("images", "images-1", EXTENSIONS, table_specs, decode, chunk_size=256)
+IMAGES = Modality("images", "images-2", EXTENSIONS, table_specs, decode, chunk_size=256,
+                  grouping=Grouping(near_tables=(TABLE,), near_rms=NEAR_IDENTICAL_RMS))

@@ -20,7 +20,8 @@ import numpy as np
 import pyarrow as pa
 
 from corpora.atomic import atomic_write_json, remove_stale_temporaries
-from corpora.hashing import heldout_split, sha256_file, sha256_json
+from corpora.grouping import FileSignature, SplitPlan, SplitSettings, plan_split
+from corpora.hashing import sha256_file, sha256_json
 from corpora.shards import ShardInfo, TableSpec, tensor_table, write_parquet, write_shards
 from corpora.workers import ItemFailure, map_isolated
 
@@ -29,7 +30,8 @@ REJECTED_TABLE = "rejected"
 LINEAGE_COLUMNS: dict[str, pa.DataType] = {
     "source_path": pa.string(),
     "sha256": pa.string(),
-    "split": pa.string(),
+    "split": pa.string(),  # train, heldout, or gap (rows left out between the sides of a time split)
+    "group": pa.string(),  # the work this row belongs to: a group never straddles the split
 }
 REJECTED_SCHEMA = pa.schema(
     [
@@ -39,6 +41,16 @@ REJECTED_SCHEMA = pa.schema(
         ("error_type", pa.string()),
         ("message", pa.string()),
     ]
+)
+NOTICES_TABLE = "notices"
+NOTICES_SCHEMA = pa.schema(
+    [("source_path", pa.string()), ("sha256", pa.string()), ("stage", pa.string()), ("kind", pa.string()),
+     ("message", pa.string())]
+)
+GROUPS_TABLE = "groups"
+GROUPS_SCHEMA = pa.schema(
+    [("source_path", pa.string()), ("sha256", pa.string()), ("group", pa.string()), ("stratum", pa.string()),
+     ("split", pa.string())]
 )
 
 log = logging.getLogger(__name__)
@@ -66,12 +78,43 @@ class TableRows:
         return len(next(iter(self.columns.values()), []))
 
 
+@dataclass(frozen=True)
+class Notice:
+    """Something a decoder left out of an accepted file, and why (the file's other rows stand)."""
+
+    stage: str
+    kind: str
+    message: str
+
+
 @dataclass
 class DecodedFile:
-    """What one source file contributes: rows per output table, and a hash of its content."""
+    """What one source file contributes: rows per output table, a hash of its content, and the
+    small signatures the held-out split groups by (never the decoded content itself)."""
 
     content_hash: str
     tables: dict[str, TableRows]
+    # Per table named in the modality's Grouping, one entry per row of that table: uint64 keys
+    # (rows,) that are equal for the same item (a MIDI window up to transposition), or uint8
+    # thumbnails (rows, D) that are close for near-identical items (a re-encoded picture).
+    signatures: dict[str, np.ndarray] = field(default_factory=dict)
+    # uint64 keys of the file as a whole (a tune's interval n-grams): two files that share
+    # more than Grouping.overlap of the smaller key set are the same work.
+    work_keys: np.ndarray | None = None
+    # (rows, 2) first and one-past-last frame of each row of Grouping.time_table, to split a file by time.
+    time_spans: np.ndarray | None = None
+    notices: list[Notice] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Grouping:
+    """How a modality tells that two files are the same work, so the split keeps them together."""
+
+    exact_tables: tuple[str, ...] = ()  # tables whose rows carry uint64 identity keys
+    near_tables: tuple[str, ...] = ()  # tables whose rows carry uint8 thumbnails
+    near_rms: float = 6.0  # thumbnails at most this far apart (RMS, 0..255 scale) are near-identical
+    overlap: float | None = None  # share of work_keys that makes two files one work (None: unused)
+    time_table: str | None = None  # a table whose rows may be split by time within each file
 
 
 @dataclass(frozen=True)
@@ -83,6 +126,12 @@ class IngestSettings:
     workers: int = 2
     timeout_s: float = 30.0
     chunk_size: int | None = None  # None: the modality's own choice
+    group_by: str = SplitSettings.group_by  # "work": the same tune, scene or picture on one side; "file"
+    time_split_below_groups: int = SplitSettings.time_split_below_groups
+
+    def split_settings(self) -> SplitSettings:
+        return SplitSettings(heldout_percent=self.heldout_percent, group_by=self.group_by,
+                             time_split_below_groups=self.time_split_below_groups)
 
 
 @dataclass(frozen=True)
@@ -108,6 +157,7 @@ class Modality:
     table_specs: Callable[[Any], list[TableSpec]]
     decode: Callable[[DecodeTask], DecodedFile]
     chunk_size: int = 16  # files per message to a worker: large for cheap files, 1 for slow ones
+    grouping: Grouping = Grouping()
 
 
 @dataclass(frozen=True)
@@ -214,11 +264,14 @@ def shard_paths(manifest_path: Path, table: str) -> list[Path]:
     return [manifest_path.parent / shard["path"] for shard in manifest["tables"][table]["shards"]]
 
 
+_SIDE_TABLES = (REJECTED_TABLE, NOTICES_TABLE, GROUPS_TABLE)  # the manifest keys of the tables beside the shards
+
+
 def _manifest_is_usable(manifest: dict | None, out_dir: Path, fingerprint: str) -> bool:
     if not manifest or manifest.get("input_fingerprint") != fingerprint:
         return False
     files = [shard for table in manifest["tables"].values() for shard in table["shards"]]
-    files.append(manifest["rejected"])
+    files += [manifest[name] for name in _SIDE_TABLES if name in manifest]
     return all(
         (out_dir / f["path"]).is_file() and (out_dir / f["path"]).stat().st_size == f["bytes"]
         for f in files
@@ -246,7 +299,7 @@ def ingest(
         {
             "code_version": modality.code_version,
             "config": config_json,
-            "heldout_percent": settings.heldout_percent,
+            "split": asdict(settings.split_settings()),
             "shard_megabytes": settings.shard_megabytes,
             "files": [(f.relpath, f.sha256) for f in files],
         }
@@ -259,12 +312,22 @@ def ingest(
 
     progress(f"{modality.name}: decoding {len(files)} files from {raw_dir}")
     rejections, duplicates, accepted = _decode_all(modality, config, files, settings, progress)
+    plan = plan_split([_signature_of(source, decoded) for source, decoded in accepted], modality.grouping,
+                      settings.split_settings())
+    progress(_split_line(modality.name, plan.summary))
 
     version_dir = out_dir / f"v-{fingerprint[:16]}"
     shutil.rmtree(version_dir, ignore_errors=True)  # leftovers of a killed run with the same input
     version_dir.mkdir(parents=True)
-    tables = _write_tables(modality.table_specs(config), accepted, settings, version_dir, out_dir)
+    tables = _write_tables(modality.table_specs(config), accepted, plan, modality.grouping.time_table,
+                           settings, version_dir, out_dir)
     rejected_info = _write_rejected(rejections, version_dir / f"{REJECTED_TABLE}.parquet", out_dir)
+    notices = [{"source_path": source.relpath, "sha256": source.sha256, **asdict(notice)}
+               for source, decoded in accepted for notice in decoded.notices]
+    notices_info = _write_plain(notices, NOTICES_SCHEMA, version_dir / f"{NOTICES_TABLE}.parquet", out_dir)
+    groups = [{"source_path": source.relpath, "sha256": source.sha256, "group": plan.group[i],
+               "stratum": plan.stratum[i], "split": plan.file_split[i]} for i, (source, _) in enumerate(accepted)]
+    groups_info = _write_plain(groups, GROUPS_SCHEMA, version_dir / f"{GROUPS_TABLE}.parquet", out_dir)
 
     manifest = {
         "corpus": modality.name,
@@ -272,6 +335,7 @@ def ingest(
         "config": config_json,
         "config_hash": sha256_json(config_json),
         "heldout_percent": settings.heldout_percent,
+        "split": asdict(settings.split_settings()),
         "source_dir": str(raw_dir.resolve()),
         "input_fingerprint": fingerprint,
         "counts": {
@@ -279,11 +343,16 @@ def ingest(
             "ingested": len(accepted),
             "rejected": len(rejections),
             "duplicates": len(duplicates),
+            "groups": plan.summary["groups"],
+            "notices": len(notices),
             "reject_rate": len(rejections) / len(files) if files else 0.0,
             "rows": {name: table["rows"] for name, table in tables.items()},
         },
         "tables": tables,
         "rejected": rejected_info,
+        "notices": notices_info,
+        "groups": groups_info,
+        "grouping": plan.summary,
         "duplicates": duplicates,
     }
     manifest["version"] = sha256_json(manifest)
@@ -375,12 +444,28 @@ def _decode_in_workers(modality, config, to_decode: Sequence[SourceFile], settin
     return [results[index] for index in range(len(items))]
 
 
-def _write_tables(specs, accepted, settings, version_dir: Path, out_dir: Path) -> dict:
+def _signature_of(source: SourceFile, decoded: DecodedFile) -> FileSignature:
+    return FileSignature(source.relpath, source.sha256, decoded.signatures, decoded.work_keys, decoded.time_spans)
+
+
+def _split_line(corpus: str, summary: dict) -> str:
+    largest = summary["largest_group"]
+    leakage = ", ".join(f"{table} {value['leaked']}/{value['checked']}" for table, value in summary["leakage"].items())
+    text = f"{corpus}: {summary['groups']} groups by {summary['group_by']}"
+    if largest:
+        text += f", the largest {largest['files']} files (e.g. {largest['example']})"
+    if summary["time_split"]:
+        text += "; split by time in " + ", ".join(name for name, s in summary["strata"].items() if s["split"] == "time")
+    return text + (f"; held-out rows also in training: {leakage}" if leakage else "")
+
+
+def _write_tables(specs, accepted, plan: SplitPlan, time_table: str | None, settings, version_dir: Path,
+                  out_dir: Path) -> dict:
     tables = {}
     for spec in specs:
         full_spec = TableSpec(spec.name, spec.tensor, {**spec.columns, **LINEAGE_COLUMNS})
         tensors, columns = [], {name: [] for name in full_spec.columns}
-        for source, decoded in accepted:
+        for index, (source, decoded) in enumerate(accepted):
             rows = decoded.tables.get(spec.name)
             if rows is None or len(rows) == 0:
                 continue
@@ -391,7 +476,8 @@ def _write_tables(specs, accepted, settings, version_dir: Path, out_dir: Path) -
                 columns[name].extend(rows.columns[name])
             columns["source_path"].extend([source.relpath] * count)
             columns["sha256"].extend([source.sha256] * count)
-            columns["split"].extend([heldout_split(source.sha256, settings.heldout_percent)] * count)
+            columns["split"].extend(plan.splits(index, spec.name, count, time_table))
+            columns["group"].extend([plan.group[index]] * count)
         if spec.tensor is None:
             stacked = None
         elif tensors:
@@ -410,10 +496,13 @@ def _write_tables(specs, accepted, settings, version_dir: Path, out_dir: Path) -
     return tables
 
 
+def _write_plain(rows: list[dict], schema: pa.Schema, path: Path, out_dir: Path) -> dict:
+    write_parquet(pa.Table.from_pylist(rows, schema=schema), path)
+    return {"path": str(path.relative_to(out_dir)), "rows": len(rows), "bytes": path.stat().st_size}
+
+
 def _write_rejected(rejections: list[Rejection], path: Path, out_dir: Path) -> dict:
-    table = pa.Table.from_pylist([asdict(r) for r in rejections], schema=REJECTED_SCHEMA)
-    write_parquet(table, path)
-    return {"path": str(path.relative_to(out_dir)), "rows": len(rejections), "bytes": path.stat().st_size}
+    return _write_plain([asdict(r) for r in rejections], REJECTED_SCHEMA, path, out_dir)
 
 
 def _version_folders(manifest: dict | None) -> set[str]:
@@ -421,7 +510,7 @@ def _version_folders(manifest: dict | None) -> set[str]:
     if not manifest:
         return set()
     named = [shard for table in manifest["tables"].values() for shard in table["shards"]]
-    named.append(manifest["rejected"])
+    named += [manifest[name] for name in _SIDE_TABLES if name in manifest]
     return {Path(entry["path"]).parts[0] for entry in named}
 
 

@@ -66,13 +66,16 @@ def test_ingest_stores_exact_pixels_labels_and_lineage(materialize_asset, data_r
     assert (metadata["files_seen"], metadata["ingested"], metadata["rejected"]) == (10, 10, 0)
     assert metadata["rows_images"] == 10 and metadata["accounted_for"] is True
     assert "data:image/png;base64," in metadata["preview"]
+    # the held-out split's grouping is reported: every picture differs, so ten groups and no leakage
+    assert metadata["groups"] == 10 and metadata["largest_group_files"] == 1
+    assert metadata["leakage_images"] == 0.0 and "equal" not in metadata["leakage"] and "RMS" in metadata["leakage"]
 
     pixels, rows = stored_rows(metadata["manifest"])
     assert pixels.shape == (10, RESOLUTION, RESOLUTION, 1) and pixels.dtype == np.uint8
     for stored, row in zip(pixels, rows):
         np.testing.assert_array_equal(stored[:, :, 0], originals[row["source_path"]])
         assert row["label"] == row["source_path"].split("/")[0]
-        assert row["split"] in {"train", "heldout"}
+        assert row["split"] in {"train", "heldout"} and row["group"].startswith("g-")
         assert len(row["sha256"]) == 64
     assert check_outcomes(result) == {"reject_rate": True, "schema_matches": True, "not_empty": True}
 

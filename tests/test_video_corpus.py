@@ -194,6 +194,7 @@ def test_schema_shapes_and_lineage(mixed_corpus):
         "source_path": "string",
         "sha256": "string",
         "split": "string",
+        "group": "string",
     }
     frames = tensors_from_table(table, "frames")
     assert frames.shape == (8, 10, 64, 64, 3) and frames.dtype == np.uint8

@@ -178,7 +178,7 @@ def test_fuzzed_files_are_each_accounted_for_exactly_once(tmp_path, seeds, modal
         assert len(table) == info["rows"] == counts["rows"][table_name]
         sources = table.column("source_path").to_pylist()
         assert set(sources) <= ingested
-        assert set(table.column("split").to_pylist()) <= {"train", "heldout"}
+        assert set(table.column("split").to_pylist()) <= {"train", "heldout", "gap"}
         for source, digest in set(zip(sources, table.column("sha256").to_pylist())):
             assert digest == hashlib.sha256(written[source]).hexdigest()
         if table_name == main_table:

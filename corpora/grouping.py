@@ -1,0 +1,374 @@
+"""The held-out split by work: files that hold the same tune, scene or picture stay on one side.
+
+Each accepted file brings small signatures (corpora.ingest.DecodedFile): identity keys per
+row (a MIDI window up to transposition), thumbnails per row (a picture, a video clip), and
+keys of the whole file (a tune's interval n-grams). Files are linked when a row of one equals
+or nearly equals a row of the other, or when they share enough whole-file keys; the connected
+components are the groups. Groups are then dealt to held-out by a stable hash order until the
+held-out share is reached, within each top-level folder (stratum), so every class folder or
+kind of footage is represented. A stratum of a time-splittable modality with too few groups
+(a handful of long videos) is split by time inside each file instead: the last part held out,
+one row length of frames left out between the sides.
+
+The leakage the split leaves is measured on the rows themselves: the share of held-out rows
+that equal (keys) or nearly equal (thumbnails) some training row.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+TRAIN, HELDOUT, GAP = "train", "heldout", "gap"
+# Thumbnails (the near_tables' signatures) are flat uint8 grey squares of this side, one per
+# picture or per sampled frame, concatenated.
+THUMBNAIL_SIDE = 16
+GROUP_BY_CHOICES = ("work", "file")
+NEAR_CHUNK_ROWS = 1024  # query rows per distance block: bounds the block at 1024 x candidates floats
+MAX_KEY_FILES = 64  # a work key in more files than this is a commonplace (a scale run), not a tune
+
+
+@dataclass(frozen=True)
+class SplitSettings:
+    heldout_percent: int = 10
+    group_by: str = "work"  # "file": every file its own group (what a plain hash split does)
+    time_split_below_groups: int = 5  # a time-splittable stratum with fewer groups is split by time
+    leakage_sample: int = 4096  # held-out rows checked for near-identical training rows, per table
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.group_by not in GROUP_BY_CHOICES:
+            raise ValueError(f"group_by must be one of {GROUP_BY_CHOICES}, not {self.group_by!r}")
+        if not 0 <= self.heldout_percent <= 100:
+            raise ValueError(f"heldout_percent must lie in 0..100, not {self.heldout_percent}")
+
+
+@dataclass
+class FileSignature:
+    """What the split keeps of one accepted file: never its decoded content."""
+
+    relpath: str
+    sha256: str
+    signatures: dict[str, np.ndarray] = field(default_factory=dict)
+    work_keys: np.ndarray | None = None
+    time_spans: np.ndarray | None = None
+
+
+@dataclass
+class SplitPlan:
+    group: list[str]  # per file
+    stratum: list[str]
+    file_split: list[str]  # TRAIN, HELDOUT, or "time" (rows split by time)
+    row_splits: dict[int, np.ndarray]  # file index -> split per row of the time table
+    summary: dict  # for the manifest: groups, the largest, strata, leakage
+
+    def splits(self, index: int, table: str, rows: int, time_table: str | None) -> list[str]:
+        if index in self.row_splits and table == time_table:
+            return self.row_splits[index].tolist()
+        split = self.file_split[index]
+        return [TRAIN if split == "time" else split] * rows
+
+
+class _UnionFind:
+    def __init__(self, n: int):
+        self.parent = np.arange(n)
+
+    def find(self, x: int) -> int:
+        root = x
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[x] != root:  # path compression
+            self.parent[x], x = root, self.parent[x]
+        return int(root)
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+    def union_pairs(self, a: np.ndarray, b: np.ndarray) -> None:
+        for x, y in zip(a.tolist(), b.tolist()):
+            if x != y:
+                self.union(x, y)
+
+
+def stratum_of(relpath: str) -> str:
+    """The top-level folder of a file (a class, a kind of footage); "" for files at the top."""
+    head, sep, _ = relpath.partition("/")
+    return head if sep else ""
+
+
+def _stable_order(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()
+
+
+# --- linking files ---------------------------------------------------------------------------
+
+
+def _rows_of(files: Sequence[FileSignature], table: str) -> tuple[np.ndarray, np.ndarray]:
+    """Every row signature of `table` stacked, and the index of the file each came from."""
+    parts = [f.signatures[table] for f in files if table in f.signatures and len(f.signatures[table])]
+    owners = [np.full(len(f.signatures[table]), i) for i, f in enumerate(files)
+              if table in f.signatures and len(f.signatures[table])]
+    if not parts:
+        return np.empty(0), np.empty(0, dtype=np.int64)
+    return np.concatenate(parts), np.concatenate(owners)
+
+
+def link_equal_keys(keys: np.ndarray, owners: np.ndarray, union: _UnionFind) -> None:
+    order = np.argsort(keys, kind="stable")
+    keys, owners = keys[order], owners[order]
+    same = np.flatnonzero(keys[1:] == keys[:-1])
+    union.union_pairs(owners[same], owners[same + 1])
+
+
+def near_pairs(queries: np.ndarray, pool: np.ndarray, rms: float, same_set: bool):
+    """Yield (query indices, pool indices) of pairs whose RMS difference is at most `rms`.
+
+    Thumbnails are uint8 (N, D). Averaging over any partition of the dimensions can only
+    shrink an RMS difference, so two cheaper necessary conditions come first: the means of two
+    matching rows differ by at most `rms` (both sides are sorted by mean, and each block of
+    queries meets only that window of the pool), and so do their 2x2 block averages.
+    Only the pairs that pass are compared in full. With
+    `same_set` (the pool is the queries) each pair is found once, and a row never with itself.
+    """
+    import torch
+
+    if not len(queries) or not len(pool):
+        return
+    q_coarse, q_mean = _coarse(queries)
+    p_coarse, p_mean = (q_coarse, q_mean) if same_set else _coarse(pool)
+    q_order, p_order = torch.argsort(q_mean), torch.argsort(p_mean)
+    q_sorted_mean, p_sorted_mean = q_mean[q_order], p_mean[p_order]
+    p_sorted = p_coarse[p_order]
+    p_norm = (p_sorted * p_sorted).sum(1)
+    coarse_limit = rms * rms * q_coarse.shape[1] * 1.001 + 1e-3  # float32 rounding must not lose a pair
+    for start in range(0, len(q_order), NEAR_CHUNK_ROWS):
+        rows = q_order[start : start + NEAR_CHUNK_ROWS]
+        block_mean = q_sorted_mean[start : start + NEAR_CHUNK_ROWS]
+        low = start + 1 if same_set else int(torch.searchsorted(p_sorted_mean, block_mean[0] - rms))
+        high = int(torch.searchsorted(p_sorted_mean, block_mean[-1] + rms, right=True))
+        if high <= low:
+            continue
+        block = q_coarse[rows]
+        distance = (block * block).sum(1)[:, None] + p_norm[None, low:high] - 2.0 * block @ p_sorted[low:high].T
+        if same_set:  # a pair once: pool position after the query's own position
+            position = torch.arange(start, start + len(rows))[:, None]
+            distance[torch.arange(low, high)[None, :] <= position] = float("inf")
+        hit_q, hit_p = torch.nonzero(distance <= coarse_limit, as_tuple=True)
+        for part in range(0, len(hit_q), CONFIRM_PAIRS):
+            qi = rows[hit_q[part : part + CONFIRM_PAIRS]].numpy()
+            pi = p_order[low + hit_p[part : part + CONFIRM_PAIRS]].numpy()
+            difference = queries[qi].astype(np.float32) - pool[pi].astype(np.float32)
+            close = np.sqrt((difference * difference).mean(1)) <= rms
+            yield qi[close], pi[close]
+
+
+CONFIRM_PAIRS = 65536  # candidate pairs compared in full at once
+
+
+def _coarse(rows: np.ndarray):
+    """2x2 block averages of each thumbnail square (float32 tensor), and each row's mean."""
+    import torch
+
+    half = THUMBNAIL_SIDE // 2
+    values = torch.as_tensor(rows, dtype=torch.float32)
+    coarse = values.reshape(len(values), -1, half, 2, half, 2).mean((3, 5)).reshape(len(values), -1)
+    return coarse, coarse.mean(1)
+
+
+def link_near_rows(thumbs: np.ndarray, owners: np.ndarray, rms: float, union: _UnionFind) -> None:
+    for a, b in near_pairs(thumbs, thumbs, rms, same_set=True):
+        union.union_pairs(owners[a], owners[b])
+
+
+def link_shared_work(files: Sequence[FileSignature], overlap: float, union: _UnionFind) -> None:
+    """Link files that share at least `overlap` of the smaller one's work keys."""
+    sets = [np.unique(f.work_keys) if f.work_keys is not None else np.empty(0, np.uint64) for f in files]
+    sizes = np.array([len(s) for s in sets])
+    if (sizes > 0).sum() < 2:
+        return
+    keys = np.concatenate(sets)
+    owners = np.concatenate([np.full(len(s), i) for i, s in enumerate(sets)])
+    order = np.argsort(keys, kind="stable")
+    keys, owners = keys[order], owners[order]
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    ends = np.r_[starts[1:], len(keys)]
+    pair_codes = []
+    for start, end in zip(starts, ends):
+        if 2 <= end - start <= MAX_KEY_FILES:
+            members = owners[start:end]
+            a, b = np.triu_indices(len(members), 1)
+            pair_codes.append(members[a].astype(np.int64) * len(files) + members[b])
+    if not pair_codes:
+        return
+    codes, shared = np.unique(np.concatenate(pair_codes), return_counts=True)
+    a, b = codes // len(files), codes % len(files)
+    linked = shared >= overlap * np.minimum(sizes[a], sizes[b])
+    union.union_pairs(a[linked], b[linked])
+
+
+def find_groups(files: Sequence[FileSignature], grouping, group_by: str) -> list[int]:
+    """A root index per file: files with the same root are the same work."""
+    union = _UnionFind(len(files))
+    if group_by == "work":
+        for table in grouping.exact_tables:
+            keys, owners = _rows_of(files, table)
+            if len(keys):
+                link_equal_keys(keys, owners, union)
+        for table in grouping.near_tables:
+            thumbs, owners = _rows_of(files, table)
+            if len(thumbs):
+                link_near_rows(thumbs, owners, grouping.near_rms, union)
+        if grouping.overlap is not None:
+            link_shared_work(files, grouping.overlap, union)
+    return [union.find(i) for i in range(len(files))]
+
+
+# --- dealing groups to the two sides ---------------------------------------------------------
+
+
+def _deal_groups(groups: dict[str, list[int]], percent: int) -> set[str]:
+    """Held-out groups of one stratum: in a stable hash order, every group that still fits in
+    `percent` of the stratum's files; at least one (the smallest) when there are two or more."""
+    total = sum(len(members) for members in groups.values())
+    target = total * percent / 100
+    order = sorted(groups, key=_stable_order)
+    held, count = set(), 0
+    for name in order:
+        if count + len(groups[name]) <= target:
+            held.add(name)
+            count += len(groups[name])
+    if not held and len(groups) >= 2 and percent > 0:
+        held.add(min(order, key=lambda name: len(groups[name])))
+    return held
+
+
+def time_split_rows(spans: np.ndarray, percent: int) -> np.ndarray | None:
+    """Split per row of one file by time: the last `percent` of rows held out, every row that
+    could share a frame with them (within one row length before the cut) left out as a gap.
+    None when the file has too few rows for a train row, a gap and a held-out row."""
+    if spans is None or len(spans) < 3:
+        return None
+    order = np.argsort(spans[:, 0], kind="stable")
+    heldout_count = max(1, int(round(len(spans) * percent / 100)))
+    cut = spans[order[-heldout_count], 0]
+    longest = int((spans[:, 1] - spans[:, 0]).max())
+    labels = np.where(spans[:, 0] >= cut, HELDOUT, np.where(spans[:, 1] <= cut - longest, TRAIN, GAP))
+    if not (labels == TRAIN).any():
+        return None
+    return labels.astype(object)
+
+
+def plan_split(files: Sequence[FileSignature], grouping, settings: SplitSettings) -> SplitPlan:
+    roots = find_groups(files, grouping, settings.group_by)
+    members: dict[int, list[int]] = {}
+    for index, root in enumerate(roots):
+        members.setdefault(root, []).append(index)
+    # a group is named by its smallest member hash: stable while that file stays in the corpus
+    name_of_root = {root: "g-" + min(files[i].sha256 for i in idx)[:16] for root, idx in members.items()}
+    group = [name_of_root[root] for root in roots]
+    stratum_of_group = {name_of_root[root]: stratum_of(min(files[i].relpath for i in idx))
+                        for root, idx in members.items()}
+    stratum = [stratum_of_group[g] for g in group]
+
+    by_stratum: dict[str, dict[str, list[int]]] = {}
+    for index, g in enumerate(group):
+        by_stratum.setdefault(stratum_of_group[g], {}).setdefault(g, []).append(index)
+
+    file_split = [TRAIN] * len(files)
+    row_splits: dict[int, np.ndarray] = {}
+    strata_summary = {}
+    for name, groups in sorted(by_stratum.items()):
+        mode = "group"
+        if grouping.time_table and len(groups) < settings.time_split_below_groups:
+            by_time = {i: time_split_rows(files[i].time_spans, settings.heldout_percent)
+                       for idx in groups.values() for i in idx}
+            if any(labels is not None and (labels == HELDOUT).any() for labels in by_time.values()):
+                mode = "time"
+                for i, labels in by_time.items():
+                    if labels is not None:
+                        file_split[i], row_splits[i] = "time", labels
+        if mode == "group":
+            for g in _deal_groups(groups, settings.heldout_percent):
+                for i in groups[g]:
+                    file_split[i] = HELDOUT
+        strata_summary[name or "."] = {
+            "files": sum(len(idx) for idx in groups.values()), "groups": len(groups), "split": mode,
+            "heldout_files": sum(file_split[i] == HELDOUT for idx in groups.values() for i in idx),
+            "time_split_files": sum(file_split[i] == "time" for idx in groups.values() for i in idx),
+        }
+
+    _ensure_both_sides(files, group, file_split, row_splits, settings.heldout_percent)
+    sizes = {}
+    for g in group:
+        sizes[g] = sizes.get(g, 0) + 1
+    largest = max(sizes, key=lambda g: (sizes[g], g)) if sizes else None
+    summary = {
+        "group_by": settings.group_by,
+        "groups": len(sizes),
+        "largest_group": {"name": largest, "files": sizes[largest],
+                          "example": min(f.relpath for f, g in zip(files, group) if g == largest)} if largest else None,
+        "strata": strata_summary,
+        "time_split": any(s["split"] == "time" for s in strata_summary.values()),
+    }
+    plan = SplitPlan(group, stratum, file_split, row_splits, summary)
+    summary["leakage"] = measure_leakage(files, plan, grouping, settings)
+    return plan
+
+
+def _ensure_both_sides(files, group, file_split, row_splits, percent: int) -> None:
+    """When the corpus has two groups or more, neither side may be empty (a stratum of one
+    group each everywhere would otherwise leave nothing held out)."""
+    if len(set(group)) < 2 or percent <= 0:
+        return
+    has_heldout = HELDOUT in file_split or any((labels == HELDOUT).any() for labels in row_splits.values())
+    if has_heldout:
+        return
+    sizes: dict[str, int] = {}
+    for g in group:
+        sizes[g] = sizes.get(g, 0) + 1
+    chosen = min(sorted(sizes, key=_stable_order), key=lambda g: sizes[g])
+    for i, g in enumerate(group):
+        if g == chosen:
+            file_split[i] = HELDOUT
+            row_splits.pop(i, None)
+
+
+# --- what the split leaves -------------------------------------------------------------------
+
+
+def row_split_labels(files: Sequence[FileSignature], plan: SplitPlan, table: str, time_table: str | None) -> np.ndarray:
+    parts = [np.asarray(plan.splits(i, table, len(f.signatures[table]), time_table), dtype=object)
+             for i, f in enumerate(files) if table in f.signatures and len(f.signatures[table])]
+    return np.concatenate(parts) if parts else np.empty(0, dtype=object)
+
+
+def measure_leakage(files: Sequence[FileSignature], plan: SplitPlan, grouping, settings: SplitSettings) -> dict:
+    """Per table: the share of held-out rows that equal (keys) or nearly equal (thumbnails,
+    within near_rms) a training row. Thumbnails are checked on a seeded sample of held-out rows."""
+    report = {}
+    for table in (*grouping.exact_tables, *grouping.near_tables):
+        signatures, _ = _rows_of(files, table)
+        labels = row_split_labels(files, plan, table, grouping.time_table)
+        heldout, train = signatures[labels == HELDOUT], signatures[labels == TRAIN]
+        if table in grouping.exact_tables:
+            leaked = int(np.isin(heldout, train).sum())
+            checked = len(heldout)
+        else:
+            rng = np.random.default_rng(settings.seed)
+            if len(heldout) > settings.leakage_sample:
+                heldout = heldout[np.sort(rng.choice(len(heldout), settings.leakage_sample, replace=False))]
+            hit = np.zeros(len(heldout), dtype=bool)
+            for qi, _ in near_pairs(heldout, train, grouping.near_rms, same_set=False):
+                hit[qi] = True
+            leaked, checked = int(hit.sum()), len(heldout)
+        report[table] = {
+            "heldout_rows": int((labels == HELDOUT).sum()), "checked": checked, "leaked": leaked,
+            "fraction": leaked / checked if checked else 0.0,
+            "measure": "equal up to transposition" if table in grouping.exact_tables
+            else f"thumbnail RMS <= {grouping.near_rms:g}",
+        }
+    return report

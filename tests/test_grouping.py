@@ -1,0 +1,206 @@
+"""The held-out split by work: copies of one picture, one scene or one tune land on one side,
+both sides are filled, long videos are split by time with a gap, and the leakage report can fail."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from corpora.grouping import GAP, HELDOUT, TRAIN, near_pairs, time_split_rows
+from corpora.images import IMAGES, ImageCorpusConfig
+from corpora.ingest import IngestSettings, ingest, load_manifest
+from corpora.shards import read_shards
+from corpora.video import VIDEO, VideoCorpusConfig, write_video
+
+IMAGE_CONFIG = ImageCorpusConfig(resolution=32, channels=1, label_from_path=False)
+
+
+def distinct_picture(seed: int, side: int = 28) -> np.ndarray:
+    """Smooth random blobs: every seed a clearly different picture."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (5, 5)).astype(np.float32)
+    return cv2.resize(small, (side, side), interpolation=cv2.INTER_CUBIC).clip(0, 255).astype(np.uint8)
+
+
+def jpeg_bytes(pixels: np.ndarray, quality: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def split_by_source(manifest_path: Path, table: str) -> dict[str, set[str]]:
+    manifest = load_manifest(manifest_path)
+    paths = [manifest_path.parent / shard["path"] for shard in manifest["tables"][table]["shards"]]
+    rows = read_shards(paths, columns=["source_path", "split", "group"]).to_pylist()
+    splits: dict[str, set[str]] = {}
+    for row in rows:
+        splits.setdefault(row["source_path"], set()).add(row["split"])
+    return splits
+
+
+def write_pictures_with_copies(folder: Path, originals: int) -> list[tuple[str, str]]:
+    """PNG originals, each with a re-encoded JPEG copy and an enlarged JPEG copy; returns (original, copy) pairs."""
+    folder.mkdir(parents=True)
+    pairs = []
+    for index in range(originals):
+        pixels = distinct_picture(index)
+        Image.fromarray(pixels).save(folder / f"pic-{index:02d}.png")
+        (folder / f"pic-{index:02d}-reencoded.jpg").write_bytes(jpeg_bytes(pixels, 60))
+        bigger = cv2.resize(pixels, (90, 90), interpolation=cv2.INTER_CUBIC)
+        (folder / f"pic-{index:02d}-enlarged.jpg").write_bytes(jpeg_bytes(bigger, 85))
+        pairs += [(f"pic-{index:02d}.png", f"pic-{index:02d}-reencoded.jpg"),
+                  (f"pic-{index:02d}.png", f"pic-{index:02d}-enlarged.jpg")]
+    return pairs
+
+
+def test_near_pairs_match_brute_force():
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 256, (300, 256)).astype(np.int16)
+    planted = np.clip(base[:40] + rng.integers(-5, 6, (40, 256)), 0, 255)
+    rows = np.concatenate([base, planted]).astype(np.uint8)
+    found = {tuple(sorted(pair)) for a, b in near_pairs(rows, rows, 6.0, same_set=True) for pair in zip(a, b)}
+    distance = np.sqrt(((rows[:, None].astype(float) - rows[None].astype(float)) ** 2).mean(-1))
+    expected = {(i, j) for i, j in zip(*np.nonzero(np.triu(distance <= 6.0, 1)))}
+    assert found == expected and len(expected) == 40
+
+
+def test_reencoded_and_resized_copies_land_with_their_original(tmp_path):
+    pairs = write_pictures_with_copies(tmp_path / "raw", originals=12)
+    settings = IngestSettings(workers=1, heldout_percent=30)
+    report = ingest(IMAGES, IMAGE_CONFIG, tmp_path / "raw", tmp_path / "shards", settings)
+    splits = split_by_source(report.manifest_path, "images")
+    grouping = report.manifest["grouping"]
+    assert grouping["groups"] == 12 and grouping["largest_group"]["files"] == 3
+    for original, copy in pairs:
+        assert splits[original] == splits[copy]
+    assert {next(iter(s)) for s in splits.values()} == {TRAIN, HELDOUT}
+    assert grouping["leakage"]["images"]["leaked"] == 0
+    groups = pq.read_table(report.manifest_path.parent / report.manifest["groups"]["path"]).to_pylist()
+    assert len({row["group"] for row in groups}) == 12 and len(groups) == 36
+
+
+def test_leakage_report_fails_when_grouping_is_off(tmp_path):
+    write_pictures_with_copies(tmp_path / "raw", originals=12)
+    settings = IngestSettings(workers=1, heldout_percent=30, group_by="file")
+    report = ingest(IMAGES, IMAGE_CONFIG, tmp_path / "raw", tmp_path / "shards", settings)
+    leakage = report.manifest["grouping"]["leakage"]["images"]
+    assert report.manifest["grouping"]["groups"] == 36
+    assert leakage["leaked"] > 0 and leakage["fraction"] > 0
+
+
+def test_two_distinct_files_fill_both_sides(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for index in range(2):
+        Image.fromarray(distinct_picture(index)).save(raw / f"only-{index}.png")
+    report = ingest(IMAGES, IMAGE_CONFIG, raw, tmp_path / "shards", IngestSettings(workers=1))
+    assert sorted(next(iter(s)) for s in split_by_source(report.manifest_path, "images").values()) == [HELDOUT, TRAIN]
+
+
+def moving_bars(frames: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    video = np.zeros((frames, 64, 64, 3), np.uint8)
+    speed, height = rng.integers(1, 4), rng.integers(8, 20)
+    colour = rng.integers(80, 256, 3)
+    for t in range(frames):
+        top = (t * speed) % (64 - height)
+        video[t, top : top + height] = colour
+        video[t, :, (t * 3) % 64] = 255 - colour
+    return video
+
+
+def test_near_identical_videos_land_in_one_split(tmp_path):
+    raw = tmp_path / "raw"
+    for index in range(8):
+        frames = moving_bars(30, seed=index)
+        write_video(raw / f"scene-{index}.mp4", frames, 10.0)
+        if index < 4:  # the same scene again, re-encoded at a much lower quality with a little noise
+            noisy = np.clip(frames.astype(int) + np.random.default_rng(index).integers(-6, 7, frames.shape), 0, 255)
+            write_video(raw / f"scene-{index}-copy.mp4", noisy.astype(np.uint8), 10.0, crf=35)
+    config = VideoCorpusConfig(clip_frames=10, clip_hop_frames=10)
+    report = ingest(VIDEO, config, raw, tmp_path / "shards", IngestSettings(workers=1, heldout_percent=30))
+    splits = split_by_source(report.manifest_path, "clips")
+    for index in range(4):
+        assert splits[f"scene-{index}.mp4"] == splits[f"scene-{index}-copy.mp4"]
+    assert report.manifest["grouping"]["groups"] == 8
+    assert report.manifest["grouping"]["leakage"]["clips"]["leaked"] == 0
+
+
+def test_few_long_videos_are_split_by_time_with_a_gap(tmp_path):
+    raw = tmp_path / "raw"
+    for index in range(3):
+        write_video(raw / f"long-{index}.mp4", moving_bars(160, seed=10 + index), 10.0)
+    config = VideoCorpusConfig(clip_frames=10, clip_hop_frames=10)
+    report = ingest(VIDEO, config, raw, tmp_path / "shards", IngestSettings(workers=1, heldout_percent=10))
+    grouping = report.manifest["grouping"]
+    assert grouping["time_split"] and grouping["strata"]["."]["split"] == "time"
+    manifest = report.manifest
+    paths = [report.manifest_path.parent / s["path"] for s in manifest["tables"]["clips"]["shards"]]
+    rows = read_shards(paths, columns=["source_path", "clip_index", "split"]).to_pylist()
+    for index in range(3):
+        labels = [row["split"] for row in sorted((r for r in rows if r["source_path"] == f"long-{index}.mp4"),
+                                                 key=lambda r: r["clip_index"])]
+        # 16 clips of 10 frames: the last 2 held out, the one before them a gap, the rest training
+        assert labels == [TRAIN] * 13 + [GAP] + [HELDOUT] * 2
+
+
+def test_time_split_keeps_a_gap_of_one_row_length():
+    spans = np.array([(start, start + 20) for start in range(0, 200, 10)])  # overlapping clips, hop 10
+    labels = time_split_rows(spans, percent=10)
+    cut = spans[labels == HELDOUT][:, 0].min()
+    assert spans[labels == TRAIN][:, 1].max() <= cut - 20
+    assert (labels == GAP).sum() == 3 and (labels == HELDOUT).sum() == 2
+    assert time_split_rows(spans[:2], percent=10) is None
+
+
+@pytest.mark.parametrize("group_by", ["work", "file"])
+def test_grouping_choice_changes_the_data_version(tmp_path, group_by):
+    write_pictures_with_copies(tmp_path / "raw", originals=3)
+    report = ingest(IMAGES, IMAGE_CONFIG, tmp_path / "raw", tmp_path / "shards",
+                    IngestSettings(workers=1, group_by=group_by))
+    other = ingest(IMAGES, IMAGE_CONFIG, tmp_path / "raw", tmp_path / "shards2",
+                   IngestSettings(workers=1, group_by="file" if group_by == "work" else "work"))
+    assert report.version != other.version and report.manifest["split"]["group_by"] == group_by
+
+
+def write_tune(path: Path, soprano: np.ndarray, lower_seed: int, shift: int = 0) -> None:
+    """A four-voice piece in quarter notes: the given soprano line (MIDI pitches) and three
+    lower voices drawn from `lower_seed`, so another seed re-harmonises the same tune."""
+    import pretty_midi
+
+    rng = np.random.default_rng(lower_seed)
+    midi = pretty_midi.PrettyMIDI(initial_tempo=100)
+    voices = [soprano + shift] + [soprano + shift - rng.choice([3, 4, 5, 7, 8, 9], len(soprano)) - 12 * v
+                                  for v in range(3)]
+    for line in voices:
+        instrument = pretty_midi.Instrument(program=0)
+        for beat, pitch in enumerate(line):
+            instrument.notes.append(pretty_midi.Note(80, int(pitch), beat * 0.6, beat * 0.6 + 0.6))
+        midi.instruments.append(instrument)
+    midi.write(str(path))
+
+
+def test_a_tune_transposed_and_reharmonised_lands_with_its_original(tmp_path):
+    from corpora.midi import MIDI, MidiCorpusConfig
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    steps = [np.random.default_rng(seed).choice([-5, -4, -3, -2, -1, 1, 2, 3, 4, 5], 32) for seed in range(8)]
+    tunes = [72 + np.cumsum(step) - np.cumsum(step).mean().round().astype(int) for step in steps]
+    for index, tune in enumerate(tunes):
+        write_tune(raw / f"tune-{index}.mid", tune, lower_seed=index)
+    write_tune(raw / "tune-0-in-another-key.mid", tunes[0], lower_seed=99, shift=5)
+    report = ingest(MIDI, MidiCorpusConfig(), raw, tmp_path / "shards", IngestSettings(workers=1, heldout_percent=40))
+    groups = {row["source_path"]: row for row in pq.read_table(
+        report.manifest_path.parent / report.manifest["groups"]["path"]).to_pylist()}
+    assert groups["tune-0.mid"]["group"] == groups["tune-0-in-another-key.mid"]["group"]
+    assert groups["tune-0.mid"]["split"] == groups["tune-0-in-another-key.mid"]["split"]
+    assert report.manifest["grouping"]["groups"] == 8
+    assert {row["split"] for row in groups.values()} == {TRAIN, HELDOUT}
+    for table in ("melody_windows", "chorale_windows"):
+        assert report.manifest["grouping"]["leakage"][table]["leaked"] == 0
