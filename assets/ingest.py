@@ -114,7 +114,7 @@ def painting_corpus(
 class MidiIngestConfig(IngestConfig):
     steps_per_quarter: int = MidiCorpusConfig.steps_per_quarter
     window_bars: int = MidiCorpusConfig.window_bars
-    window_hop_steps: int = MidiCorpusConfig.window_hop_steps
+    window_hop_bars: int = MidiCorpusConfig.window_hop_bars
     voices: int = MidiCorpusConfig.voices
     min_note_ons_per_window: int = MidiCorpusConfig.min_note_ons_per_window
     min_qpm: float = MidiCorpusConfig.min_qpm
@@ -124,7 +124,7 @@ class MidiIngestConfig(IngestConfig):
     def corpus_config(self) -> MidiCorpusConfig:
         return MidiCorpusConfig(
             steps_per_quarter=self.steps_per_quarter, window_bars=self.window_bars,
-            window_hop_steps=self.window_hop_steps, voices=self.voices,
+            window_hop_bars=self.window_hop_bars, voices=self.voices,
             min_note_ons_per_window=self.min_note_ons_per_window, min_qpm=self.min_qpm,
             max_qpm=self.max_qpm, max_duration_s=self.max_duration_s,
         )

@@ -1,10 +1,9 @@
 """MIDI corpora: every .mid/.midi file becomes notes, melody windows and 4-voice chorale windows.
 
-Parsing is symusic's (native, ~150x faster than pretty_midi/mido; see
-shared/research/ecosystem.md section 1). symusic is lenient: it accepts header-only files,
-a header that promises more tracks than the file holds, a division of 0, absurd tempos and
-deltas of hours. So every file is validated after parsing, and each problem becomes a
-`Rejected` with its own error type.
+Parsing is symusic's (native, ~150x faster than pretty_midi/mido). symusic is lenient: it
+accepts header-only files, a header that promises more tracks than the file holds, a division
+of 0, absurd tempos and deltas of hours. So every file is validated after parsing, and each
+problem becomes a `Rejected` with its own error type.
 
 Three tables, all on a grid of `steps_per_quarter` steps per quarter note (16ths by default):
 
@@ -14,9 +13,20 @@ Three tables, all on a grid of `steps_per_quarter` steps per quarter note (16ths
 - `chorale_windows`: four voices (the non-drum tracks with the most notes, soprano to bass),
   each made monophonic and tokenized the same way, cut into the same windows.
 
+Windows start on downbeats. The bar lines come from the file's time signatures (4/4 where it
+has none, as the MIDI standard says): each time signature starts a bar, and bars follow at its
+length until the next one. A first bar shorter than the one after it is a pickup, so the grid
+starts at a downbeat before the piece (a negative start step) and the pickup opens the first
+window. Only stretches with `quarters_per_bar` quarters per bar are windowed; the bars of any
+other metre are left out of the windows (their notes stay in `notes`) with a `Notice`.
+
 Melody tokens (130 classes, as MusicVAE): 0..127 = note-on of that pitch, NOTE_OFF = 128,
 HOLD = 129 (no event: the sounding note goes on, or the silence does). A window is
 self-contained: a note already sounding at its first step is struck again there.
+
+For the held-out split, each window row carries a key that is the same for windows equal up
+to transposition, and each file a set of keys of its top voice's interval 6-grams, which a
+tune shares with its other settings (another key, another harmonisation).
 """
 from __future__ import annotations
 
@@ -29,7 +39,7 @@ import numpy as np
 import pyarrow as pa
 import symusic
 
-from corpora.ingest import DecodedFile, DecodeTask, Modality, Rejected, TableRows
+from corpora.ingest import DecodedFile, DecodeTask, Grouping, Modality, Notice, Rejected, TableRows
 from corpora.shards import TableSpec, TensorColumn
 
 EXTENSIONS = frozenset({".mid", ".midi"})
@@ -57,7 +67,7 @@ class MidiCorpusConfig:
     steps_per_quarter: int = 4  # 16th-note steps
     quarters_per_bar: int = 4  # windows assume 4/4, as MusicVAE does: 2 bars = 32 steps
     window_bars: int = 2
-    window_hop_steps: int = 16  # one bar
+    window_hop_bars: int = 1  # windows start on every downbeat
     pad_final_window: bool = True  # pad the end with silence to a whole hop so the ending is kept
     voices: int = 4
     min_note_ons_per_window: int = 2  # fewer note-ons (all voices together, for chorales): window skipped
@@ -76,7 +86,7 @@ class MidiCorpusConfig:
     max_velocity: int = 127
 
     def __post_init__(self):
-        positive = ("steps_per_quarter", "quarters_per_bar", "window_bars", "window_hop_steps", "voices",
+        positive = ("steps_per_quarter", "quarters_per_bar", "window_bars", "window_hop_bars", "voices",
                     "min_duration_steps", "max_file_bytes", "max_notes", "max_tracks")
         for name in positive:
             if getattr(self, name) < 1:
@@ -93,12 +103,17 @@ class MidiCorpusConfig:
             raise ValueError(f"max_tracks must fit the int16 track column, not {self.max_tracks}")
         if not 0 <= self.min_sounding_voices_per_window <= self.voices:
             raise ValueError(f"min_sounding_voices_per_window must be within 0..voices ({self.voices})")
-        if self.window_hop_steps > self.window_steps:
-            raise ValueError(f"window_hop_steps {self.window_hop_steps} > window length {self.window_steps}")
+        if self.window_hop_bars > self.window_bars:
+            raise ValueError(f"window_hop_bars {self.window_hop_bars} > window_bars {self.window_bars}: bars between "
+                             "windows would be skipped")
+
+    @property
+    def bar_steps(self) -> int:
+        return self.quarters_per_bar * self.steps_per_quarter
 
     @property
     def window_steps(self) -> int:
-        return self.window_bars * self.quarters_per_bar * self.steps_per_quarter
+        return self.window_bars * self.bar_steps
 
 
 def table_specs(config: MidiCorpusConfig) -> list[TableSpec]:
@@ -393,11 +408,10 @@ def quantize(notes: PieceNotes, tpq: int, config: MidiCorpusConfig) -> PieceNote
     at least `min_duration_steps` long.
     Sorted by onset, then pitch, then track.
     """
-    spq = config.steps_per_quarter
     start = notes.onset_step.astype(np.int64)
     end = start + notes.duration_steps.astype(np.int64)
-    onset = (2 * start * spq + tpq) // (2 * tpq)
-    end_step = (2 * end * spq + tpq) // (2 * tpq)
+    onset = ticks_to_steps(start, tpq, config.steps_per_quarter)
+    end_step = ticks_to_steps(end, tpq, config.steps_per_quarter)
     duration = np.maximum(end_step - onset, config.min_duration_steps)
     order = np.lexsort((notes.track, notes.pitch, onset))
     quantized = PieceNotes(
@@ -412,6 +426,11 @@ def quantize(notes: PieceNotes, tpq: int, config: MidiCorpusConfig) -> PieceNote
     return quantized.take(order)
 
 
+def ticks_to_steps(ticks: np.ndarray, tpq: int, steps_per_quarter: int) -> np.ndarray:
+    """The nearest step to each tick, half up."""
+    return (2 * ticks * steps_per_quarter + tpq) // (2 * tpq)
+
+
 def content_hash(notes: PieceNotes) -> str:
     """Hash of the quantized music itself: the same notes saved twice (other tempo, other
     track order, other file layout) hash the same."""
@@ -422,26 +441,136 @@ def content_hash(notes: PieceNotes) -> str:
     return hashlib.sha256(content.tobytes()).hexdigest()
 
 
-# --------------------------------------------------------------------------- windows
+# --------------------------------------------------------------------------- bars
 
 
-def window_starts(total_steps: int, config: MidiCorpusConfig) -> tuple[np.ndarray, int]:
-    """Window start steps and the (padded) length of the token sequence they are cut from."""
-    hop, window = config.window_hop_steps, config.window_steps
-    if config.pad_final_window:
-        padded = max(window, -(-total_steps // hop) * hop)
+@dataclass(frozen=True)
+class TimeSignatures:
+    """A file's time-signature events on the step grid, in file order (parallel arrays)."""
+
+    step: np.ndarray
+    numerator: np.ndarray
+    denominator: np.ndarray
+
+
+def time_signatures(score: symusic.Score, config: MidiCorpusConfig) -> TimeSignatures:
+    events = score.time_signatures.numpy()
+    return TimeSignatures(
+        ticks_to_steps(events["time"].astype(np.int64), score.ticks_per_quarter, config.steps_per_quarter),
+        events["numerator"].astype(np.int64),
+        events["denominator"].astype(np.int64),
+    )
+
+
+@dataclass(frozen=True)
+class WindowRun:
+    """Consecutive whole bars of the windowed metre: a window may start on any of their downbeats."""
+
+    first_downbeat: int  # a step; negative where the bar before the first downbeat is a pickup
+    bars: int
+    ends_piece: bool  # its last bar holds the end of the piece, so it may be padded with silence
+
+
+@dataclass(frozen=True)
+class BarGrid:
+    runs: list[WindowRun]
+    left_out: dict[str, int]  # bars of each other time signature ("3/4": 12): in no window
+    bars: int  # every bar of the piece, the pickup included
+
+
+def bar_grid(signatures: TimeSignatures, total_steps: int, config: MidiCorpusConfig) -> BarGrid:
+    """The piece's bars: each time signature starts a bar, and bars of its length follow until
+    the next one. A first bar shorter than the bar after it is a pickup: it becomes the end of
+    a bar of the following metre whose downbeat lies before step 0."""
+    total_steps = max(int(total_steps), 1)
+    step, numerator, denominator = signatures.step, signatures.numerator, signatures.denominator
+    usable = (numerator > 0) & (denominator > 0)  # x/0 or 0/x has no bar length: ignored
+    order = np.argsort(step[usable], kind="stable")
+    step, numerator, denominator = step[usable][order], numerator[usable][order], denominator[usable][order]
+    # of several events at one step the last one holds; events at or after the end change nothing
+    in_effect = np.append(step[1:] != step[:-1], True) & (step < total_steps)
+    step, numerator, denominator = step[in_effect], numerator[in_effect], denominator[in_effect]
+    if len(step) == 0 or step[0] > 0:  # until its first time signature a MIDI file is in 4/4
+        step, numerator, denominator = np.append(0, step), np.append(4, numerator), np.append(4, denominator)
+
+    end = np.append(step[1:], total_steps)
+    bar_length = numerator * 4 * config.steps_per_quarter / denominator  # in steps, not always whole
+    origin = step.astype(np.float64)  # where each stretch's bar grid starts
+    first = 0
+    if len(step) > 1 and step[1] <= bar_length[0] and step[1] < bar_length[1]:
+        origin[1], first = step[1] - bar_length[1], 1  # a pickup: the next stretch's grid reaches back over it
+
+    runs: list[WindowRun] = []
+    left_out: dict[str, int] = {}
+    all_bars = 0
+    for index in range(first, len(step)):
+        span = end[index] - origin[index]
+        touched = int(np.ceil(span / bar_length[index] - 1e-9))  # bars that hold some of the stretch
+        all_bars += touched
+        if bar_length[index] != config.bar_steps:
+            signature = f"{numerator[index]}/{denominator[index]}"
+            left_out[signature] = left_out.get(signature, 0) + touched
+            continue
+        ends_piece = index == len(step) - 1
+        # a bar cut short by the next time signature is in no window; the piece's last bar may be padded
+        bars = touched if ends_piece and config.pad_final_window else int(span // config.bar_steps)
+        downbeat = int(origin[index])
+        previous = runs[-1] if runs else None
+        if previous is not None and previous.first_downbeat + previous.bars * config.bar_steps == downbeat:
+            # the bars go on across the signature (a restatement, or 4/4 then 2/2)
+            runs[-1] = WindowRun(previous.first_downbeat, previous.bars + bars, ends_piece)
+        elif bars:
+            runs.append(WindowRun(downbeat, bars, ends_piece))
+    return BarGrid(runs, left_out, all_bars)
+
+
+def window_starts(grid: BarGrid, config: MidiCorpusConfig) -> np.ndarray:
+    """First step of every window: `window_bars` whole bars of one run, every `window_hop_bars` bars."""
+    hop, bar = config.window_hop_bars, config.bar_steps
+    starts = [np.empty(0, dtype=np.int64)]
+    for run in grid.runs:
+        bars = run.bars
+        if run.ends_piece and config.pad_final_window:
+            bars = max(config.window_bars, -(-bars // hop) * hop)  # silence to a whole hop keeps the ending
+        first_bars = np.arange(0, bars - config.window_bars + 1, hop, dtype=np.int64)
+        starts.append(run.first_downbeat + first_bars * bar)
+    return np.concatenate(starts)
+
+
+def meter_notices(grid: BarGrid, config: MidiCorpusConfig) -> list[Notice]:
+    if not grid.left_out:
+        return []
+    left = sum(grid.left_out.values())
+    need = f"windows need {config.quarters_per_bar} quarters per bar"
+    if left == grid.bars and len(grid.left_out) == 1:
+        message = f"{next(iter(grid.left_out))} throughout ({_bars(left)} left out): {need}; the notes are kept"
     else:
-        padded = total_steps
-    if padded < window:
-        return np.empty(0, dtype=np.int64), padded
-    return np.arange(0, padded - window + 1, hop, dtype=np.int64), padded
+        stretches = " and ".join(f"{signature} for {_bars(n)}" for signature, n in grid.left_out.items())
+        message = f"{stretches} left out ({left} of {_bars(grid.bars)}): {need}; the notes are kept"
+    return [Notice("window", "UnsupportedMeter", message)]
+
+
+def _bars(count: int) -> str:
+    return f"{count} bar{'s' if count != 1 else ''}"
+
+
+# --------------------------------------------------------------------------- windows
 
 
 def windowed_tokens(top: np.ndarray, struck: np.ndarray, starts: np.ndarray, window: int):
     """Tokens (len(starts), *lanes, window) and whether anything sounds (len(starts), *lanes).
 
-    `top` and `struck` are (*lanes, steps); a note sounding at a window's first step is struck there.
+    `top` and `struck` are (*lanes, steps) from step 0; a window may begin before step 0 or end
+    after the last step (silence there). A note sounding at a window's first step is struck there.
     """
+    before = max(0, -int(starts.min()))
+    after = max(0, int(starts.max()) + window - top.shape[-1])
+    if before or after:  # silence around the piece (by hand: np.pad is slow on arrays this small)
+        padded_top = np.full((*top.shape[:-1], before + top.shape[-1] + after), -1, dtype=top.dtype)
+        padded_struck = np.zeros(padded_top.shape, dtype=bool)
+        padded_top[..., before : before + top.shape[-1]] = top
+        padded_struck[..., before : before + top.shape[-1]] = struck
+        top, struck, starts = padded_top, padded_struck, starts + before
     tokens = tokens_from_skyline(top, struck)
     index = starts[:, None] + np.arange(window)
     windows = np.moveaxis(tokens[..., index], -2, 0)  # (windows, *lanes, window)
@@ -455,20 +584,57 @@ def note_ons(tokens: np.ndarray) -> np.ndarray:
     return (tokens < NUM_PITCHES).sum(axis=-1)
 
 
-def melody_rows(notes: PieceNotes, config: MidiCorpusConfig) -> TableRows:
-    total = notes.total_steps
-    starts, padded = window_starts(total, config)
-    pitched = notes.take(~notes.is_drum)
+def transposition_free_keys(windows: np.ndarray) -> np.ndarray:
+    """A uint64 key per window (first axis) that is equal exactly for windows equal up to transposition.
+
+    Every note-on is measured from the window's lowest note-on (one shift for all voices), so
+    note-ons become 0..127 and NOTE_OFF and HOLD keep their own values.
+    """
+    flat = windows.reshape(len(windows), int(np.prod(windows.shape[1:])))
+    is_note_on = flat < NUM_PITCHES
+    lowest = np.where(is_note_on, flat, NUM_PITCHES).min(axis=1, initial=NUM_PITCHES)
+    shift = np.where(lowest < NUM_PITCHES, lowest, 0).astype(np.uint8)
+    normalised = np.where(is_note_on, flat - shift[:, None], flat).astype(np.uint8)
+    digests = b"".join(hashlib.blake2b(row.tobytes(), digest_size=8).digest() for row in normalised)
+    return np.frombuffer(digests, dtype="<u8").astype(np.uint64)
+
+
+WORK_NGRAM = 6  # intervals per work key
+
+
+def work_keys(top: np.ndarray, struck: np.ndarray) -> np.ndarray:
+    """The distinct uint64 keys of a top voice's interval 6-grams: its struck pitches in time
+    order, repeats merged, as successive intervals. No rhythm, no key: another setting of the
+    same tune shares most of them."""
+    tokens = tokens_from_skyline(top, struck)
+    pitches = tokens[tokens < NUM_PITCHES].astype(np.int64)
+    intervals = np.diff(pitches)
+    intervals = intervals[intervals != 0]  # a repeated pitch is one event of the tune
+    if len(intervals) < WORK_NGRAM:
+        return np.empty(0, dtype=np.uint64)
+    grams = np.lib.stride_tricks.sliding_window_view(intervals + NUM_PITCHES, WORK_NGRAM).astype(np.uint64)
+    packed = (grams << (np.arange(WORK_NGRAM, dtype=np.uint64) * np.uint64(8))).sum(axis=1)  # a byte each: exact
+    return np.unique(_mix64(packed))
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer: a bijection of uint64 that spreads packed n-grams over all 64 bits."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def melody_rows(top: np.ndarray, struck: np.ndarray, starts: np.ndarray, total_steps: int,
+                config: MidiCorpusConfig) -> tuple[TableRows, np.ndarray]:
+    """Melody windows of a piece's top voice (from `skyline`) at `starts`, and their keys."""
     window = config.window_steps
-    if len(pitched.pitch) == 0 or len(starts) == 0:
-        return TableRows(np.empty((0, window), np.uint8), {"start_step": [], "piece_steps": []})
-    top, struck = skyline(pitched.pitch, pitched.onset_step, pitched.duration_steps, padded)
+    if len(starts) == 0 or not (top >= 0).any():
+        return TableRows(np.empty((0, window), np.uint8), {"start_step": [], "piece_steps": []}), _no_keys()
     windows, _ = windowed_tokens(top, struck, starts, window)
     keep = note_ons(windows) >= config.min_note_ons_per_window
-    return TableRows(
-        windows[keep],
-        {"start_step": starts[keep].tolist(), "piece_steps": [total] * int(keep.sum())},
-    )
+    columns = {"start_step": starts[keep].tolist(), "piece_steps": [total_steps] * int(keep.sum())}
+    rows = TableRows(windows[keep], columns)
+    return rows, transposition_free_keys(windows[keep])
 
 
 def choose_voices(notes: PieceNotes, voices: int) -> list[int]:
@@ -482,53 +648,65 @@ def choose_voices(notes: PieceNotes, voices: int) -> list[int]:
     return [int(chosen[i]) for i in np.argsort(-np.asarray(mean_pitch), kind="stable")]
 
 
-def chorale_rows(notes: PieceNotes, config: MidiCorpusConfig) -> TableRows:
+def chorale_rows(notes: PieceNotes, starts: np.ndarray, config: MidiCorpusConfig) -> tuple[TableRows, np.ndarray]:
     window = config.window_steps
-    empty = TableRows(np.empty((0, config.voices, window), np.uint8), {"start_step": []})
     tracks = choose_voices(notes, config.voices)
-    starts, padded = window_starts(notes.total_steps, config)
     if not tracks or len(starts) == 0:
-        return empty
+        return TableRows(np.empty((0, config.voices, window), np.uint8), {"start_step": []}), _no_keys()
     lane_of_track = np.full(int(notes.track.max()) + 1, -1, dtype=np.int64)
     lane_of_track[tracks] = np.arange(len(tracks))
     lane = lane_of_track[notes.track]
     voiced = (lane >= 0) & ~notes.is_drum
     top, struck = skylines(
-        notes.pitch[voiced], notes.onset_step[voiced], notes.duration_steps[voiced], lane[voiced], len(tracks), padded
+        notes.pitch[voiced], notes.onset_step[voiced], notes.duration_steps[voiced], lane[voiced], len(tracks),
+        notes.total_steps,
     )
     windows, sounding = windowed_tokens(top, struck, starts, window)  # (windows, voices, steps)
     keep = (note_ons(windows).sum(axis=1) >= config.min_note_ons_per_window) & (
         sounding.sum(axis=1) >= config.min_sounding_voices_per_window
     )
-    return TableRows(windows[keep], {"start_step": starts[keep].tolist()})
+    return TableRows(windows[keep], {"start_step": starts[keep].tolist()}), transposition_free_keys(windows[keep])
+
+
+def _no_keys() -> np.ndarray:
+    return np.empty(0, dtype=np.uint64)
 
 
 def notes_rows(notes: PieceNotes) -> TableRows:
     return TableRows(None, {name: getattr(notes, name).tolist() for name in _NOTE_FIELDS})
 
 
-def read_notes(path: str, config: MidiCorpusConfig) -> PieceNotes:
-    """Read, parse and validate one MIDI file; its notes on the step grid, or `Rejected`."""
+def read_score(path: str, config: MidiCorpusConfig) -> tuple[bytes, symusic.Score]:
+    """Read and parse one MIDI file, or raise `Rejected`."""
     size = os.path.getsize(path)
     if size > config.max_file_bytes:
         raise Rejected(f"{size:,} bytes, above the limit of {config.max_file_bytes:,}", "read", "FileTooLarge")
     with open(path, "rb") as file:
         data = file.read()
-    score = parse_midi(data)
-    return validated_notes(data, score, config)
+    return data, parse_midi(data)
 
 
 def decode(task: DecodeTask) -> DecodedFile:
     config: MidiCorpusConfig = task.config
-    notes = read_notes(task.path, config)
+    data, score = read_score(task.path, config)
+    notes = validated_notes(data, score, config)
+    grid = bar_grid(time_signatures(score, config), notes.total_steps, config)
+    starts = window_starts(grid, config)
+    pitched = notes.take(~notes.is_drum)
+    top, struck = skyline(pitched.pitch, pitched.onset_step, pitched.duration_steps, notes.total_steps)
+    melody, melody_keys = melody_rows(top, struck, starts, notes.total_steps, config)
+    chorale, chorale_keys = chorale_rows(notes, starts, config)
     return DecodedFile(
         content_hash=content_hash(notes),
-        tables={
-            NOTES_TABLE: notes_rows(notes),
-            MELODY_TABLE: melody_rows(notes, config),
-            CHORALE_TABLE: chorale_rows(notes, config),
-        },
+        tables={NOTES_TABLE: notes_rows(notes), MELODY_TABLE: melody, CHORALE_TABLE: chorale},
+        signatures={MELODY_TABLE: melody_keys, CHORALE_TABLE: chorale_keys},
+        work_keys=work_keys(top, struck),
+        notices=meter_notices(grid, config),
     )
 
 
-MIDI = Modality("midi", "midi-1", EXTENSIONS, table_specs, decode)
+# A window is one item up to transposition; two files sharing 40% of their tune's 6-grams are one work.
+MIDI = Modality(
+    "midi", "midi-2", EXTENSIONS, table_specs, decode,
+    grouping=Grouping(exact_tables=(MELODY_TABLE, CHORALE_TABLE), overlap=0.4),
+)

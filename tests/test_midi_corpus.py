@@ -16,7 +16,7 @@ import pretty_midi
 import pytest
 import symusic
 
-from corpora.ingest import IngestSettings, ingest
+from corpora.ingest import DecodeTask, IngestSettings, ingest
 from corpora.midi import (
     CHORALE_TABLE,
     HOLD,
@@ -26,6 +26,7 @@ from corpora.midi import (
     NOTES_TABLE,
     NUM_MELODY_CLASSES,
     MidiCorpusConfig,
+    decode,
     melody_tokens,
     skylines,
     tokens_to_notes,
@@ -37,6 +38,7 @@ STEP_S = 0.125  # one 16th at 120 qpm
 RESOLUTION = 480
 CONFIG = MidiCorpusConfig()
 WINDOW = CONFIG.window_steps
+BAR = 16  # steps in a 4/4 bar of 16ths
 
 # ----------------------------------------------------------------------------- writing MIDI
 
@@ -52,10 +54,12 @@ def line(rng, low, high, total_steps, durations=(2, 4, 4, 4, 8), rest_chance=0.0
     return notes
 
 
-def midi_bytes(parts, qpm=120.0):
-    """parts: [(name, program, is_drum, notes)] with notes on the 16th grid at `qpm`."""
+def midi_bytes(parts, qpm=120.0, time_signatures=()):
+    """parts: [(name, program, is_drum, notes)] with notes on the 16th grid at `qpm`;
+    time_signatures: [(numerator, denominator, step)] (none: pretty_midi writes 4/4 at 0)."""
     step_s = 60.0 / qpm / 4
     pm = pretty_midi.PrettyMIDI(resolution=RESOLUTION, initial_tempo=qpm)
+    pm.time_signature_changes = [pretty_midi.TimeSignature(n, d, step * step_s) for n, d, step in time_signatures]
     for name, program, is_drum, notes in parts:
         instrument = pretty_midi.Instrument(program=program, is_drum=is_drum, name=name)
         for pitch, onset, duration, velocity in notes:
@@ -180,7 +184,8 @@ def naive_skyline_notes(notes, start, length):
 
 
 def expected_starts(total_steps):
-    hop = CONFIG.window_hop_steps
+    """Window starts of a 4/4 piece without a pickup: every bar, the last window padded."""
+    hop = CONFIG.window_hop_bars * BAR
     padded = max(WINDOW, -(-total_steps // hop) * hop)
     return list(range(0, padded - WINDOW + 1, hop))
 
@@ -282,6 +287,8 @@ def test_config_is_validated():
         MidiCorpusConfig(voices=0)
     with pytest.raises(ValueError):
         MidiCorpusConfig(min_qpm=500)
+    with pytest.raises(ValueError):
+        MidiCorpusConfig(window_hop_bars=3)  # more than window_bars: bars between windows would be lost
     assert MidiCorpusConfig().window_steps == 32
 
 
@@ -386,6 +393,142 @@ def test_reingest_reuses_the_manifest(corpus):
     assert again.reused and again.version == report.version
 
 
+# ----------------------------------------------------------------------------- tests: bars
+
+
+def decoded(folder: Path, name: str, parts, config=CONFIG, **midi):
+    """A MIDI file written into `folder` and decoded as the ingest's workers do."""
+    path = folder / name
+    path.write_bytes(midi_bytes(parts, **midi))
+    return decode(DecodeTask(str(path), name, config))
+
+
+def quartet(soprano, drops=(0, 5, 12, 24)):
+    """Four parts moving with the soprano, `drops` semitones below it."""
+    return [(name, 0, False, [(p - drop, o, d, v) for p, o, d, v in soprano]) for name, drop in zip("SATB", drops)]
+
+
+def delayed(notes, steps):
+    return [(p, o + steps, d, v) for p, o, d, v in notes]
+
+
+# a one-beat pickup (G4 at step 0) and three 4/4 bars
+TUNE = [(67, 0, 4, 90), (72, 4, 4, 90), (71, 8, 4, 90), (69, 12, 8, 90), (67, 20, 8, 90), (65, 28, 8, 90),
+        (64, 36, 16, 90)]
+
+
+def test_windows_start_on_downbeats_after_a_pickup(tmp_path):
+    # as a DAW writes a pickup: 4/4 from the start, and three beats of rest before it
+    rest_first = decoded(tmp_path, "rest_first.mid", quartet(delayed(TUNE, 12)))
+    # as a pickup time signature: a 1/4 bar, then 4/4 (its downbeats at steps 4, 20, 36)
+    pickup_bar = decoded(tmp_path, "pickup_bar.mid", quartet(TUNE), time_signatures=[(1, 4, 0), (4, 4, 4)])
+    expected_starts_of = {"rest_first": [0, 16, 32], "pickup_bar": [-12, 4, 20]}  # 4 bars, padded: 3 windows
+    for name, result in (("rest_first", rest_first), ("pickup_bar", pickup_bar)):
+        assert result.notices == []
+        for table in (MELODY_TABLE, CHORALE_TABLE):
+            assert result.tables[table].columns["start_step"] == expected_starts_of[name], (name, table)
+        melody = result.tables[MELODY_TABLE].tensors
+        # the pickup sounds on the first window's fourth beat, the first downbeat opens the second window
+        assert tokens_to_notes(melody[0]) == [(67, 12, 4), (72, 16, 4), (71, 20, 4), (69, 24, 8)]
+        assert melody[1][0] == 72 and melody[2][0] == 67
+        chorale = result.tables[CHORALE_TABLE].tensors
+        assert [tokens_to_notes(voice)[0] for voice in chorale[0]] == [(67 - drop, 12, 4) for drop in (0, 5, 12, 24)]
+    # the same music in the same windows, only counted from another step 0
+    assert (rest_first.tables[MELODY_TABLE].tensors == pickup_bar.tables[MELODY_TABLE].tensors).all()
+    assert (rest_first.tables[CHORALE_TABLE].tensors == pickup_bar.tables[CHORALE_TABLE].tensors).all()
+
+
+def test_window_hop_and_padding_count_bars(tmp_path):
+    every_other_bar = MidiCorpusConfig(window_hop_bars=2)
+    result = decoded(tmp_path, "hop.mid", quartet(TUNE), every_other_bar, time_signatures=[(1, 4, 0), (4, 4, 4)])
+    assert result.tables[MELODY_TABLE].columns["start_step"] == [-12, 20]
+    # 2.5 bars: padded, the half bar ends a window; unpadded, only whole bars are windowed
+    half_bar_more = quartet(delayed(TUNE[:5], 12))  # steps 12..40
+    assert decoded(tmp_path, "padded.mid", half_bar_more).tables[MELODY_TABLE].columns["start_step"] == [0, 16]
+    unpadded = decoded(tmp_path, "unpadded.mid", half_bar_more, MidiCorpusConfig(pad_final_window=False))
+    assert unpadded.tables[MELODY_TABLE].columns["start_step"] == [0]
+
+
+def test_a_piece_in_another_metre_keeps_its_notes_but_has_no_windows(tmp_path):
+    rng = np.random.default_rng(5)
+    waltz = quartet(line(rng, 67, 79, 48))  # 4 bars of 3/4
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "waltz.mid").write_bytes(midi_bytes(waltz, time_signatures=[(3, 4, 0)]))
+    report = ingest(MIDI, CONFIG, raw, tmp_path / "out", IngestSettings(workers=1))
+    assert report.counts["ingested"] == 1
+    assert read_shards(report.shard_paths(NOTES_TABLE)).num_rows == sum(len(notes) for *_, notes in waltz)
+    assert read_shards(report.shard_paths(MELODY_TABLE)).num_rows == 0
+    assert read_shards(report.shard_paths(CHORALE_TABLE)).num_rows == 0
+
+    result = decoded(tmp_path, "waltz.mid", waltz, time_signatures=[(3, 4, 0)])
+    [notice] = result.notices
+    assert (notice.stage, notice.kind) == ("window", "UnsupportedMeter")
+    assert notice.message.startswith("3/4 throughout (4 bars left out)") and "4 quarters per bar" in notice.message
+    assert len(result.signatures[MELODY_TABLE]) == len(result.signatures[CHORALE_TABLE]) == 0
+
+
+def test_only_the_bars_of_another_metre_are_left_out(tmp_path):
+    rng = np.random.default_rng(6)
+    # 2 bars of 4/4 (steps 0-32), 2 of 3/4 (32-56), 2 of 4/4 (56-88)
+    piece = quartet(line(rng, 67, 79, 88, durations=(4,)))
+    result = decoded(tmp_path, "mixed.mid", piece, time_signatures=[(4, 4, 0), (3, 4, 32), (4, 4, 56)])
+    assert result.tables[MELODY_TABLE].columns["start_step"] == [0, 56]
+    assert result.tables[CHORALE_TABLE].columns["start_step"] == [0, 56]
+    [notice] = result.notices
+    assert notice.message.startswith("3/4 for 2 bars left out (2 of 6 bars)")
+
+
+# ----------------------------------------------------------------------------- tests: keys for the held-out split
+
+
+def shifted(parts, semitones):
+    return [(name, program, is_drum, [(p + semitones, o, d, v) for p, o, d, v in notes])
+            for name, program, is_drum, notes in parts]
+
+
+def satb(rng, steps, soprano=None):
+    soprano = soprano if soprano is not None else line(rng, 67, 79, steps)
+    lower = [line(rng, low, high, steps) for low, high in ((58, 66), (50, 57), (36, 49))]  # always below it
+    return [(name, 0, False, notes) for name, notes in zip("SATB", [soprano, *lower])]
+
+
+def test_window_keys_are_equal_exactly_up_to_transposition(tmp_path):
+    rng = np.random.default_rng(11)
+    piece = satb(rng, 64)
+    original = decoded(tmp_path, "a.mid", piece)
+    up, down = decoded(tmp_path, "a_up.mid", shifted(piece, 5)), decoded(tmp_path, "a_down.mid", shifted(piece, -7))
+    other = decoded(tmp_path, "b.mid", satb(rng, 64))
+    first_note = piece[0][3][0]
+    touched = [(piece[0][0], 0, False, [(first_note[0] + 1, *first_note[1:]), *piece[0][3][1:]]), *piece[1:]]
+    one_note_changed = decoded(tmp_path, "a_changed.mid", touched)
+    for table in (MELODY_TABLE, CHORALE_TABLE):
+        keys = original.signatures[table]
+        assert keys.dtype == np.uint64 and len(keys) == len(original.tables[table]) == 3, table
+        assert keys.tolist() == up.signatures[table].tolist() == down.signatures[table].tolist(), table
+        assert len(set(keys.tolist())) == len(keys), table  # the piece's windows differ from each other
+        assert not set(keys.tolist()) & set(other.signatures[table].tolist()), table
+        # the first soprano note is only in the first window
+        changed = one_note_changed.signatures[table]
+        assert changed[0] != keys[0] and changed[1:].tolist() == keys[1:].tolist(), table
+
+
+def test_work_keys_find_a_tune_in_another_key_and_harmonisation(tmp_path):
+    def share(a, b):
+        a, b = set(a.work_keys.tolist()), set(b.work_keys.tolist())
+        return len(a & b) / min(len(a), len(b))
+
+    rng = np.random.default_rng(13)
+    tune = line(rng, 67, 79, 256, rest_chance=0.05)  # where the tune rests, the alto is the top voice
+    original = decoded(tmp_path, "tune.mid", satb(rng, 256, tune))
+    again = decoded(tmp_path, "tune_again.mid", shifted(satb(rng, 256, tune), -3))  # new lower voices, down 3
+    other = decoded(tmp_path, "other.mid", satb(rng, 256))
+    assert original.work_keys.dtype == np.uint64 and len(original.work_keys) > 30
+    assert len(np.unique(original.work_keys)) == len(original.work_keys)
+    assert 0.4 <= share(original, again) < 1.0
+    assert share(original, other) < 0.1
+
+
 def test_default_corpus_three_chorales(tmp_path):
     from corpora.defaults.midi import write_default_corpus
 
@@ -396,9 +539,14 @@ def test_default_corpus_three_chorales(tmp_path):
     report = ingest(MIDI, CONFIG, raw, tmp_path / "out", IngestSettings(workers=2))
     assert report.counts["ingested"] == 3 and report.counts["rejected"] == 0
     chorales = read_shards(report.shard_paths(CHORALE_TABLE))
-    assert set(chorales.column("source_path").to_pylist()) == set(files)
+    # bwv269 is in 3/4: its notes are ingested, but it has no windows
+    assert set(chorales.column("source_path").to_pylist()) == {"bwv153.1.mid", "bwv347.mid"}
     voices = tensors_from_table(chorales, "voices")
-    assert len(voices) >= 3 * 10  # each chorale is 12+ bars long
+    assert len(voices) >= 2 * 10  # each chorale is 12+ bars long
+    for relpath in ("bwv153.1.mid", "bwv347.mid"):  # both open with a one-beat pickup, in the first window
+        windows, starts = tensors_of(chorales, "voices", relpath)
+        assert starts.tolist()[:3] == [0, 16, 32]
+        assert all(tokens_to_notes(voice)[0][1] == 12 for voice in windows[0])
     # a chorale's soprano sits above its bass in every window where both sound
     pitches = lambda row: [p for p, _, _ in tokens_to_notes(row)]  # noqa: E731
     assert all(np.mean(pitches(v[0])) > np.mean(pitches(v[3])) for v in voices if pitches(v[0]) and pitches(v[3]))
@@ -406,6 +554,57 @@ def test_default_corpus_three_chorales(tmp_path):
     assert melody.num_rows >= len(voices)
     notes = read_shards(report.shard_paths(NOTES_TABLE))
     assert notes.num_rows > 3 * 150 and not any(notes.column("is_drum").to_pylist())
+    assert "bwv269.mid" in set(notes.column("source_path").to_pylist())
+
+
+def test_exported_chorale_has_its_bar_lines_where_the_music_has_them(tmp_path):
+    from corpora.defaults.midi import export_chorale
+
+    # bwv347 opens with a one-beat pickup, and its first section is repeated
+    assert export_chorale("bach/bwv347", str(tmp_path)) == ("bach/bwv347", "bwv347.mid", None)
+    score = symusic.Score(str(tmp_path / "bwv347.mid"))
+    quarter = score.ticks_per_quarter
+    voices = [track for track in score.tracks if track.notes]
+    assert len(voices) == 4
+    assert {track.notes[0].time for track in voices} == {3 * quarter}  # three beats of silence, then the pickup
+    assert {note.time for track in voices for note in track.notes} >= {4 * quarter}  # every voice on the downbeat
+    # one 4/4 from the start; music21's restatement where the repeat starts again (a beat before a downbeat) is gone
+    assert [(ts.time, ts.numerator, ts.denominator) for ts in score.time_signatures] == [(0, 4, 4)]
+    assert score.tempos[0].time == 0
+
+
+def test_bar_lines_follow_the_measures():
+    from music21 import meter, note, stream
+
+    from corpora.defaults.midi import bar_lines
+
+    def score(*measures):
+        """measures: (quarters of music, music21's paddingLeft) each, under 4/4."""
+        part, offset = stream.Part(), 0.0
+        for number, (quarters, padding) in enumerate(measures):
+            measure = stream.Measure(number=number)
+            if number == 0:
+                measure.insert(0, meter.TimeSignature("4/4"))
+            measure.append(note.Note("C4", quarterLength=quarters))
+            measure.paddingLeft = padding
+            part.insert(offset, measure)
+            offset += quarters
+        whole = stream.Score()
+        whole.insert(0, part)
+        return whole
+
+    def lines(*measures):
+        bars = bar_lines(score(*measures))
+        return float(bars.leading_rest), [(float(at), n, d) for at, n, d in bars.signatures]
+
+    assert lines((1, 3), (4, 0), (4, 0), (3, 0)) == (3.0, [(0.0, 4, 4)])  # a pickup; the last bar ends early
+    assert lines((4, 0), (3, 0), (4, 0), (4, 0)) == (0.0, [(0.0, 4, 4), (4.0, 3, 4), (7.0, 4, 4)])  # cut short
+    assert lines((4, 0), (1.5, 0), (4, 0)) == (0.0, [(0.0, 4, 4), (4.0, 3, 8), (5.5, 4, 4)])
+    assert lines((4, 0), (6, 0), (4, 0)) == (0.0, [(0.0, 4, 4), (4.0, 6, 4), (10.0, 4, 4)])  # overfull
+    # a repeat played again after a pickup: the pickup's copy ends the bar its first ending began
+    assert lines((1, 3), (4, 0), (3, 0), (1, 3), (4, 0), (3, 0)) == (3.0, [(0.0, 4, 4)])
+    # a bar split in two measures (a repeat sign between them), played straight on
+    assert lines((1, 3), (4, 0), (3, 0), (1, 0), (4, 0)) == (3.0, [(0.0, 4, 4)])
 
 
 def test_default_corpus_skips_what_music21_cannot_export(tmp_path, monkeypatch, caplog):

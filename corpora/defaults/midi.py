@@ -6,13 +6,25 @@ exported once (350 with music21 10.x). Parsing a chorale takes music21 ~0.2-0.4 
 export runs in worker processes; a chorale that fails to parse or export is logged and
 skipped. A chorale whose repeat marks music21 cannot expand (bwv277) is exported played
 once through, without its repeats. Nothing is downloaded.
+
+music21 writes a chorale that opens with a pickup from the pickup's first note, under a 4/4
+(or 3/4) time signature at tick 0, so the file's bar lines fall a beat or more off the
+music's. So each file starts with the missing part of the pickup bar as silence, and its
+time signatures are rewritten from the score's measures: music21 restates the signature
+where a repeat is played again, which after a pickup is mid-bar, and a bar cut short before
+a repeat (or an overfull one) gets a signature of its own length. Every downbeat of the
+music is then a bar line of the file.
 """
 from __future__ import annotations
 
 import concurrent.futures
 import logging
 import multiprocessing
+from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
+
+import numpy as np
 
 from corpora.atomic import atomic_write_bytes
 
@@ -34,7 +46,7 @@ def file_name(chorale: str) -> str:
 
 
 def export_chorale(chorale: str, folder: str) -> tuple[str, str | None, str | None]:
-    """Parse one chorale and write it as MIDI into `folder`.
+    """Parse one chorale and write it as MIDI into `folder`, with bar lines where the music has them.
 
     Returns (chorale, file name, None) when written, (chorale, None, error) when skipped.
     """
@@ -51,11 +63,105 @@ def export_chorale(chorale: str, folder: str) -> tuple[str, str | None, str | No
             data = translate.streamToMidiFile(score).writestr()
         if not data:
             raise ValueError("music21 wrote an empty MIDI file")
+        data = with_bar_lines(data, bar_lines(score))
         name = file_name(chorale)
         atomic_write_bytes(Path(folder) / name, data)
         return chorale, name, None
     except Exception as exc:  # noqa: BLE001 - one bad chorale must not stop the corpus
         return chorale, None, f"{type(exc).__name__}: {exc}"
+
+
+@dataclass(frozen=True)
+class BarLines:
+    """Where a score's bars start, as its MIDI file should say it."""
+
+    leading_rest: Fraction  # quarters of silence before the music: the part of a pickup bar it does not fill
+    signatures: list[tuple[Fraction, int, int]]  # (quarters from the file's start, numerator, denominator)
+
+
+def bar_lines(score) -> BarLines:
+    """The bars of a score's first part played with its repeats (as music21's MIDI export
+    plays it), as time signatures at the bar lines where they change.
+
+    A measure that starts inside its bar (a pickup, or the rest of a bar split by a repeat
+    mark) has music21's `paddingLeft`: its bar starts that much earlier. Two short measures
+    played one after the other that together fill a bar are one bar. A bar that lasts
+    other than its time signature says (one cut short before a repeat, or an overfull one)
+    gets a signature of its own length, so the bar lines after it stay right.
+    """
+    from music21 import meter, stream
+
+    part = score.parts.first() if score.parts else score
+    measures = list(part.expandRepeats().getElementsByClass(stream.Measure))
+    if not measures:
+        return BarLines(Fraction(0), [])
+    leading_rest = Fraction(measures[0].paddingLeft)
+    nominal: dict[Fraction, meter.TimeSignature] = {}  # downbeat -> the time signature in effect there
+    current = measures[0].timeSignature or meter.TimeSignature("4/4")
+    previous, downbeat = None, Fraction(0)
+    for measure in measures:
+        current = measure.timeSignature or current
+        start = leading_rest + Fraction(measure.offset)
+        # a bar written as two short measures (a repeat sign or section end between them), played straight on
+        split_bar = (
+            previous is not None and not measure.paddingLeft and start == downbeat + _played(previous)
+            and _played(previous) + _played(measure) == _bar(previous)
+        )
+        if not split_bar:
+            downbeat = start - Fraction(measure.paddingLeft)
+        nominal.setdefault(downbeat, current)
+        previous = measure
+    downbeats = sorted(nominal)
+    signatures: list[tuple[Fraction, int, int]] = []
+    for index, downbeat in enumerate(downbeats):
+        signature = nominal[downbeat]
+        numerator, denominator = signature.numerator, signature.denominator
+        if index + 1 < len(downbeats):  # the last bar may end early: the piece just stops
+            length = downbeats[index + 1] - downbeat
+            if length != Fraction(signature.barDuration.quarterLength):
+                numerator, denominator = _signature_of_length(length, denominator)
+        if not signatures or signatures[-1][1:] != (numerator, denominator):
+            signatures.append((downbeat, numerator, denominator))
+    return BarLines(leading_rest, signatures)
+
+
+def _played(measure) -> Fraction:
+    return Fraction(measure.duration.quarterLength)
+
+
+def _bar(measure) -> Fraction:
+    """The length of a whole bar under the measure's time signature."""
+    return Fraction(measure.barDuration.quarterLength)
+
+
+def _signature_of_length(quarters: Fraction, denominator: int) -> tuple[int, int]:
+    """The time signature of a bar `quarters` long, in `denominator`ths or finer: 3 quarters -> 3/4."""
+    while (quarters * denominator / 4).denominator != 1:
+        denominator *= 2
+    return int(quarters * denominator / 4), denominator
+
+
+def with_bar_lines(data: bytes, bars: BarLines) -> bytes:
+    """A MIDI file's music moved `bars.leading_rest` later, and its time signatures replaced by
+    `bars.signatures`; the opening tempo and key signature stay at tick 0."""
+    import symusic
+
+    score = symusic.Score.from_midi(data)
+    tpq = score.ticks_per_quarter
+    rest_ticks = round(bars.leading_rest * tpq)
+    if rest_ticks:
+        score = score.shift_time(rest_ticks)
+        for events in (score.tempos, score.key_signatures):
+            if len(events) and events[0].time == rest_ticks:
+                events[0].time = 0  # the opening tempo and key hold over the leading rest
+    if bars.signatures:
+        time, numerator, denominator = zip(*bars.signatures)
+        score.time_signatures = symusic.core.TimeSignatureTickList.from_numpy(
+            np.array([round(t * tpq) for t in time], dtype=np.int32),
+            np.array(numerator, dtype=np.uint8),
+            np.array(denominator, dtype=np.uint8),
+        )
+    return score.dumps_midi()
 
 
 def write_default_corpus(folder: Path, limit: int | None = None, workers: int = WORKERS) -> int:
