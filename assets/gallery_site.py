@@ -12,10 +12,11 @@ from pathlib import Path
 import dagster as dg
 
 from corpora.atomic import atomic_write_json, atomic_write_text
+from models import image_gan, music_vae, painting_gan, video_rnn
 from resources.mlflow_registry import MlflowRegistry
 from resources.storage import StorageResource
 
-CODE_VERSION = "gallery-site-1"
+CODE_VERSION = "gallery-site-2"
 COVER_FILE = "cover.json"
 RECENT_VERSIONS = 10
 COVER_KINDS = ("img", "audio", "video")
@@ -25,15 +26,15 @@ COVER_KINDS = ("img", "audio", "video")
 class FamilySite:
     model_name: str
     title: str
-    metric: str  # the version tag `promote` writes; decides the champion
+    metric: str  # the champion rule's metric: a tag `promote` writes on every version
     gallery_asset: str
 
 
 FAMILIES = [
-    FamilySite("image-gan", "Images (GAN)", "fid_classifier", "image_gallery"),
-    FamilySite("music-vae", "Music (VAE)", "sampled_accuracy", "music_gallery"),
-    FamilySite("painting-gan", "Paintings (StyleGAN2-lite)", "kid_style", "painting_gallery"),
-    FamilySite("video-rnn", "Video (ConvLSTM + PixelCNN)", "heldout_mse", "video_gallery"),
+    FamilySite("image-gan", "Images (GAN)", image_gan.CHAMPION_RULE.metric, "image_gallery"),
+    FamilySite("music-vae", "Music (VAE)", music_vae.CHAMPION_RULE.metric, "music_gallery"),
+    FamilySite("painting-gan", "Paintings (StyleGAN2-lite)", painting_gan.CHAMPION_RULE.metric, "painting_gallery"),
+    FamilySite("video-rnn", "Video (ConvLSTM + PixelCNN)", video_rnn.CHAMPION_RULE.metric, "video_gallery"),
 ]
 
 

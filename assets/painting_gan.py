@@ -17,7 +17,7 @@ from corpora.atomic import atomic_write_bytes, atomic_write_text
 from corpora.shards import png_bytes
 from models import style_transfer
 from models.painting_gan import (
-    CHAMPION_METRIC, PROFILES, PaintingGanConfig, load_generator, load_pictures, num_style_layers, sample,
+    CHAMPION_METRIC, CHAMPION_RULE, PROFILES, PaintingGanConfig, load_generator, load_pictures, num_style_layers, sample,
     style_mixing_grid, truncation_sweep,
 )
 from models.painting_pyfunc import PaintingGanPyfunc
@@ -29,12 +29,11 @@ from resources.trainer import TrainerLauncher
 
 GROUP = "painting_gan"
 MODEL_NAME = EXPERIMENT = "painting-gan"
-CODE_VERSION = "painting-gan-1"
+CODE_VERSION = "painting-gan-2"
 GALLERY_CODE_VERSION = "painting-gallery-1"
 METRIC = CHAMPION_METRIC  # KID on the random CNN's style statistics against real crops; lower is better
 FAMILY = FamilyRegistration(
-    asset_name="painting_gan", model_name=MODEL_NAME, code_version=CODE_VERSION, metric=METRIC,
-    higher_is_better=False, python_model=PaintingGanPyfunc,
+    asset_name="painting_gan", model_name=MODEL_NAME, code_version=CODE_VERSION, rule=CHAMPION_RULE, python_model=PaintingGanPyfunc,
     pip_requirements=("torch==2.13.0", "numpy", "pandas", "mlflow==3.17.2"), corpus="painting_corpus",
 )
 GALLERY_SEED, GALLERY_SAMPLES, GALLERY_PSI = 0, 24, 0.7
@@ -59,7 +58,7 @@ class PaintingGanTrainConfig(dg.Config):
 
 @dg.asset(
     group_name=GROUP, deps=[painting_corpus], code_version=CODE_VERSION, kinds={"pytorch", "mlflow"}, pool="gpu",
-    check_specs=[champion_check_spec("painting_gan", METRIC)],
+    check_specs=[champion_check_spec("painting_gan", CHAMPION_RULE)],
     description="StyleGAN2-lite (mapping network, modulated convolutions, noise, style mixing, R1, DiffAugment) "
     "trained on random crops of the painting corpus, registered in MLflow as `painting-gan`.",
 )

@@ -12,6 +12,7 @@ import numpy as np
 from corpora.hashing import sha256_json
 from corpora.ingest import load_manifest
 from corpora.shards import png_bytes
+from models.champion import ChampionRule
 from models.train import TrainingRequest
 from resources.mlflow_registry import MlflowRegistry
 from resources.storage import StorageResource
@@ -64,39 +65,41 @@ def log_training_data(client, run_id: str, name: str, manifest_path: Path, data_
     client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", "training")])])
 
 
-def promote(registry: MlflowRegistry, model_name: str, metric: str, version: str, score: float,
-            higher_is_better: bool) -> dict:
-    """Tag the new version with its score, point `challenger` at it, and move `champion` to it
-    only when it beats the current champion's score. Returns the comparison, either way."""
+def promote(registry: MlflowRegistry, model_name: str, rule: ChampionRule, version: str,
+            scores: dict[str, float]) -> dict:
+    """Tag the new version with every number `rule` reads, point `challenger` at it, and move
+    `champion` to it only when the rule says it beats the current champion. Returns the
+    comparison, either way."""
     client = registry.client()
-    client.set_model_version_tag(model_name, version, metric, f"{score:.6f}")
+    for name in rule.metrics:
+        client.set_model_version_tag(model_name, version, name, f"{scores[name]:.6f}")
     registry.set_alias(model_name, "challenger", version)
     current = registry.get_version_by_alias(model_name, "champion")
-    current_score = float(current.tags[metric]) if current is not None and metric in current.tags else None
-    if current_score is None:
-        promoted = True
-    else:
-        promoted = score > current_score if higher_is_better else score < current_score
+    champion_scores = None
+    if current is not None:
+        champion_scores = {name: float(current.tags[name]) if name in current.tags else float("nan")
+                           for name in rule.metrics}
+    promoted, reasons = rule.judge(scores, champion_scores)
     if promoted:
         registry.set_alias(model_name, "champion", version)
     if current is None:
-        decision = f"version {version} ({metric} {score:.4f}) is the first champion"
+        decision = f"version {version} ({rule.metric} {scores[rule.metric]:.4f}) is the first champion"
     else:
-        verb = "replaces" if promoted else "does not beat"
-        decision = (f"version {version} ({metric} {score:.4f}) {verb} champion version {current.version} "
-                    f"({metric} {current_score if current_score is not None else float('nan'):.4f})")
+        verb = "replaces" if promoted else "does not replace"
+        decision = f"version {version} {verb} champion version {current.version}: " + "; ".join(reasons)
+    metric = rule.metric
     return {
-        "promoted": promoted, "new_version": version, f"new_{metric}": score,
+        "promoted": promoted, "new_version": version, f"new_{metric}": scores[metric],
         "previous_champion": str(current.version) if current is not None else "none",
-        f"champion_{metric}": current_score if current_score is not None else float("nan"),
-        "decision": decision,
+        f"champion_{metric}": champion_scores[metric] if champion_scores else float("nan"),
+        "rule": rule.describe(), "decision": decision,
     }
 
 
-def champion_check_spec(asset_name: str, metric: str) -> dg.AssetCheckSpec:
+def champion_check_spec(asset_name: str, rule: ChampionRule) -> dg.AssetCheckSpec:
     return dg.AssetCheckSpec(
         "beats_champion", asset=asset_name,
-        description=f"The new version's {metric} against the champion's; champion moves only on improvement.",
+        description=f"The new version against the champion ({rule.describe()}); champion moves only on improvement.",
     )
 
 
@@ -183,8 +186,7 @@ class FamilyRegistration:
     asset_name: str  # "music_vae": also the checkpoints folder
     model_name: str  # "music-vae": the registered model and its experiment
     code_version: str
-    metric: str  # decides the champion
-    higher_is_better: bool
+    rule: ChampionRule  # decides the champion
     python_model: type  # the pyfunc class registered with each bundle
     pip_requirements: tuple[str, ...]
     corpus: str  # the corpus asset, logged as the run's training dataset
@@ -245,8 +247,8 @@ def train_and_register(
         client.log_text(run_id, outcome.report_markdown, "metrics_report.md")
         version, _ = register_bundle(mlflow, run_id, family.model_name, family.python_model(), Path(outcome.bundle),
                                      list(family.pip_requirements))
-        promotion = promote(mlflow, family.model_name, family.metric, version, outcome.score,
-                            higher_is_better=family.higher_is_better)
+        promotion = promote(mlflow, family.model_name, family.rule, version,
+                            {**outcome.summary, family.rule.metric: outcome.score})
     context.log.info(f"registered {family.model_name} version {version}; {promotion['decision']}")
     return TrainedVersion(version, run_id, report, promotion,
                           f"champion version {champion_version}" if champion_version else "fresh")

@@ -56,6 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.champion import ChampionRule
 from models.family_config import FamilyConfig
 from models.image_gan import EMA_WARMUP, latents, to_uint8, to_unit_range, update_ema
 
@@ -747,7 +748,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 # --- the shared entry point's run (python -m models.train --family painting-gan) -------------
 
-CHAMPION_METRIC = "kid_style"  # KID on the random CNN's style statistics against real crops; lower wins
+CHAMPION_RULE = ChampionRule("kid_style", higher_is_better=False)  # KID on the random CNN's style statistics against real crops; lower wins
+CHAMPION_METRIC = CHAMPION_RULE.metric
 
 
 def run_training(request, run):

@@ -68,7 +68,8 @@ def painting_report(generator_or_samples: Generator | np.ndarray, pictures, n: i
     std = np.where(std > STD_FLOOR, std, 1.0)
     features = (style_statistics(network, samples) - mean) / std
     kid, kid_std = metrics.kernel_distance(features, (ref_features - mean) / std, kid_subsets,
-                                           subset_size=min(len(samples), reference_size), seed=seed)
+                                           subset_size=metrics.kid_subset_size(min(len(samples), reference_size)),
+                                           seed=seed)
     copies = metrics.memorization(samples, reference, seed=seed)
     name = _kid_name(network_name)
     return {

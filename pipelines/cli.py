@@ -24,8 +24,8 @@ concurrency:
 """
 UI_HOST = "127.0.0.1"
 UI_STOP_GRACE_S = 20.0
-SUMMARY_KEYS = ("files_seen", "ingested", "rejected", "duplicates", "heldout_accuracy", "model_version",
-                "fid_classifier", "sampled_accuracy", "pieces")
+SUMMARY_KEYS = ("files_seen", "ingested", "rejected", "duplicates", "groups", "heldout_accuracy", "model_version",
+                "fid_classifier", "neg_elbo_per_token", "kid_style", "score_vs_copy_last", "pieces")
 QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}  # the UI keeps the DEBUG events
 
 
