@@ -17,7 +17,7 @@ from corpora.video import write_video
 from models import video_metrics
 from models.train import TrainingRequest
 from models.video_pyfunc import VideoRnnPyfunc
-from models.video_rnn import CHAMPION_METRIC, PROFILES, VideoRnnConfig, load_clips, predict
+from models.video_rnn import CHAMPION_METRIC, CHAMPION_RULE, PROFILES, VideoRnnConfig, load_clips, predict
 from resources.compute import ComputeResource
 from resources.mlflow_registry import MlflowRegistry
 from resources.storage import StorageResource
@@ -25,11 +25,11 @@ from resources.trainer import TrainerLauncher
 
 GROUP = "video_rnn"
 MODEL_NAME = EXPERIMENT = "video-rnn"
-CODE_VERSION = "video-rnn-1"
-GALLERY_CODE_VERSION = "video-gallery-1"
-METRIC = CHAMPION_METRIC  # mean over the horizons of the per-frame summed squared error; lower is better
+CODE_VERSION = "video-rnn-2"  # 2: the model reads quantized frames (bundle format /2), OpenSTL's SSIM, the score rule
+GALLERY_CODE_VERSION = "video-gallery-2"  # 2: the error plot's SSIM is OpenSTL's (data_range 2)
+METRIC = CHAMPION_METRIC  # score_vs_copy_last: MSE and 1 - SSIM against copy-last-frame, averaged; lower is better
 FAMILY = FamilyRegistration(
-    asset_name="video_rnn", model_name=MODEL_NAME, code_version=CODE_VERSION, metric=METRIC, higher_is_better=False,
+    asset_name="video_rnn", model_name=MODEL_NAME, code_version=CODE_VERSION, rule=CHAMPION_RULE,
     python_model=VideoRnnPyfunc, pip_requirements=("torch==2.13.0", "numpy", "pandas", "mlflow==3.17.2"),
     corpus="video_corpus",
 )
@@ -54,9 +54,10 @@ class VideoRnnTrainConfig(dg.Config):
 
 @dg.asset(
     group_name=GROUP, deps=[video_corpus], code_version=CODE_VERSION, kinds={"pytorch", "mlflow"}, pool="gpu",
-    check_specs=[champion_check_spec("video_rnn", METRIC)],
+    check_specs=[champion_check_spec("video_rnn", CHAMPION_RULE)],
     description="ConvLSTM encoder-forecaster with a gated PixelCNN head (exact bits/dim, pixel-by-pixel sampling), "
-    "trained on the video shards, compared with copy-last-frame on held-out clips, registered as `video-rnn`.",
+    "trained on the video shards, compared with copy-last-frame on held-out clips (MSE, SSIM, PSNR as OpenSTL "
+    "computes them), registered as `video-rnn`; champion by score_vs_copy_last with a held-out SSIM guard.",
 )
 def video_rnn(
     context: dg.AssetExecutionContext, config: VideoRnnTrainConfig, storage: StorageResource,

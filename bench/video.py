@@ -4,7 +4,8 @@
 
 Quality: the demo profile to its end, and with --minutes a cpu-long run stopped by that
 budget; each row is models.video_metrics.evaluate on the held-out clips, the copy-last-frame
-baseline beside the model at every horizon.
+baseline beside the model at every horizon (MSE, SSIM, PSNR as OpenSTL computes them) and the
+champion rule's score_vs_copy_last.
 """
 from __future__ import annotations
 

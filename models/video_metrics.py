@@ -1,22 +1,37 @@
 """Held-out metrics and gallery helpers for the video forecaster.
 
-Per future step, on held-out clips (the split is by source file, so no held-out clip shares a
-file with training), as PredRNN and OpenSTL report Moving MNIST:
+Per future step ("horizon"), on held-out clips (the split is by source file, so no held-out
+clip shares a file with training), the model's "mean" predictions and the copy-last-frame
+baseline (every future frame = the last context frame) are scored against the true 8-bit
+frames, pixels in [0, 1], with the conventions of OpenSTL's `metric` function
+(github.com/chengtan9907/OpenSTL, openstl/core/metrics.py), the benchmark code behind most
+Moving-MNIST numbers since PredRNN:
 
-- **MSE**: the sum of squared errors over one frame's pixels *and channels*, pixels in [0, 1],
-  averaged over clips (so a 64x64 one-channel frame's MSE is 4096 times its per-pixel mean).
-  It is measured on the model's channels: for a one-channel model the truth is converted to
-  luminance first, exactly as the model's input is.
-- **SSIM** (skimage.metrics.structural_similarity, data_range=1, 7x7 window, channel_axis for
-  RGB) and **PSNR** (peak_signal_noise_ratio, data_range=1) per frame, averaged over clips.
-  PSNR of a perfect frame is infinite; it is capped at PSNR_CAP_DB so that means stay finite.
-- **bits/dim** of the PixelCNN head on the future frames (models.video_rnn.bits_per_dim).
-- the **copy-last-frame baseline** (every future frame = the last context frame) in the same
-  table, and the horizons where the model's MSE is lower than the baseline's.
+- **MSE** follows OpenSTL's `MSE` (spatial_norm off): the squared error averaged over clips
+  (and, in OpenSTL, over time) per pixel and channel, then summed over the frame's pixels and
+  channels. So a 64x64 one-channel frame's MSE is 4096 times its per-pixel mean. OpenSTL pools
+  all horizons into one number; we report each horizon alone, and the mean over horizons equals
+  OpenSTL's pooled value. OpenSTL scores the model's raw float output; ours is the served
+  prediction, clamped to [0, 1] and rounded to 8 bits.
+- **SSIM** as OpenSTL's `metric` computes it (scikit-image's structural_similarity per frame,
+  7x7 uniform window, per-channel mean for RGB, averaged over frames), with one difference:
+  the data range is 1, the true range of [0, 1] frames. OpenSTL pins scikit-image <= 0.19.3,
+  which took a float image's range from its dtype (-1..1, i.e. 2); that weakens SSIM's
+  stabilising constants and lifts every score, so its published SSIM is higher than ours for
+  the same frames.
+- **PSNR** follows OpenSTL's `PSNR` (min_max_norm): -10 log10 of the frame's mean squared error
+  over pixels and channels, per frame, averaged. OpenSTL returns infinity for a perfect frame;
+  we cap it at PSNR_CAP_DB so that means stay finite.
+- **bits/dim** of the PixelCNN head on the quantized future frames (models.video_rnn.bits_per_dim).
+- **score_vs_copy_last**: the mean over horizons of 1/2 * (MSE_model / MSE_copy_last +
+  (1 - SSIM_model) / (1 - SSIM_copy_last)). 1.0 is as good as copying the last frame, lower is
+  better; a blur that halves MSE but doubles 1 - SSIM scores 1.25. It is the family's champion
+  metric (models.video_rnn.CHAMPION_RULE): MSE alone rewards blurred means.
 
-The model's numbers are its "mean" predictions (the forecaster fed its own means), the mode
-that minimises squared error; "sample" mode draws sharp frames whose squared error is higher
-by construction, so it is not what these columns measure.
+For a one-channel model the truth is converted to luminance first, exactly as the model's
+input is. The model's numbers are its "mean" predictions (the forecaster fed its own means),
+the mode that minimises squared error; "sample" mode draws sharp frames whose squared error is
+higher by construction, so it is not what these columns measure.
 
 Gallery helpers: `side_by_side` (context | truth | prediction panels), `write_gif` (PIL) and
 `error_plot_png` (matplotlib's Agg canvas, no pyplot state). MP4 is corpora.video.write_video.
@@ -29,11 +44,13 @@ import os
 from typing import IO
 
 import numpy as np
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+from skimage.metrics import structural_similarity
 
 from models.video_rnn import VideoRnn, bits_per_dim, match_channels, predict, prepare_clips
 
 PSNR_CAP_DB = 100.0  # identical frames give infinite PSNR; a cap keeps the means finite
+SSIM_DATA_RANGE = 1.0  # frames in [0, 1]; OpenSTL's old scikit-image assumed 2 (module docstring)
+PERFECT = 1e-12  # an error this small is none: a baseline that perfect cannot be divided by
 GAP_PIXELS = 2  # between the side-by-side panels
 GAP_CONTEXT = (96, 96, 96)  # gap colour while the context plays
 GAP_FUTURE = (200, 40, 40)  # and while the future plays, so a viewer sees where prediction starts
@@ -41,33 +58,63 @@ METRICS = ("mse", "ssim", "psnr")
 PLOT_SIZE_INCHES, PLOT_DPI = (6.0, 3.2), 100
 
 
-# --- per-frame scores ------------------------------------------------------------------------
+# --- scores, OpenSTL's conventions (module docstring) -----------------------------------------
+
+
+def unit_frames(frames_uint8: np.ndarray) -> np.ndarray:
+    """uint8 -> float64 in [0, 1]."""
+    return np.asarray(frames_uint8, dtype=np.float64) / 255.0
+
+
+def mse_by_horizon(truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
+    """truth, prediction float (N, K, ...) in [0, 1] -> (K,): at each horizon, OpenSTL's MSE of that
+    horizon alone (squared error averaged over clips, summed over the frame's pixels and channels)."""
+    error = (np.asarray(prediction, np.float64) - np.asarray(truth, np.float64)) ** 2
+    return error.mean(axis=0).reshape(error.shape[1], -1).sum(axis=1)
+
+
+def frame_ssim(truth: np.ndarray, prediction: np.ndarray) -> float:
+    """SSIM of one float frame pair (H, W, C) in [0, 1], as OpenSTL's `metric` computes it."""
+    if truth.shape[-1] == 1:
+        return float(structural_similarity(prediction[..., 0], truth[..., 0], data_range=SSIM_DATA_RANGE))
+    return float(structural_similarity(prediction, truth, data_range=SSIM_DATA_RANGE, channel_axis=-1))
+
+
+def frame_psnr(truth: np.ndarray, prediction: np.ndarray) -> float:
+    """PSNR (dB) of one float frame pair in [0, 1], as OpenSTL's `PSNR`, capped at PSNR_CAP_DB."""
+    mse = float(np.mean((prediction.astype(np.float32) - truth.astype(np.float32)) ** 2))  # float32, as OpenSTL
+    return PSNR_CAP_DB if mse == 0 else min(-10.0 * math.log10(mse), PSNR_CAP_DB)
 
 
 def frame_scores(truth: np.ndarray, prediction: np.ndarray) -> dict[str, float]:
     """MSE (summed over the frame), SSIM and PSNR of one uint8 frame pair (H, W, C)."""
-    a = truth.astype(np.float64) / 255.0
-    b = prediction.astype(np.float64) / 255.0
-    channels = a.shape[-1]
-    if channels == 1:
-        a, b = a[..., 0], b[..., 0]
-    ssim = structural_similarity(a, b, data_range=1.0, channel_axis=-1 if channels > 1 else None)
-    if np.array_equal(a, b):
-        psnr = PSNR_CAP_DB
-    else:
-        psnr = min(float(peak_signal_noise_ratio(a, b, data_range=1.0)), PSNR_CAP_DB)
-    return {"mse": float(((a - b) ** 2).sum()), "ssim": float(ssim), "psnr": psnr}
+    a, b = unit_frames(truth), unit_frames(prediction)
+    return {"mse": float(((a - b) ** 2).sum()), "ssim": frame_ssim(a, b), "psnr": frame_psnr(a, b)}
 
 
 def per_step_scores(truth: np.ndarray, prediction: np.ndarray) -> dict[str, list[float]]:
-    """truth, prediction uint8 (N, K, H, W, C) -> each metric's mean over clips per future step."""
-    n, k = truth.shape[:2]
-    out = {name: [] for name in METRICS}
-    for step in range(k):
-        scores = [frame_scores(truth[i, step], prediction[i, step]) for i in range(n)]
-        for name in METRICS:
-            out[name].append(float(np.mean([s[name] for s in scores])))
-    return out
+    """truth, prediction uint8 (N, K, H, W, C) -> each metric per future step (the mean over clips)."""
+    a, b = unit_frames(truth), unit_frames(prediction)
+    n, k = a.shape[:2]
+    return {
+        "mse": [float(v) for v in mse_by_horizon(a, b)],
+        "ssim": [float(np.mean([frame_ssim(a[i, t], b[i, t]) for i in range(n)])) for t in range(k)],
+        "psnr": [float(np.mean([frame_psnr(a[i, t], b[i, t]) for i in range(n)])) for t in range(k)],
+    }
+
+
+def _error_ratio(model_error: float, baseline_error: float) -> float:
+    if baseline_error <= PERFECT:  # copy-last is perfect here: only a perfect model matches it
+        return 1.0 if model_error <= PERFECT else math.inf
+    return model_error / baseline_error
+
+
+def score_by_horizon(model: dict[str, list[float]], baseline: dict[str, list[float]]) -> list[float]:
+    """Per horizon, 1/2 * (MSE_model / MSE_copy_last + (1 - SSIM_model) / (1 - SSIM_copy_last)):
+    1.0 is copy-last's quality, lower is better. Squared error alone rewards blur; 1 - SSIM
+    penalises it, and each is measured against the same baseline so that neither dominates."""
+    return [0.5 * (_error_ratio(mse, base_mse) + _error_ratio(1.0 - ssim, 1.0 - base_ssim))
+            for mse, base_mse, ssim, base_ssim in zip(model["mse"], baseline["mse"], model["ssim"], baseline["ssim"])]
 
 
 def copy_last_frame(context: np.ndarray, horizon: int) -> np.ndarray:
@@ -82,9 +129,10 @@ def evaluate(model: VideoRnn, heldout_clips, horizon: int | None = None, with_bi
     """Model ("mean" mode) vs copy-last-frame on held-out clips (N, T >= M+horizon, H, W, C) uint8.
 
     Returns per-horizon lists (index 0 = the first predicted frame) under "model" and
-    "baseline", their means under "model_mean" / "baseline_mean", "beats_baseline_at" (the
-    1-based horizons where the model's MSE is lower), "bits_per_dim" (None if not asked for)
-    and what was measured.
+    "baseline", their means under "model_mean" / "baseline_mean", "score_by_horizon" and its
+    mean "score_vs_copy_last", "beats_baseline_at" (the 1-based horizons where the score is
+    below 1), "mse_below_baseline_at" (where the model's MSE alone is lower), "bits_per_dim"
+    (None if not asked for) and what was measured.
     """
     cfg = model.config
     m = cfg.context_frames
@@ -98,20 +146,27 @@ def evaluate(model: VideoRnn, heldout_clips, horizon: int | None = None, with_bi
     prediction = predict(model, context, horizon=horizon, mode="mean")
     model_scores = per_step_scores(truth, prediction)
     baseline_scores = per_step_scores(truth, copy_last_frame(context, horizon))
-    beats = [step + 1 for step, (a, b) in enumerate(zip(model_scores["mse"], baseline_scores["mse"])) if a < b]
+    scores = score_by_horizon(model_scores, baseline_scores)
+    steps = list(range(1, horizon + 1))
+    mse_pairs = zip(steps, model_scores["mse"], baseline_scores["mse"])
     bits = bits_per_dim(model, clips) if with_bits_per_dim and clips.shape[1] >= m + cfg.horizon else None
     return {
         "clips": len(clips),
         "context_frames": m,
-        "horizons": list(range(1, horizon + 1)),
+        "horizons": steps,
         "channels": cfg.channels,
         "resolution": cfg.resolution,
-        "mse_convention": "sum of squared error over each frame's pixels and channels, pixels in [0, 1]",
+        "mse_convention": "OpenSTL's MSE per horizon: squared error summed over each frame's pixels and channels, "
+                          "pixels in [0, 1], averaged over clips",
+        "ssim_convention": f"scikit-image SSIM, 7x7 uniform window, data_range={SSIM_DATA_RANGE:g}",
         "model": model_scores,
         "baseline": baseline_scores,
         "model_mean": {name: float(np.mean(values)) for name, values in model_scores.items()},
         "baseline_mean": {name: float(np.mean(values)) for name, values in baseline_scores.items()},
-        "beats_baseline_at": beats,
+        "score_by_horizon": scores,
+        "score_vs_copy_last": float(np.mean(scores)),
+        "beats_baseline_at": [step for step, score in zip(steps, scores) if score < 1.0],
+        "mse_below_baseline_at": [step for step, model_mse, baseline_mse in mse_pairs if model_mse < baseline_mse],
         "bits_per_dim": bits,
         "levels": cfg.levels,
     }
@@ -124,25 +179,31 @@ def _cell(value, digits: int = 3) -> str:
 
 
 def format_table(report: dict) -> str:
-    """The report as a markdown table: one row per horizon, model and baseline side by side."""
+    """The report as a markdown table: one row per horizon, model and copy-last side by side, and
+    the score the champion rule reads."""
     bits = report.get("bits_per_dim")
     lines = [
         f"{report['clips']} held-out clips, {report['context_frames']} context frames, "
-        f"{report['resolution']}x{report['resolution']}x{report['channels']}; MSE = per-frame sum on [0, 1] pixels; "
+        f"{report['resolution']}x{report['resolution']}x{report['channels']}; metrics as OpenSTL computes them "
+        f"(MSE = per-frame sum on [0, 1] pixels, SSIM with data_range {SSIM_DATA_RANGE:g}); "
+        f"score = 1/2 (MSE / MSE copy-last + (1 - SSIM) / (1 - SSIM copy-last)), 1 = copy-last, lower is better; "
         f"head bits/dim ({report['levels']} levels): {_cell(bits, 4)}",
         "",
-        "| step | MSE model | MSE copy-last | SSIM model | SSIM copy-last | PSNR model | PSNR copy-last |",
-        "|---|---|---|---|---|---|---|",
+        "| step | MSE model | MSE copy-last | SSIM model | SSIM copy-last | PSNR model | PSNR copy-last | score |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    model, base = report["model"], report["baseline"]
+
+    def row(label, model: dict, base: dict, score: float, index=None) -> str:
+        pick = (lambda values: values[index]) if index is not None else (lambda value: value)
+        cells = [_cell(pick(model["mse"]), 1), _cell(pick(base["mse"]), 1), _cell(pick(model["ssim"])),
+                 _cell(pick(base["ssim"])), _cell(pick(model["psnr"]), 2), _cell(pick(base["psnr"]), 2), _cell(score)]
+        return f"| {label} | " + " | ".join(cells) + " |"
+
     for index, step in enumerate(report["horizons"]):
-        cells = [_cell(model["mse"][index], 1), _cell(base["mse"][index], 1), _cell(model["ssim"][index]),
-                 _cell(base["ssim"][index]), _cell(model["psnr"][index], 2), _cell(base["psnr"][index], 2)]
-        lines.append(f"| {step} | " + " | ".join(cells) + " |")
-    mm, bm = report["model_mean"], report["baseline_mean"]
-    lines.append("| mean | " + " | ".join([_cell(mm["mse"], 1), _cell(bm["mse"], 1), _cell(mm["ssim"]), _cell(bm["ssim"]),
-                                            _cell(mm["psnr"], 2), _cell(bm["psnr"], 2)]) + " |")
-    lines += ["", f"model MSE below copy-last at steps: {report['beats_baseline_at'] or 'none'}"]
+        lines.append(row(step, report["model"], report["baseline"], report["score_by_horizon"][index], index))
+    lines.append(row("mean", report["model_mean"], report["baseline_mean"], report["score_vs_copy_last"]))
+    lines += ["", f"score below 1 (better than copy-last) at steps: {report['beats_baseline_at'] or 'none'}; "
+                  f"model MSE below copy-last at steps: {report['mse_below_baseline_at'] or 'none'}"]
     return "\n".join(lines)
 
 

@@ -14,6 +14,7 @@ import pytest
 from assets.ingest import video_corpus
 from assets.video_rnn import video_gallery, video_rnn
 from corpora.video import read_video_frames
+from models.video_rnn import CHAMPION_RULE
 from pipelines.definitions import build_resources
 from tests.tiny_corpora import write_videos
 
@@ -46,10 +47,12 @@ def test_video_rnn_reports_the_baseline_beside_the_model_and_registers(video_run
     assert trained["model_version"] == "1" and trained["steps"] == 3
     assert trained["heldout_clips"] >= 1 and trained["bits_per_dim"] > 0
     assert np.isfinite(trained["heldout_mse"]) and trained["baseline_mse"] > 0
-    assert "copy" in trained["metrics_table"].lower()
+    assert trained["score_vs_copy_last"] > 0 and np.isfinite(trained["heldout_ssim"])
+    assert "copy" in trained["metrics_table"].lower() and "score" in trained["metrics_table"]
     registry = video_run["resources"]["mlflow"]
     champion = registry.get_version_by_alias("video-rnn", "champion")
-    assert float(champion.tags["heldout_mse"]) == pytest.approx(trained["heldout_mse"])
+    for name in CHAMPION_RULE.metrics:  # every number the rule reads is in the summary and tagged
+        assert float(champion.tags[name]) == pytest.approx(trained[name], abs=1e-6)
 
 
 def test_gallery_videos_decode_with_every_frame_and_the_page_plays_them(video_run):

@@ -12,8 +12,9 @@ from PIL import Image
 from models import video_metrics
 from models.trainer import fit, latest_checkpoint, load_checkpoint
 from models.video_rnn import (
-    PRIOR_CENTRES, ConvLSTMCell, ConvLSTMStack, VideoRnn, VideoRnnConfig, VideoRnnFamily, bits_per_dim, export_bundle,
-    from_subpixels, load_bundle, load_clips, load_model, predict, sample_frame, save_bundle, to_subpixels,
+    BUNDLE_FORMAT, CHAMPION_RULE, PRIOR_CENTRES, WARM_START_FORMATS, ConvLSTMCell, ConvLSTMStack, VideoRnn,
+    VideoRnnConfig, VideoRnnFamily, bits_per_dim, bits_per_dim_pixel_by_pixel, export_bundle, from_subpixels,
+    load_bundle, load_clips, load_model, model_frames, predict, sample_frame, save_bundle, to_subpixels,
 )
 from tests.fresh_process import run_in_fresh_process
 
@@ -44,6 +45,25 @@ def tiny_config(**overrides) -> VideoRnnConfig:
 
 def parameters_of(module: torch.nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in module.parameters()])
+
+
+def perturbed_model(channels: int = 1, seed: int = 0) -> VideoRnn:
+    """A tiny model with every weight moved off its initial value (the residual mean's conv starts
+    at zero and the mixture's weights equal), so that no part of it is trivial."""
+    torch.manual_seed(seed)
+    model = VideoRnn(tiny_config(channels=channels))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    return model.eval()
+
+
+def same_levels_other_pixels(clips: np.ndarray, levels: int) -> np.ndarray:
+    """uint8 clips whose pixels differ from `clips` but quantize to the same levels: each pixel
+    snapped to its level's 8-bit value."""
+    snapped = np.rint(np.rint(clips / 255.0 * (levels - 1)) * 255.0 / (levels - 1)).astype(np.uint8)
+    assert not np.array_equal(snapped, clips)
+    return snapped
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +171,47 @@ def test_an_untrained_heads_samples_stay_near_the_forecast():
     assert (distance <= 1.5).float().mean() > 0.6
 
 
+# --- the likelihood of the quantized video -------------------------------------------------
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_bits_per_dim_equals_the_sampling_paths_likelihood_of_the_true_frames(channels):
+    """bits_per_dim (one teacher-forced forward over all future frames) is the exact NLL of the
+    quantized future: the sampling path, forced to put the true quantized pixel at every position
+    and fed the true quantized frames back, gives the same number from its per-pixel logits."""
+    model = perturbed_model(channels)
+    clips = moving_squares(n=3, seed=7)
+    by_forward = bits_per_dim(model, clips)
+    by_sampling_path = bits_per_dim_pixel_by_pixel(model, clips)
+    assert 0 < by_forward < np.log2(model.config.levels) + 1
+    assert by_forward == pytest.approx(by_sampling_path, abs=1e-5)
+
+
+def test_the_model_reads_only_the_quantized_frames():
+    """Clips that differ only within quantization levels get the same bits/dim and the same
+    continuations in both modes: nothing finer than the modelled variable reaches the model."""
+    model = perturbed_model()
+    clips = moving_squares(n=2, seed=8)[..., :1]  # one channel: the model's own, so the levels are the pixels'
+    snapped = same_levels_other_pixels(clips, model.config.levels)
+    assert bits_per_dim(model, clips) == bits_per_dim(model, snapped)
+    for mode in ("mean", "sample"):
+        assert np.array_equal(predict(model, clips[:, :CONTEXT], 3, mode, seed=1),
+                              predict(model, snapped[:, :CONTEXT], 3, mode, seed=1))
+
+
+def test_model_frames_snap_to_levels_and_pass_the_gradient_straight_through():
+    levels = TINY["levels"]
+    frames = torch.tensor([-0.2, 0.0, 0.07, 0.5, 0.93, 1.0, 1.3])
+    snapped = model_frames(frames, levels)
+    assert torch.equal(snapped * (levels - 1), (snapped * (levels - 1)).round())  # on the level grid
+    assert snapped[0] == 0 and snapped[-1] == 1 and torch.equal(model_frames(snapped, levels), snapped)
+    means = frames.clone().requires_grad_(True)
+    fed_back = model_frames(means, levels)
+    assert torch.equal(fed_back.detach(), snapped)  # the same value as without a gradient
+    fed_back.sum().backward()
+    assert means.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0]  # the clamp's gradient
+
+
 # --- training ----------------------------------------------------------------------------
 
 
@@ -213,11 +274,23 @@ def test_predict_modes_shapes_and_seeds(trained):
 
 def test_bundle_reloads_weights_only_to_the_same_predictions(trained):
     bundle = torch.load(trained["bundle"], weights_only=True)
-    assert bundle["config"]["hidden"] == [8, 8] and bundle["step"] == 6
+    assert bundle["config"]["hidden"] == [8, 8] and bundle["step"] == 6 and bundle["format"] == BUNDLE_FORMAT
     model = load_model(load_bundle(trained["bundle"]))
     context = moving_squares(n=1, seed=4)[0, :CONTEXT]
     for mode in ("mean", "sample"):
         assert np.array_equal(predict(model, context, 2, mode, seed=5), predict(trained["family"].model, context, 2, mode, seed=5))
+
+
+def test_a_bundle_of_the_8_bit_format_only_starts_a_run(trained, tmp_path):
+    """Format 1 models read 8-bit frames: they are not served as today's model, but their weights
+    (same shapes) may start a run."""
+    old = torch.load(trained["bundle"], weights_only=True)
+    old["format"] = "atelier.video_rnn/1"
+    path = tmp_path / "old.pt"
+    torch.save(old, path)
+    with pytest.raises(ValueError, match="format"):
+        load_bundle(path)
+    load_model(load_bundle(path, WARM_START_FORMATS))
 
 
 # --- metrics and gallery -----------------------------------------------------------------
@@ -234,6 +307,74 @@ def test_copy_last_frame_is_perfect_on_a_static_clip():
     assert noisy["mse"] > 100 and noisy["ssim"] < 0.5 and 0 < noisy["psnr"] < 10
 
 
+def test_mse_is_openstls_formula_per_horizon():
+    """By hand: truth 0, two clips, two horizons, 2x2 one-channel frames. Horizon 1: clip errors
+    summed over the frame are 0.25 and 0.5, mean 0.375; horizon 2: 0.04 and 0, mean 0.02."""
+    truth = np.zeros((2, 2, 2, 2, 1))
+    prediction = np.zeros_like(truth)
+    prediction[0, 0, 0, 0] = 0.5
+    prediction[1, 0, 0, :] = 0.5
+    prediction[0, 1] = 0.1
+    by_horizon = video_metrics.mse_by_horizon(truth, prediction)
+    assert by_horizon == pytest.approx([0.375, 0.02])
+
+    def openstl_mse(pred, true):  # openstl/core/metrics.py MSE, spatial_norm off, on (B, T, C, H, W)
+        return np.mean((pred - true) ** 2, axis=(0, 1)).sum()
+
+    channels_first = (0, 1, 4, 2, 3)
+    pred, true = prediction.transpose(channels_first), truth.transpose(channels_first)
+    assert [openstl_mse(pred[:, t : t + 1], true[:, t : t + 1]) for t in range(2)] == pytest.approx(by_horizon)
+    assert openstl_mse(pred, true) == pytest.approx(by_horizon.mean())  # OpenSTL's pooled number
+
+
+def test_psnr_follows_openstl_and_ssim_uses_the_true_data_range():
+    rng = np.random.default_rng(0)
+    truth = rng.random((16, 16, 1))
+    prediction = np.clip(truth + rng.normal(0, 0.1, truth.shape), 0, 1)
+    mse = np.mean((prediction.astype(np.float32) - truth.astype(np.float32)) ** 2)
+    assert video_metrics.frame_psnr(truth, prediction) == pytest.approx(20 * np.log10(1 / np.sqrt(mse)), abs=1e-4)
+    assert video_metrics.frame_psnr(truth, truth) == video_metrics.PSNR_CAP_DB  # OpenSTL: infinity
+    from skimage.metrics import structural_similarity
+    expected = structural_similarity(prediction[..., 0], truth[..., 0], data_range=1.0)
+    assert video_metrics.frame_ssim(truth, prediction) == pytest.approx(expected)
+    # OpenSTL's old scikit-image assumed a range of 2 for float frames, which lifts the score
+    assert structural_similarity(prediction[..., 0], truth[..., 0], data_range=2.0) > expected
+
+
+def test_a_blur_that_beats_copy_last_on_mse_scores_worse_than_copy_last():
+    """A static texture brightening each frame: copy-last keeps its structure (high SSIM) but
+    misses the brightness; the mean of the truth and flat grey has lower MSE and lower SSIM.
+    The score sees the blur; lowest MSE would have picked it."""
+    rng = np.random.default_rng(0)
+    size, context, horizon = 32, 2, 3
+    texture = np.where(rng.random((size, size, 1)) < 0.5, 0.2, 0.6)
+    clip = np.stack([texture + 0.1 * max(t - (context - 1), 0) for t in range(context + horizon)])
+    clip = np.rint(clip * 255).astype(np.uint8)[None]
+    truth = clip[:, context:]
+    copy_last = video_metrics.per_step_scores(truth, video_metrics.copy_last_frame(clip[:, :context], horizon))
+    blurred = video_metrics.per_step_scores(truth, np.rint((truth + 127.5) / 2).astype(np.uint8))
+    assert all(b < c for b, c in zip(blurred["mse"], copy_last["mse"]))
+    assert all(b < c for b, c in zip(blurred["ssim"], copy_last["ssim"]))
+    assert np.mean(video_metrics.score_by_horizon(blurred, copy_last)) > 1
+    assert video_metrics.score_by_horizon(copy_last, copy_last) == [1.0] * horizon
+
+
+def test_the_score_halves_mse_and_doubles_one_minus_ssim_to_1_25():
+    baseline = {"mse": [2.0, 0.0], "ssim": [0.9, 1.0]}
+    half_mse_double_error = {"mse": [1.0, 0.0], "ssim": [0.8, 1.0]}
+    assert video_metrics.score_by_horizon(half_mse_double_error, baseline) == pytest.approx([1.25, 1.0])
+    worse_than_perfect = {"mse": [1.0, 0.5], "ssim": [0.8, 1.0]}
+    assert video_metrics.score_by_horizon(worse_than_perfect, baseline)[1] == np.inf  # copy-last was perfect there
+
+
+def test_the_champion_rule_reads_the_score_and_guards_ssim():
+    champion = {"score_vs_copy_last": 1.1, "heldout_ssim": 0.60}
+    assert CHAMPION_RULE.judge({"score_vs_copy_last": 1.0, "heldout_ssim": 0.585}, champion)[0]
+    assert not CHAMPION_RULE.judge({"score_vs_copy_last": 1.0, "heldout_ssim": 0.57}, champion)[0]  # SSIM fell 0.03
+    assert not CHAMPION_RULE.judge({"score_vs_copy_last": 1.2, "heldout_ssim": 0.70}, champion)[0]
+    assert CHAMPION_RULE.judge({"score_vs_copy_last": 1.2, "heldout_ssim": 0.5}, None)[0]  # the first version
+
+
 def test_report_has_model_and_baseline_per_horizon(trained):
     model = trained["family"].model
     heldout = moving_squares(n=3, seed=7)
@@ -245,9 +386,13 @@ def test_report_has_model_and_baseline_per_horizon(trained):
     assert 0 < report["bits_per_dim"] < np.log2(TINY["levels"]) + 1
     assert report["bits_per_dim"] == pytest.approx(bits_per_dim(model, heldout))
     expected = [h for h, a, b in zip(report["horizons"], report["model"]["mse"], report["baseline"]["mse"]) if a < b]
-    assert report["beats_baseline_at"] == expected
+    assert report["mse_below_baseline_at"] == expected
+    scores = video_metrics.score_by_horizon(report["model"], report["baseline"])
+    assert report["score_by_horizon"] == scores and report["score_vs_copy_last"] == pytest.approx(np.mean(scores))
+    assert report["beats_baseline_at"] == [h for h, score in zip(report["horizons"], scores) if score < 1]
     table = video_metrics.format_table(report)
     assert "copy-last" in table and table.count("\n| ") == HORIZON + 2  # header, steps, mean
+    assert "| score |" in table and f"{report['score_vs_copy_last']:.3f} |" in table
     png = video_metrics.error_plot_png(report)
     assert png.startswith(b"\x89PNG") and Image.open(io.BytesIO(png)).size[0] > 100
 
