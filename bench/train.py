@@ -188,7 +188,8 @@ def quality_table(args, images, labels, heldout, heldout_labels, class_names, nu
     print(f"feature classifier: heldout accuracy {accuracy:.3f} ({time.perf_counter() - started:.0f} s)", flush=True)
     demo = ImageGanConfig.profile("demo", num_classes=num_classes)
     torch.manual_seed(demo.seed)
-    samples = {"untrained": sample(Generator(demo).eval(), QUALITY_SAMPLES, seed=1)}
+    conditioned = np.arange(QUALITY_SAMPLES) % num_classes  # each row's label_accuracy is against these
+    samples = {"untrained": sample(Generator(demo).eval(), QUALITY_SAMPLES, seed=1, labels=conditioned)}
     notes = []
     bundles = {f"bundle {i}": load_generator(path) for i, path in enumerate(args.bundle or [])}
     if not args.bundle:
@@ -203,8 +204,11 @@ def quality_table(args, images, labels, heldout, heldout_labels, class_names, nu
         bundles[f"cpu-long {args.minutes} min"] = load_generator(bundle)
         notes.append(f"cpu-long: {result.step} steps in {result.seconds:.0f} s ({run_dir})")
     for name, generator in bundles.items():
-        samples[name] = sample(generator, QUALITY_SAMPLES, seed=1)
-    report = metrics.gan_report(classifier, images, heldout, samples, num_classes)
+        samples[name] = sample(generator, QUALITY_SAMPLES, seed=1, labels=conditioned)
+    # a random subset of the held-out images is the floor (shards are stored in class order)
+    chosen = np.sort(np.random.default_rng(0).choice(len(heldout), min(QUALITY_SAMPLES, len(heldout)), replace=False))
+    report = metrics.gan_report(classifier, images, metrics.LabelledImages(heldout[chosen], heldout_labels[chosen]),
+                                {name: metrics.LabelledImages(s, conditioned) for name, s in samples.items()})
     copies = {name: metrics.memorization(s[:500], images)["near_copy_count"] for name, s in samples.items()}
     return "\n".join([*notes, metrics.format_report(report), f"near copies among 500 samples: {copies}"])
 

@@ -141,7 +141,7 @@ class ClassifierFeatureNetwork(nn.Module):
         self.body = nn.ModuleList(
             nn.AvgPool2d(m.kernel_size) if isinstance(m, nn.MaxPool2d) else m
             for m in classifier.body
-            if isinstance(m, (nn.Conv2d, nn.ReLU, nn.MaxPool2d))  # the conv part, not the pooled head
+            if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d))  # the conv part, not the pooled head
         )
         self.requires_grad_(False).eval()
         on = "luminance" if channels == 1 else f"{channels} channels"

@@ -20,7 +20,7 @@ from corpora.ingest import IngestSettings, ingest, shard_paths
 from corpora.shards import read_shards, tensors_from_table
 from models import metrics
 from models.image_gan import (
-    ImageGanConfig, ImageGanFamily, export_bundle, interpolate, load_generator, sample, save_bundle,
+    CHAMPION_RULE, ImageGanConfig, ImageGanFamily, export_bundle, interpolate, load_generator, sample, save_bundle,
 )
 from models.trainer import (
     IndexSampler, fit, latest_checkpoint, list_checkpoints, load_checkpoint, restore_rng_state,
@@ -239,19 +239,108 @@ def test_memorization_flags_an_exact_copy_and_names_its_source():
     assert found["nearest_distance"][3] < 1e-2 < found["typical_nn_distance"]
 
 
-def test_classifier_report_has_a_floor_and_coverage():
-    images, labels = tiny_data(n=60)
-    heldout, heldout_labels = tiny_data(n=30, seed=1)
+def noisy_label_data(n: int, seed: int, flip: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+    """tiny_data with a fraction `flip` of labels redrawn at random: no classifier can score
+    much above 1 - flip * (CLASSES - 1) / CLASSES on it, so label_accuracy has room to be wrong."""
+    images, labels = tiny_data(n, seed)
+    rng = np.random.default_rng(seed + 100)
+    redraw = rng.random(n) < flip
+    labels = np.where(redraw, rng.integers(0, CLASSES, n), labels)
+    return images, labels
+
+
+@pytest.fixture(scope="module")
+def bar_classifier():
+    images, labels = tiny_data(n=90)
+    heldout, heldout_labels = noisy_label_data(300, seed=1)
     classifier, accuracy = metrics.train_classifier(images, labels, heldout, heldout_labels,
-                                                    metrics.ClassifierConfig(epochs=3, batch_size=16))
-    assert accuracy > 0.9  # the bar position is easy
-    noise = np.random.default_rng(2).integers(0, 256, size=(30, RESOLUTION, RESOLUTION, 1), dtype=np.uint8)
-    report = metrics.gan_report(classifier, images, heldout, {"noise": noise}, num_classes=CLASSES,
-                                kid_subsets=5, kid_subset_size=20)
-    assert report["real_vs_real"]["fid_classifier"] < report["noise"]["fid_classifier"]
-    assert report["real_vs_real"]["classes_covered"] == CLASSES
-    assert "fid_classifier" in metrics.format_report(report)
-    assert metrics.class_coverage([0, 0, 0], 3) == {"classes_covered": 1, "kl_to_uniform": pytest.approx(np.log(3))}
+                                                    metrics.ClassifierConfig(epochs=10, batch_size=16))
+    return classifier, accuracy, images
+
+
+def test_label_accuracy_is_chance_for_an_untrained_generator_and_heldout_accuracy_for_real_images(bar_classifier):
+    classifier, heldout_accuracy, train = bar_classifier
+    # the bar is learned; only the redrawn labels (30% of them, 2/3 of those wrong) are missed
+    assert 0.7 < heldout_accuracy < 0.9
+    n = 300
+    real, real_labels = noisy_label_data(n, seed=2)  # a second held-out draw
+    torch.manual_seed(0)
+    untrained = ImageGanFamily(tiny_config(), train, np.arange(len(train)) % CLASSES).sampling_generator()
+    conditioned = np.arange(n) % CLASSES
+    fakes = metrics.LabelledImages(sample(untrained, n, seed=0, labels=conditioned), conditioned)
+    report = metrics.gan_report(classifier, train, metrics.LabelledImages(real, real_labels),
+                                {"untrained_generator": fakes}, kid_subsets=5)
+    # Two estimates of one accuracy on 300 images each: the binomial std of their difference is
+    # sqrt(2 * 0.8 * 0.2 / 300) = 0.033, so 0.1 is three of them.
+    assert report["real_vs_real"]["label_accuracy"] == pytest.approx(heldout_accuracy, abs=0.1)
+    # A generator whose images do not depend on the label scores 1/3 on balanced labels, with a
+    # binomial std of sqrt(1/3 * 2/3 / 300) = 0.027; 0.1 leaves some room for the weak label
+    # dependence an untrained generator has.
+    assert report["untrained_generator"]["label_accuracy"] == pytest.approx(1 / CLASSES, abs=0.1)
+    # the metric itself: real images scored against the right labels, then against shifted ones
+    assert metrics.label_accuracy(classifier, *tiny_data(n, seed=3)) == 1.0
+    assert metrics.label_accuracy(classifier, real, (real_labels + 1) % CLASSES) < 0.25
+
+
+def test_precision_and_recall_of_a_set_against_itself_and_disjoint_clusters():
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((400, 16))
+    assert metrics.precision_recall(feats, feats) == (1.0, 1.0)  # every point lies in its own ball
+    far = rng.standard_normal((400, 16)) + 50.0
+    assert metrics.precision_recall(feats, far) == (0.0, 0.0)
+
+
+def test_precision_and_recall_tell_dropped_modes_from_off_manifold_samples():
+    rng = np.random.default_rng(1)
+    centres = np.zeros(8), np.full(8, 30.0)
+
+    def draw(n_per_mode, modes=centres):
+        return np.concatenate([rng.standard_normal((n_per_mode, 8)) + centre for centre in modes])
+
+    real = draw(300)
+    # k-NN balls miss some of a second draw of the same distribution; the cases below are
+    # measured against that, not against 1
+    same_precision, same_recall = metrics.precision_recall(real, draw(300))
+    assert same_precision > 0.7 and same_recall > 0.7
+    precision, recall = metrics.precision_recall(real, draw(600, centres[:1]))  # on the manifold, one mode dropped
+    assert precision == pytest.approx(same_precision, abs=0.05) and recall == pytest.approx(same_recall / 2, abs=0.05)
+    half_off = draw(300)
+    half_off[::2] += 100.0  # half the samples, from both modes, far from any real point
+    precision, _ = metrics.precision_recall(real, half_off)
+    assert precision == pytest.approx(same_precision / 2, abs=0.05)
+
+
+def test_kid_subsets_smaller_than_the_set_have_a_spread():
+    rng = np.random.default_rng(2)
+    feats, other = rng.standard_normal((200, 16)), rng.standard_normal((2000, 16))
+    assert metrics.kid_subset_size(200) == 100 and metrics.kid_subset_size(5000) == metrics.KID_SUBSET_SIZE
+    _, std = metrics.kernel_distance(feats, other, num_subsets=20, subset_size=metrics.kid_subset_size(200))
+    assert std > 0
+
+
+def test_report_rows_and_table_say_what_was_compared(bar_classifier):
+    classifier, _, train = bar_classifier
+    heldout, heldout_labels = noisy_label_data(60, seed=4)
+    noise = np.random.default_rng(2).integers(0, 256, size=(80, RESOLUTION, RESOLUTION, 1), dtype=np.uint8)
+    report = metrics.gan_report(classifier, train, metrics.LabelledImages(heldout, heldout_labels),
+                                {"noise": metrics.LabelledImages(noise)}, kid_subsets=10)
+    floor, noise_row = report["real_vs_real"], report["noise"]
+    assert floor["n"] == noise_row["n"] == 60 and floor["kid_subset_size"] == 30
+    assert floor["kid_classifier_std"] > 0
+    assert floor["fid_classifier"] < noise_row["fid_classifier"]
+    assert floor["precision"] > noise_row["precision"] and floor["recall"] > noise_row["recall"]
+    assert np.isnan(noise_row["label_accuracy"])  # no labels given: not scored
+    table = metrics.format_report(report)
+    assert "| real_vs_real | 60 |" in table and "(30) |" in table and "| n/a |" in table
+    assert "10 random subsets of 30" in table
+    assert "classes" not in table and "KL" not in table
+
+
+def test_a_lower_fid_does_not_win_when_samples_lose_their_labels():
+    champion = {"fid_classifier": 20.0, "label_accuracy": 0.80}
+    assert CHAMPION_RULE.judge({"fid_classifier": 15.0, "label_accuracy": 0.77}, champion)[0]
+    promoted, reasons = CHAMPION_RULE.judge({"fid_classifier": 15.0, "label_accuracy": 0.70}, champion)
+    assert not promoted and reasons[-1].startswith("guard label_accuracy") and reasons[-1].endswith("fails")
 
 
 FRESH_PREDICT = """

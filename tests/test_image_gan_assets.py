@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from assets.image_gan import image_classifier, image_gallery, image_gan
+from models.image_gan import CHAMPION_RULE
 from assets.ingest import image_corpus
 from pipelines.definitions import build_resources
 
@@ -73,8 +74,13 @@ def test_training_registers_a_version_with_lineage(family_run):
     gan = metadata_of(family_run["good"], image_gan)
     classifier = metadata_of(family_run["good"], image_classifier)
     assert classifier["heldout_accuracy"] > 0.9  # three easy classes
+    assert classifier["train_seconds"] > 0
     assert gan["model_version"] == "1" and gan["steps"] == 120
     assert gan["fid_classifier_floor"] < gan["fid_classifier"] < gan["fid_classifier_ceiling"]
+    assert set(CHAMPION_RULE.metrics) <= set(gan)  # every number the champion rule reads is reported
+    assert gan["label_accuracy_real"] == pytest.approx(classifier["heldout_accuracy"], abs=0.15)
+    assert 0 <= gan["precision"] <= 1 and 0 <= gan["recall"] <= 1
+    assert "label_accuracy" in gan["metrics_table"] and "classes" not in gan["metrics_table"]
 
     registry = family_run["resources"]["mlflow"]
     version = registry.client().get_model_version("image-gan", "1")
@@ -95,6 +101,7 @@ def test_a_worse_model_becomes_challenger_but_not_champion(family_run):
     assert str(registry.get_version_by_alias("image-gan", "challenger").version) == "2"
     [check] = [e for e in family_run["worse"].get_asset_check_evaluations() if e.check_name == "beats_champion"]
     assert check.passed is False
+    assert "label_accuracy" in check.metadata["rule"].value  # the guard is part of the decision
     good = metadata_of(family_run["good"], image_gan)["fid_classifier"]
     worse = metadata_of(family_run["worse"], image_gan)["fid_classifier"]
     assert worse > good
