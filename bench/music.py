@@ -1,4 +1,5 @@
-"""Music VAE rows of bench/train.py: sequences/s (trainer vs plain loop) and the accuracy table.
+"""Music VAE rows of bench/train.py: sequences/s (trainer vs plain loop) and the held-out report
+(reconstruction, -ELBO and baselines; statistics of prior samples at the gallery's temperature).
 
     .venv/bin/python -m bench.train --family music [--kind chorale] [--quality --minutes 20]
 
@@ -36,6 +37,6 @@ def quality_table(manifest: Path, kind: str, minutes: float | None) -> str:
         with tempfile.TemporaryDirectory() as run_dir:
             result = fit(family, config.trainer_config(**budget), run_dir)
         family.model.cpu()
-        report = music_metrics.evaluate(family.model, data["train"], data["heldout"], n_samples=64, seed=0)
+        report = music_metrics.evaluate(family.model, data["train"], data["heldout"], seed=0)
         out += [f"### {name}: {result.step} steps in {result.seconds:.0f} s", music_metrics.format_report(report), ""]
     return "\n".join(out)

@@ -12,9 +12,9 @@ import torch
 
 from corpora import midi as corpus_midi
 from models import music_metrics, music_render
-from models.music_vae import (HOLD, NOTE_OFF, START, MusicVaeConfig, MusicVaeFamily, encode, export_bundle, interpolate,
-                              load_bundle, load_model, midi_bytes_to_tokens, sample, save_bundle, shift_right, step_seconds,
-                              tokens_to_midi_bytes, tokens_to_notes, transpose)
+from models.music_vae import (CHAMPION_RULE, GALLERY_TEMPERATURE, HOLD, NOTE_OFF, START, MusicVaeConfig, MusicVaeFamily,
+                              encode, export_bundle, interpolate, load_bundle, load_model, midi_bytes_to_tokens, sample,
+                              save_bundle, shift_right, step_seconds, tokens_to_midi_bytes, tokens_to_notes, transpose)
 from models.trainer import fit
 from tests.fresh_process import run_in_fresh_process
 
@@ -270,8 +270,57 @@ def test_report_has_model_and_baselines_in_one_table(trained):
                                     n_samples=6, chroma_windows=3)
     table = report["likelihood"]
     assert set(table) == {"model", "most frequent token", "unigram"}
-    assert 0 <= table["model"]["teacher_forced_accuracy"] <= 1 and np.isfinite(table["model"]["neg_elbo_per_token"])
-    assert table["model"]["neg_elbo_per_token"] >= 0
+    model = table["model"]
+    assert 0 <= model["teacher_forced_accuracy"] <= 1 and np.isfinite(model["neg_elbo_per_token"])
+    assert model["neg_elbo_per_token"] >= 0 and model["posterior_mean_reconstruction_loss_per_token"] >= 0
+    # the model has no exact likelihood, the unigram no posterior: neither row borrows the other's number
+    assert "true_nll_per_token" not in model and "nll_per_token" not in model
+    assert set(table["unigram"]) >= {"true_nll_per_token"} and "neg_elbo_per_token" not in table["unigram"]
     assert set(report["statistics"]) == set(music_metrics.STATISTICS)
+    assert report["temperature"] == GALLERY_TEMPERATURE
+    assert 0 <= report["prior_statistics_overlap"] <= 1 and 0 <= report["heldout_vs_train_statistics_overlap"] <= 1
     text = music_metrics.format_report(report)
-    assert "| most frequent token |" in text and "overlapping area" in text and "chroma" in text
+    assert "| most frequent token |" in text and "chroma" in text
+    lines = text.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("| model |"))
+    assert "reconstruction loss at posterior mean" in lines[header] and "not a likelihood" in lines[header]
+    assert "-ELBO / token" in lines[header] and "true NLL / token" in lines[header]
+    rows = {cells[0]: cells[1:] for cells in (line.strip("| ").split(" | ") for line in lines[header + 2 : header + 5])}
+    columns = list(music_metrics.LIKELIHOOD_COLUMNS)
+    assert rows["model"][columns.index("true_nll_per_token")] == "—"
+    assert rows["unigram"][columns.index("posterior_mean_reconstruction_loss_per_token")] == "—"
+    assert "overlap: held-out vs train (reference)" in text and f"temperature {GALLERY_TEMPERATURE:g}" in text
+    with pytest.raises(ValueError, match="held-out windows"):
+        music_metrics.evaluate(chorale.model, windows("chorale", 32), windows("chorale", 1)[:0], n_samples=2)
+
+
+def test_averaging_posterior_samples_steadies_the_neg_elbo(trained):
+    (chorale, _), _ = trained
+    heldout = windows("chorale", 4, seed=11)
+
+    def spread(elbo_samples: int) -> float:
+        estimates = [music_metrics.reconstruction(chorale.model, heldout, seed=seed, elbo_samples=elbo_samples)
+                     ["neg_elbo_per_token"] for seed in range(6)]
+        return float(np.std(estimates))
+
+    assert spread(16) < spread(1)
+    with pytest.raises(ValueError):
+        music_metrics.reconstruction(chorale.model, heldout, elbo_samples=0)
+
+
+def test_statistics_overlap_is_one_for_the_same_windows_and_counts_silence_as_no_overlap():
+    real = windows("chorale", 24, seed=4)
+    same = music_metrics.compare_statistics(real, real)
+    assert music_metrics.mean_overlap(same, voices=4) == pytest.approx(1.0)
+    silent = np.full_like(real, HOLD)  # no notes: pitch statistics are undefined, not averaged away
+    assert music_metrics.mean_overlap(music_metrics.compare_statistics(silent, real), voices=4) < 0.5
+    # one voice always has polyphony 1: it would lift every melody model's mean for nothing
+    assert "polyphony" not in music_metrics.judged_statistics(1) and "polyphony" in music_metrics.judged_statistics(4)
+
+
+def test_champion_rule_weighs_neg_elbo_and_guards_the_prior_samples():
+    champion = {"neg_elbo_per_token": 0.50, "prior_statistics_overlap": 0.80}
+    assert CHAMPION_RULE.judge({"neg_elbo_per_token": 0.45, "prior_statistics_overlap": 0.79}, champion)[0]
+    # a lower -ELBO does not buy worse music from the prior
+    assert not CHAMPION_RULE.judge({"neg_elbo_per_token": 0.45, "prior_statistics_overlap": 0.75}, champion)[0]
+    assert not CHAMPION_RULE.judge({"neg_elbo_per_token": 0.55, "prior_statistics_overlap": 0.95}, champion)[0]
