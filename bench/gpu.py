@@ -1,13 +1,15 @@
 """Training throughput and peak memory of every family on one GPU, in fp32, bf16 and bf16 + compile.
 
-    .venv/bin/python -m bench.gpu                     # 4 families x 3 variants, gpu profiles, CUDA
+    .venv/bin/python -m bench.gpu                     # every family x 3 variants, gpu profiles, CUDA
     .venv/bin/python -m bench.gpu --device cpu --steps 2 --profile demo --variants fp32 --threads 1   # smoke test
     bench/gpu.sh                                      # the same on a fresh GPU machine, under 10 minutes
 
-Each row builds a family from its shard manifest as the family's `run_training` does (the
-profile's sizes and batch, `steps` replaced) and trains it with `models.trainer.fit`, exactly
-the loop the training assets run: pinned-memory batches, bf16 autocast, channels_last and
-torch.compile as the variant sets them. Evaluation is not part of it.
+Each family of `models.family.families()` gets a row per variant, named by its registered name
+("image-gan"). A row builds the family from its corpus's shard manifest with the family's
+`training.benchmark_family(manifest, profile)`, as its `run_training` does (the profile's sizes
+and batch, `steps` replaced), and trains it with `models.trainer.fit`, exactly the loop the
+training assets run: pinned-memory batches, bf16 autocast, channels_last and torch.compile as
+the variant sets them. Evaluation is not part of it.
 
 - items/s is the median of the trainer's log windows after the first, which holds the warm-up
   (cuDNN's first calls, torch.compile's compilation); ms/step follows from it and the batch.
@@ -21,8 +23,8 @@ torch.compile as the variant sets them. Evaluation is not part of it.
   before it).
 - "fp32" keeps torch's defaults: cuDNN convolutions may use TF32 tensor cores, matmuls do not
   (the header prints both flags). The trainer does not change them, so neither does this bench.
-- the music family has two kinds (chorale, melody) with the same network; only "chorale" is
-  benchmarked, the larger of the two (4 voices per step instead of 1).
+- a family with several models (the music VAE: chorale and melody) benchmarks the one its
+  `benchmark_family` builds (the chorale model, the larger).
 
 Time: every row gets an equal share of what is left of --budget-seconds when it starts, so
 fast rows leave time to slow ones and no row can eat the rest; a row over its share stops
@@ -42,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import os
 import platform
 import resource
@@ -57,19 +60,17 @@ from pathlib import Path
 
 import torch
 
+from models.family import FamilyRecord, families
 from models.trainer import fit
 from resources.storage import default_data_root
 
 DEFAULT_STEPS = 200
 DEFAULT_BUDGET_SECONDS = 480  # the issue's 10 minutes, less start-up, ingest checks and a margin
 LOG_WINDOWS = 10  # log windows per row; the first holds the warm-up and is left out of the median
-MUSIC_KIND = "chorale"
 GIB = 2**30
 RSS_UNIT_BYTES = 1024  # Linux reports ru_maxrss in KiB
 ERROR_CHARS = 160  # a failed row's note keeps the start of the error; the traceback goes to stderr
 
-FAMILIES = ("image", "music", "painting", "video")
-CORPUS_OF = {"image": "images", "music": "midi", "painting": "painting", "video": "video"}
 # fp32 first: the other rows' speed-up is against it, and the table is printed as rows finish
 VARIANTS = {
     "fp32": dict(bf16="off", channels_last="off", compile="off"),
@@ -86,61 +87,20 @@ FamilyMaker = Callable[[int], tuple]
 # --- building families as their run_training does -------------------------------------------
 
 
-def image_maker(manifest: Path, profile: str) -> FamilyMaker:
-    from models.image_gan import ImageGanConfig, ImageGanFamily, load_image_split
+def maker_of(record: FamilyRecord, manifest: Path, profile: str) -> FamilyMaker:
+    """The family's `training.benchmark_family`: it reads the data once and builds like `run_training`."""
+    return importlib.import_module(f"{record.package}.training").benchmark_family(manifest, profile)
 
-    data = load_image_split(manifest)
-    shape = {"resolution": int(data.train_images.shape[1]), "channels": int(data.train_images.shape[3]),
-             "num_classes": len(data.class_names)}
 
+def failing_maker(error: Exception) -> FamilyMaker:
     def make(steps: int):
-        config = ImageGanConfig.profile(profile, steps=steps, **shape)
-        return ImageGanFamily(config, data.train_images, data.train_labels, data.class_names), config
+        raise error
 
     return make
 
 
-def music_maker(manifest: Path, profile: str) -> FamilyMaker:
-    from models.music_vae import MusicVaeConfig, MusicVaeFamily, load_windows
-
-    windows = load_windows(manifest, MUSIC_KIND)["train"]
-
-    def make(steps: int):
-        config = MusicVaeConfig.profile(profile, kind=MUSIC_KIND, steps=steps)
-        return MusicVaeFamily(config, windows), config
-
-    return make
-
-
-def painting_maker(manifest: Path, profile: str) -> FamilyMaker:
-    from models.painting_gan import PaintingGanConfig, PaintingGanFamily, load_pictures
-
-    pictures = load_pictures(manifest)["train"]
-
-    def make(steps: int):
-        config = PaintingGanConfig.profile(profile, channels=int(pictures.shape[3]), steps=steps)
-        return PaintingGanFamily(config, pictures), config
-
-    return make
-
-
-def video_maker(manifest: Path, profile: str) -> FamilyMaker:
-    from models.video_rnn import VideoRnnConfig, VideoRnnFamily, load_clips
-
-    clips = load_clips(manifest)["train"]
-
-    def make(steps: int):
-        config = VideoRnnConfig.profile(profile, steps=steps)
-        return VideoRnnFamily(config, clips), config
-
-    return make
-
-
-MAKERS = {"image": image_maker, "music": music_maker, "painting": painting_maker, "video": video_maker}
-
-
-def manifest_of(data_root: Path, family: str) -> Path:
-    return data_root / "shards" / CORPUS_OF[family] / "manifest.json"
+def manifest_of(data_root: Path, record: FamilyRecord) -> Path:
+    return data_root / "shards" / record.corpus / "manifest.json"
 
 
 # --- one row ---------------------------------------------------------------------------------
@@ -300,8 +260,7 @@ def print_preamble(args, rows: int) -> None:
     print(f"load average {load_average()}", flush=True)
     print(f"torch {torch.__version__}; {device_line(args.device)}")
     print(f"profile {args.profile}, {args.steps} steps a row, a log window every {max(1, args.steps // LOG_WINDOWS)} "
-          f"steps (items/s: median of the windows after the first); budget {args.budget_seconds:.0f} s over {rows} rows; "
-          f"music: {MUSIC_KIND} windows only")
+          f"steps (items/s: median of the windows after the first); budget {args.budget_seconds:.0f} s over {rows} rows")
     print()
     print(table_header(args.device), flush=True)
 
@@ -309,13 +268,13 @@ def print_preamble(args, rows: int) -> None:
 # --- command line ----------------------------------------------------------------------------
 
 
-def comma_list(choices: tuple[str, ...] | dict) -> Callable[[str], list[str]]:
+def comma_list(choices: tuple[str, ...] | list[str] | dict) -> Callable[[str], list[str]]:
     def parse(text: str) -> list[str]:
         chosen = [name.strip() for name in text.split(",") if name.strip()]
         unknown = set(chosen) - set(choices)
         if unknown or not chosen:
             raise argparse.ArgumentTypeError(f"choose from {', '.join(choices)}; got {text!r}")
-        return [name for name in choices if name in chosen]  # the canonical order: fp32 before the others
+        return [name for name in choices if name in chosen]  # the canonical order: fp32 first, families as found
 
     return parse
 
@@ -324,7 +283,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="optimizer steps a row")
-    parser.add_argument("--families", type=comma_list(FAMILIES), default=list(FAMILIES), help="comma-separated")
+    names = list(families())
+    parser.add_argument("--families", type=comma_list(names), default=names,
+                        help=f"comma-separated registered names ({', '.join(names)})")
     parser.add_argument("--variants", type=comma_list(VARIANTS), default=list(VARIANTS), help="comma-separated")
     parser.add_argument("--device", type=torch.device, default=torch.device("cuda"))
     parser.add_argument("--profile", default="gpu", choices=["demo", "cpu-long", "gpu"])
@@ -338,8 +299,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--steps must be at least 1")
     if args.device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"CUDA is not available to torch {torch.__version__} (a CPU build?); use --device cpu")
-    missing = [str(manifest_of(args.data_root, family)) for family in args.families
-               if not manifest_of(args.data_root, family).exists()]
+    records = families()
+    missing = [str(manifest_of(args.data_root, records[name])) for name in args.families
+               if not manifest_of(args.data_root, records[name]).exists()]
     if missing:
         parser.error(f"no shards at {', '.join(missing)}: run `.venv/bin/atelier run --job ingest` first")
     return args
@@ -354,12 +316,18 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     budget = Budget(args.budget_seconds, len(args.families) * len(args.variants))
     print_preamble(args, budget.rows_left)
-    for family in args.families:
-        print(f"loading {family} from {manifest_of(args.data_root, family)}", file=sys.stderr, flush=True)
-        make = MAKERS[family](manifest_of(args.data_root, family), args.profile)
+    records = families()
+    for name in args.families:
+        manifest = manifest_of(args.data_root, records[name])
+        print(f"loading {name} from {manifest}", file=sys.stderr, flush=True)
+        try:
+            make = maker_of(records[name], manifest, args.profile)
+        except Exception as error:  # no benchmark_family, or data it cannot read: its rows say so, the rest run
+            traceback.print_exc()
+            make = failing_maker(error)
         fp32_rate = None
         for variant in args.variants:
-            row = run_row(make, family, variant, args, budget)
+            row = run_row(make, name, variant, args, budget)
             if variant == "fp32":
                 fp32_rate = row.items_per_second
             print(table_line(row, fp32_rate), flush=True)

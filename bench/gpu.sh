@@ -4,7 +4,7 @@
 # throughput and peak memory, in under 10 minutes on one H100.
 #
 #   bench/gpu.sh                          # defaults of bench/gpu.py; the table also goes to $OUT/gpu-bench.md
-#   bench/gpu.sh --steps 100 --families image,video
+#   bench/gpu.sh --steps 100 --families image-gan,video-rnn
 #
 # Ingesting the default corpora (only when their manifests are missing) counts against the 10
 # minutes: the benchmark's own budget is what is left. Arguments go to bench/gpu.py after
@@ -15,7 +15,6 @@ BENCH_TOTAL_SECONDS=${BENCH_TOTAL_SECONDS:-600}  # the whole script, ingest incl
 STARTUP_SECONDS=45                   # python and CUDA start-up, data loading, the last row's overrun
 MIN_BENCH_SECONDS=60                 # less than this left after ingest: the table would say nothing
 KILL_GRACE_SECONDS=10                # after timeout's SIGTERM, before SIGKILL
-CORPORA=(images midi painting video)
 
 cd "$(dirname "$0")/.."
 python=.venv/bin/python
@@ -39,8 +38,11 @@ if not torch.cuda.is_available():
              f"{torch.__version__.split('+')[0]} into .venv (https://pytorch.org/get-started/locally/), then run this again.")
 PY
 
+# the corpora the families train on (models.family.families()), each once
+corpora=$("$python" -c 'from models.family import families
+print(" ".join(sorted({record.corpus for record in families().values()})))')
 missing=()
-for corpus in "${CORPORA[@]}"; do
+for corpus in $corpora; do
     [[ -f "$data_root/shards/$corpus/manifest.json" ]] || missing+=("$corpus")
 done
 if ((${#missing[@]})); then

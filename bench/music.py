@@ -11,8 +11,9 @@ import tempfile
 from pathlib import Path
 
 from bench import throughput
-from models import music_metrics
-from models.music_vae import MusicVaeConfig, MusicVaeFamily, load_windows
+from models.music_vae import metrics as music_metrics
+from models.music_vae.config import MusicVaeConfig
+from models.music_vae.training import MusicVaeFamily, load_windows
 from models.trainer import fit
 
 DEFAULT_MANIFEST = Path("data/shards/midi/manifest.json")
@@ -33,10 +34,10 @@ def quality_table(manifest: Path, kind: str, minutes: float | None) -> str:
     out = []
     for name, config in runs.items():
         family = MusicVaeFamily(config, data["train"])
-        budget = {"max_seconds": minutes * 60} if name != "demo" else {}
+        budget = {"max_minutes": minutes} if name != "demo" else {}
         with tempfile.TemporaryDirectory() as run_dir:
             result = fit(family, config.trainer_config(**budget), run_dir)
         family.model.cpu()
-        report = music_metrics.evaluate(family.model, data["train"], data["heldout"], seed=0)
+        report = music_metrics.evaluate(family.model, data["train"], data["heldout"], seed=config.seed)
         out += [f"### {name}: {result.step} steps in {result.seconds:.0f} s", music_metrics.format_report(report), ""]
     return "\n".join(out)

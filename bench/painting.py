@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.train --family painting [--quality --minutes 20]
 
 Quality: the demo profile to its end, and with --minutes a cpu-long run stopped by that
-budget, each against the real-vs-real floor and an untrained generator (models.painting_metrics).
+budget, each against the real-vs-real floor and an untrained generator (models.painting_gan.metrics).
 """
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import tempfile
 from pathlib import Path
 
 from bench import throughput
-from models import painting_metrics
-from models.painting_gan import (
-    PaintingGanConfig, PaintingGanFamily, export_bundle, load_generator, load_pictures, save_bundle,
-)
+from models.bundle import save_bundle
+from models.painting_gan import metrics
+from models.painting_gan.config import PaintingGanConfig
+from models.painting_gan.sampling import load_generator
+from models.painting_gan.training import PaintingGanFamily, export_bundle, load_pictures
 from models.trainer import fit
 
 DEFAULT_MANIFEST = Path("data/shards/painting/manifest.json")
@@ -32,16 +33,16 @@ def quality_table(manifest: Path, minutes: float | None) -> str:
     pictures = load_pictures(manifest)
     runs = {"demo": (PaintingGanConfig.profile("demo"), {})}
     if minutes:
-        runs[f"cpu-long {minutes:g} min"] = (PaintingGanConfig.profile("cpu-long"), {"max_seconds": minutes * 60})
+        runs[f"cpu-long {minutes:g} min"] = (PaintingGanConfig.profile("cpu-long"), {"max_minutes": minutes})
     out = []
     for name, (config, budget) in runs.items():
         family = PaintingGanFamily(config, pictures["train"])
         with tempfile.TemporaryDirectory() as run_dir:
             result = fit(family, config.trainer_config(**budget), run_dir)
             generator = load_generator(save_bundle(export_bundle(family, result.step), Path(run_dir) / "bundle.pt"))
-        report = painting_metrics.painting_reports(
-            {"untrained_generator": painting_metrics.untrained_generator(config), "model": generator},
+        report = metrics.painting_reports(
+            {"untrained_generator": metrics.untrained_generator(config), "model": generator},
             pictures["train"], heldout=pictures["heldout"], n=EVAL_SAMPLES)
         out += [f"### {name}: {result.step} steps in {result.seconds:.0f} s",
-                painting_metrics.format_painting_report(report), ""]
+                metrics.format_painting_report(report), ""]
     return "\n".join(out)

@@ -29,11 +29,16 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from models import metrics
-from models.image_gan import (
-    Discriminator, Generator, ImageGanConfig, ImageGanFamily, export_bundle, load_generator, sample, save_bundle,
-    to_unit_range,
-)
+from models.bundle import save_bundle
+from models.classifier import FeatureClassifier, predict_labels, train_classifier
+from models.distances import memorization
+from models.generators import to_unit_range
+from models.image_gan.config import ImageGanConfig
+from models.image_gan.data import load_image_split
+from models.image_gan.metrics import LabelledImages, format_report, gan_report
+from models.image_gan.networks import Discriminator, Generator
+from models.image_gan.sampling import load_generator, sample
+from models.image_gan.training import ImageGanFamily, export_bundle
 from models.trainer import autocast_for, bf16_supported, fit
 
 MATMUL_SIZE, MATMUL_REPEATS = 1024, 10
@@ -43,16 +48,8 @@ QUALITY_SAMPLES = 5000  # images per row of the quality table (FID is biased by 
 def load_images(manifest: Path | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """(train images, labels, heldout images, labels, class names) as uint8 (N,32,32,1)."""
     if manifest is not None:
-        from corpora.ingest import shard_paths
-        from corpora.shards import read_shards, tensors_from_table
-
-        table = read_shards(shard_paths(manifest, "images"))
-        pixels = tensors_from_table(table, "pixels")
-        names = table.column("label").to_pylist()
-        class_names = sorted({n for n in names if n is not None})
-        labels = np.array([class_names.index(n) if n is not None else 0 for n in names])
-        train = np.array(table.column("split").to_pylist()) == "train"
-        return pixels[train], labels[train], pixels[~train], labels[~train], class_names
+        data = load_image_split(manifest)
+        return data.train_images, data.train_labels, data.heldout_images, data.heldout_labels, data.class_names
     from corpora.defaults.images import CLASS_NAMES, read_idx
 
     def padded(split):  # Fashion-MNIST is 28x28; the GAN wants a power of two
@@ -163,13 +160,13 @@ def throughput_table(config, images, labels, steps: int, repeats: int) -> str:
 # --- quality -------------------------------------------------------------------------------
 
 
-def train_to_bundle(config, images, labels, class_names, run_dir: Path, max_seconds: float | None) -> tuple[dict, object]:
+def train_to_bundle(config, images, labels, class_names, run_dir: Path, max_minutes: float) -> tuple[dict, object]:
     family = ImageGanFamily(config, images, labels, class_names)
 
     def log(step, m):
         print(f"  step {step}: " + " ".join(f"{k}={v:.3g}" for k, v in m.items()), flush=True)
 
-    result = fit(family, config.trainer_config(max_seconds=max_seconds, bf16="off"), run_dir, log=log)
+    result = fit(family, config.trainer_config(max_minutes=max_minutes, bf16="off"), run_dir, log=log)
     bundle = export_bundle(family, result.step)
     save_bundle(bundle, run_dir / "bundle.pt")
     return bundle, result
@@ -178,11 +175,11 @@ def train_to_bundle(config, images, labels, class_names, run_dir: Path, max_seco
 def quality_table(args, images, labels, heldout, heldout_labels, class_names, num_classes) -> str:
     started = time.perf_counter()
     if args.classifier is not None and args.classifier.exists():  # reuse: it takes minutes on 2 cores
-        classifier = metrics.FeatureClassifier(images.shape[3], num_classes)
+        classifier = FeatureClassifier(images.shape[3], num_classes)
         classifier.load_state_dict(torch.load(args.classifier, weights_only=True))
-        accuracy = float((metrics.predict_labels(classifier, heldout) == heldout_labels).mean())
+        accuracy = float((predict_labels(classifier, heldout) == heldout_labels).mean())
     else:
-        classifier, accuracy = metrics.train_classifier(images, labels, heldout, heldout_labels)
+        classifier, accuracy = train_classifier(images, labels, heldout, heldout_labels)
         if args.classifier is not None:
             torch.save(classifier.state_dict(), args.classifier)
     print(f"feature classifier: heldout accuracy {accuracy:.3f} ({time.perf_counter() - started:.0f} s)", flush=True)
@@ -194,23 +191,23 @@ def quality_table(args, images, labels, heldout, heldout_labels, class_names, nu
     bundles = {f"bundle {i}": load_generator(path) for i, path in enumerate(args.bundle or [])}
     if not args.bundle:
         run_dir = Path(tempfile.mkdtemp(prefix="bench-demo-"))
-        bundle, result = train_to_bundle(demo, images, labels, class_names, run_dir, None)
+        bundle, result = train_to_bundle(demo, images, labels, class_names, run_dir, 0.0)
         bundles["demo"] = load_generator(bundle)
         notes.append(f"demo: {result.step} steps in {result.seconds:.0f} s ({run_dir})")
     if args.minutes:
         run_dir = Path(tempfile.mkdtemp(prefix="bench-long-"))
         long = ImageGanConfig.profile("cpu-long", num_classes=num_classes, steps=10**7)
-        bundle, result = train_to_bundle(long, images, labels, class_names, run_dir, 60 * args.minutes)
+        bundle, result = train_to_bundle(long, images, labels, class_names, run_dir, args.minutes)
         bundles[f"cpu-long {args.minutes} min"] = load_generator(bundle)
         notes.append(f"cpu-long: {result.step} steps in {result.seconds:.0f} s ({run_dir})")
     for name, generator in bundles.items():
         samples[name] = sample(generator, QUALITY_SAMPLES, seed=1, labels=conditioned)
     # a random subset of the held-out images is the floor (shards are stored in class order)
     chosen = np.sort(np.random.default_rng(0).choice(len(heldout), min(QUALITY_SAMPLES, len(heldout)), replace=False))
-    report = metrics.gan_report(classifier, images, metrics.LabelledImages(heldout[chosen], heldout_labels[chosen]),
-                                {name: metrics.LabelledImages(s, conditioned) for name, s in samples.items()})
-    copies = {name: metrics.memorization(s[:500], images)["near_copy_count"] for name, s in samples.items()}
-    return "\n".join([*notes, metrics.format_report(report), f"near copies among 500 samples: {copies}"])
+    report = gan_report(classifier, images, LabelledImages(heldout[chosen], heldout_labels[chosen]),
+                        {name: LabelledImages(s, conditioned) for name, s in samples.items()})
+    copies = {name: memorization(s[:500], images)["near_copy_count"] for name, s in samples.items()}
+    return "\n".join([*notes, format_report(report), f"near copies among 500 samples: {copies}"])
 
 
 def main() -> None:

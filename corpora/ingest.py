@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from corpora.atomic import atomic_write_json, remove_stale_temporaries
+from common.atomic import atomic_write_json, remove_stale_temporaries
 from corpora.grouping import FileSignature, SplitPlan, SplitSettings, plan_split
-from corpora.hashing import sha256_file, sha256_json
+from common.hashing import sha256_file, sha256_json
 from corpora.shards import ShardInfo, TableSpec, tensor_table, write_parquet, write_shards
 from corpora.workers import ItemFailure, map_isolated
 

@@ -1,4 +1,5 @@
-"""Small preview pictures of a corpus, for the Dagster UI (kept tiny: they live in the event log)."""
+"""Small pictures for the Dagster UI and the galleries: contact sheets of images (corpus previews are kept
+tiny: they live in the event log), and piano rolls."""
 from __future__ import annotations
 
 import math
@@ -7,16 +8,30 @@ import cv2
 import numpy as np
 
 
-def contact_sheet(images, columns: int = 8, cell: int = 48, gap: int = 2) -> np.ndarray:
-    """Tile uint8 images (an (N, H, W, C) array, or a list of HxWxC arrays of any sizes and one
-    channel count) into one picture with square cells of `cell` pixels."""
-    count, channels = len(images), images[0].shape[-1]
+def contact_sheet(images, columns: int = 8, cell: int | None = 48, gap: int = 2) -> np.ndarray:
+    """Tile uint8 images into one picture, `columns` to a row, on white with `gap` pixels between
+    the cells and around them.
+
+    `images`: an (N, H, W, C) array, or a sequence of HxWxC arrays with one channel count in
+    which None leaves its cell empty (a grid's corner). `cell`: the side of the square cells,
+    every image resized to it (so any sizes mix); None keeps the images' own size, which they
+    must then share (pixels stay as they are, for model samples)."""
+    present = [image for image in images if image is not None]
+    if not present:
+        raise ValueError("a contact sheet needs at least one image")
+    count, channels = len(images), present[0].shape[-1]
+    height, width = (cell, cell) if cell is not None else present[0].shape[:2]
     rows = max(1, math.ceil(count / columns))
-    sheet = np.full((rows * (cell + gap) + gap, columns * (cell + gap) + gap, channels), 255, np.uint8)
+    sheet = np.full((rows * (height + gap) + gap, columns * (width + gap) + gap, channels), 255, np.uint8)
     for index, image in enumerate(images):
-        resized = cv2.resize(image, (cell, cell), interpolation=cv2.INTER_AREA).reshape(cell, cell, channels)
-        top, left = gap + (index // columns) * (cell + gap), gap + (index % columns) * (cell + gap)
-        sheet[top : top + cell, left : left + cell] = resized
+        if image is None:
+            continue
+        if cell is not None:
+            image = cv2.resize(image, (cell, cell), interpolation=cv2.INTER_AREA).reshape(cell, cell, channels)
+        elif image.shape[:2] != (height, width):
+            raise ValueError(f"with cell=None every image must be {height}x{width}, not {image.shape[0]}x{image.shape[1]}")
+        top, left = gap + (index // columns) * (height + gap), gap + (index % columns) * (width + gap)
+        sheet[top : top + height, left : left + width] = image
     return sheet
 
 

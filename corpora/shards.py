@@ -18,8 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from corpora.atomic import atomic_write
-from corpora.hashing import sha256_file
+from common.atomic import atomic_write
+from common.hashing import sha256_file
 
 TENSOR_METADATA_PREFIX = "atelier.tensor."
 COMPRESSION = "zstd"

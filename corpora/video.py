@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from corpora.atomic import atomic_path
+from common.atomic import atomic_path
 from corpora.images import square_resize, thumbnail
 from corpora.ingest import DecodedFile, DecodeTask, Grouping, Modality, Rejected, TableRows
 from corpora.shards import TableSpec, TensorColumn

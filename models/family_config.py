@@ -6,6 +6,7 @@ imported in a process that has neither corpora/ nor dagster.
 from __future__ import annotations
 
 from dataclasses import asdict, fields
+from typing import ClassVar
 
 
 class FamilyConfig:
@@ -14,6 +15,14 @@ class FamilyConfig:
     A plain class rather than a dataclass, so that the subclass's fields keep their own order."""
 
     log_every_cap = 100  # at most this many steps between two logged losses
+    PROFILES: ClassVar[dict[str, dict]] = {}  # each family's named settings: "demo" (minutes on 2 CPU cores), "cpu-long", "gpu"
+
+    @classmethod
+    def profile(cls, name: str, **overrides):
+        """A named profile, with any field overridden; an unknown name says which exist."""
+        if name not in cls.PROFILES:
+            raise ValueError(f"unknown profile {name!r}: choose one of {sorted(cls.PROFILES)}")
+        return cls(**{**cls.PROFILES[name], **overrides})
 
     def to_dict(self) -> dict:
         # tuples as lists, so the dict reads back the same from JSON

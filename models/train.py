@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 
 from models import distributed as dist_env
+from models.family import families, family
 
-FAMILIES = ("image-gan", "music-vae", "painting-gan", "video-rnn")
 OUTCOME_FILE = "outcome.json"
 PIPES_CONTEXT_ENV = "DAGSTER_PIPES_CONTEXT"  # set by every Dagster Pipes client
 
@@ -40,15 +40,13 @@ PIPES_CONTEXT_ENV = "DAGSTER_PIPES_CONTEXT"  # set by every Dagster Pipes client
 class TrainingRequest:
     """Everything a run needs besides its data (the manifest) and its folder (the run dir)."""
 
-    family: str  # one of FAMILIES
-    model_config: dict  # the family config's to_dict(); music-vae: {kind: config dict}
+    family: str  # a family's registered name (models.family.families())
+    model_config: dict  # the family config's to_dict(), seed included; music-vae: {kind: config dict}
     options: dict = field(default_factory=dict)  # family-specific: eval_samples, classifier weights, ...
-    max_minutes: float = 0.0  # stop, evaluate and export after this long; 0: no limit
     init_from: str = ""  # a bundle of the same family whose weights the run starts from
-    trainer: dict = field(default_factory=dict)  # TrainerConfig overrides: compile, bf16, channels_last, ...
+    trainer: dict = field(default_factory=dict)  # TrainerConfig overrides: max_minutes, compile, bf16, ...
     device: str = "auto"  # "auto": CUDA when present
     threads: int = 2  # torch intra-op threads per process
-    seed: int = 0
 
     @classmethod
     def from_json(cls, text: str) -> "TrainingRequest":
@@ -57,8 +55,8 @@ class TrainingRequest:
         if unknown:
             raise ValueError(f"unknown training request fields: {sorted(unknown)}")
         request = cls(**values)
-        if request.family not in FAMILIES:
-            raise ValueError(f"family must be one of {FAMILIES}, not {request.family!r}")
+        if request.family not in families():
+            raise ValueError(f"family must be one of {tuple(families())}, not {request.family!r}")
         return request
 
     def to_json(self) -> str:
@@ -88,6 +86,8 @@ class TrainingOutcome:
 class Reporter:
     """Where a run's progress goes. The base class prints JSON lines (a run started by hand)."""
 
+    progress = ""  # "step 450 of 1500, about 2 min left": set by RunContext.fit before each metrics window
+
     def log(self, message: str) -> None:
         print(json.dumps({"log": message}), flush=True)
 
@@ -109,7 +109,8 @@ class PipesReporter(Reporter):
         self.pipes.log.info(message)
 
     def metrics(self, step: int, values: dict) -> None:
-        self.pipes.log.info(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in values.items()))
+        where = self.progress or f"step {step}"
+        self.pipes.log.info(f"{where}: " + ", ".join(f"{k}={v:.4g}" for k, v in values.items()))
         self.pipes.report_custom_message({"metrics": {"step": step, "values": values}})
 
     def outcome(self, outcome: TrainingOutcome) -> None:
@@ -139,13 +140,12 @@ class RunContext:
     distributed: dist_env.Distributed
     report: Reporter
 
-    def should_stop(self, max_minutes: float) -> Callable[[], bool]:
-        """True once the budget is spent, or once the process that started this one is gone:
-        an orphaned trainer would otherwise train on beside the rerun that resumes its run
-        folder. It stops at the next step and leaves a checkpoint."""
+    def should_stop(self) -> Callable[[], bool]:
+        """True once the process that started this one is gone: an orphaned trainer would
+        otherwise train on beside the rerun that resumes its run folder. It stops at the next
+        step and leaves a checkpoint. (The time budget is the trainer's own max_minutes.)"""
         parent = os.getppid()
-        end = time.monotonic() + max_minutes * 60 if max_minutes else None
-        return lambda: os.getppid() != parent or (end is not None and time.monotonic() >= end)
+        return lambda: os.getppid() != parent
 
     def fit(self, family, config, request: TrainingRequest, run_dir: Path | None = None,
             log: Callable[[int, dict], None] | None = None, extra: dict | None = None):
@@ -153,18 +153,32 @@ class RunContext:
         family's config, stored with every checkpoint."""
         from models.trainer import fit
 
-        return fit(family, config.trainer_config(**request.trainer), run_dir or self.run_dir, device=self.device,
-                   log=log or self.report.metrics, should_stop=self.should_stop(request.max_minutes),
-                   distributed=self.distributed, checkpoint_extra={"config": config.to_dict(), **(extra or {})})
+        trainer_config = config.trainer_config(**request.trainer)
+        report, clock = log or self.report.metrics, _Progress(trainer_config.steps)
+
+        def report_with_progress(step: int, values: dict) -> None:
+            self.report.progress = clock.describe(step)
+            report(step, values)
+
+        return fit(family, trainer_config, run_dir or self.run_dir, device=self.device, log=report_with_progress,
+                   should_stop=self.should_stop(), distributed=self.distributed,
+                   checkpoint_extra={"config": config.to_dict(), **(extra or {})})
 
 
-def family_runner(family: str) -> Callable[[TrainingRequest, RunContext], TrainingOutcome | None]:
-    """The family's `run_training(request, run)`; imported on demand, so a run loads one family."""
-    from importlib import import_module
+class _Progress:
+    """"step 450 of 1500, about 2 min left", the time left judged by the pace since the first window."""
 
-    module = {"image-gan": "image_gan", "music-vae": "music_vae", "painting-gan": "painting_gan",
-              "video-rnn": "video_rnn"}[family]
-    return import_module(f"models.{module}").run_training
+    def __init__(self, total: int):
+        self.total, self.first, self.started = total, None, 0.0
+
+    def describe(self, step: int) -> str:
+        text = f"step {step} of {self.total}"
+        if self.first is None:
+            self.first, self.started = step, time.monotonic()
+        elif step > self.first:
+            left = (time.monotonic() - self.started) / (step - self.first) * (self.total - step)
+            text += f", about {left:.0f} s left" if left < 90 else f", about {left / 60:.0f} min left"
+        return text
 
 
 def resolve_device(requested: str, distributed: dist_env.Distributed) -> torch.device:
@@ -179,7 +193,7 @@ def resolve_device(requested: str, distributed: dist_env.Distributed) -> torch.d
 def train(request: TrainingRequest, manifest: Path, run_dir: Path, reporter: Reporter) -> TrainingOutcome | None:
     """Run one training request in this process (one rank of it under torchrun). Returns the
     outcome on rank 0 (also written to run_dir/outcome.json), None on other ranks."""
-    from corpora.atomic import atomic_write_text
+    from common.atomic import atomic_write_text
 
     torch.set_num_threads(request.threads)
     device_type = "cuda" if request.device.startswith("cuda") or (request.device == "auto" and torch.cuda.is_available()) else "cpu"
@@ -190,7 +204,7 @@ def train(request: TrainingRequest, manifest: Path, run_dir: Path, reporter: Rep
         run.run_dir.mkdir(parents=True, exist_ok=True)
         if distributed.world_size > 1:
             run.report.log(f"rank 0 of {distributed.world_size}, device {run.device}")
-        outcome = family_runner(request.family)(request, run)
+        outcome = family(request.family).run_training()(request, run)
     finally:
         dist_env.shutdown(distributed)
     if outcome is None:
@@ -203,7 +217,7 @@ def train(request: TrainingRequest, manifest: Path, run_dir: Path, reporter: Rep
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m models.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--family", choices=FAMILIES, help="overrides the config file's family")
+    parser.add_argument("--family", choices=tuple(families()), help="overrides the config file's family")
     parser.add_argument("--config", required=True, type=Path, help="a TrainingRequest as JSON")
     parser.add_argument("--manifest", required=True, type=Path, help="the shard manifest to train on")
     parser.add_argument("--run-dir", required=True, type=Path, help="checkpoints, bundle.pt, outcome.json")

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from corpora.atomic import atomic_write, remove_stale_temporaries
+from common.atomic import atomic_write, remove_stale_temporaries
 from models.distributed import (Distributed, all_gather_objects, any_rank, average_gradients_before_steps, barrier,
                                 broadcast_float_buffers, broadcast_modules, check_ready, local_slice)
 
@@ -62,7 +62,7 @@ class TrainerConfig:
     seed: int = 0
     bf16: str = "auto"  # "auto": on CUDA and on CPUs with native bf16 (see bf16_supported); "on"; "off"
     channels_last: str = "auto"  # "auto": on CUDA only, where convs gain from NHWC; "on"; "off"
-    max_seconds: float | None = None  # wall-clock budget; the run checkpoints and stops when spent
+    max_minutes: float = 0.0  # wall-clock budget; the run checkpoints and stops when spent; 0: none
     compile: str = "off"  # torch.compile every module: "auto": on CUDA only; "on"; "off"
 
     def to_dict(self) -> dict:
@@ -463,7 +463,7 @@ def fit(
     gradient_hooks = average_gradients_before_steps(family.optimizers().values(), distributed)
     try:
         while step < config.steps:
-            out_of_time = config.max_seconds is not None and time.perf_counter() - started >= config.max_seconds
+            out_of_time = config.max_minutes > 0 and time.perf_counter() - started >= config.max_minutes * 60
             if any_rank(out_of_time or (should_stop is not None and should_stop()), distributed):
                 break
             batch = family.make_batch(local_slice(next(sampler), distributed), device)

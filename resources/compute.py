@@ -7,8 +7,7 @@ import dagster as dg
 class ComputeResource(dg.ConfigurableResource):
     """`threads` bounds both torch's intra-op threads and ingest worker processes.
 
-    Pin it: an oversubscribed CPU ran training up to 10x slower in our measurements
-    (shared/research/models.md, section 4).
+    Pin it: an oversubscribed CPU ran training up to 10x slower (docs/performance.md).
     """
 
     device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
@@ -17,8 +16,8 @@ class ComputeResource(dg.ConfigurableResource):
     compile: str = "off"  # torch.compile the training modules: "auto" (on CUDA), "on", "off"
 
     def training_settings(self) -> dict:
-        """These settings as keyword arguments of a models.train.TrainingRequest."""
-        return {"device": self.device, "threads": self.threads, "seed": self.seed, "trainer": {"compile": self.compile}}
+        """These settings as keyword arguments of a models.train.TrainingRequest (the seed goes in the model config)."""
+        return {"device": self.device, "threads": self.threads, "trainer": {"compile": self.compile}}
 
     def torch_device(self):
         import torch

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from corpora.atomic import atomic_write_text
+from common.atomic import atomic_write_text
 from models.train import Reporter, TrainingOutcome, TrainingRequest, train
 
 MODES = ("subprocess", "in_process")

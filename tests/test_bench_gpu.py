@@ -10,6 +10,7 @@ import pytest
 
 from assets.ingest import CORPUS_ASSET_OF
 from bench import gpu
+from models.family import families
 from pipelines.definitions import build_resources
 from tests.tiny_corpora import write_all
 
@@ -43,16 +44,17 @@ def tiny_data_root(tmp_path_factory) -> Path:
 
 
 def test_smoke_mode_reports_one_row_per_family(tiny_data_root):
+    names = list(families())
     completed = subprocess.run(
         [sys.executable, "-m", "bench.gpu", "--device", "cpu", "--steps", str(STEPS), "--profile", "demo",
-         "--variants", "fp32", "--families", ",".join(gpu.FAMILIES), "--threads", "1",
+         "--variants", "fp32", "--families", ",".join(names), "--threads", "1",
          "--data-root", str(tiny_data_root)],
         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=BENCH_TIMEOUT_S,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert completed.stdout.startswith("load average")
     rows = table_rows(completed.stdout)
-    assert [row["family"] for row in rows] == list(gpu.FAMILIES)
+    assert [row["family"] for row in rows] == names
     for row in rows:
         assert row["variant"] == "fp32" and row["steps"] == str(STEPS), row
         assert float(row["items/s"]) > 0 and float(row["ms/step"]) > 0, row
@@ -62,7 +64,7 @@ def test_smoke_mode_reports_one_row_per_family(tiny_data_root):
 
 def test_a_spent_budget_stops_each_row_before_its_first_step(tiny_data_root, capsys):
     gpu.main(["--device", "cpu", "--steps", str(STEPS), "--profile", "demo", "--variants", "fp32",
-              "--families", "image", "--budget-seconds", "0", "--data-root", str(tiny_data_root)])
+              "--families", "image-gan", "--budget-seconds", "0", "--data-root", str(tiny_data_root)])
     [row] = table_rows(capsys.readouterr().out)
     assert row["steps"] == "0" and row["items/s"] == "n/a"
     assert row["note"].startswith("stopped by its 0 s share of the budget"), row

@@ -18,10 +18,17 @@ from PIL import Image
 from corpora.images import IMAGES, ImageCorpusConfig
 from corpora.ingest import IngestSettings, ingest, shard_paths
 from corpora.shards import read_shards, tensors_from_table
-from models import metrics
-from models.image_gan import (
-    CHAMPION_RULE, ImageGanConfig, ImageGanFamily, export_bundle, interpolate, load_generator, sample, save_bundle,
-)
+from models import classifier as classifiers
+from models import distances
+from models.bundle import save_bundle
+from models.image_gan import CHAMPION_RULE, FAMILY
+from models.image_gan import metrics
+from models.image_gan.config import ImageGanConfig
+from models.image_gan.data import load_image_split
+from models.image_gan.sampling import interpolate, load_generator, sample
+from models.image_gan.training import ImageGanFamily, export_bundle
+from models.train import TrainingRequest
+from models.train import main as train_main
 from models.trainer import (
     IndexSampler, fit, latest_checkpoint, list_checkpoints, load_checkpoint, restore_rng_state,
     rng_state, seed_everything,
@@ -118,16 +125,26 @@ def test_a_time_budget_stops_with_a_checkpoint_and_the_run_resumes(tmp_path):
     assert latest_checkpoint(tmp_path / "checkpoints").name == "step-000002.pt"
     second = fit(ImageGanFamily(config, images, labels), config.trainer_config(steps=6, checkpoint_every=100), tmp_path)
     assert (second.resumed_from, second.step, second.finished) == (2, 6, True)
-    timed = fit(ImageGanFamily(config, images, labels), config.trainer_config(steps=10_000, max_seconds=0.0), tmp_path / "timed")
+    spent = 1e-12  # minutes: the budget is spent before the first step
+    timed = fit(ImageGanFamily(config, images, labels), config.trainer_config(steps=10_000, max_minutes=spent), tmp_path / "timed")
     assert timed.step == 0 and not timed.finished
 
 
-def _train_command(data: Path, run_dir: Path, steps: int, checkpoint_every: int) -> list[str]:
-    return [
-        sys.executable, "-m", "models.image_gan", "--data", str(data), "--run-dir", str(run_dir),
-        "--widths", "16,8", "--batch-size", "8", "--steps", str(steps), "--checkpoint-every", str(checkpoint_every),
-        "--log-every", "1000", "--threads", "1", "--seed", "5",
-    ]
+def ingest_bar_images(root: Path, n: int, heldout_percent: int = 10) -> Path:
+    """tiny_data as PNG files in one folder per class, ingested into shards; returns the manifest."""
+    images, labels = tiny_data(n=n)
+    names = ["left", "middle", "right"]
+    for i, (pixels, label) in enumerate(zip(images, labels)):
+        (root / "raw" / names[label]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels[:, :, 0]).save(root / "raw" / names[label] / f"{i:03d}.png")
+    report = ingest(IMAGES, ImageCorpusConfig(resolution=RESOLUTION), root / "raw", root / "out",
+                    IngestSettings(workers=1, heldout_percent=heldout_percent))
+    return report.manifest_path
+
+
+def _train_command(request: Path, manifest: Path, run_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "models.train", "--family", FAMILY.name, "--config", str(request),
+            "--manifest", str(manifest), "--run-dir", str(run_dir)]
 
 
 def _subprocess_env() -> dict:
@@ -136,17 +153,23 @@ def _subprocess_env() -> dict:
 
 def test_a_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path):
     """Bit-exact (tolerance 0) on CPU at one thread: same seed, same data order, same RNG streams."""
-    images, labels = tiny_data()
-    data = tmp_path / "data.npz"
-    np.savez(data, images=images, labels=labels, class_names=np.array(["a", "b", "c"]))
+    manifest = ingest_bar_images(tmp_path, n=48, heldout_percent=30)
+    data = load_image_split(manifest)
+    classifier, _ = classifiers.train_classifier(data.train_images, data.train_labels, data.heldout_images,
+                                                 data.heldout_labels, classifiers.ClassifierConfig(epochs=1))
+    weights = classifiers.save_classifier(classifier, tmp_path / "classifier.pt", data.class_names, 0.0)
     steps, every = 120, 10
+    request = tmp_path / "request.json"
+    request.write_text(TrainingRequest(
+        family=FAMILY.name, model_config=tiny_config(steps=steps, seed=5).to_dict(), options={"classifier": str(weights)},
+        trainer={"checkpoint_every": every, "log_every": 1000}, device="cpu", threads=1).to_json())
 
-    # the uninterrupted run in this process (same code path as the CLI, one thread too)
-    from models.image_gan import main
-    assert main(_train_command(data, tmp_path / "whole", steps, every)[3:])["finished"]
+    # the uninterrupted run in this process (the entry point's code path, one thread too)
+    assert train_main(_train_command(request, manifest, tmp_path / "whole")[3:]) == 0
+    assert json.loads((tmp_path / "whole" / "outcome.json").read_text())["step"] == steps
 
     killed_dir = tmp_path / "killed"
-    process = subprocess.Popen(_train_command(data, killed_dir, steps, every), env=_subprocess_env(),
+    process = subprocess.Popen(_train_command(request, manifest, killed_dir), env=_subprocess_env(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while latest_checkpoint(killed_dir / "checkpoints") is None and process.poll() is None and time.monotonic() < deadline:
@@ -156,10 +179,10 @@ def test_a_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_pa
     reached = [step for step, _ in list_checkpoints(killed_dir / "checkpoints")]
     assert reached and max(reached) < steps, f"the kill came too late to test a resume: {reached}"
 
-    out = subprocess.run(_train_command(data, killed_dir, steps, every), env=_subprocess_env(), check=True,
+    out = subprocess.run(_train_command(request, manifest, killed_dir), env=_subprocess_env(), check=True,
                          capture_output=True, text=True, timeout=300)
-    summary = json.loads(out.stdout.strip().splitlines()[-1])
-    assert summary["resumed_from"] == max(reached) and summary["finished"]
+    outcome = json.loads(out.stdout.strip().splitlines()[-1])["outcome"]
+    assert outcome["resumed_from"] == max(reached) and outcome["step"] == steps
 
     whole = load_checkpoint(latest_checkpoint(tmp_path / "whole" / "checkpoints"))
     resumed = load_checkpoint(latest_checkpoint(killed_dir / "checkpoints"))
@@ -198,14 +221,8 @@ def test_bundle_reloads_to_the_same_samples_with_weights_only(tmp_path):
 
 def test_trains_from_real_shards(tmp_path):
     """The pipeline's path: PNG files -> ingest -> Parquet shards -> uint8 tensors + labels -> fit."""
-    images, labels = tiny_data(n=24)
-    names = ["left", "middle", "right"]
-    for i, (pixels, label) in enumerate(zip(images, labels)):
-        (tmp_path / "raw" / names[label]).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(pixels[:, :, 0]).save(tmp_path / "raw" / names[label] / f"{i:03d}.png")
-    report = ingest(IMAGES, ImageCorpusConfig(resolution=RESOLUTION), tmp_path / "raw", tmp_path / "out",
-                    IngestSettings(workers=1))
-    table = read_shards(shard_paths(report.manifest_path, "images"))
+    manifest = ingest_bar_images(tmp_path, n=24)
+    table = read_shards(shard_paths(manifest, "images"))
     train = table.filter(table.column("split").to_numpy(zero_copy_only=False) == "train")
     pixels = tensors_from_table(train, "pixels")
     class_names = sorted(set(train.column("label").to_pylist()))
@@ -213,18 +230,21 @@ def test_trains_from_real_shards(tmp_path):
     config = tiny_config()
     result = fit(ImageGanFamily(config, pixels, label_ids, class_names), config.trainer_config(steps=2), tmp_path / "run")
     assert result.finished and np.isfinite(result.metrics["d_loss"])
+    split = load_image_split(manifest)  # the family's own reader gives the same rows
+    assert np.array_equal(split.train_images, pixels) and np.array_equal(split.train_labels, label_ids)
+    assert split.class_names == class_names
 
 
 def test_frechet_and_kernel_distance_are_zero_on_itself_and_grow_with_a_shift():
     rng = np.random.default_rng(0)
     feats = rng.standard_normal((600, 16))
     other = rng.standard_normal((600, 16))
-    assert metrics.frechet_distance(feats, feats) == pytest.approx(0.0, abs=1e-6)
-    same_distribution = metrics.frechet_distance(feats, other)
-    shifted = metrics.frechet_distance(feats, other + 1.0)
+    assert distances.frechet_distance(feats, feats) == pytest.approx(0.0, abs=1e-6)
+    same_distribution = distances.frechet_distance(feats, other)
+    shifted = distances.frechet_distance(feats, other + 1.0)
     assert shifted > 10 * same_distribution and shifted == pytest.approx(16.0, rel=0.15)  # ||shift||^2 = 16
-    kid_same, _ = metrics.kernel_distance(feats, other, num_subsets=10, subset_size=200)
-    kid_shifted, _ = metrics.kernel_distance(feats, other + 1.0, num_subsets=10, subset_size=200)
+    kid_same, _ = distances.kernel_distance(feats, other, num_subsets=10, subset_size=200)
+    kid_shifted, _ = distances.kernel_distance(feats, other + 1.0, num_subsets=10, subset_size=200)
     assert abs(kid_same) < 0.05 < kid_shifted
 
 
@@ -233,7 +253,7 @@ def test_memorization_flags_an_exact_copy_and_names_its_source():
     rng = np.random.default_rng(1)
     fresh = rng.integers(0, 256, size=(3, RESOLUTION, RESOLUTION, 1), dtype=np.uint8)
     samples = np.concatenate([fresh, train[17:18]])
-    found = metrics.memorization(samples, train, reference_size=20)
+    found = distances.memorization(samples, train, reference_size=20)
     assert found["near_copy"].tolist() == [False, False, False, True]
     assert found["near_copy_count"] == 1 and found["nearest_index"][3] == 17
     assert found["nearest_distance"][3] < 1e-2 < found["typical_nn_distance"]
@@ -253,8 +273,8 @@ def noisy_label_data(n: int, seed: int, flip: float = 0.3) -> tuple[np.ndarray, 
 def bar_classifier():
     images, labels = tiny_data(n=90)
     heldout, heldout_labels = noisy_label_data(300, seed=1)
-    classifier, accuracy = metrics.train_classifier(images, labels, heldout, heldout_labels,
-                                                    metrics.ClassifierConfig(epochs=10, batch_size=16))
+    classifier, accuracy = classifiers.train_classifier(images, labels, heldout, heldout_labels,
+                                                    classifiers.ClassifierConfig(epochs=10, batch_size=16))
     return classifier, accuracy, images
 
 
@@ -278,16 +298,16 @@ def test_label_accuracy_is_chance_for_an_untrained_generator_and_heldout_accurac
     # dependence an untrained generator has.
     assert report["untrained_generator"]["label_accuracy"] == pytest.approx(1 / CLASSES, abs=0.1)
     # the metric itself: real images scored against the right labels, then against shifted ones
-    assert metrics.label_accuracy(classifier, *tiny_data(n, seed=3)) == 1.0
-    assert metrics.label_accuracy(classifier, real, (real_labels + 1) % CLASSES) < 0.25
+    assert classifiers.label_accuracy(classifier, *tiny_data(n, seed=3)) == 1.0
+    assert classifiers.label_accuracy(classifier, real, (real_labels + 1) % CLASSES) < 0.25
 
 
 def test_precision_and_recall_of_a_set_against_itself_and_disjoint_clusters():
     rng = np.random.default_rng(0)
     feats = rng.standard_normal((400, 16))
-    assert metrics.precision_recall(feats, feats) == (1.0, 1.0)  # every point lies in its own ball
+    assert distances.precision_recall(feats, feats) == (1.0, 1.0)  # every point lies in its own ball
     far = rng.standard_normal((400, 16)) + 50.0
-    assert metrics.precision_recall(feats, far) == (0.0, 0.0)
+    assert distances.precision_recall(feats, far) == (0.0, 0.0)
 
 
 def test_precision_and_recall_tell_dropped_modes_from_off_manifold_samples():
@@ -300,21 +320,21 @@ def test_precision_and_recall_tell_dropped_modes_from_off_manifold_samples():
     real = draw(300)
     # k-NN balls miss some of a second draw of the same distribution; the cases below are
     # measured against that, not against 1
-    same_precision, same_recall = metrics.precision_recall(real, draw(300))
+    same_precision, same_recall = distances.precision_recall(real, draw(300))
     assert same_precision > 0.7 and same_recall > 0.7
-    precision, recall = metrics.precision_recall(real, draw(600, centres[:1]))  # on the manifold, one mode dropped
+    precision, recall = distances.precision_recall(real, draw(600, centres[:1]))  # on the manifold, one mode dropped
     assert precision == pytest.approx(same_precision, abs=0.05) and recall == pytest.approx(same_recall / 2, abs=0.05)
     half_off = draw(300)
     half_off[::2] += 100.0  # half the samples, from both modes, far from any real point
-    precision, _ = metrics.precision_recall(real, half_off)
+    precision, _ = distances.precision_recall(real, half_off)
     assert precision == pytest.approx(same_precision / 2, abs=0.05)
 
 
 def test_kid_subsets_smaller_than_the_set_have_a_spread():
     rng = np.random.default_rng(2)
     feats, other = rng.standard_normal((200, 16)), rng.standard_normal((2000, 16))
-    assert metrics.kid_subset_size(200) == 100 and metrics.kid_subset_size(5000) == metrics.KID_SUBSET_SIZE
-    _, std = metrics.kernel_distance(feats, other, num_subsets=20, subset_size=metrics.kid_subset_size(200))
+    assert distances.kid_subset_size(200) == 100 and distances.kid_subset_size(5000) == distances.KID_SUBSET_SIZE
+    _, std = distances.kernel_distance(feats, other, num_subsets=20, subset_size=distances.kid_subset_size(200))
     assert std > 0
 
 
@@ -358,10 +378,10 @@ FRESH_PREDICT = """
 """
 
 
-def test_pyfunc_predicts_in_a_fresh_process_with_only_models_on_the_path(tmp_path):
+def test_pyfunc_predicts_in_a_fresh_process_with_only_its_code_paths(tmp_path):
     import mlflow.pyfunc
 
-    from models.pyfunc import ImageGanPyfunc
+    from models.image_gan.pyfunc import ImageGanPyfunc
 
     images, labels = tiny_data()
     config = tiny_config()
@@ -370,8 +390,31 @@ def test_pyfunc_predicts_in_a_fresh_process_with_only_models_on_the_path(tmp_pat
     bundle = save_bundle(export_bundle(family, step=2), tmp_path / "bundle.pt")
     model_dir = tmp_path / "model"
     mlflow.pyfunc.save_model(str(model_dir), python_model=ImageGanPyfunc(), artifacts={"bundle": str(bundle)},
-                             code_paths=[str(PROJECT_ROOT / "models")])
+                             code_paths=FAMILY.code_paths())
     result = run_in_fresh_process(FRESH_PREDICT, model_dir)
     assert result == {**result, "shape": [5, RESOLUTION, RESOLUTION, 1], "dtype": "uint8", "same": True,
                       "default_shape": [16, RESOLUTION, RESOLUTION, 1], "strip_shape": [4, RESOLUTION, RESOLUTION, 1]}
     assert result["module"].startswith(str(model_dir)), "the pyfunc must come from the model's own code path"
+
+
+def test_sampling_and_the_pyfunc_load_neither_training_nor_metrics():
+    """The registered model's import graph: config, networks, sampling; never the training side."""
+    script = ("import json, sys; import models.image_gan.pyfunc, models.image_gan.sampling; "
+              "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+              "('models', 'common', 'corpora', 'dagster', 'assets'))))")
+    out = subprocess.run([sys.executable, "-c", script], env=_subprocess_env(), cwd=PROJECT_ROOT, check=True,
+                         capture_output=True, text=True, timeout=120)
+    loaded = set(json.loads(out.stdout))
+    assert {"models.image_gan.sampling", "models.image_gan.pyfunc"} <= loaded
+    forbidden = {"models.image_gan.training", "models.image_gan.metrics", "models.image_gan.data", "models.trainer",
+                 "models.train"}
+    assert not loaded & forbidden and not any(m.split(".")[0] in ("corpora", "dagster", "assets") for m in loaded)
+
+
+def test_the_classifier_file_reloads_weights_only_to_the_same_predictions(bar_classifier, tmp_path):
+    classifier, accuracy, train = bar_classifier
+    path = classifiers.save_classifier(classifier, tmp_path / "classifier.pt", ["a", "b", "c"], accuracy)
+    saved = torch.load(path, weights_only=True)
+    assert saved["class_names"] == ["a", "b", "c"] and saved["channels"] == 1 and saved["heldout_accuracy"] == accuracy
+    reloaded = classifiers.load_classifier(path)
+    assert np.array_equal(classifiers.predict_labels(reloaded, train), classifiers.predict_labels(classifier, train))

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import io
 from contextlib import nullcontext
-from pathlib import Path
 
 import numpy as np
 import pretty_midi
@@ -11,14 +10,20 @@ import pytest
 import torch
 
 from corpora import midi as corpus_midi
-from models import music_metrics, music_render
-from models.music_vae import (CHAMPION_RULE, GALLERY_TEMPERATURE, HOLD, NOTE_OFF, START, MusicVaeConfig, MusicVaeFamily,
-                              encode, export_bundle, interpolate, load_bundle, load_model, midi_bytes_to_tokens, sample,
-                              save_bundle, shift_right, step_seconds, tokens_to_midi_bytes, tokens_to_notes, transpose)
+from corpora.shards import png_bytes
+from models import midi_audio
+from models.bundle import save_bundle
+from models.music_vae import CHAMPION_RULE, FAMILY
+from models.music_vae import metrics as music_metrics
+from models.music_vae import render as music_render
+from models.music_vae.config import MusicVaeConfig
+from models.music_vae.network import START, shift_right
+from models.music_vae.sampling import GALLERY_TEMPERATURE, encode, interpolate, load_bundle, load_model, sample
+from models.music_vae.tokens import HOLD, NOTE_OFF, midi_bytes_to_tokens, step_seconds, tokens_to_midi_bytes, tokens_to_notes
+from models.music_vae.training import MusicVaeFamily, export_bundle, transpose
 from models.trainer import fit
 from tests.fresh_process import run_in_fresh_process
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 STEPS = 32
 torch.set_num_threads(1)
 
@@ -188,12 +193,14 @@ FRESH_PREDICT = """
 
     model = mlflow.pyfunc.load_model(sys.argv[1])
     chorales = model.predict({"n": 3, "seed": 7, "temperature": 0.8})
+    plain = model.predict({"n": 2, "seed": 7})
     again = model.predict(pd.DataFrame({"n": [3], "seed": [7], "temperature": [0.8]}))
     melodies = model.predict({"n": 2, "seed": 1, "mode": "melody"})
     strip = model.predict({"interpolate": [chorales[0], chorales[1]], "steps": 4, "mode": "chorale"})
     parsed = [pretty_midi.PrettyMIDI(io.BytesIO(b)) for b in chorales + melodies + strip]
     module = sys.modules[type(model.unwrap_python_model()).__module__].__file__
     print(json.dumps({"n": len(chorales), "same": chorales == again, "melodies": len(melodies), "strip": len(strip),
+                      "plain": [type(b).__name__ for b in plain],
                       "instruments": [len(p.instruments) for p in parsed], "module": module}))
 """
 
@@ -201,14 +208,13 @@ FRESH_PREDICT = """
 def test_pyfunc_in_a_fresh_process_returns_midi_and_interpolations(trained, tmp_path):
     import mlflow.pyfunc
 
-    from models.music_pyfunc import MusicVaePyfunc
-
     _, bundle = trained
     model_dir = tmp_path / "model"
-    mlflow.pyfunc.save_model(str(model_dir), python_model=MusicVaePyfunc(), artifacts={"bundle": str(bundle)},
-                             code_paths=[str(PROJECT_ROOT / "models")])
+    # saved as the registry saves it: the record's pyfunc class and code paths
+    mlflow.pyfunc.save_model(str(model_dir), python_model=FAMILY.pyfunc(), artifacts={"bundle": str(bundle)},
+                             code_paths=FAMILY.code_paths())
     result = run_in_fresh_process(FRESH_PREDICT, model_dir, timeout=180)
-    assert result == {**result, "n": 3, "same": True, "melodies": 2, "strip": 4}
+    assert result == {**result, "n": 3, "same": True, "melodies": 2, "strip": 4, "plain": ["bytes", "bytes"]}
     assert result["instruments"] == [4, 4, 4, 1, 1, 4, 4, 4, 4]  # one instrument per voice
     assert result["module"].startswith(str(model_dir)), "the pyfunc must come from the model's own code path"
 
@@ -218,18 +224,21 @@ def test_pyfunc_in_a_fresh_process_returns_midi_and_interpolations(trained, tmp_
 
 @pytest.mark.parametrize("renderer", ["pretty_midi", "fluidsynth"])
 def test_rendered_wav_is_not_silent_and_lasts_as_long_as_the_midi(renderer, tmp_path):
-    if renderer == "fluidsynth" and not music_render.fluidsynth_available():
+    if renderer == "fluidsynth" and not midi_audio.fluidsynth_available():
         pytest.skip("fluidsynth or a soundfont is not installed")
     window = windows("chorale", 1, seed=2)[0]
     rendered = music_render.render_tokens(window, renderer=renderer)
     assert rendered.renderer == renderer
     midi_s = music_render.midi_seconds(window)
     # a short release tail after the last note is allowed (fluidsynth keeps RELEASE_TAIL_S)
-    assert midi_s - 0.1 <= rendered.seconds <= midi_s + music_render.RELEASE_TAIL_S + 0.1
-    path = music_render.write_wav(rendered, tmp_path / "a.wav")
-    audio, rate = music_render.read_wav(path.read_bytes())
+    assert midi_s - 0.1 <= rendered.seconds <= midi_s + midi_audio.RELEASE_TAIL_S + 0.1
+    path = midi_audio.write_wav(rendered, tmp_path / "a.wav")
+    audio, rate = midi_audio.read_wav(path.read_bytes())
     assert rate == rendered.sample_rate and np.sqrt(np.mean(audio**2)) > 1e-3
     assert music_render.write_midi(window, tmp_path / "a.mid").stat().st_size > 0
+    # what `atelier sample` writes beside a .mid: the same audio as WAV bytes, and who rendered it
+    wav, name = midi_audio.render_wav(tokens_to_midi_bytes(window), renderer=renderer)
+    assert name == renderer and wav == rendered.wav_bytes()
 
 
 def test_pictures_are_uint8_and_encode_as_png():
@@ -240,7 +249,7 @@ def test_pictures_are_uint8_and_encode_as_png():
     rendered = music_render.render_tokens(window, renderer="pretty_midi")
     mel = music_render.mel_spectrogram_image(rendered.audio, rendered.sample_rate)
     assert mel.dtype == np.uint8 and mel.shape[0] == music_render.MEL_BANDS and mel.std() > 0
-    assert music_render.png_bytes(roll).startswith(b"\x89PNG")
+    assert png_bytes(roll).startswith(b"\x89PNG")  # as the gallery encodes it
 
 
 # --- metrics -----------------------------------------------------------------------------

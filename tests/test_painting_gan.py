@@ -1,25 +1,32 @@
 """The painting family: StyleGAN2-lite, style transfer, metrics and pyfunc, on tiny data."""
 from __future__ import annotations
 
-from pathlib import Path
+import json
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from models.metrics import FeatureClassifier
-from models.painting_gan import (
-    PaintingGanConfig, PaintingGanFamily, diff_augment, export_bundle, load_bundle, load_generator,
-    modulated_conv2d, num_style_layers, random_crops, sample, save_bundle, style_mix, style_mixing_grid,
-    truncation_sweep,
+from corpora.preview import contact_sheet
+from models.bundle import save_bundle
+from models.classifier import FeatureClassifier
+from models.painting_gan import FAMILY
+from models.painting_gan.augment import diff_augment, random_crops
+from models.painting_gan.config import PaintingGanConfig
+from models.painting_gan.metrics import painting_report, painting_reports, untrained_generator
+from models.painting_gan.networks import modulated_conv2d
+from models.painting_gan.sampling import (
+    load_bundle, load_generator, num_style_layers, sample, style_mix, style_mixing_grid, truncation_sweep,
 )
-from models.painting_metrics import painting_report, painting_reports, untrained_generator
-from models.style_transfer import StyleTransferConfig, gram_matrix, transfer, triptych
+from models.painting_gan.style_transfer import StyleTransferConfig, gram_matrix, transfer, triptych
+from models.painting_gan.training import PaintingGanFamily, export_bundle
 from models.trainer import fit, latest_checkpoint, load_checkpoint
 from tests.fresh_process import run_in_fresh_process
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 RESOLUTION = 16
 TINY = dict(resolution=RESOLUTION, widths=(16, 16, 8), z_dim=8, w_dim=8, mapping_layers=2, batch_size=4,
             r1_every=2)
@@ -160,7 +167,10 @@ def test_truncation_to_the_mean_makes_every_seed_the_same_image(trained):
     free = sample(generator, 3, seed=1, truncation_psi=1.0)
     assert not np.array_equal(free[0], free[1])
     assert np.array_equal(free, sample(generator, 3, seed=1))
-    sweep = truncation_sweep(generator, seeds=[1, 2], psis=[0.0, 0.5, 1.0])
+    rows = truncation_sweep(generator, seeds=[1, 2], psis=[0.0, 0.5, 1.0])
+    assert [len(row) for row in rows] == [3, 3]
+    assert np.abs(rows[1][2].astype(int) - sample(generator, 1, seed=2)[0].astype(int)).max() <= 1  # psi 1: the free sample
+    sweep = contact_sheet([cell for row in rows for cell in row], columns=3, cell=None)
     assert sweep.dtype == np.uint8 and sweep.shape[0] > 2 * RESOLUTION and sweep.shape[1] > 3 * RESOLUTION
 
 
@@ -174,10 +184,16 @@ def test_style_mix_ends_are_the_two_sources(trained):
     assert np.array_equal(style_mix(generator, 7, 8, crossover=layers), image_a)
     middle = style_mix(generator, 7, 8, crossover=layers // 2)
     assert middle.shape == (1, RESOLUTION, RESOLUTION, 3)
-    grid = style_mixing_grid(generator, row_seeds=[1, 2], col_seeds=[3, 4, 5], crossover=2)
+    rows = style_mixing_grid(generator, row_seeds=[1, 2], col_seeds=[3, 4, 5], crossover=2)
+    assert [len(row) for row in rows] == [4, 4, 4] and rows[0][0] is None  # the empty corner
+    # coarse styles of column source 5, fine of row source 2 (up to rounding: rendered in a batch of three)
+    assert np.abs(rows[2][3].astype(int) - style_mix(generator, 5, 2, crossover=2)[0].astype(int)).max() <= 1
+    grid = contact_sheet([cell for row in rows for cell in row], columns=4, cell=None)
     assert grid.dtype == np.uint8 and grid.ndim == 3
     assert grid.shape[0] > 3 * RESOLUTION and grid.shape[1] > 4 * RESOLUTION
     assert (grid[:RESOLUTION, :RESOLUTION] == 255).all()  # the empty corner
+    top, left = 2 + 2 * (RESOLUTION + 2), 2 + 3 * (RESOLUTION + 2)  # cells keep their pixels, 2 px apart and around
+    assert np.array_equal(grid[top : top + RESOLUTION, left : left + RESOLUTION], rows[2][3])
 
 
 def test_bundle_reloads_to_the_same_samples_with_weights_only(trained, tmp_path):
@@ -256,12 +272,12 @@ FRESH_PREDICT = """
 def test_pyfunc_predicts_in_a_fresh_process_with_only_models_on_the_path(trained, tmp_path):
     import mlflow.pyfunc
 
-    from models.painting_pyfunc import PaintingGanPyfunc
+    from models.painting_gan.pyfunc import PaintingGanPyfunc
 
     bundle = save_bundle(export_bundle(trained, step=4), tmp_path / "bundle.pt")
     model_dir = tmp_path / "model"
     mlflow.pyfunc.save_model(str(model_dir), python_model=PaintingGanPyfunc(), artifacts={"bundle": str(bundle)},
-                             code_paths=[str(PROJECT_ROOT / "models")])
+                             code_paths=FAMILY.code_paths())
     result = run_in_fresh_process(FRESH_PREDICT, model_dir)
     layers = num_style_layers(trained.generator)
     assert result == {**result, "shape": [3, RESOLUTION, RESOLUTION, 3], "dtype": "uint8", "same": True,
@@ -270,3 +286,17 @@ def test_pyfunc_predicts_in_a_fresh_process_with_only_models_on_the_path(trained
     assert result["module"].startswith(str(model_dir)), "the pyfunc must come from the model's own code path"
     expected = style_mix(trained.sampling_generator(), 1, 2, crossover=2)
     assert expected.shape == tuple(result["mix_shape"])
+
+
+def test_the_package_imports_no_other_family():
+    """Everything of the family, imported in a fresh interpreter, pulls in no other family's modules."""
+    script = ("import json, sys\n"
+              "import models.painting_gan.training, models.painting_gan.pyfunc\n"
+              "print(json.dumps(sorted(name for name in sys.modules if name.startswith('models.'))))\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    assert any(name.startswith(f"{FAMILY.package}.") for name in loaded)
+    # the other families' packages and modules, and the image family's report and pyfunc
+    others = [name for name in loaded if re.match(r"models\.(image_|music_|video_|metrics$|pyfunc$)", name)]
+    assert others == [], others

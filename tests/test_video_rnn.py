@@ -9,17 +9,25 @@ import pytest
 import torch
 from PIL import Image
 
-from models import video_metrics
+from models.bundle import save_bundle
 from models.trainer import fit, latest_checkpoint, load_checkpoint
-from models.video_rnn import (
-    BUNDLE_FORMAT, CHAMPION_RULE, PRIOR_CENTRES, WARM_START_FORMATS, ConvLSTMCell, ConvLSTMStack, VideoRnn,
-    VideoRnnConfig, VideoRnnFamily, bits_per_dim, bits_per_dim_pixel_by_pixel, export_bundle, from_subpixels,
-    load_bundle, load_clips, load_model, model_frames, predict, sample_frame, save_bundle, to_subpixels,
+from models.video_rnn import CHAMPION_RULE, FAMILY, gallery
+from models.video_rnn import metrics as video_metrics
+from models.video_rnn.config import VideoRnnConfig
+from models.video_rnn.convlstm import ConvLSTMCell, ConvLSTMStack
+from models.video_rnn.frames import from_subpixels, model_frames, to_subpixels
+from models.video_rnn.metrics import bits_per_dim, bits_per_dim_pixel_by_pixel
+from models.video_rnn.network import VideoRnn
+from models.video_rnn.pixelcnn import PRIOR_CENTRES, sample_frame
+from models.video_rnn.sampling import (
+    BUNDLE_FORMAT, WARM_START_FORMATS, bundle_examples, continue_clips, load_bundle, load_model, predict,
 )
+from models.video_rnn.training import VideoRnnFamily, choose_examples, export_bundle, load_clips, manifest_fps
 from tests.fresh_process import run_in_fresh_process
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SIZE, CONTEXT, HORIZON, CLIP = 16, 4, 4, 10
+FPS = 12.5  # a frame rate no default has, so a bundle that records it proves it was passed on
 TINY = dict(context_frames=CONTEXT, horizon=HORIZON, resolution=SIZE, hidden=(8, 8), kernel=3, levels=8,
             cond_channels=4, head_width=8, head_layers=3, head_frames=2, batch_size=4, steps=4)
 
@@ -75,8 +83,11 @@ def trained(tmp_path_factory):
     before = parameters_of(family.model)
     logged = []
     result = fit(family, config.trainer_config(log_every=2, checkpoint_every=3), run, log=lambda s, m: logged.append(m))
-    bundle = save_bundle(export_bundle(family, result.step), run / "bundle.pt")
-    return {"family": family, "before": before, "logged": logged, "result": result, "run": run, "bundle": bundle}
+    heldout = moving_squares(n=6, seed=11)
+    examples = choose_examples(config, heldout, ["a.mp4", "a.mp4", "b.mp4", "b.mp4", "c.mp4", "d.mp4"])
+    bundle = save_bundle(export_bundle(family, result.step, example_contexts=examples, fps=FPS), run / "bundle.pt")
+    return {"family": family, "before": before, "logged": logged, "result": result, "run": run, "bundle": bundle,
+            "heldout": heldout}
 
 
 # --- the ConvLSTM ------------------------------------------------------------------------
@@ -293,6 +304,54 @@ def test_a_bundle_of_the_8_bit_format_only_starts_a_run(trained, tmp_path):
     load_model(load_bundle(path, WARM_START_FORMATS))
 
 
+def test_the_bundle_keeps_held_out_contexts_of_different_sources_and_the_frame_rate(trained):
+    """Up to 4 contexts at the model's channels and resolution, the first clip of each source before
+    a second clip of any, and the corpus' frame rate."""
+    bundle = load_bundle(trained["bundle"])
+    assert bundle["fps"] == FPS
+    examples = bundle_examples(bundle)
+    assert examples.dtype == np.uint8 and examples.shape == (4, CONTEXT, SIZE, SIZE, 1)
+    heldout = trained["heldout"]
+    first_of_each_source = [0, 2, 4, 5]  # sources a, a, b, b, c, d
+    expected = VideoRnnFamily(tiny_config(), heldout[first_of_each_source]).clips[:, :CONTEXT].numpy()
+    assert np.array_equal(examples, expected)  # converted as training converts clips
+    two = choose_examples(tiny_config(), heldout[:2], ["a.mp4", "a.mp4"])
+    assert two.shape == (2, CONTEXT, SIZE, SIZE, 1)  # fewer clips than 4: all of them
+    with pytest.raises(ValueError, match="example contexts"):
+        export_bundle(trained["family"], example_contexts=heldout[:2, :CONTEXT])  # RGB, not the model's one channel
+
+
+def test_a_format_2_bundle_is_served_but_refuses_a_request_without_context(trained, tmp_path):
+    """Format 2 is today's model without examples or frame rate: it continues a given context,
+    and says what is missing when asked for one of its own."""
+    from models.video_rnn.pyfunc import VideoRnnPyfunc
+
+    old = torch.load(trained["bundle"], weights_only=True)
+    old["format"] = "atelier.video_rnn/2"
+    del old["example_contexts"], old["fps"]
+    path = tmp_path / "format2.pt"
+    torch.save(old, path)
+    pyfunc = VideoRnnPyfunc()
+    pyfunc.load_context(type("Context", (), {"artifacts": {"bundle": str(path)}})())
+    assert pyfunc.examples is None and pyfunc.fps is None
+    context = moving_squares(n=1, seed=4)[0, :CONTEXT]
+    assert pyfunc.predict(None, {"context": context, "horizon": 2}).shape == (2, SIZE, SIZE, 3)
+    for request in ({"n": 2, "seed": 0}, {"horizon": 2}, {}):
+        with pytest.raises(ValueError, match="no example contexts"):
+            pyfunc.predict(None, request)
+
+
+def test_continue_clips_puts_the_context_first(trained):
+    model = trained["family"].model
+    context = moving_squares(n=2, seed=3)[:, :CONTEXT]
+    both = continue_clips(model, context, horizon=3, mode="sample", seed=2, with_context=True)
+    assert both.shape == (2, CONTEXT + 3, SIZE, SIZE, 3)
+    assert np.array_equal(both[:, :CONTEXT], context)  # at the model's resolution already: unchanged
+    assert np.array_equal(both[:, CONTEXT:], predict(model, context, horizon=3, mode="sample", seed=2))
+    one = continue_clips(model, context[0, ..., :1], horizon=2, with_context=True)
+    assert one.shape == (CONTEXT + 2, SIZE, SIZE, 1) and np.array_equal(one[:CONTEXT], context[0, ..., :1])
+
+
 # --- metrics and gallery -----------------------------------------------------------------
 
 
@@ -393,22 +452,22 @@ def test_report_has_model_and_baseline_per_horizon(trained):
     table = video_metrics.format_table(report)
     assert "copy-last" in table and table.count("\n| ") == HORIZON + 2  # header, steps, mean
     assert "| score |" in table and f"{report['score_vs_copy_last']:.3f} |" in table
-    png = video_metrics.error_plot_png(report)
+    png = gallery.error_plot_png(report)
     assert png.startswith(b"\x89PNG") and Image.open(io.BytesIO(png)).size[0] > 100
 
 
 def test_side_by_side_and_gif(tmp_path):
     clip = moving_squares(n=1)[0]
-    frames = video_metrics.side_by_side(clip[:CONTEXT], clip[CONTEXT:], clip[CONTEXT:, :, :, :1])
-    gap = video_metrics.GAP_PIXELS
+    frames = gallery.side_by_side(clip[:CONTEXT], clip[CONTEXT:], clip[CONTEXT:, :, :, :1])
+    gap = gallery.GAP_PIXELS
     assert frames.shape == (CLIP, SIZE, 3 * SIZE + 2 * gap, 3) and frames.dtype == np.uint8
     assert np.array_equal(frames[0, :, SIZE + gap : 2 * SIZE + gap], clip[0])  # context shown in every panel
     assert np.array_equal(frames[CONTEXT, :, :SIZE], clip[CONTEXT - 1])  # the left panel holds the last context frame
-    data = video_metrics.write_gif(None, frames, fps=10)
+    data = gallery.write_gif(None, frames, fps=10)
     assert data.startswith(b"GIF89a")
     gif = Image.open(io.BytesIO(data))
     assert gif.n_frames == CLIP and gif.info["duration"] == 100
-    assert video_metrics.write_gif(tmp_path / "clip.gif", frames, fps=10) is None
+    assert gallery.write_gif(tmp_path / "clip.gif", frames, fps=10) is None
     assert (tmp_path / "clip.gif").read_bytes() == data
 
 
@@ -426,6 +485,15 @@ def test_load_clips_reads_a_video_manifest(tmp_path):
     assert len(data["train_sources"]) == len(data["train"]) and all(s.endswith(".mp4") for s in data["train_sources"])
 
 
+def test_the_frame_rate_comes_from_the_manifests_ingest_config(tmp_path):
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text('{"config": {"fps": 12.5, "resolution": 64}}')
+    assert manifest_fps(manifest) == 12.5
+    manifest.write_text('{"config": {"resolution": 64}}')
+    with pytest.raises(ValueError, match="frame rate"):
+        manifest_fps(manifest)
+
+
 # --- the registered model ----------------------------------------------------------------
 
 FRESH_PREDICT = """
@@ -439,35 +507,64 @@ FRESH_PREDICT = """
     by_frame = model.predict(pd.DataFrame({"context": [context], "horizon": [3], "mode": ["sample"], "seed": [4]}))
     by_lists = model.predict({"context": context.tolist(), "horizon": [3], "mode": "mean"})
     default = model.predict({"context": context[..., :1]})
+    shown = model.predict({"context": context, "horizon": 2, "with_context": True})
+    examples = model.predict({"n": 6, "seed": 0})  # no context: the bundle's held-out contexts, cycled
+    everyone = model.predict({"seed": 0})
+    by_frame_n = model.predict(pd.DataFrame({"n": [2], "seed": [0]}))
+    drawn = model.predict({"n": 2, "seed": 1, "mode": "sample", "horizon": 2, "with_context": True})
+    np.savez(sys.argv[3], examples=examples, drawn=drawn, shown=shown)
     module = sys.modules[type(model.unwrap_python_model()).__module__].__file__
     print(json.dumps({"shape": list(by_dict.shape), "dtype": str(by_dict.dtype), "same": bool((by_dict == by_frame).all()),
-                      "lists_shape": list(by_lists.shape), "default_shape": list(default.shape), "module": module}))
+                      "lists_shape": list(by_lists.shape), "default_shape": list(default.shape),
+                      "everyone_shape": list(everyone.shape), "frame_n_same": bool((by_frame_n == examples[:2]).all()),
+                      "module": module}))
 """
 
 
 def test_pyfunc_predicts_in_a_fresh_process_with_only_models_on_the_path(trained, tmp_path):
     import mlflow.pyfunc
 
-    from models.video_pyfunc import VideoRnnPyfunc
+    from models.video_rnn.pyfunc import VideoRnnPyfunc
 
     model_dir = tmp_path / "model"
     mlflow.pyfunc.save_model(str(model_dir), python_model=VideoRnnPyfunc(), artifacts={"bundle": str(trained["bundle"])},
-                             code_paths=[str(PROJECT_ROOT / "models")])
+                             code_paths=FAMILY.code_paths())
     context = tmp_path / "context.npy"
-    np.save(context, moving_squares(n=1, seed=6)[0, :CONTEXT])
-    result = run_in_fresh_process(FRESH_PREDICT, model_dir, str(context), OMP_NUM_THREADS="1")
+    clip = moving_squares(n=1, seed=6)[0, :CONTEXT]
+    np.save(context, clip)
+    outputs = tmp_path / "outputs.npz"
+    result = run_in_fresh_process(FRESH_PREDICT, model_dir, str(context), str(outputs), OMP_NUM_THREADS="1")
     assert result == {**result, "shape": [3, SIZE, SIZE, 3], "dtype": "uint8", "same": True,
-                      "lists_shape": [3, SIZE, SIZE, 3], "default_shape": [HORIZON, SIZE, SIZE, 1]}
+                      "lists_shape": [3, SIZE, SIZE, 3], "default_shape": [HORIZON, SIZE, SIZE, 1],
+                      "everyone_shape": [4, HORIZON, SIZE, SIZE, 1], "frame_n_same": True}
     assert result["module"].startswith(str(model_dir)), "the pyfunc must come from the model's own code path"
+
+    saved = np.load(outputs)
+    model = trained["family"].model
+    stored = bundle_examples(load_bundle(trained["bundle"]))
+    examples = saved["examples"]  # (6, K, H, W, C) at the model's one channel: 4 examples, then the first two again
+    assert examples.shape == (6, HORIZON, SIZE, SIZE, 1) and examples.dtype == np.uint8
+    assert np.array_equal(examples[:4], predict(model, stored, mode="mean")) and np.array_equal(examples[4:], examples[:2])
+    drawn = saved["drawn"]  # the context first, then frames drawn pixel by pixel
+    assert drawn.shape == (2, CONTEXT + 2, SIZE, SIZE, 1) and np.array_equal(drawn[:, :CONTEXT], stored[:2])
+    assert np.array_equal(drawn[:, CONTEXT:], predict(model, stored[:2], horizon=2, mode="sample", seed=1))
+    shown = saved["shown"]
+    assert shown.shape == (CONTEXT + 2, SIZE, SIZE, 3) and np.array_equal(shown[:CONTEXT], clip)
 
 
 def test_pyfunc_rejects_bad_requests(trained):
-    from models.video_pyfunc import VideoRnnPyfunc
+    from models.video_rnn.pyfunc import VideoRnnPyfunc
 
     pyfunc = VideoRnnPyfunc()
     pyfunc.model = load_model(trained["bundle"])
+    pyfunc.examples = None  # a bundle without example contexts needs a context
     context = moving_squares(n=1)[0, :CONTEXT]
     for request in ({"horizon": 2}, {"context": context, "mode": "beam"}, {"context": context.astype(float) * 2},
                     {"context": context, "horizon": 10_000}, {"context": context[0, 0]}):
         with pytest.raises((ValueError, TypeError)):
+            pyfunc.predict(None, request)
+    pyfunc.examples = bundle_examples(load_bundle(trained["bundle"]))
+    for request in ({"n": 0}, {"n": 10_000}, {"n": 2, "mode": "beam"}, {"n": 2, "horizon": 10_000},
+                    {"n": 2, "with_context": "yes"}, {"context": context, "with_context": 2}):
+        with pytest.raises(ValueError):
             pyfunc.predict(None, request)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from corpora.atomic import atomic_write_bytes
+from common.atomic import atomic_write_bytes
 
 WORKERS = 2
 CHUNK_SIZE = 4

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from corpora.atomic import atomic_write_bytes
+from common.atomic import atomic_write_bytes
 
 PICTURES = {
     "skimage": ("data", (

@@ -1,7 +1,7 @@
 """SIGKILL a training run between (or during) checkpoint writes: the rerun resumes from the
 newest checkpoint and ends with exactly the weights of an uninterrupted run (torch.equal:
 models/trainer.py promises bit-exact resumes on CPU at a fixed thread count), for every
-family listed in tests/reliability/_families.py."""
+variant of every family's tiny testing instance (tests/reliability/_families.py)."""
 from __future__ import annotations
 
 import os
@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from models.trainer import fit, latest_checkpoint, list_checkpoints, load_checkpoint
-from tests.reliability._families import FAMILIES, build, skip_unless_present
+from tests.reliability._families import FAMILIES, build
 
 torch.set_num_threads(1)
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -49,8 +49,6 @@ def train_in_child(name: str, run_dir: Path, log: Path) -> subprocess.Popen:
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_sigkill_during_training_resumes_to_the_uninterrupted_weights(tmp_path, name):
-    skip_unless_present(FAMILIES[name].module)  # families still being written are skipped until they exist
-
     family, config = build(name)
     whole = fit(family, config, tmp_path / "whole")
     assert whole.finished and whole.step == config.steps and whole.resumed_from == 0

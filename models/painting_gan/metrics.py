@@ -1,9 +1,9 @@
 """Sample-quality metrics of the painting GAN, on the features that define style.
 
-There is no Inception network here (shared/research/models.md, section 2), and the image
-family's classifier saw only grayscale clothing. So KID is computed on the style statistics of
-the style-transfer feature network (models/style_transfer.py: every layer's channel means and
-standard deviations), by default the untrained random multi-scale CNN. The number is called
+There is no Inception network here (its weights cannot be downloaded), and the image
+classifier saw only grayscale clothing. So KID is computed on the style statistics of the
+style-transfer feature network (models.painting_gan.style_transfer: every layer's channel means
+and standard deviations), by default the untrained random multi-scale CNN. The number is called
 `kid_style_random_cnn` (or `kid_style_classifier`): it ranks models on this corpus and is NOT
 an Inception KID or FID. Features are standardized with the real reference's per-dimension
 mean and std, because a random network's activation scale is arbitrary and the cubic KID
@@ -17,7 +17,7 @@ crop scale, as the GAN saw them. Read a number against its floor and ceiling:
   saw, i.e. how far "another picture" is;
 - an untrained generator (the ceiling), computed by the caller with the same function.
 
-Memorization: each sample's nearest real crop in pixel space (models.metrics.memorization);
+Memorization: each sample's nearest real crop in pixel space (models.distances.memorization);
 a near copy is closer to a crop than crops typically are to each other. Because crops of the
 same picture overlap, real crops themselves score many near copies: the real_vs_real row is
 the floor for that count too.
@@ -29,9 +29,12 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from models import metrics
-from models.painting_gan import DEFAULT_CROP_SCALE, Generator, random_crops, sample
-from models.style_transfer import feature_network, style_statistics
+from models.distances import kernel_distance, kid_subset_size, memorization
+from models.painting_gan.augment import random_crops
+from models.painting_gan.config import DEFAULT_CROP_SCALE
+from models.painting_gan.networks import Generator
+from models.painting_gan.sampling import sample
+from models.painting_gan.style_transfer import feature_network, style_statistics
 
 DEFAULT_N = 256
 REFERENCE_SIZE = 1024  # real crops in the reference of KID and of the nearest-neighbour search
@@ -53,7 +56,7 @@ def painting_report(generator_or_samples: Generator | np.ndarray, pictures, n: i
     images) against random crops of `pictures` (uint8 (N, H, W, C)) at the samples' size.
 
     `scale` defaults to the generator's training crop scale (a Generator carries it), else
-    models.painting_gan's default. Everything is deterministic given `seed`."""
+    the config's default. Everything is deterministic given `seed`."""
     if isinstance(generator_or_samples, Generator):
         samples = sample(generator_or_samples, n, seed=seed + SAMPLE_SEED_OFFSET)
         scale = scale or generator_or_samples.crop_scale
@@ -67,10 +70,9 @@ def painting_report(generator_or_samples: Generator | np.ndarray, pictures, n: i
     mean, std = ref_features.mean(0), ref_features.std(0)
     std = np.where(std > STD_FLOOR, std, 1.0)
     features = (style_statistics(network, samples) - mean) / std
-    kid, kid_std = metrics.kernel_distance(features, (ref_features - mean) / std, kid_subsets,
-                                           subset_size=metrics.kid_subset_size(min(len(samples), reference_size)),
-                                           seed=seed)
-    copies = metrics.memorization(samples, reference, seed=seed)
+    kid, kid_std = kernel_distance(features, (ref_features - mean) / std, kid_subsets,
+                                   subset_size=kid_subset_size(min(len(samples), reference_size)), seed=seed)
+    copies = memorization(samples, reference, seed=seed)
     name = _kid_name(network_name)
     return {
         "n": int(len(samples)),

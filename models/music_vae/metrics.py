@@ -1,4 +1,4 @@
-"""Metrics of the music VAE, kept apart from training (as stylegan2-ada keeps its metrics).
+"""The music VAE's held-out report, kept apart from training.
 
 Likelihood side, on held-out windows (split by piece):
 - per-token reconstruction accuracy, teacher-forced (true previous tokens as inputs) and
@@ -32,13 +32,15 @@ import math
 import numpy as np
 import torch
 
-from models.metrics import frechet_distance  # the same Frechet distance as the image family
-from models.music_vae import (GALLERY_TEMPERATURE, HOLD, NUM_CLASSES, STEPS_PER_QUARTER, MusicVae, as_voices,
-                              kl_divergence, reconstruction_nll, sample, tokens_to_midi_bytes, tokens_to_notes)
+from models.distances import frechet_distance
+from models.midi_audio import render
+from models.music_vae.network import MusicVae, kl_divergence, reconstruction_nll
+from models.music_vae.sampling import GALLERY_TEMPERATURE, sample
+from models.music_vae.tokens import HOLD, NUM_CLASSES, STEPS_PER_QUARTER, as_voices, tokens_to_midi_bytes, tokens_to_notes
 
 EVAL_BATCH = 256
-# Prior samples (and held-out windows) per statistics comparison: at 64 the mean overlap moves by
-# about 0.02 from the sampling seed alone, as much as the champion guard's tolerance.
+# Prior samples (and held-out windows) per statistics comparison: fewer, and the sampling seed alone
+# moves the mean overlap as much as the champion guard's tolerance (docs/music-vae.md).
 EVAL_SAMPLES = 256
 ELBO_SAMPLES = 4  # posterior samples per window for -ELBO: the same expectation as one, a quarter of the variance
 KDE_GRID_POINTS = 512
@@ -219,8 +221,6 @@ def chroma_profiles(windows, renderer: str = "pretty_midi") -> np.ndarray:
     """(N, 12) time-averaged, sum-normalised chroma of each window's rendered audio.
     pretty_midi's sines by default: fast, and the same timbre for real and generated."""
     import librosa
-
-    from models.music_render import render
 
     profiles = []
     for window in windows:

@@ -12,11 +12,11 @@ Pretrained VGG weights cannot be downloaded here, so the feature network is one 
   show that such networks, with filters of several sizes, synthesize textures comparable to
   VGG's. Here: `RANDOM_STAGES` stages, each of parallel conv+ReLU branches with kernel sizes
   `RANDOM_KERNELS`, average-pooled 2x between stages; every stage's output is a style layer.
-- "classifier": the image family's FeatureClassifier (models/metrics.py), whose state dict the
-  caller passes. It was trained on 1-channel Fashion-MNIST, so it sees the luminance only: the
-  style then moves brightness structure, and the result keeps the content's colours (Gatys et
-  al. 2016b's luminance-only transfer). Its max-pools are replaced by average pools, as Gatys
-  et al. do for VGG, for smoother gradients.
+- "classifier": models.classifier.FeatureClassifier with the image_classifier asset's weights
+  (the caller passes the state dict). It was trained on 1-channel Fashion-MNIST, so it sees the
+  luminance only: the style then moves brightness structure, and the result keeps the content's
+  colours (Gatys et al. 2016b's luminance-only transfer). Max-pools, in a classifier that has
+  them, are replaced by average pools, as Gatys et al. do for VGG, for smoother gradients.
 
 Every result says which network made it (`StyleTransferResult.feature_network`). Each Gram
 (or content) loss is divided by the squared norm of its own target, so the two networks -
@@ -35,8 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.classifier import FeatureClassifier
+
 RANDOM_KERNELS = (3, 5, 7)
-RANDOM_WIDTH = 32  # channels per branch; 16 ran 2.6x faster but left more colour speckle
+RANDOM_WIDTH = 32  # channels per branch; narrower is faster but leaves more colour speckle
 RANDOM_STAGES = 3
 LUMINANCE = (0.299, 0.587, 0.114)  # ITU-R BT.601
 TANH_LIMIT = 0.999  # keeps atanh of a saturated content pixel finite
@@ -59,9 +61,7 @@ class StyleTransferConfig:
         return asdict(self)
 
 
-# 128 px, random network: 15.6 s on 1 thread, 17 s on 2 with OMP_WAIT_POLICY=PASSIVE, 158 s on 2 without (busy
-# 2-core machine, load ~3.5: OpenMP's spinning threads starve). The classifier network takes ~1-2.5 s.
-DEMO = StyleTransferConfig()
+DEMO = StyleTransferConfig()  # the gallery's default; timings in docs/painting-gan.md
 
 
 @dataclass
@@ -130,8 +130,6 @@ class ClassifierFeatureNetwork(nn.Module):
 
     def __init__(self, state: Mapping[str, torch.Tensor]):
         super().__init__()
-        from models.metrics import FeatureClassifier
-
         if isinstance(state.get("model"), Mapping):  # the image_classifier asset's file: {"model": state, ...}
             state = state["model"]
         channels, num_classes = state["body.0.weight"].shape[1], state["head.weight"].shape[0]

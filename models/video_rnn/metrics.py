@@ -1,7 +1,7 @@
-"""Held-out metrics and gallery helpers for the video forecaster.
+"""Held-out metrics of the video forecaster, beside the copy-last-frame baseline.
 
-Per future step ("horizon"), on held-out clips (the split is by source file, so no held-out
-clip shares a file with training), the model's "mean" predictions and the copy-last-frame
+Per future step ("horizon"), on held-out clips (the split keeps a source file, and a scene, on
+one side: no held-out clip shares one with training), the model's "mean" predictions and the copy-last-frame
 baseline (every future frame = the last context frame) are scored against the true 8-bit
 frames, pixels in [0, 1], with the conventions of OpenSTL's `metric` function
 (github.com/chengtan9907/OpenSTL, openstl/core/metrics.py), the benchmark code behind most
@@ -22,7 +22,8 @@ Moving-MNIST numbers since PredRNN:
 - **PSNR** follows OpenSTL's `PSNR` (min_max_norm): -10 log10 of the frame's mean squared error
   over pixels and channels, per frame, averaged. OpenSTL returns infinity for a perfect frame;
   we cap it at PSNR_CAP_DB so that means stay finite.
-- **bits/dim** of the PixelCNN head on the quantized future frames (models.video_rnn.bits_per_dim).
+- **bits/dim** of the PixelCNN head on the quantized future frames (`bits_per_dim`, exact;
+  `bits_per_dim_pixel_by_pixel` computes it again through the sampling path).
 - **score_vs_copy_last**: the mean over horizons of 1/2 * (MSE_model / MSE_copy_last +
   (1 - SSIM_model) / (1 - SSIM_copy_last)). 1.0 is as good as copying the last frame, lower is
   better; a blur that halves MSE but doubles 1 - SSIM scores 1.25. It is the family's champion
@@ -32,30 +33,25 @@ For a one-channel model the truth is converted to luminance first, exactly as th
 input is. The model's numbers are its "mean" predictions (the forecaster fed its own means),
 the mode that minimises squared error; "sample" mode draws sharp frames whose squared error is
 higher by construction, so it is not what these columns measure.
-
-Gallery helpers: `side_by_side` (context | truth | prediction panels), `write_gif` (PIL) and
-`error_plot_png` (matplotlib's Agg canvas, no pyplot state). MP4 is corpora.video.write_video.
 """
 from __future__ import annotations
 
-import io
 import math
-import os
-from typing import IO
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from skimage.metrics import structural_similarity
 
-from models.video_rnn import VideoRnn, bits_per_dim, match_channels, predict, prepare_clips
+from models.video_rnn.frames import model_frames, prepare_clips, quantize, to_subpixels
+from models.video_rnn.network import VideoRnn, head_nll
+from models.video_rnn.sampling import draw_frames, float_clips, predict
 
 PSNR_CAP_DB = 100.0  # identical frames give infinite PSNR; a cap keeps the means finite
 SSIM_DATA_RANGE = 1.0  # frames in [0, 1]; OpenSTL's old scikit-image assumed 2 (module docstring)
 PERFECT = 1e-12  # an error this small is none: a baseline that perfect cannot be divided by
-GAP_PIXELS = 2  # between the side-by-side panels
-GAP_CONTEXT = (96, 96, 96)  # gap colour while the context plays
-GAP_FUTURE = (200, 40, 40)  # and while the future plays, so a viewer sees where prediction starts
 METRICS = ("mse", "ssim", "psnr")
-PLOT_SIZE_INCHES, PLOT_DPI = (6.0, 3.2), 100
+EVAL_CHUNK = 8  # clips per forward pass in likelihood evaluation, to bound memory
 
 
 # --- scores, OpenSTL's conventions (module docstring) -----------------------------------------
@@ -120,6 +116,45 @@ def score_by_horizon(model: dict[str, list[float]], baseline: dict[str, list[flo
 def copy_last_frame(context: np.ndarray, horizon: int) -> np.ndarray:
     """The baseline: (N, M, H, W, C) contexts -> (N, horizon, H, W, C) repeats of each last frame."""
     return np.repeat(context[:, -1:], horizon, axis=1)
+
+
+# --- the likelihood of the quantized video ---------------------------------------------------
+
+
+@torch.no_grad()
+def bits_per_dim(model: VideoRnn, clips_uint8, chunk: int = EVAL_CHUNK) -> float:
+    """Exact held-out bits per dimension of the quantized future frames of clips (N, T >= M+K, H,
+    W, C) under the sampling model: the forecaster reads the quantized true frames (the chain
+    rule over time) and the head scores every future frame's pixels, all in one forward."""
+    model.eval()
+    cfg = model.config
+    m, k = cfg.context_frames, cfg.horizon
+    clips = prepare_clips(clips_uint8, cfg.channels, cfg.resolution)[:, : m + k]
+    total, count = 0.0, 0
+    for start in range(0, len(clips), chunk):
+        frames = model_frames(float_clips(model, clips[start : start + chunk]), cfg.levels)
+        means, features, _ = model.read(frames[:, : m + k - 1])
+        future = [x[:, m - 1 :].flatten(0, 1) for x in (features, means, frames[:, :-1], frames[:, 1:])]
+        nll = head_nll(model, *future)
+        total += nll.item() * len(frames)
+        count += len(frames)
+    return total / max(count, 1) / math.log(2.0)
+
+
+@torch.no_grad()
+def bits_per_dim_pixel_by_pixel(model: VideoRnn, clips_uint8) -> float:
+    """bits_per_dim computed a second way, through the sampling path (slow; a cross-check): the
+    recurrence and per-pixel logits of "sample" mode, with the true quantized pixels put in place
+    of drawn ones and the true quantized frames fed back."""
+    model.eval()
+    cfg = model.config
+    m, k = cfg.context_frames, cfg.horizon
+    clips = prepare_clips(clips_uint8, cfg.channels, cfg.resolution)[:, : m + k]
+    frames = model_frames(float_clips(model, clips), cfg.levels)
+    _, logits = draw_frames(model, frames[:, :m], k, torch.Generator(), teacher=frames[:, m:])
+    labels = to_subpixels(quantize(frames[:, m:].flatten(0, 1), cfg.levels))[:, 0]  # (B*K, H, W*C)
+    nll = F.cross_entropy(logits.flatten(0, 1).float(), labels)
+    return nll.item() / math.log(2.0)
 
 
 # --- the report ------------------------------------------------------------------------------
@@ -205,92 +240,3 @@ def format_table(report: dict) -> str:
     lines += ["", f"score below 1 (better than copy-last) at steps: {report['beats_baseline_at'] or 'none'}; "
                   f"model MSE below copy-last at steps: {report['mse_below_baseline_at'] or 'none'}"]
     return "\n".join(lines)
-
-
-def error_plot_png(report: dict) -> bytes:
-    """Per-step MSE (left) and SSIM (right) of the model and the copy-last baseline, as PNG bytes."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=PLOT_SIZE_INCHES, dpi=PLOT_DPI, layout="constrained")
-    FigureCanvasAgg(figure)
-    steps = report["horizons"]
-    for axis, metric, label in zip(figure.subplots(1, 2), ("mse", "ssim"), ("MSE per frame (sum)", "SSIM")):
-        axis.plot(steps, report["model"][metric], marker="o", label="model (mean)")
-        axis.plot(steps, report["baseline"][metric], marker="s", linestyle="--", label="copy last frame")
-        axis.set_xlabel("future step")
-        axis.set_ylabel(label)
-        axis.grid(alpha=0.3)
-    figure.axes[0].legend()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
-
-
-# --- gallery -----------------------------------------------------------------------------
-
-
-def _rgb(frames: np.ndarray) -> np.ndarray:
-    frames = np.asarray(frames)
-    if frames.ndim == 3:
-        frames = frames[..., None]
-    if frames.dtype != np.uint8 or frames.ndim != 4:
-        raise ValueError(f"frames must be uint8 (T, H, W, C), got {frames.dtype} {frames.shape}")
-    return match_channels(frames, 3)
-
-
-def side_by_side(context, truth, prediction) -> np.ndarray:
-    """Frames (M + max(K_truth, K_pred), H, 3W + 2*GAP_PIXELS, 3) uint8: context | truth | prediction.
-
-    While the context plays, all three panels show the context frame (the gaps are gray);
-    afterwards the left panel holds the last context frame, the others show the truth and the
-    prediction (the gaps turn red). A panel with no frame for a step (truth shorter than the
-    prediction, say) is black.
-    """
-    context, truth, prediction = _rgb(context), _rgb(truth), _rgb(prediction)
-    height, width = context.shape[1:3]
-    if truth.shape[1:3] != (height, width) or prediction.shape[1:3] != (height, width):
-        raise ValueError("context, truth and prediction must have the same frame size")
-    future = max(len(truth), len(prediction))
-    frames = np.zeros((len(context) + future, height, 3 * width + 2 * GAP_PIXELS, 3), np.uint8)
-    starts = [0, width + GAP_PIXELS, 2 * (width + GAP_PIXELS)]
-    for t, frame in enumerate(context):
-        for start in starts:
-            frames[t, :, start : start + width] = frame
-        _paint_gaps(frames[t], starts, width, GAP_CONTEXT)
-    for k in range(future):
-        out = frames[len(context) + k]
-        out[:, : width] = context[-1]
-        for panel, start in zip((truth, prediction), starts[1:]):
-            if k < len(panel):
-                out[:, start : start + width] = panel[k]
-        _paint_gaps(out, starts, width, GAP_FUTURE)
-    return frames
-
-
-def _paint_gaps(frame: np.ndarray, starts: list[int], width: int, colour) -> None:
-    for start in starts[1:]:
-        frame[:, start - GAP_PIXELS : start] = colour
-
-
-def write_gif(path_or_buffer: str | os.PathLike | IO[bytes] | None, frames, fps: float) -> bytes | None:
-    """An animated, looping GIF of uint8 frames (T, H, W, C). With None, returns its bytes (the
-    caller writes them, atomically); otherwise writes to the path (atomically) or file object and returns None."""
-    from PIL import Image
-
-    frames = _rgb(frames)
-    if len(frames) == 0 or not fps > 0:
-        raise ValueError("a GIF needs at least one frame and a positive fps")
-    images = [Image.fromarray(frame) for frame in frames]
-    buffer = io.BytesIO()
-    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
-    data = buffer.getvalue()
-    if path_or_buffer is None:
-        return data
-    if hasattr(path_or_buffer, "write"):
-        path_or_buffer.write(data)
-    else:
-        from corpora.atomic import atomic_write_bytes  # gallery side only, never the pyfunc
-
-        atomic_write_bytes(path_or_buffer, data)
-    return None

@@ -1,0 +1,1 @@
+"""What every layer uses and no layer owns: atomic writes and content hashes (no Dagster, no torch)."""

@@ -1,0 +1,57 @@
+"""The image GAN's settings and its named profiles."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+from models.family_config import FamilyConfig
+
+WGAN_GP_OPTIMIZER = dict(lr_g=1e-4, lr_d=1e-4, betas=(0.0, 0.9), n_critic=5)  # the WGAN-GP paper's
+
+
+@dataclass
+class ImageGanConfig(FamilyConfig):
+    architecture: str = "dcgan"  # "dcgan" | "wgan-gp"
+    resolution: int = 32
+    channels: int = 1
+    latent_dim: int = 64
+    embed_dim: int = 32  # label embedding concatenated to z
+    d_conditioning: str = "channel"  # "channel" (one-hot input maps) | "projection"
+    widths: tuple[int, ...] = (128, 64, 32)  # G stage widths from 4x4 up; D mirrors them
+    num_classes: int = 10  # 0: unconditional
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    n_critic: int = 1  # D steps per G step; a trainer step is one D step
+    gp_weight: float = 10.0  # WGAN-GP only
+    ema_decay: float = 0.999
+    batch_size: int = 64
+    steps: int = 1500
+    seed: int = 0
+
+    PROFILES: ClassVar[dict[str, dict]] = {
+        "demo": dict(widths=(128, 64, 32), latent_dim=64, batch_size=64, steps=1500),  # narrow nets: minutes on a CPU
+        "cpu-long": dict(widths=(256, 128, 64), latent_dim=100, batch_size=64, steps=8000),  # pytorch/examples' widths
+        "gpu": dict(widths=(512, 256, 128), latent_dim=128, batch_size=128, steps=50000),
+    }
+
+    def __post_init__(self):
+        self.widths, self.betas = tuple(self.widths), tuple(self.betas)
+        if self.d_conditioning not in ("channel", "projection"):
+            raise ValueError(f"d_conditioning must be 'channel' or 'projection', not {self.d_conditioning!r}")
+        if self.architecture not in ("dcgan", "wgan-gp"):
+            raise ValueError(f"architecture must be 'dcgan' or 'wgan-gp', not {self.architecture!r}")
+        stages = math.log2(self.resolution) - 2 if self.resolution >= 8 else -1
+        if stages != int(stages) or stages < 1:
+            raise ValueError(f"resolution must be a power of two >= 8, not {self.resolution}")
+        if len(self.widths) != int(stages):
+            raise ValueError(f"resolution {self.resolution} needs {int(stages)} widths (4x4 stage first), got {self.widths}")
+
+    @classmethod
+    def profile(cls, name: str, **overrides) -> "ImageGanConfig":
+        """A named profile, with any field overridden. Choosing architecture="wgan-gp" also
+        switches the optimizer settings to the WGAN-GP paper's unless they are overridden."""
+        if overrides.get("architecture") == "wgan-gp" and cls.PROFILES.get(name, {}).get("architecture") != "wgan-gp":
+            overrides = {**WGAN_GP_OPTIMIZER, **overrides}
+        return super().profile(name, **overrides)

@@ -1,0 +1,105 @@
+"""A bundle's models, and what they make: encode, decode, sample from the prior, interpolate.
+
+This is what the registered pyfunc runs: it imports neither the metrics nor the training side.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.bundle import load_bundle as load_bundle_file
+from models.generators import latents, slerp
+from models.music_vae.config import MusicVaeConfig
+from models.music_vae.network import MusicVae
+from models.music_vae.tokens import HOLD, NOTE_OFF, NUM_CLASSES, as_voices
+
+BUNDLE_FORMAT = "atelier.music_vae/1"
+SAMPLE_CHUNK = 512  # sequences per decoder pass when sampling, to bound memory
+# What a listener hears: the gallery samples at this temperature, and the evaluation measures
+# prior samples at it too, so the musical statistics describe the gallery's music.
+GALLERY_TEMPERATURE = 1.0
+
+
+# --- bundles -----------------------------------------------------------------------------
+
+
+def load_bundle(path: str | Path) -> dict:
+    """A music VAE bundle, read weights-only, whose token scheme is this code's."""
+    bundle = load_bundle_file(path, (BUNDLE_FORMAT,))
+    scheme = bundle["tokens"]
+    if (scheme["note_off"], scheme["hold"], scheme["num_classes"]) != (NOTE_OFF, HOLD, NUM_CLASSES):
+        raise ValueError(f"the bundle's token scheme {scheme} is not this code's")
+    return bundle
+
+
+def load_model(bundle: dict | str | Path, kind: str | None = None) -> MusicVae:
+    """The bundle's model of `kind` (default: its only or first one), on CPU, in eval mode."""
+    if not isinstance(bundle, dict):
+        bundle = load_bundle(bundle)
+    kind = kind or next(iter(bundle["models"]))
+    if kind not in bundle["models"]:
+        raise ValueError(f"the bundle has no {kind!r} model; it has {sorted(bundle['models'])}")
+    entry = bundle["models"][kind]
+    model = MusicVae(MusicVaeConfig.from_dict(entry["config"]))
+    model.load_state_dict(entry["state_dict"])
+    return model.eval()
+
+
+# --- encode, decode, sample, interpolate -------------------------------------------------
+
+
+def _voices_tensor(model: MusicVae, tokens) -> torch.Tensor:
+    tokens = np.asarray(tokens)
+    if tokens.ndim == (1 if model.config.voices == 1 else 2):  # a single window
+        tokens = tokens[None]
+    device = next(model.parameters()).device
+    return torch.as_tensor(as_voices(tokens, model.config.voices).astype(np.int64), device=device)
+
+
+@torch.no_grad()
+def encode(model: MusicVae, tokens) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and sigma (N, Z) of windows (N, T) / (N, V, T), or of one window."""
+    model.eval()
+    return model.encoder(_voices_tensor(model, tokens))
+
+
+def _squeeze_voices(model: MusicVae, tokens: torch.Tensor) -> np.ndarray:
+    out = tokens.to(torch.uint8).cpu().numpy()
+    return out[:, 0] if model.config.voices == 1 else out  # melody: (N, T) as the corpus stores it
+
+
+@torch.no_grad()
+def decode(model: MusicVae, z: torch.Tensor, temperature: float = 0.0, seed: int = 0) -> np.ndarray:
+    """uint8 windows from latents: (N, T) for melody, (N, V, T) for chorale. temperature 0 = greedy."""
+    model.eval()
+    generator = torch.Generator().manual_seed(int(seed))
+    device = next(model.parameters()).device
+    parts = [model.generate(z[i : i + SAMPLE_CHUNK].to(device), temperature, generator) for i in range(0, len(z), SAMPLE_CHUNK)]
+    tokens = torch.cat(parts) if parts else torch.zeros(0, model.config.voices, model.config.steps_per_window, dtype=torch.long)
+    return _squeeze_voices(model, tokens)
+
+
+def sample(model: MusicVae, n: int, seed: int = 0, temperature: float = 1.0) -> np.ndarray:
+    """n new windows from the prior; the same seed and temperature always give the same windows
+    (the latents come from a CPU generator, so on any device)."""
+    return decode(model, latents(n, model.config.latent_dim, seed), temperature, seed=seed)
+
+
+def interpolate(model: MusicVae, tokens_a, tokens_b, steps: int = 5, method: str = "slerp") -> np.ndarray:
+    """`steps` windows from phrase a to phrase b: both are encoded (posterior means), the
+    latents interpolated at t = 0..1 inclusive (so the ends are a's and b's reconstructions),
+    each decoded greedily."""
+    if steps < 1:
+        raise ValueError("steps must be at least 1")
+    mu_a, _ = encode(model, tokens_a)
+    mu_b, _ = encode(model, tokens_b)
+    t = torch.linspace(0, 1, steps, device=mu_a.device)
+    if method == "slerp":
+        z = slerp(mu_a, mu_b, t)
+    elif method == "lerp":
+        z = torch.lerp(mu_a, mu_b, t[:, None])
+    else:
+        raise ValueError(f"method must be 'slerp' or 'lerp', not {method!r}")
+    return decode(model, z, temperature=0.0)

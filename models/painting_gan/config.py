@@ -1,0 +1,64 @@
+"""The painting GAN's settings and its named profiles."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+from models.family_config import FamilyConfig
+
+MIN_RESOLUTION = 8
+AUGMENTATIONS = ("color", "translation", "cutout")  # DiffAugment's policies (models.painting_gan.augment)
+DEFAULT_CROP_SCALE = (0.3, 1.0)
+
+
+def augmentation_names(policy: str) -> list[str]:
+    return [name.strip() for name in policy.split(",") if name.strip()]
+
+
+@dataclass
+class PaintingGanConfig(FamilyConfig):
+    resolution: int = 32  # power of two >= 8
+    channels: int = 3
+    z_dim: int = 64
+    w_dim: int = 64
+    mapping_layers: int = 4  # the paper has 8; 4 is enough at this scale and halves its cost
+    mapping_lr_mult: float = 0.01
+    widths: tuple[int, ...] = (128, 128, 64, 32)  # channels per resolution stage, 4x4 first; D mirrors them
+    r1_gamma: float = 0.05
+    r1_every: int = 16  # lazy regularization interval, in D steps
+    style_mixing_prob: float = 0.9
+    diffaugment: str = "color,translation,cutout"  # comma-separated subset of AUGMENTATIONS; "" for none
+    crop_scale: tuple[float, float] = DEFAULT_CROP_SCALE  # crop side as a fraction of the picture's short side
+    ema_decay: float = 0.999
+    lr: float = 2e-3
+    betas: tuple[float, float] = (0.0, 0.99)
+    batch_size: int = 16
+    steps: int = 1500
+    seed: int = 0
+
+    PROFILES: ClassVar[dict[str, dict]] = {
+        # minutes on 2 CPU cores at 32x32 (timings: docs/painting-gan.md)
+        "demo": dict(resolution=32, widths=(128, 128, 64, 32), z_dim=64, w_dim=64, batch_size=16, steps=1500),
+        # twice the 4x4 width and the batch, 2.7x the steps: about 20 minutes on 2 cores
+        "cpu-long": dict(resolution=32, widths=(256, 128, 64, 32), z_dim=128, w_dim=128, batch_size=32, steps=4000),
+        # 128x128 (the corpus' size, so crops are downscaled at most, never upscaled), config-e-like widths
+        "gpu": dict(resolution=128, widths=(512, 512, 512, 256, 128, 64), z_dim=512, w_dim=512, mapping_layers=8,
+                    crop_scale=(0.5, 1.0), r1_gamma=0.2, batch_size=32, steps=25000),
+    }
+
+    def __post_init__(self):
+        self.widths, self.betas, self.crop_scale = tuple(self.widths), tuple(self.betas), tuple(self.crop_scale)
+        stages = math.log2(self.resolution) - 1 if self.resolution >= MIN_RESOLUTION else -1
+        if stages != int(stages) or stages < 2:
+            raise ValueError(f"resolution must be a power of two >= {MIN_RESOLUTION}, not {self.resolution}")
+        if len(self.widths) != int(stages):
+            raise ValueError(f"resolution {self.resolution} needs {int(stages)} widths (4x4 stage first), got {self.widths}")
+        low, high = self.crop_scale
+        if not 0 < low <= high <= 1:
+            raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, not {self.crop_scale}")
+        unknown = set(augmentation_names(self.diffaugment)) - set(AUGMENTATIONS)
+        if unknown:
+            raise ValueError(f"unknown DiffAugment policies {sorted(unknown)}; known: {AUGMENTATIONS}")
+        if not 0 <= self.style_mixing_prob <= 1 or self.r1_every < 1:
+            raise ValueError("style_mixing_prob must lie in [0, 1] and r1_every be >= 1")

@@ -1,0 +1,202 @@
+"""Training the painting GAN: the trainer-interface family (models.trainer.Family), the bundle it
+exports, and `run_training`, what `python -m models.train --family painting-gan` runs.
+
+Non-saturating logistic loss; lazy R1 on reals (gamma/2 * |grad D|^2 every `r1_every` D steps,
+scaled by r1_every, with D's Adam lr and betas adjusted by r1_every/(r1_every+1) as in the
+paper); style mixing (with `style_mixing_prob` the w of a second z takes over from a random
+layer on); an EMA generator; the running mean of w that truncation needs is tracked in G's step.
+Real and fake images both pass through DiffAugment (models.painting_gan.augment).
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.bundle import save_bundle
+from models.generators import ema_decay, update_ema
+from models.painting_gan import CHAMPION_RULE, metrics
+from models.painting_gan.augment import crop_batch, diff_augment, pictures_tensor
+from models.painting_gan.config import PaintingGanConfig
+from models.painting_gan.networks import Discriminator, Generator
+from models.painting_gan.sampling import BUNDLE_FORMAT, load_generator
+
+
+class PaintingGanFamily:
+    """Trainer interface (models.trainer.Family) for the painting GAN. An item is a picture;
+    a batch is one fresh random crop of each drawn picture."""
+
+    def __init__(self, config: PaintingGanConfig, pictures_uint8):
+        self.config = config
+        self.pictures = pictures_tensor(pictures_uint8)
+        if len(self.pictures) == 0 or self.pictures.shape[1] != config.channels:
+            raise ValueError(f"need at least one picture with {config.channels} channels, got {tuple(self.pictures.shape)}")
+        self.num_items = len(self.pictures)
+
+        torch.manual_seed(config.seed)  # the initial weights and noise maps are part of the run's identity
+        self.generator = Generator(config)
+        self.discriminator = Discriminator(config)
+        self.ema_generator = copy.deepcopy(self.generator).requires_grad_(False)
+        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=config.lr, betas=config.betas)
+        # lazy R1 makes one D "step" r1_every/(r1_every+1) of a step: Karras et al. 2020, Appendix B
+        ratio = config.r1_every / (config.r1_every + 1)
+        d_betas = tuple(beta ** ratio for beta in config.betas)
+        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=config.lr * ratio, betas=d_betas)
+        self.channels_last = False
+
+    # the trainer interface
+    def modules(self) -> dict[str, nn.Module]:
+        return {"generator": self.generator, "discriminator": self.discriminator, "ema_generator": self.ema_generator}
+
+    def compiled_modules(self) -> dict[str, nn.Module]:
+        return {"generator": self.generator}  # the R1 penalty differentiates the discriminator twice
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"generator": self.opt_g, "discriminator": self.opt_d}
+
+    def schedulers(self) -> dict[str, Any]:
+        return {}
+
+    def to(self, device: torch.device, channels_last: bool) -> None:
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        for module in self.modules().values():
+            module.to(device=device, memory_format=fmt)
+        self.channels_last = channels_last
+        self.pictures = self.pictures.to(device)
+
+    def make_batch(self, indices: torch.Tensor, device: torch.device) -> torch.Tensor:
+        real = crop_batch(self.pictures, indices, self.config.resolution, self.config.crop_scale).to(device)
+        return real.contiguous(memory_format=torch.channels_last) if self.channels_last else real
+
+    def _training_styles(self, n: int, device: torch.device, track_w_avg: bool) -> torch.Tensor:
+        """ws for n fresh z; with style_mixing_prob, a second z's w from a random layer on."""
+        cfg = self.config
+        ws = self.generator.styles(torch.randn(n, cfg.z_dim, device=device), track_w_avg=track_w_avg)
+        if torch.rand(()).item() < cfg.style_mixing_prob:
+            crossover = int(torch.randint(1, self.generator.num_ws, ()))
+            mixed = self.generator.styles(torch.randn(n, cfg.z_dim, device=device))
+            ws = torch.cat([ws[:, :crossover], mixed[:, crossover:]], dim=1)
+        return ws
+
+    def _score(self, images: torch.Tensor, autocast) -> torch.Tensor:
+        with autocast():
+            return self.discriminator(diff_augment(images, self.config.diffaugment)).float()
+
+    def _r1_penalty(self, real: torch.Tensor) -> torch.Tensor:
+        # in float32, outside autocast: a squared gradient norm is too small for bf16
+        real = real.detach().float().requires_grad_(True)
+        scores = self.discriminator(diff_augment(real, self.config.diffaugment))
+        (grad,) = torch.autograd.grad(scores.sum(), real, create_graph=True)
+        return grad.square().sum(dim=(1, 2, 3)).mean()
+
+    def train_step(self, batch: torch.Tensor, step: int, autocast) -> dict[str, float]:
+        cfg, real = self.config, batch
+        n, metrics = real.shape[0], {}
+
+        # D: real up, fake down (non-saturating logistic loss)
+        self.discriminator.requires_grad_(True)
+        with torch.no_grad(), autocast():
+            fake = self.generator.synthesis(self._training_styles(n, real.device, track_w_avg=False))
+        d_real, d_fake = self._score(real, autocast), self._score(fake, autocast)
+        d_loss = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
+        self.opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.opt_d.step()
+        metrics.update(d_loss=d_loss.item(), d_real_sign=d_real.sign().mean().item())  # ADA's overfitting signal
+
+        if cfg.r1_gamma > 0 and step % cfg.r1_every == 0:
+            r1 = self._r1_penalty(real)
+            self.opt_d.zero_grad(set_to_none=True)
+            (r1 * (cfg.r1_gamma / 2) * cfg.r1_every).backward()
+            self.opt_d.step()
+            metrics["r1"] = r1.item()
+
+        # G: make D call the (augmented) fakes real
+        self.discriminator.requires_grad_(False)  # no D gradients to compute in G's step
+        with autocast():
+            fake = self.generator.synthesis(self._training_styles(n, real.device, track_w_avg=True))
+        g_loss = F.softplus(-self._score(fake, autocast)).mean()
+        self.opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        self.opt_g.step()
+        self.discriminator.requires_grad_(True)
+        update_ema(self.ema_generator, self.generator, ema_decay(step, cfg.ema_decay))
+        metrics["g_loss"] = g_loss.item()
+        return metrics
+
+    def sampling_generator(self) -> Generator:
+        """A CPU copy of the EMA generator (w_avg and the noise maps come with its buffers)."""
+        return copy.deepcopy(self.ema_generator).to("cpu", memory_format=torch.contiguous_format).eval()
+
+
+def export_bundle(family: PaintingGanFamily, step: int | None = None) -> dict:
+    """What a registered model needs, as tensors and plain values (torch.load(weights_only=True)).
+    The generator's state holds w_avg (`mapping.w_avg`) and the fixed noise maps."""
+    return {
+        "format": BUNDLE_FORMAT,
+        "config": family.config.to_dict(),
+        "generator": family.sampling_generator().state_dict(),
+        "step": step,
+    }
+
+
+def load_pictures(manifest_path: str | Path) -> dict[str, np.ndarray]:
+    """uint8 (N, H, W, C) pictures of a painting shard manifest: "train" and "heldout" (may be
+    empty: ingest holds out ~10% of 13 pictures)."""
+    from corpora.readers import read_split  # the training side only: a registered model never reads shards
+
+    return {name: columns["pixels"] for name, columns in read_split(manifest_path, "images", ["pixels"]).items()}
+
+
+def benchmark_family(manifest: Path, profile: str) -> Callable[[int], tuple[PaintingGanFamily, PaintingGanConfig]]:
+    """(steps) -> a fresh (family, config) of the profile on the manifest's training pictures, as
+    `run_training` builds it; the data is read once (bench/gpu.py)."""
+    pictures = load_pictures(manifest)["train"]
+
+    def make(steps: int):
+        config = PaintingGanConfig.profile(profile, channels=int(pictures.shape[3]), steps=steps)
+        return PaintingGanFamily(config, pictures), config
+
+    return make
+
+
+def run_training(request, run):
+    """Train on random crops of the manifest's training pictures; score samples against real crops
+    with a real-vs-real floor and an untrained-generator ceiling."""
+    from models.train import TrainingOutcome
+
+    pictures = load_pictures(run.manifest)
+    config = PaintingGanConfig.from_dict(request.model_config)
+    family = PaintingGanFamily(config, pictures["train"])
+    if request.init_from:
+        start = load_generator(request.init_from).state_dict()
+        for generator in (family.generator, family.ema_generator):
+            generator.load_state_dict(start)
+        run.report.log(f"starting from the weights in {request.init_from}")
+    result = run.fit(family, config, request)
+    if not run.distributed.is_main:
+        return None
+    bundle = save_bundle(export_bundle(family, step=result.step), run.run_dir / "bundle.pt")
+    report = metrics.painting_reports(
+        {"untrained_generator": metrics.untrained_generator(config), "model": load_generator(bundle)},
+        pictures["train"], heldout=pictures["heldout"], n=request.options.get("eval_samples", 256), seed=config.seed)
+    kid_key = next(k for k in report["model"] if k.startswith("kid_style_") and not k.endswith("_std"))
+    score = float(report["model"][kid_key])
+    metric = CHAMPION_RULE.metric
+    summary = {metric: score, kid_key: score, f"{metric}_floor": report["real_vs_real"][kid_key],
+               f"{metric}_ceiling": report["untrained_generator"][kid_key],
+               "near_copies": report["model"]["near_copies"],
+               "near_copies_real_vs_real": report["real_vs_real"]["near_copies"]}
+    return TrainingOutcome(
+        bundle=str(bundle), checkpoint=str(result.checkpoint), step=result.step, resumed_from=result.resumed_from,
+        train_seconds=result.seconds, score=score, summary=summary,
+        report_markdown=metrics.format_painting_report(report),
+        details={"train_pictures": len(pictures["train"]), "heldout_pictures": len(pictures["heldout"]),
+                 "feature_network": report["model"]["feature_network"]},
+    )

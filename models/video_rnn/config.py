@@ -1,0 +1,74 @@
+"""The video family's settings: `VideoRnnConfig` and its named profiles (timings in docs/video-rnn.md)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from models.family_config import FamilyConfig
+
+
+@dataclass
+class VideoRnnConfig(FamilyConfig):
+    log_every_cap = 50
+
+    context_frames: int = 10  # M: frames the model reads before predicting
+    horizon: int = 10  # K: future frames it is trained to predict (predict() may roll further)
+    resolution: int = 64  # square frames; clips of another size are area-resized by an integer factor
+    channels: int = 1  # 1: luminance, 3: RGB
+    patch: int = 4  # space-to-depth factor in front of the ConvLSTM (PredRNN)
+    hidden: tuple[int, ...] = (64, 64)  # ConvLSTM widths, bottom layer first
+    kernel: int = 3  # ConvLSTM kernel (on the patched map: 3 spans 12 pixels at patch 4)
+    levels: int = 16  # quantized intensities per channel the head predicts
+    cond_channels: int = 8  # forecaster features per pixel given to the head
+    head_width: int = 16  # channels of each PixelCNN stack
+    head_layers: int = 4  # gated layers, the first one mask-A-like (sees strictly earlier pixels)
+    head_first_kernel: int = 5  # first layer: rows above and columns each side = kernel // 2
+    head_kernel: int = 3  # later layers
+    head_frames: int = 1  # future frames per clip the head's loss sees each step
+    residual: bool = True  # the mean is the frame just read plus a learned change (starts as copy-last)
+    mse_weight: float = 10.0
+    nll_weight: float = 1.0
+    augment: bool = True
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1  # cosine decay from lr to lr * this over `steps`
+    grad_clip: float = 5.0
+    batch_size: int = 8
+    steps: int = 300
+    seed: int = 0
+
+    PROFILES: ClassVar[dict[str, dict]] = {
+        # 64x64, 10 -> 10, grayscale: minutes on 2 CPU cores
+        "demo": dict(hidden=(64, 64), kernel=3, head_width=16, head_layers=4, head_frames=1, batch_size=8,
+                     lr=2e-3, steps=300),
+        # twice the batch and head frames, a wider and deeper head
+        "cpu-long": dict(hidden=(64, 64), kernel=3, head_width=24, head_layers=5, head_frames=2, batch_size=16,
+                         lr=2e-3, steps=600),
+        # PredRNN-sized recurrence (4 x 128) and a VPN-like head trained on every future frame
+        "gpu": dict(hidden=(128, 128, 128, 128), kernel=5, cond_channels=16, head_width=64, head_layers=8,
+                    head_frames=10, batch_size=32, lr=1e-3, steps=50000),
+    }
+
+    def __post_init__(self):
+        self.hidden = tuple(int(h) for h in self.hidden)
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, not {self.channels}")
+        if self.context_frames < 1 or self.horizon < 1:
+            raise ValueError("context_frames and horizon must be at least 1")
+        if self.patch < 1 or self.resolution % self.patch:
+            raise ValueError(f"resolution {self.resolution} must be a multiple of patch {self.patch}")
+        if not self.hidden or min(self.hidden) < 1:
+            raise ValueError("hidden needs at least one positive width")
+        for name in ("kernel", "head_first_kernel", "head_kernel"):
+            value = getattr(self, name)
+            if value < 1 or value % 2 == 0:
+                raise ValueError(f"{name} must be odd and positive, not {value}")
+        if self.head_first_kernel < 3 or self.head_kernel < 3:
+            raise ValueError("head kernels must be at least 3 (a kernel of 1 sees no earlier pixel)")
+        if not 2 <= self.levels <= 256:
+            raise ValueError(f"levels must lie in 2..256, not {self.levels}")
+        if self.head_layers < 1 or not 1 <= self.head_frames <= self.horizon:
+            raise ValueError("head_layers must be >= 1 and head_frames within 1..horizon")
+
+    @property
+    def clip_frames(self) -> int:
+        return self.context_frames + self.horizon

@@ -1,0 +1,82 @@
+"""The whole video model: a ConvLSTM forecaster read through a space-to-depth patch, and the
+PixelCNN head conditioned on its state (docs/video-rnn.md)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.video_rnn.config import VideoRnnConfig
+from models.video_rnn.convlstm import ConvLSTMStack
+from models.video_rnn.frames import model_frames, quantize, to_subpixels
+from models.video_rnn.pixelcnn import PixelCnnHead
+
+
+class VideoRnn(nn.Module):
+    def __init__(self, config: VideoRnnConfig):
+        super().__init__()
+        self.config = config
+        c, p = config.channels, config.patch
+        self.stack = ConvLSTMStack(c * p * p, config.hidden, config.kernel)
+        self.to_mean = nn.Conv2d(config.hidden[-1], c * p * p, 1)
+        if config.residual:  # an untrained model then predicts "nothing moves", a strong start on video
+            nn.init.zeros_(self.to_mean.weight)
+            nn.init.zeros_(self.to_mean.bias)
+        self.to_cond = nn.Conv2d(config.hidden[-1], config.cond_channels * p * p, 1)
+        position = c if c > 1 else 0  # one-hot of a sub-pixel's channel, only when there are several
+        head_cond = config.cond_channels + 2 * c + position  # features, mean and previous frame, position
+        self.head = PixelCnnHead(head_cond, config.head_width, config.head_layers, config.head_first_kernel,
+                                 config.head_kernel, config.levels)
+
+    def step(self, frame: torch.Tensor, state: list | None = None):
+        """Read one frame (B, C, H, W), a model frame (model_frames) -> mean of the next frame, top
+        features, state."""
+        features, state = self.stack.step(F.pixel_unshuffle(frame, self.config.patch), state)
+        mean = F.pixel_shuffle(self.to_mean(features), self.config.patch)
+        if self.config.residual:
+            mean = mean + frame
+        return mean, features, state
+
+    def read(self, frames: torch.Tensor, state: list | None = None):
+        """Read frames (B, T, C, H, W): the mean after each (the prediction of the frame after it),
+        the features after each, and the final state."""
+        means, features = [], []
+        for t in range(frames.size(1)):
+            mean, feat, state = self.step(frames[:, t], state)
+            means.append(mean)
+            features.append(feat)
+        return torch.stack(means, dim=1), torch.stack(features, dim=1), state
+
+    def roll(self, mean: torch.Tensor, state: list, steps: int) -> torch.Tensor:
+        """Feed the model its own mean, as a model frame, `steps` times: (B, steps, C, H, W) further means."""
+        means = []
+        for _ in range(steps):
+            mean, _, state = self.step(model_frames(mean, self.config.levels), state)
+            means.append(mean)
+        return torch.stack(means, dim=1) if means else mean.new_zeros(mean.size(0), 0, *mean.shape[1:])
+
+    def head_inputs(self, features: torch.Tensor, mean: torch.Tensor, previous: torch.Tensor):
+        """The head's conditioning map (N, D, H, W*C) and mixture centres (N, 2, H, W*C: the mean,
+        the previous frame), in the sub-pixel layout, from the forecaster's features (N, hidden, h,
+        w), its mean (N, C, H, W) and the previous frame (N, C, H, W)."""
+        c = self.config.channels
+        learned = F.pixel_shuffle(self.to_cond(features), self.config.patch)
+        mean = mean.clamp(0, 1)
+        centres = torch.cat([to_subpixels(mean), to_subpixels(previous)], dim=1)
+        per_pixel = torch.cat([learned, mean.to(learned.dtype), previous.to(learned.dtype)], dim=1)
+        if c == 1:
+            return per_pixel, centres
+        n, d, h, w = per_pixel.shape
+        spread = per_pixel[..., None].expand(n, d, h, w, c).reshape(n, d, h, w * c)
+        position = torch.eye(c, device=spread.device, dtype=spread.dtype).repeat(1, w)  # (C, W*C)
+        return torch.cat([spread, position[None, :, None, :].expand(n, c, h, w * c)], dim=1), centres
+
+
+def head_nll(model: VideoRnn, features: torch.Tensor, means: torch.Tensor, previous: torch.Tensor,
+             targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy (nats per dimension) of the head on frames (N, C, H, W), teacher-forced:
+    the head's inputs are the true pixels."""
+    cond, centres = model.head_inputs(features, means, previous)
+    labels = to_subpixels(quantize(targets, model.config.levels))
+    logits = model.head(model.head.embed(labels), cond, centres)
+    return F.cross_entropy(logits.float(), labels[:, 0])
