@@ -78,7 +78,7 @@ def materialize_corpus(
     return dg.MaterializeResult(
         metadata=_metadata(report, raw_dir, preview),
         data_version=dg.DataVersion(report.version),
-        check_results=_check_results(report, specs, config.max_reject_rate),
+        check_results=_check_results(report, specs, config.max_reject_rate, context.asset_key.to_user_string()),
     )
 
 
@@ -143,7 +143,10 @@ def _rejections_markdown(report: IngestReport) -> str:
     return "\n".join(lines)
 
 
-def _check_results(report: IngestReport, specs: list[TableSpec], max_reject_rate: float) -> list[dg.AssetCheckResult]:
+def _check_results(report: IngestReport, specs: list[TableSpec], max_reject_rate: float,
+                   asset: str) -> list[dg.AssetCheckResult]:
+    """The corpus' checks; a failed one says, in one line, what was measured against which
+    threshold and which config key sets it."""
     counts = report.counts
     schema_problems = []
     for spec in specs:
@@ -161,17 +164,25 @@ def _check_results(report: IngestReport, specs: list[TableSpec], max_reject_rate
         dg.AssetCheckResult(
             check_name=REJECT_RATE_CHECK,
             passed=counts["reject_rate"] <= max_reject_rate,
+            description=(f"{counts['rejected']} of {counts['seen']} files rejected ({counts['reject_rate']:.1%}), "
+                         f"{'within' if counts['reject_rate'] <= max_reject_rate else 'above'} the threshold of "
+                         f"{max_reject_rate:.1%} (ops.{asset}.config.max_reject_rate; the rejected table says why)"),
             metadata={"reject_rate": float(counts["reject_rate"]), "threshold": max_reject_rate,
                       "rejected": counts["rejected"], "files_seen": counts["seen"]},
         ),
         dg.AssetCheckResult(
             check_name=SCHEMA_CHECK,
             passed=not schema_problems,
+            description=(f"{len(schema_problems)} shard schema problems, the first: {schema_problems[0]}"
+                         if schema_problems else "every shard has the promised schema"),
             metadata={"problems": dg.MetadataValue.json(schema_problems[:20])},
         ),
         dg.AssetCheckResult(
             check_name=NOT_EMPTY_CHECK,
             passed=counts["ingested"] > 0 and main_rows > 0,
+            description=(f"{counts['ingested']} files ingested, {main_rows} rows in {specs[0].name}"
+                         + ("" if counts["ingested"] > 0 and main_rows > 0 else
+                            f": nothing to train on (put files in the corpus folder or set ops.{asset}.config.source_dir)")),
             metadata={"ingested": counts["ingested"], f"rows_{specs[0].name}": main_rows},
         ),
     ]

@@ -3,45 +3,40 @@ and an audio gallery. Lineage: midi_corpus -> music_vae -> music_gallery."""
 import html
 from pathlib import Path
 
+from collections.abc import Iterator
+
 import dagster as dg
 import numpy as np
 
-from assets.gallery_site import gallery_lineage, gallery_page, write_cover
+from assets.gallery_page import gallery_lineage, gallery_page, write_cover
 from assets.ingest import midi_corpus
 from assets.training import (
-    FamilyRegistration, champion_check_spec, corpus_manifest, latest_metadata, thumbnail_markdown,
-    train_and_register, trained_result,
+    champion_check_spec, corpus_manifest, thumbnail_markdown, POINTERS, train_and_register, trained_result,
 )
-from corpora.atomic import atomic_write_bytes, atomic_write_text
+from common.atomic import atomic_write_bytes, atomic_write_text
 from corpora.preview import contact_sheet
 from corpora.shards import png_bytes
-from models import music_render
-from models.music_pyfunc import MusicVaePyfunc
-from models.music_vae import (
-    CHAMPION_METRIC, CHAMPION_RULE, GALLERY_TEMPERATURE, KINDS, PROFILES, MusicVaeConfig, interpolate, load_windows, sample,
-    tokens_to_midi_bytes,
-)
+from models import midi_audio
+from models.music_vae import FAMILY
+from models.music_vae.config import KINDS, MusicVaeConfig
+from models.music_vae.render import mel_spectrogram_image, pianoroll_image
+from models.music_vae.sampling import GALLERY_TEMPERATURE, interpolate, sample
+from models.music_vae.tokens import tokens_to_midi_bytes
+from models.music_vae.training import load_windows
 from models.train import TrainingRequest
 from resources.compute import ComputeResource
 from resources.mlflow_registry import MlflowRegistry
 from resources.storage import StorageResource
 from resources.trainer import TrainerLauncher
 
-GROUP = "music_vae"
-MODEL_NAME = EXPERIMENT = "music-vae"
-CODE_VERSION = "music-vae-2"  # 2: -ELBO champion guarded by prior-sample statistics at the gallery's temperature
+GROUP = FAMILY.key
+CODE_VERSION = "music-vae-3"  # the training asset's
 GALLERY_CODE_VERSION = "music-gallery-1"
-METRIC = CHAMPION_METRIC  # held-out -ELBO per token averaged over the kinds, lower wins; CHAMPION_RULE adds a guard
-FAMILY = FamilyRegistration(
-    asset_name="music_vae", model_name=MODEL_NAME, code_version=CODE_VERSION, rule=CHAMPION_RULE,
-    python_model=MusicVaePyfunc, pip_requirements=("torch==2.13.0", "numpy", "pandas", "pretty_midi", "mlflow==3.17.2"),
-    corpus="midi_corpus",
-)
 GALLERY_SAMPLES, GALLERY_SEED, INTERPOLATION_STEPS = 4, 0, 5
 
 
 class MusicVaeTrainConfig(dg.Config):
-    profile: str = "demo"  # one of models.music_vae.PROFILES: demo, cpu-long, gpu
+    profile: str = "demo"  # one of MusicVaeConfig.PROFILES: demo, cpu-long, gpu
     kinds: list[str] = ["chorale", "melody"]  # which models the registered bundle holds
     steps: int = 0  # 0: the profile's
     max_minutes: float = 0.0  # per model; 0: no limit
@@ -51,51 +46,54 @@ class MusicVaeTrainConfig(dg.Config):
 
 @dg.asset(
     group_name=GROUP, deps=[midi_corpus], code_version=CODE_VERSION, kinds={"pytorch", "mlflow"}, pool="gpu",
-    check_specs=[champion_check_spec("music_vae", CHAMPION_RULE)],
+    io_manager_key=POINTERS,
+    check_specs=[champion_check_spec(FAMILY.key, FAMILY.rule)],
     description="MusicVAE-style VAEs (BiLSTM encoder, LSTM decoder, scheduled sampling, KL annealing with "
     "free bits) over 2-bar melodies and 4-voice chorale windows, registered in MLflow as `music-vae`.",
 )
 def music_vae(
     context: dg.AssetExecutionContext, config: MusicVaeTrainConfig, storage: StorageResource,
     compute: ComputeResource, mlflow: MlflowRegistry, trainer: TrainerLauncher,
-) -> dg.MaterializeResult:
-    if config.profile not in PROFILES or not set(config.kinds) <= set(KINDS) or not config.kinds:
-        raise dg.Failure(f"profile must be one of {sorted(PROFILES)} and kinds a subset of {sorted(KINDS)}")
-    manifest_path, manifest = corpus_manifest(storage, "midi", "midi_corpus")
+) -> Iterator:
+    profiles = MusicVaeConfig.PROFILES
+    if config.profile not in profiles or not set(config.kinds) <= set(KINDS) or not config.kinds:
+        raise dg.Failure(f"profile must be one of {sorted(profiles)} and kinds a subset of {sorted(KINDS)}")
+    manifest_path, manifest = corpus_manifest(storage, FAMILY.corpus)
     overrides = {"steps": config.steps} if config.steps else {}
+    settings = compute.training_settings()
+    settings["trainer"] = {**settings["trainer"], "max_minutes": config.max_minutes}  # per model
     request = TrainingRequest(
-        family=MODEL_NAME, max_minutes=config.max_minutes, options={"eval_samples": config.eval_samples},
+        family=FAMILY.name, options={"eval_samples": config.eval_samples},
         model_config={kind: MusicVaeConfig.profile(config.profile, kind=kind, seed=compute.seed, **overrides).to_dict()
                       for kind in config.kinds},
-        **compute.training_settings(),
+        **settings,
     )
-    trained = train_and_register(context, FAMILY, request, manifest_path, manifest, config.start_from,
+    trained = train_and_register(context, FAMILY, CODE_VERSION, request, manifest_path, manifest, config.start_from,
                                  {"profile": config.profile, "kinds": ",".join(config.kinds)}, storage, trainer, mlflow)
-    return trained_result(context, FAMILY, trained, manifest, mlflow)
+    yield from trained_result(context, FAMILY, trained, manifest, mlflow)
 
 
 @dg.asset(
-    group_name=GROUP, deps=[music_vae], code_version=GALLERY_CODE_VERSION, kinds={"html"},
+    group_name=GROUP, code_version=GALLERY_CODE_VERSION, kinds={"html"},
     automation_condition=dg.AutomationCondition.eager(),
     description="Samples of the music_vae version this run registered as .mid, rendered .wav, piano roll and "
     "mel spectrogram, plus an interpolation between two real chorale phrases, under data/galleries/music-vae/<version>/.",
 )
 def music_gallery(
-    context: dg.AssetExecutionContext, storage: StorageResource, compute: ComputeResource, mlflow: MlflowRegistry,
+    context: dg.AssetExecutionContext, music_vae: dict, storage: StorageResource, compute: ComputeResource, mlflow: MlflowRegistry,
 ) -> dg.MaterializeResult:
     compute.configure_torch()
-    trained = latest_metadata(context, "music_vae")
-    version = str(trained["model_version"])
-    model, model_version = mlflow.load_pyfunc_model(MODEL_NAME, version)
+    version = music_vae["version"]  # what this run's training registered, or the latest materialization's
+    model, model_version = mlflow.load_pyfunc_model(FAMILY.name, version)
     models = model.unwrap_python_model().models
-    manifest_path, manifest = corpus_manifest(storage, "midi", "midi_corpus")
-    folder = storage.galleries_dir(MODEL_NAME) / version
+    manifest_path, manifest = corpus_manifest(storage, FAMILY.corpus)
+    folder = storage.galleries_dir(FAMILY.name) / version
 
     entries, rolls = [], []
     for kind, kind_model in models.items():
         windows = sample(kind_model, GALLERY_SAMPLES, seed=GALLERY_SEED, temperature=GALLERY_TEMPERATURE)
         entries += [_write_piece(folder, f"{kind}-{i}", window) for i, window in enumerate(windows)]
-        rolls += [music_render.pianoroll_image(window) for window in windows]
+        rolls += [pianoroll_image(window) for window in windows]
     interpolation = []
     if "chorale" in models:
         heldout = load_windows(manifest_path, "chorale")["heldout"]
@@ -103,11 +101,11 @@ def music_gallery(
         path = interpolate(models["chorale"], ends[0], ends[1], steps=INTERPOLATION_STEPS)
         interpolation = [_write_piece(folder, f"interpolation-{i}", window) for i, window in enumerate(path)]
 
-    lineage = gallery_lineage(MODEL_NAME, version, model_version, manifest["version"], context.run.run_id)
+    lineage = gallery_lineage(FAMILY.name, version, model_version, music_vae["corpus_data_version"], context.run.run_id)
     write_cover(folder, [("img", entries[0]["roll"]), ("audio", entries[0]["wav"])])
     index = folder / "index.html"
-    atomic_write_text(index, gallery_html(f"{MODEL_NAME} version {version}", lineage, entries, interpolation,
-                                          trained.get("metrics_table", "")))
+    atomic_write_text(index, gallery_html(f"{FAMILY.name} version {version}", lineage, entries, interpolation,
+                                          music_vae["metrics_table"]))
     client = mlflow.client()
     for entry in entries:
         client.log_artifact(model_version.run_id, str(folder / entry["wav"]), artifact_path="gallery")
@@ -124,12 +122,12 @@ def music_gallery(
 def _write_piece(folder: Path, name: str, window: np.ndarray) -> dict:
     """One window as .mid, .wav (fluidsynth, else pretty_midi's synthesizer), piano roll and mel PNGs."""
     midi = tokens_to_midi_bytes(window)
-    rendered = music_render.render(midi)
+    rendered = midi_audio.render(midi)
     files = {"mid": f"{name}.mid", "wav": f"{name}.wav", "roll": f"{name}-roll.png", "mel": f"{name}-mel.png"}
     atomic_write_bytes(folder / files["mid"], midi)
     atomic_write_bytes(folder / files["wav"], rendered.wav_bytes())
-    atomic_write_bytes(folder / files["roll"], png_bytes(music_render.pianoroll_image(window)))
-    atomic_write_bytes(folder / files["mel"], png_bytes(music_render.mel_spectrogram_image(rendered.audio, rendered.sample_rate)))
+    atomic_write_bytes(folder / files["roll"], png_bytes(pianoroll_image(window)))
+    atomic_write_bytes(folder / files["mel"], png_bytes(mel_spectrogram_image(rendered.audio, rendered.sample_rate)))
     return {"name": name, **files, "renderer": rendered.renderer, "seconds": rendered.seconds}
 
 
@@ -150,4 +148,6 @@ def gallery_html(title: str, lineage: dict, entries: list[dict], interpolation: 
                         style="body{max-width:70em} figure{margin:1em 0} img{image-rendering:pixelated;height:96px}")
 
 
-MUSIC_ASSETS = [music_vae, music_gallery]
+TRAINING_ASSET = music_vae
+GALLERY_ASSET = music_gallery
+ASSETS = [music_vae, music_gallery]

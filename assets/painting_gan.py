@@ -3,45 +3,40 @@
 Lineage: painting_corpus -> painting_gan -> painting_gallery."""
 import html
 
+from collections.abc import Iterator
+
 import dagster as dg
 import numpy as np
-import torch
 
-from assets.gallery_site import gallery_lineage, gallery_page, write_cover
+from assets.gallery_page import gallery_lineage, gallery_page, write_cover
 from assets.ingest import painting_corpus
 from assets.training import (
-    FamilyRegistration, champion_check_spec, corpus_manifest, latest_metadata, thumbnail_markdown,
-    train_and_register, trained_result,
+    champion_check_spec, corpus_manifest, thumbnail_markdown, POINTERS, train_and_register, trained_result,
 )
-from corpora.atomic import atomic_write_bytes, atomic_write_text
+from common.atomic import atomic_write_bytes, atomic_write_text
+from corpora.preview import contact_sheet
+from corpora.readers import read_split
 from corpora.shards import png_bytes
-from models import style_transfer
-from models.painting_gan import (
-    CHAMPION_METRIC, CHAMPION_RULE, PROFILES, PaintingGanConfig, load_generator, load_pictures, num_style_layers, sample,
-    style_mixing_grid, truncation_sweep,
-)
-from models.painting_pyfunc import PaintingGanPyfunc
+from models.classifier import load_classifier
+from models.painting_gan import FAMILY, style_transfer
+from models.painting_gan.config import PaintingGanConfig
+from models.painting_gan.sampling import load_generator, num_style_layers, sample, style_mixing_grid, truncation_sweep
 from models.train import TrainingRequest
 from resources.compute import ComputeResource
 from resources.mlflow_registry import MlflowRegistry
+from resources.pointers import pointer_of_this_run
 from resources.storage import StorageResource
 from resources.trainer import TrainerLauncher
 
-GROUP = "painting_gan"
-MODEL_NAME = EXPERIMENT = "painting-gan"
-CODE_VERSION = "painting-gan-2"
-GALLERY_CODE_VERSION = "painting-gallery-1"
-METRIC = CHAMPION_METRIC  # KID on the random CNN's style statistics against real crops; lower is better
-FAMILY = FamilyRegistration(
-    asset_name="painting_gan", model_name=MODEL_NAME, code_version=CODE_VERSION, rule=CHAMPION_RULE, python_model=PaintingGanPyfunc,
-    pip_requirements=("torch==2.13.0", "numpy", "pandas", "mlflow==3.17.2"), corpus="painting_corpus",
-)
+GROUP = FAMILY.key
+CODE_VERSION = "painting-gan-3"
+GALLERY_CODE_VERSION = "painting-gallery-2"
 GALLERY_SEED, GALLERY_SAMPLES, GALLERY_PSI = 0, 24, 0.7
 MIXING_SEEDS, SWEEP_SEEDS, SWEEP_PSIS = 4, 4, (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 class PaintingGanTrainConfig(dg.Config):
-    profile: str = "demo"  # one of models.painting_gan.PROFILES: demo, cpu-long, gpu
+    profile: str = "demo"  # one of PaintingGanConfig.PROFILES: demo, cpu-long, gpu
     steps: int = 0  # 0: the profile's
     batch_size: int = 0  # 0: the profile's
     max_minutes: float = 0.0  # stop (and register) after this long; 0: no limit
@@ -49,8 +44,8 @@ class PaintingGanTrainConfig(dg.Config):
     eval_samples: int = 256
 
     def gan_config(self, seed: int) -> PaintingGanConfig:
-        if self.profile not in PROFILES:
-            raise dg.Failure(f"unknown profile {self.profile!r}; choose one of {sorted(PROFILES)}")
+        if self.profile not in PaintingGanConfig.PROFILES:
+            raise dg.Failure(f"unknown profile {self.profile!r}; choose one of {sorted(PaintingGanConfig.PROFILES)}")
         overrides = {"seed": seed, **({"steps": self.steps} if self.steps else {}),
                      **({"batch_size": self.batch_size} if self.batch_size else {})}
         return PaintingGanConfig.profile(self.profile, **overrides)
@@ -58,64 +53,69 @@ class PaintingGanTrainConfig(dg.Config):
 
 @dg.asset(
     group_name=GROUP, deps=[painting_corpus], code_version=CODE_VERSION, kinds={"pytorch", "mlflow"}, pool="gpu",
-    check_specs=[champion_check_spec("painting_gan", CHAMPION_RULE)],
+    io_manager_key=POINTERS,
+    check_specs=[champion_check_spec(FAMILY.key, FAMILY.rule)],
     description="StyleGAN2-lite (mapping network, modulated convolutions, noise, style mixing, R1, DiffAugment) "
     "trained on random crops of the painting corpus, registered in MLflow as `painting-gan`.",
 )
 def painting_gan(
     context: dg.AssetExecutionContext, config: PaintingGanTrainConfig, storage: StorageResource,
     compute: ComputeResource, mlflow: MlflowRegistry, trainer: TrainerLauncher,
-) -> dg.MaterializeResult:
-    manifest_path, manifest = corpus_manifest(storage, "painting", "painting_corpus")
-    request = TrainingRequest(family=MODEL_NAME, model_config=config.gan_config(compute.seed).to_dict(),
-                              options={"eval_samples": config.eval_samples}, max_minutes=config.max_minutes,
-                              **compute.training_settings())
-    trained = train_and_register(context, FAMILY, request, manifest_path, manifest, config.start_from,
+) -> Iterator:
+    manifest_path, manifest = corpus_manifest(storage, FAMILY.corpus)
+    settings = compute.training_settings()
+    settings["trainer"] = {**settings["trainer"], "max_minutes": config.max_minutes}
+    request = TrainingRequest(family=FAMILY.name, model_config=config.gan_config(compute.seed).to_dict(),
+                              options={"eval_samples": config.eval_samples}, **settings)
+    trained = train_and_register(context, FAMILY, CODE_VERSION, request, manifest_path, manifest, config.start_from,
                                  {"profile": config.profile}, storage, trainer, mlflow)
     generator = load_generator(trained.report.outcome.bundle)
-    preview = _grid(sample(generator, 8, seed=GALLERY_SEED, truncation_psi=GALLERY_PSI))
-    return trained_result(context, FAMILY, trained, manifest, mlflow, {"samples": thumbnail_markdown(preview)})
+    preview = contact_sheet(sample(generator, 8, seed=GALLERY_SEED, truncation_psi=GALLERY_PSI), cell=None)
+    yield from trained_result(context, FAMILY, trained, manifest, mlflow, {"samples": thumbnail_markdown(preview)})
 
 
 class PaintingGalleryConfig(dg.Config):
-    feature_network: str = "random"  # style transfer's features: "random" CNN, or the image family's "classifier"
+    feature_network: str = "random"  # style transfer's features: "random" CNN, or "classifier" (image_classifier's weights)
     transfer_steps: int = style_transfer.DEMO.steps
     transfer_size: int = style_transfer.DEMO.size
     triptychs: int = 2
 
 
-def _classifier_state(context, feature_network: str) -> dict | None:
+def _classifier_state(context, storage: StorageResource, feature_network: str) -> dict | None:
+    """The image classifier's weights, when they define "style": those this run trained, else the latest."""
     if feature_network != "classifier":
         return None
-    weights = latest_metadata(context, "image_classifier")["weights"]
-    return torch.load(weights, map_location="cpu", weights_only=True)["model"]
+    weights = pointer_of_this_run(context, storage.data_root, dg.AssetKey("image_classifier"))["weights"]
+    return load_classifier(weights).state_dict()
 
 
 @dg.asset(
-    group_name=GROUP, deps=[painting_gan], code_version=GALLERY_CODE_VERSION, kinds={"html"},
+    group_name=GROUP, code_version=GALLERY_CODE_VERSION, kinds={"html"},
+    deps=["image_classifier"],  # its weights, only with feature_network: classifier
     automation_condition=dg.AutomationCondition.eager(),
     description="Sample grid, style-mixing grid, truncation sweep and style-transfer triptychs (content, style, "
     "result) of the painting_gan version this run registered, under data/galleries/painting-gan/<version>/.",
 )
 def painting_gallery(
-    context: dg.AssetExecutionContext, config: PaintingGalleryConfig, storage: StorageResource,
+    context: dg.AssetExecutionContext, painting_gan: dict, config: PaintingGalleryConfig, storage: StorageResource,
     compute: ComputeResource, mlflow: MlflowRegistry,
 ) -> dg.MaterializeResult:
     compute.configure_torch()
-    trained = latest_metadata(context, "painting_gan")
-    version = str(trained["model_version"])
-    model, model_version = mlflow.load_pyfunc_model(MODEL_NAME, version)
+    version = painting_gan["version"]  # what this run's training registered, or the latest materialization's
+    model, model_version = mlflow.load_pyfunc_model(FAMILY.name, version)
     generator = model.unwrap_python_model().generator
-    manifest_path, manifest = corpus_manifest(storage, "painting", "painting_corpus")
-    pictures = load_pictures(manifest_path)["all"]
-    folder = storage.galleries_dir(MODEL_NAME) / version
+    manifest_path, manifest = corpus_manifest(storage, FAMILY.corpus)
+    split = read_split(manifest_path, "images", ["pixels"])
+    pictures = np.concatenate([split["train"]["pixels"], split["heldout"]["pixels"]])
+    folder = storage.galleries_dir(FAMILY.name) / version
 
     seeds = range(GALLERY_SEED, GALLERY_SEED + MIXING_SEEDS)
     crossover = max(1, num_style_layers(generator) // 2)
     grids = {
-        "samples.png": _grid(sample(generator, GALLERY_SAMPLES, seed=GALLERY_SEED, truncation_psi=GALLERY_PSI)),
-        "style_mixing.png": style_mixing_grid(generator, list(seeds), [s + MIXING_SEEDS for s in seeds], crossover),
-        "truncation.png": truncation_sweep(generator, list(range(SWEEP_SEEDS)), list(SWEEP_PSIS)),
+        "samples.png": contact_sheet(sample(generator, GALLERY_SAMPLES, seed=GALLERY_SEED, truncation_psi=GALLERY_PSI),
+                                     cell=None),
+        "style_mixing.png": _sheet(style_mixing_grid(generator, list(seeds), [s + MIXING_SEEDS for s in seeds], crossover)),
+        "truncation.png": _sheet(truncation_sweep(generator, list(range(SWEEP_SEEDS)), list(SWEEP_PSIS))),
     }
     for name, picture in grids.items():
         atomic_write_bytes(folder / name, png_bytes(_upscale(picture)))
@@ -123,7 +123,7 @@ def painting_gallery(
     transfer_config = style_transfer.StyleTransferConfig(
         feature_network=config.feature_network, steps=config.transfer_steps, size=config.transfer_size,
         seed=compute.seed)
-    classifier_state = _classifier_state(context, config.feature_network)
+    classifier_state = _classifier_state(context, storage, config.feature_network)
     rng = np.random.default_rng(compute.seed)
     transfers = []
     for index in range(min(config.triptychs, len(pictures) // 2)):
@@ -134,11 +134,11 @@ def painting_gallery(
         transfers.append({"file": name, "network": result.feature_network, "seconds": result.seconds,
                           "style_loss": (result.style_losses[0], result.style_losses[-1])})
 
-    lineage = gallery_lineage(MODEL_NAME, version, model_version, manifest["version"], context.run.run_id)
+    lineage = gallery_lineage(FAMILY.name, version, model_version, painting_gan["corpus_data_version"], context.run.run_id)
     write_cover(folder, [("img", "samples.png"), ("img", "style_mixing.png")])
     index = folder / "index.html"
-    atomic_write_text(index, gallery_html(f"{MODEL_NAME} version {version}", lineage, crossover, transfers,
-                                          trained.get("metrics_table", "")))
+    atomic_write_text(index, gallery_html(f"{FAMILY.name} version {version}", lineage, crossover, transfers,
+                                          painting_gan["metrics_table"]))
     client = mlflow.client()
     for name in [*grids, *(t["file"] for t in transfers)]:
         client.log_artifact(model_version.run_id, str(folder / name), artifact_path="gallery")
@@ -158,11 +158,9 @@ def _upscale(picture: np.ndarray, minimum: int = 384) -> np.ndarray:
     return picture.repeat(factor, axis=0).repeat(factor, axis=1)
 
 
-def _grid(images: np.ndarray, columns: int = 8) -> np.ndarray:
-    from models.painting_gan import image_grid
-
-    rows = [list(images[i:i + columns]) for i in range(0, len(images), columns)]
-    return image_grid(rows)
+def _sheet(rows: list[list[np.ndarray | None]]) -> np.ndarray:
+    """Rows of one length of equal-sized cells (None: empty) as one picture, at the cells' own size."""
+    return contact_sheet([image for row in rows for image in row], columns=max(len(row) for row in rows), cell=None)
 
 
 def gallery_html(title: str, lineage: dict, crossover: int, transfers: list[dict], metrics_table: str) -> str:
@@ -174,7 +172,7 @@ def gallery_html(title: str, lineage: dict, crossover: int, transfers: list[dict
         f'in {t["seconds"]:.0f} s</figcaption></figure>' for t in transfers)
     body = f"""<h2>Samples</h2><p>Truncation psi {GALLERY_PSI}.</p><img src="samples.png" alt="samples">
 <h2>Style mixing</h2><p>Top row and left column are the sources; each cell takes the coarse styles (layers
-below {crossover}) from its row's source and the fine styles from its column's.</p>
+below {crossover}) from its column's source and the fine styles from its row's.</p>
 <img src="style_mixing.png" alt="style mixing">
 <h2>Truncation sweep</h2><p>One row per seed; psi {", ".join(str(p) for p in SWEEP_PSIS)} from left to right
 (psi 0 is the mean style).</p><img src="truncation.png" alt="truncation sweep">
@@ -183,4 +181,5 @@ below {crossover}) from its row's source and the fine styles from its column's.<
                         style="body{max-width:70em} img{image-rendering:pixelated;max-width:100%}")
 
 
-PAINTING_ASSETS = [painting_gan, painting_gallery]
+TRAINING_ASSET, GALLERY_ASSET = painting_gan, painting_gallery
+ASSETS = [painting_gan, painting_gallery]

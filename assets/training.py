@@ -3,37 +3,35 @@ promoted model version (`train_and_register`), and the lineage, logging and prom
 import base64
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
 import numpy as np
 
-from corpora.hashing import sha256_json
+from assets.ingest import CORPUS_ASSET_OF
+from common.hashing import sha256_json
 from corpora.ingest import load_manifest
 from corpora.shards import png_bytes
 from models.champion import ChampionRule
+from models.family import FamilyRecord
 from models.train import TrainingRequest
 from resources.mlflow_registry import MlflowRegistry
 from resources.storage import StorageResource
 from resources.trainer import TrainerLauncher, TrainingReport
 
 
-def corpus_manifest(storage: StorageResource, shards: str, corpus_asset: str) -> tuple[Path, dict]:
-    """(path, content) of the manifest under data/shards/<shards>/ that `corpus_asset` writes."""
-    path = storage.shards_dir(shards) / "manifest.json"
+def corpus_manifest(storage: StorageResource, corpus: str) -> tuple[Path, dict]:
+    """(path, content) of the manifest under data/shards/<corpus>/."""
+    path = storage.shards_dir(corpus) / "manifest.json"
     manifest = load_manifest(path)
     if manifest is None:
-        raise dg.Failure(f"no shards at {path}: materialize {corpus_asset} first")
+        raise dg.Failure(f"no shards at {path}: materialize {CORPUS_ASSET_OF[corpus].key.to_user_string()} first")
     return path, manifest
 
 
-def latest_metadata(context: dg.AssetExecutionContext, asset_key: str) -> dict:
-    """The metadata of an upstream asset's latest materialization (its weights, its version)."""
-    event = context.instance.get_latest_materialization_event(dg.AssetKey(asset_key))
-    if event is None or event.asset_materialization is None:
-        raise dg.Failure(f"{asset_key} has never been materialized: materialize it first")
-    return {key: value.value for key, value in event.asset_materialization.metadata.items()}
+POINTERS = "pointers"  # the IO manager of the small JSON results assets hand on (resources/pointers.py)
 
 
 def thumbnail_markdown(picture: np.ndarray) -> dg.MetadataValue:
@@ -154,42 +152,26 @@ def lineage_metadata(registry: MlflowRegistry, model_name: str, version: str, ru
     return metadata
 
 
-MODELS_PACKAGE = Path(__file__).resolve().parents[1] / "models"  # shipped with every pyfunc
-
-
-def register_bundle(registry: MlflowRegistry, run_id: str, model_name: str, python_model, bundle_path: Path,
-                    pip_requirements: list[str], input_example=None) -> tuple[str, bool]:
-    """Register `bundle_path` as a pyfunc version of `model_name`: (version, newly_registered).
+def register_bundle(registry: MlflowRegistry, run_id: str, family: FamilyRecord, bundle_path: Path,
+                    input_example=None) -> tuple[str, bool]:
+    """Register `bundle_path` as a pyfunc version of the family's model: (version, newly_registered).
     Weights identical to an existing version's reuse that version (see registered_version_with)."""
-    from corpora.hashing import sha256_file
+    from common.hashing import sha256_file
 
     digest = sha256_file(bundle_path)
-    existing = registered_version_with(registry, model_name, digest)
+    existing = registered_version_with(registry, family.name, digest)
     if existing is not None:
         registry.client().set_tag(run_id, "reused_model_version", existing)
         return existing, False
     _, version = registry.log_pyfunc_model(
-        run_id, name=model_name, python_model=python_model, artifacts={"bundle": str(bundle_path)},
-        registered_model_name=model_name, code_paths=[str(MODELS_PACKAGE)], pip_requirements=pip_requirements,
+        run_id, name=family.name, python_model=family.pyfunc(), artifacts={"bundle": str(bundle_path)},
+        registered_model_name=family.name, code_paths=family.code_paths(), pip_requirements=family.pip_requirements(),
         input_example=input_example, tags={"bundle_sha256": digest},
     )
     return version, True
 
 
 # --- the flow every training asset runs ------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FamilyRegistration:
-    """What differs between the four training assets' flows."""
-
-    asset_name: str  # "music_vae": also the checkpoints folder
-    model_name: str  # "music-vae": the registered model and its experiment
-    code_version: str
-    rule: ChampionRule  # decides the champion
-    python_model: type  # the pyfunc class registered with each bundle
-    pip_requirements: tuple[str, ...]
-    corpus: str  # the corpus asset, logged as the run's training dataset
 
 
 @dataclass
@@ -213,7 +195,8 @@ def flat_params(values: dict, prefix: str = "") -> dict:
 
 
 def train_and_register(
-    context: dg.AssetExecutionContext, family: FamilyRegistration, request: TrainingRequest, manifest_path: Path,
+    context: dg.AssetExecutionContext, family: FamilyRecord, code_version: str, request: TrainingRequest,
+    manifest_path: Path,
     manifest: dict, start_from: str, params: dict, storage: StorageResource, trainer: TrainerLauncher,
     mlflow: MlflowRegistry,
 ) -> TrainedVersion:
@@ -221,23 +204,23 @@ def train_and_register(
     with lineage tags, then register its bundle and promote it. A warm start downloads the
     champion's bundle into the run folder, which names the champion: a new champion, a new run."""
     config_hash = sha256_json(request.model_config)
-    champion = mlflow.get_version_by_alias(family.model_name, "champion") if start_from == "champion" else None
+    champion = mlflow.get_version_by_alias(family.name, "champion") if start_from == "champion" else None
     champion_version = str(champion.version) if champion is not None else None
-    run_dir = storage.checkpoints_dir(family.asset_name) / run_folder_name(
+    run_dir = storage.checkpoints_dir(family.key) / run_folder_name(
         manifest["version"], config_hash, start_from, champion_version)
     if champion_version:
-        bundle, _ = mlflow.download_bundle(family.model_name, champion_version, run_dir / "start-from")
+        bundle, _ = mlflow.download_bundle(family.name, champion_version, run_dir / "start-from")
         request.init_from = str(bundle)
         context.log.info(f"continuing from champion version {champion_version}")
 
-    tags = mlflow.lineage_tags(dagster_run_id=context.run.run_id, asset_key=family.asset_name,
-                               code_version=family.code_version, data_version=manifest["version"],
+    tags = mlflow.lineage_tags(dagster_run_id=context.run.run_id, asset_key=family.key,
+                               code_version=code_version, data_version=manifest["version"],
                                config_hash=config_hash)
-    with mlflow.start_run(family.model_name, run_name=f"{family.model_name} {context.run.run_id[:8]}",
+    with mlflow.start_run(family.name, run_name=f"{family.name} {context.run.run_id[:8]}",
                           tags=tags) as run:
         client, run_id = mlflow.client(), run.info.run_id
         log_params(client, run_id, {**flat_params(request.model_config), **params, "start_from": start_from})
-        log_training_data(client, run_id, family.corpus, manifest_path, manifest["version"],
+        log_training_data(client, run_id, CORPUS_ASSET_OF[family.corpus].key.to_user_string(), manifest_path, manifest["version"],
                           json.dumps(manifest.get("counts", {})))
         report = trainer.launch(context, request, manifest_path, run_dir)
         outcome = report.outcome
@@ -245,25 +228,29 @@ def train_and_register(
             log_metrics(client, run_id, values, step)
         log_metrics(client, run_id, outcome.summary, outcome.step)
         client.log_text(run_id, outcome.report_markdown, "metrics_report.md")
-        version, _ = register_bundle(mlflow, run_id, family.model_name, family.python_model(), Path(outcome.bundle),
-                                     list(family.pip_requirements))
-        promotion = promote(mlflow, family.model_name, family.rule, version,
+        version, _ = register_bundle(mlflow, run_id, family, Path(outcome.bundle))
+        promotion = promote(mlflow, family.name, family.rule, version,
                             {**outcome.summary, family.rule.metric: outcome.score})
-    context.log.info(f"registered {family.model_name} version {version}; {promotion['decision']}")
+    context.log.info(f"registered {family.name} version {version}; {promotion['decision']}")
     return TrainedVersion(version, run_id, report, promotion,
                           f"champion version {champion_version}" if champion_version else "fresh")
 
 
-def trained_result(context: dg.AssetExecutionContext, family: FamilyRegistration, trained: TrainedVersion,
-                   manifest: dict, mlflow: MlflowRegistry, extra_metadata: dict | None = None) -> dg.MaterializeResult:
-    """The training asset's materialization: lineage links, the run's numbers, its metric table,
-    the champion check; the data version is the registered version, so galleries follow it."""
+def trained_result(context: dg.AssetExecutionContext, family: FamilyRecord, trained: TrainedVersion,
+                   manifest: dict, mlflow: MlflowRegistry, extra_metadata: dict | None = None) -> Iterator:
+    """The training asset's events: its output, a pointer to the version it registered (what the
+    gallery of this very run reads), with lineage links, the run's numbers and its metric table as
+    metadata; then the champion check. The data version is the registered version."""
     outcome = trained.report.outcome
     details = {name: dg.MetadataValue.json(value) if isinstance(value, (list, dict)) else value
                for name, value in outcome.details.items()}
-    return dg.MaterializeResult(
+    pointer = {"model": family.name, "version": trained.version, "mlflow_run_id": trained.run_id,
+               "bundle": outcome.bundle, "corpus_data_version": manifest["version"],
+               "metrics_table": outcome.report_markdown}
+    yield dg.Output(
+        pointer,
         metadata={
-            **lineage_metadata(mlflow, family.model_name, trained.version, trained.run_id, context),
+            **lineage_metadata(mlflow, family.name, trained.version, trained.run_id, context),
             "start_from": trained.start_from,
             "steps": outcome.step,
             "resumed_from_step": outcome.resumed_from,
@@ -276,6 +263,6 @@ def trained_result(context: dg.AssetExecutionContext, family: FamilyRegistration
             "corpus_data_version": manifest["version"],
             **(extra_metadata or {}),
         },
-        data_version=dg.DataVersion(f"{family.model_name}/{trained.version}"),
-        check_results=[champion_check_result(trained.promotion)],
+        data_version=dg.DataVersion(f"{family.name}/{trained.version}"),
     )
+    yield champion_check_result(trained.promotion)

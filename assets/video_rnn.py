@@ -3,58 +3,55 @@ as `video-rnn`, and a gallery of held-out continuations next to the truth.
 Lineage: video_corpus -> video_rnn -> video_gallery."""
 import html
 
+from collections.abc import Iterator
+
 import dagster as dg
 import numpy as np
 
-from assets.gallery_site import gallery_lineage, gallery_page, write_cover
+from assets.gallery_page import gallery_lineage, gallery_page, write_cover
 from assets.ingest import video_corpus
 from assets.training import (
-    FamilyRegistration, champion_check_spec, corpus_manifest, latest_metadata, thumbnail_markdown,
-    train_and_register, trained_result,
+    champion_check_spec, corpus_manifest, thumbnail_markdown, POINTERS, train_and_register, trained_result,
 )
-from corpora.atomic import atomic_write_bytes, atomic_write_text
+from common.atomic import atomic_write_bytes, atomic_write_text
 from corpora.video import write_video
-from models import video_metrics
 from models.train import TrainingRequest
-from models.video_pyfunc import VideoRnnPyfunc
-from models.video_rnn import CHAMPION_METRIC, CHAMPION_RULE, PROFILES, VideoRnnConfig, load_clips, predict
+from models.video_rnn import FAMILY
+from models.video_rnn.config import VideoRnnConfig
+from models.video_rnn.gallery import error_plot_png, side_by_side, write_gif
+from models.video_rnn.metrics import evaluate
+from models.video_rnn.sampling import predict
+from models.video_rnn.training import load_clips
 from resources.compute import ComputeResource
 from resources.mlflow_registry import MlflowRegistry
 from resources.storage import StorageResource
 from resources.trainer import TrainerLauncher
 
-GROUP = "video_rnn"
-MODEL_NAME = EXPERIMENT = "video-rnn"
-CODE_VERSION = "video-rnn-2"  # 2: the model reads quantized frames (bundle format /2), OpenSTL's SSIM, the score rule
-GALLERY_CODE_VERSION = "video-gallery-2"  # 2: the error plot's SSIM is OpenSTL's (data_range 2)
-METRIC = CHAMPION_METRIC  # score_vs_copy_last: MSE and 1 - SSIM against copy-last-frame, averaged; lower is better
-FAMILY = FamilyRegistration(
-    asset_name="video_rnn", model_name=MODEL_NAME, code_version=CODE_VERSION, rule=CHAMPION_RULE,
-    python_model=VideoRnnPyfunc, pip_requirements=("torch==2.13.0", "numpy", "pandas", "mlflow==3.17.2"),
-    corpus="video_corpus",
-)
-FPS = 10.0  # the corpus' frame rate (corpora.video.VideoCorpusConfig.fps)
+# 3: one package; the bundle (format /3) keeps example contexts and the corpus' frame rate
+CODE_VERSION = "video-rnn-3"
+GALLERY_CODE_VERSION = "video-gallery-3"  # 3: videos play at the frame rate of the corpus the model was trained on
 GALLERY_SEED = 0
 
 
 class VideoRnnTrainConfig(dg.Config):
-    profile: str = "demo"  # one of models.video_rnn.PROFILES: demo, cpu-long, gpu
+    profile: str = "demo"  # one of VideoRnnConfig.PROFILES: demo, cpu-long, gpu
     steps: int = 0  # 0: the profile's
     batch_size: int = 0  # 0: the profile's
     max_minutes: float = 0.0  # stop (and register) after this long; 0: no limit
     start_from: str = "fresh"  # "fresh", or "champion": continue from the champion's weights
 
     def rnn_config(self, seed: int) -> VideoRnnConfig:
-        if self.profile not in PROFILES:
-            raise dg.Failure(f"unknown profile {self.profile!r}; choose one of {sorted(PROFILES)}")
+        if self.profile not in VideoRnnConfig.PROFILES:
+            raise dg.Failure(f"unknown profile {self.profile!r}; choose one of {sorted(VideoRnnConfig.PROFILES)}")
         overrides = {"seed": seed, **({"steps": self.steps} if self.steps else {}),
                      **({"batch_size": self.batch_size} if self.batch_size else {})}
         return VideoRnnConfig.profile(self.profile, **overrides)
 
 
 @dg.asset(
-    group_name=GROUP, deps=[video_corpus], code_version=CODE_VERSION, kinds={"pytorch", "mlflow"}, pool="gpu",
-    check_specs=[champion_check_spec("video_rnn", CHAMPION_RULE)],
+    group_name=FAMILY.key, deps=[video_corpus], code_version=CODE_VERSION, kinds={"pytorch", "mlflow"}, pool="gpu",
+    io_manager_key=POINTERS,
+    check_specs=[champion_check_spec(FAMILY.key, FAMILY.rule)],
     description="ConvLSTM encoder-forecaster with a gated PixelCNN head (exact bits/dim, pixel-by-pixel sampling), "
     "trained on the video shards, compared with copy-last-frame on held-out clips (MSE, SSIM, PSNR as OpenSTL "
     "computes them), registered as `video-rnn`; champion by score_vs_copy_last with a held-out SSIM guard.",
@@ -62,13 +59,14 @@ class VideoRnnTrainConfig(dg.Config):
 def video_rnn(
     context: dg.AssetExecutionContext, config: VideoRnnTrainConfig, storage: StorageResource,
     compute: ComputeResource, mlflow: MlflowRegistry, trainer: TrainerLauncher,
-) -> dg.MaterializeResult:
-    manifest_path, manifest = corpus_manifest(storage, "video", "video_corpus")
-    request = TrainingRequest(family=MODEL_NAME, model_config=config.rnn_config(compute.seed).to_dict(),
-                              max_minutes=config.max_minutes, **compute.training_settings())
-    trained = train_and_register(context, FAMILY, request, manifest_path, manifest, config.start_from,
+) -> Iterator:
+    manifest_path, manifest = corpus_manifest(storage, FAMILY.corpus)
+    settings = compute.training_settings()
+    settings["trainer"] = {**settings["trainer"], "max_minutes": config.max_minutes}
+    request = TrainingRequest(family=FAMILY.name, model_config=config.rnn_config(compute.seed).to_dict(), **settings)
+    trained = train_and_register(context, FAMILY, CODE_VERSION, request, manifest_path, manifest, config.start_from,
                                  {"profile": config.profile}, storage, trainer, mlflow)
-    return trained_result(context, FAMILY, trained, manifest, mlflow)
+    yield from trained_result(context, FAMILY, trained, manifest, mlflow)
 
 
 class VideoGalleryConfig(dg.Config):
@@ -77,23 +75,25 @@ class VideoGalleryConfig(dg.Config):
 
 
 @dg.asset(
-    group_name=GROUP, deps=[video_rnn], code_version=GALLERY_CODE_VERSION, kinds={"html"},
+    group_name=FAMILY.key, code_version=GALLERY_CODE_VERSION, kinds={"html"},
     automation_condition=dg.AutomationCondition.eager(),
     description="Held-out clips continued by the video_rnn version this run registered: MP4 (H.264) and GIF of "
-    "context | truth | prediction, a per-horizon error plot, under data/galleries/video-rnn/<version>/.",
+    "context | truth | prediction at the training corpus' frame rate, a per-horizon error plot, under "
+    "data/galleries/video-rnn/<version>/.",
 )
 def video_gallery(
-    context: dg.AssetExecutionContext, config: VideoGalleryConfig, storage: StorageResource,
+    context: dg.AssetExecutionContext, video_rnn: dict, config: VideoGalleryConfig, storage: StorageResource,
     compute: ComputeResource, mlflow: MlflowRegistry,
 ) -> dg.MaterializeResult:
     compute.configure_torch()
-    trained = latest_metadata(context, "video_rnn")
-    version = str(trained["model_version"])
-    pyfunc, model_version = mlflow.load_pyfunc_model(MODEL_NAME, version)
-    model = pyfunc.unwrap_python_model().model
-    manifest_path, manifest = corpus_manifest(storage, "video", "video_corpus")
+    version = video_rnn["version"]  # what this run's training registered, or the latest materialization's
+    pyfunc, model_version = mlflow.load_pyfunc_model(FAMILY.name, version)
+    python_model = pyfunc.unwrap_python_model()
+    model = python_model.model
+    manifest_path, manifest = corpus_manifest(storage, FAMILY.corpus)
+    fps = trained_fps(python_model.fps, manifest, video_rnn)
     clips = load_clips(manifest_path)
-    folder = storage.galleries_dir(MODEL_NAME) / version
+    folder = storage.galleries_dir(FAMILY.name) / version
     m, k = model.config.context_frames, model.config.horizon
     heldout, sources = clips["heldout"], clips["heldout_sources"]
     chosen = np.random.default_rng(GALLERY_SEED).permutation(len(heldout))[: config.clips]
@@ -104,20 +104,20 @@ def video_gallery(
         modes = ["mean", "sample"] if rank < config.sampled_clips else ["mean"]
         for mode in modes:
             prediction = predict(model, clip[:m], horizon=k, mode=mode, seed=GALLERY_SEED)
-            frames = video_metrics.side_by_side(clip[:m], clip[m : m + k], prediction)
+            frames = side_by_side(clip[:m], clip[m : m + k], prediction)
             name = f"clip-{rank}-{mode}"
-            write_video(folder / f"{name}.mp4", frames, FPS)
-            atomic_write_bytes(folder / f"{name}.gif", video_metrics.write_gif(None, frames, FPS))
+            write_video(folder / f"{name}.mp4", frames, fps)
+            atomic_write_bytes(folder / f"{name}.gif", write_gif(None, frames, fps))
             entries.append({"name": name, "source": sources[index], "mode": mode})
             preview = frames[-1] if preview is None else preview
-    report = video_metrics.evaluate(model, heldout, with_bits_per_dim=False)
-    atomic_write_bytes(folder / "error_by_horizon.png", video_metrics.error_plot_png(report))
+    report = evaluate(model, heldout, with_bits_per_dim=False)
+    atomic_write_bytes(folder / "error_by_horizon.png", error_plot_png(report))
 
-    lineage = gallery_lineage(MODEL_NAME, version, model_version, manifest["version"], context.run.run_id)
+    lineage = gallery_lineage(FAMILY.name, version, model_version, video_rnn["corpus_data_version"], context.run.run_id)
     write_cover(folder, [("video", f"{entries[0]['name']}.mp4"), ("img", "error_by_horizon.png")])
     index = folder / "index.html"
-    atomic_write_text(index, gallery_html(f"{MODEL_NAME} version {version}", lineage, entries,
-                                          trained.get("metrics_table", "")))
+    atomic_write_text(index, gallery_html(f"{FAMILY.name} version {version}", lineage, entries,
+                                          video_rnn["metrics_table"]))
     client = mlflow.client()
     for name in [f"{entries[0]['name']}.mp4", "error_by_horizon.png"]:
         client.log_artifact(model_version.run_id, str(folder / name), artifact_path="gallery")
@@ -125,8 +125,20 @@ def video_gallery(
         "index": dg.MetadataValue.path(str(index)),
         "model_version": version,
         "videos": len(entries),
+        "fps": fps,
         "preview": thumbnail_markdown(preview),
     })
+
+
+def trained_fps(bundle_fps: float | None, manifest: dict, trained: dict) -> float:
+    """The frame rate of the corpus the model was trained on: its bundle records it (format 3); for
+    an older bundle, the current manifest's only while it is still the one the model was trained on."""
+    if bundle_fps is not None:
+        return float(bundle_fps)
+    if manifest["version"] == trained["corpus_data_version"]:
+        return float(manifest["config"]["fps"])
+    raise dg.Failure(f"{FAMILY.name} version {trained['version']} records no frame rate and the video corpus "
+                     "has changed since it was trained: retrain video_rnn")
 
 
 def gallery_html(title: str, lineage: dict, entries: list[dict], metrics_table: str) -> str:
@@ -146,4 +158,6 @@ style="height:auto;max-width:100%">"""
                         style="body{max-width:75em} video,img{image-rendering:pixelated;height:160px}")
 
 
-VIDEO_ASSETS = [video_rnn, video_gallery]
+TRAINING_ASSET = video_rnn
+GALLERY_ASSET = video_gallery
+ASSETS = [video_rnn, video_gallery]

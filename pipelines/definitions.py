@@ -5,14 +5,14 @@ from pathlib import Path
 import dagster as dg
 
 from assets.gallery_site import gallery_site
-from assets.image_gan import IMAGE_GAN_ASSETS, image_gallery, image_gan
 from assets.ingest import CORPUS_ASSETS
-from assets.music_vae import MUSIC_ASSETS, music_gallery, music_vae
-from assets.painting_gan import PAINTING_ASSETS, painting_gallery, painting_gan
-from assets.video_rnn import VIDEO_ASSETS, video_gallery, video_rnn
+from assets.training import POINTERS
+from models.family import families
+from pipelines.progress import LOGGER_NAME, progress_logger
 from pipelines.automation import gallery_automation, raw_files_sensor, retraining_schedule
 from resources.compute import ComputeResource
 from resources.mlflow_registry import MlflowRegistry
+from resources.pointers import PointerIOManager
 from resources.storage import StorageResource, default_data_root
 from resources.trainer import TrainerLauncher
 
@@ -20,8 +20,9 @@ MLFLOW_UI_ENV, DAGSTER_UI_ENV = "ATELIER_MLFLOW_UI_URL", "ATELIER_DAGSTER_UI_URL
 TRACKING_URI_ENV, REGISTRY_URI_ENV = "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"  # MLflow's own variables
 TRAINER_MODE_ENV, TRAINER_NPROC_ENV = "ATELIER_TRAINER_MODE", "ATELIER_TRAINER_NPROC"  # subprocess|in_process; ranks
 
-TRAINING_ASSETS = [image_gan, music_vae, painting_gan, video_rnn]  # each takes `start_from` and registers a model
-GALLERY_ASSETS = [image_gallery, music_gallery, painting_gallery, video_gallery, gallery_site]
+FAMILY_MODULES = [record.dagster() for record in families().values()]  # each family's assets/<key>.py
+TRAINING_ASSETS = [module.TRAINING_ASSET for module in FAMILY_MODULES]  # each takes `start_from`, registers a model
+GALLERY_ASSETS = [*(module.GALLERY_ASSET for module in FAMILY_MODULES), gallery_site]
 
 ingest_job = dg.define_asset_job(
     "ingest", selection=dg.AssetSelection.groups("corpora"),
@@ -52,13 +53,15 @@ def build_resources(data_root: str | None = None) -> dict:
     trainer = TrainerLauncher(mode=os.environ.get(TRAINER_MODE_ENV, "subprocess"),
                               nproc_per_node=int(os.environ.get(TRAINER_NPROC_ENV, "1")))
     return {"storage": StorageResource(data_root=str(root)), "compute": ComputeResource(), "mlflow": registry,
-            "trainer": trainer}
+            "trainer": trainer, POINTERS: PointerIOManager(data_root=str(root))}
 
 
 defs = dg.Definitions(
-    assets=[*CORPUS_ASSETS, *IMAGE_GAN_ASSETS, *MUSIC_ASSETS, *PAINTING_ASSETS, *VIDEO_ASSETS, gallery_site],
+    assets=[*CORPUS_ASSETS, *(asset for module in FAMILY_MODULES for asset in module.ASSETS), gallery_site],
     jobs=[ingest_job, main_job, retrain_job],
     schedules=[retraining_schedule(TRAINING_ASSETS, retrain_job)],
     sensors=[raw_files_sensor, gallery_automation(GALLERY_ASSETS)],
     resources=build_resources(),
+    # `atelier run` asks for "progress" (pipelines/progress.py); runs that name no logger get Dagster's console
+    loggers={"console": dg.colored_console_logger, LOGGER_NAME: progress_logger},
 )

@@ -192,7 +192,8 @@ def test_a_changed_corpus_file_or_code_version_makes_downstream_assets_unsynced(
         return [key.to_user_string() for key in assets_to_refresh(instance, graph, [music_vae.key, music_gallery.key])]
 
     # music_vae was re-materialized by the previous test; bring the gallery up to date too.
-    assert dg.materialize([music_gallery], resources=resources, instance=instance, selection=[music_gallery]).success
+    assert dg.materialize([music_vae, music_gallery], resources=resources, instance=instance,
+                          selection=[music_gallery]).success
     assert [status(assets, a) for a in (midi_corpus, music_vae, music_gallery)] == [StaleStatus.FRESH] * 3
     assert to_refresh(assets) == []  # a rerun now trains nothing
 

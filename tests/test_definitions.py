@@ -77,3 +77,42 @@ def test_mlflow_tracking_uri_in_the_environment_points_every_run_at_that_server(
     server = build_resources(str(tmp_path))["mlflow"]
     assert (server.tracking_uri, server.artifact_root, server.ui_base()) == (
         "http://mlflow.internal:5000", "", "http://mlflow.internal:5000")
+
+
+def test_registered_models_pin_what_pyproject_pins():
+    """A registered model's pip requirements come from the installed versions, never typed into
+    asset code: each must satisfy pyproject.toml, and the exact pins must be the same pins."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    from models.family import families
+
+    declared = {Requirement(text).name.lower(): Requirement(text)
+                for text in tomllib.loads((PROJECT / "pyproject.toml").read_text())["project"]["dependencies"]}
+    for record in families().values():
+        for pinned in map(Requirement, record.pip_requirements()):
+            [version] = [spec.version for spec in pinned.specifier]
+            wanted = declared[pinned.name.lower().replace("_", "-")] if pinned.name.lower().replace("_", "-") in declared \
+                else declared[pinned.name.lower()]
+            assert wanted.specifier.contains(version), f"{record.name}: {pinned} does not satisfy pyproject's {wanted}"
+            exact = [spec.version for spec in wanted.specifier if spec.operator == "=="]
+            assert not exact or exact == [version], f"{record.name}: {pinned} differs from pyproject's pin {wanted}"
+    assert {"torch==2.13.0", "mlflow==3.17.2"} <= set(families()["image-gan"].pip_requirements())
+
+
+def test_no_module_lists_the_families_by_hand():
+    """Outside its own package and assets module, no code names two families: whatever needs
+    every family iterates the records, so a fifth family needs no edit outside its own files
+    (an example in a help text may name one; the README and docs may name them all)."""
+    from models.family import families
+
+    records = list(families().values())
+    code = [path for folder in ("models", "assets", "pipelines", "resources", "corpora", "common", "bench")
+            for path in (PROJECT / folder).rglob("*.py")]
+    for path in code:
+        text = path.read_text()
+        named = [record.name for record in records
+                 if record.name in text and path not in (PROJECT / "assets" / f"{record.key}.py",)
+                 and PROJECT / "models" / record.key not in path.parents]
+        assert len(named) <= 1, f"{path.relative_to(PROJECT)} names the families {named}"

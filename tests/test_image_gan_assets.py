@@ -131,7 +131,7 @@ def test_champion_samples_in_a_clean_process(family_run, tmp_path):
         "import sys\n"
         "print(json.dumps({'shape': list(a.shape), 'dtype': str(a.dtype), 'same': bool((a == b).all()),"
         " 'label_matters': bool((a != c).any()),"
-        " 'std': float(a.std()), 'code': sys.modules['models.image_gan'].__file__,"
+        " 'std': float(a.std()), 'code': sys.modules['models.image_gan.pyfunc'].__file__,"
         " 'dagster_loaded': 'dagster' in sys.modules}))\n"
     )
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PYTHONPATH": ""}

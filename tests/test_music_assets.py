@@ -15,7 +15,9 @@ import pytest
 
 from assets.ingest import midi_corpus
 from assets.music_vae import music_gallery, music_vae
-from models.music_vae import CHAMPION_RULE, GALLERY_TEMPERATURE, sample, tokens_to_midi_bytes
+from models.music_vae import CHAMPION_RULE
+from models.music_vae.sampling import GALLERY_TEMPERATURE, sample
+from models.music_vae.tokens import tokens_to_midi_bytes
 from pipelines.definitions import build_resources
 
 VOICES = (72, 67, 60, 48)

@@ -14,11 +14,12 @@ import pytest
 from assets.ingest import video_corpus
 from assets.video_rnn import video_gallery, video_rnn
 from corpora.video import read_video_frames
-from models.video_rnn import CHAMPION_RULE
+from models.video_rnn import FAMILY
 from pipelines.definitions import build_resources
 from tests.tiny_corpora import write_videos
 
 TINY_TRAINING = {"steps": 3, "batch_size": 4}
+CORPUS_FPS = 5.0  # not the default 10, so the gallery must take its frame rate from the corpus
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,7 @@ def video_run(tmp_path_factory):
     resources["mlflow"].initialize()
     result = dg.materialize(
         [video_corpus, video_rnn, video_gallery], resources=resources, instance=dg.DagsterInstance.ephemeral(),
-        run_config={"ops": {"video_corpus": {"config": {"heldout_percent": 50}},
+        run_config={"ops": {"video_corpus": {"config": {"heldout_percent": 50, "fps": CORPUS_FPS}},
                             "video_rnn": {"config": TINY_TRAINING},
                             "video_gallery": {"config": {"clips": 2, "sampled_clips": 1}}}},
     )
@@ -50,13 +51,16 @@ def test_video_rnn_reports_the_baseline_beside_the_model_and_registers(video_run
     assert trained["score_vs_copy_last"] > 0 and np.isfinite(trained["heldout_ssim"])
     assert "copy" in trained["metrics_table"].lower() and "score" in trained["metrics_table"]
     registry = video_run["resources"]["mlflow"]
-    champion = registry.get_version_by_alias("video-rnn", "champion")
-    for name in CHAMPION_RULE.metrics:  # every number the rule reads is in the summary and tagged
+    champion = registry.get_version_by_alias(FAMILY.name, "champion")
+    for name in FAMILY.rule.metrics:  # every number the rule reads is in the summary and tagged
         assert float(champion.tags[name]) == pytest.approx(trained[name], abs=1e-6)
 
 
 def test_gallery_videos_decode_with_every_frame_and_the_page_plays_them(video_run):
-    index = Path(metadata_of(video_run["result"], video_gallery)["index"])
+    from PIL import Image
+
+    gallery = metadata_of(video_run["result"], video_gallery)
+    index = Path(gallery["index"])
     page = index.read_text()
     videos = sorted(index.parent.glob("*.mp4"))
     assert [v.name for v in videos] == ["clip-0-mean.mp4", "clip-0-sample.mp4", "clip-1-mean.mp4"]
@@ -64,6 +68,9 @@ def test_gallery_videos_decode_with_every_frame_and_the_page_plays_them(video_ru
         frames = read_video_frames(video)
         assert frames.shape[0] == 20 and frames.shape[2] > 3 * frames.shape[1] - 1  # 10 + 10, three panels
         assert f'src="{video.name}"' in page and (index.parent / video.with_suffix(".gif").name).is_file()
+        with Image.open(video.with_suffix(".gif")) as gif:  # played at the corpus' frame rate
+            assert gif.info["duration"] == round(1000 / CORPUS_FPS)
+    assert gallery["fps"] == CORPUS_FPS
     assert (index.parent / "error_by_horizon.png").stat().st_size > 1000
 
 
@@ -77,11 +84,15 @@ def test_video_rnn_continues_a_clip_in_a_clean_process(video_run, tmp_path):
         "mean = m.predict({'context': context, 'horizon': 4, 'mode': 'mean'})\n"
         "a = m.predict({'context': context, 'horizon': 2, 'mode': 'sample', 'seed': 1})\n"
         "b = m.predict({'context': context, 'horizon': 2, 'mode': 'sample', 'seed': 1})\n"
+        "own = m.predict({'n': 2, 'seed': 0})\n"  # no context: the held-out contexts the bundle keeps
+        "shown = m.predict({'n': 1, 'seed': 0, 'mode': 'sample', 'horizon': 2, 'with_context': True})\n"
         "print(json.dumps({'mean': list(mean.shape), 'dtype': str(mean.dtype), 'sample': list(a.shape),\n"
-        "                  'same': bool((a == b).all()), 'dagster': 'dagster' in sys.modules}))\n"
+        "                  'same': bool((a == b).all()), 'own': list(own.shape), 'shown': list(shown.shape),\n"
+        "                  'dagster': 'dagster' in sys.modules}))\n"
     )
     env = {**os.environ, "MLFLOW_TRACKING_URI": video_run["resources"]["mlflow"].tracking_uri, "PYTHONPATH": ""}
     out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result == {"mean": [4, 64, 64, 3], "dtype": "uint8", "sample": [2, 64, 64, 3], "same": True, "dagster": False}
+    assert result == {"mean": [4, 64, 64, 3], "dtype": "uint8", "sample": [2, 64, 64, 3], "same": True,
+                      "own": [2, 10, 64, 64, 1], "shown": [1, 12, 64, 64, 1], "dagster": False}  # the model's one channel
