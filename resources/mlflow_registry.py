@@ -69,6 +69,21 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def _quiet_pyfunc_save() -> Iterator[None]:
+    """Pickling the wrapper object is intended (its code ships in ``code_paths``); MLflow warns
+    about it on every save."""
+    import logging
+
+    pyfunc_logger = logging.getLogger("mlflow.pyfunc")
+    level = pyfunc_logger.level
+    pyfunc_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        pyfunc_logger.setLevel(level)
+
+
+@contextlib.contextmanager
 def _global_tracking_uri(uri: str) -> Iterator[None]:
     """Point MLflow's global tracking URI at ``uri`` for one call, then restore it exactly.
 
@@ -152,9 +167,12 @@ class MlflowRegistry(dg.ConfigurableResource):
                 RegistryStore(registry)
 
     def client(self) -> MlflowClient:
-        """The explicit client every method uses (created once per resource instance)."""
+        """The explicit client every method uses (created once per resource instance, after
+        the store is migrated: runs launched from the UI or a script never pass the CLI)."""
         if self._client is None:
             from mlflow import MlflowClient
+
+            self.initialize()
 
             self._client = MlflowClient(
                 tracking_uri=self.tracking_uri, registry_uri=self.registry_uri or self.tracking_uri
@@ -293,11 +311,12 @@ class MlflowRegistry(dg.ConfigurableResource):
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 local = os.path.join(tmp, "model")
-                mlflow.pyfunc.save_model(
-                    path=local, python_model=python_model, artifacts=artifacts,
-                    code_paths=code_paths, input_example=input_example, signature=signature,
-                    pip_requirements=pip_requirements, mlflow_model=mlflow_model,
-                )
+                with _quiet_pyfunc_save():
+                    mlflow.pyfunc.save_model(
+                        path=local, python_model=python_model, artifacts=artifacts,
+                        code_paths=code_paths, input_example=input_example, signature=signature,
+                        pip_requirements=pip_requirements, mlflow_model=mlflow_model,
+                    )
                 client.log_model_artifacts(logged.model_id, local)
             client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
         except BaseException:
@@ -359,7 +378,7 @@ class MlflowRegistry(dg.ConfigurableResource):
                         ) -> tuple[Path, ModelVersion]:
         """The weights file a version was registered with (its pyfunc's `bundle` artifact),
         downloaded under ``dst_dir`` and checked against the version's ``bundle_sha256`` tag."""
-        from corpora.hashing import sha256_file
+        from common.hashing import sha256_file
 
         local, mv = self.download_version(name, alias_or_version, str(dst_dir))
         found = sorted(Path(local).glob("artifacts/*.pt"))
