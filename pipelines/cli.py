@@ -6,9 +6,10 @@ import contextlib
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
-from corpora.atomic import atomic_write_bytes, atomic_write_text
+from common.atomic import atomic_write_bytes, atomic_write_text
 from corpora.shards import png_bytes
 from resources.storage import DATA_ROOT_ENV, default_data_root
 
@@ -24,9 +25,10 @@ concurrency:
 """
 UI_HOST = "127.0.0.1"
 UI_STOP_GRACE_S = 20.0
-SUMMARY_KEYS = ("files_seen", "ingested", "rejected", "duplicates", "groups", "heldout_accuracy", "model_version",
-                "fid_classifier", "neg_elbo_per_token", "kid_style", "score_vs_copy_last", "pieces")
-QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}  # the UI keeps the DEBUG events
+SAMPLE_SUFFIX = {"image": ".png", "midi": ".mid", "video": ".mp4"}  # what `atelier sample` writes, by kind
+# A known warning that says nothing to a person running the pipeline: Dagster marks observable
+# source assets beta.
+QUIET_WARNINGS = (("ignore", r".*is currently in beta", None),)
 
 
 def ensure_dagster_home(data_root: Path) -> Path:
@@ -39,55 +41,29 @@ def ensure_dagster_home(data_root: Path) -> Path:
     return home
 
 
-def run(job_name: str, everything: bool = False) -> int:
-    """Materialize `job_name`. The main job without `everything`: ingest, then only what is
-    missing or out of date (pipelines/freshness.py), so a rerun with nothing changed is quick."""
+def run(job_name: str, everything: bool = False, config_file: Path | None = None) -> int:
+    """Materialize `job_name`. The main job: ingest, then only what is missing or out of date
+    (pipelines/freshness.py; everything with `everything`), then the site (pipelines/runner.py).
+    `config_file` is Dagster run config as YAML, the keys the launchpad takes."""
     import dagster as dg
 
     from pipelines.definitions import defs
-    from pipelines.freshness import assets_to_refresh
+    from pipelines.runner import Outcome, config_for, load_run_config, print_summary, run_pipeline
 
+    run_config = load_run_config(config_file)
     data_root = Path(default_data_root())
     home = ensure_dagster_home(data_root)
-    defs.resources["mlflow"].initialize()  # create the tracking database once, before any fan-out
     with dg.DagsterInstance.get() as instance:
-        if job_name != "main" or everything:
-            results = [_execute(defs.resolve_job_def(job_name), instance)]
+        if job_name == "main":
+            outcome = run_pipeline(defs, instance, run_config, everything)
         else:
-            results = [_execute(defs.resolve_job_def("ingest"), instance)]
-            graph = defs.resolve_asset_graph()
-            corpora = dg.AssetSelection.groups("corpora").resolve(graph)
-            stale = assets_to_refresh(instance, graph, graph.materializable_asset_keys - corpora)
-            if results[0].success and stale:
-                print(f"\nout of date: {', '.join(key.to_user_string() for key in stale)}")
-                results.append(_execute(defs.resolve_job_def("main"), instance, stale))
-            elif results[0].success:
-                print("\nevery model and gallery is up to date with its data and code: nothing to train "
-                      "(`atelier run --all` recomputes everything)")
-    for result in results:
-        _print_summary(result)
+            job = defs.resolve_job_def(job_name)
+            keys = job.asset_layer.selected_asset_keys
+            outcome = Outcome([job.execute_in_process(instance=instance, raise_on_error=False,
+                                                      run_config=config_for(run_config, keys))])
+    print_summary(outcome)
     print(f"\nresults are under {data_root}; Dagster runs are in {home} (open them with `atelier ui`)")
-    return 0 if all(result.success for result in results) else 1
-
-
-def _execute(job, instance, asset_selection=None):
-    return job.execute_in_process(instance=instance, raise_on_error=False, run_config=QUIET_LOGS,
-                                  asset_selection=asset_selection)
-
-
-def _print_summary(result) -> None:
-    print(f"\njob {result.job_def.name!r}: {'succeeded' if result.success else 'FAILED'} (run {result.run_id})")
-    for event in result.get_asset_materialization_events():
-        materialization = event.event_specific_data.materialization
-        metadata = {key: value.value for key, value in materialization.metadata.items()}
-        summary = ", ".join(f"{key}={metadata[key]}" for key in SUMMARY_KEYS if key in metadata)
-        print(f"  {materialization.asset_key.to_user_string()}: {summary}")
-        for key in ("manifest", "index"):
-            if key in metadata:
-                print(f"    {key}: {metadata[key]}")
-    failed = {(e.asset_key.to_user_string(), e.check_name) for e in result.get_asset_check_evaluations() if not e.passed}
-    for asset, check in sorted(failed):
-        print(f"  check did not pass: {asset} {check}")
+    return 0 if outcome.success else 1
 
 
 def ui_commands(data_root: Path, dagster_port: int, mlflow_port: int) -> dict[str, list[str]]:
@@ -177,23 +153,69 @@ def parse_model_reference(reference: str) -> str:
     return f"models:/{reference}"
 
 
-def sample(reference: str, n: int, seed: int, label: str | None, output: Path) -> int:
-    """Sample from a registered model using only MLflow: no Dagster, no training code."""
+def model_name_of(reference: str) -> str:
+    """The registered model's name in `name@alias`, `name/version` or a `models:/` URI."""
+    path = reference.removeprefix("models:/")
+    return path.split("@", 1)[0].split("/", 1)[0]
+
+
+def sample(reference: str, n: int, seed: int, label: str | None, output: Path | None) -> int:
+    """Sample from a registered model using only MLflow (no Dagster, no training code), and write
+    what its family makes: a PNG grid, MIDI files with rendered WAVs, or an MP4."""
     import mlflow
 
-    from corpora.preview import contact_sheet
-    from corpora.shards import png_bytes
+    from models.family import family
 
+    record = family(model_name_of(reference))
+    output = output or Path(f"samples{SAMPLE_SUFFIX[record.samples]}")
     data_root = Path(default_data_root())
-    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{data_root / 'mlflow' / 'mlflow.db'}"
-    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{data_root / 'mlflow' / 'mlflow.db'}")
     model = mlflow.pyfunc.load_model(parse_model_reference(reference))
     request = {"n": n, "seed": seed, **({"label": label} if label is not None else {})}
-    images = model.predict(request)
-    columns = min(n, 8)
-    atomic_write_bytes(output, png_bytes(contact_sheet(images, columns=columns, cell=max(images.shape[1], 32))))
-    print(f"wrote {len(images)} samples from {reference} to {output}")
+    written = WRITERS[record.samples](model, request, output)
+    print(f"wrote {len(written)} file(s) from {reference}: {', '.join(str(path) for path in written)}")
     return 0
+
+
+def write_pictures(model, request: dict, output: Path) -> list[Path]:
+    from corpora.preview import contact_sheet
+
+    pictures = model.predict(request)
+    cell = max(pictures.shape[1], 32)
+    atomic_write_bytes(output, png_bytes(contact_sheet(pictures, columns=min(len(pictures), 8), cell=cell)))
+    return [output]
+
+
+def write_midi(model, request: dict, output: Path) -> list[Path]:
+    """Each MIDI file beside its rendering: <stem>-<i>.mid and <stem>-<i>.wav."""
+    from models.midi_audio import render_wav
+
+    written = []
+    for index, midi in enumerate(model.predict(request)):
+        stem = output.with_name(f"{output.stem}-{index}")
+        atomic_write_bytes(stem.with_suffix(".mid"), midi)
+        wav, _ = render_wav(midi)
+        atomic_write_bytes(stem.with_suffix(".wav"), wav)
+        written += [stem.with_suffix(".mid"), stem.with_suffix(".wav")]
+    return written
+
+
+def write_video(model, request: dict, output: Path) -> list[Path]:
+    """The clips side by side in one MP4: each clip's context, then its continuation."""
+    import numpy as np
+
+    from corpora.video import write_video as encode
+
+    clips = model.predict({**request, "with_context": True})  # (n, T, H, W, C)
+    side_by_side = np.concatenate(list(clips), axis=2)
+    fps = getattr(model.unwrap_python_model(), "fps", None)  # the rate of the corpus it was trained on
+    if not fps:
+        raise SystemExit("this model's bundle does not say its frame rate: register it again with this version")
+    encode(output, side_by_side, fps)
+    return [output]
+
+
+WRITERS = {"image": write_pictures, "midi": write_midi, "video": write_video}
 
 
 def repaint(content: Path, style: Path, output: Path, feature_network: str, classifier: Path | None,
@@ -203,7 +225,7 @@ def repaint(content: Path, style: Path, output: Path, feature_network: str, clas
     import torch
     from PIL import Image
 
-    from models.style_transfer import StyleTransferConfig, transfer
+    from models.painting_gan.style_transfer import StyleTransferConfig, transfer
 
     torch.set_num_threads(threads)
     state = None
@@ -228,18 +250,23 @@ def main(argv: list[str] | None = None) -> int:
     run_parser.add_argument("--job", default="main")
     run_parser.add_argument("--all", action="store_true",
                             help="main job: recompute every asset, not only those missing or out of date")
+    run_parser.add_argument("--config", type=Path, metavar="FILE",
+                            help="Dagster run config as YAML, the keys the launchpad takes "
+                                 "(e.g. ops: {midi_corpus: {config: {max_reject_rate: 0.2}}})")
     ui_parser = commands.add_parser("ui", help=f"start the Dagster UI (with its daemon) and the MLflow UI on {UI_HOST}")
     ui_parser.add_argument("--port", type=int, default=3000, help="Dagster UI port")
     ui_parser.add_argument("--mlflow-port", type=int, default=5000)
     ui_parser.add_argument("--automation", action="store_true",
                            help="start the schedule and sensors switched on (see README, Automation)")
     commands.add_parser("seed", help="write the default corpora into empty data/raw/<corpus>/ folders")
-    sample_parser = commands.add_parser("sample", help="sample a registered model: sample image-gan@champion -n 16 -o grid.png")
+    sample_parser = commands.add_parser(
+        "sample", help="sample a registered model and write what its family makes: sample image-gan@champion -n 16")
     sample_parser.add_argument("model", help="name@alias or name/version, e.g. image-gan@champion")
     sample_parser.add_argument("-n", type=int, default=16)
     sample_parser.add_argument("--seed", type=int, default=0)
     sample_parser.add_argument("--label", help="class name or index, for class-conditional models")
-    sample_parser.add_argument("-o", "--output", type=Path, default=Path("samples.png"))
+    sample_parser.add_argument("-o", "--output", type=Path,
+                               help="where to write (default samples.png, samples.mid or samples.mp4 by family)")
     transfer_parser = commands.add_parser(
         "style-transfer", help="repaint CONTENT_IMAGE in the style of --style PICTURE (Gatys et al., no downloads)")
     transfer_parser.add_argument("content", type=Path, metavar="CONTENT_IMAGE")
@@ -252,8 +279,11 @@ def main(argv: list[str] | None = None) -> int:
     transfer_parser.add_argument("--seed", type=int, default=0)
     transfer_parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # progress bars garble the run log
+    for action, message, category in QUIET_WARNINGS:
+        warnings.filterwarnings(action, message=message, category=category or Warning)
     if args.command == "run":
-        return run(args.job, args.all)
+        return run(args.job, args.all, args.config)
     if args.command == "ui":
         return ui(args.port, args.mlflow_port, args.automation)
     if args.command == "style-transfer":
