@@ -1,8 +1,8 @@
 """Parquet shards that carry fixed-shape tensors.
 
 A tensor column is `fixed_size_binary(prod(shape) * itemsize)`: one contiguous buffer that
-reads back into numpy without a per-element decode (a `list<uint8>` column is ~10x slower,
-see shared/research/ecosystem.md). The shape and dtype travel in the schema metadata under
+reads back into numpy without a per-element decode (a `list<uint8>` column decodes about
+10x slower). The shape and dtype travel in the schema metadata under
 `atelier.tensor.<column>`, so a shard describes itself.
 """
 from __future__ import annotations

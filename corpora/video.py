@@ -1,7 +1,7 @@
 """Video corpora: every file becomes fixed-length clips of small square frames at one frame rate.
 
-Decoding uses PyAV, which raises on corrupt data where OpenCV silently returns fewer frames
-(shared/research/ecosystem.md, section 2). A truncated file can still decode without an
+Decoding uses PyAV, which raises on corrupt data where OpenCV silently returns fewer frames.
+A truncated file can still decode without an
 error (a cut Matroska or fragmented MP4 simply ends early), so the number of decoded frames
 is always compared with the number the container reports.
 

@@ -228,7 +228,7 @@ class MlflowRegistry(dg.ConfigurableResource):
         data_version: str | None = None, config_hash: str | None = None,
         commit: str | None = None, **extra: Any,
     ) -> dict[str, str]:
-        """The standard tags of DESIGN.md "Lineage and the registry"; ``data_version`` is the
+        """The lineage tags every run and model version carries; ``data_version`` is the
         shard-manifest hash. ``mlflow.source.git.commit`` also makes the UI show the commit."""
         commit = commit or git_commit()
         key = asset_key.to_user_string() if isinstance(asset_key, dg.AssetKey) else asset_key
