@@ -4,7 +4,8 @@ import pyarrow.compute as pc
 
 from assets.corpus_assets import GROUP, IngestConfig, corpus_check_specs, materialize_corpus
 from corpora.images import IMAGES, ImageCorpusConfig
-from corpora.ingest import IngestReport, folder_fingerprint
+from corpora.ingest import IngestReport
+from corpora.scanning import folder_fingerprint
 from corpora.midi import MIDI, MidiCorpusConfig
 from corpora.preview import contact_sheet, pianoroll_picture
 from corpora.shards import png_bytes, read_shards, tensors_from_table

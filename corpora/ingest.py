@@ -6,6 +6,7 @@ manifest whose hash is the data version, no work when nothing changed) lives her
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -20,9 +21,11 @@ import numpy as np
 import pyarrow as pa
 
 from common.atomic import atomic_write_json, remove_stale_temporaries
-from corpora.grouping import FileSignature, SplitPlan, SplitSettings, plan_split
 from common.hashing import sha256_file, sha256_json
-from corpora.shards import ShardInfo, TableSpec, tensor_table, write_parquet, write_shards
+from corpora.grouping import FileSignature, SplitPlan, SplitSettings, plan_split
+from corpora.row_cache import CachedFile, RowCache, cache_key
+from corpora.scanning import SourceFile, displayable, remember_hashes, scan
+from corpora.shards import ShardWriter, TableSpec, write_parquet
 from corpora.workers import ItemFailure, map_isolated
 
 MANIFEST_NAME = "manifest.json"
@@ -128,6 +131,10 @@ class IngestSettings:
     chunk_size: int | None = None  # None: the modality's own choice
     group_by: str = SplitSettings.group_by  # "work": the same tune, scene or picture on one side; "file"
     time_split_below_groups: int = SplitSettings.time_split_below_groups
+    # Decoded files are kept in batches of at most this many files or megabytes of rows: what a
+    # killed ingest can lose, and (times the cache's open batches) what reading them back holds.
+    batch_files: int = 512
+    batch_megabytes: int = 16
 
     def split_settings(self) -> SplitSettings:
         return SplitSettings(heldout_percent=self.heldout_percent, group_by=self.group_by,
@@ -141,6 +148,7 @@ class DecodeTask:
     path: str
     relpath: str
     config: Any
+    sha256: str = ""  # the content the scan saw: a file that changed since is not decoded under it
 
 
 @dataclass(frozen=True)
@@ -161,14 +169,6 @@ class Modality:
 
 
 @dataclass(frozen=True)
-class SourceFile:
-    path: str
-    relpath: str
-    size: int
-    sha256: str
-
-
-@dataclass(frozen=True)
 class Rejection:
     source_path: str
     sha256: str
@@ -185,6 +185,7 @@ class IngestReport:
     reused: bool
     elapsed_s: float
     rejections: list[Rejection]
+    decoded_files: int = 0  # decoded by this run; the others' rows came from the row cache
 
     @property
     def counts(self) -> dict:
@@ -196,56 +197,6 @@ class IngestReport:
 
     def shard_paths(self, table: str) -> list[Path]:
         return shard_paths(self.manifest_path, table)
-
-
-def displayable(text: str) -> str:
-    """`text` as a valid string: a file name that is not UTF-8 reaches Python with surrogate
-    escapes, which Parquet and JSON cannot store, so its stray bytes are spelled `\\xe9`."""
-    try:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    except UnicodeEncodeError:  # a surrogate no file name makes (only a message could hold one)
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def _listing(raw_dir: Path) -> list[tuple[str, str, os.stat_result]]:
-    """(relative path, path, stat) of every non-hidden file under `raw_dir`, sorted.
-
-    The path is the real one, to open the file by; the relative path is `displayable`, since
-    it is recorded (shards, manifest, rejections) and labels are derived from it.
-    """
-    found: list[tuple[str, str, os.stat_result]] = []
-
-    def walk(folder: str, prefix: str) -> None:
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                if entry.name.startswith("."):
-                    continue
-                if entry.is_dir(follow_symlinks=False):
-                    walk(entry.path, f"{prefix}{entry.name}/")
-                elif entry.is_file():
-                    found.append((displayable(f"{prefix}{entry.name}"), entry.path, entry.stat()))
-
-    if Path(raw_dir).is_dir():
-        walk(str(raw_dir), "")
-    found.sort(key=lambda item: item[0])
-    return found
-
-
-def scan(raw_dir: Path) -> list[SourceFile]:
-    """Every non-hidden file under `raw_dir`, sorted by relative path, with its content hash."""
-    return [SourceFile(path, relpath, stat.st_size, sha256_file(path)) for relpath, path, stat in _listing(raw_dir)]
-
-
-def folder_signature(raw_dir: Path) -> str:
-    """A cheap hash of names, sizes and modification times: when it is unchanged, so is the
-    content (barring clock tricks); when it changes, `folder_fingerprint` says whether the
-    content did. It reads no file."""
-    return sha256_json([(relpath, stat.st_size, stat.st_mtime_ns) for relpath, _, stat in _listing(raw_dir)])
-
-
-def folder_fingerprint(raw_dir: Path) -> str:
-    """A hash of every file's relative path and content: touching a file does not change it."""
-    return sha256_json([(f.relpath, f.sha256) for f in scan(raw_dir)])
 
 
 def load_manifest(manifest_path: Path) -> dict | None:
@@ -286,15 +237,22 @@ def ingest(
     settings: IngestSettings = IngestSettings(),
     progress: Callable[[str], None] = log.info,
 ) -> IngestReport:
-    """Turn every file under `raw_dir` into shards under `out_dir`, or reuse the last result."""
+    """Turn every file under `raw_dir` into shards under `out_dir`, or reuse the last result.
+
+    Only files the row cache has no verdict for (under this code version and config) are
+    decoded; the shards are then written from the cache in path order, one shard at a time.
+    """
     started = time.monotonic()
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)
     manifest_path = out_dir / MANIFEST_NAME
-
-    files = scan(raw_dir) if raw_dir.is_dir() else []
     config_json = asdict(config)
+    specs = modality.table_specs(config)
+    cache = RowCache(out_dir, cache_key(modality.code_version, config_json), specs)
+
+    files = scan(raw_dir, cache.hashes_file) if raw_dir.is_dir() else []
+    remember_hashes(files, cache.hashes_file)
     fingerprint = sha256_json(
         {
             "code_version": modality.code_version,
@@ -310,20 +268,20 @@ def ingest(
         rejections = read_rejections(out_dir / previous["rejected"]["path"])
         return IngestReport(modality.name, previous, manifest_path, True, time.monotonic() - started, rejections)
 
-    progress(f"{modality.name}: decoding {len(files)} files from {raw_dir}")
-    rejections, duplicates, accepted = _decode_all(modality, config, files, settings, progress)
-    plan = plan_split([_signature_of(source, decoded) for source, decoded in accepted], modality.grouping,
+    known = cache.load_index()
+    rejections, duplicates, accepted, decoded = _sort_files(modality, config, files, settings, cache, known, progress)
+    plan = plan_split([_signature_of(source, cached, cache) for source, cached in accepted], modality.grouping,
                       settings.split_settings())
     progress(_split_line(modality.name, plan.summary))
 
     version_dir = out_dir / f"v-{fingerprint[:16]}"
     shutil.rmtree(version_dir, ignore_errors=True)  # leftovers of a killed run with the same input
     version_dir.mkdir(parents=True)
-    tables = _write_tables(modality.table_specs(config), accepted, plan, modality.grouping.time_table,
-                           settings, version_dir, out_dir)
+    tables = {spec.name: _write_table(spec, accepted, plan, modality.grouping.time_table, cache, settings,
+                                      version_dir, out_dir) for spec in specs}
     rejected_info = _write_rejected(rejections, version_dir / f"{REJECTED_TABLE}.parquet", out_dir)
-    notices = [{"source_path": source.relpath, "sha256": source.sha256, **asdict(notice)}
-               for source, decoded in accepted for notice in decoded.notices]
+    notices = [{"source_path": source.relpath, "sha256": source.sha256, "stage": stage, "kind": kind,
+                "message": message} for source, cached in accepted for stage, kind, message in cached.notices]
     notices_info = _write_plain(notices, NOTICES_SCHEMA, version_dir / f"{NOTICES_TABLE}.parquet", out_dir)
     groups = [{"source_path": source.relpath, "sha256": source.sha256, "group": plan.group[i],
                "stratum": plan.stratum[i], "split": plan.file_split[i]} for i, (source, _) in enumerate(accepted)]
@@ -360,23 +318,31 @@ def ingest(
     replaced = load_manifest(manifest_path)  # read again: what a reader may hold until this commit
     atomic_write_json(manifest_path, manifest)  # the commit point: readers now see the new shards
     _remove_old_versions(out_dir, manifest, replaced)
+    cache.collect_garbage({f.sha256 for f in files if f.sha256}, known)
 
     counts = manifest["counts"]
     progress(
         f"{modality.name}: {counts['seen']} seen = {counts['ingested']} ingested + "
-        f"{counts['rejected']} rejected + {counts['duplicates']} duplicates; rows {counts['rows']}"
+        f"{counts['rejected']} rejected + {counts['duplicates']} duplicates; rows {counts['rows']}; "
+        f"{decoded} files decoded by this run"
     )
-    return IngestReport(modality.name, manifest, manifest_path, False, time.monotonic() - started, rejections)
+    return IngestReport(modality.name, manifest, manifest_path, False, time.monotonic() - started, rejections,
+                        decoded)
 
 
-def _decode_all(modality, config, files: Sequence[SourceFile], settings: IngestSettings, progress):
-    """Sort every file into rejected, duplicate or accepted; byte-identical copies are decoded once."""
+def _sort_files(modality, config, files: Sequence[SourceFile], settings: IngestSettings, cache: RowCache,
+                known: dict[str, CachedFile], progress):
+    """Sort every file into rejected, duplicate or accepted (in path order, so the first copy
+    always wins), decoding only what the cache has no verdict for; byte-identical copies are
+    decoded once. Returns the three lists and how many files this run decoded."""
     rejections: list[Rejection] = []
     byte_copies: list[tuple[SourceFile, SourceFile]] = []  # (a copy, the first file with its bytes)
-    to_decode: list[SourceFile] = []
+    candidates: list[SourceFile] = []
     first_by_file_hash: dict[str, SourceFile] = {}
     for f in files:
-        if Path(f.relpath).suffix.lower() not in modality.extensions:
+        if f.problem is not None:
+            rejections.append(Rejection(f.relpath, f.sha256, *f.problem))
+        elif Path(f.relpath).suffix.lower() not in modality.extensions:
             rejections.append(
                 Rejection(f.relpath, f.sha256, "scan", "UnsupportedExtension",
                           f"{Path(f.relpath).suffix or 'no extension'} is not one of {sorted(modality.extensions)}")
@@ -387,31 +353,36 @@ def _decode_all(modality, config, files: Sequence[SourceFile], settings: IngestS
             byte_copies.append((f, first_by_file_hash[f.sha256]))  # its verdict is the first copy's
         else:
             first_by_file_hash[f.sha256] = f
-            to_decode.append(f)
+            candidates.append(f)
 
-    results = _decode_in_workers(modality, config, to_decode, settings, progress)
+    to_decode = [f for f in candidates if f.sha256 not in known]
+    progress(f"{modality.name}: decoding {len(to_decode)} files"
+             + (f" ({len(candidates) - len(to_decode)} more from the row cache)" if len(to_decode) < len(candidates)
+                else ""))
+    transient = _decode_into_cache(modality, config, to_decode, settings, cache, known, progress)
 
-    accepted: list[tuple[SourceFile, DecodedFile]] = []
+    accepted: list[tuple[SourceFile, CachedFile]] = []
     duplicates: list[dict] = []
-    # each decoded file's verdict: its rejection, or the relpath of the file whose rows stand for it
-    verdicts: dict[SourceFile, Rejection | str] = {}
+    # each candidate's verdict: its rejection, or the relpath of the file whose rows stand for it
+    verdicts: dict[str, Rejection | str] = {}
     first_by_content: dict[str, str] = {}
-    for f, result in zip(to_decode, results):  # in path order, so the first copy always wins
-        if isinstance(result, ItemFailure):
-            # a decoder's message may quote the real path, surrogate escapes and all
-            message = displayable(result.message)
-            verdicts[f] = Rejection(f.relpath, f.sha256, result.stage, result.error_type, message)
-            rejections.append(verdicts[f])
-        elif result.content_hash in first_by_content:
-            verdicts[f] = first_by_content[result.content_hash]
-            duplicates.append({"source_path": f.relpath, "duplicate_of": verdicts[f]})
+    for f in candidates:
+        cached = known.get(f.sha256)
+        if cached is None or not cached.accepted:
+            stage, error_type, message = transient[f.sha256] if cached is None else (
+                cached.stage, cached.error_type, cached.message)
+            verdicts[f.sha256] = Rejection(f.relpath, f.sha256, stage, error_type, message)
+            rejections.append(verdicts[f.sha256])
+        elif cached.content_hash in first_by_content:
+            verdicts[f.sha256] = first_by_content[cached.content_hash]
+            duplicates.append({"source_path": f.relpath, "duplicate_of": verdicts[f.sha256]})
         else:
-            verdicts[f] = first_by_content[result.content_hash] = f.relpath
-            accepted.append((f, result))
+            verdicts[f.sha256] = first_by_content[cached.content_hash] = f.relpath
+            accepted.append((f, cached))
     for copy, original in byte_copies:
         # A copy of a rejected file is as bad as the file (the reject rate must count it), and
         # a copy of a content duplicate points at the kept file, never at a file without rows.
-        verdict = verdicts[original]
+        verdict = verdicts[original.sha256]
         if isinstance(verdict, Rejection):
             message = f"a byte-identical copy of {original.relpath}, which was rejected because: {verdict.message}"
             rejections.append(Rejection(copy.relpath, copy.sha256, verdict.stage, verdict.error_type, message))
@@ -419,33 +390,61 @@ def _decode_all(modality, config, files: Sequence[SourceFile], settings: IngestS
             duplicates.append({"source_path": copy.relpath, "duplicate_of": verdict})
     rejections.sort(key=lambda r: r.source_path)
     duplicates.sort(key=lambda d: d["source_path"])
-    return rejections, duplicates, accepted
+    return rejections, duplicates, accepted, len(to_decode)
 
 
-def _decode_in_workers(modality, config, to_decode: Sequence[SourceFile], settings: IngestSettings, progress) -> list:
-    """The DecodedFile or ItemFailure of each file, in the order given."""
-    results: dict[int, Any] = {}
+def decode_checked(decode: Callable[[DecodeTask], DecodedFile], task: DecodeTask) -> DecodedFile:
+    """`decode(task)`, refused when the file no longer has the content the scan hashed: its
+    rows would be kept under the wrong hash."""
+    decoded = decode(task)
+    if task.sha256 and sha256_file(task.path) != task.sha256:
+        raise Rejected("the file changed while it was being read; the next ingest reads it again",
+                       stage="read", error_type="FileChanged")
+    return decoded
+
+
+def _decode_into_cache(modality, config, to_decode: Sequence[SourceFile], settings: IngestSettings,
+                       cache: RowCache, known: dict[str, CachedFile], progress) -> dict[str, tuple[str, str, str]]:
+    """Decode `to_decode` in worker processes, committing results to the cache in batches as
+    they arrive (`known` gains them). Returns the failures the cache does not keep."""
+    writer = cache.writer(settings.batch_files, settings.batch_megabytes)
+    transient: dict[str, tuple[str, str, str]] = {}
+    crashed = done = 0
     last_report = time.monotonic()
-    items = [DecodeTask(f.path, f.relpath, config) for f in to_decode]
-    for index, result in map_isolated(
-        modality.decode, items, workers=settings.workers, timeout_s=settings.timeout_s,
-        chunk_size=settings.chunk_size or modality.chunk_size,
-    ):
-        results[index] = result
-        if time.monotonic() - last_report > 10:
-            progress(f"{modality.name}: decoded {len(results)}/{len(items)} files")
-            last_report = time.monotonic()
-
-    crashed = [r for r in results.values() if isinstance(r, ItemFailure) and r.error_type == "WorkerCrashed"]
-    if results and len(crashed) == len(results):
+    items = [DecodeTask(f.path, f.relpath, config, f.sha256) for f in to_decode]
+    try:
+        for index, result in map_isolated(
+            functools.partial(decode_checked, modality.decode), items, workers=settings.workers,
+            timeout_s=settings.timeout_s, chunk_size=settings.chunk_size or modality.chunk_size,
+            preload=[modality.decode.__module__, __name__],
+        ):
+            sha = to_decode[index].sha256
+            done += 1
+            if isinstance(result, ItemFailure):
+                # a decoder's message may quote the real path, surrogate escapes and all
+                reason = (result.stage, result.error_type, displayable(result.message))
+                crashed += result.error_type == "WorkerCrashed"
+                if not writer.add_rejected(sha, *reason):
+                    transient[sha] = reason
+            else:
+                writer.add_decoded(sha, result)
+            if time.monotonic() - last_report > 10:
+                progress(f"{modality.name}: decoded {done}/{len(items)} files")
+                last_report = time.monotonic()
+    finally:
+        writer.flush()  # a run stopped by an error or a signal keeps what it finished
+        known.update(writer.committed)
+    if items and crashed == len(items):
         # Not a verdict on the files: the workers could not run at all. Saving this as a
         # corpus version would make the next run reuse it instead of trying again.
-        raise RuntimeError(f"every decoder process died ({crashed[0].message}); nothing was saved")
-    return [results[index] for index in range(len(items))]
+        raise RuntimeError(f"every decoder process died ({next(iter(transient.values()))[2]}); nothing was saved")
+    return transient
 
 
-def _signature_of(source: SourceFile, decoded: DecodedFile) -> FileSignature:
-    return FileSignature(source.relpath, source.sha256, decoded.signatures, decoded.work_keys, decoded.time_spans)
+def _signature_of(source: SourceFile, cached: CachedFile, cache: RowCache) -> FileSignature:
+    arrays = cache.arrays(cached)
+    signatures = {name.split(":", 1)[1]: value for name, value in arrays.items() if name.startswith("signature:")}
+    return FileSignature(source.relpath, source.sha256, signatures, arrays.get("work_keys"), arrays.get("time_spans"))
 
 
 def _split_line(corpus: str, summary: dict) -> str:
@@ -459,41 +458,47 @@ def _split_line(corpus: str, summary: dict) -> str:
     return text + (f"; held-out rows also in training: {leakage}" if leakage else "")
 
 
-def _write_tables(specs, accepted, plan: SplitPlan, time_table: str | None, settings, version_dir: Path,
-                  out_dir: Path) -> dict:
-    tables = {}
-    for spec in specs:
-        full_spec = TableSpec(spec.name, spec.tensor, {**spec.columns, **LINEAGE_COLUMNS})
-        tensors, columns = [], {name: [] for name in full_spec.columns}
-        for index, (source, decoded) in enumerate(accepted):
-            rows = decoded.tables.get(spec.name)
-            if rows is None or len(rows) == 0:
-                continue
-            count = len(rows)
-            if spec.tensor is not None:
-                tensors.append(rows.tensors)
-            for name in spec.columns:
-                columns[name].extend(rows.columns[name])
-            columns["source_path"].extend([source.relpath] * count)
-            columns["sha256"].extend([source.sha256] * count)
-            columns["split"].extend(plan.splits(index, spec.name, count, time_table))
-            columns["group"].extend([plan.group[index]] * count)
-        if spec.tensor is None:
-            stacked = None
-        elif tensors:
-            stacked = np.concatenate(tensors)
-        else:
-            stacked = np.empty((0, *spec.tensor.shape), dtype=spec.tensor.dtype)
-        table = tensor_table(full_spec, stacked, columns)
-        shards: list[ShardInfo] = write_shards(table, full_spec, version_dir, out_dir, settings.shard_megabytes)
-        tensor = spec.tensor
-        tables[spec.name] = {
-            "tensor": {"column": tensor.name, "shape": list(tensor.shape), "dtype": tensor.dtype} if tensor else None,
-            "columns": [field.name for field in full_spec.schema()],
-            "rows": len(table),
-            "shards": [shard.to_json() for shard in shards],
-        }
-    return tables
+def _write_table(spec: TableSpec, accepted, plan: SplitPlan, time_table: str | None, cache: RowCache,
+                 settings: IngestSettings, version_dir: Path, out_dir: Path) -> dict:
+    """Stream one table's rows from the cache into shards, in path order with their lineage.
+
+    Consecutive files whose rows lie side by side in one cache batch are read as one slice.
+    """
+    full_spec = TableSpec(spec.name, spec.tensor, {**spec.columns, **LINEAGE_COLUMNS})
+    schema = full_spec.schema()
+    writer = ShardWriter(full_spec, version_dir, out_dir, settings.shard_megabytes)
+    run: dict = {}
+
+    def flush() -> None:
+        if run:
+            rows = cache.table_rows(run["batch"], spec.name, run["first"], run["end"] - run["first"])
+            lineage = [pa.array(run[name], type=kind) for name, kind in LINEAGE_COLUMNS.items()]
+            writer.append(pa.Table.from_arrays([*rows.columns, *lineage], schema=schema))
+            run.clear()
+
+    rows_total = 0
+    for index, (source, cached) in enumerate(accepted):
+        first, count = cached.row_spans.get(spec.name, (0, 0))
+        if not count:
+            continue
+        if not run or run["batch"] != cached.batch or run["end"] != first:
+            flush()
+            run.update(batch=cached.batch, first=first, end=first, **{name: [] for name in LINEAGE_COLUMNS})
+        run["end"] = first + count
+        run["source_path"] += [source.relpath] * count
+        run["sha256"] += [source.sha256] * count
+        run["split"] += plan.splits(index, spec.name, count, time_table)
+        run["group"] += [plan.group[index]] * count
+        rows_total += count
+    flush()
+    shards = writer.close()
+    tensor = spec.tensor
+    return {
+        "tensor": {"column": tensor.name, "shape": list(tensor.shape), "dtype": tensor.dtype} if tensor else None,
+        "columns": schema.names,
+        "rows": rows_total,
+        "shards": [shard.to_json() for shard in shards],
+    }
 
 
 def _write_plain(rows: list[dict], schema: pa.Schema, path: Path, out_dir: Path) -> dict:

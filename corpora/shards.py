@@ -138,31 +138,41 @@ class ShardInfo:
         return {"path": self.path, "rows": self.rows, "sha256": self.sha256, "bytes": self.bytes}
 
 
-def write_shards(
-    table: pa.Table,
-    spec: TableSpec,
-    folder: Path,
-    relative_to: Path,
-    shard_megabytes: int,
-) -> list[ShardInfo]:
-    """Split `table` into shards of about `shard_megabytes` and write each atomically."""
-    row_nbytes = spec.row_nbytes
-    rows_per_shard = max(1, (shard_megabytes << 20) // row_nbytes)
-    group = row_group_size_for(row_nbytes)
-    shards = []
-    for index, start in enumerate(range(0, max(len(table), 1), rows_per_shard)):
-        part = table.slice(start, rows_per_shard)
-        path = folder / f"{spec.name}-{index:05d}.parquet"
-        write_parquet(part, path, row_group_size=group)
-        shards.append(
-            ShardInfo(
-                path=str(path.relative_to(relative_to)),
-                rows=len(part),
-                sha256=sha256_file(path),
-                bytes=path.stat().st_size,
-            )
-        )
-    return shards
+class ShardWriter:
+    """Rows in, in order; shards of about `shard_megabytes` out, each written atomically as soon
+    as it is full, so the writer never holds more than one shard's rows."""
+
+    def __init__(self, spec: TableSpec, folder: Path, relative_to: Path, shard_megabytes: int):
+        self.spec, self.folder, self.relative_to = spec, folder, relative_to
+        self.rows_per_shard = max(1, (shard_megabytes << 20) // spec.row_nbytes)
+        self.row_group = row_group_size_for(spec.row_nbytes)
+        self.parts: list[pa.Table] = []
+        self.buffered = 0
+        self.shards: list[ShardInfo] = []
+
+    def append(self, table: pa.Table) -> None:
+        while len(table):
+            take = min(len(table), self.rows_per_shard - self.buffered)
+            self.parts.append(table.slice(0, take))
+            self.buffered += take
+            table = table.slice(take)
+            if self.buffered == self.rows_per_shard:
+                self._write()
+
+    def close(self) -> list[ShardInfo]:
+        if self.buffered or not self.shards:  # an empty table still gets its one (empty) shard
+            self._write()
+        return self.shards
+
+    def _write(self) -> None:
+        schema = self.spec.schema()
+        # one contiguous chunk per column: the bytes of a shard never depend on how its rows arrived
+        part = pa.concat_tables(self.parts).combine_chunks() if self.parts else schema.empty_table()
+        path = self.folder / f"{self.spec.name}-{len(self.shards):05d}.parquet"
+        write_parquet(part, path, row_group_size=self.row_group)
+        self.shards.append(ShardInfo(path=str(path.relative_to(self.relative_to)), rows=len(part),
+                                     sha256=sha256_file(path), bytes=path.stat().st_size))
+        self.parts, self.buffered = [], 0
 
 
 def png_bytes(image: np.ndarray) -> bytes:

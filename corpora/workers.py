@@ -91,10 +91,12 @@ def map_isolated(
     timeout_s: float,
     chunk_size: int = 16,
     start_method: str = "forkserver",
+    preload: Sequence[str] = (),
 ) -> Iterator[tuple[int, Any]]:
     """Yield `(index, fn(items[index]) or ItemFailure)` for every item, in completion order.
 
-    `fn` must be importable (a module-level function). An exception inside `fn` becomes an
+    `fn` must be importable (a module-level function, or a partial of one; name the modules
+    its work needs in `preload`). An exception inside `fn` becomes an
     ItemFailure for that item; a crash or a timeout of the worker does too, after retrying
     the other items of its chunk.
     """
@@ -104,7 +106,7 @@ def map_isolated(
     if start_method == "forkserver":
         # Workers fork from a server that has already imported the decoder's module, so a
         # replacement worker (after a crash) starts in milliseconds rather than re-importing.
-        ctx.set_forkserver_preload([fn.__module__])
+        ctx.set_forkserver_preload(sorted({getattr(fn, "__module__", "functools"), *preload}))
     pending: deque[_Chunk] = deque(
         _Chunk(list(range(start, min(start + chunk_size, len(items)))), isolated=chunk_size == 1)
         for start in range(0, len(items), chunk_size)

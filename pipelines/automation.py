@@ -11,7 +11,7 @@ import os
 import dagster as dg
 
 from assets.ingest import CORPUS_ASSET_OF, RAW_FOLDERS
-from corpora.ingest import folder_fingerprint, folder_signature
+from corpora.scanning import folder_fingerprint, folder_signature
 from resources.storage import StorageResource
 
 AUTOMATION_ENV = "ATELIER_AUTOMATION"

@@ -16,7 +16,7 @@ from dagster._utils.test.data_versions import get_stale_status_resolver
 from assets.gallery_site import gallery_site
 from assets.ingest import RAW_FOLDERS, midi_corpus
 from assets.music_vae import music_gallery, music_vae
-from corpora.ingest import folder_fingerprint
+from corpora.scanning import folder_fingerprint
 from pipelines.automation import raw_files_sensor, retraining_schedule
 from pipelines.freshness import assets_to_refresh
 from pipelines.definitions import TRAINING_ASSETS, build_resources, defs, retrain_job

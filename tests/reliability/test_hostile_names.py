@@ -15,7 +15,7 @@ from assets import image_gan as image_gan_assets
 from assets import music_vae as music_vae_assets
 from assets.ingest import image_corpus
 from corpora.images import IMAGES, ImageCorpusConfig
-from corpora.ingest import IngestSettings, ingest, load_manifest
+from corpora.ingest import IngestSettings, ingest, load_manifest, read_rejections
 from corpora.shards import read_shards
 from tests.conftest import materialization_metadata
 from tests.reliability._media import files_under, noise_image, png_bytes
@@ -70,13 +70,13 @@ def test_hostile_names_are_ingested_as_data_and_nothing_is_written_outside_the_d
 ):
     raw = tmp_path / "raw"
     expected = write_hostile_corpus(raw)
-    outside = tmp_path / "outside"  # a folder the corpus links to: never followed as a folder
+    outside = tmp_path / "outside"  # a folder the corpus links to: refused, never followed
     outside.mkdir()
     (outside / "secret.png").write_bytes(png_bytes(noise_image(999)))
     os.symlink(outside, raw / "linked-folder")
     before, siblings_before = snapshot(tmp_path), sorted(os.listdir(tmp_path.parent))
 
-    result = materialize_asset(image_corpus, {"source_dir": str(raw), "resolution": 16, "max_reject_rate": 0.0})
+    result = materialize_asset(image_corpus, {"source_dir": str(raw), "resolution": 16, "max_reject_rate": 0.2})
     assert result.success
 
     after = snapshot(tmp_path)
@@ -88,8 +88,10 @@ def test_hostile_names_are_ingested_as_data_and_nothing_is_written_outside_the_d
     assert sorted(os.listdir(tmp_path.parent)) == siblings_before  # nothing beside tmp_path either
 
     metadata = materialization_metadata(result, image_corpus)
-    assert (metadata["files_seen"], metadata["ingested"], metadata["rejected"]) == (len(expected), len(expected), 0)
+    assert (metadata["files_seen"], metadata["ingested"], metadata["rejected"]) == (len(expected) + 1, len(expected), 1)
     manifest_path = Path(metadata["manifest"])
+    [refused] = read_rejections(manifest_path.parent / load_manifest(manifest_path)["rejected"]["path"])
+    assert (refused.source_path, refused.error_type) == ("linked-folder", "SymlinkOutsideCorpus")
     assert manifest_path.is_relative_to(data_root)
     manifest = load_manifest(manifest_path)
     for table in manifest["tables"].values():

@@ -1,0 +1,243 @@
+"""Decoded rows kept per source file, so a new corpus version decodes only what changed.
+
+One cache folder holds the results of one (modality code version, corpus config): files are
+known there by their content hash, so an unchanged, renamed or moved file is never decoded
+twice. Results are written in batches as they arrive; a batch becomes visible by one atomic
+rename of its index file, so a killed ingest keeps every batch it finished and loses at most
+the one it was filling. Transient failures (a worker crash, a timeout) are not kept: the next
+run tries those files again.
+
+A batch `b-<id>` is an index (`b-<id>.index.parquet`, one row per file: its verdict, content
+hash, notices and split signatures) and one Parquet file per output table holding the rows of
+its accepted files, each file's rows contiguous.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from common.atomic import atomic_write
+from common.hashing import sha256_json
+from corpora.shards import TableSpec, tensor_table
+
+CACHE_DIR = "cache"
+INDEX_SUFFIX = ".index.parquet"
+# Not a verdict on the file's content: never cached, so the next run tries the file again.
+TRANSIENT_ERRORS = frozenset({"WorkerCrashed", "Timeout", "FileChanged", "FileNotFoundError", "PermissionError"})
+HASHES_FILE = "hashes.parquet"
+INDEX_SCHEMA = pa.schema([
+    ("sha256", pa.string()),
+    ("accepted", pa.bool_()),
+    ("stage", pa.string()),
+    ("error_type", pa.string()),
+    ("message", pa.string()),
+    ("content_hash", pa.string()),
+    ("notices", pa.string()),  # JSON [[stage, kind, message], ...]
+    ("row_spans", pa.string()),  # JSON {table: [first row in the batch's table, rows]}
+    ("arrays", pa.binary()),  # split signatures, work keys and time spans, packed (see _pack)
+    ("arrays_layout", pa.string()),  # JSON [[name, dtype, shape], ...], in packing order
+])
+
+
+@dataclass(slots=True)
+class CachedFile:
+    """What the cache knows of one file, without its rows or signatures (those stay on disk)."""
+
+    batch: str
+    position: int  # its row in the batch index
+    accepted: bool
+    stage: str
+    error_type: str
+    message: str
+    content_hash: str
+    notices: list  # [[stage, kind, message], ...]
+    row_spans: dict  # table -> (first, count)
+
+
+def cache_key(code_version: str, config: dict) -> str:
+    return sha256_json({"code_version": code_version, "config": config})[:16]
+
+
+def _pack(arrays: dict[str, np.ndarray]) -> tuple[bytes, str]:
+    """Small arrays as one byte string plus a JSON layout: compact, and no pickle to load."""
+    layout, parts = [], []
+    for name, array in arrays.items():
+        array = np.ascontiguousarray(array)
+        layout.append([name, array.dtype.str, list(array.shape)])
+        parts.append(array.tobytes())
+    return b"".join(parts), json.dumps(layout)
+
+
+def _unpack(data: bytes, layout_json: str) -> dict[str, np.ndarray]:
+    arrays, offset = {}, 0
+    for name, dtype, shape in json.loads(layout_json):
+        dtype = np.dtype(dtype)
+        size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        arrays[name] = np.frombuffer(data, dtype=dtype, count=size // dtype.itemsize, offset=offset).reshape(shape)
+        offset += size
+    return arrays
+
+
+class RowCache:
+    """The decoded rows of one (code version, config), under `<corpus out dir>/cache/<key>/`."""
+
+    def __init__(self, out_dir: Path, key: str, specs: Sequence[TableSpec], open_batches: int = 8):
+        self.root = Path(out_dir) / CACHE_DIR
+        self.folder = self.root / key
+        self.specs = {spec.name: spec for spec in specs}
+        self._open: OrderedDict[tuple[str, str], pa.Table] = OrderedDict()  # LRU of batch tables read
+        self._open_limit = open_batches
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def hashes_file(self) -> Path:
+        """The last scan's content hashes (corpora.scanning), shared by every cache key."""
+        return self.root / HASHES_FILE
+
+    # ---- reading ---------------------------------------------------------------------------
+    def load_index(self) -> dict[str, CachedFile]:
+        """Every file this cache holds a verdict for, by content hash (the newest batch wins)."""
+        known: dict[str, CachedFile] = {}
+        columns = [name for name in INDEX_SCHEMA.names if name not in ("arrays", "arrays_layout")]
+        for path in sorted(self.folder.glob(f"b-*{INDEX_SUFFIX}"), key=lambda p: p.stat().st_mtime_ns):
+            batch = path.name[: -len(INDEX_SUFFIX)]
+            try:
+                rows = pq.read_table(path, columns=columns).to_pylist()
+            except (OSError, pa.ArrowInvalid):
+                continue  # unreadable: its files are decoded again
+            for position, row in enumerate(rows):
+                known[row["sha256"]] = CachedFile(
+                    batch, position, row["accepted"], row["stage"] or "", row["error_type"] or "",
+                    row["message"] or "", row["content_hash"] or "", json.loads(row["notices"]),
+                    {table: tuple(span) for table, span in json.loads(row["row_spans"]).items()},
+                )
+        return known
+
+    def _table(self, batch: str, name: str) -> pa.Table:
+        key = (batch, name)
+        if key in self._open:
+            self._open.move_to_end(key)
+            return self._open[key]
+        suffix = INDEX_SUFFIX if name == "" else f".{name}.parquet"
+        table = pq.read_table(self.folder / f"{batch}{suffix}")
+        self._open[key] = table
+        if len(self._open) > self._open_limit:
+            self._open.popitem(last=False)
+        return table
+
+    def arrays(self, cached: CachedFile) -> dict[str, np.ndarray]:
+        index = self._table(cached.batch, "")
+        return _unpack(index.column("arrays")[cached.position].as_py(),
+                       index.column("arrays_layout")[cached.position].as_py())
+
+    def table_rows(self, batch: str, table: str, first: int, count: int) -> pa.Table:
+        return self._table(batch, table).slice(first, count)
+
+    # ---- writing ---------------------------------------------------------------------------
+    def writer(self, batch_files: int, batch_megabytes: float) -> BatchWriter:
+        return BatchWriter(self, batch_files, int(batch_megabytes * (1 << 20)))
+
+    # ---- housekeeping ----------------------------------------------------------------------
+    def collect_garbage(self, live: Iterable[str], known: dict[str, CachedFile]) -> None:
+        """Remove other keys' folders, batches that hold no live file, and parts of batches
+        whose index was never committed."""
+        for folder in self.root.iterdir():
+            if folder.is_dir() and folder != self.folder:  # another code version or config
+                shutil.rmtree(folder, ignore_errors=True)
+        live_batches = {known[sha].batch for sha in live if sha in known}
+        for path in self.folder.iterdir():
+            if path.name.split(".", 1)[0] not in live_batches:  # a temporary starts with "." and never is
+                path.unlink(missing_ok=True)
+
+
+class BatchWriter:
+    """Collects decoded files and commits them as batches of bounded size."""
+
+    def __init__(self, cache: RowCache, batch_files: int, batch_bytes: int):
+        self.cache = cache
+        self.batch_files, self.batch_bytes = max(1, batch_files), max(1, batch_bytes)
+        self.pending: list[tuple[str, object]] = []  # (sha256, DecodedFile or ItemFailure-like)
+        self.pending_bytes = 0
+        self.committed: dict[str, CachedFile] = {}
+
+    def add_decoded(self, sha256: str, decoded) -> None:
+        self.pending.append((sha256, decoded))
+        self.pending_bytes += sum(rows.tensors.nbytes if rows.tensors is not None else 64 * len(rows)
+                                  for rows in decoded.tables.values())
+        self._flush_if_full()
+
+    def add_rejected(self, sha256: str, stage: str, error_type: str, message: str) -> bool:
+        """Keep a rejection; False (and nothing kept) for a failure the next run should retry."""
+        if error_type in TRANSIENT_ERRORS:
+            return False
+        self.pending.append((sha256, (stage, error_type, message)))
+        self._flush_if_full()
+        return True
+
+    def _flush_if_full(self) -> None:
+        if len(self.pending) >= self.batch_files or self.pending_bytes >= self.batch_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        batch = f"b-{uuid.uuid4().hex[:16]}"
+        folder = self.cache.folder
+        index_rows, spans_of = [], []
+        row_parts: dict[str, list] = {name: [] for name in self.cache.specs}
+        next_row = {name: 0 for name in self.cache.specs}
+        for sha256, result in self.pending:
+            if isinstance(result, tuple):
+                stage, error_type, message = result
+                index_rows.append({"sha256": sha256, "accepted": False, "stage": stage, "error_type": error_type,
+                                   "message": message, "content_hash": "", "notices": "[]", "row_spans": "{}",
+                                   "arrays": b"", "arrays_layout": "[]"})
+                spans_of.append({})
+                continue
+            spans = {}
+            for name, rows in result.tables.items():
+                if name in self.cache.specs and len(rows):
+                    spans[name] = [next_row[name], len(rows)]
+                    next_row[name] += len(rows)
+                    row_parts[name].append(rows)
+            arrays = {f"signature:{table}": value for table, value in result.signatures.items()}
+            if result.work_keys is not None:
+                arrays["work_keys"] = result.work_keys
+            if result.time_spans is not None:
+                arrays["time_spans"] = result.time_spans
+            packed, layout = _pack(arrays)
+            index_rows.append({"sha256": sha256, "accepted": True, "stage": "", "error_type": "", "message": "",
+                               "content_hash": result.content_hash,
+                               "notices": json.dumps([[n.stage, n.kind, n.message] for n in result.notices]),
+                               "row_spans": json.dumps(spans), "arrays": packed, "arrays_layout": layout})
+            spans_of.append(spans)
+        for name, parts in row_parts.items():
+            if parts:
+                _write(_stack(self.cache.specs[name], parts), folder / f"{batch}.{name}.parquet")
+        _write(pa.Table.from_pylist(index_rows, schema=INDEX_SCHEMA), folder / f"{batch}{INDEX_SUFFIX}")  # commit
+        for position, (row, spans) in enumerate(zip(index_rows, spans_of)):
+            notices = json.loads(row["notices"])
+            self.committed[row["sha256"]] = CachedFile(
+                batch, position, row["accepted"], row["stage"], row["error_type"], row["message"],
+                row["content_hash"], notices, {table: tuple(span) for table, span in spans.items()})
+        self.pending, self.pending_bytes = [], 0
+
+
+def _stack(spec: TableSpec, parts: list) -> pa.Table:
+    tensors = np.concatenate([rows.tensors for rows in parts]) if spec.tensor is not None else None
+    columns = {name: [value for rows in parts for value in rows.columns[name]] for name in spec.columns}
+    return tensor_table(spec, tensors, columns)
+
+
+def _write(table: pa.Table, path: Path) -> None:
+    # lz4: the cache is read back once per new version, so speed matters more than size here
+    atomic_write(path, lambda file: pq.write_table(table, file, compression="lz4", write_statistics=False))

@@ -1,0 +1,150 @@
+"""Finding a corpus's files and their content hashes, as real folders have them.
+
+Nested folders, upper-case extensions and names that are not UTF-8 are ordinary. A symbolic
+link to a file is followed when it stays inside the corpus folder (its file counts as a
+duplicate of the target) and refused when it leads outside it or nowhere; a link to a folder
+inside the corpus is not walked, since that folder is listed under its own name. A file that cannot be read, or vanishes while it is hashed, is reported with
+its reason rather than stopping the scan: the ingest rejects it and counts it.
+
+Hashing every file is the one cost an unchanged corpus still pays, so the hashes of the last
+scan are remembered by (size, modification time, change time, inode): a file whose four are
+unchanged is not read again.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from common.atomic import atomic_write
+from common.hashing import sha256_file, sha256_json
+
+HASHES_SCHEMA = pa.schema([("relpath", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()),
+                           ("ctime_ns", pa.int64()), ("inode", pa.int64()), ("sha256", pa.string())])
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    path: str  # the real path, to open the file by
+    relpath: str  # inside the corpus, `displayable`: what shards, manifest and rejections record
+    size: int
+    sha256: str  # "" when the file could not be hashed (see `problem`)
+    mtime_ns: int = 0
+    ctime_ns: int = 0
+    inode: int = 0
+    problem: tuple[str, str, str] | None = None  # (stage, error type, message) of a file refused while scanning
+
+
+def displayable(text: str) -> str:
+    """`text` as a valid string: a file name that is not UTF-8 reaches Python with surrogate
+    escapes, which Parquet and JSON cannot store, so its stray bytes are spelled `\\xe9`."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate no file name makes (only a message could hold one)
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root + os.sep)
+
+
+def _listing(raw_dir: Path) -> list[tuple[str, str, os.stat_result | None, tuple[str, str, str] | None]]:
+    """(relative path, path, stat or None, problem or None) of every non-hidden file under
+    `raw_dir`, sorted by relative path."""
+    found: list = []
+    root = os.path.realpath(raw_dir)
+
+    def refuse(relpath: str, path: str, error_type: str, message: str) -> None:
+        found.append((relpath, path, None, ("scan", error_type, message)))
+
+    def walk(folder: str, prefix: str) -> None:
+        try:
+            with os.scandir(folder) as it:
+                entries = list(it)
+        except OSError as exc:
+            refuse(displayable(prefix or "."), folder, type(exc).__name__,
+                   f"the folder cannot be listed: {exc.strerror or exc}")
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            relpath = displayable(f"{prefix}{entry.name}")
+            if entry.is_symlink():
+                target = os.path.realpath(entry.path)
+                if not _inside(target, root):
+                    refuse(relpath, entry.path, "SymlinkOutsideCorpus",
+                           f"a symbolic link to {displayable(target)}, outside the corpus folder")
+                    continue
+                if not os.path.exists(target):
+                    refuse(relpath, entry.path, "BrokenSymlink", "a symbolic link to a file that does not exist")
+                    continue
+                if os.path.isdir(target):
+                    continue  # a folder inside the corpus is listed under its own name already
+            if entry.is_dir(follow_symlinks=False):
+                walk(entry.path, f"{relpath}/")
+            elif entry.is_file():
+                try:
+                    found.append((relpath, entry.path, entry.stat(), None))
+                except OSError as exc:
+                    refuse(relpath, entry.path, type(exc).__name__, f"the file cannot be read: {exc.strerror or exc}")
+
+    if Path(raw_dir).is_dir():
+        walk(str(raw_dir), "")
+    found.sort(key=lambda item: item[0])
+    return found
+
+
+def _hash(relpath: str, path: str, stat: os.stat_result, known: dict) -> SourceFile:
+    times = {"mtime_ns": stat.st_mtime_ns, "ctime_ns": stat.st_ctime_ns, "inode": stat.st_ino}
+    remembered = known.get(relpath)
+    if remembered is not None and tuple(remembered[:4]) == (stat.st_size, *times.values()):
+        return SourceFile(path, relpath, stat.st_size, remembered[4], **times)
+    try:
+        digest = sha256_file(path)
+    except FileNotFoundError:
+        return SourceFile(path, relpath, stat.st_size, "", problem=(
+            "read", "FileVanished", "the file disappeared while the corpus was scanned"))
+    except OSError as exc:
+        return SourceFile(path, relpath, stat.st_size, "", problem=(
+            "read", type(exc).__name__, f"the file cannot be read: {exc.strerror or exc}"))
+    return SourceFile(path, relpath, stat.st_size, digest, **times)
+
+
+def scan(raw_dir: Path, hashes_file: Path | None = None) -> list[SourceFile]:
+    """Every non-hidden file under `raw_dir`, sorted by relative path, with its content hash
+    (read from `hashes_file` for files whose size and times are unchanged)."""
+    known = {}
+    if hashes_file is not None and hashes_file.is_file():
+        table = pq.read_table(hashes_file).to_pydict()
+        known = {relpath: facts for relpath, *facts in zip(*(table[name] for name in HASHES_SCHEMA.names))}
+    files = []
+    for relpath, path, stat, problem in _listing(raw_dir):
+        if problem is not None:
+            files.append(SourceFile(path, relpath, 0, "", problem=problem))
+        else:
+            files.append(_hash(relpath, path, stat, known))
+    return files
+
+
+def remember_hashes(files: list[SourceFile], hashes_file: Path) -> None:
+    rows = [f for f in files if f.sha256]
+    table = pa.table({"relpath": [f.relpath for f in rows], "size": [f.size for f in rows],
+                      "mtime_ns": [f.mtime_ns for f in rows], "ctime_ns": [f.ctime_ns for f in rows],
+                      "inode": [f.inode for f in rows], "sha256": [f.sha256 for f in rows]}, schema=HASHES_SCHEMA)
+    atomic_write(hashes_file, lambda file: pq.write_table(table, file, compression="zstd"))
+
+
+def folder_signature(raw_dir: Path) -> str:
+    """A cheap hash of names, sizes and modification times: when it is unchanged, so is the
+    content (barring clock tricks); when it changes, `folder_fingerprint` says whether the
+    content did. It reads no file."""
+    return sha256_json([(relpath, stat.st_size if stat else None, stat.st_mtime_ns if stat else None)
+                        for relpath, _, stat, _ in _listing(raw_dir)])
+
+
+def folder_fingerprint(raw_dir: Path) -> str:
+    """A hash of every file's relative path and content: touching a file does not change it."""
+    return sha256_json([(f.relpath, f.sha256) for f in scan(raw_dir)])

@@ -1,0 +1,146 @@
+"""The row cache: a changed corpus decodes only what changed and still lands on the version a
+fresh ingest of the same files makes; a killed ingest keeps what it finished; real folders'
+oddities (links in and out of the corpus, files that change while they are read) are ingested
+or rejected with a reason, never lost from the accounting."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from corpora.images import IMAGES, ImageCorpusConfig
+from corpora.ingest import DecodeTask, IngestSettings, Rejected, decode_checked, ingest
+from corpora.row_cache import CACHE_DIR, INDEX_SUFFIX
+from corpora.shards import read_shards
+from tests.reliability._media import write_pngs
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ImageCorpusConfig(resolution=12)
+SETTINGS = IngestSettings(workers=1, heldout_percent=30, batch_files=8)
+
+
+def run(raw: Path, out: Path):
+    return ingest(IMAGES, CONFIG, raw, out, SETTINGS, progress=lambda message: None)
+
+
+def fresh_version(raw: Path, scratch: Path) -> str:
+    """What an ingest with no history makes of the same files."""
+    shutil.rmtree(scratch, ignore_errors=True)
+    return run(raw, scratch).version
+
+
+def accounted(report) -> bool:
+    c = report.counts
+    return c["seen"] == c["ingested"] + c["rejected"] + c["duplicates"]
+
+
+def test_a_change_decodes_only_what_changed_and_lands_on_the_fresh_version(tmp_path):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    write_pngs(raw, 40, seed=1)
+    first = run(raw, out)
+    assert first.decoded_files == 40 and first.counts["ingested"] == 40
+
+    Image.fromarray(np.full((12, 12), 7, np.uint8)).save(raw / "class-0" / "added.png")
+    added = run(raw, out)
+    assert added.decoded_files == 1 and added.counts["ingested"] == 41 and accounted(added)
+    assert added.version != first.version
+    assert added.version == fresh_version(raw, tmp_path / "fresh")
+
+    Image.fromarray(np.full((12, 12), 9, np.uint8)).save(raw / "class-0" / "added.png")  # edited
+    edited = run(raw, out)
+    assert edited.decoded_files == 1 and edited.version == fresh_version(raw, tmp_path / "fresh")
+
+    removed_bytes = (raw / "class-1" / "00001.png").read_bytes()
+    (raw / "class-1" / "00001.png").unlink()
+    removed = run(raw, out)
+    assert removed.decoded_files == 0 and removed.counts["ingested"] == 40
+    assert removed.version == fresh_version(raw, tmp_path / "fresh")
+    rows = read_shards(removed.shard_paths("images"))
+    assert "class-1/00001.png" not in rows.column("source_path").to_pylist()
+
+    (raw / "class-0" / "added.png").unlink()  # back to the first corpus: its version again
+    (raw / "class-1" / "00001.png").write_bytes(removed_bytes)
+    back = run(raw, out)
+    assert back.decoded_files == 0 and back.version == first.version
+
+
+def test_a_config_change_decodes_again_and_the_old_cache_goes(tmp_path):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    write_pngs(raw, 10, seed=2)
+    run(raw, out)
+    before = {p.name for p in (out / CACHE_DIR).iterdir() if p.is_dir()}
+    other = ingest(IMAGES, ImageCorpusConfig(resolution=8), raw, out, SETTINGS, progress=lambda m: None)
+    assert other.decoded_files == 10
+    after = {p.name for p in (out / CACHE_DIR).iterdir() if p.is_dir()}
+    assert len(after) == 1 and after.isdisjoint(before)
+
+
+def index_files(out: Path) -> list[Path]:
+    return list((out / CACHE_DIR).glob(f"*/*{INDEX_SUFFIX}"))
+
+
+def test_a_killed_ingest_keeps_the_batches_it_finished(tmp_path):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    write_pngs(raw, 300, seed=3)
+    script = ("import sys; from corpora.images import IMAGES, ImageCorpusConfig; "
+              "from corpora.ingest import IngestSettings, ingest; "
+              "ingest(IMAGES, ImageCorpusConfig(resolution=12), sys.argv[1], sys.argv[2], "
+              "IngestSettings(workers=1, heldout_percent=30, batch_files=8, chunk_size=1))")
+    child = subprocess.Popen([sys.executable, "-c", script, str(raw), str(out)], cwd=PROJECT_ROOT,
+                             env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while len(index_files(out)) < 3 and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+    assert len(index_files(out)) >= 3, "the ingest did not commit three batches in time"
+    assert not (out / "manifest.json").exists()  # nothing partial is visible to readers
+
+    resumed = run(raw, out)
+    assert 0 < resumed.decoded_files <= 300 - 3 * 8
+    assert resumed.counts["ingested"] == 300 and accounted(resumed)
+    assert resumed.version == fresh_version(raw, tmp_path / "fresh")
+
+
+def test_links_inside_are_followed_links_outside_refused(tmp_path):
+    raw, out, outside = tmp_path / "raw", tmp_path / "out", tmp_path / "elsewhere"
+    write_pngs(raw, 6, seed=4)
+    write_pngs(outside, 1, seed=5)
+    (raw / "linked").mkdir()
+    os.symlink(raw / "class-0" / "00000.png", raw / "linked" / "same.png")  # inside: a copy of its target
+    os.symlink(raw / "class-1", raw / "linked" / "folder")  # a folder inside: listed under its own name only
+    os.symlink(raw, raw / "linked" / "loop")  # back up the tree: no loop
+    os.symlink(outside / "class-0" / "00000.png", raw / "linked" / "outside.png")
+    os.symlink(raw / "missing.png", raw / "linked" / "broken.png")
+    report = run(raw, out)
+    assert accounted(report)
+    reasons = {r.source_path: r.error_type for r in report.rejections}
+    assert reasons == {"linked/outside.png": "SymlinkOutsideCorpus", "linked/broken.png": "BrokenSymlink"}
+    duplicates = {d["source_path"]: d["duplicate_of"] for d in report.manifest["duplicates"]}
+    assert duplicates["linked/same.png"] == "class-0/00000.png"
+    assert report.counts["seen"] == 6 + 3 and report.counts["ingested"] == 6
+
+
+def test_a_file_that_changes_while_it_is_read_is_refused_and_read_again_next_time(tmp_path):
+    path = tmp_path / "a.png"
+    Image.fromarray(np.zeros((12, 12), np.uint8)).save(path)
+    with pytest.raises(Rejected, match="changed while it was being read"):
+        decode_checked(IMAGES.decode, DecodeTask(str(path), "a.png", CONFIG, sha256="0" * 64))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
+def test_an_unreadable_file_is_rejected_with_its_reason(tmp_path):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    write_pngs(raw, 4, seed=6)
+    (raw / "class-0" / "00000.png").chmod(0)
+    report = run(raw, out)
+    assert {r.source_path: r.error_type for r in report.rejections} == {"class-0/00000.png": "PermissionError"}
+    assert accounted(report)
