@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from corpora.defaults import seed_if_empty  # noqa: E402
 from corpora.images import IMAGES, ImageCorpusConfig  # noqa: E402
-from corpora.ingest import IngestSettings, ingest, scan  # noqa: E402
+from corpora.ingest import IngestSettings, ingest  # noqa: E402
+from corpora.scanning import scan  # noqa: E402
 from corpora.midi import MIDI, MidiCorpusConfig  # noqa: E402
 from corpora.video import VIDEO, VideoCorpusConfig, write_video  # noqa: E402
 

@@ -1,0 +1,208 @@
+"""Ingest at growing corpus sizes: throughput, peak memory, a one-file change, a resume.
+
+    .venv/bin/python bench/scale.py [--images 10000,100000,1000000] [--midi 10000,176000]
+                                    [--video 1000,10000] [--scratch /tmp/atelier-scale]
+
+Each size is a fresh synthetic corpus of unique files in the scratch folder (32x32 PNGs;
+MIDI files of four random voices; 3-second 32x32 MP4 clips). Every ingest runs in a child
+process, so the peak RSS is that of the whole process tree (the child and its decoder
+workers, summed over /proc every 50 ms). Columns:
+
+- full: a first ingest, everything decoded (the ingest call's own time, without the child's
+  start and imports);
+- peak MB: the tree's largest summed RSS during the full ingest;
+- one-file: adding one file and ingesting again (and its share of the full time);
+- resume: a fresh ingest SIGKILLed once half the files are in the row cache, then the rerun.
+
+Targets (on 2 cores): peak RSS at the largest size within 1.5x of the smallest; a one-file
+change under 5% of the full ingest; a resume that costs about the half not yet done.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+PROJECT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT))
+
+INGEST_CHILD = """
+import json, sys, time
+from corpora.ingest import IngestSettings, ingest
+if sys.argv[1] == "images":
+    from corpora.images import IMAGES as modality, ImageCorpusConfig
+    config = ImageCorpusConfig(resolution=32)
+elif sys.argv[1] == "midi":
+    from corpora.midi import MIDI as modality, MidiCorpusConfig
+    config = MidiCorpusConfig()
+else:
+    from corpora.video import VIDEO as modality, VideoCorpusConfig
+    config = VideoCorpusConfig(resolution=32, clip_frames=10, clip_hop_frames=10)
+started = time.perf_counter()
+report = ingest(modality, config, sys.argv[2], sys.argv[3], IngestSettings(workers=2), progress=lambda m: None)
+print(json.dumps({"seconds": time.perf_counter() - started, "decoded": report.decoded_files}))
+"""
+
+
+def tree_rss_bytes(root_pid: int) -> int:
+    """Summed RSS of `root_pid` and every descendant, from /proc."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(entry))
+            rss[int(entry)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, IndexError, ValueError):
+            continue
+    total, stack = 0, [root_pid]
+    while stack:
+        pid = stack.pop()
+        total += rss.get(pid, 0)
+        stack += children.get(pid, [])
+    return total
+
+
+def run_ingest(kind: str, raw: Path, out: Path, kill_when=None) -> dict:
+    """One ingest in a child process: wall time, peak tree RSS, and whether it was killed."""
+    started = time.perf_counter()
+    child = subprocess.Popen([sys.executable, "-c", INGEST_CHILD, kind, str(raw), str(out)], cwd=PROJECT,
+                             env={**os.environ, "PYTHONPATH": str(PROJECT)}, stdout=subprocess.PIPE,
+                             start_new_session=True, text=True)
+    peak, killed = 0, False
+
+    def sample() -> None:
+        nonlocal peak
+        while child.poll() is None:
+            peak = max(peak, tree_rss_bytes(child.pid))
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    while child.poll() is None:
+        if kill_when is not None and kill_when():
+            os.killpg(child.pid, signal.SIGKILL)
+            killed = True
+            break
+        time.sleep(0.05)
+    output = child.communicate()[0]
+    sampler.join()
+    wall = time.perf_counter() - started
+    if killed:
+        return {"seconds": wall, "peak_mb": peak / 1e6, "killed": True}
+    if child.returncode != 0:
+        raise RuntimeError(f"ingest of {raw} failed with exit code {child.returncode}")
+    # the ingest's own time, without the interpreter's start and imports
+    return {**json.loads(output.strip().splitlines()[-1]), "peak_mb": peak / 1e6, "killed": False}
+
+
+def cached_files(out: Path) -> int:
+    import pyarrow.parquet as pq
+
+    from corpora.row_cache import CACHE_DIR, INDEX_SUFFIX
+
+    return sum(pq.read_metadata(path).num_rows for path in (out / CACHE_DIR).glob(f"*/*{INDEX_SUFFIX}"))
+
+
+# ---- synthetic corpora: unique files, written with the libraries directly ----------------------
+def write_images(folder: Path, start: int, count: int) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(start)
+    for index in range(start, start + count):
+        path = folder / f"c{index % 10}" / f"{index:07d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (32, 32), dtype=np.uint8)).save(path, compress_level=1)
+
+
+def write_midis(folder: Path, start: int, count: int) -> None:
+    import pretty_midi
+
+    rng = np.random.default_rng(start)
+    for index in range(start, start + count):
+        song = pretty_midi.PrettyMIDI(initial_tempo=120)
+        for voice in range(4):
+            instrument = pretty_midi.Instrument(program=0)
+            pitches = 48 + 12 * voice // 2 + rng.integers(0, 12, 32)
+            for step, pitch in enumerate(pitches):  # 8 bars of quarter notes
+                instrument.notes.append(pretty_midi.Note(90, int(pitch), step * 0.5, step * 0.5 + 0.5))
+            song.instruments.append(instrument)
+        path = folder / f"p{index % 10}" / f"{index:07d}.mid"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        song.write(str(path))
+
+
+def write_videos(folder: Path, start: int, count: int) -> None:
+    from corpora.video import write_video
+
+    rng = np.random.default_rng(start)
+    for index in range(start, start + count):
+        base = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        frames = np.stack([np.roll(base, t, axis=1) for t in range(30)])  # 3 s at 10 fps
+        write_video(folder / f"s{index % 10}" / f"{index:07d}.mp4", frames, fps=10)
+
+
+WRITERS = {"images": write_images, "midi": write_midis, "video": write_videos}
+
+
+def bench_size(kind: str, size: int, scratch: Path) -> dict:
+    raw, out = scratch / f"{kind}-{size}" / "raw", scratch / f"{kind}-{size}" / "out"
+    shutil.rmtree(raw.parent, ignore_errors=True)
+    WRITERS[kind](raw, 0, size)
+    full = run_ingest(kind, raw, out)
+    WRITERS[kind](raw, size, 1)
+    one_file = run_ingest(kind, raw, out)
+
+    resumed_out = raw.parent / "resumed"
+    half = (size + 1) // 2
+    killed = run_ingest(kind, raw, resumed_out, kill_when=lambda: cached_files(resumed_out) >= half)
+    rerun = run_ingest(kind, raw, resumed_out)
+    shutil.rmtree(raw.parent, ignore_errors=True)
+    return {"kind": kind, "files": size, "full_s": full["seconds"], "files_per_s": size / full["seconds"],
+            "peak_mb": full["peak_mb"], "one_file_s": one_file["seconds"],
+            "one_file_share": one_file["seconds"] / full["seconds"],
+            "killed_at_s": killed["seconds"] if killed["killed"] else float("nan"), "resume_s": rerun["seconds"],
+            "resume_decoded": rerun["decoded"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", default="10000,100000,1000000")
+    parser.add_argument("--midi", default="10000,176000")
+    parser.add_argument("--video", default="1000,10000")
+    parser.add_argument("--scratch", default="/tmp/atelier-scale")
+    args = parser.parse_args()
+    rows = []
+    for kind in WRITERS:
+        for size in [int(s) for s in getattr(args, kind).split(",") if s and int(s) > 0]:
+            rows.append(bench_size(kind, size, Path(args.scratch)))
+            print(rows[-1], flush=True)
+
+    print("\n| corpus | files | full s | files/s | peak MB | one-file s | one-file / full | killed at s "
+          "| resume s | resume decoded |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['kind']} | {r['files']} | {r['full_s']:.1f} | {r['files_per_s']:.0f} | {r['peak_mb']:.0f} | "
+              f"{r['one_file_s']:.1f} | {r['one_file_share']:.1%} | {r['killed_at_s']:.1f} | {r['resume_s']:.1f} "
+              f"| {r['resume_decoded']} |")
+    for kind in WRITERS:
+        sizes = [r for r in rows if r["kind"] == kind]
+        if len(sizes) > 1:
+            print(f"{kind}: peak RSS at {sizes[-1]['files']} files is {sizes[-1]['peak_mb'] / sizes[0]['peak_mb']:.2f}x "
+                  f"that at {sizes[0]['files']}")
+
+
+if __name__ == "__main__":
+    main()
