@@ -184,6 +184,36 @@ def link_near_rows(thumbs: np.ndarray, owners: np.ndarray, rms: float, union: _U
         union.union_pairs(owners[a], owners[b])
 
 
+@dataclass
+class NearPairMemo:
+    """The near-identical file pairs of the last split, per table, and the files they were
+    found among (every pair of those was compared). Only files new since then are compared
+    again, against all; the groups come out exactly as a full comparison makes them."""
+
+    checked: dict[str, set[str]] = field(default_factory=dict)  # table -> sha256 of the files compared
+    pairs: dict[str, set[tuple[str, str]]] = field(default_factory=dict)  # table -> near (sha256, sha256)
+
+
+def link_near_rows_incrementally(files: Sequence[FileSignature], table: str, thumbs: np.ndarray, owners: np.ndarray,
+                                 rms: float, union: _UnionFind, memo: NearPairMemo) -> None:
+    index_of = {f.sha256: i for i, f in enumerate(files)}
+    checked = memo.checked.get(table, set())
+    live_pairs = {(a, b) for a, b in memo.pairs.get(table, set()) if a in index_of and b in index_of}
+    for a, b in live_pairs:
+        union.union(index_of[a], index_of[b])
+    is_new = np.array([files[owner].sha256 not in checked for owner in owners], dtype=bool)
+    new_rows = np.flatnonzero(is_new)
+    for qi, pi in near_pairs(thumbs[new_rows], thumbs, rms, same_set=False):
+        query_rows = new_rows[qi]
+        keep = query_rows != pi  # a row always matches itself
+        for a, b in zip(owners[query_rows[keep]], owners[pi[keep]]):
+            if a != b:
+                union.union(int(a), int(b))
+                live_pairs.add((files[a].sha256, files[b].sha256))
+    memo.checked[table] = {f.sha256 for f in files}
+    memo.pairs[table] = live_pairs
+
+
 def link_shared_work(files: Sequence[FileSignature], overlap: float, union: _UnionFind) -> None:
     """Link files that share at least `overlap` of the smaller one's work keys."""
     sets = [np.unique(f.work_keys) if f.work_keys is not None else np.empty(0, np.uint64) for f in files]
@@ -210,8 +240,9 @@ def link_shared_work(files: Sequence[FileSignature], overlap: float, union: _Uni
     union.union_pairs(a[linked], b[linked])
 
 
-def find_groups(files: Sequence[FileSignature], grouping, group_by: str) -> list[int]:
-    """A root index per file: files with the same root are the same work."""
+def find_groups(files: Sequence[FileSignature], grouping, group_by: str, memo: NearPairMemo | None = None) -> list[int]:
+    """A root index per file: files with the same root are the same work. With a `memo`, near
+    pairs are searched only from files it has not seen (and the memo is brought up to date)."""
     union = _UnionFind(len(files))
     if group_by == "work":
         for table in grouping.exact_tables:
@@ -220,8 +251,12 @@ def find_groups(files: Sequence[FileSignature], grouping, group_by: str) -> list
                 link_equal_keys(keys, owners, union)
         for table in grouping.near_tables:
             thumbs, owners = _rows_of(files, table)
-            if len(thumbs):
+            if not len(thumbs):
+                continue
+            if memo is None:
                 link_near_rows(thumbs, owners, grouping.near_rms, union)
+            else:
+                link_near_rows_incrementally(files, table, thumbs, owners, grouping.near_rms, union, memo)
         if grouping.overlap is not None:
             link_shared_work(files, grouping.overlap, union)
     return [union.find(i) for i in range(len(files))]
@@ -262,8 +297,9 @@ def time_split_rows(spans: np.ndarray, percent: int) -> np.ndarray | None:
     return labels.astype(object)
 
 
-def plan_split(files: Sequence[FileSignature], grouping, settings: SplitSettings) -> SplitPlan:
-    roots = find_groups(files, grouping, settings.group_by)
+def plan_split(files: Sequence[FileSignature], grouping, settings: SplitSettings,
+               memo: NearPairMemo | None = None) -> SplitPlan:
+    roots = find_groups(files, grouping, settings.group_by, memo)
     members: dict[int, list[int]] = {}
     for index, root in enumerate(roots):
         members.setdefault(root, []).append(index)

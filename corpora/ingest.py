@@ -270,8 +270,9 @@ def ingest(
 
     known = cache.load_index()
     rejections, duplicates, accepted, decoded = _sort_files(modality, config, files, settings, cache, known, progress)
+    near_memo = cache.load_near_memo()
     plan = plan_split([_signature_of(source, cached, cache) for source, cached in accepted], modality.grouping,
-                      settings.split_settings())
+                      settings.split_settings(), near_memo)
     progress(_split_line(modality.name, plan.summary))
 
     version_dir = out_dir / f"v-{fingerprint[:16]}"
@@ -318,6 +319,7 @@ def ingest(
     replaced = load_manifest(manifest_path)  # read again: what a reader may hold until this commit
     atomic_write_json(manifest_path, manifest)  # the commit point: readers now see the new shards
     _remove_old_versions(out_dir, manifest, replaced)
+    cache.save_near_memo(near_memo)
     cache.collect_garbage({f.sha256 for f in files if f.sha256}, known)
 
     counts = manifest["counts"]

@@ -7,6 +7,9 @@ rename of its index file, so a killed ingest keeps every batch it finished and l
 the one it was filling. Transient failures (a worker crash, a timeout) are not kept: the next
 run tries those files again.
 
+Beside the batches lies the memo of near-identical pairs the held-out grouping found, so a
+changed corpus compares only its new files (corpora.grouping.NearPairMemo).
+
 A batch `b-<id>` is an index (`b-<id>.index.parquet`, one row per file: its verdict, content
 hash, notices and split signatures) and one Parquet file per output table holding the rows of
 its accepted files, each file's rows contiguous.
@@ -27,6 +30,7 @@ import pyarrow.parquet as pq
 
 from common.atomic import atomic_write
 from common.hashing import sha256_json
+from corpora.grouping import NearPairMemo
 from corpora.shards import TableSpec, tensor_table
 
 CACHE_DIR = "cache"
@@ -34,6 +38,8 @@ INDEX_SUFFIX = ".index.parquet"
 # Not a verdict on the file's content: never cached, so the next run tries the file again.
 TRANSIENT_ERRORS = frozenset({"WorkerCrashed", "Timeout", "FileChanged", "FileNotFoundError", "PermissionError"})
 HASHES_FILE = "hashes.parquet"
+NEAR_PAIRS_FILE = "near-pairs.parquet"
+NEAR_PAIRS_SCHEMA = pa.schema([("table", pa.string()), ("a", pa.string()), ("b", pa.string())])  # b "": a was compared
 INDEX_SCHEMA = pa.schema([
     ("sha256", pa.string()),
     ("accepted", pa.bool_()),
@@ -142,6 +148,25 @@ class RowCache:
     def table_rows(self, batch: str, table: str, first: int, count: int) -> pa.Table:
         return self._table(batch, table).slice(first, count)
 
+    def load_near_memo(self) -> NearPairMemo:
+        memo = NearPairMemo()
+        path = self.folder / NEAR_PAIRS_FILE
+        if path.is_file():
+            columns = pq.read_table(path).to_pydict()
+            for table, a, b in zip(columns["table"], columns["a"], columns["b"]):
+                if b:
+                    memo.pairs.setdefault(table, set()).add((a, b))
+                else:
+                    memo.checked.setdefault(table, set()).add(a)
+        return memo
+
+    def save_near_memo(self, memo: NearPairMemo) -> None:
+        rows = [(table, sha, "") for table, shas in memo.checked.items() for sha in sorted(shas)]
+        rows += [(table, a, b) for table, pairs in memo.pairs.items() for a, b in sorted(pairs)]
+        table = pa.table(dict(zip(NEAR_PAIRS_SCHEMA.names, map(list, zip(*rows)))) if rows
+                         else {name: [] for name in NEAR_PAIRS_SCHEMA.names}, schema=NEAR_PAIRS_SCHEMA)
+        _write(table, self.folder / NEAR_PAIRS_FILE)
+
     # ---- writing ---------------------------------------------------------------------------
     def writer(self, batch_files: int, batch_megabytes: float) -> BatchWriter:
         return BatchWriter(self, batch_files, int(batch_megabytes * (1 << 20)))
@@ -153,7 +178,7 @@ class RowCache:
         for folder in self.root.iterdir():
             if folder.is_dir() and folder != self.folder:  # another code version or config
                 shutil.rmtree(folder, ignore_errors=True)
-        live_batches = {known[sha].batch for sha in live if sha in known}
+        live_batches = {known[sha].batch for sha in live if sha in known} | {NEAR_PAIRS_FILE.split(".", 1)[0]}
         for path in self.folder.iterdir():
             if path.name.split(".", 1)[0] not in live_batches:  # a temporary starts with "." and never is
                 path.unlink(missing_ok=True)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
@@ -53,6 +54,16 @@ def test_a_change_decodes_only_what_changed_and_lands_on_the_fresh_version(tmp_p
     assert added.decoded_files == 1 and added.counts["ingested"] == 41 and accounted(added)
     assert added.version != first.version
     assert added.version == fresh_version(raw, tmp_path / "fresh")
+
+    # a near copy of a picture already grouped: compared with the old files, it joins their group
+    original = np.asarray(Image.open(raw / "class-0" / "00000.png"))
+    Image.fromarray(np.clip(original.astype(int) + 2, 0, 255).astype(np.uint8)).save(raw / "class-2" / "near.png")
+    near = run(raw, out)
+    assert near.decoded_files == 1 and near.version == fresh_version(raw, tmp_path / "fresh")
+    groups = pq.read_table(out / near.manifest["groups"]["path"]).to_pydict()
+    group_of = dict(zip(groups["source_path"], groups["group"]))
+    assert group_of["class-2/near.png"] == group_of["class-0/00000.png"]
+    (raw / "class-2" / "near.png").unlink()
 
     Image.fromarray(np.full((12, 12), 9, np.uint8)).save(raw / "class-0" / "added.png")  # edited
     edited = run(raw, out)
