@@ -6,7 +6,6 @@ import contextlib
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 
 from common.atomic import atomic_write_bytes, atomic_write_text
@@ -26,9 +25,6 @@ concurrency:
 UI_HOST = "127.0.0.1"
 UI_STOP_GRACE_S = 20.0
 SAMPLE_SUFFIX = {"image": ".png", "midi": ".mid", "video": ".mp4"}  # what `atelier sample` writes, by kind
-# A known warning that says nothing to a person running the pipeline: Dagster marks observable
-# source assets beta.
-QUIET_WARNINGS = (("ignore", r".*is currently in beta", None),)
 
 
 def ensure_dagster_home(data_root: Path) -> Path:
@@ -280,8 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     transfer_parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # progress bars garble the run log
-    for action, message, category in QUIET_WARNINGS:
-        warnings.filterwarnings(action, message=message, category=category or Warning)
+    from pipelines.progress import quiet_known_warnings
+
+    quiet_known_warnings(inherited=True)
     if args.command == "run":
         return run(args.job, args.all, args.config)
     if args.command == "ui":

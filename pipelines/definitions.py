@@ -4,17 +4,20 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets.gallery_site import gallery_site
-from assets.ingest import CORPUS_ASSETS
-from assets.training import POINTERS
-from models.family import families
-from pipelines.progress import LOGGER_NAME, progress_logger
-from pipelines.automation import gallery_automation, raw_files_sensor, retraining_schedule
-from resources.compute import ComputeResource
-from resources.mlflow_registry import MlflowRegistry
-from resources.pointers import PointerIOManager
-from resources.storage import StorageResource, default_data_root
-from resources.trainer import TrainerLauncher
+from pipelines.progress import LOGGER_NAME, progress_logger, quiet_known_warnings
+
+quiet_known_warnings()  # in the step processes of `atelier run`; before the assets' decorators warn
+
+from assets.gallery_site import gallery_site  # noqa: E402
+from assets.ingest import CORPUS_ASSETS  # noqa: E402
+from assets.training import POINTERS  # noqa: E402
+from models.family import families  # noqa: E402
+from pipelines.automation import gallery_automation, raw_files_sensor, retraining_schedule  # noqa: E402
+from resources.compute import ComputeResource  # noqa: E402
+from resources.mlflow_registry import MlflowRegistry  # noqa: E402
+from resources.pointers import PointerIOManager  # noqa: E402
+from resources.storage import StorageResource, default_data_root  # noqa: E402
+from resources.trainer import TrainerLauncher  # noqa: E402
 
 MLFLOW_UI_ENV, DAGSTER_UI_ENV = "ATELIER_MLFLOW_UI_URL", "ATELIER_DAGSTER_UI_URL"  # set by `atelier ui`
 TRACKING_URI_ENV, REGISTRY_URI_ENV = "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"  # MLflow's own variables

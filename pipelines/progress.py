@@ -4,8 +4,10 @@ line, no stack traces (the Dagster event log under data/dagster_home keeps every
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
+import warnings
 
 import dagster as dg
 
@@ -64,3 +66,19 @@ def progress_logger(init_context) -> logging.Logger:
     handler.addFilter(_ShownEvents())
     logger.addHandler(handler)
     return logger
+
+
+# Known warnings that say nothing to a person running the pipeline: Dagster marks observable
+# source assets beta and a Pipes reader method preview.
+QUIET_WARNINGS = (r".*is currently in beta", r".*is currently in preview")
+QUIET_ENV = "ATELIER_QUIET_WARNINGS"  # set by `atelier run`, so its step processes are quiet too
+
+
+def quiet_known_warnings(inherited: bool = False) -> None:
+    """Hide QUIET_WARNINGS in this process; with `inherited`, in the step processes it starts
+    as well (they load the code location, which calls this when $ATELIER_QUIET_WARNINGS is set)."""
+    if inherited:
+        os.environ[QUIET_ENV] = "1"
+    if os.environ.get(QUIET_ENV):
+        for message in QUIET_WARNINGS:
+            warnings.filterwarnings("ignore", message=message)
