@@ -26,7 +26,7 @@ TRAIN, HELDOUT, GAP = "train", "heldout", "gap"
 # picture or per sampled frame, concatenated.
 THUMBNAIL_SIDE = 16
 GROUP_BY_CHOICES = ("work", "file")
-NEAR_CHUNK_ROWS = 1024  # query rows per distance block: bounds the block at 1024 x candidates floats
+NEAR_CHUNK_ROWS = 1024  # query rows, and pool rows, per distance block: 1024 x 1024 floats at most
 MAX_KEY_FILES = 64  # a work key in more files than this is a commonplace (a scale run), not a tune
 
 
@@ -150,20 +150,21 @@ def near_pairs(queries: np.ndarray, pool: np.ndarray, rms: float, same_set: bool
         block_mean = q_sorted_mean[start : start + NEAR_CHUNK_ROWS]
         low = start + 1 if same_set else int(torch.searchsorted(p_sorted_mean, block_mean[0] - rms))
         high = int(torch.searchsorted(p_sorted_mean, block_mean[-1] + rms, right=True))
-        if high <= low:
-            continue
         block = q_coarse[rows]
-        distance = (block * block).sum(1)[:, None] + p_norm[None, low:high] - 2.0 * block @ p_sorted[low:high].T
-        if same_set:  # a pair once: pool position after the query's own position
-            position = torch.arange(start, start + len(rows))[:, None]
-            distance[torch.arange(low, high)[None, :] <= position] = float("inf")
-        hit_q, hit_p = torch.nonzero(distance <= coarse_limit, as_tuple=True)
-        for part in range(0, len(hit_q), CONFIRM_PAIRS):
-            qi = rows[hit_q[part : part + CONFIRM_PAIRS]].numpy()
-            pi = p_order[low + hit_p[part : part + CONFIRM_PAIRS]].numpy()
-            difference = queries[qi].astype(np.float32) - pool[pi].astype(np.float32)
-            close = np.sqrt((difference * difference).mean(1)) <= rms
-            yield qi[close], pi[close]
+        block_norm = (block * block).sum(1)[:, None]
+        for first in range(low, high, NEAR_CHUNK_ROWS):  # the pool in blocks too: memory stays flat
+            last = min(first + NEAR_CHUNK_ROWS, high)
+            distance = block_norm + p_norm[None, first:last] - 2.0 * block @ p_sorted[first:last].T
+            if same_set:  # a pair once: pool position after the query's own position
+                position = torch.arange(start, start + len(rows))[:, None]
+                distance[torch.arange(first, last)[None, :] <= position] = float("inf")
+            hit_q, hit_p = torch.nonzero(distance <= coarse_limit, as_tuple=True)
+            for part in range(0, len(hit_q), CONFIRM_PAIRS):
+                qi = rows[hit_q[part : part + CONFIRM_PAIRS]].numpy()
+                pi = p_order[first + hit_p[part : part + CONFIRM_PAIRS]].numpy()
+                difference = queries[qi].astype(np.float32) - pool[pi].astype(np.float32)
+                close = np.sqrt((difference * difference).mean(1)) <= rms
+                yield qi[close], pi[close]
 
 
 CONFIRM_PAIRS = 65536  # candidate pairs compared in full at once
