@@ -14,11 +14,13 @@ from resources.compute import ComputeResource
 from resources.mlflow_registry import MlflowRegistry
 from resources.pointers import PointerIOManager
 from resources.storage import StorageResource, default_data_root
+from resources.k8s_trainer import K8sTrainerLauncher
 from resources.trainer import TrainerLauncher
 
 MLFLOW_UI_ENV, DAGSTER_UI_ENV = "ATELIER_MLFLOW_UI_URL", "ATELIER_DAGSTER_UI_URL"  # set by `atelier ui`
 TRACKING_URI_ENV, REGISTRY_URI_ENV = "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"  # MLflow's own variables
-TRAINER_MODE_ENV, TRAINER_NPROC_ENV = "ATELIER_TRAINER_MODE", "ATELIER_TRAINER_NPROC"  # subprocess|in_process; ranks
+TRAINER_MODE_ENV, TRAINER_NPROC_ENV = "ATELIER_TRAINER_MODE", "ATELIER_TRAINER_NPROC"  # subprocess|in_process|k8s; ranks
+TRAINER_IMAGE_ENV = "ATELIER_TRAINER_IMAGE"  # ATELIER_TRAINER_MODE=k8s: the trainer pod's image
 
 FAMILY_MODULES = [record.dagster() for record in families().values()]  # each family's assets/<key>.py
 TRAINING_ASSETS = [module.TRAINING_ASSET for module in FAMILY_MODULES]  # each takes `start_from`, registers a model
@@ -42,7 +44,8 @@ def build_resources(data_root: str | None = None) -> dict:
     """Resources under one data root. MLflow: `$MLFLOW_TRACKING_URI` when set (a tracking
     server, which then chooses artifact locations), else a SQLite store under the data root.
     Training runs in a Pipes subprocess (`$ATELIER_TRAINER_MODE=in_process` keeps it in the step's
-    process), under torchrun with `$ATELIER_TRAINER_NPROC` ranks when that is above 1."""
+    process; `k8s` puts it in a Kubernetes pod running `$ATELIER_TRAINER_IMAGE`, which needs the
+    `k8s` extra), under torchrun with `$ATELIER_TRAINER_NPROC` ranks when that is above 1."""
     root = Path(data_root or default_data_root())
     links = {"ui_url": os.environ.get(MLFLOW_UI_ENV, ""), "dagster_ui_url": os.environ.get(DAGSTER_UI_ENV, "")}
     if server := os.environ.get(TRACKING_URI_ENV):
@@ -50,8 +53,11 @@ def build_resources(data_root: str | None = None) -> dict:
     else:
         registry = MlflowRegistry(tracking_uri=f"sqlite:///{root / 'mlflow' / 'mlflow.db'}",
                                   artifact_root=str(root / "mlflow" / "artifacts"), **links)
-    trainer = TrainerLauncher(mode=os.environ.get(TRAINER_MODE_ENV, "subprocess"),
-                              nproc_per_node=int(os.environ.get(TRAINER_NPROC_ENV, "1")))
+    mode, nproc = os.environ.get(TRAINER_MODE_ENV, "subprocess"), int(os.environ.get(TRAINER_NPROC_ENV, "1"))
+    if mode == "k8s":
+        trainer = K8sTrainerLauncher(image=os.environ.get(TRAINER_IMAGE_ENV, ""), nproc_per_node=nproc)
+    else:
+        trainer = TrainerLauncher(mode=mode, nproc_per_node=nproc)
     return {"storage": StorageResource(data_root=str(root)), "compute": ComputeResource(), "mlflow": registry,
             "trainer": trainer, POINTERS: PointerIOManager(data_root=str(root))}
 
