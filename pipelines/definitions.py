@@ -21,6 +21,7 @@ MLFLOW_UI_ENV, DAGSTER_UI_ENV = "ATELIER_MLFLOW_UI_URL", "ATELIER_DAGSTER_UI_URL
 TRACKING_URI_ENV, REGISTRY_URI_ENV = "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"  # MLflow's own variables
 TRAINER_MODE_ENV, TRAINER_NPROC_ENV = "ATELIER_TRAINER_MODE", "ATELIER_TRAINER_NPROC"  # subprocess|in_process|k8s; ranks
 TRAINER_IMAGE_ENV = "ATELIER_TRAINER_IMAGE"  # ATELIER_TRAINER_MODE=k8s: the trainer pod's image
+EXECUTOR_ENV = "ATELIER_EXECUTOR"  # "k8s": dagster-k8s's k8s_job_executor, one Kubernetes Job per step
 
 FAMILY_MODULES = [record.dagster() for record in families().values()]  # each family's assets/<key>.py
 TRAINING_ASSETS = [module.TRAINING_ASSET for module in FAMILY_MODULES]  # each takes `start_from`, registers a model
@@ -62,12 +63,27 @@ def build_resources(data_root: str | None = None) -> dict:
             "trainer": trainer, POINTERS: PointerIOManager(data_root=str(root))}
 
 
+def build_executor() -> dg.ExecutorDefinition | None:
+    """Dagster's default executor (steps in processes of the run's own), or with
+    `$ATELIER_EXECUTOR=k8s` the k8s_job_executor: each step in a Kubernetes Job of its own. That
+    needs the `k8s` extra and the K8sRunLauncher (docs/deploy/dagster-k8s.yaml)."""
+    choice = os.environ.get(EXECUTOR_ENV, "")
+    if choice == "k8s":
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor
+    if choice:
+        raise ValueError(f"{EXECUTOR_ENV} must be 'k8s' or unset, not {choice!r}")
+    return None
+
+
 defs = dg.Definitions(
     assets=[*CORPUS_ASSETS, *(asset for module in FAMILY_MODULES for asset in module.ASSETS), gallery_site],
     jobs=[ingest_job, main_job, retrain_job],
     schedules=[retraining_schedule(TRAINING_ASSETS, retrain_job)],
     sensors=[raw_files_sensor, gallery_automation(GALLERY_ASSETS)],
     resources=build_resources(),
+    executor=build_executor(),
     # `atelier run` asks for "progress" (pipelines/progress.py); runs that name no logger get Dagster's console
     loggers={"console": dg.colored_console_logger, LOGGER_NAME: progress_logger},
 )
