@@ -7,9 +7,9 @@
   as a real ``DagsterInstance`` (SQLite) in a temp DAGSTER_HOME, and its queue, pool and
   monitoring values are checked against what docs/deploy.md says.
 - dagster-k8s.yaml: dagster core checks the instance-level ``run_launcher: {module, class, config}``
-  shape but treats the inner ``config`` as free-form. The K8sRunLauncher's own schema (and the
-  ``dagster-k8s/config`` tag schema) is checked only when dagster-k8s is importable. It is not a
-  dependency of this project, so those tests skip here (``pytest.importorskip("dagster_k8s")``).
+  shape but treats the inner ``config`` as free-form; the K8sRunLauncher's own schema (and the
+  ``dagster-k8s/config`` tag schema) comes from dagster-k8s, the project's ``k8s`` extra, which
+  scripts/setup.sh installs. tests/test_k8s_route.py builds step and trainer pods from these files.
 - workspace-grpc.yaml: dagster's workspace schema. run-config-mlflow-server.yaml: the ``main``
   job's run-config schema, plus a real in-process run. docker-compose.mlflow.yaml: the
   ``mlflow server`` arguments through MLflow's own command-line parser.
@@ -236,7 +236,7 @@ def test_k8s_instance_shape_is_enforced(tmp_path):
 
 
 def test_k8s_run_launcher_config_against_dagster_k8s():
-    dagster_k8s = pytest.importorskip("dagster_k8s")
+    import dagster_k8s
     from dagster._config import validate_config
 
     config = load("dagster-k8s.yaml")["run_launcher"]["config"]
@@ -275,10 +275,8 @@ def test_op_tags_are_accepted_on_a_gpu_pool_asset():
 
 
 def test_gpu_tags_build_a_pod_with_one_gpu():
-    """Runs only with dagster-k8s installed: the op tag (route B) and the JSON-encoded run tag
-    (route A, as deploy.md's CLI snippet builds it) parse with dagster-k8s's own parser, and the
-    Kubernetes Job it builds asks for the GPU."""
-    pytest.importorskip("dagster_k8s")
+    """The op tag (route B) and the JSON-encoded run tag (route A, as deploy.md's CLI snippet
+    builds it) parse with dagster-k8s's own parser, and the Kubernetes Job it builds asks for the GPU."""
     from dagster_k8s.job import DagsterK8sJobConfig, construct_dagster_k8s_job, get_user_defined_k8s_config
 
     run_tags = {key: json.dumps(value) for key, value in load("op_tags-gpu.yaml").items()}
