@@ -16,12 +16,15 @@ from pipelines.automation import gallery_automation, raw_files_sensor, retrainin
 from resources.compute import ComputeResource  # noqa: E402
 from resources.mlflow_registry import MlflowRegistry  # noqa: E402
 from resources.pointers import PointerIOManager  # noqa: E402
+from resources.k8s_trainer import K8sTrainerLauncher  # noqa: E402
 from resources.storage import StorageResource, default_data_root  # noqa: E402
 from resources.trainer import TrainerLauncher  # noqa: E402
 
 MLFLOW_UI_ENV, DAGSTER_UI_ENV = "ATELIER_MLFLOW_UI_URL", "ATELIER_DAGSTER_UI_URL"  # set by `atelier ui`
 TRACKING_URI_ENV, REGISTRY_URI_ENV = "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"  # MLflow's own variables
-TRAINER_MODE_ENV, TRAINER_NPROC_ENV = "ATELIER_TRAINER_MODE", "ATELIER_TRAINER_NPROC"  # subprocess|in_process; ranks
+TRAINER_MODE_ENV, TRAINER_NPROC_ENV = "ATELIER_TRAINER_MODE", "ATELIER_TRAINER_NPROC"  # subprocess|in_process|k8s; ranks
+TRAINER_IMAGE_ENV = "ATELIER_TRAINER_IMAGE"  # ATELIER_TRAINER_MODE=k8s: the trainer pod's image
+EXECUTOR_ENV = "ATELIER_EXECUTOR"  # "k8s": dagster-k8s's k8s_job_executor, one Kubernetes Job per step
 
 FAMILY_MODULES = [record.dagster() for record in families().values()]  # each family's assets/<key>.py
 TRAINING_ASSETS = [module.TRAINING_ASSET for module in FAMILY_MODULES]  # each takes `start_from`, registers a model
@@ -45,7 +48,8 @@ def build_resources(data_root: str | None = None) -> dict:
     """Resources under one data root. MLflow: `$MLFLOW_TRACKING_URI` when set (a tracking
     server, which then chooses artifact locations), else a SQLite store under the data root.
     Training runs in a Pipes subprocess (`$ATELIER_TRAINER_MODE=in_process` keeps it in the step's
-    process), under torchrun with `$ATELIER_TRAINER_NPROC` ranks when that is above 1."""
+    process; `k8s` puts it in a Kubernetes pod running `$ATELIER_TRAINER_IMAGE`, which needs the
+    `k8s` extra), under torchrun with `$ATELIER_TRAINER_NPROC` ranks when that is above 1."""
     root = Path(data_root or default_data_root())
     links = {"ui_url": os.environ.get(MLFLOW_UI_ENV, ""), "dagster_ui_url": os.environ.get(DAGSTER_UI_ENV, "")}
     if server := os.environ.get(TRACKING_URI_ENV):
@@ -53,10 +57,27 @@ def build_resources(data_root: str | None = None) -> dict:
     else:
         registry = MlflowRegistry(tracking_uri=f"sqlite:///{root / 'mlflow' / 'mlflow.db'}",
                                   artifact_root=str(root / "mlflow" / "artifacts"), **links)
-    trainer = TrainerLauncher(mode=os.environ.get(TRAINER_MODE_ENV, "subprocess"),
-                              nproc_per_node=int(os.environ.get(TRAINER_NPROC_ENV, "1")))
+    mode, nproc = os.environ.get(TRAINER_MODE_ENV, "subprocess"), int(os.environ.get(TRAINER_NPROC_ENV, "1"))
+    if mode == "k8s":
+        trainer = K8sTrainerLauncher(image=os.environ.get(TRAINER_IMAGE_ENV, ""), nproc_per_node=nproc)
+    else:
+        trainer = TrainerLauncher(mode=mode, nproc_per_node=nproc)
     return {"storage": StorageResource(data_root=str(root)), "compute": ComputeResource(), "mlflow": registry,
             "trainer": trainer, POINTERS: PointerIOManager(data_root=str(root))}
+
+
+def build_executor() -> dg.ExecutorDefinition | None:
+    """Dagster's default executor (steps in processes of the run's own), or with
+    `$ATELIER_EXECUTOR=k8s` the k8s_job_executor: each step in a Kubernetes Job of its own. That
+    needs the `k8s` extra and the K8sRunLauncher (docs/deploy/dagster-k8s.yaml)."""
+    choice = os.environ.get(EXECUTOR_ENV, "")
+    if choice == "k8s":
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor
+    if choice:
+        raise ValueError(f"{EXECUTOR_ENV} must be 'k8s' or unset, not {choice!r}")
+    return None
 
 
 defs = dg.Definitions(
@@ -65,6 +86,7 @@ defs = dg.Definitions(
     schedules=[retraining_schedule(TRAINING_ASSETS, retrain_job)],
     sensors=[raw_files_sensor, gallery_automation(GALLERY_ASSETS)],
     resources=build_resources(),
+    executor=build_executor(),
     # `atelier run` asks for "progress" (pipelines/progress.py); runs that name no logger get Dagster's console
     loggers={"console": dg.colored_console_logger, LOGGER_NAME: progress_logger},
 )

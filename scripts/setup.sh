@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything Atelier needs on Debian with Python 3.11: the Debian packages that hold
-# default data and audio rendering, a virtualenv in .venv, and the project with its pins.
+# default data and audio rendering, a virtualenv in .venv, and the project with its pins (plus its
+# test and k8s extras).
 # Idempotent: a second run checks and returns in a few seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +28,8 @@ stamp=.venv/.atelier-pyproject.sha256
 wanted=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
   .venv/bin/pip install --quiet --upgrade pip
-  .venv/bin/pip install --quiet -e ".[test]"
+  # k8s: dagster-k8s and dagster-postgres, so the Kubernetes route's tests run (no cluster needed)
+  .venv/bin/pip install --quiet -e ".[test,k8s]"
   echo "$wanted" > "$stamp"
 fi
 echo "set-up done: .venv is ready"

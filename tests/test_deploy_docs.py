@@ -7,9 +7,9 @@
   as a real ``DagsterInstance`` (SQLite) in a temp DAGSTER_HOME, and its queue, pool and
   monitoring values are checked against what docs/deploy.md says.
 - dagster-k8s.yaml: dagster core checks the instance-level ``run_launcher: {module, class, config}``
-  shape but treats the inner ``config`` as free-form. The K8sRunLauncher's own schema (and the
-  ``dagster-k8s/config`` tag schema) is checked only when dagster-k8s is importable. It is not a
-  dependency of this project, so those tests skip here (``pytest.importorskip("dagster_k8s")``).
+  shape but treats the inner ``config`` as free-form; the K8sRunLauncher's own schema (and the
+  ``dagster-k8s/config`` tag schema) comes from dagster-k8s, the project's ``k8s`` extra, which
+  scripts/setup.sh installs. tests/test_k8s_route.py builds step and trainer pods from these files.
 - workspace-grpc.yaml: dagster's workspace schema. run-config-mlflow-server.yaml: the ``main``
   job's run-config schema, plus a real in-process run. docker-compose.mlflow.yaml: the
   ``mlflow server`` arguments through MLflow's own command-line parser.
@@ -59,14 +59,23 @@ def instance_home(tmp_path: Path, name: str, edit=None) -> Path:
     return home
 
 
-def pyproject_pins() -> dict[str, str]:
+def pyproject_pins(extra: str | None = None) -> dict[str, str]:
+    """The exact pins of pyproject.toml's dependencies, or of one optional extra."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = project["optional-dependencies"][extra] if extra else project["dependencies"]
     pins = {}
-    for requirement in project["dependencies"]:
+    for requirement in requirements:
         if "==" in requirement:
             name, version = requirement.split("==")
             pins[name.strip()] = version.strip()
     return pins
+
+
+def lockstep_libs_version(dagster_version: str) -> str:
+    """Dagster's integration libraries are released with core: dagster 1.13.27 <-> 0.29.27."""
+    major, minor, patch = dagster_version.split(".")
+    assert major == "1", dagster_version
+    return f"0.{int(minor) + 16}.{patch}"
 
 
 # ---- every file ---------------------------------------------------------------------------
@@ -95,6 +104,17 @@ def _is_excerpt(part, whole) -> bool:
         return (isinstance(whole, list) and len(part) == len(whole)
                 and all(_is_excerpt(p, w) for p, w in zip(part, whole)))
     return part == whole
+
+
+def test_guide_states_the_versions_pyproject_pins():
+    """deploy.md's version line and its `k8s` extra snippet are pyproject.toml's pins."""
+    guide = GUIDE.read_text()
+    versions = " ".join(re.search(r"^Versions: (.*?)\n\n", guide, re.S | re.M).group(1).split())
+    for name, version in {**pyproject_pins(), **pyproject_pins("k8s")}.items():
+        assert f"{name} {version}" in versions, f"deploy.md's version line lacks {name} {version}"
+    [snippet] = re.findall(r"```toml\n# pyproject.toml\n(.*?)```", guide, re.S)
+    extras = tomllib.loads(snippet)["project"]["optional-dependencies"]
+    assert extras["k8s"] == tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["k8s"]
 
 
 def test_guide_excerpts_match_their_files():
@@ -216,7 +236,7 @@ def test_k8s_instance_shape_is_enforced(tmp_path):
 
 
 def test_k8s_run_launcher_config_against_dagster_k8s():
-    dagster_k8s = pytest.importorskip("dagster_k8s")
+    import dagster_k8s
     from dagster._config import validate_config
 
     config = load("dagster-k8s.yaml")["run_launcher"]["config"]
@@ -255,10 +275,8 @@ def test_op_tags_are_accepted_on_a_gpu_pool_asset():
 
 
 def test_gpu_tags_build_a_pod_with_one_gpu():
-    """Runs only with dagster-k8s installed: the op tag (route B) and the JSON-encoded run tag
-    (route A, as deploy.md's CLI snippet builds it) parse with dagster-k8s's own parser, and the
-    Kubernetes Job it builds asks for the GPU."""
-    pytest.importorskip("dagster_k8s")
+    """The op tag (route B) and the JSON-encoded run tag (route A, as deploy.md's CLI snippet
+    builds it) parse with dagster-k8s's own parser, and the Kubernetes Job it builds asks for the GPU."""
     from dagster_k8s.job import DagsterK8sJobConfig, construct_dagster_k8s_job, get_user_defined_k8s_config
 
     run_tags = {key: json.dumps(value) for key, value in load("op_tags-gpu.yaml").items()}
@@ -345,11 +363,14 @@ def test_compose_mlflow_command_parses_with_mlflows_cli():
 
 
 def test_dockerfiles_agree_with_the_project():
-    pins = pyproject_pins()
+    pins, k8s_pins = pyproject_pins(), pyproject_pins("k8s")
     dockerfile = (DEPLOY / "Dockerfile").read_text()
-    major, minor, patch = pins["dagster"].split(".")
-    lockstep = f"0.{int(minor) + 16}.{patch}"  # dagster 1.13.28 <-> dagster-k8s/-postgres 0.29.28
-    assert f"ARG DAGSTER_LIBS_VERSION={lockstep}\n" in dockerfile
+    lockstep = lockstep_libs_version(pins["dagster"])
+    assert pins["dagster-webserver"] == pins["dagster"]
+    assert k8s_pins == {"dagster-k8s": lockstep, "dagster-postgres": lockstep}  # the `k8s` extra
+    # the image takes the Kubernetes libraries from that extra, never from versions of its own
+    assert 'pip install --no-cache-dir ".[k8s]"' in dockerfile
+    assert "dagster-k8s==" not in dockerfile and "dagster-postgres==" not in dockerfile
     assert f'"torch=={pins["torch"]}"' in dockerfile
 
     workspace = yaml.safe_load((ROOT / "workspace.yaml").read_text())
