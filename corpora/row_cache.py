@@ -16,6 +16,7 @@ its accepted files, each file's rows contiguous.
 """
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import uuid
@@ -23,6 +24,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -83,14 +85,21 @@ def _pack(arrays: dict[str, np.ndarray]) -> tuple[bytes, str]:
     return b"".join(parts), json.dumps(layout)
 
 
-def _unpack(data: bytes, layout_json: str) -> dict[str, np.ndarray]:
-    arrays, offset = {}, 0
+@functools.lru_cache(maxsize=256)
+def _layout(layout_json: str) -> tuple:
+    """(name, dtype, shape, offset, count) per array; most files of a corpus share one layout."""
+    parts, offset = [], 0
     for name, dtype, shape in json.loads(layout_json):
         dtype = np.dtype(dtype)
-        size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        arrays[name] = np.frombuffer(data, dtype=dtype, count=size // dtype.itemsize, offset=offset).reshape(shape)
-        offset += size
-    return arrays
+        count = int(np.prod(shape, dtype=np.int64))
+        parts.append((name, dtype, tuple(shape), offset, count))
+        offset += count * dtype.itemsize
+    return tuple(parts)
+
+
+def _unpack(data: bytes, layout_json: str) -> dict[str, np.ndarray]:
+    return {name: np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape)
+            for name, dtype, shape, offset, count in _layout(layout_json)}
 
 
 class RowCache:
@@ -100,7 +109,7 @@ class RowCache:
         self.root = Path(out_dir) / CACHE_DIR
         self.folder = self.root / key
         self.specs = {spec.name: spec for spec in specs}
-        self._open: OrderedDict[tuple[str, str], pa.Table] = OrderedDict()  # LRU of batch tables read
+        self._open: OrderedDict[tuple[str, str], Any] = OrderedDict()  # LRU of batch tables (and lists) read
         self._open_limit = open_batches
         self.folder.mkdir(parents=True, exist_ok=True)
 
@@ -141,9 +150,14 @@ class RowCache:
         return table
 
     def arrays(self, cached: CachedFile) -> dict[str, np.ndarray]:
-        index = self._table(cached.batch, "")
-        return _unpack(index.column("arrays")[cached.position].as_py(),
-                       index.column("arrays_layout")[cached.position].as_py())
+        key = (cached.batch, "arrays")
+        if key not in self._open:  # the batch's packed arrays as Python lists, converted once
+            index = self._table(cached.batch, "")
+            self._open[key] = (index.column("arrays").to_pylist(), index.column("arrays_layout").to_pylist())
+            if len(self._open) > self._open_limit:
+                self._open.popitem(last=False)
+        data, layouts = self._open[key]
+        return _unpack(data[cached.position], layouts[cached.position])
 
     def table_rows(self, batch: str, table: str, first: int, count: int) -> pa.Table:
         return self._table(batch, table).slice(first, count)
