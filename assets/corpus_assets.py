@@ -95,6 +95,7 @@ def _metadata(report: IngestReport, raw_dir: Path, preview) -> dict:
         **_grouping_metadata(report.manifest),
         "data_version": report.version,
         "decoded_this_run": not report.reused,
+        "files_decoded_this_run": report.decoded_files,  # the others came from the row cache (or were refused)
         "elapsed_s": round(report.elapsed_s, 2),
         "source_dir": dg.MetadataValue.path(str(raw_dir)),
         "manifest": dg.MetadataValue.path(str(report.manifest_path)),

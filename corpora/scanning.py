@@ -12,7 +12,9 @@ unchanged is not read again.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,15 +115,18 @@ def _hash(relpath: str, path: str, stat: os.stat_result, known: dict) -> SourceF
     return SourceFile(path, relpath, stat.st_size, digest, **times)
 
 
-def scan(raw_dir: Path, hashes_file: Path | None = None) -> list[SourceFile]:
-    """Every non-hidden file under `raw_dir`, sorted by relative path, with its content hash
-    (read from `hashes_file` for files whose size and times are unchanged)."""
+def scan(raw_dir: Path, hashes_file: Path | None = None, keep: Callable[[str], bool] | None = None) -> list[SourceFile]:
+    """Every non-hidden file under `raw_dir` (whose relative path `keep` accepts), sorted by
+    relative path, with its content hash (read from `hashes_file` for files whose size and
+    times are unchanged)."""
     known = {}
     if hashes_file is not None and hashes_file.is_file():
         table = pq.read_table(hashes_file).to_pydict()
         known = {relpath: facts for relpath, *facts in zip(*(table[name] for name in HASHES_SCHEMA.names))}
     files = []
     for relpath, path, stat, problem in _listing(raw_dir):
+        if keep is not None and not keep(relpath):
+            continue
         if problem is not None:
             files.append(SourceFile(path, relpath, 0, "", problem=problem))
         else:
@@ -135,6 +140,11 @@ def remember_hashes(files: list[SourceFile], hashes_file: Path) -> None:
                       "mtime_ns": [f.mtime_ns for f in rows], "ctime_ns": [f.ctime_ns for f in rows],
                       "inode": [f.inode for f in rows], "sha256": [f.sha256 for f in rows]}, schema=HASHES_SCHEMA)
     atomic_write(hashes_file, lambda file: pq.write_table(table, file, compression="zstd"))
+
+
+def part_of(relpath: str, parts: int) -> int:
+    """Which of `parts` stable buckets a file belongs to, by its path (the same on every machine)."""
+    return int.from_bytes(hashlib.sha256(relpath.encode()).digest()[:8], "big") % parts
 
 
 def folder_signature(raw_dir: Path) -> str:

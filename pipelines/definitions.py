@@ -9,7 +9,7 @@ from pipelines.progress import LOGGER_NAME, progress_logger, quiet_known_warning
 quiet_known_warnings()  # in the step processes of `atelier run`; before the assets' decorators warn
 
 from assets.gallery_site import gallery_site  # noqa: E402
-from assets.ingest import CORPUS_ASSETS  # noqa: E402
+from assets.ingest import CORPUS_ASSETS, DECODE_PARTS, PART_ASSETS, PARTS_GROUP  # noqa: E402
 from assets.training import POINTERS  # noqa: E402
 from models.family import families  # noqa: E402
 from pipelines.automation import gallery_automation, raw_files_sensor, retraining_schedule  # noqa: E402
@@ -35,8 +35,12 @@ ingest_job = dg.define_asset_job(
     description="Ingest every corpus into Parquet shards.",
 )
 main_job = dg.define_asset_job(
-    "main", selection=dg.AssetSelection.all(),
+    "main", selection=dg.AssetSelection.all() - dg.AssetSelection.groups(PARTS_GROUP),
     description="Everything, in dependency order: what the README's first command runs.",
+)
+ingest_parts_job = dg.define_asset_job(
+    "ingest_parts", selection=dg.AssetSelection.groups(PARTS_GROUP), partitions_def=DECODE_PARTS,
+    description="Decode each corpus in 16 parts, a step per corpus and part (backfill it, then run `ingest`).",
 )
 retrain_job = dg.define_asset_job(
     "retrain", selection=dg.AssetSelection.assets(*TRAINING_ASSETS).downstream(),
@@ -81,8 +85,8 @@ def build_executor() -> dg.ExecutorDefinition | None:
 
 
 defs = dg.Definitions(
-    assets=[*CORPUS_ASSETS, *(asset for module in FAMILY_MODULES for asset in module.ASSETS), gallery_site],
-    jobs=[ingest_job, main_job, retrain_job],
+    assets=[*CORPUS_ASSETS, *PART_ASSETS, *(asset for module in FAMILY_MODULES for asset in module.ASSETS), gallery_site],
+    jobs=[ingest_job, ingest_parts_job, main_job, retrain_job],
     schedules=[retraining_schedule(TRAINING_ASSETS, retrain_job)],
     sensors=[raw_files_sensor, gallery_automation(GALLERY_ASSETS)],
     resources=build_resources(),

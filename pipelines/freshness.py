@@ -32,6 +32,8 @@ def is_current(instance: dg.DagsterInstance, asset_graph, key: dg.AssetKey) -> b
     if tags is None or node.code_version is None or tags.get(CODE_VERSION_TAG) != node.code_version:
         return False
     for parent in node.parent_keys:
+        if asset_graph.get(parent).is_partitioned:
+            continue  # decoded parts only fill a corpus's row cache; the corpus's own data version covers them
         parent_tags = latest_tags(instance, parent)
         recorded = tags.get(INPUT_DATA_VERSION_TAG.format(key=parent.to_user_string()))
         if parent_tags is None or recorded is None or recorded != parent_tags.get(DATA_VERSION_TAG):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets.ingest import CORPUS_ASSET_OF
+from assets.ingest import CORPUS_ASSET_OF, PARTS_GROUP
 from models.family import families
 from pipelines.progress import RUN_CONFIG, one_line
 
@@ -128,7 +128,7 @@ def run_pipeline(defs: dg.Definitions, instance: dg.DagsterInstance, run_config:
     blocked_corpora = failed_corpora(ingest)
     outcome.failures.update(blocked_corpora)
 
-    rest = graph.materializable_asset_keys - corpora
+    rest = graph.materializable_asset_keys - corpora - dg.AssetSelection.groups(PARTS_GROUP).resolve(graph)
     wanted = [key for key in graph.toposorted_asset_keys if key in rest] if everything else \
         assets_to_refresh(instance, graph, rest)
     blocked = set()

@@ -194,10 +194,11 @@ def env_of(container) -> dict:
     return {variable.name: variable.value for variable in container.env or []}
 
 
-def test_ingest_runs_one_pod_per_step_with_the_guides_settings(monkeypatch, k8s_instance):
+@pytest.mark.parametrize("job_name", ["ingest", "ingest_parts"])  # whole corpora, and one part of each
+def test_ingest_runs_one_pod_per_step_with_the_guides_settings(monkeypatch, k8s_instance, job_name):
     defs = k8s_code_location(monkeypatch)
-    run, jobs = launch_step_jobs(k8s_instance, defs, "ingest", load(EXECUTOR_RUN_CONFIG))
-    ingest_steps = {step.key for step in create_execution_plan(defs.resolve_job_def("ingest"),
+    run, jobs = launch_step_jobs(k8s_instance, defs, job_name, load(EXECUTOR_RUN_CONFIG))
+    ingest_steps = {step.key for step in create_execution_plan(defs.resolve_job_def(job_name),
                                                                run_config=load(EXECUTOR_RUN_CONFIG),
                                                                tags=run.tags).steps}
     assert set(jobs) == ingest_steps and len(ingest_steps) >= 4  # image, painting, midi, video corpora
@@ -210,7 +211,7 @@ def test_ingest_runs_one_pod_per_step_with_the_guides_settings(monkeypatch, k8s_
         assert container.args[:3] == ["dagster", "api", "execute_step"]
         env = env_of(container)
         assert env["ATELIER_DATA_ROOT"] == "/data"
-        assert (env["DAGSTER_RUN_JOB_NAME"], env["DAGSTER_RUN_STEP_KEY"]) == ("ingest", step_key)
+        assert (env["DAGSTER_RUN_JOB_NAME"], env["DAGSTER_RUN_STEP_KEY"]) == (job_name, step_key)
         assert [source.secret_ref.name for source in container.env_from] == ["atelier-mlflow"]
         assert [(m.name, m.mount_path) for m in container.volume_mounts] == [("atelier-data", "/data")]
         assert pod.volumes[0].persistent_volume_claim.claim_name == "atelier-data"
@@ -221,10 +222,11 @@ def test_ingest_runs_one_pod_per_step_with_the_guides_settings(monkeypatch, k8s_
         assert container.resources.limits == expected["limits"]
         assert not pod.node_selector and not pod.tolerations
         labels = job.metadata.labels
-        assert (labels["dagster/job"], labels["dagster/op"], labels["dagster/run-id"]) == ("ingest", step_key, run.run_id)
+        assert (labels["dagster/job"], labels["dagster/op"], labels["dagster/run-id"]) == (job_name, step_key, run.run_id)
         assert job.spec.ttl_seconds_after_finished == launcher["run_k8s_config"]["job_spec_config"]["ttl_seconds_after_finished"]
     partition = run.tags.get(PARTITION)
-    assert partition == partition_key_for(defs.resolve_job_def("ingest"), k8s_instance)
+    assert partition == partition_key_for(defs.resolve_job_def(job_name), k8s_instance)
+    assert (partition is not None) == (job_name == "ingest_parts")
     # the step pods read the partition from the run (by run id), as on a cluster
     assert k8s_instance.get_run_by_id(run.run_id).tags.get(PARTITION) == partition
 
