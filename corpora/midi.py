@@ -606,7 +606,11 @@ def work_keys(top: np.ndarray, struck: np.ndarray) -> np.ndarray:
     """The distinct uint64 keys of a top voice's interval 6-grams: its struck pitches in time
     order, repeats merged, as successive intervals. No rhythm, no key: another setting of the
     same tune shares most of them."""
-    tokens = tokens_from_skyline(top, struck)
+    return work_keys_of_tokens(tokens_from_skyline(top, struck))
+
+
+def work_keys_of_tokens(tokens: np.ndarray) -> np.ndarray:
+    """`work_keys` of a top voice already tokenized (silence and HOLDs around it change nothing)."""
     pitches = tokens[tokens < NUM_PITCHES].astype(np.int64)
     intervals = np.diff(pitches)
     intervals = intervals[intervals != 0]  # a repeated pitch is one event of the tune
@@ -686,21 +690,87 @@ def read_score(path: str, config: MidiCorpusConfig) -> tuple[bytes, symusic.Scor
     return data, parse_midi(data)
 
 
+def piece_windows(notes: PieceNotes, starts: np.ndarray, config: MidiCorpusConfig):
+    """Melody and chorale rows with their keys, and the work keys, in one pass over the piece.
+
+    The same rows and keys as `melody_rows`, `chorale_rows` and `work_keys` (the tests check
+    it), built with one `skylines` call for the top voice and the chorale voices together
+    (lane 0 is the top voice, lanes 1.. the chorale voices) and one tokenisation of it, so a
+    file costs a fixed, small number of array operations whatever its length.
+    Returns (melody, melody_keys, chorale, chorale_keys, work_keys).
+    """
+    window, total_steps = config.window_steps, notes.total_steps
+    pitched = ~notes.is_drum
+    tracks = choose_voices(notes, config.voices)
+    pitch, onset, duration = notes.pitch, notes.onset_step, notes.duration_steps
+    if tracks:
+        lane_of_track = np.full(int(notes.track.max()) + 2, -1, dtype=np.int64)
+        lane_of_track[tracks] = np.arange(1, len(tracks) + 1)
+        voice_lane = lane_of_track[notes.track]
+        voiced = (voice_lane > 0) & pitched
+        select = np.concatenate((np.flatnonzero(pitched), np.flatnonzero(voiced)))
+        lane = np.concatenate((np.zeros(int(pitched.sum()), np.int64), voice_lane[voiced]))
+        top, struck = skylines(pitch[select], onset[select], duration[select], lane, 1 + len(tracks), total_steps)
+    else:
+        top, struck = skylines(pitch[pitched], onset[pitched], duration[pitched], np.zeros(int(pitched.sum()), np.int64),
+                               1, total_steps)
+    if len(starts):
+        # silence around the piece where a window reaches before step 0 or past the end; the
+        # tokens of the padded skyline are those of the piece with HOLD/NOTE_OFF around them
+        before = max(0, -int(starts.min()))
+        after = max(0, int(starts.max()) + window - total_steps)
+        if before or after:
+            padded_top = np.full((top.shape[0], before + total_steps + after), -1, dtype=top.dtype)
+            padded_struck = np.zeros(padded_top.shape, dtype=bool)
+            padded_top[:, before : before + total_steps] = top
+            padded_struck[:, before : before + total_steps] = struck
+            top, struck = padded_top, padded_struck
+        tokens = tokens_from_skyline(top, struck)
+        shifted = starts + before
+        index = shifted[:, None] + np.arange(window)
+        windows = np.moveaxis(tokens[:, index], 1, 0)  # (windows, lanes, window)
+        first = top[:, shifted].T
+        windows[:, :, 0] = np.where(first >= 0, first, HOLD)
+        ons = (windows < NUM_PITCHES).sum(axis=2)  # (windows, lanes)
+    else:
+        tokens = tokens_from_skyline(top, struck)
+    keys = work_keys_of_tokens(tokens[0])
+
+    if len(starts) and (top[0] >= 0).any():
+        keep = ons[:, 0] >= config.min_note_ons_per_window
+        kept = windows[keep, 0]
+        melody = TableRows(kept, {"start_step": starts[keep].tolist(), "piece_steps": [total_steps] * len(kept)})
+        melody_keys = transposition_free_keys(kept)
+    else:
+        melody = TableRows(np.empty((0, window), np.uint8), {"start_step": [], "piece_steps": []})
+        melody_keys = _no_keys()
+
+    if tracks and len(starts):
+        sounding = (top[:, index] >= 0).any(axis=-1)[1:].T  # (windows, voices)
+        keep = (ons[:, 1:].sum(axis=1) >= config.min_note_ons_per_window) & (
+            sounding.sum(axis=1) >= config.min_sounding_voices_per_window
+        )
+        kept = windows[keep, 1:]
+        chorale = TableRows(kept, {"start_step": starts[keep].tolist()})
+        chorale_keys = transposition_free_keys(kept)
+    else:
+        chorale = TableRows(np.empty((0, config.voices, window), np.uint8), {"start_step": []})
+        chorale_keys = _no_keys()
+    return melody, melody_keys, chorale, chorale_keys, keys
+
+
 def decode(task: DecodeTask) -> DecodedFile:
     config: MidiCorpusConfig = task.config
     data, score = read_score(task.path, config)
     notes = validated_notes(data, score, config)
     grid = bar_grid(time_signatures(score, config), notes.total_steps, config)
     starts = window_starts(grid, config)
-    pitched = notes.take(~notes.is_drum)
-    top, struck = skyline(pitched.pitch, pitched.onset_step, pitched.duration_steps, notes.total_steps)
-    melody, melody_keys = melody_rows(top, struck, starts, notes.total_steps, config)
-    chorale, chorale_keys = chorale_rows(notes, starts, config)
+    melody, melody_keys, chorale, chorale_keys, keys = piece_windows(notes, starts, config)
     return DecodedFile(
         content_hash=content_hash(notes),
         tables={NOTES_TABLE: notes_rows(notes), MELODY_TABLE: melody, CHORALE_TABLE: chorale},
         signatures={MELODY_TABLE: melody_keys, CHORALE_TABLE: chorale_keys},
-        work_keys=work_keys(top, struck),
+        work_keys=keys,
         notices=meter_notices(grid, config),
     )
 
