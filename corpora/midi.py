@@ -368,20 +368,30 @@ def validated_notes(data: bytes, score: symusic.Score, config: MidiCorpusConfig)
                 "ImplausibleTempo",
             )
 
-    columns: dict[str, list[np.ndarray]] = {name: [] for name in _NOTE_FIELDS}
+    # one numpy conversion per track, one concatenation per column
+    pitch, time, duration, velocity, counts, programs, indices, drums = [], [], [], [], [], [], [], []
     for index, track in enumerate(score.tracks):
         count = track.note_num()
         if count == 0:
             continue
-        notes = track.notes.numpy()
-        columns["pitch"].append(notes["pitch"].astype(np.int16))
-        columns["onset_step"].append(notes["time"].astype(np.int64))
-        columns["duration_steps"].append(notes["duration"].astype(np.int64))  # in ticks until quantized
-        columns["velocity"].append(notes["velocity"].astype(np.int16))
-        columns["program"].append(np.full(count, track.program, dtype=np.int16))
-        columns["track"].append(np.full(count, index, dtype=np.int16))
-        columns["is_drum"].append(np.full(count, track.is_drum, dtype=bool))
-    notes = PieceNotes(*(np.concatenate(columns[name]) for name in _NOTE_FIELDS))
+        arrays = track.notes.numpy()
+        pitch.append(arrays["pitch"])
+        time.append(arrays["time"])
+        duration.append(arrays["duration"])
+        velocity.append(arrays["velocity"])
+        counts.append(count)
+        programs.append(track.program)
+        indices.append(index)
+        drums.append(track.is_drum)
+    notes = PieceNotes(
+        pitch=np.concatenate(pitch).astype(np.int16),
+        onset_step=np.concatenate(time).astype(np.int64),
+        duration_steps=np.concatenate(duration).astype(np.int64),  # in ticks until quantized
+        velocity=np.concatenate(velocity).astype(np.int16),
+        program=np.repeat(np.array(programs, dtype=np.int16), counts),
+        track=np.repeat(np.array(indices, dtype=np.int16), counts),
+        is_drum=np.repeat(np.array(drums, dtype=bool), counts),
+    )
 
     start, length = notes.onset_step, notes.duration_steps
     if start.min() < 0 or length.min() < 0:
@@ -595,7 +605,9 @@ def transposition_free_keys(windows: np.ndarray) -> np.ndarray:
     lowest = np.where(is_note_on, flat, NUM_PITCHES).min(axis=1, initial=NUM_PITCHES)
     shift = np.where(lowest < NUM_PITCHES, lowest, 0).astype(np.uint8)
     normalised = np.where(is_note_on, flat - shift[:, None], flat).astype(np.uint8)
-    digests = b"".join(hashlib.blake2b(row.tobytes(), digest_size=8).digest() for row in normalised)
+    data, width = memoryview(normalised.tobytes()), normalised.shape[1]
+    blake2b = hashlib.blake2b
+    digests = b"".join([blake2b(data[i : i + width], digest_size=8).digest() for i in range(0, len(data), width)])
     return np.frombuffer(digests, dtype="<u8").astype(np.uint64)
 
 
@@ -616,9 +628,13 @@ def work_keys_of_tokens(tokens: np.ndarray) -> np.ndarray:
     intervals = intervals[intervals != 0]  # a repeated pitch is one event of the tune
     if len(intervals) < WORK_NGRAM:
         return np.empty(0, dtype=np.uint64)
-    grams = np.lib.stride_tricks.sliding_window_view(intervals + NUM_PITCHES, WORK_NGRAM).astype(np.uint64)
-    packed = (grams << (np.arange(WORK_NGRAM, dtype=np.uint64) * np.uint64(8))).sum(axis=1)  # a byte each: exact
-    return np.unique(_mix64(packed))
+    grams = (intervals + NUM_PITCHES).astype(np.uint64)
+    count = len(grams) - WORK_NGRAM + 1
+    packed = grams[:count].copy()  # interval i of each n-gram in byte i: exact
+    for i in range(1, WORK_NGRAM):
+        packed |= grams[i : i + count] << np.uint64(8 * i)
+    keys = np.sort(_mix64(packed))
+    return keys[np.append(True, keys[1:] != keys[:-1])]
 
 
 def _mix64(x: np.ndarray) -> np.ndarray:
@@ -643,13 +659,18 @@ def melody_rows(top: np.ndarray, struck: np.ndarray, starts: np.ndarray, total_s
 
 def choose_voices(notes: PieceNotes, voices: int) -> list[int]:
     """The `voices` non-drum tracks with the most notes, highest mean pitch first; [] if too few."""
-    pitched = notes.take(~notes.is_drum)
-    tracks, counts = np.unique(pitched.track, return_counts=True)
+    pitched = ~notes.is_drum
+    track = notes.track[pitched].astype(np.int64)
+    if len(track) == 0:
+        return []
+    counts = np.bincount(track)
+    tracks = np.flatnonzero(counts)
     if len(tracks) < voices:
         return []
-    chosen = tracks[np.argsort(-counts, kind="stable")[:voices]]  # ties: the earlier track
-    mean_pitch = [pitched.pitch[pitched.track == track].mean() for track in chosen]
-    return [int(chosen[i]) for i in np.argsort(-np.asarray(mean_pitch), kind="stable")]
+    chosen = tracks[np.argsort(-counts[tracks], kind="stable")[:voices]]  # ties: the earlier track
+    # exact sums of integer pitches over exact counts: the same floats as a per-track mean
+    mean_pitch = np.bincount(track, weights=notes.pitch[pitched].astype(np.float64))[chosen] / counts[chosen]
+    return chosen[np.argsort(-mean_pitch, kind="stable")].tolist()
 
 
 def chorale_rows(notes: PieceNotes, starts: np.ndarray, config: MidiCorpusConfig) -> tuple[TableRows, np.ndarray]:
