@@ -25,6 +25,7 @@ import av
 import cv2
 import numpy as np
 import pyarrow as pa
+from av.video.reformatter import VideoReformatter
 
 from common.atomic import atomic_path
 from corpora.images import square_resize, thumbnail
@@ -142,9 +143,14 @@ def reported_frame_count(stream, container) -> int | None:
     return int(count) if count > 0 else None
 
 
-def _to_array(frame: av.VideoFrame, channels: int) -> np.ndarray:
-    """An upright HxWxC uint8 array, rotated as the stream's display matrix asks."""
-    pixels = frame.to_ndarray(format="rgb24" if channels == 3 else "gray")
+def _to_array(frame: av.VideoFrame, channels: int, reformatter: VideoReformatter) -> np.ndarray:
+    """An upright HxWxC uint8 array, rotated as the stream's display matrix asks.
+
+    The pixels of `frame.to_ndarray(format=...)`, but through one reformatter for the whole
+    stream: `to_ndarray` sets up a new swscale context for every frame, which costs more
+    than decoding a small frame.
+    """
+    pixels = reformatter.reformat(frame, format="rgb24" if channels == 3 else "gray").to_ndarray()
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
     quarter_turns = round((getattr(frame, "rotation", 0) or 0) / 90) % 4  # counter-clockwise, as FFmpeg means it
@@ -228,10 +234,12 @@ def _resample(decoded_frames, time_base, rate, config: VideoCorpusConfig):
     next_output = Fraction(0)  # time of output frame len(kept), from the first frame
     fallback_step = 1 / Fraction(rate) if rate else step
 
+    reformatter = VideoReformatter()
+
     def show(frame):
         nonlocal previous_pixels, width, height
         if previous_pixels is None:
-            pixels = _to_array(frame, config.channels)
+            pixels = _to_array(frame, config.channels, reformatter)
             height, width = pixels.shape[:2]
             previous_pixels = square_resize(pixels, config.resolution, enlarge_with=cv2.INTER_AREA)
         kept.append(previous_pixels)
@@ -331,7 +339,8 @@ def read_video_frames(path: str | os.PathLike, channels: int = 3) -> np.ndarray:
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        frames = [_to_array(frame, channels) for frame in container.decode(stream)]
+        reformatter = VideoReformatter()
+        frames = [_to_array(frame, channels, reformatter) for frame in container.decode(stream)]
     if not frames:
         raise ValueError(f"{path}: the video stream decoded to no frames")
     return np.stack(frames)
