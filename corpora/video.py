@@ -3,7 +3,11 @@
 Decoding uses PyAV, which raises on corrupt data where OpenCV silently returns fewer frames.
 A truncated file can still decode without an
 error (a cut Matroska or fragmented MP4 simply ends early), so the number of decoded frames
-is always compared with the number the container reports.
+is always compared with the number the container reports. A file that decodes cleanly but
+ends early (a damaged tail: a header that promises more frames than the stream holds) is, by
+default, salvaged up to its last decoded frame when at least one whole clip remains, with a
+`Notice` that says so; `damaged_tail="reject"` refuses it instead. Corrupt data that makes the
+decoder fail is always refused: what follows it cannot be trusted to be a tail.
 
 Frames are resampled to `fps` by presentation timestamp: output frame k shows the latest
 source frame whose timestamp is at or before k / fps (counted from the first frame), which
@@ -29,7 +33,7 @@ from av.video.reformatter import VideoReformatter
 
 from common.atomic import atomic_path
 from corpora.images import square_resize, thumbnail
-from corpora.ingest import DecodedFile, DecodeTask, Grouping, Modality, Rejected, TableRows
+from corpora.ingest import DecodedFile, DecodeTask, Grouping, Modality, Notice, Rejected, TableRows
 from corpora.shards import TableSpec, TensorColumn
 
 EXTENSIONS = frozenset({".mp4", ".avi", ".mkv", ".webm", ".mov"})
@@ -41,6 +45,9 @@ SIGNATURE_FRAMES = 3  # a clip is compared by thumbnails of its first, middle an
 NEAR_IDENTICAL_RMS = 12.0
 
 
+DAMAGED_TAIL_POLICIES = ("salvage", "reject")
+
+
 @dataclass(frozen=True)
 class VideoCorpusConfig:
     fps: float = 10.0  # every file is resampled to this frame rate
@@ -49,7 +56,8 @@ class VideoCorpusConfig:
     clip_frames: int = 20  # frames per clip (10 context + 10 future for the forecaster)
     clip_hop_frames: int = 20  # a clip starts every this many frames (= clip_frames: no overlap)
     max_frames_per_file: int = 3000  # resampled frames kept per file (5 min at 10 fps); bounds memory
-    min_frame_ratio: float = 0.9  # reject when decoded < this fraction of the frames the container reports
+    min_frame_ratio: float = 0.9  # below this fraction of the frames the container reports, the tail is damaged
+    damaged_tail: str = "salvage"  # "salvage": keep the frames before the damage (>= one clip), with a Notice; "reject"
     max_source_pixels: int = 7680 * 4320  # a stream whose frames are larger (8K UHD) is refused
     timestamp_tolerance_s: float = 0.001  # a frame this close after an output time still counts for it
 
@@ -70,6 +78,8 @@ class VideoCorpusConfig:
             raise ValueError(f"min_frame_ratio must lie in [0, 1], not {self.min_frame_ratio}")
         if self.timestamp_tolerance_s < 0:
             raise ValueError("timestamp_tolerance_s must not be negative")
+        if self.damaged_tail not in DAMAGED_TAIL_POLICIES:
+            raise ValueError(f"damaged_tail must be one of {', '.join(DAMAGED_TAIL_POLICIES)}, not {self.damaged_tail!r}")
 
 
 def table_specs(config: VideoCorpusConfig) -> list[TableSpec]:
@@ -167,6 +177,7 @@ class DecodedVideo:
     source_height: int
     reported_frames: int | None
     decoded_frames: int
+    notices: list[Notice]
 
 
 def decode_resampled(path: str, config: VideoCorpusConfig) -> DecodedVideo:
@@ -205,14 +216,19 @@ def decode_resampled(path: str, config: VideoCorpusConfig) -> DecodedVideo:
         frames, decoded, width, height = _resample(container.decode(stream), stream.time_base, rate, config)
     if decoded == 0:
         raise Rejected("the video stream decoded to no frames", "decode", "NoFrames")
+    notices = []
     if reported is not None and decoded < config.min_frame_ratio * reported:
-        raise Rejected(
-            f"decoded {decoded} frames but the container reports {reported} "
-            f"({decoded / reported:.0%} < {config.min_frame_ratio:.0%}): the file is truncated or damaged",
-            "validate",
-            "FrameCountMismatch",
-        )
-    return DecodedVideo(frames, float(rate or 0.0), width, height, reported, decoded)
+        mismatch = (f"decoded {decoded} frames but the container reports {reported} "
+                    f"({decoded / reported:.0%} < {config.min_frame_ratio:.0%}): the file is truncated or damaged")
+        if config.damaged_tail == "reject":
+            raise Rejected(mismatch, "validate", "FrameCountMismatch")
+        clips = len(clip_starts(len(frames), config.clip_frames, config.clip_hop_frames))
+        if clips == 0:
+            raise Rejected(f"{mismatch}, and the {len(frames)} frames before the damage at {config.fps:g} fps are "
+                           f"fewer than one clip of {config.clip_frames}", "validate", "FrameCountMismatch")
+        notices.append(Notice("validate", "DamagedTail", f"{mismatch}; salvaged up to its last good frame "
+                              f"({decoded / float(rate) if rate else 0:.2f} s): {clips} clip{'s' if clips != 1 else ''}"))
+    return DecodedVideo(frames, float(rate or 0.0), width, height, reported, decoded, notices)
 
 
 def _resample(decoded_frames, time_base, rate, config: VideoCorpusConfig):
@@ -324,6 +340,7 @@ def decode(task: DecodeTask) -> DecodedFile:
         },
         signatures={TABLE: clip_signatures(clips)},
         time_spans=np.array([(s, s + config.clip_frames) for s in starts], dtype=np.int64),
+        notices=video.notices,
     )
 
 
