@@ -67,9 +67,9 @@ def _folder_name(folder: str) -> str | None:  # a corpus has few folders and man
 
 # --- a fast path for plain 8-bit PNG files ---------------------------------------------------
 # OpenCV decodes a PNG without Pillow's per-file Python work. It is taken only where both give
-# the same pixels: 8-bit grey or RGB, no transparency (tRNS), no EXIF orientation (eXIf, or
-# Pillow's "Raw profile type exif" text chunks: no text chunk at all), and no chunk Pillow
-# would act on. Everything else, and every file OpenCV cannot decode, takes Pillow's path,
+# the same pixels: 8-bit grey or RGB, no transparency (tRNS), no orientation (an eXIf chunk, or
+# a text chunk Pillow reads one from: "Raw profile type exif", XMP), and no chunk Pillow would
+# act on. Everything else, and every file OpenCV cannot decode, takes Pillow's path,
 # which also gives the reasons for rejections.
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -78,6 +78,7 @@ _PNG_IHDR = struct.Struct(">IIBBBBB")  # width, height, bit depth, colour type, 
 _PNG_GREY, _PNG_RGB = 0, 2
 # chunks that change no pixel in either decoder (Pillow applies no gamma or ICC profile on load, nor does OpenCV)
 _PNG_INERT = frozenset({b"IDAT", b"IEND", b"pHYs", b"tIME", b"gAMA", b"cHRM", b"sRGB", b"iCCP", b"sBIT", b"bKGD"})
+_PNG_TEXT = frozenset({b"tEXt", b"zTXt", b"iTXt"})  # inert unless the keyword names EXIF or XMP data
 
 
 def _plain_png(data: bytes) -> tuple[int, int, int] | None:
@@ -90,7 +91,11 @@ def _plain_png(data: bytes) -> tuple[int, int, int] | None:
     position, end = 33, len(data)
     while position + 8 <= end:
         length, kind = _PNG_CHUNK.unpack_from(data, position)
-        if kind not in _PNG_INERT:
+        if kind in _PNG_TEXT:
+            keyword = data[position + 8 : position + 8 + min(length, 80)].split(b"\0", 1)[0].lower()
+            if b"exif" in keyword or b"xmp" in keyword:
+                return None
+        elif kind not in _PNG_INERT:
             return None
         position += 12 + length
         if kind == b"IEND":

@@ -250,13 +250,16 @@ def test_the_fast_png_path_gives_the_same_pixels_as_pillow(tmp_path):
     from PIL import PngImagePlugin
 
     meta = PngImagePlugin.PngInfo()
-    meta.add_text("Comment", "a text chunk sends the file to Pillow")
+    meta.add_text("Comment", "a plain text chunk changes no pixel")
+    xmp = PngImagePlugin.PngInfo()
+    xmp.add_itxt("XML:com.adobe.xmp", '<x:xmpmeta><rdf:Description tiff:Orientation="6"/></x:xmpmeta>')
     files = {
         "grey.png": (Image.fromarray(grey), {}, True),
         "rgb.png": (Image.fromarray(rgb), {}, True),
         "optimized.png": (Image.fromarray(rgb), {"optimize": True}, True),
         "gamma.png": (Image.fromarray(grey), {"gamma": 0.45}, False),  # Pillow may not write gAMA: either path
-        "text.png": (Image.fromarray(rgb), {"pnginfo": meta}, False),
+        "text.png": (Image.fromarray(rgb), {"pnginfo": meta}, True),
+        "xmp_rotated.png": (Image.fromarray(rgb), {"pnginfo": xmp}, False),  # Pillow turns it upright
         "rgba.png": (Image.fromarray(rgba), {}, False),
         "palette.png": (Image.fromarray(rgb).convert("P"), {}, False),
         "grey16.png": (Image.fromarray((grey.astype(np.uint16) * 257)), {}, False),
