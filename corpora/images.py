@@ -169,7 +169,8 @@ def _to_channels(image: Image.Image, channels: int) -> Image.Image:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
-    return image.convert("L" if channels == 1 else "RGB")
+    mode = "L" if channels == 1 else "RGB"
+    return image if image.mode == mode else image.convert(mode)  # convert() to its own mode is a copy
 
 
 def square_resize(pixels: np.ndarray, resolution: int, enlarge_with: int = cv2.INTER_CUBIC) -> np.ndarray:
