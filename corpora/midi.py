@@ -209,11 +209,10 @@ def _top_by_pianoroll(pitch, onset, end, total_steps: int) -> np.ndarray:
 def tokens_from_skyline(top: np.ndarray, struck: np.ndarray) -> np.ndarray:
     """Melody tokens for a per-step top pitch (-1 = silence) and its note starts (last axis = steps)."""
     previous = np.concatenate((np.full((*top.shape[:-1], 1), -1, np.int16), top[..., :-1]), axis=-1)
-    tokens = np.full(top.shape, HOLD, dtype=np.uint8)
-    note_on = (top >= 0) & ((top != previous) | struck)
-    tokens[note_on] = top[note_on]
-    tokens[(top < 0) & (previous >= 0)] = NOTE_OFF
-    return tokens
+    sounding = top >= 0
+    note_on = sounding & ((top != previous) | struck)
+    rest = np.where(~sounding & (previous >= 0), NOTE_OFF, HOLD)
+    return np.where(note_on, top, rest).astype(np.uint8)
 
 
 def melody_tokens(pitch, onset_step, duration_steps, total_steps: int) -> np.ndarray:
@@ -767,7 +766,10 @@ def piece_windows(notes: PieceNotes, starts: np.ndarray, config: MidiCorpusConfi
         melody_keys = _no_keys()
 
     if tracks and len(starts):
-        sounding = (top[:, index] >= 0).any(axis=-1)[1:].T  # (windows, voices)
+        # steps sounding before each step, per lane: a voice sounds in a window if the count grows across it
+        sounding_before = np.zeros((top.shape[0] - 1, top.shape[1] + 1), dtype=np.int64)
+        np.cumsum(top[1:] >= 0, axis=1, out=sounding_before[:, 1:])
+        sounding = (sounding_before[:, shifted + window] > sounding_before[:, shifted]).T  # (windows, voices)
         keep = (ons[:, 1:].sum(axis=1) >= config.min_note_ons_per_window) & (
             sounding.sum(axis=1) >= config.min_sounding_voices_per_window
         )
