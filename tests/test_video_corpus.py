@@ -410,3 +410,20 @@ def test_default_corpus_is_reproducible_and_ingests(tmp_path):
     # 40 frames at 10 fps -> 2 clips of 20; Big Buck Bunny: 132 frames at 25 fps = 5.28 s -> 53 frames -> 2 clips
     assert per_file == {files[0]: 2, "real/bigbuckbunny.mp4": 2}
     assert tensors_from_table(table, "frames").shape == (4, 20, 64, 64, 3)
+
+
+def test_a_file_cut_inside_its_last_frame_keeps_every_whole_frame(tmp_path):
+    """Cut a few bytes short: the last packet fails to decode, every frame before it is kept
+    (more than min_frame_ratio of them), with a notice, under either policy."""
+    whole = tmp_path / "whole.mp4"
+    write_video(whole, noise_frames(30, 64, 64, seed=12), 10)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[:-200])
+    expected = np.stack(independent_decode(whole))
+    for policy in ("salvage", "reject"):
+        result = decode(DecodeTask(str(cut), cut.name, replace(CONFIG, damaged_tail=policy)))
+        rows = result.tables["clips"]
+        assert len(rows) == 2 and rows.columns["decoded_frames"][0] == 29
+        np.testing.assert_array_equal(rows.tensors.reshape(20, 64, 64, 3), expected[:20])
+        [notice] = result.notices
+        assert notice.kind == "DamagedTail" and "cut short" in notice.message
