@@ -22,6 +22,7 @@ The module also writes browser-playable H.264 MP4 (`write_video`) for galleries.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import dataclass
 from fractions import Fraction
@@ -276,15 +277,22 @@ def _resample(decoded_frames, time_base, rate, config: VideoCorpusConfig):
     """
     step = 1 / _exact(config.fps)
     tolerance = _exact(config.timestamp_tolerance_s)
+    fallback_step = 1 / Fraction(rate) if rate else step
+    tick = Fraction(time_base) if time_base is not None else None
+    # Every time below is a whole number of 1/scale seconds: as exact as Fractions, and a frame
+    # costs a few integer operations instead of a dozen Fraction ones.
+    scale = math.lcm(step.denominator, tolerance.denominator, fallback_step.denominator,
+                     tick.denominator if tick is not None else 1)
+    step, tolerance, fallback_step = (int(value * scale) for value in (step, tolerance, fallback_step))
+    tick = int(tick * scale) if tick is not None else None
     kept: list[np.ndarray] = []
     limit = config.max_frames_per_file
     count = 0
     width = height = 0
-    first_time = last_time = None
+    first_pts = last_time = None
     previous = None  # the latest decoded frame not yet superseded
     previous_pixels = None  # its converted pixels, once needed
-    next_output = Fraction(0)  # time of output frame len(kept), from the first frame
-    fallback_step = 1 / Fraction(rate) if rate else step
+    next_output = 0  # time of output frame len(kept), from the first frame
 
     reformatter = VideoReformatter()
 
@@ -299,12 +307,13 @@ def _resample(decoded_frames, time_base, rate, config: VideoCorpusConfig):
     try:
         for frame in decoded_frames:
             count += 1
-            if frame.pts is not None and time_base is not None:
-                if first_time is None:
-                    first_time = frame.pts * time_base
-                time = frame.pts * time_base - first_time
+            pts = frame.pts
+            if pts is not None and tick is not None:
+                if first_pts is None:
+                    first_pts = pts
+                time = (pts - first_pts) * tick
             else:  # no timestamp: assume it follows the previous frame at the stream's rate
-                time = Fraction(0) if last_time is None else last_time + fallback_step
+                time = 0 if last_time is None else last_time + fallback_step
             if last_time is not None and time < last_time:
                 time = last_time  # out-of-order timestamps never move the clock backwards
             last_time = time
