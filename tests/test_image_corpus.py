@@ -262,7 +262,7 @@ def test_the_fast_png_path_gives_the_same_pixels_as_pillow(tmp_path):
         "xmp_rotated.png": (Image.fromarray(rgb), {"pnginfo": xmp}, False),  # Pillow turns it upright
         "rgba.png": (Image.fromarray(rgba), {}, False),
         "palette.png": (Image.fromarray(rgb).convert("P"), {}, False),
-        "grey16.png": (Image.fromarray((grey.astype(np.uint16) * 257)), {}, False),
+        "grey16.png": (Image.fromarray(grey.astype(np.uint16) * 257), {}, False),
         "grey_trns.png": (Image.fromarray(grey), {"transparency": 7}, False),
     }
     for name, (image, options, fast) in files.items():
