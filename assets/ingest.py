@@ -193,12 +193,13 @@ class VideoIngestConfig(IngestConfig):
     clip_hop_frames: int = VideoCorpusConfig.clip_hop_frames
     max_frames_per_file: int = VideoCorpusConfig.max_frames_per_file
     min_frame_ratio: float = VideoCorpusConfig.min_frame_ratio
+    damaged_tail: str = VideoCorpusConfig.damaged_tail  # "salvage": keep the frames before the damage; "reject"
 
     def corpus_config(self) -> VideoCorpusConfig:
         return VideoCorpusConfig(
             fps=self.fps, resolution=self.resolution, channels=self.channels, clip_frames=self.clip_frames,
             clip_hop_frames=self.clip_hop_frames, max_frames_per_file=self.max_frames_per_file,
-            min_frame_ratio=self.min_frame_ratio,
+            min_frame_ratio=self.min_frame_ratio, damaged_tail=self.damaged_tail,
         )
 
 

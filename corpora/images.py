@@ -6,7 +6,9 @@ for the painting corpus (colour pictures kept at a larger size for random crops)
 from __future__ import annotations
 
 import hashlib
+import struct
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import PurePosixPath
 
 import cv2
@@ -54,12 +56,91 @@ def table_specs(config: ImageCorpusConfig) -> list[TableSpec]:
 
 
 def label_of(relpath: str) -> str | None:
-    parent = PurePosixPath(relpath).parent
-    return parent.name if parent.name else None
+    return _folder_name(relpath.rpartition("/")[0])
+
+
+@lru_cache(maxsize=4096)
+def _folder_name(folder: str) -> str | None:  # a corpus has few folders and many files in each
+    name = PurePosixPath(folder).name
+    return name if name else None
+
+
+# --- a fast path for plain 8-bit PNG files ---------------------------------------------------
+# OpenCV decodes a PNG without Pillow's per-file Python work. It is taken only where both give
+# the same pixels: 8-bit grey or RGB, no transparency (tRNS), no orientation (an eXIf chunk, or
+# a text chunk Pillow reads one from: "Raw profile type exif", XMP), and no chunk Pillow would
+# act on. Everything else, and every file OpenCV cannot decode, takes Pillow's path,
+# which also gives the reasons for rejections.
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_CHUNK = struct.Struct(">I4s")
+_PNG_IHDR = struct.Struct(">IIBBBBB")  # width, height, bit depth, colour type, compression, filter, interlace
+_PNG_GREY, _PNG_RGB = 0, 2
+# chunks that change no pixel in either decoder (Pillow applies no gamma or ICC profile on load, nor does OpenCV)
+_PNG_INERT = frozenset({b"IDAT", b"IEND", b"pHYs", b"tIME", b"gAMA", b"cHRM", b"sRGB", b"iCCP", b"sBIT", b"bKGD"})
+_PNG_TEXT = frozenset({b"tEXt", b"zTXt", b"iTXt"})  # inert unless the keyword names EXIF or XMP data
+
+
+def _plain_png(data: bytes) -> tuple[int, int, int] | None:
+    """(width, height, colour type) of an 8-bit grey or RGB PNG made only of inert chunks, else None."""
+    if len(data) < 33 or not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR":
+        return None
+    width, height, depth, colour, _, _, _ = _PNG_IHDR.unpack_from(data, 16)
+    if depth != 8 or colour not in (_PNG_GREY, _PNG_RGB):
+        return None
+    position, end = 33, len(data)
+    while position + 8 <= end:
+        length, kind = _PNG_CHUNK.unpack_from(data, position)
+        if kind in _PNG_TEXT:
+            keyword = data[position + 8 : position + 8 + min(length, 80)].split(b"\0", 1)[0].lower()
+            if b"exif" in keyword or b"xmp" in keyword:
+                return None
+        elif kind not in _PNG_INERT:
+            return None
+        position += 12 + length
+        if kind == b"IEND":
+            return width, height, colour
+    return None
+
+
+def _grey_like_pillow(rgb: np.ndarray) -> np.ndarray:
+    """Pillow's RGB -> L (ITU-R 601-2 luma in 16-bit fixed point, rounded): the same bytes as convert("L")."""
+    weighted = rgb.astype(np.uint32) * np.array([19595, 38470, 7471], dtype=np.uint32)
+    return ((weighted.sum(axis=2, dtype=np.uint32) + 0x8000) >> 16).astype(np.uint8)
+
+
+def _load_plain_png(data: bytes, channels: int, max_pixels: int) -> np.ndarray | None:
+    header = _plain_png(data)
+    if header is None:
+        return None
+    width, height, colour = header
+    if width * height > max_pixels:
+        return None  # Pillow's path refuses it with the reason
+    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if pixels is None or pixels.shape[:2] != (height, width):
+        return None
+    if colour == _PNG_GREY:
+        if pixels.ndim != 2:
+            return None
+        return pixels[:, :, None] if channels == 1 else np.repeat(pixels[:, :, None], 3, axis=2)
+    if pixels.ndim != 3 or pixels.shape[2] != 3:
+        return None
+    rgb = pixels[:, :, ::-1]  # OpenCV gives BGR
+    return _grey_like_pillow(rgb)[:, :, None] if channels == 1 else np.ascontiguousarray(rgb)
 
 
 def load_image(path: str, channels: int, max_pixels: int) -> np.ndarray:
     """Decode one file to an upright HxWxC uint8 array (C = channels), refusing bombs."""
+    if path.lower().endswith(".png"):
+        with open(path, "rb") as file:
+            data = file.read()
+        pixels = _load_plain_png(data, channels, max_pixels)
+        if pixels is not None:
+            return pixels
+    return _load_with_pillow(path, channels, max_pixels)
+
+
+def _load_with_pillow(path: str, channels: int, max_pixels: int) -> np.ndarray:
     try:
         image = Image.open(path)
     except Image.UnidentifiedImageError as exc:
@@ -88,7 +169,8 @@ def _to_channels(image: Image.Image, channels: int) -> Image.Image:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, rgba)
-    return image.convert("L" if channels == 1 else "RGB")
+    mode = "L" if channels == 1 else "RGB"
+    return image if image.mode == mode else image.convert(mode)  # convert() to its own mode is a copy
 
 
 def square_resize(pixels: np.ndarray, resolution: int, enlarge_with: int = cv2.INTER_CUBIC) -> np.ndarray:

@@ -209,11 +209,10 @@ def _top_by_pianoroll(pitch, onset, end, total_steps: int) -> np.ndarray:
 def tokens_from_skyline(top: np.ndarray, struck: np.ndarray) -> np.ndarray:
     """Melody tokens for a per-step top pitch (-1 = silence) and its note starts (last axis = steps)."""
     previous = np.concatenate((np.full((*top.shape[:-1], 1), -1, np.int16), top[..., :-1]), axis=-1)
-    tokens = np.full(top.shape, HOLD, dtype=np.uint8)
-    note_on = (top >= 0) & ((top != previous) | struck)
-    tokens[note_on] = top[note_on]
-    tokens[(top < 0) & (previous >= 0)] = NOTE_OFF
-    return tokens
+    sounding = top >= 0
+    note_on = sounding & ((top != previous) | struck)
+    rest = np.where(~sounding & (previous >= 0), NOTE_OFF, HOLD)
+    return np.where(note_on, top, rest).astype(np.uint8)
 
 
 def melody_tokens(pitch, onset_step, duration_steps, total_steps: int) -> np.ndarray:
@@ -368,20 +367,30 @@ def validated_notes(data: bytes, score: symusic.Score, config: MidiCorpusConfig)
                 "ImplausibleTempo",
             )
 
-    columns: dict[str, list[np.ndarray]] = {name: [] for name in _NOTE_FIELDS}
+    # one numpy conversion per track, one concatenation per column
+    pitch, time, duration, velocity, counts, programs, indices, drums = [], [], [], [], [], [], [], []
     for index, track in enumerate(score.tracks):
         count = track.note_num()
         if count == 0:
             continue
-        notes = track.notes.numpy()
-        columns["pitch"].append(notes["pitch"].astype(np.int16))
-        columns["onset_step"].append(notes["time"].astype(np.int64))
-        columns["duration_steps"].append(notes["duration"].astype(np.int64))  # in ticks until quantized
-        columns["velocity"].append(notes["velocity"].astype(np.int16))
-        columns["program"].append(np.full(count, track.program, dtype=np.int16))
-        columns["track"].append(np.full(count, index, dtype=np.int16))
-        columns["is_drum"].append(np.full(count, track.is_drum, dtype=bool))
-    notes = PieceNotes(*(np.concatenate(columns[name]) for name in _NOTE_FIELDS))
+        arrays = track.notes.numpy()
+        pitch.append(arrays["pitch"])
+        time.append(arrays["time"])
+        duration.append(arrays["duration"])
+        velocity.append(arrays["velocity"])
+        counts.append(count)
+        programs.append(track.program)
+        indices.append(index)
+        drums.append(track.is_drum)
+    notes = PieceNotes(
+        pitch=np.concatenate(pitch).astype(np.int16),
+        onset_step=np.concatenate(time).astype(np.int64),
+        duration_steps=np.concatenate(duration).astype(np.int64),  # in ticks until quantized
+        velocity=np.concatenate(velocity).astype(np.int16),
+        program=np.repeat(np.array(programs, dtype=np.int16), counts),
+        track=np.repeat(np.array(indices, dtype=np.int16), counts),
+        is_drum=np.repeat(np.array(drums, dtype=bool), counts),
+    )
 
     start, length = notes.onset_step, notes.duration_steps
     if start.min() < 0 or length.min() < 0:
@@ -595,7 +604,9 @@ def transposition_free_keys(windows: np.ndarray) -> np.ndarray:
     lowest = np.where(is_note_on, flat, NUM_PITCHES).min(axis=1, initial=NUM_PITCHES)
     shift = np.where(lowest < NUM_PITCHES, lowest, 0).astype(np.uint8)
     normalised = np.where(is_note_on, flat - shift[:, None], flat).astype(np.uint8)
-    digests = b"".join(hashlib.blake2b(row.tobytes(), digest_size=8).digest() for row in normalised)
+    data, width = memoryview(normalised.tobytes()), normalised.shape[1]
+    blake2b = hashlib.blake2b
+    digests = b"".join([blake2b(data[i : i + width], digest_size=8).digest() for i in range(0, len(data), width)])
     return np.frombuffer(digests, dtype="<u8").astype(np.uint64)
 
 
@@ -606,15 +617,23 @@ def work_keys(top: np.ndarray, struck: np.ndarray) -> np.ndarray:
     """The distinct uint64 keys of a top voice's interval 6-grams: its struck pitches in time
     order, repeats merged, as successive intervals. No rhythm, no key: another setting of the
     same tune shares most of them."""
-    tokens = tokens_from_skyline(top, struck)
+    return work_keys_of_tokens(tokens_from_skyline(top, struck))
+
+
+def work_keys_of_tokens(tokens: np.ndarray) -> np.ndarray:
+    """`work_keys` of a top voice already tokenized (silence and HOLDs around it change nothing)."""
     pitches = tokens[tokens < NUM_PITCHES].astype(np.int64)
     intervals = np.diff(pitches)
     intervals = intervals[intervals != 0]  # a repeated pitch is one event of the tune
     if len(intervals) < WORK_NGRAM:
         return np.empty(0, dtype=np.uint64)
-    grams = np.lib.stride_tricks.sliding_window_view(intervals + NUM_PITCHES, WORK_NGRAM).astype(np.uint64)
-    packed = (grams << (np.arange(WORK_NGRAM, dtype=np.uint64) * np.uint64(8))).sum(axis=1)  # a byte each: exact
-    return np.unique(_mix64(packed))
+    grams = (intervals + NUM_PITCHES).astype(np.uint64)
+    count = len(grams) - WORK_NGRAM + 1
+    packed = grams[:count].copy()  # interval i of each n-gram in byte i: exact
+    for i in range(1, WORK_NGRAM):
+        packed |= grams[i : i + count] << np.uint64(8 * i)
+    keys = np.sort(_mix64(packed))
+    return keys[np.append(True, keys[1:] != keys[:-1])]
 
 
 def _mix64(x: np.ndarray) -> np.ndarray:
@@ -639,13 +658,18 @@ def melody_rows(top: np.ndarray, struck: np.ndarray, starts: np.ndarray, total_s
 
 def choose_voices(notes: PieceNotes, voices: int) -> list[int]:
     """The `voices` non-drum tracks with the most notes, highest mean pitch first; [] if too few."""
-    pitched = notes.take(~notes.is_drum)
-    tracks, counts = np.unique(pitched.track, return_counts=True)
+    pitched = ~notes.is_drum
+    track = notes.track[pitched].astype(np.int64)
+    if len(track) == 0:
+        return []
+    counts = np.bincount(track)
+    tracks = np.flatnonzero(counts)
     if len(tracks) < voices:
         return []
-    chosen = tracks[np.argsort(-counts, kind="stable")[:voices]]  # ties: the earlier track
-    mean_pitch = [pitched.pitch[pitched.track == track].mean() for track in chosen]
-    return [int(chosen[i]) for i in np.argsort(-np.asarray(mean_pitch), kind="stable")]
+    chosen = tracks[np.argsort(-counts[tracks], kind="stable")[:voices]]  # ties: the earlier track
+    # exact sums of integer pitches over exact counts: the same floats as a per-track mean
+    mean_pitch = np.bincount(track, weights=notes.pitch[pitched].astype(np.float64))[chosen] / counts[chosen]
+    return chosen[np.argsort(-mean_pitch, kind="stable")].tolist()
 
 
 def chorale_rows(notes: PieceNotes, starts: np.ndarray, config: MidiCorpusConfig) -> tuple[TableRows, np.ndarray]:
@@ -686,21 +710,90 @@ def read_score(path: str, config: MidiCorpusConfig) -> tuple[bytes, symusic.Scor
     return data, parse_midi(data)
 
 
+def piece_windows(notes: PieceNotes, starts: np.ndarray, config: MidiCorpusConfig):
+    """Melody and chorale rows with their keys, and the work keys, in one pass over the piece.
+
+    The same rows and keys as `melody_rows`, `chorale_rows` and `work_keys` (the tests check
+    it), built with one `skylines` call for the top voice and the chorale voices together
+    (lane 0 is the top voice, lanes 1.. the chorale voices) and one tokenisation of it, so a
+    file costs a fixed, small number of array operations whatever its length.
+    Returns (melody, melody_keys, chorale, chorale_keys, work_keys).
+    """
+    window, total_steps = config.window_steps, notes.total_steps
+    pitched = ~notes.is_drum
+    tracks = choose_voices(notes, config.voices)
+    pitch, onset, duration = notes.pitch, notes.onset_step, notes.duration_steps
+    if tracks:
+        lane_of_track = np.full(int(notes.track.max()) + 2, -1, dtype=np.int64)
+        lane_of_track[tracks] = np.arange(1, len(tracks) + 1)
+        voice_lane = lane_of_track[notes.track]
+        voiced = (voice_lane > 0) & pitched
+        select = np.concatenate((np.flatnonzero(pitched), np.flatnonzero(voiced)))
+        lane = np.concatenate((np.zeros(int(pitched.sum()), np.int64), voice_lane[voiced]))
+        top, struck = skylines(pitch[select], onset[select], duration[select], lane, 1 + len(tracks), total_steps)
+    else:
+        top, struck = skylines(pitch[pitched], onset[pitched], duration[pitched], np.zeros(int(pitched.sum()), np.int64),
+                               1, total_steps)
+    if len(starts):
+        # silence around the piece where a window reaches before step 0 or past the end; the
+        # tokens of the padded skyline are those of the piece with HOLD/NOTE_OFF around them
+        before = max(0, -int(starts.min()))
+        after = max(0, int(starts.max()) + window - total_steps)
+        if before or after:
+            padded_top = np.full((top.shape[0], before + total_steps + after), -1, dtype=top.dtype)
+            padded_struck = np.zeros(padded_top.shape, dtype=bool)
+            padded_top[:, before : before + total_steps] = top
+            padded_struck[:, before : before + total_steps] = struck
+            top, struck = padded_top, padded_struck
+        tokens = tokens_from_skyline(top, struck)
+        shifted = starts + before
+        index = shifted[:, None] + np.arange(window)
+        windows = np.moveaxis(tokens[:, index], 1, 0)  # (windows, lanes, window)
+        first = top[:, shifted].T
+        windows[:, :, 0] = np.where(first >= 0, first, HOLD)
+        ons = (windows < NUM_PITCHES).sum(axis=2)  # (windows, lanes)
+    else:
+        tokens = tokens_from_skyline(top, struck)
+    keys = work_keys_of_tokens(tokens[0])
+
+    if len(starts) and (top[0] >= 0).any():
+        keep = ons[:, 0] >= config.min_note_ons_per_window
+        kept = windows[keep, 0]
+        melody = TableRows(kept, {"start_step": starts[keep].tolist(), "piece_steps": [total_steps] * len(kept)})
+        melody_keys = transposition_free_keys(kept)
+    else:
+        melody = TableRows(np.empty((0, window), np.uint8), {"start_step": [], "piece_steps": []})
+        melody_keys = _no_keys()
+
+    if tracks and len(starts):
+        # steps sounding before each step, per lane: a voice sounds in a window if the count grows across it
+        sounding_before = np.zeros((top.shape[0] - 1, top.shape[1] + 1), dtype=np.int64)
+        np.cumsum(top[1:] >= 0, axis=1, out=sounding_before[:, 1:])
+        sounding = (sounding_before[:, shifted + window] > sounding_before[:, shifted]).T  # (windows, voices)
+        keep = (ons[:, 1:].sum(axis=1) >= config.min_note_ons_per_window) & (
+            sounding.sum(axis=1) >= config.min_sounding_voices_per_window
+        )
+        kept = windows[keep, 1:]
+        chorale = TableRows(kept, {"start_step": starts[keep].tolist()})
+        chorale_keys = transposition_free_keys(kept)
+    else:
+        chorale = TableRows(np.empty((0, config.voices, window), np.uint8), {"start_step": []})
+        chorale_keys = _no_keys()
+    return melody, melody_keys, chorale, chorale_keys, keys
+
+
 def decode(task: DecodeTask) -> DecodedFile:
     config: MidiCorpusConfig = task.config
     data, score = read_score(task.path, config)
     notes = validated_notes(data, score, config)
     grid = bar_grid(time_signatures(score, config), notes.total_steps, config)
     starts = window_starts(grid, config)
-    pitched = notes.take(~notes.is_drum)
-    top, struck = skyline(pitched.pitch, pitched.onset_step, pitched.duration_steps, notes.total_steps)
-    melody, melody_keys = melody_rows(top, struck, starts, notes.total_steps, config)
-    chorale, chorale_keys = chorale_rows(notes, starts, config)
+    melody, melody_keys, chorale, chorale_keys, keys = piece_windows(notes, starts, config)
     return DecodedFile(
         content_hash=content_hash(notes),
         tables={NOTES_TABLE: notes_rows(notes), MELODY_TABLE: melody, CHORALE_TABLE: chorale},
         signatures={MELODY_TABLE: melody_keys, CHORALE_TABLE: chorale_keys},
-        work_keys=work_keys(top, struck),
+        work_keys=keys,
         notices=meter_notices(grid, config),
     )
 

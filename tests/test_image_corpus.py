@@ -237,3 +237,48 @@ def test_an_ingest_killed_while_writing_leaves_the_previous_version_readable(tmp
     assert resumed.version != first.version and resumed.counts["ingested"] == 11
     assert len(read_shards(resumed.shard_paths("images"))) == 11
     assert not list(out.rglob("*.tmp"))
+
+
+def test_the_fast_png_path_gives_the_same_pixels_as_pillow(tmp_path):
+    """Plain 8-bit PNGs are decoded by OpenCV, every other file by Pillow: the pixels must not
+    depend on which path a file takes."""
+    from corpora.images import _load_plain_png, _load_with_pillow, load_image
+
+    rng = np.random.default_rng(5)
+    grey, rgb = random_image(rng, (37, 23)), random_image(rng, (19, 41), channels=3)
+    rgba = random_image(rng, (12, 12), channels=4)
+    from PIL import PngImagePlugin
+
+    meta = PngImagePlugin.PngInfo()
+    meta.add_text("Comment", "a plain text chunk changes no pixel")
+    xmp = PngImagePlugin.PngInfo()
+    xmp.add_itxt("XML:com.adobe.xmp", '<x:xmpmeta><rdf:Description tiff:Orientation="6"/></x:xmpmeta>')
+    files = {
+        "grey.png": (Image.fromarray(grey), {}, True),
+        "rgb.png": (Image.fromarray(rgb), {}, True),
+        "optimized.png": (Image.fromarray(rgb), {"optimize": True}, True),
+        "gamma.png": (Image.fromarray(grey), {"gamma": 0.45}, False),  # Pillow may not write gAMA: either path
+        "text.png": (Image.fromarray(rgb), {"pnginfo": meta}, True),
+        "xmp_rotated.png": (Image.fromarray(rgb), {"pnginfo": xmp}, False),  # Pillow turns it upright
+        "rgba.png": (Image.fromarray(rgba), {}, False),
+        "palette.png": (Image.fromarray(rgb).convert("P"), {}, False),
+        "grey16.png": (Image.fromarray(grey.astype(np.uint16) * 257), {}, False),
+        "grey_trns.png": (Image.fromarray(grey), {"transparency": 7}, False),
+    }
+    for name, (image, options, fast) in files.items():
+        image.save(tmp_path / name, **options)
+        data = (tmp_path / name).read_bytes()
+        for channels in (1, 3):
+            expected = _load_with_pillow(str(tmp_path / name), channels, 10**9)
+            got = load_image(str(tmp_path / name), channels, 10**9)
+            assert got.dtype == np.uint8 and got.shape == expected.shape, (name, channels)
+            np.testing.assert_array_equal(got, expected, err_msg=f"{name} channels={channels}")
+            if fast:
+                assert _load_plain_png(data, channels, 10**9) is not None, name
+            elif name != "gamma.png":
+                assert _load_plain_png(data, channels, 10**9) is None, name
+    # every RGB triple of a large random picture converts to grey exactly as Pillow does
+    many = random_image(rng, (256, 256), channels=3)
+    Image.fromarray(many).save(tmp_path / "many.png")
+    np.testing.assert_array_equal(load_image(str(tmp_path / "many.png"), 1, 10**9)[:, :, 0],
+                                  np.asarray(Image.fromarray(many).convert("L")))

@@ -28,6 +28,7 @@ from corpora.midi import (
     MidiCorpusConfig,
     decode,
     melody_tokens,
+    piece_windows,
     skylines,
     tokens_to_notes,
     voices_to_pianoroll,
@@ -527,6 +528,67 @@ def test_work_keys_find_a_tune_in_another_key_and_harmonisation(tmp_path):
     assert len(np.unique(original.work_keys)) == len(original.work_keys)
     assert 0.4 <= share(original, again) < 1.0
     assert share(original, other) < 0.1
+
+
+def random_piece(rng, index):
+    """Parts and time signatures of a random piece: pickups, metre changes, drums, chords, few voices."""
+    total = int(rng.integers(4, 160))
+    parts = []
+    for number in range(int(rng.integers(1, 7))):
+        is_drum = bool(rng.random() < 0.15)
+        if rng.random() < 0.3:  # chords and overlaps
+            notes = [(int(rng.integers(1, 128)), int(o), int(rng.integers(1, 24)), 80)
+                     for o in rng.integers(0, total, int(rng.integers(1, 60)))]
+        else:
+            notes = line(rng, int(rng.integers(30, 70)), int(rng.integers(70, 100)), total, rest_chance=0.2)
+        parts.append((f"p{number}", int(rng.integers(0, 128)), is_drum, notes))
+    metres = [(), ((1, 4, 0), (4, 4, 4)), ((4, 4, 0), (3, 4, 32), (4, 4, 68)), ((3, 4, 0),),
+              ((2, 2, 0), (4, 4, 48), (6, 8, 120)), ((3, 8, 0), (4, 4, 6))]
+    return parts, metres[index % len(metres)]
+
+
+@pytest.mark.parametrize("config", [
+    CONFIG,
+    MidiCorpusConfig(window_bars=4, window_hop_bars=2, pad_final_window=False, min_note_ons_per_window=5),
+    MidiCorpusConfig(steps_per_quarter=2, quarters_per_bar=3, voices=3, min_sounding_voices_per_window=2),
+])
+def test_one_pass_windows_equal_the_per_table_builders(tmp_path, config):
+    """decode builds melody and chorale windows, their keys and the work keys in one pass
+    (`piece_windows`); they must be exactly what the per-table builders give."""
+    from corpora.midi import (
+        bar_grid,
+        chorale_rows,
+        melody_rows,
+        parse_midi,
+        skyline,
+        time_signatures,
+        validated_notes,
+        window_starts,
+        work_keys,
+    )
+
+    rng = np.random.default_rng(17)
+    compared = 0
+    for index in range(60):
+        parts, metre = random_piece(rng, index)
+        data = midi_bytes(parts, qpm=float(rng.choice([60, 120, 133.3])), time_signatures=metre)
+        score = parse_midi(data)
+        notes = validated_notes(data, score, config)
+        starts = window_starts(bar_grid(time_signatures(score, config), notes.total_steps, config), config)
+        pitched = notes.take(~notes.is_drum)
+        top, struck = skyline(pitched.pitch, pitched.onset_step, pitched.duration_steps, notes.total_steps)
+        expected_melody, expected_melody_keys = melody_rows(top, struck, starts, notes.total_steps, config)
+        expected_chorale, expected_chorale_keys = chorale_rows(notes, starts, config)
+        melody, melody_keys, chorale, chorale_keys, keys = piece_windows(notes, starts, config)
+        for got, expected in ((melody, expected_melody), (chorale, expected_chorale)):
+            assert got.tensors.dtype == expected.tensors.dtype == np.uint8
+            np.testing.assert_array_equal(got.tensors, expected.tensors)
+            assert got.columns == expected.columns
+        np.testing.assert_array_equal(melody_keys, expected_melody_keys)
+        np.testing.assert_array_equal(chorale_keys, expected_chorale_keys)
+        np.testing.assert_array_equal(keys, work_keys(top, struck))
+        compared += len(expected_melody) + len(expected_chorale) > 0
+    assert compared >= 15
 
 
 def test_default_corpus_three_chorales(tmp_path):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -130,7 +131,8 @@ def mixed_corpus(tmp_path_factory):
     (raw / "bad" / "garbage_inside.mp4").write_bytes(bytes(damaged))
     write_video(raw / "bad" / "short.mp4", smooth_frames(8, 64, 64), 10)  # 8 frames < one clip of 10
 
-    report = ingest(VIDEO, CONFIG, raw, root / "out", SETTINGS)
+    # the truncated files are the rejections this corpus checks: the salvage policy has its own test
+    report = ingest(VIDEO, replace(CONFIG, damaged_tail="reject"), raw, root / "out", SETTINGS)
     return report, sources, raw
 
 
@@ -304,11 +306,55 @@ def test_zero_bytes_rejected_by_decode_itself(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"channels": 2}, {"fps": 0}, {"min_frame_ratio": 1.5}, {"max_frames_per_file": 5}, {"resolution": 2}]
+    "kwargs", [{"channels": 2}, {"fps": 0}, {"min_frame_ratio": 1.5}, {"max_frames_per_file": 5}, {"resolution": 2},
+               {"damaged_tail": "keep"}]
 )
 def test_config_is_validated(kwargs):
     with pytest.raises(ValueError):
         VideoCorpusConfig(**kwargs)
+
+
+def test_a_damaged_tail_is_salvaged_or_rejected_as_configured(tmp_path):
+    """A real MP4 (index first, as write_video writes it) cut short: the header promises 60
+    frames, the stream holds fewer. Salvage keeps every frame before the cut, exactly as a
+    decode of the whole file shows them, with a Notice; reject refuses the file."""
+    whole = tmp_path / "whole.mp4"
+    write_video(whole, smooth_frames(60, 64, 64), 10)  # 6 s at 10 fps: 6 clips of 10
+    cut = truncate(whole, tmp_path / "cut.mp4", 0.55)
+    expected = np.stack(independent_decode(whole))
+    with av.open(str(cut)) as container:
+        assert container.streams.video[0].frames == 60  # the header still promises every frame
+
+    salvaged = decode(DecodeTask(str(cut), cut.name, CONFIG))
+    rows = salvaged.tables["clips"]
+    kept = len(rows) * CONFIG.clip_frames
+    assert 1 <= len(rows) < 6
+    np.testing.assert_array_equal(rows.tensors.reshape(kept, 64, 64, 3), expected[:kept])
+    decoded = rows.columns["decoded_frames"][0]
+    assert rows.columns["reported_frames"] == [60] * len(rows) and kept <= decoded < 54
+    [notice] = salvaged.notices
+    assert notice.kind == "DamagedTail" and "reports 60" in notice.message and "salvaged" in notice.message
+    assert len(salvaged.signatures["clips"]) == len(salvaged.time_spans) == len(rows)
+
+    with pytest.raises(Rejected) as info:
+        decode(DecodeTask(str(cut), cut.name, replace(CONFIG, damaged_tail="reject")))
+    assert info.value.error_type == "FrameCountMismatch" and "truncated" in str(info.value)
+
+    # too little left for one clip: refused under either policy, saying why
+    stub = truncate(whole, tmp_path / "stub.mp4", 0.2)  # a few frames decode, fewer than one clip
+    for policy in ("salvage", "reject"):
+        with pytest.raises(Rejected) as info:
+            decode(DecodeTask(str(stub), stub.name, replace(CONFIG, damaged_tail=policy)))
+        assert info.value.error_type == "FrameCountMismatch", policy
+        assert ("fewer than one clip" in str(info.value)) == (policy == "salvage")
+
+    # through the engine: the salvaged file is ingested and its notice recorded
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    shutil.copyfile(cut, raw / "cut.mp4")
+    report = ingest(VIDEO, CONFIG, raw, tmp_path / "out", SETTINGS)
+    assert report.counts["ingested"] == 1 and report.counts["rows"] == {"clips": len(rows)}
+    assert report.counts["notices"] == 1
 
 
 # --- write_video ------------------------------------------------------------------------------
@@ -364,3 +410,20 @@ def test_default_corpus_is_reproducible_and_ingests(tmp_path):
     # 40 frames at 10 fps -> 2 clips of 20; Big Buck Bunny: 132 frames at 25 fps = 5.28 s -> 53 frames -> 2 clips
     assert per_file == {files[0]: 2, "real/bigbuckbunny.mp4": 2}
     assert tensors_from_table(table, "frames").shape == (4, 20, 64, 64, 3)
+
+
+def test_a_file_cut_inside_its_last_frame_keeps_every_whole_frame(tmp_path):
+    """Cut a few bytes short: the last packet fails to decode, every frame before it is kept
+    (more than min_frame_ratio of them), with a notice, under either policy."""
+    whole = tmp_path / "whole.mp4"
+    write_video(whole, noise_frames(30, 64, 64, seed=12), 10)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[:-200])
+    expected = np.stack(independent_decode(whole))
+    for policy in ("salvage", "reject"):
+        result = decode(DecodeTask(str(cut), cut.name, replace(CONFIG, damaged_tail=policy)))
+        rows = result.tables["clips"]
+        assert len(rows) == 2 and rows.columns["decoded_frames"][0] == 29
+        np.testing.assert_array_equal(rows.tensors.reshape(20, 64, 64, 3), expected[:20])
+        [notice] = result.notices
+        assert notice.kind == "DamagedTail" and "cut short" in notice.message
