@@ -25,3 +25,12 @@ def load_bundle(path: str | Path, formats: Sequence[str]) -> dict:
     if bundle.get("format") not in formats:
         raise ValueError(f"{path}: a bundle of format {bundle.get('format')!r}, not {' or '.join(formats)}")
     return bundle
+
+
+def as_bundle(bundle: dict | str | Path, formats: Sequence[str]) -> dict:
+    """`bundle` itself when it is already one (its format checked), else the bundle read from that path."""
+    if not isinstance(bundle, dict):
+        return load_bundle(bundle, formats)
+    if bundle.get("format") not in formats:
+        raise ValueError(f"a bundle of format {bundle.get('format')!r}, not {' or '.join(formats)}")
+    return bundle

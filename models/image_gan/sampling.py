@@ -108,10 +108,7 @@ def load_bundle(path: str | Path) -> dict:
 
 
 def load_generator(bundle: dict | str | Path) -> Generator:
-    if not isinstance(bundle, dict):
-        bundle = load_bundle(bundle)
-    if bundle.get("format") != BUNDLE_FORMAT:
-        raise ValueError(f"not an image GAN bundle: format {bundle.get('format')!r}")
+    bundle = bundles.as_bundle(bundle, (BUNDLE_FORMAT,))
     generator = Generator(ImageGanConfig.from_dict(bundle["config"]))
     generator.load_state_dict(bundle["generator"])
     generator.class_names = list(bundle.get("class_names", []))

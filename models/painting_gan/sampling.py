@@ -99,10 +99,7 @@ def load_bundle(path: str | Path) -> dict:
 
 
 def load_generator(bundle: dict | str | Path) -> Generator:
-    if not isinstance(bundle, dict):
-        bundle = load_bundle(bundle)
-    if bundle.get("format") != BUNDLE_FORMAT:
-        raise ValueError(f"not a painting GAN bundle: format {bundle.get('format')!r}")
+    bundle = bundles.as_bundle(bundle, (BUNDLE_FORMAT,))
     generator = Generator(PaintingGanConfig.from_dict(bundle["config"]))
     generator.load_state_dict(bundle["generator"])
     return generator.requires_grad_(False).eval()
