@@ -24,7 +24,7 @@ from common.atomic import atomic_write_json, remove_stale_temporaries
 from common.hashing import sha256_file, sha256_json
 from corpora.grouping import FileSignature, SplitPlan, SplitSettings, plan_split
 from corpora.row_cache import CachedFile, RowCache, cache_key
-from corpora.scanning import SourceFile, displayable, part_of, remember_hashes, scan
+from corpora.scanning import SourceFile, displayable, load_hashes, part_of, remember_hashes, scan
 from corpora.shards import ShardWriter, TableSpec, write_parquet
 from corpora.workers import ItemFailure, map_isolated
 
@@ -249,10 +249,11 @@ def ingest(
     manifest_path = out_dir / MANIFEST_NAME
     config_json = asdict(config)
     specs = modality.table_specs(config)
-    cache = RowCache(out_dir, cache_key(modality.code_version, config_json), specs)
+    cache = _row_cache(modality, config, out_dir)
 
-    files = scan(raw_dir, cache.hashes_file) if raw_dir.is_dir() else []
-    remember_hashes(files, cache.hashes_file)
+    known_hashes = load_hashes(cache.hashes_file)
+    files = scan(raw_dir, known_hashes) if raw_dir.is_dir() else []
+    remember_hashes(files, cache.hashes_file, known_hashes)
     fingerprint = sha256_json(
         {
             "code_version": modality.code_version,
@@ -332,6 +333,22 @@ def ingest(
                         decoded)
 
 
+def _row_cache(modality: Modality, config: Any, out_dir: Path) -> RowCache:
+    return RowCache(out_dir, cache_key(modality.code_version, asdict(config)), modality.table_specs(config))
+
+
+def _refusal(f: SourceFile, modality: Modality) -> tuple[str, str, str] | None:
+    """(stage, error type, message) for a file refused without decoding; None for one to decode."""
+    if f.problem is not None:
+        return f.problem
+    suffix = Path(f.relpath).suffix
+    if suffix.lower() not in modality.extensions:
+        return ("scan", "UnsupportedExtension", f"{suffix or 'no extension'} is not one of {sorted(modality.extensions)}")
+    if f.size == 0:
+        return ("read", "EmptyFile", "the file has zero bytes")
+    return None
+
+
 @dataclass(frozen=True)
 class PartReport:
     files: int  # files of the corpus in this part
@@ -354,16 +371,11 @@ def decode_part(
     afterwards finds every file cached and only splits and writes the shards."""
     started = time.monotonic()
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
-    cache = RowCache(out_dir, cache_key(modality.code_version, asdict(config)), modality.table_specs(config))
-    files = scan(raw_dir, cache.hashes_file, keep=lambda relpath: part_of(relpath, parts) == part)
+    cache = _row_cache(modality, config, out_dir)
+    files = scan(raw_dir, load_hashes(cache.hashes_file), keep=lambda relpath: part_of(relpath, parts) == part)
     known = cache.load_index()
-    seen: set[str] = set()
-    to_decode = []
-    for f in files:
-        if (f.problem is None and f.size and Path(f.relpath).suffix.lower() in modality.extensions
-                and f.sha256 not in known and f.sha256 not in seen):
-            seen.add(f.sha256)
-            to_decode.append(f)
+    # one file per content: byte-identical copies share their verdict
+    to_decode = list({f.sha256: f for f in files if _refusal(f, modality) is None and f.sha256 not in known}.values())
     progress(f"{modality.name}: part {part} of {parts}: {len(files)} files, decoding {len(to_decode)}")
     _decode_into_cache(modality, config, to_decode, settings, cache, known, progress)
     return PartReport(len(files), len(to_decode), time.monotonic() - started)
@@ -379,15 +391,8 @@ def _sort_files(modality, config, files: Sequence[SourceFile], settings: IngestS
     candidates: list[SourceFile] = []
     first_by_file_hash: dict[str, SourceFile] = {}
     for f in files:
-        if f.problem is not None:
-            rejections.append(Rejection(f.relpath, f.sha256, *f.problem))
-        elif Path(f.relpath).suffix.lower() not in modality.extensions:
-            rejections.append(
-                Rejection(f.relpath, f.sha256, "scan", "UnsupportedExtension",
-                          f"{Path(f.relpath).suffix or 'no extension'} is not one of {sorted(modality.extensions)}")
-            )
-        elif f.size == 0:
-            rejections.append(Rejection(f.relpath, f.sha256, "read", "EmptyFile", "the file has zero bytes"))
+        if (refusal := _refusal(f, modality)) is not None:
+            rejections.append(Rejection(f.relpath, f.sha256, *refusal))
         elif f.sha256 in first_by_file_hash:
             byte_copies.append((f, first_by_file_hash[f.sha256]))  # its verdict is the first copy's
         else:

@@ -115,14 +115,19 @@ def _hash(relpath: str, path: str, stat: os.stat_result, known: dict) -> SourceF
     return SourceFile(path, relpath, stat.st_size, digest, **times)
 
 
-def scan(raw_dir: Path, hashes_file: Path | None = None, keep: Callable[[str], bool] | None = None) -> list[SourceFile]:
+def load_hashes(hashes_file: Path) -> dict[str, list]:
+    """The last scan's hashes: relpath -> [size, mtime_ns, ctime_ns, inode, sha256] ({} when none)."""
+    if not hashes_file.is_file():
+        return {}
+    table = pq.read_table(hashes_file).to_pydict()
+    return {relpath: facts for relpath, *facts in zip(*(table[name] for name in HASHES_SCHEMA.names))}
+
+
+def scan(raw_dir: Path, known: dict[str, list] | None = None, keep: Callable[[str], bool] | None = None
+         ) -> list[SourceFile]:
     """Every non-hidden file under `raw_dir` (whose relative path `keep` accepts), sorted by
-    relative path, with its content hash (read from `hashes_file` for files whose size and
-    times are unchanged)."""
-    known = {}
-    if hashes_file is not None and hashes_file.is_file():
-        table = pq.read_table(hashes_file).to_pydict()
-        known = {relpath: facts for relpath, *facts in zip(*(table[name] for name in HASHES_SCHEMA.names))}
+    relative path, with its content hash (taken from `known`, see `load_hashes`, for files
+    whose size and times are unchanged)."""
     files = []
     for relpath, path, stat, problem in _listing(raw_dir):
         if keep is not None and not keep(relpath):
@@ -130,12 +135,16 @@ def scan(raw_dir: Path, hashes_file: Path | None = None, keep: Callable[[str], b
         if problem is not None:
             files.append(SourceFile(path, relpath, 0, "", problem=problem))
         else:
-            files.append(_hash(relpath, path, stat, known))
+            files.append(_hash(relpath, path, stat, known or {}))
     return files
 
 
-def remember_hashes(files: list[SourceFile], hashes_file: Path) -> None:
+def remember_hashes(files: list[SourceFile], hashes_file: Path, known: dict[str, list]) -> None:
+    """Write this scan's hashes for the next one, unless they are the ones `known` already holds."""
     rows = [f for f in files if f.sha256]
+    if len(rows) == len(known) and all(known.get(f.relpath) == [f.size, f.mtime_ns, f.ctime_ns, f.inode, f.sha256]
+                                       for f in rows):
+        return
     table = pa.table({"relpath": [f.relpath for f in rows], "size": [f.size for f in rows],
                       "mtime_ns": [f.mtime_ns for f in rows], "ctime_ns": [f.ctime_ns for f in rows],
                       "inode": [f.inode for f in rows], "sha256": [f.sha256 for f in rows]}, schema=HASHES_SCHEMA)
