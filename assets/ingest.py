@@ -7,7 +7,8 @@ import pyarrow.compute as pc
 from assets.corpus_assets import GROUP, IngestConfig, corpus_check_specs, materialize_corpus
 from corpora.images import IMAGES, ImageCorpusConfig
 from corpora.ingest import IngestReport, decode_part
-from corpora.scanning import folder_fingerprint
+from corpora.row_cache import hashes_file_of
+from corpora.scanning import folder_fingerprint, load_hashes
 from corpora.midi import MIDI, MidiCorpusConfig
 from corpora.preview import contact_sheet, pianoroll_picture
 from corpora.shards import png_bytes, read_shards, tensors_from_table
@@ -46,6 +47,11 @@ def _video_preview(report: IngestReport) -> bytes | None:
     return png_bytes(contact_sheet(frames.reshape(-1, *frames.shape[2:]), columns=frames.shape[1], cell=40))
 
 
+def raw_fingerprint(storage: StorageResource, corpus: str) -> str:
+    """The content hash of data/raw/<corpus>/, reading only the files the last ingest did not see."""
+    return folder_fingerprint(storage.raw_dir(corpus), load_hashes(hashes_file_of(storage.shards_dir(corpus))))
+
+
 def raw_folder(corpus: str) -> dg.SourceAsset:
     """The files in data/raw/<corpus>/ as an observable source: its data version is a hash of
     every file's path and content, so the corpus asset shows as unsynced when a file is added,
@@ -56,7 +62,7 @@ def raw_folder(corpus: str) -> dg.SourceAsset:
         description=f"The files under data/raw/{corpus}/, observed by content hash.",
     )
     def observe_folder(storage: StorageResource) -> dg.DataVersion:
-        return dg.DataVersion(folder_fingerprint(storage.raw_dir(corpus)))
+        return dg.DataVersion(raw_fingerprint(storage, corpus))
 
     return observe_folder
 

@@ -71,6 +71,12 @@ class CachedFile:
     row_spans: dict  # table -> (first, count)
 
 
+def hashes_file_of(out_dir: Path) -> Path:
+    """The last scan's content hashes (corpora.scanning) of the corpus written to `out_dir`,
+    shared by every cache key."""
+    return Path(out_dir) / CACHE_DIR / HASHES_FILE
+
+
 def cache_key(code_version: str, config: dict) -> str:
     return sha256_json({"code_version": code_version, "config": config})[:16]
 
@@ -115,8 +121,7 @@ class RowCache:
 
     @property
     def hashes_file(self) -> Path:
-        """The last scan's content hashes (corpora.scanning), shared by every cache key."""
-        return self.root / HASHES_FILE
+        return hashes_file_of(self.root.parent)
 
     # ---- reading ---------------------------------------------------------------------------
     def load_index(self) -> dict[str, CachedFile]:

@@ -164,6 +164,7 @@ def folder_signature(raw_dir: Path) -> str:
                         for relpath, _, stat, _ in _listing(raw_dir)])
 
 
-def folder_fingerprint(raw_dir: Path) -> str:
-    """A hash of every file's relative path and content: touching a file does not change it."""
-    return sha256_json([(f.relpath, f.sha256) for f in scan(raw_dir)])
+def folder_fingerprint(raw_dir: Path, known: dict[str, list] | None = None) -> str:
+    """A hash of every file's relative path and content: touching a file does not change it.
+    Hashes in `known` (the last ingest's, see `load_hashes`) stand for files it saw unchanged."""
+    return sha256_json([(f.relpath, f.sha256) for f in scan(raw_dir, known)])

@@ -10,8 +10,8 @@ import os
 
 import dagster as dg
 
-from assets.ingest import CORPUS_ASSET_OF, RAW_FOLDERS
-from corpora.scanning import folder_fingerprint, folder_signature
+from assets.ingest import CORPUS_ASSET_OF, RAW_FOLDERS, raw_fingerprint
+from corpora.scanning import folder_signature
 from resources.storage import StorageResource
 
 AUTOMATION_ENV = "ATELIER_AUTOMATION"
@@ -79,7 +79,7 @@ def raw_files_sensor(context: dg.SensorEvaluationContext, storage: StorageResour
         if before.get("signature") == signature:
             cursor[corpus] = before
             continue
-        fingerprint = folder_fingerprint(folder)
+        fingerprint = raw_fingerprint(storage, corpus)
         cursor[corpus] = {"signature": signature, "fingerprint": fingerprint}
         known = before.get("fingerprint") or _last_observed(context.instance, corpus)
         if fingerprint == known:
