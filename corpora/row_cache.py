@@ -21,7 +21,7 @@ import json
 import shutil
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,26 +142,26 @@ class RowCache:
                 )
         return known
 
-    def _table(self, batch: str, name: str) -> pa.Table:
-        key = (batch, name)
+    def _opened(self, key: tuple[str, str], read: Callable[[], Any]) -> Any:
+        """`read()`, kept among the last `open_batches` things read."""
         if key in self._open:
             self._open.move_to_end(key)
-            return self._open[key]
-        suffix = INDEX_SUFFIX if name == "" else f".{name}.parquet"
-        table = pq.read_table(self.folder / f"{batch}{suffix}")
-        self._open[key] = table
-        if len(self._open) > self._open_limit:
-            self._open.popitem(last=False)
-        return table
-
-    def arrays(self, cached: CachedFile) -> dict[str, np.ndarray]:
-        key = (cached.batch, "arrays")
-        if key not in self._open:  # the batch's packed arrays as Python lists, converted once
-            index = self._table(cached.batch, "")
-            self._open[key] = (index.column("arrays").to_pylist(), index.column("arrays_layout").to_pylist())
+        else:
+            self._open[key] = read()
             if len(self._open) > self._open_limit:
                 self._open.popitem(last=False)
-        data, layouts = self._open[key]
+        return self._open[key]
+
+    def _table(self, batch: str, name: str) -> pa.Table:
+        suffix = INDEX_SUFFIX if name == "" else f".{name}.parquet"
+        return self._opened((batch, name), lambda: pq.read_table(self.folder / f"{batch}{suffix}"))
+
+    def arrays(self, cached: CachedFile) -> dict[str, np.ndarray]:
+        def read() -> tuple[list, list]:  # the batch's packed arrays as Python lists, converted once
+            index = self._table(cached.batch, "")
+            return index.column("arrays").to_pylist(), index.column("arrays_layout").to_pylist()
+
+        data, layouts = self._opened((cached.batch, "arrays"), read)
         return _unpack(data[cached.position], layouts[cached.position])
 
     def table_rows(self, batch: str, table: str, first: int, count: int) -> pa.Table:
