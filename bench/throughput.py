@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import torch
 
+from models.distributed import Distributed
 from models.trainer import autocast_for, bf16_supported, fit
 
 
@@ -32,9 +33,9 @@ def plain_rate(make_family: Callable, config, steps: int) -> float:
     device = torch.device("cpu")
     family.to(device, channels_last=False)
     autocast = autocast_for(device, bf16_supported(device))
-    generator = torch.Generator().manual_seed(config.seed)
-    batches = [family.make_batch(torch.randint(0, family.num_items, (config.batch_size,), generator=generator), device)
-               for _ in range(steps)]
+    source = family.rows.batches(config.batch_size, config.seed, Distributed())
+    batches = [family.make_batch(next(source), device) for _ in range(steps)]
+    source.close()
     started = time.perf_counter()
     for step, batch in enumerate(batches):
         family.train_step(batch, step, autocast)

@@ -39,6 +39,7 @@ from models.image_gan.metrics import LabelledImages, format_report, gan_report
 from models.image_gan.networks import Discriminator, Generator
 from models.image_gan.sampling import load_generator, sample
 from models.image_gan.training import ImageGanFamily, export_bundle
+from models.distributed import Distributed
 from models.trainer import autocast_for, bf16_supported, fit
 
 MATMUL_SIZE, MATMUL_REPEATS = 1024, 10
@@ -104,7 +105,7 @@ def plain_images_per_second(config, real: torch.Tensor, labels: torch.Tensor, st
 
 def flops_per_step(config, images, labels, bf16: bool) -> int:
     family = ImageGanFamily(config, images, labels)
-    batch = family.make_batch(torch.arange(config.batch_size), torch.device("cpu"))
+    batch = family.make_batch(next(family.rows.batches(config.batch_size, config.seed, Distributed())), torch.device("cpu"))
     counter = FlopCounterMode(display=False)
     with counter:
         family.train_step(batch, 0, autocast_for(torch.device("cpu"), bf16))

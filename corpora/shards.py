@@ -98,7 +98,7 @@ def tensors_from_table(table: pa.Table, column: str) -> np.ndarray:
         for chunk in chunks
         if len(chunk)
     ]
-    flat = np.concatenate(parts) if parts else np.empty(0, dtype=np.uint8)
+    flat = parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else np.empty(0, dtype=np.uint8)
     return flat.view(spec.dtype).reshape(len(table), *spec.shape)
 
 

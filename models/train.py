@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from models import distributed as dist_env
+from models.batches import LoaderConfig
 from models.family import families, family
 
 OUTCOME_FILE = "outcome.json"
@@ -45,6 +46,7 @@ class TrainingRequest:
     options: dict = field(default_factory=dict)  # family-specific: eval_samples, classifier weights, ...
     init_from: str = ""  # a bundle of the same family whose weights the run starts from
     trainer: dict = field(default_factory=dict)  # TrainerConfig overrides: max_minutes, compile, bf16, ...
+    loader: dict = field(default_factory=dict)  # LoaderConfig overrides: stream, shuffle_window_rows, eval_rows, ...
     device: str = "auto"  # "auto": CUDA when present
     threads: int = 2  # torch intra-op threads per process
 
@@ -61,6 +63,10 @@ class TrainingRequest:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    def loader_config(self) -> LoaderConfig:
+        """How the run reads its split: the defaults with this request's overrides."""
+        return LoaderConfig(**self.loader)
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """The training loop every family shares: resume, step, log, checkpoint, stop on a budget.
 
 A family (image GAN, music VAE, ...) supplies only what is its own: its modules and
-optimizers, how a list of item indices becomes a batch, and one training step. Everything a
-run promises lives here once:
+optimizers, its training rows (models.batches: in memory or streamed from shards), how a batch
+of their columns becomes its input, and one training step. Everything a run promises lives
+here once:
 
 - a killed run resumes from the newest checkpoint in its run folder, with model, optimizer,
   scheduler, step, data position and every RNG state restored, so it ends with the same
@@ -35,8 +36,9 @@ import torch
 from torch import nn
 
 from common.atomic import atomic_write, remove_stale_temporaries
+from models.batches import BatchSource, Rows
 from models.distributed import (Distributed, all_gather_objects, any_rank, average_gradients_before_steps, barrier,
-                                broadcast_float_buffers, broadcast_modules, check_ready, local_slice)
+                                broadcast_float_buffers, broadcast_modules, check_ready)
 
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d+)\.pt$")
@@ -77,7 +79,7 @@ class Family(Protocol):
     """What a model family gives the trainer. Schedulers and EMA copies are optional:
     an EMA model is just one more entry of `modules()`."""
 
-    num_items: int  # how many training items the batch sampler draws from
+    rows: Rows  # the training split the trainer draws batches from (models.batches)
 
     def modules(self) -> dict[str, nn.Module]: ...
 
@@ -87,7 +89,7 @@ class Family(Protocol):
 
     def to(self, device: torch.device, channels_last: bool) -> None: ...
 
-    def make_batch(self, indices: torch.Tensor, device: torch.device) -> Any: ...
+    def make_batch(self, columns: dict[str, torch.Tensor], device: torch.device) -> Any: ...
 
     def train_step(self, batch: Any, step: int, autocast: Autocast) -> dict[str, float]: ...
 
@@ -139,54 +141,6 @@ def restore_rng_state(state: Mapping) -> None:
         # a checkpoint from a bigger machine: restore the devices this one has
         cuda_states = [cuda_state.cpu() for cuda_state in state["cuda"]][: torch.cuda.device_count()]
         torch.cuda.set_rng_state_all(cuda_states)
-
-
-# --- the resumable batch source ------------------------------------------------------------
-
-
-class IndexSampler:
-    """An endless stream of index batches, reshuffled every epoch.
-
-    Its whole state is three integers (seed, epoch, position): epoch e's order is a
-    permutation drawn from its own generator seeded with (seed, e), so a resumed run rebuilds
-    it instead of storing it. A batch that crosses an epoch end continues into the next epoch,
-    so every batch has `batch_size` items even when the data set is smaller than a batch.
-    """
-
-    def __init__(self, num_items: int, batch_size: int, seed: int = 0):
-        if num_items < 1:
-            raise ValueError("the data set is empty")
-        self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
-        self.epoch, self.position = 0, 0
-        self._order = self._permutation(0)
-
-    def _permutation(self, epoch: int) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self.num_items, generator=generator)
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> torch.Tensor:
-        parts, wanted = [], self.batch_size
-        while wanted:
-            take = min(wanted, self.num_items - self.position)
-            parts.append(self._order[self.position : self.position + take])
-            self.position += take
-            wanted -= take
-            if self.position == self.num_items:
-                self.epoch, self.position = self.epoch + 1, 0
-                self._order = self._permutation(self.epoch)
-        return torch.cat(parts)
-
-    def state_dict(self) -> dict:
-        return {"seed": self.seed, "epoch": self.epoch, "position": self.position, "num_items": self.num_items}
-
-    def load_state_dict(self, state: Mapping) -> None:
-        if state["num_items"] != self.num_items:
-            raise ValueError(f"checkpoint was made on {state['num_items']} items, this data has {self.num_items}")
-        self.seed, self.epoch, self.position = state["seed"], state["epoch"], state["position"]
-        self._order = self._permutation(self.epoch)
 
 
 # --- checkpoints ---------------------------------------------------------------------------
@@ -328,26 +282,37 @@ def _progress_bar(total: int, initial: int):
     return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
 
 
-def _state_of(family: Family, sampler: IndexSampler, step: int, config: TrainerConfig, extra: Mapping) -> dict:
+def _state_of(family: Family, source: BatchSource, step: int, config: TrainerConfig, extra: Mapping) -> dict:
     return {
         "format": CHECKPOINT_FORMAT,
         "step": step,
         "modules": {name: module.state_dict() for name, module in family.modules().items()},
         "optimizers": {name: opt.state_dict() for name, opt in family.optimizers().items()},
         "schedulers": {name: sched.state_dict() for name, sched in family.schedulers().items()},
-        "sampler": sampler.state_dict(),
+        "sampler": source.state_dict(),
         "rng": rng_state(),
         "trainer_config": config.to_dict(),
         "extra": dict(extra),
     }
 
 
-def _state_for_ranks(state: dict, rank_rngs: list[dict]) -> dict:
-    """A checkpoint of several ranks also keeps each rank's RNG state (its "rng" is rank 0's);
-    one process's checkpoint stays as it always was."""
+def _state_for_ranks(state: dict, rank_rngs: list[dict], rank_sources: list[dict]) -> dict:
+    """A checkpoint of several ranks also keeps each rank's RNG state and batch source state
+    (its "rng" and "sampler" are rank 0's; a streamed split's position differs by rank); one
+    process's checkpoint stays as it always was."""
     if len(rank_rngs) > 1:
-        state["rank_rng"] = rank_rngs
+        state["rank_rng"], state["rank_sampler"] = rank_rngs, rank_sources
     return state
+
+
+def _restore_rank_source(source: BatchSource, state: Mapping, distributed: Distributed) -> None:
+    """Each rank takes back its own batch source state where the checkpoint has one for it
+    (else rank 0's, which a source of another world size handles: see its load_state_dict)."""
+    saved = state.get("rank_sampler")
+    if saved is not None and len(saved) == distributed.world_size:
+        source.load_state_dict(saved[distributed.rank])
+    else:
+        source.load_state_dict(state["sampler"])
 
 
 def _restore_rank_rng(state: Mapping, distributed: Distributed, seed: int, step: int) -> None:
@@ -378,14 +343,13 @@ def _agree_on_checkpoint(latest: Path | None, distributed: Distributed) -> None:
         raise RuntimeError(f"the ranks see different newest checkpoints {seen}: run_dir must be shared by all ranks")
 
 
-def _restore(family: Family, sampler: IndexSampler, state: Mapping) -> None:
+def _restore(family: Family, state: Mapping) -> None:
     for name, module in family.modules().items():
         module.load_state_dict(state["modules"][name])
     for name, opt in family.optimizers().items():
         opt.load_state_dict(state["optimizers"][name])
     for name, sched in family.schedulers().items():
         sched.load_state_dict(state["schedulers"][name])
-    sampler.load_state_dict(state["sampler"])
     restore_rng_state(state["rng"])
 
 
@@ -408,13 +372,14 @@ def fit(
     `checkpoint_extra` is plain data stored with every checkpoint (e.g. the family config).
 
     Data parallel (`distributed` from models.distributed.from_environment, world size > 1):
-    `config.batch_size` is the global batch; every rank draws the same global batch and
-    trains on its own slice, gradients are averaged over the ranks before every optimizer
-    step, and the ranks agree on when to stop. Only rank 0 logs and writes checkpoints, which
-    hold every rank's RNG state; `run_dir` must be a folder all ranks see. Buffers the ranks
-    update from their own slices (BatchNorm statistics) take rank 0's values at every
-    checkpoint, so the saved model is rank 0's and all ranks end identical. With None or a
-    world size of 1 nothing of this happens.
+    `config.batch_size` is the global batch and every rank trains on its own slice of it (in
+    memory, every rank draws the same global batch and takes its slice; streamed, each rank
+    reads its own share of the row groups: corpora/streaming.py). Gradients are averaged over
+    the ranks before every optimizer step, and the ranks agree on when to stop. Only rank 0
+    logs and writes checkpoints, which hold every rank's RNG and batch source state; `run_dir`
+    must be a folder all ranks see. Buffers the ranks update from their own slices (BatchNorm
+    statistics) take rank 0's values at every checkpoint, so the saved model is rank 0's and
+    all ranks end identical. With None or a world size of 1 nothing of this happens.
     """
     distributed = distributed or Distributed()
     check_ready(distributed, config.batch_size)
@@ -434,13 +399,14 @@ def fit(
         compile_modules(family)
 
     seed_everything(rank_seed(config.seed, distributed.rank))
-    sampler = IndexSampler(family.num_items, config.batch_size, seed=config.seed)  # the same global batches on every rank
+    source = family.rows.batches(config.batch_size, config.seed, distributed)
     step = resumed_from = 0
     latest = latest_checkpoint(folder)
     _agree_on_checkpoint(latest, distributed)
     if latest is not None:
         state = load_checkpoint(latest, map_location=device)
-        _restore(family, sampler, state)
+        _restore(family, state)
+        _restore_rank_source(source, state, distributed)
         _restore_rank_rng(state, distributed, config.seed, int(state["step"]))
         step = resumed_from = int(state["step"])
     modules = list(family.modules().values())
@@ -449,9 +415,11 @@ def fit(
     def checkpoint(at: int) -> Path:
         broadcast_float_buffers(modules, distributed)
         rank_rngs = all_gather_objects(rng_state(), distributed)
+        rank_sources = all_gather_objects(source.state_dict(), distributed)
         path = folder / checkpoint_name(at)
         if distributed.is_main:
-            state = _state_for_ranks(_state_of(family, sampler, at, config, checkpoint_extra or {}), rank_rngs)
+            state = _state_for_ranks(_state_of(family, source, at, config, checkpoint_extra or {}), rank_rngs,
+                                     rank_sources)
             save_checkpoint(path, state, keep=config.keep_checkpoints)
         barrier(distributed)  # the others go on only once the checkpoint is on disk
         return path
@@ -466,7 +434,7 @@ def fit(
             out_of_time = config.max_minutes > 0 and time.perf_counter() - started >= config.max_minutes * 60
             if any_rank(out_of_time or (should_stop is not None and should_stop()), distributed):
                 break
-            batch = family.make_batch(local_slice(next(sampler), distributed), device)
+            batch = family.make_batch(next(source), device)
             metrics = family.train_step(batch, step, autocast)
             step += 1
             window.add(metrics, config.batch_size)  # the global batch: items/s of the whole run
@@ -490,6 +458,7 @@ def fit(
     finally:
         for hook in gradient_hooks:
             hook.remove()
+        source.close()
         if bar is not None:
             bar.close()
     # The end of a run, and a run a budget stopped, always leave a checkpoint to resume from.

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.batches import InMemoryRows
+
 NUM_ITEMS = 32
 SPECIAL_ITEMS = 2  # items 0 and 1 alone use RegressionFamily.special_bias
 
@@ -43,7 +45,8 @@ class RegressionFamily:
         generator = torch.Generator().manual_seed(seed)
         self.inputs = torch.randn(NUM_ITEMS, 4, generator=generator)
         self.targets = self.inputs @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]]) + 0.1 * torch.randn(NUM_ITEMS, 1, generator=generator)
-        self.num_items = NUM_ITEMS
+        self.rows = InMemoryRows({"inputs": self.inputs, "targets": self.targets,
+                                  "special": torch.arange(NUM_ITEMS) < SPECIAL_ITEMS})
         torch.manual_seed(seed)
         self.model = RegressionModel()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=0.05, weight_decay=0.1)
@@ -60,8 +63,8 @@ class RegressionFamily:
     def to(self, device: torch.device, channels_last: bool) -> None:
         self.model.to(device)
 
-    def make_batch(self, indices: torch.Tensor, device: torch.device):
-        return self.inputs[indices], self.targets[indices], indices < SPECIAL_ITEMS
+    def make_batch(self, columns: dict[str, torch.Tensor], device: torch.device):
+        return columns["inputs"], columns["targets"], columns["special"]
 
     def train_step(self, batch, step: int, autocast) -> dict[str, float]:
         inputs, targets, special = batch

@@ -29,8 +29,9 @@ from models.image_gan.sampling import interpolate, load_generator, sample
 from models.image_gan.training import ImageGanFamily, export_bundle
 from models.train import TrainingRequest
 from models.train import main as train_main
+from models.batches import IndexSampler
 from models.trainer import (
-    IndexSampler, fit, latest_checkpoint, list_checkpoints, load_checkpoint, restore_rng_state,
+    fit, latest_checkpoint, list_checkpoints, load_checkpoint, restore_rng_state,
     rng_state, seed_everything,
 )
 from tests.fresh_process import run_in_fresh_process

@@ -254,10 +254,10 @@ def test_checkpoint_loads_weights_only_and_a_resumed_run_is_bit_exact(trained, t
 def test_clips_are_converted_to_the_configs_channels_and_resolution():
     clips = moving_squares(n=4)
     gray = VideoRnnFamily(tiny_config(), clips)
-    assert tuple(gray.clips.shape) == (4, CLIP, SIZE, SIZE, 1)
+    assert tuple(gray.rows.columns["frames"].shape) == (4, CLIP, SIZE, SIZE, 1)
     half = VideoRnnFamily(tiny_config(resolution=SIZE // 2, patch=2, channels=3), clips)
-    assert tuple(half.clips.shape) == (4, CLIP, SIZE // 2, SIZE // 2, 3)
-    batch = gray.make_batch(torch.arange(4), torch.device("cpu"))
+    assert tuple(half.rows.columns["frames"].shape) == (4, CLIP, SIZE // 2, SIZE // 2, 3)
+    batch = gray.make_batch(gray.rows.columns, torch.device("cpu"))
     assert batch.shape == (4, CONTEXT + HORIZON, 1, SIZE, SIZE) and 0 <= batch.min() and batch.max() <= 1
     with pytest.raises(ValueError):
         VideoRnnFamily(tiny_config(horizon=8), clips)  # 4 + 8 frames > 10
@@ -313,7 +313,7 @@ def test_the_bundle_keeps_held_out_contexts_of_different_sources_and_the_frame_r
     assert examples.dtype == np.uint8 and examples.shape == (4, CONTEXT, SIZE, SIZE, 1)
     heldout = trained["heldout"]
     first_of_each_source = [0, 2, 4, 5]  # sources a, a, b, b, c, d
-    expected = VideoRnnFamily(tiny_config(), heldout[first_of_each_source]).clips[:, :CONTEXT].numpy()
+    expected = VideoRnnFamily(tiny_config(), heldout[first_of_each_source]).rows.columns["frames"][:, :CONTEXT].numpy()
     assert np.array_equal(examples, expected)  # converted as training converts clips
     two = choose_examples(tiny_config(), heldout[:2], ["a.mp4", "a.mp4"])
     assert two.shape == (2, CONTEXT, SIZE, SIZE, 1)  # fewer clips than 4: all of them

@@ -1,4 +1,4 @@
-"""Training the image GAN: the trainer's Family (models.trainer.fit) on in-memory uint8 images,
+"""Training the image GAN: the trainer's Family (models.trainer.fit) on uint8 images,
 the bundle it exports, and `run_training`, what `python -m models.train --family image-gan` runs.
 
 DCGAN uses the non-saturating loss; WGAN-GP (Gulrajani et al. 2017) takes n_critic critic steps
@@ -18,38 +18,43 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.batches import InMemoryRows, Rows
 from models.bundle import save_bundle
 from models.classifier import load_classifier
 from models.generators import ema_decay, to_unit_range, update_ema
 from models.image_gan import CHAMPION_RULE
 from models.image_gan.config import ImageGanConfig
-from models.image_gan.data import load_image_split
+from models.image_gan.data import load_image_split, training_images
 from models.image_gan.metrics import evaluate, format_report
 from models.image_gan.networks import Discriminator, Generator, gradient_penalty
 from models.image_gan.sampling import BUNDLE_FORMAT, load_generator, recalibrate_batchnorm
+from models.trainer import to_device
 
 
 class ImageGanFamily:
-    """Trainer interface (models.trainer.Family) for the image GAN, on in-memory uint8 data."""
+    """Trainer interface (models.trainer.Family) for the image GAN, on uint8 images: arrays (with
+    `labels`) or Rows with "pixels" and "label" (class indices) columns (models.batches)."""
 
     def __init__(self, config: ImageGanConfig, images, labels=None, class_names: Sequence[str] = ()):
-        images = np.asarray(images)
-        if not images.flags.writeable:  # e.g. read straight from a Parquet buffer; torch wants to own it
-            images = images.copy()
-        images = torch.as_tensor(images)
-        if images.ndim == 3:
-            images = images[..., None]
-        expected = (config.resolution, config.resolution, config.channels)
-        if images.dtype != torch.uint8 or tuple(images.shape[1:]) != expected:
-            raise ValueError(f"images must be uint8 (N, {expected[0]}, {expected[1]}, {expected[2]}), got {images.dtype} {tuple(images.shape)}")
-        if config.num_classes and labels is None:
+        if config.num_classes and labels is None and not isinstance(images, Rows):
             raise ValueError("a class-conditional config needs labels (or set num_classes=0)")
+        if not isinstance(images, Rows):
+            images = np.asarray(images)
+            images = images[..., None] if images.ndim == 3 else images
+            labels = np.zeros(len(images), dtype=np.int64) if labels is None else np.array(labels, dtype=np.int64)
+            images = InMemoryRows({"pixels": images, "label": labels})
+        self.rows = images
+        expected = (config.resolution, config.resolution, config.channels)
+        if self.rows.row_shape("pixels") != expected:
+            raise ValueError(f"images must be uint8 (N, {expected[0]}, {expected[1]}, {expected[2]}), got rows of "
+                             f"{self.rows.row_shape('pixels')}")
+        if isinstance(self.rows, InMemoryRows):
+            pixels, labels = self.rows.columns["pixels"], self.rows.columns["label"]
+            if pixels.dtype != torch.uint8:
+                raise ValueError(f"images must be uint8, got {pixels.dtype}")
+            if config.num_classes and (labels.min() < 0 or labels.max() >= config.num_classes):
+                raise ValueError(f"labels must lie in [0, {config.num_classes})")
         self.config, self.class_names = config, list(class_names)
-        self.images = images
-        self.labels = torch.tensor(np.asarray(labels), dtype=torch.int64) if labels is not None else torch.zeros(len(images), dtype=torch.int64)
-        if config.num_classes and (self.labels.min() < 0 or self.labels.max() >= config.num_classes):
-            raise ValueError(f"labels must lie in [0, {config.num_classes})")
-        self.num_items = len(images)
 
         torch.manual_seed(config.seed)  # the initial weights are part of the run's identity
         self.generator = Generator(config)
@@ -79,15 +84,14 @@ class ImageGanFamily:
         for module in self.modules().values():
             module.to(device=device, memory_format=fmt)
         self.channels_last = channels_last
-        if device.type == "cuda":  # 60k 32x32 images are 60 MB: keep them on the GPU
-            self.images, self.labels = self.images.to(device), self.labels.to(device)
+        if device.type == "cuda" and isinstance(self.rows, InMemoryRows):  # 60k 32x32 images are 60 MB: keep them on the GPU
+            self.rows.to(device)
 
-    def make_batch(self, indices: torch.Tensor, device: torch.device):
-        indices = indices.to(self.images.device)
-        real = to_unit_range(self.images[indices].to(device, non_blocking=True))
+    def make_batch(self, columns: dict[str, torch.Tensor], device: torch.device):
+        real = to_unit_range(to_device(columns["pixels"], device))
         if self.channels_last:
             real = real.contiguous(memory_format=torch.channels_last)
-        return real, self.labels[indices].to(device, non_blocking=True)
+        return real, to_device(columns["label"], device)
 
     def is_generator_step(self, step: int) -> bool:
         return (step + 1) % self.config.n_critic == 0
@@ -173,11 +177,13 @@ def run_training(request, run):
     score against held-out images in the space of the classifier at `options["classifier"]`."""
     from models.train import TrainingOutcome
 
-    data = load_image_split(run.manifest)
-    shape = {"resolution": int(data.train_images.shape[1]), "channels": int(data.train_images.shape[3]),
-             "num_classes": len(data.class_names)}
-    config = ImageGanConfig.from_dict({**request.model_config, **shape})
-    family = ImageGanFamily(config, data.train_images, data.train_labels, data.class_names)
+    loader = request.loader_config()
+    data = load_image_split(run.manifest, max_rows=loader.eval_rows)  # what the metrics read
+    rows = training_images(run.manifest, loader, data.class_names)
+    height, _, channels = rows.row_shape("pixels")
+    config = ImageGanConfig.from_dict({**request.model_config, "resolution": height, "channels": channels,
+                                       "num_classes": len(data.class_names)})
+    family = ImageGanFamily(config, rows, class_names=data.class_names)
     untrained = family.sampling_generator()
     if request.init_from:
         start = load_generator(request.init_from).state_dict()
@@ -205,7 +211,7 @@ def run_training(request, run):
         bundle=str(bundle), checkpoint=str(result.checkpoint), step=result.step, resumed_from=result.resumed_from,
         train_seconds=result.seconds, score=float(summary[metric]), summary=summary,
         report_markdown=format_report(table),
-        details={"bf16_autocast": result.bf16, "train_images": len(data.train_images),
+        details={"bf16_autocast": result.bf16, "train_images": rows.num_rows,
                  "heldout_images": len(data.heldout_images), "eval_samples": model["n"],
                  "kid_subset_size": model["kid_subset_size"]},
     )

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from models.batches import InMemoryRows, LoaderConfig, Rows
 from models.bundle import save_bundle
 from models.music_vae import FAMILY
 from models.music_vae import metrics as music_metrics
@@ -66,16 +67,17 @@ def transpose(tokens: torch.Tensor, max_shift: int, generator: torch.Generator |
 
 
 class MusicVaeFamily:
-    """Trainer interface (models.trainer.Family) for the music VAE, on in-memory uint8 windows:
-    (N, 32) melody tokens or (N, 4, 32) chorale voices."""
+    """Trainer interface (models.trainer.Family) for the music VAE, on uint8 windows: (N, 32)
+    melody tokens or (N, 4, 32) chorale voices, or Rows of them (`training_windows`)."""
 
     def __init__(self, config: MusicVaeConfig, tokens):
-        tokens = as_voices(tokens, config.voices)
-        if tokens.shape[2] != config.steps_per_window:
-            raise ValueError(f"windows have {tokens.shape[2]} steps, the config says {config.steps_per_window}")
-        self.config = config
-        self.tokens = torch.as_tensor(np.array(tokens, dtype=np.uint8))  # a copy torch may own
-        self.num_items = len(self.tokens)
+        self.column = TABLES[config.kind][1]
+        if not isinstance(tokens, Rows):
+            tokens = InMemoryRows({self.column: np.array(as_voices(tokens, config.voices), dtype=np.uint8)})
+        self.rows, self.config = tokens, config
+        shape = self.rows.row_shape(self.column)
+        if shape[-1] != config.steps_per_window:
+            raise ValueError(f"windows have {shape[-1]} steps, the config says {config.steps_per_window}")
         torch.manual_seed(config.seed)  # the initial weights are part of the run's identity
         self.model = MusicVae(config)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
@@ -94,8 +96,8 @@ class MusicVaeFamily:
     def to(self, device: torch.device, channels_last: bool) -> None:
         self.model.to(device)  # no convolutions: channels_last does not apply
 
-    def make_batch(self, indices: torch.Tensor, device: torch.device) -> torch.Tensor:
-        batch = self.tokens[indices.cpu()].long()
+    def make_batch(self, columns: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+        batch = columns[self.column].long()
         return to_device(transpose(batch, self.config.transpose_range), device)
 
     def train_step(self, batch: torch.Tensor, step: int, autocast) -> dict[str, float]:
@@ -138,13 +140,24 @@ def export_bundle(*families: MusicVaeFamily, steps: dict[str, int] | None = None
 # --- the shared entry point's run --------------------------------------------------------
 
 
-def load_windows(manifest: str | Path, kind: str) -> dict[str, np.ndarray]:
-    """Train and held-out windows of one kind from a MIDI shard manifest (split by piece)."""
+def load_windows(manifest: str | Path, kind: str, max_rows: int | None = None) -> dict[str, np.ndarray]:
+    """Train and held-out windows of one kind from a MIDI shard manifest (split by piece); with
+    `max_rows`, at most that many of each (corpora.readers.read_split)."""
     from corpora.readers import read_split  # the training side only: a registered model never reads shards
 
     table, column = TABLES[kind]
-    split = read_split(manifest, table, [column])
+    split = read_split(manifest, table, [column], max_rows=max_rows)
     return {name: values[column] for name, values in split.items()}
+
+
+def training_windows(manifest: str | Path, config: MusicVaeConfig, loader: LoaderConfig) -> Rows:
+    """The training windows of the config's kind as the family's rows, in memory or streamed as
+    `loader` decides (corpora.readers.training_rows)."""
+    from corpora.readers import training_rows
+
+    table, column = TABLES[config.kind]
+    return training_rows(manifest, table, [column], loader,
+                         convert={column: lambda tokens: as_voices(tokens, config.voices)})
 
 
 def kind_summary(report: dict) -> dict[str, float]:
@@ -180,8 +193,9 @@ def run_training(request, run):
     families, steps, reports, summary, resumed, seconds = [], {}, {}, {}, {}, 0.0
     for kind, values in request.model_config.items():
         config = MusicVaeConfig.from_dict(values)
-        data = load_windows(run.manifest, kind)
-        family = MusicVaeFamily(config, data["train"])
+        loader = request.loader_config()
+        data = load_windows(run.manifest, kind, max_rows=loader.eval_rows)  # what the metrics read
+        family = MusicVaeFamily(config, training_windows(run.manifest, config, loader))
         if kind in start:
             family.model.load_state_dict(start[kind]["state_dict"])
             run.report.log(f"{kind}: starting from the weights in {request.init_from}")

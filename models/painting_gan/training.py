@@ -19,25 +19,35 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.batches import InMemoryRows, Rows
 from models.bundle import save_bundle
-from models.generators import ema_decay, update_ema
+from models.generators import ema_decay, to_unit_range, update_ema
 from models.painting_gan import CHAMPION_RULE, metrics
 from models.painting_gan.augment import crop_batch, diff_augment, pictures_tensor
 from models.painting_gan.config import PaintingGanConfig
 from models.painting_gan.networks import Discriminator, Generator
 from models.painting_gan.sampling import BUNDLE_FORMAT, load_generator
+from models.trainer import to_device
+
+PIXELS = "pixels"  # the painting table's picture column
 
 
 class PaintingGanFamily:
-    """Trainer interface (models.trainer.Family) for the painting GAN. An item is a picture;
-    a batch is one fresh random crop of each drawn picture."""
+    """Trainer interface (models.trainer.Family) for the painting GAN. An item is a picture
+    (uint8 (N, H, W, C) arrays, or Rows with a "pixels" column); a batch is one fresh random crop
+    of each drawn picture."""
 
     def __init__(self, config: PaintingGanConfig, pictures_uint8):
         self.config = config
-        self.pictures = pictures_tensor(pictures_uint8)
-        if len(self.pictures) == 0 or self.pictures.shape[1] != config.channels:
-            raise ValueError(f"need at least one picture with {config.channels} channels, got {tuple(self.pictures.shape)}")
-        self.num_items = len(self.pictures)
+        if not isinstance(pictures_uint8, Rows):
+            pictures_uint8 = np.asarray(pictures_uint8)
+            pictures_tensor(pictures_uint8[:0])  # checks dtype and rank
+            pictures_uint8 = InMemoryRows({PIXELS: pictures_uint8})
+        self.rows = pictures_uint8
+        shape = self.rows.row_shape(PIXELS)
+        if self.rows.num_rows == 0 or shape[-1] != config.channels:
+            raise ValueError(f"need at least one picture with {config.channels} channels, got "
+                             f"{self.rows.num_rows} of {shape}")
 
         torch.manual_seed(config.seed)  # the initial weights and noise maps are part of the run's identity
         self.generator = Generator(config)
@@ -68,10 +78,12 @@ class PaintingGanFamily:
         for module in self.modules().values():
             module.to(device=device, memory_format=fmt)
         self.channels_last = channels_last
-        self.pictures = self.pictures.to(device)
+        if isinstance(self.rows, InMemoryRows):  # a handful of pictures: crops are cut where the model runs
+            self.rows.to(device)
 
-    def make_batch(self, indices: torch.Tensor, device: torch.device) -> torch.Tensor:
-        real = crop_batch(self.pictures, indices, self.config.resolution, self.config.crop_scale).to(device)
+    def make_batch(self, columns: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+        pictures = to_unit_range(to_device(columns[PIXELS], device))
+        real = crop_batch(pictures, torch.arange(len(pictures)), self.config.resolution, self.config.crop_scale)
         return real.contiguous(memory_format=torch.channels_last) if self.channels_last else real
 
     def _training_styles(self, n: int, device: torch.device, track_w_avg: bool) -> torch.Tensor:
@@ -146,12 +158,13 @@ def export_bundle(family: PaintingGanFamily, step: int | None = None) -> dict:
     }
 
 
-def load_pictures(manifest_path: str | Path) -> dict[str, np.ndarray]:
+def load_pictures(manifest_path: str | Path, max_rows: int | None = None) -> dict[str, np.ndarray]:
     """uint8 (N, H, W, C) pictures of a painting shard manifest: "train" and "heldout" (may be
-    empty: ingest holds out ~10% of 13 pictures)."""
+    empty: ingest holds out ~10% of 13 pictures); with `max_rows`, at most that many of each."""
     from corpora.readers import read_split  # the training side only: a registered model never reads shards
 
-    return {name: columns["pixels"] for name, columns in read_split(manifest_path, "images", ["pixels"]).items()}
+    split = read_split(manifest_path, "images", [PIXELS], max_rows=max_rows)
+    return {name: columns[PIXELS] for name, columns in split.items()}
 
 
 def benchmark_family(manifest: Path, profile: str) -> Callable[[int], tuple[PaintingGanFamily, PaintingGanConfig]]:
@@ -171,9 +184,12 @@ def run_training(request, run):
     with a real-vs-real floor and an untrained-generator ceiling."""
     from models.train import TrainingOutcome
 
-    pictures = load_pictures(run.manifest)
+    from corpora.readers import training_rows
+
+    loader = request.loader_config()
+    pictures = load_pictures(run.manifest, max_rows=loader.eval_rows)  # what the metrics read
     config = PaintingGanConfig.from_dict(request.model_config)
-    family = PaintingGanFamily(config, pictures["train"])
+    family = PaintingGanFamily(config, training_rows(run.manifest, "images", [PIXELS], loader))
     if request.init_from:
         start = load_generator(request.init_from).state_dict()
         for generator in (family.generator, family.ema_generator):
@@ -197,6 +213,6 @@ def run_training(request, run):
         bundle=str(bundle), checkpoint=str(result.checkpoint), step=result.step, resumed_from=result.resumed_from,
         train_seconds=result.seconds, score=score, summary=summary,
         report_markdown=metrics.format_painting_report(report),
-        details={"train_pictures": len(pictures["train"]), "heldout_pictures": len(pictures["heldout"]),
+        details={"train_pictures": family.rows.num_rows, "heldout_pictures": len(pictures["heldout"]),
                  "feature_network": report["model"]["feature_network"]},
     )

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.batches import InMemoryRows, LoaderConfig, Rows
 from models.bundle import save_bundle
 from models.trainer import to_device
 from models.video_rnn import CHAMPION_RULE
@@ -22,6 +23,7 @@ from models.video_rnn.network import VideoRnn, head_nll
 from models.video_rnn.sampling import BUNDLE_FORMAT, WARM_START_FORMATS, load_bundle, load_model
 
 EXAMPLE_CONTEXTS = 4  # held-out contexts the bundle keeps, so a request needs none
+FRAMES = "frames"  # the clips table's tensor column
 
 
 def augment_clip(clip: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
@@ -46,18 +48,20 @@ def cosine_factor(step: int, steps: int, floor: float) -> float:
 
 
 class VideoRnnFamily:
-    """Trainer interface (models.trainer.Family) on in-memory uint8 clips (N, T, H, W, C) with
-    T >= context_frames + horizon; converted to the config's channels and resolution once."""
+    """Trainer interface (models.trainer.Family) on uint8 clips (N, T, H, W, C) with
+    T >= context_frames + horizon, converted to the config's channels and resolution as they
+    are read: arrays, or Rows with a "frames" column (`training_clips`)."""
 
     def __init__(self, config: VideoRnnConfig, clips_uint8):
-        clips = prepare_clips(clips_uint8, config.channels, config.resolution)
-        if clips.shape[1] < config.clip_frames:
-            raise ValueError(f"clips have {clips.shape[1]} frames; the config needs {config.clip_frames}")
-        if len(clips) < 1:
+        if not isinstance(clips_uint8, Rows):
+            clips_uint8 = InMemoryRows({FRAMES: np.array(prepare_clips(clips_uint8, config.channels, config.resolution),
+                                                         dtype=np.uint8)})  # a copy torch may own
+        self.rows, self.config = clips_uint8, config
+        frames = self.rows.row_shape(FRAMES)[0]
+        if frames < config.clip_frames:
+            raise ValueError(f"clips have {frames} frames; the config needs {config.clip_frames}")
+        if self.rows.num_rows < 1:
             raise ValueError("no clips to train on")
-        self.config = config
-        self.clips = torch.as_tensor(np.array(clips, dtype=np.uint8))  # a copy torch may own
-        self.num_items = len(self.clips)
         torch.manual_seed(config.seed)  # the initial weights are part of the run's identity
         self.model = VideoRnn(config)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
@@ -76,10 +80,10 @@ class VideoRnnFamily:
     def to(self, device: torch.device, channels_last: bool) -> None:
         self.model.to(device)  # the convs run on 16x16 maps and 1-row windows: NHWC is not used
 
-    def make_batch(self, indices: torch.Tensor, device: torch.device) -> torch.Tensor:
+    def make_batch(self, columns: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
         """Float clips (B, M+K, C, H, W) in [0, 1], randomly cropped in time and augmented."""
         cfg = self.config
-        clips = self.clips[indices.cpu()]
+        clips = columns[FRAMES]
         spare = clips.size(1) - cfg.clip_frames
         starts = torch.randint(0, spare + 1, (len(clips),))
         flips = torch.rand(len(clips), AUGMENTATIONS) < 0.5
@@ -134,17 +138,26 @@ class VideoRnnFamily:
 # --- data --------------------------------------------------------------------------------
 
 
-def load_clips(manifest_path: str | Path) -> dict:
+def load_clips(manifest_path: str | Path, max_rows: int | None = None) -> dict:
     """Train and held-out clips (N, T, H, W, C) uint8 from a video shard manifest, with each
-    clip's source path ("train_sources", "heldout_sources")."""
+    clip's source path ("train_sources", "heldout_sources"); with `max_rows`, at most that many of each."""
     from corpora.readers import read_split  # the training side only: a registered model never reads shards
 
-    split = read_split(manifest_path, "clips", ["frames", "source_path"])
+    split = read_split(manifest_path, "clips", [FRAMES, "source_path"], max_rows=max_rows)
     out = {}
     for name in ("train", "heldout"):
-        out[name] = split[name]["frames"]
+        out[name] = split[name][FRAMES]
         out[f"{name}_sources"] = [str(s) for s in split[name]["source_path"]]
     return out
+
+
+def training_clips(manifest_path: str | Path, config: VideoRnnConfig, loader: LoaderConfig) -> Rows:
+    """The training clips at the config's channels and resolution as the family's rows, in memory
+    or streamed as `loader` decides (corpora.readers.training_rows)."""
+    from corpora.readers import training_rows
+
+    return training_rows(manifest_path, "clips", [FRAMES], loader,
+                         convert={FRAMES: lambda clips: prepare_clips(clips, config.channels, config.resolution)})
 
 
 def manifest_fps(manifest_path: str | Path) -> float:
@@ -213,12 +226,13 @@ def run_training(request, run):
     """Train on the manifest's training clips, then compare with copy-last-frame on the held-out ones."""
     from models.train import TrainingOutcome
 
-    clips = load_clips(run.manifest)
+    loader = request.loader_config()
+    clips = load_clips(run.manifest, max_rows=loader.eval_rows)  # what the metrics and examples read
     if len(clips["train"]) == 0 or len(clips["heldout"]) == 0:
         raise ValueError(f"the video corpus has {len(clips['train'])} train and {len(clips['heldout'])} held-out "
                          "clips; both are needed (raise video_corpus's heldout_percent, or add videos)")
     config = VideoRnnConfig.from_dict(request.model_config)
-    family = VideoRnnFamily(config, clips["train"])
+    family = VideoRnnFamily(config, training_clips(run.manifest, config, loader))
     if request.init_from:  # an older format's weights are a start, though format 1's read 8-bit frames
         family.model.load_state_dict(load_model(load_bundle(request.init_from, WARM_START_FORMATS)).state_dict())
         run.report.log(f"starting from the weights in {request.init_from}")

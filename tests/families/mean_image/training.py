@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from mean_image.model import BUNDLE_FORMAT, MeanImage, MeanImageConfig
+from models.batches import InMemoryRows
 from models.bundle import save_bundle
 
 
@@ -11,7 +12,7 @@ class MeanImageFamily:
     def __init__(self, config: MeanImageConfig, pixels):
         self.config = config
         self.pixels = torch.as_tensor(pixels).float().div(255)
-        self.num_items = len(self.pixels)
+        self.rows = InMemoryRows({"pixels": self.pixels})
         torch.manual_seed(config.seed)
         self.model = MeanImage(tuple(self.pixels.shape[1:]))
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
@@ -28,8 +29,8 @@ class MeanImageFamily:
     def to(self, device, channels_last: bool) -> None:
         self.model.to(device)
 
-    def make_batch(self, indices, device):
-        return self.pixels[indices].to(device)
+    def make_batch(self, columns, device):
+        return columns["pixels"].to(device)
 
     def train_step(self, batch, step: int, autocast) -> dict[str, float]:
         # a Gaussian's negative log-likelihood: the mean goes to the data's mean, the noise to its spread
