@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from common.atomic import atomic_write_json, remove_stale_temporaries
 from common.hashing import sha256_file, sha256_json
-from corpora.grouping import FileSignature, SplitPlan, SplitSettings, plan_split
+from corpora.grouping import FileSignatures, SplitPlan, SplitSettings, plan_split
 from corpora.row_cache import CachedFile, RowCache, cache_key
 from corpora.scanning import SourceFile, displayable, load_hashes, part_of, remember_hashes, scan
 from corpora.shards import ShardWriter, TableSpec, write_parquet
@@ -254,6 +254,7 @@ def ingest(
     known_hashes = load_hashes(cache.hashes_file)
     files = scan(raw_dir, known_hashes) if raw_dir.is_dir() else []
     remember_hashes(files, cache.hashes_file, known_hashes)
+    del known_hashes  # a few objects per file: not held through the rest
     fingerprint = sha256_json(
         {
             "code_version": modality.code_version,
@@ -272,8 +273,7 @@ def ingest(
     known = cache.load_index()
     rejections, duplicates, accepted, decoded = _sort_files(modality, config, files, settings, cache, known, progress)
     near_memo = cache.load_near_memo()
-    plan = plan_split([_signature_of(source, cached, cache) for source, cached in accepted], modality.grouping,
-                      settings.split_settings(), near_memo)
+    plan = plan_split(_signatures(accepted, cache), modality.grouping, settings.split_settings(), near_memo)
     progress(_split_line(modality.name, plan.summary))
 
     version_dir = out_dir / f"v-{fingerprint[:16]}"
@@ -285,9 +285,9 @@ def ingest(
     notices = [{"source_path": source.relpath, "sha256": source.sha256, "stage": stage, "kind": kind,
                 "message": message} for source, cached in accepted for stage, kind, message in cached.notices]
     notices_info = _write_plain(notices, NOTICES_SCHEMA, version_dir / f"{NOTICES_TABLE}.parquet", out_dir)
-    groups = [{"source_path": source.relpath, "sha256": source.sha256, "group": plan.group[i],
-               "stratum": plan.stratum[i], "split": plan.file_split[i]} for i, (source, _) in enumerate(accepted)]
-    groups_info = _write_plain(groups, GROUPS_SCHEMA, version_dir / f"{GROUPS_TABLE}.parquet", out_dir)
+    groups = pa.table([[source.relpath for source, _ in accepted], [source.sha256 for source, _ in accepted],
+                       plan.group, plan.stratum, plan.file_split], schema=GROUPS_SCHEMA)
+    groups_info = _write_columns(groups, version_dir / f"{GROUPS_TABLE}.parquet", out_dir)
 
     manifest = {
         "corpus": modality.name,
@@ -485,10 +485,41 @@ def _decode_into_cache(modality, config, to_decode: Sequence[SourceFile], settin
     return transient
 
 
-def _signature_of(source: SourceFile, cached: CachedFile, cache: RowCache) -> FileSignature:
-    arrays = cache.arrays(cached)
-    signatures = {name.split(":", 1)[1]: value for name, value in arrays.items() if name.startswith("signature:")}
-    return FileSignature(source.relpath, source.sha256, signatures, arrays.get("work_keys"), arrays.get("time_spans"))
+SIGNATURE_CHUNK_FILES = 4096  # files whose signatures are gathered one by one before they are stacked
+
+
+def _signatures(accepted: Sequence[tuple[SourceFile, CachedFile]], cache: RowCache) -> FileSignatures:
+    """The split's signatures of the accepted files, read back from the cache into a few arrays
+    (stacked every SIGNATURE_CHUNK_FILES files, so the per-file pieces never pile up)."""
+    stacked: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}  # name -> [(values, owners)] per chunk
+    pending: dict[str, list[np.ndarray]] = {}
+    pending_owners: dict[str, list[tuple[int, int]]] = {}  # name -> [(file index, rows)]
+    time_spans: dict[int, np.ndarray] = {}
+
+    def stack() -> None:
+        for name, parts in pending.items():
+            indexes, counts = zip(*pending_owners[name])
+            stacked.setdefault(name, []).append((np.concatenate(parts), np.repeat(indexes, counts)))
+        pending.clear()
+        pending_owners.clear()
+
+    for index, (_, cached) in enumerate(accepted):
+        for name, value in cache.arrays(cached).items():
+            if name == "time_spans":
+                time_spans[index] = value.copy()
+            elif len(value):
+                pending.setdefault(name, []).append(value)
+                pending_owners.setdefault(name, []).append((index, len(value)))
+        if (index + 1) % SIGNATURE_CHUNK_FILES == 0:
+            stack()
+    stack()
+    columns = {name: (np.concatenate([values for values, _ in chunks]),
+                      np.concatenate([owners for _, owners in chunks]).astype(np.int64))
+               for name, chunks in stacked.items()}
+    return FileSignatures(
+        [source.relpath for source, _ in accepted], [source.sha256 for source, _ in accepted],
+        {name.split(":", 1)[1]: value for name, value in columns.items() if name.startswith("signature:")},
+        columns.get("work_keys"), time_spans)
 
 
 def _split_line(corpus: str, summary: dict) -> str:
@@ -546,8 +577,12 @@ def _write_table(spec: TableSpec, accepted, plan: SplitPlan, time_table: str | N
 
 
 def _write_plain(rows: list[dict], schema: pa.Schema, path: Path, out_dir: Path) -> dict:
-    write_parquet(pa.Table.from_pylist(rows, schema=schema), path)
-    return {"path": str(path.relative_to(out_dir)), "rows": len(rows), "bytes": path.stat().st_size}
+    return _write_columns(pa.Table.from_pylist(rows, schema=schema), path, out_dir)
+
+
+def _write_columns(table: pa.Table, path: Path, out_dir: Path) -> dict:
+    write_parquet(table, path)
+    return {"path": str(path.relative_to(out_dir)), "rows": len(table), "bytes": path.stat().st_size}
 
 
 def _write_rejected(rejections: list[Rejection], path: Path, out_dir: Path) -> dict:

@@ -28,7 +28,7 @@ HASHES_SCHEMA = pa.schema([("relpath", pa.string()), ("size", pa.int64()), ("mti
                            ("ctime_ns", pa.int64()), ("inode", pa.int64()), ("sha256", pa.string())])
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SourceFile:
     path: str  # the real path, to open the file by
     relpath: str  # inside the corpus, `displayable`: what shards, manifest and rejections record
