@@ -126,42 +126,42 @@ def link_equal_keys(keys: np.ndarray, owners: np.ndarray, union: _UnionFind) -> 
 def near_pairs(queries: np.ndarray, pool: np.ndarray, rms: float, same_set: bool):
     """Yield (query indices, pool indices) of pairs whose RMS difference is at most `rms`.
 
-    Thumbnails are uint8 (N, D). Averaging over any partition of the dimensions can only
-    shrink an RMS difference, so two cheaper necessary conditions come first: the means of two
-    matching rows differ by at most `rms` (both sides are sorted by mean, and each block of
-    queries meets only that window of the pool), and so do their 4x4 block means (one matrix
-    product per block of pairs). Only the pairs that pass are compared in full. With
-    `same_set` (the pool is the queries) each pair is found once, and a row never with itself.
+    Thumbnails are uint8 (N, D). Summing over any partition of the dimensions bounds the
+    difference (Cauchy-Schwarz), so two cheaper necessary conditions come first: the pixel sums
+    of two matching rows differ by at most rms * D (both sides are sorted by sum, and each
+    block of queries meets only that window of the pool), and the sums of their 4x4 pixel
+    blocks are within sqrt(16 * D) * rms (one exact integer product per block of pairs).
+    Only the pairs that pass are compared in full. With `same_set` (the pool is the queries)
+    each pair is found once, and a row never with itself.
     """
-    import torch  # its matrix product keeps its speed beside busy processes (OpenBLAS's threads do not)
-
     if not len(queries) or not len(pool):
         return
-    q_blocks, q_mean = _block_means(queries)
-    p_blocks, p_mean = (q_blocks, q_mean) if same_set else _block_means(pool)
-    q_order, p_order = np.argsort(q_mean, kind="stable"), np.argsort(p_mean, kind="stable")
-    q_sorted_mean, p_sorted_mean = q_mean[q_order], p_mean[p_order]
-    window = rms + 1e-3  # float32 rounding must not lose a pair
-    # |q - p|^2 <= limit  <=>  q.p - |p|^2 / 2 - (|q|^2 - limit) / 2 >= 0: one matrix product per
-    # block of pairs, the norms riding along as two more columns on each side
-    limit = rms * rms * q_blocks.shape[1] * 1.01 + 1.0
+    q_blocks, q_sum = _block_sums(queries)
+    p_blocks, p_sum = (q_blocks, q_sum) if same_set else _block_sums(pool)
+    q_order, p_order = np.argsort(q_sum, kind="stable"), np.argsort(p_sum, kind="stable")
+    q_sorted_sum, p_sorted_sum = q_sum[q_order], p_sum[p_order]
+    dims = queries.shape[1]
+    window = rms * dims * 1.001 + 1  # a hair wide: the confirming comparison rounds in float32
+    limit = int(rms * rms * NEAR_BLOCK * NEAR_BLOCK * dims * 1.01) + 16
+    # limit - |q - p|^2 = 2 q.p - |p|^2 + (limit - |q|^2) >= 0: one product per block of pairs,
+    # the squared norms riding along as two more columns on each side (all exact in int32)
     p_sorted = p_blocks[p_order]
-    p_augmented = np.concatenate([p_sorted, -0.5 * (p_sorted * p_sorted).sum(1, keepdims=True),
-                                  np.ones((len(p_sorted), 1), np.float32)], 1)
-    p_augmented = torch.from_numpy(p_augmented)
+    p_augmented = np.ascontiguousarray(np.concatenate(
+        [p_sorted, -(p_sorted * p_sorted).sum(1, keepdims=True), np.ones((len(p_sorted), 1), np.int32)], 1).T)
     for start in range(0, len(q_order), NEAR_CHUNK_ROWS):
         rows = q_order[start : start + NEAR_CHUNK_ROWS]
         block = q_blocks[rows]
-        q_augmented = torch.from_numpy(np.concatenate([block, np.ones((len(rows), 1), np.float32),
-                                                       -0.5 * ((block * block).sum(1, keepdims=True) - limit)], 1))
-        low = start + 1 if same_set else int(np.searchsorted(p_sorted_mean, q_sorted_mean[start] - window))
-        high = int(np.searchsorted(p_sorted_mean, q_sorted_mean[start + len(rows) - 1] + window, side="right"))
+        q_augmented = np.concatenate([2 * block, np.ones((len(rows), 1), np.int32),
+                                      limit - (block * block).sum(1, keepdims=True)], 1)
+        low = start + 1 if same_set else int(np.searchsorted(p_sorted_sum, q_sorted_sum[start] - window))
+        high = int(np.searchsorted(p_sorted_sum, q_sorted_sum[start + len(rows) - 1] + window, side="right"))
         for first in range(low, high, NEAR_CHUNK_ROWS):  # the pool in blocks too: memory stays flat
             last = min(first + NEAR_CHUNK_ROWS, high)
-            score = q_augmented @ p_augmented[first:last].T
-            if float(score.max()) < 0:  # the usual block: no candidate at all, one pass to know it
+            # einsum's own loop, not BLAS: no threads to spin against busy decoder processes
+            score = np.einsum("ik,kj->ij", q_augmented, p_augmented[:, first:last])
+            if score.max() < 0:  # the usual block: no candidate at all, one pass to know it
                 continue
-            hit_q, hit_p = np.nonzero(score.numpy() >= 0)
+            hit_q, hit_p = np.nonzero(score >= 0)
             if same_set:  # a pair once: pool position after the query's own position
                 after = first + hit_p > start + hit_q
                 hit_q, hit_p = hit_q[after], hit_p[after]
@@ -174,21 +174,20 @@ def near_pairs(queries: np.ndarray, pool: np.ndarray, rms: float, same_set: bool
 
 
 CONFIRM_PAIRS = 65536  # candidate pairs compared in full at once
-NEAR_BLOCK = 4  # side of the pixel blocks whose means are compared before the pixels
+NEAR_BLOCK = 4  # side of the pixel blocks whose sums are compared before the pixels
 
 
-def _block_means(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Means of the NEAR_BLOCK x NEAR_BLOCK blocks of each thumbnail square (float32, centred on
-    0 so that float32 products stay exact enough), and each row's mean; in chunks of rows, so
-    no float copy of all thumbnails is made."""
+def _block_sums(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sums of the NEAR_BLOCK x NEAR_BLOCK pixel blocks of each thumbnail square (int32, centred
+    on 0 so that products stay within int32), and each row's pixel sum; in chunks of rows."""
     side = THUMBNAIL_SIDE // NEAR_BLOCK
     parts = []
     for start in range(0, len(rows), CONFIRM_PAIRS):
-        values = rows[start : start + CONFIRM_PAIRS].astype(np.float32)
-        blocks = values.reshape(len(values), -1, side, NEAR_BLOCK, side, NEAR_BLOCK).mean((3, 5))
-        parts.append(blocks.reshape(len(values), -1) - 128.0)
+        values = rows[start : start + CONFIRM_PAIRS].astype(np.int32)
+        blocks = values.reshape(len(values), -1, side, NEAR_BLOCK, side, NEAR_BLOCK).sum((3, 5))
+        parts.append(blocks.reshape(len(values), -1) - 128 * NEAR_BLOCK * NEAR_BLOCK)
     blocks = np.concatenate(parts)
-    return blocks, blocks.mean(1)
+    return blocks, blocks.sum(1, dtype=np.int64)
 
 
 def link_near_rows(thumbs: np.ndarray, owners: np.ndarray, rms: float, union: _UnionFind) -> None:
