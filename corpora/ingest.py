@@ -25,7 +25,7 @@ from common.hashing import sha256_file, sha256_json
 from corpora.grouping import FileSignatures, SplitPlan, SplitSettings, plan_split
 from corpora.row_cache import CachedFile, RowCache, cache_key
 from corpora.scanning import SourceFile, displayable, load_hashes, part_of, remember_hashes, scan
-from corpora.shards import ShardWriter, TableSpec, write_parquet
+from corpora.shards import ShardWriter, TableSpec, read_parquet, write_parquet
 from corpora.workers import ItemFailure, map_isolated
 
 MANIFEST_NAME = "manifest.json"
@@ -337,11 +337,18 @@ def _row_cache(modality: Modality, config: Any, out_dir: Path) -> RowCache:
     return RowCache(out_dir, cache_key(modality.code_version, asdict(config)), modality.table_specs(config))
 
 
+def _suffix(relpath: str) -> str:
+    """`Path(relpath).suffix`, without building a Path per file of the corpus."""
+    name = relpath.rsplit("/", 1)[-1]
+    dot = name.rfind(".")
+    return name[dot:] if 0 < dot < len(name) - 1 else ""
+
+
 def _refusal(f: SourceFile, modality: Modality) -> tuple[str, str, str] | None:
     """(stage, error type, message) for a file refused without decoding; None for one to decode."""
     if f.problem is not None:
         return f.problem
-    suffix = Path(f.relpath).suffix
+    suffix = _suffix(f.relpath)
     if suffix.lower() not in modality.extensions:
         return ("scan", "UnsupportedExtension", f"{suffix or 'no extension'} is not one of {sorted(modality.extensions)}")
     if f.size == 0:
@@ -614,6 +621,4 @@ def _remove_old_versions(out_dir: Path, committed: dict, replaced: dict | None) 
 
 
 def read_rejections(path: Path) -> list[Rejection]:
-    import pyarrow.parquet as pq
-
-    return [Rejection(**row) for row in pq.read_table(path).to_pylist()]
+    return [Rejection(**row) for row in read_parquet(path).to_pylist()]

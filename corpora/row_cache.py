@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from common.atomic import atomic_write
 from common.hashing import sha256_json
 from corpora.grouping import NearPairMemo
-from corpora.shards import TableSpec, tensor_table
+from corpora.shards import TableSpec, read_parquet, tensor_table
 
 CACHE_DIR = "cache"
 INDEX_SUFFIX = ".index.parquet"
@@ -131,7 +131,7 @@ class RowCache:
         for path in sorted(self.folder.glob(f"b-*{INDEX_SUFFIX}"), key=lambda p: p.stat().st_mtime_ns):
             batch = path.name[: -len(INDEX_SUFFIX)]
             try:
-                rows = pq.read_table(path, columns=columns).to_pylist()
+                rows = read_parquet(path, columns=columns).to_pylist()
             except (OSError, pa.ArrowInvalid):
                 continue  # unreadable: its files are decoded again
             for position, row in enumerate(rows):
@@ -154,7 +154,7 @@ class RowCache:
 
     def _table(self, batch: str, name: str) -> pa.Table:
         suffix = INDEX_SUFFIX if name == "" else f".{name}.parquet"
-        return self._opened((batch, name), lambda: pq.read_table(self.folder / f"{batch}{suffix}"))
+        return self._opened((batch, name), lambda: read_parquet(self.folder / f"{batch}{suffix}"))
 
     def arrays(self, cached: CachedFile) -> dict[str, np.ndarray]:
         def read() -> tuple[list, list]:  # the batch's packed arrays as Python lists, converted once
@@ -171,7 +171,7 @@ class RowCache:
         memo = NearPairMemo()
         path = self.folder / NEAR_PAIRS_FILE
         if path.is_file():
-            columns = pq.read_table(path).to_pydict()
+            columns = read_parquet(path).to_pydict()
             for table, a, b in zip(columns["table"], columns["a"], columns["b"]):
                 if b:
                     memo.pairs.setdefault(table, set()).add((a, b))

@@ -102,6 +102,13 @@ def tensors_from_table(table: pa.Table, column: str) -> np.ndarray:
     return flat.view(spec.dtype).reshape(len(table), *spec.shape)
 
 
+def read_parquet(path: str | Path, columns: Sequence[str] | None = None) -> pa.Table:
+    """One Parquet file as a table; unlike `pq.read_table`, without importing pyarrow.dataset
+    (and pandas with it): seconds and tens of megabytes for a process that only reads a file."""
+    with pq.ParquetFile(path) as file:
+        return file.read(columns=columns)
+
+
 def read_shards(paths: Iterable[str | Path], columns: Sequence[str] | None = None) -> pa.Table:
     tables = [pq.read_table(path, columns=columns) for path in paths]
     if not tables:
