@@ -197,9 +197,10 @@ def link_near_rows(thumbs: np.ndarray, owners: np.ndarray, rms: float, union: _U
 
 @dataclass
 class NearPairMemo:
-    """The near-identical file pairs of the last split, per table, and the files they were
-    found among (every pair of those was compared). Only files new since then are compared
-    again, against all; the groups come out exactly as a full comparison makes them."""
+    """Near-identical file pairs found before, per table, and a set of files they were found
+    among (every pair of those was compared: the last split's files, or the files an ingest
+    compared while decoding, if more). Only the other files are compared again, against all;
+    the groups come out exactly as a full comparison makes them."""
 
     checked: dict[str, set[str]] = field(default_factory=dict)  # table -> sha256 of the files compared
     pairs: dict[str, set[tuple[str, str]]] = field(default_factory=dict)  # table -> near (sha256, sha256)
@@ -216,17 +217,20 @@ def link_near_rows_incrementally(files: FileSignatures, table: str, thumbs: np.n
     del index_of
     is_new = np.array([sha not in checked for sha in sha256s], dtype=bool)[owners]
     new_rows, old_rows = np.flatnonzero(is_new), np.flatnonzero(~is_new)
-    new_thumbs = thumbs[new_rows]
-    # the new rows among themselves (each pair once), then against the rows compared before
-    found = [(new_rows[qi], new_rows[pi]) for qi, pi in near_pairs(new_thumbs, new_thumbs, rms, same_set=True)]
-    found += [(new_rows[qi], old_rows[pi]) for qi, pi in near_pairs(new_thumbs, thumbs[old_rows], rms, same_set=False)]
-    for query_rows, pool_rows in found:
-        for a, b in zip(owners[query_rows].tolist(), owners[pool_rows].tolist()):
-            if a != b:
-                union.union(a, b)
-                live_pairs.add((sha256s[a], sha256s[b]))
+    for a, b in near_owner_pairs(thumbs[new_rows], owners[new_rows], thumbs[old_rows], owners[old_rows], rms):
+        union.union(a, b)
+        live_pairs.add((sha256s[a], sha256s[b]))
     memo.checked[table] = set(sha256s)
     memo.pairs[table] = live_pairs
+
+
+def near_owner_pairs(new: np.ndarray, new_owners: np.ndarray, old: np.ndarray, old_owners: np.ndarray,
+                     rms: float) -> list[tuple[int, int]]:
+    """The (owner, owner) pairs of different files that new rows are near: the new rows among
+    themselves (each pair once), then against the old rows (compared among themselves before)."""
+    found = [(new_owners[qi], new_owners[pi]) for qi, pi in near_pairs(new, new, rms, same_set=True)]
+    found += [(new_owners[qi], old_owners[pi]) for qi, pi in near_pairs(new, old, rms, same_set=False)]
+    return [(a, b) for query, pool in found for a, b in zip(query.tolist(), pool.tolist()) if a != b]
 
 
 def link_shared_work(files: FileSignatures, overlap: float, union: _UnionFind) -> None:

@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -22,7 +23,7 @@ import pyarrow as pa
 
 from common.atomic import atomic_write_json, remove_stale_temporaries
 from common.hashing import sha256_file, sha256_json
-from corpora.grouping import FileSignatures, SplitPlan, SplitSettings, plan_split
+from corpora.grouping import FileSignatures, SplitPlan, SplitSettings, near_owner_pairs, plan_split
 from corpora.row_cache import CachedFile, RowCache, cache_key
 from corpora.scanning import SourceFile, displayable, load_hashes, part_of, remember_hashes, scan
 from corpora.shards import ShardWriter, TableSpec, read_parquet, write_parquet
@@ -444,6 +445,64 @@ def _sort_files(modality, config, files: Sequence[SourceFile], settings: IngestS
     return rejections, duplicates, accepted, len(to_decode)
 
 
+class RunNearSearch:
+    """Compares each committed batch's thumbnails with those this run decoded before, and keeps
+    the pairs beside the batch (RowCache.save_batch_near): the split then compares only the
+    files outside the largest set compared so far, so a rerun after a kill does not redo the
+    comparisons of the batches the killed run finished."""
+
+    def __init__(self, grouping: Grouping, cache: RowCache):
+        self.grouping, self.cache = grouping, cache
+        self.run = uuid.uuid4().hex[:16]
+        self.sha256s: list[str] = []
+        self.rows = {table: _GrowingRows() for table in grouping.near_tables}
+
+    def on_commit(self, batch: str, decoded: list[tuple[str, DecodedFile]]) -> None:
+        if not self.rows:
+            return
+        first = len(self.sha256s)
+        self.sha256s += [sha for sha, _ in decoded]
+        found = []
+        for table, known in self.rows.items():
+            parts = [(first + i, result.signatures[table]) for i, (_, result) in enumerate(decoded)
+                     if len(result.signatures.get(table, ()))]
+            if not parts:
+                continue
+            values = np.concatenate([value for _, value in parts])
+            owners = np.repeat([owner for owner, _ in parts], [len(value) for _, value in parts])
+            pairs = near_owner_pairs(values, owners, *known.filled(), self.grouping.near_rms)
+            known.append(values, owners)
+            found += [(self.run, table, sha, "") for sha, _ in decoded]
+            found += [(self.run, table, self.sha256s[a], self.sha256s[b]) for a, b in pairs]
+        self.cache.save_batch_near(batch, found)
+
+
+class _GrowingRows:
+    """Rows appended batch by batch into buffers that double, so appending stays linear."""
+
+    def __init__(self):
+        self.values: np.ndarray | None = None
+        self.owners = np.empty(0, np.int64)
+        self.count = 0
+
+    def filled(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.values is None:
+            return np.empty((0, 0), np.uint8), self.owners
+        return self.values[: self.count], self.owners[: self.count]
+
+    def append(self, values: np.ndarray, owners: np.ndarray) -> None:
+        needed = self.count + len(values)
+        if self.values is None or needed > len(self.values):
+            size = max(needed, 2 * self.count, 1024)
+            grown = np.empty((size, *values.shape[1:]), values.dtype)
+            grown_owners = np.empty(size, np.int64)
+            if self.values is not None:
+                grown[: self.count], grown_owners[: self.count] = self.filled()
+            self.values, self.owners = grown, grown_owners
+        self.values[self.count : needed], self.owners[self.count : needed] = values, owners
+        self.count = needed
+
+
 def decode_checked(decode: Callable[[DecodeTask], DecodedFile], task: DecodeTask) -> DecodedFile:
     """`decode(task)`, refused when the file no longer has the content the scan hashed: its
     rows would be kept under the wrong hash."""
@@ -458,7 +517,8 @@ def _decode_into_cache(modality, config, to_decode: Sequence[SourceFile], settin
                        cache: RowCache, known: dict[str, CachedFile], progress) -> dict[str, tuple[str, str, str]]:
     """Decode `to_decode` in worker processes, committing results to the cache in batches as
     they arrive (`known` gains them). Returns the failures the cache does not keep."""
-    writer = cache.writer(settings.batch_files, settings.batch_megabytes)
+    near_search = RunNearSearch(modality.grouping, cache) if settings.group_by == "work" else None
+    writer = cache.writer(settings.batch_files, settings.batch_megabytes, near_search and near_search.on_commit)
     transient: dict[str, tuple[str, str, str]] = {}
     crashed = done = 0
     last_report = time.monotonic()
