@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import json
 import shutil
+import sys
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -96,6 +97,12 @@ def _pack(arrays: dict[str, np.ndarray]) -> tuple[bytes, str]:
 
 
 @functools.lru_cache(maxsize=256)
+def _notices(notices_json: str) -> list:
+    """Parsed once per distinct text: most files have none, and share one empty list (read only)."""
+    return json.loads(notices_json)
+
+
+@functools.lru_cache(maxsize=256)
 def _layout(layout_json: str) -> tuple:
     """(name, dtype, shape, offset, count) per array; most files of a corpus share one layout."""
     parts, offset = [], 0
@@ -141,8 +148,8 @@ class RowCache:
             for position, row in enumerate(rows):
                 known[row["sha256"]] = CachedFile(
                     batch, position, row["accepted"], row["stage"] or "", row["error_type"] or "",
-                    row["message"] or "", row["content_hash"] or "", json.loads(row["notices"]),
-                    {table: tuple(span) for table, span in json.loads(row["row_spans"]).items()},
+                    row["message"] or "", row["content_hash"] or "", _notices(row["notices"]),
+                    {sys.intern(table): tuple(span) for table, span in json.loads(row["row_spans"]).items()},
                 )
         return known
 
