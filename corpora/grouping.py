@@ -173,7 +173,7 @@ def near_pairs(queries: np.ndarray, pool: np.ndarray, rms: float, same_set: bool
                 yield qi[close], pi[close]
 
 
-CONFIRM_PAIRS = 65536  # candidate pairs compared in full at once
+CONFIRM_PAIRS = 8192  # candidate pairs compared in full at once (float copies: 8 MB each)
 NEAR_BLOCK = 4  # side of the pixel blocks whose sums are compared before the pixels
 
 
@@ -182,8 +182,8 @@ def _block_sums(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     on 0 so that products stay within int32), and each row's pixel sum; in chunks of rows."""
     side = THUMBNAIL_SIDE // NEAR_BLOCK
     parts = []
-    for start in range(0, len(rows), CONFIRM_PAIRS):
-        values = rows[start : start + CONFIRM_PAIRS].astype(np.int32)
+    for start in range(0, len(rows), NEAR_CHUNK_ROWS):  # an int32 copy of a chunk of rows at a time
+        values = rows[start : start + NEAR_CHUNK_ROWS].astype(np.int32)
         blocks = values.reshape(len(values), -1, side, NEAR_BLOCK, side, NEAR_BLOCK).sum((3, 5))
         parts.append(blocks.reshape(len(values), -1) - 128 * NEAR_BLOCK * NEAR_BLOCK)
     blocks = np.concatenate(parts)
