@@ -105,7 +105,7 @@ def tensors_from_table(table: pa.Table, column: str) -> np.ndarray:
 
 def read_parquet(path: str | Path, columns: Sequence[str] | None = None) -> pa.Table:
     """One Parquet file as a table; unlike `pq.read_table`, without importing pyarrow.dataset
-    (and pandas with it): seconds and tens of megabytes for a process that only reads a file."""
+    (about 40 MB and a second for a process that only reads a file)."""
     with pq.ParquetFile(path) as file:
         return file.read(columns=columns)
 
