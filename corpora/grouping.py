@@ -46,14 +46,23 @@ class SplitSettings:
 
 
 @dataclass
-class FileSignature:
-    """What the split keeps of one accepted file: never its decoded content."""
+class FileSignatures:
+    """What the split keeps of the accepted files, never their decoded content, column by column
+    (a few arrays, not objects per file): each file's path and hash, and each table's row
+    signatures stacked, with the index of the file every row came from."""
 
-    relpath: str
-    sha256: str
-    signatures: dict[str, np.ndarray] = field(default_factory=dict)
-    work_keys: np.ndarray | None = None
-    time_spans: np.ndarray | None = None
+    relpaths: Sequence[str]
+    sha256s: Sequence[str]
+    rows: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # table -> (signatures, owners)
+    work_keys: tuple[np.ndarray, np.ndarray] | None = None  # (keys, owners)
+    time_spans: dict[int, np.ndarray] = field(default_factory=dict)  # file index -> (rows, 2), where a file has them
+
+    def __len__(self) -> int:
+        return len(self.sha256s)
+
+    def rows_of(self, table: str) -> tuple[np.ndarray, np.ndarray]:
+        """Every row signature of `table` stacked, and the index of the file each came from."""
+        return self.rows.get(table, (np.empty(0), np.empty(0, dtype=np.int64)))
 
 
 @dataclass
@@ -107,16 +116,6 @@ def _stable_order(name: str) -> str:
 # --- linking files ---------------------------------------------------------------------------
 
 
-def _rows_of(files: Sequence[FileSignature], table: str) -> tuple[np.ndarray, np.ndarray]:
-    """Every row signature of `table` stacked, and the index of the file each came from."""
-    parts = [f.signatures[table] for f in files if table in f.signatures and len(f.signatures[table])]
-    owners = [np.full(len(f.signatures[table]), i) for i, f in enumerate(files)
-              if table in f.signatures and len(f.signatures[table])]
-    if not parts:
-        return np.empty(0), np.empty(0, dtype=np.int64)
-    return np.concatenate(parts), np.concatenate(owners)
-
-
 def link_equal_keys(keys: np.ndarray, owners: np.ndarray, union: _UnionFind) -> None:
     order = np.argsort(keys, kind="stable")
     keys, owners = keys[order], owners[order]
@@ -127,57 +126,68 @@ def link_equal_keys(keys: np.ndarray, owners: np.ndarray, union: _UnionFind) -> 
 def near_pairs(queries: np.ndarray, pool: np.ndarray, rms: float, same_set: bool):
     """Yield (query indices, pool indices) of pairs whose RMS difference is at most `rms`.
 
-    Thumbnails are uint8 (N, D). Averaging over any partition of the dimensions can only
-    shrink an RMS difference, so two cheaper necessary conditions come first: the means of two
-    matching rows differ by at most `rms` (both sides are sorted by mean, and each block of
-    queries meets only that window of the pool), and so do their 2x2 block averages.
-    Only the pairs that pass are compared in full. With
-    `same_set` (the pool is the queries) each pair is found once, and a row never with itself.
+    Thumbnails are uint8 (N, D). Summing over any partition of the dimensions bounds the
+    difference (Cauchy-Schwarz), so two cheaper necessary conditions come first: the pixel sums
+    of two matching rows differ by at most rms * D (both sides are sorted by sum, and each
+    block of queries meets only that window of the pool), and the sums of their 4x4 pixel
+    blocks are within sqrt(16 * D) * rms (one exact integer product per block of pairs).
+    Only the pairs that pass are compared in full. With `same_set` (the pool is the queries)
+    each pair is found once, and a row never with itself.
     """
-    import torch
-
     if not len(queries) or not len(pool):
         return
-    q_coarse, q_mean = _coarse(queries)
-    p_coarse, p_mean = (q_coarse, q_mean) if same_set else _coarse(pool)
-    q_order, p_order = torch.argsort(q_mean), torch.argsort(p_mean)
-    q_sorted_mean, p_sorted_mean = q_mean[q_order], p_mean[p_order]
-    p_sorted = p_coarse[p_order]
-    p_norm = (p_sorted * p_sorted).sum(1)
-    coarse_limit = rms * rms * q_coarse.shape[1] * 1.001 + 1e-3  # float32 rounding must not lose a pair
+    q_blocks, q_sum = _block_sums(queries)
+    p_blocks, p_sum = (q_blocks, q_sum) if same_set else _block_sums(pool)
+    q_order, p_order = np.argsort(q_sum, kind="stable"), np.argsort(p_sum, kind="stable")
+    q_sorted_sum, p_sorted_sum = q_sum[q_order], p_sum[p_order]
+    dims = queries.shape[1]
+    window = rms * dims * 1.001 + 1  # a hair wide: the confirming comparison rounds in float32
+    limit = int(rms * rms * NEAR_BLOCK * NEAR_BLOCK * dims * 1.01) + 16
+    # limit - |q - p|^2 = 2 q.p - |p|^2 + (limit - |q|^2) >= 0: one product per block of pairs,
+    # the squared norms riding along as two more columns on each side (all exact in int32)
+    p_sorted = p_blocks[p_order]
+    p_augmented = np.ascontiguousarray(np.concatenate(
+        [p_sorted, -(p_sorted * p_sorted).sum(1, keepdims=True), np.ones((len(p_sorted), 1), np.int32)], 1).T)
     for start in range(0, len(q_order), NEAR_CHUNK_ROWS):
         rows = q_order[start : start + NEAR_CHUNK_ROWS]
-        block_mean = q_sorted_mean[start : start + NEAR_CHUNK_ROWS]
-        low = start + 1 if same_set else int(torch.searchsorted(p_sorted_mean, block_mean[0] - rms))
-        high = int(torch.searchsorted(p_sorted_mean, block_mean[-1] + rms, right=True))
-        block = q_coarse[rows]
-        block_norm = (block * block).sum(1)[:, None]
+        block = q_blocks[rows]
+        q_augmented = np.concatenate([2 * block, np.ones((len(rows), 1), np.int32),
+                                      limit - (block * block).sum(1, keepdims=True)], 1)
+        low = start + 1 if same_set else int(np.searchsorted(p_sorted_sum, q_sorted_sum[start] - window))
+        high = int(np.searchsorted(p_sorted_sum, q_sorted_sum[start + len(rows) - 1] + window, side="right"))
         for first in range(low, high, NEAR_CHUNK_ROWS):  # the pool in blocks too: memory stays flat
             last = min(first + NEAR_CHUNK_ROWS, high)
-            distance = block_norm + p_norm[None, first:last] - 2.0 * block @ p_sorted[first:last].T
+            # einsum's own loop, not BLAS: no threads to spin against busy decoder processes
+            score = np.einsum("ik,kj->ij", q_augmented, p_augmented[:, first:last])
+            if score.max() < 0:  # the usual block: no candidate at all, one pass to know it
+                continue
+            hit_q, hit_p = np.nonzero(score >= 0)
             if same_set:  # a pair once: pool position after the query's own position
-                position = torch.arange(start, start + len(rows))[:, None]
-                distance[torch.arange(first, last)[None, :] <= position] = float("inf")
-            hit_q, hit_p = torch.nonzero(distance <= coarse_limit, as_tuple=True)
+                after = first + hit_p > start + hit_q
+                hit_q, hit_p = hit_q[after], hit_p[after]
             for part in range(0, len(hit_q), CONFIRM_PAIRS):
-                qi = rows[hit_q[part : part + CONFIRM_PAIRS]].numpy()
-                pi = p_order[first + hit_p[part : part + CONFIRM_PAIRS]].numpy()
+                qi = rows[hit_q[part : part + CONFIRM_PAIRS]]
+                pi = p_order[first + hit_p[part : part + CONFIRM_PAIRS]]
                 difference = queries[qi].astype(np.float32) - pool[pi].astype(np.float32)
                 close = np.sqrt((difference * difference).mean(1)) <= rms
                 yield qi[close], pi[close]
 
 
-CONFIRM_PAIRS = 65536  # candidate pairs compared in full at once
+CONFIRM_PAIRS = 8192  # candidate pairs compared in full at once (float copies: 8 MB each)
+NEAR_BLOCK = 4  # side of the pixel blocks whose sums are compared before the pixels
 
 
-def _coarse(rows: np.ndarray):
-    """2x2 block averages of each thumbnail square (float32 tensor), and each row's mean."""
-    import torch
-
-    half = THUMBNAIL_SIDE // 2
-    values = torch.as_tensor(rows, dtype=torch.float32)
-    coarse = values.reshape(len(values), -1, half, 2, half, 2).mean((3, 5)).reshape(len(values), -1)
-    return coarse, coarse.mean(1)
+def _block_sums(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sums of the NEAR_BLOCK x NEAR_BLOCK pixel blocks of each thumbnail square (int32, centred
+    on 0 so that products stay within int32), and each row's pixel sum; in chunks of rows."""
+    side = THUMBNAIL_SIDE // NEAR_BLOCK
+    parts = []
+    for start in range(0, len(rows), NEAR_CHUNK_ROWS):  # an int32 copy of a chunk of rows at a time
+        values = rows[start : start + NEAR_CHUNK_ROWS].astype(np.int32)
+        blocks = values.reshape(len(values), -1, side, NEAR_BLOCK, side, NEAR_BLOCK).sum((3, 5))
+        parts.append(blocks.reshape(len(values), -1) - 128 * NEAR_BLOCK * NEAR_BLOCK)
+    blocks = np.concatenate(parts)
+    return blocks, blocks.sum(1, dtype=np.int64)
 
 
 def link_near_rows(thumbs: np.ndarray, owners: np.ndarray, rms: float, union: _UnionFind) -> None:
@@ -187,44 +197,54 @@ def link_near_rows(thumbs: np.ndarray, owners: np.ndarray, rms: float, union: _U
 
 @dataclass
 class NearPairMemo:
-    """The near-identical file pairs of the last split, per table, and the files they were
-    found among (every pair of those was compared). Only files new since then are compared
-    again, against all; the groups come out exactly as a full comparison makes them."""
+    """Near-identical file pairs found before, per table, and a set of files they were found
+    among (every pair of those was compared: the last split's files, or the files an ingest
+    compared while decoding, if more). Only the other files are compared again, against all;
+    the groups come out exactly as a full comparison makes them."""
 
     checked: dict[str, set[str]] = field(default_factory=dict)  # table -> sha256 of the files compared
     pairs: dict[str, set[tuple[str, str]]] = field(default_factory=dict)  # table -> near (sha256, sha256)
 
 
-def link_near_rows_incrementally(files: Sequence[FileSignature], table: str, thumbs: np.ndarray, owners: np.ndarray,
+def link_near_rows_incrementally(files: FileSignatures, table: str, thumbs: np.ndarray, owners: np.ndarray,
                                  rms: float, union: _UnionFind, memo: NearPairMemo) -> None:
-    index_of = {f.sha256: i for i, f in enumerate(files)}
+    sha256s = files.sha256s
+    index_of = {sha: i for i, sha in enumerate(sha256s)}
     checked = memo.checked.get(table, set())
     live_pairs = {(a, b) for a, b in memo.pairs.get(table, set()) if a in index_of and b in index_of}
     for a, b in live_pairs:
         union.union(index_of[a], index_of[b])
-    is_new = np.array([files[owner].sha256 not in checked for owner in owners], dtype=bool)
-    new_rows = np.flatnonzero(is_new)
-    for qi, pi in near_pairs(thumbs[new_rows], thumbs, rms, same_set=False):
-        query_rows = new_rows[qi]
-        keep = query_rows != pi  # a row always matches itself
-        for a, b in zip(owners[query_rows[keep]], owners[pi[keep]]):
-            if a != b:
-                union.union(int(a), int(b))
-                live_pairs.add((files[a].sha256, files[b].sha256))
-    memo.checked[table] = {f.sha256 for f in files}
+    del index_of
+    is_new = np.array([sha not in checked for sha in sha256s], dtype=bool)[owners]
+    new_rows, old_rows = np.flatnonzero(is_new), np.flatnonzero(~is_new)
+    for a, b in near_owner_pairs(thumbs[new_rows], owners[new_rows], thumbs[old_rows], owners[old_rows], rms):
+        union.union(a, b)
+        live_pairs.add((sha256s[a], sha256s[b]))
+    memo.checked[table] = set(sha256s)
     memo.pairs[table] = live_pairs
 
 
-def link_shared_work(files: Sequence[FileSignature], overlap: float, union: _UnionFind) -> None:
+def near_owner_pairs(new: np.ndarray, new_owners: np.ndarray, old: np.ndarray, old_owners: np.ndarray,
+                     rms: float) -> list[tuple[int, int]]:
+    """The (owner, owner) pairs of different files that new rows are near: the new rows among
+    themselves (each pair once), then against the old rows (compared among themselves before)."""
+    found = [(new_owners[qi], new_owners[pi]) for qi, pi in near_pairs(new, new, rms, same_set=True)]
+    found += [(new_owners[qi], old_owners[pi]) for qi, pi in near_pairs(new, old, rms, same_set=False)]
+    return [(a, b) for query, pool in found for a, b in zip(query.tolist(), pool.tolist()) if a != b]
+
+
+def link_shared_work(files: FileSignatures, overlap: float, union: _UnionFind) -> None:
     """Link files that share at least `overlap` of the smaller one's work keys."""
-    sets = [np.unique(f.work_keys) if f.work_keys is not None else np.empty(0, np.uint64) for f in files]
-    sizes = np.array([len(s) for s in sets])
+    if files.work_keys is None:
+        return
+    keys, owners = files.work_keys
+    order = np.lexsort((owners, keys))  # by key, then by file
+    keys, owners = keys[order], owners[order]
+    distinct = np.r_[True, (keys[1:] != keys[:-1]) | (owners[1:] != owners[:-1])]  # each file's key set
+    keys, owners = keys[distinct], owners[distinct]
+    sizes = np.bincount(owners, minlength=len(files))
     if (sizes > 0).sum() < 2:
         return
-    keys = np.concatenate(sets)
-    owners = np.concatenate([np.full(len(s), i) for i, s in enumerate(sets)])
-    order = np.argsort(keys, kind="stable")
-    keys, owners = keys[order], owners[order]
     starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
     ends = np.r_[starts[1:], len(keys)]
     pair_codes = []
@@ -241,17 +261,17 @@ def link_shared_work(files: Sequence[FileSignature], overlap: float, union: _Uni
     union.union_pairs(a[linked], b[linked])
 
 
-def find_groups(files: Sequence[FileSignature], grouping, group_by: str, memo: NearPairMemo | None = None) -> list[int]:
+def find_groups(files: FileSignatures, grouping, group_by: str, memo: NearPairMemo | None = None) -> list[int]:
     """A root index per file: files with the same root are the same work. With a `memo`, near
     pairs are searched only from files it has not seen (and the memo is brought up to date)."""
     union = _UnionFind(len(files))
     if group_by == "work":
         for table in grouping.exact_tables:
-            keys, owners = _rows_of(files, table)
+            keys, owners = files.rows_of(table)
             if len(keys):
                 link_equal_keys(keys, owners, union)
         for table in grouping.near_tables:
-            thumbs, owners = _rows_of(files, table)
+            thumbs, owners = files.rows_of(table)
             if not len(thumbs):
                 continue
             if memo is None:
@@ -298,16 +318,16 @@ def time_split_rows(spans: np.ndarray, percent: int) -> np.ndarray | None:
     return labels.astype(object)
 
 
-def plan_split(files: Sequence[FileSignature], grouping, settings: SplitSettings,
+def plan_split(files: FileSignatures, grouping, settings: SplitSettings,
                memo: NearPairMemo | None = None) -> SplitPlan:
     roots = find_groups(files, grouping, settings.group_by, memo)
     members: dict[int, list[int]] = {}
     for index, root in enumerate(roots):
         members.setdefault(root, []).append(index)
     # a group is named by its smallest member hash: stable while that file stays in the corpus
-    name_of_root = {root: "g-" + min(files[i].sha256 for i in idx)[:16] for root, idx in members.items()}
+    name_of_root = {root: "g-" + min(files.sha256s[i] for i in idx)[:16] for root, idx in members.items()}
     group = [name_of_root[root] for root in roots]
-    stratum_of_group = {name_of_root[root]: stratum_of(min(files[i].relpath for i in idx))
+    stratum_of_group = {name_of_root[root]: stratum_of(min(files.relpaths[i] for i in idx))
                         for root, idx in members.items()}
     stratum = [stratum_of_group[g] for g in group]
 
@@ -321,7 +341,7 @@ def plan_split(files: Sequence[FileSignature], grouping, settings: SplitSettings
     for name, groups in sorted(by_stratum.items()):
         mode = "group"
         if grouping.time_table and len(groups) < settings.time_split_below_groups:
-            by_time = {i: time_split_rows(files[i].time_spans, settings.heldout_percent)
+            by_time = {i: time_split_rows(files.time_spans.get(i), settings.heldout_percent)
                        for idx in groups.values() for i in idx}
             if any(labels is not None and (labels == HELDOUT).any() for labels in by_time.values()):
                 mode = "time"
@@ -347,7 +367,7 @@ def plan_split(files: Sequence[FileSignature], grouping, settings: SplitSettings
         "group_by": settings.group_by,
         "groups": len(sizes),
         "largest_group": {"name": largest, "files": sizes[largest],
-                          "example": min(f.relpath for f, g in zip(files, group) if g == largest)} if largest else None,
+                          "example": min(relpath for relpath, g in zip(files.relpaths, group) if g == largest)} if largest else None,
         "strata": strata_summary,
         "time_split": any(s["split"] == "time" for s in strata_summary.values()),
     }
@@ -377,31 +397,44 @@ def _ensure_both_sides(files, group, file_split, row_splits, percent: int) -> No
 # --- what the split leaves -------------------------------------------------------------------
 
 
-def row_split_labels(files: Sequence[FileSignature], plan: SplitPlan, table: str, time_table: str | None) -> np.ndarray:
-    parts = [np.asarray(plan.splits(i, table, len(f.signatures[table]), time_table), dtype=object)
-             for i, f in enumerate(files) if table in f.signatures and len(f.signatures[table])]
-    return np.concatenate(parts) if parts else np.empty(0, dtype=object)
+def row_split_labels(owners: np.ndarray, plan: SplitPlan, table: str, time_table: str | None) -> np.ndarray:
+    """The split of every row of `table` (its rows in file order, `owners` their files)."""
+    file_split = np.array([TRAIN if split == "time" else split for split in plan.file_split], dtype=object)
+    labels = file_split[owners]
+    if table == time_table:
+        for index, row_labels in plan.row_splits.items():
+            labels[owners == index] = row_labels
+    return labels
 
 
-def measure_leakage(files: Sequence[FileSignature], plan: SplitPlan, grouping, settings: SplitSettings) -> dict:
+def measure_leakage(files: FileSignatures, plan: SplitPlan, grouping, settings: SplitSettings) -> dict:
     """Per table: the share of held-out rows that equal (keys) or nearly equal (thumbnails,
     within near_rms) a training row. Thumbnails are checked on a seeded sample of held-out rows."""
     report = {}
     for table in (*grouping.exact_tables, *grouping.near_tables):
-        signatures, _ = _rows_of(files, table)
-        labels = row_split_labels(files, plan, table, grouping.time_table)
+        signatures, owners = files.rows_of(table)
+        labels = row_split_labels(owners, plan, table, grouping.time_table)
         heldout, train = signatures[labels == HELDOUT], signatures[labels == TRAIN]
         if table in grouping.exact_tables:
             leaked = int(np.isin(heldout, train).sum())
             checked = len(heldout)
         else:
             rng = np.random.default_rng(settings.seed)
+            sample = np.arange(len(heldout))
             if len(heldout) > settings.leakage_sample:
-                heldout = heldout[np.sort(rng.choice(len(heldout), settings.leakage_sample, replace=False))]
-            hit = np.zeros(len(heldout), dtype=bool)
-            for qi, _ in near_pairs(heldout, train, grouping.near_rms, same_set=False):
+                sample = np.sort(rng.choice(len(heldout), settings.leakage_sample, replace=False))
+            queries, pool = heldout[sample], train
+            if settings.group_by == "work":
+                # Near rows link their files into one group, and a group lies on one side, unless
+                # its files are split by time: only the rows of such groups can leak.
+                split_groups = {plan.group[i] for i in plan.row_splits}
+                time_split = np.array([g in split_groups for g in plan.group], dtype=bool)
+                queries = queries[time_split[owners[labels == HELDOUT][sample]]]
+                pool = pool[time_split[owners[labels == TRAIN]]]
+            hit = np.zeros(len(queries), dtype=bool)
+            for qi, _ in near_pairs(queries, pool, grouping.near_rms, same_set=False):
                 hit[qi] = True
-            leaked, checked = int(hit.sum()), len(heldout)
+            leaked, checked = int(hit.sum()), len(sample)
         report[table] = {
             "heldout_rows": int((labels == HELDOUT).sum()), "checked": checked, "leaked": leaked,
             "fraction": leaked / checked if checked else 0.0,

@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -22,10 +23,10 @@ import pyarrow as pa
 
 from common.atomic import atomic_write_json, remove_stale_temporaries
 from common.hashing import sha256_file, sha256_json
-from corpora.grouping import FileSignature, SplitPlan, SplitSettings, plan_split
+from corpora.grouping import FileSignatures, SplitPlan, SplitSettings, near_owner_pairs, plan_split
 from corpora.row_cache import CachedFile, RowCache, cache_key
 from corpora.scanning import SourceFile, displayable, load_hashes, part_of, remember_hashes, scan
-from corpora.shards import ShardWriter, TableSpec, write_parquet
+from corpora.shards import ShardWriter, TableSpec, read_parquet, write_parquet
 from corpora.workers import ItemFailure, map_isolated
 
 MANIFEST_NAME = "manifest.json"
@@ -254,6 +255,7 @@ def ingest(
     known_hashes = load_hashes(cache.hashes_file)
     files = scan(raw_dir, known_hashes) if raw_dir.is_dir() else []
     remember_hashes(files, cache.hashes_file, known_hashes)
+    del known_hashes  # a few objects per file: not held through the rest
     fingerprint = sha256_json(
         {
             "code_version": modality.code_version,
@@ -272,8 +274,7 @@ def ingest(
     known = cache.load_index()
     rejections, duplicates, accepted, decoded = _sort_files(modality, config, files, settings, cache, known, progress)
     near_memo = cache.load_near_memo()
-    plan = plan_split([_signature_of(source, cached, cache) for source, cached in accepted], modality.grouping,
-                      settings.split_settings(), near_memo)
+    plan = plan_split(_signatures(accepted, cache), modality.grouping, settings.split_settings(), near_memo)
     progress(_split_line(modality.name, plan.summary))
 
     version_dir = out_dir / f"v-{fingerprint[:16]}"
@@ -285,9 +286,9 @@ def ingest(
     notices = [{"source_path": source.relpath, "sha256": source.sha256, "stage": stage, "kind": kind,
                 "message": message} for source, cached in accepted for stage, kind, message in cached.notices]
     notices_info = _write_plain(notices, NOTICES_SCHEMA, version_dir / f"{NOTICES_TABLE}.parquet", out_dir)
-    groups = [{"source_path": source.relpath, "sha256": source.sha256, "group": plan.group[i],
-               "stratum": plan.stratum[i], "split": plan.file_split[i]} for i, (source, _) in enumerate(accepted)]
-    groups_info = _write_plain(groups, GROUPS_SCHEMA, version_dir / f"{GROUPS_TABLE}.parquet", out_dir)
+    groups = pa.table([[source.relpath for source, _ in accepted], [source.sha256 for source, _ in accepted],
+                       plan.group, plan.stratum, plan.file_split], schema=GROUPS_SCHEMA)
+    groups_info = _write_columns(groups, version_dir / f"{GROUPS_TABLE}.parquet", out_dir)
 
     manifest = {
         "corpus": modality.name,
@@ -337,11 +338,18 @@ def _row_cache(modality: Modality, config: Any, out_dir: Path) -> RowCache:
     return RowCache(out_dir, cache_key(modality.code_version, asdict(config)), modality.table_specs(config))
 
 
+def _suffix(relpath: str) -> str:
+    """`Path(relpath).suffix`, without building a Path per file of the corpus."""
+    name = relpath.rsplit("/", 1)[-1]
+    dot = name.rfind(".")
+    return name[dot:] if 0 < dot < len(name) - 1 else ""
+
+
 def _refusal(f: SourceFile, modality: Modality) -> tuple[str, str, str] | None:
     """(stage, error type, message) for a file refused without decoding; None for one to decode."""
     if f.problem is not None:
         return f.problem
-    suffix = Path(f.relpath).suffix
+    suffix = _suffix(f.relpath)
     if suffix.lower() not in modality.extensions:
         return ("scan", "UnsupportedExtension", f"{suffix or 'no extension'} is not one of {sorted(modality.extensions)}")
     if f.size == 0:
@@ -437,6 +445,64 @@ def _sort_files(modality, config, files: Sequence[SourceFile], settings: IngestS
     return rejections, duplicates, accepted, len(to_decode)
 
 
+class RunNearSearch:
+    """Compares each committed batch's thumbnails with those this run decoded before, and keeps
+    the pairs beside the batch (RowCache.save_batch_near): the split then compares only the
+    files outside the largest set compared so far, so a rerun after a kill does not redo the
+    comparisons of the batches the killed run finished."""
+
+    def __init__(self, grouping: Grouping, cache: RowCache):
+        self.grouping, self.cache = grouping, cache
+        self.run = uuid.uuid4().hex[:16]
+        self.sha256s: list[str] = []
+        self.rows = {table: _GrowingRows() for table in grouping.near_tables}
+
+    def on_commit(self, batch: str, decoded: list[tuple[str, DecodedFile]]) -> None:
+        if not self.rows:
+            return
+        first = len(self.sha256s)
+        self.sha256s += [sha for sha, _ in decoded]
+        found = []
+        for table, known in self.rows.items():
+            parts = [(first + i, result.signatures[table]) for i, (_, result) in enumerate(decoded)
+                     if len(result.signatures.get(table, ()))]
+            if not parts:
+                continue
+            values = np.concatenate([value for _, value in parts])
+            owners = np.repeat([owner for owner, _ in parts], [len(value) for _, value in parts])
+            pairs = near_owner_pairs(values, owners, *known.filled(), self.grouping.near_rms)
+            known.append(values, owners)
+            found += [(self.run, table, sha, "") for sha, _ in decoded]
+            found += [(self.run, table, self.sha256s[a], self.sha256s[b]) for a, b in pairs]
+        self.cache.save_batch_near(batch, found)
+
+
+class _GrowingRows:
+    """Rows appended batch by batch into buffers that double, so appending stays linear."""
+
+    def __init__(self):
+        self.values: np.ndarray | None = None
+        self.owners = np.empty(0, np.int64)
+        self.count = 0
+
+    def filled(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.values is None:
+            return np.empty((0, 0), np.uint8), self.owners
+        return self.values[: self.count], self.owners[: self.count]
+
+    def append(self, values: np.ndarray, owners: np.ndarray) -> None:
+        needed = self.count + len(values)
+        if self.values is None or needed > len(self.values):
+            size = max(needed, 2 * self.count, 1024)
+            grown = np.empty((size, *values.shape[1:]), values.dtype)
+            grown_owners = np.empty(size, np.int64)
+            if self.values is not None:
+                grown[: self.count], grown_owners[: self.count] = self.filled()
+            self.values, self.owners = grown, grown_owners
+        self.values[self.count : needed], self.owners[self.count : needed] = values, owners
+        self.count = needed
+
+
 def decode_checked(decode: Callable[[DecodeTask], DecodedFile], task: DecodeTask) -> DecodedFile:
     """`decode(task)`, refused when the file no longer has the content the scan hashed: its
     rows would be kept under the wrong hash."""
@@ -451,7 +517,8 @@ def _decode_into_cache(modality, config, to_decode: Sequence[SourceFile], settin
                        cache: RowCache, known: dict[str, CachedFile], progress) -> dict[str, tuple[str, str, str]]:
     """Decode `to_decode` in worker processes, committing results to the cache in batches as
     they arrive (`known` gains them). Returns the failures the cache does not keep."""
-    writer = cache.writer(settings.batch_files, settings.batch_megabytes)
+    near_search = RunNearSearch(modality.grouping, cache) if settings.group_by == "work" else None
+    writer = cache.writer(settings.batch_files, settings.batch_megabytes, near_search and near_search.on_commit)
     transient: dict[str, tuple[str, str, str]] = {}
     crashed = done = 0
     last_report = time.monotonic()
@@ -485,10 +552,41 @@ def _decode_into_cache(modality, config, to_decode: Sequence[SourceFile], settin
     return transient
 
 
-def _signature_of(source: SourceFile, cached: CachedFile, cache: RowCache) -> FileSignature:
-    arrays = cache.arrays(cached)
-    signatures = {name.split(":", 1)[1]: value for name, value in arrays.items() if name.startswith("signature:")}
-    return FileSignature(source.relpath, source.sha256, signatures, arrays.get("work_keys"), arrays.get("time_spans"))
+SIGNATURE_CHUNK_FILES = 4096  # files whose signatures are gathered one by one before they are stacked
+
+
+def _signatures(accepted: Sequence[tuple[SourceFile, CachedFile]], cache: RowCache) -> FileSignatures:
+    """The split's signatures of the accepted files, read back from the cache into a few arrays
+    (stacked every SIGNATURE_CHUNK_FILES files, so the per-file pieces never pile up)."""
+    stacked: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}  # name -> [(values, owners)] per chunk
+    pending: dict[str, list[np.ndarray]] = {}
+    pending_owners: dict[str, list[tuple[int, int]]] = {}  # name -> [(file index, rows)]
+    time_spans: dict[int, np.ndarray] = {}
+
+    def stack() -> None:
+        for name, parts in pending.items():
+            indexes, counts = zip(*pending_owners[name])
+            stacked.setdefault(name, []).append((np.concatenate(parts), np.repeat(indexes, counts)))
+        pending.clear()
+        pending_owners.clear()
+
+    for index, (_, cached) in enumerate(accepted):
+        for name, value in cache.arrays(cached).items():
+            if name == "time_spans":
+                time_spans[index] = value.copy()
+            elif len(value):
+                pending.setdefault(name, []).append(value)
+                pending_owners.setdefault(name, []).append((index, len(value)))
+        if (index + 1) % SIGNATURE_CHUNK_FILES == 0:
+            stack()
+    stack()
+    columns = {name: (np.concatenate([values for values, _ in chunks]),
+                      np.concatenate([owners for _, owners in chunks]).astype(np.int64))
+               for name, chunks in stacked.items()}
+    return FileSignatures(
+        [source.relpath for source, _ in accepted], [source.sha256 for source, _ in accepted],
+        {name.split(":", 1)[1]: value for name, value in columns.items() if name.startswith("signature:")},
+        columns.get("work_keys"), time_spans)
 
 
 def _split_line(corpus: str, summary: dict) -> str:
@@ -546,8 +644,12 @@ def _write_table(spec: TableSpec, accepted, plan: SplitPlan, time_table: str | N
 
 
 def _write_plain(rows: list[dict], schema: pa.Schema, path: Path, out_dir: Path) -> dict:
-    write_parquet(pa.Table.from_pylist(rows, schema=schema), path)
-    return {"path": str(path.relative_to(out_dir)), "rows": len(rows), "bytes": path.stat().st_size}
+    return _write_columns(pa.Table.from_pylist(rows, schema=schema), path, out_dir)
+
+
+def _write_columns(table: pa.Table, path: Path, out_dir: Path) -> dict:
+    write_parquet(table, path)
+    return {"path": str(path.relative_to(out_dir)), "rows": len(table), "bytes": path.stat().st_size}
 
 
 def _write_rejected(rejections: list[Rejection], path: Path, out_dir: Path) -> dict:
@@ -579,6 +681,4 @@ def _remove_old_versions(out_dir: Path, committed: dict, replaced: dict | None) 
 
 
 def read_rejections(path: Path) -> list[Rejection]:
-    import pyarrow.parquet as pq
-
-    return [Rejection(**row) for row in pq.read_table(path).to_pylist()]
+    return [Rejection(**row) for row in read_parquet(path).to_pylist()]

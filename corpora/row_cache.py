@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import json
 import shutil
+import sys
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -33,7 +34,7 @@ import pyarrow.parquet as pq
 from common.atomic import atomic_write
 from common.hashing import sha256_json
 from corpora.grouping import NearPairMemo
-from corpora.shards import TableSpec, tensor_table
+from corpora.shards import TableSpec, read_parquet, tensor_table
 
 CACHE_DIR = "cache"
 INDEX_SUFFIX = ".index.parquet"
@@ -42,6 +43,10 @@ TRANSIENT_ERRORS = frozenset({"WorkerCrashed", "Timeout", "FileChanged", "FileNo
 HASHES_FILE = "hashes.parquet"
 NEAR_PAIRS_FILE = "near-pairs.parquet"
 NEAR_PAIRS_SCHEMA = pa.schema([("table", pa.string()), ("a", pa.string()), ("b", pa.string())])  # b "": a was compared
+# Beside a batch index, the near pairs its files formed with the files decoded before them in the
+# same run (`run`): a killed ingest's comparisons survive it (corpora.ingest.RunNearSearch).
+NEAR_SUFFIX = ".near.parquet"
+BATCH_NEAR_SCHEMA = pa.schema([("run", pa.string()), *NEAR_PAIRS_SCHEMA])
 INDEX_SCHEMA = pa.schema([
     ("sha256", pa.string()),
     ("accepted", pa.bool_()),
@@ -92,6 +97,12 @@ def _pack(arrays: dict[str, np.ndarray]) -> tuple[bytes, str]:
 
 
 @functools.lru_cache(maxsize=256)
+def _notices(notices_json: str) -> list:
+    """Parsed once per distinct text: most files have none, and share one empty list (read only)."""
+    return json.loads(notices_json)
+
+
+@functools.lru_cache(maxsize=256)
 def _layout(layout_json: str) -> tuple:
     """(name, dtype, shape, offset, count) per array; most files of a corpus share one layout."""
     parts, offset = [], 0
@@ -131,14 +142,14 @@ class RowCache:
         for path in sorted(self.folder.glob(f"b-*{INDEX_SUFFIX}"), key=lambda p: p.stat().st_mtime_ns):
             batch = path.name[: -len(INDEX_SUFFIX)]
             try:
-                rows = pq.read_table(path, columns=columns).to_pylist()
+                rows = read_parquet(path, columns=columns).to_pylist()
             except (OSError, pa.ArrowInvalid):
                 continue  # unreadable: its files are decoded again
             for position, row in enumerate(rows):
                 known[row["sha256"]] = CachedFile(
                     batch, position, row["accepted"], row["stage"] or "", row["error_type"] or "",
-                    row["message"] or "", row["content_hash"] or "", json.loads(row["notices"]),
-                    {table: tuple(span) for table, span in json.loads(row["row_spans"]).items()},
+                    row["message"] or "", row["content_hash"] or "", _notices(row["notices"]),
+                    {sys.intern(table): tuple(span) for table, span in json.loads(row["row_spans"]).items()},
                 )
         return known
 
@@ -154,7 +165,7 @@ class RowCache:
 
     def _table(self, batch: str, name: str) -> pa.Table:
         suffix = INDEX_SUFFIX if name == "" else f".{name}.parquet"
-        return self._opened((batch, name), lambda: pq.read_table(self.folder / f"{batch}{suffix}"))
+        return self._opened((batch, name), lambda: read_parquet(self.folder / f"{batch}{suffix}"))
 
     def arrays(self, cached: CachedFile) -> dict[str, np.ndarray]:
         def read() -> tuple[list, list]:  # the batch's packed arrays as Python lists, converted once
@@ -168,27 +179,43 @@ class RowCache:
         return self._table(batch, table).slice(first, count)
 
     def load_near_memo(self) -> NearPairMemo:
+        """The last split's near pairs and those of the batches decoded since; the set of files
+        compared is the largest of the last split's and each later run's."""
         memo = NearPairMemo()
-        path = self.folder / NEAR_PAIRS_FILE
-        if path.is_file():
-            columns = pq.read_table(path).to_pydict()
-            for table, a, b in zip(columns["table"], columns["a"], columns["b"]):
+        compared: dict[str, dict[str, set[str]]] = {}  # run ("" for the last split) -> table -> files
+        paths = [self.folder / NEAR_PAIRS_FILE, *self.folder.glob(f"b-*{NEAR_SUFFIX}")]
+        for path in paths:
+            try:
+                columns = read_parquet(path).to_pydict()
+            except (OSError, pa.ArrowInvalid):
+                continue  # absent or unreadable: its files are compared again
+            runs = columns.get("run", [""] * len(columns["table"]))
+            for run, table, a, b in zip(runs, columns["table"], columns["a"], columns["b"]):
                 if b:
                     memo.pairs.setdefault(table, set()).add((a, b))
                 else:
-                    memo.checked.setdefault(table, set()).add(a)
+                    compared.setdefault(run, {}).setdefault(table, set()).add(a)
+        for tables in compared.values():
+            for table, shas in tables.items():
+                if len(shas) > len(memo.checked.get(table, ())):
+                    memo.checked[table] = shas
         return memo
 
     def save_near_memo(self, memo: NearPairMemo) -> None:
+        """Write the split's memo; the batches' near files are in it now."""
         rows = [(table, sha, "") for table, shas in memo.checked.items() for sha in sorted(shas)]
         rows += [(table, a, b) for table, pairs in memo.pairs.items() for a, b in sorted(pairs)]
-        table = pa.table(dict(zip(NEAR_PAIRS_SCHEMA.names, map(list, zip(*rows)))) if rows
-                         else {name: [] for name in NEAR_PAIRS_SCHEMA.names}, schema=NEAR_PAIRS_SCHEMA)
-        _write(table, self.folder / NEAR_PAIRS_FILE)
+        _write(_near_table(rows, NEAR_PAIRS_SCHEMA), self.folder / NEAR_PAIRS_FILE)
+        for path in self.folder.glob(f"b-*{NEAR_SUFFIX}"):
+            path.unlink(missing_ok=True)
+
+    def save_batch_near(self, batch: str, rows: list[tuple[str, str, str, str]]) -> None:
+        """(run, table, a, b) rows of a committed batch (see NEAR_SUFFIX)."""
+        _write(_near_table(rows, BATCH_NEAR_SCHEMA), self.folder / f"{batch}{NEAR_SUFFIX}")
 
     # ---- writing ---------------------------------------------------------------------------
-    def writer(self, batch_files: int, batch_megabytes: float) -> BatchWriter:
-        return BatchWriter(self, batch_files, int(batch_megabytes * (1 << 20)))
+    def writer(self, batch_files: int, batch_megabytes: float, on_commit=None) -> BatchWriter:
+        return BatchWriter(self, batch_files, int(batch_megabytes * (1 << 20)), on_commit)
 
     # ---- housekeeping ----------------------------------------------------------------------
     def collect_garbage(self, live: Iterable[str], known: dict[str, CachedFile]) -> None:
@@ -203,11 +230,19 @@ class RowCache:
                 path.unlink(missing_ok=True)
 
 
-class BatchWriter:
-    """Collects decoded files and commits them as batches of bounded size."""
+def _near_table(rows: list[tuple], schema: pa.Schema) -> pa.Table:
+    return pa.table(dict(zip(schema.names, map(list, zip(*rows)))) if rows
+                    else {name: [] for name in schema.names}, schema=schema)
 
-    def __init__(self, cache: RowCache, batch_files: int, batch_bytes: int):
+
+class BatchWriter:
+    """Collects decoded files and commits them as batches of bounded size; `on_commit(batch,
+    [(sha256, DecodedFile)])` hears of each batch's accepted files once its index is written."""
+
+    def __init__(self, cache: RowCache, batch_files: int, batch_bytes: int,
+                 on_commit: Callable[[str, list], None] | None = None):
         self.cache = cache
+        self.on_commit = on_commit
         self.batch_files, self.batch_bytes = max(1, batch_files), max(1, batch_bytes)
         self.pending: list[tuple[str, object]] = []  # (sha256, DecodedFile or ItemFailure-like)
         self.pending_bytes = 0
@@ -273,6 +308,8 @@ class BatchWriter:
             self.committed[row["sha256"]] = CachedFile(
                 batch, position, row["accepted"], row["stage"], row["error_type"], row["message"],
                 row["content_hash"], notices, {table: tuple(span) for table, span in spans.items()})
+        if self.on_commit is not None:
+            self.on_commit(batch, [(sha, result) for sha, result in self.pending if not isinstance(result, tuple)])
         self.pending, self.pending_bytes = [], 0
 
 

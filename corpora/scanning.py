@@ -23,12 +23,13 @@ import pyarrow.parquet as pq
 
 from common.atomic import atomic_write
 from common.hashing import sha256_file, sha256_json
+from corpora.shards import read_parquet
 
 HASHES_SCHEMA = pa.schema([("relpath", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()),
                            ("ctime_ns", pa.int64()), ("inode", pa.int64()), ("sha256", pa.string())])
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SourceFile:
     path: str  # the real path, to open the file by
     relpath: str  # inside the corpus, `displayable`: what shards, manifest and rejections record
@@ -119,7 +120,7 @@ def load_hashes(hashes_file: Path) -> dict[str, list]:
     """The last scan's hashes: relpath -> [size, mtime_ns, ctime_ns, inode, sha256] ({} when none)."""
     if not hashes_file.is_file():
         return {}
-    table = pq.read_table(hashes_file).to_pydict()
+    table = read_parquet(hashes_file).to_pydict()
     return {relpath: facts for relpath, *facts in zip(*(table[name] for name in HASHES_SCHEMA.names))}
 
 

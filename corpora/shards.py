@@ -11,6 +11,7 @@ import io
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from common.atomic import atomic_write
+from common.atomic import atomic_path, atomic_write
 from common.hashing import sha256_file
 
 TENSOR_METADATA_PREFIX = "atelier.tensor."
@@ -102,6 +103,13 @@ def tensors_from_table(table: pa.Table, column: str) -> np.ndarray:
     return flat.view(spec.dtype).reshape(len(table), *spec.shape)
 
 
+def read_parquet(path: str | Path, columns: Sequence[str] | None = None) -> pa.Table:
+    """One Parquet file as a table; unlike `pq.read_table`, without importing pyarrow.dataset
+    (about 40 MB and a second for a process that only reads a file)."""
+    with pq.ParquetFile(path) as file:
+        return file.read(columns=columns)
+
+
 def read_shards(paths: Iterable[str | Path], columns: Sequence[str] | None = None) -> pa.Table:
     tables = [pq.read_table(path, columns=columns) for path in paths]
     if not tables:
@@ -113,18 +121,13 @@ def row_group_size_for(row_nbytes: int, target_group_bytes: int = 8 << 20) -> in
     return int(min(MAX_ROW_GROUP, max(MIN_ROW_GROUP, target_group_bytes // max(row_nbytes, 1))))
 
 
+PARQUET_OPTIONS = {"compression": COMPRESSION, "write_statistics": False}
+
+
 def write_parquet(table: pa.Table, path: str | Path, row_group_size: int | None = None) -> Path:
     """Write one Parquet file atomically (temp file beside it, fsync, rename)."""
-    def write(file) -> None:
-        pq.write_table(
-            table,
-            file,
-            compression=COMPRESSION,
-            row_group_size=row_group_size or MAX_ROW_GROUP,
-            write_statistics=False,
-        )
-
-    return atomic_write(path, write)
+    return atomic_write(path, lambda file: pq.write_table(table, file, row_group_size=row_group_size or MAX_ROW_GROUP,
+                                                          **PARQUET_OPTIONS))
 
 
 @dataclass(frozen=True)
@@ -139,16 +142,19 @@ class ShardInfo:
 
 
 class ShardWriter:
-    """Rows in, in order; shards of about `shard_megabytes` out, each written atomically as soon
-    as it is full, so the writer never holds more than one shard's rows."""
+    """Rows in, in order; shards of about `shard_megabytes` out, each written atomically. A
+    shard is streamed to its file a row group at a time, so the writer holds about one row
+    group's rows, never a whole shard's."""
 
     def __init__(self, spec: TableSpec, folder: Path, relative_to: Path, shard_megabytes: int):
         self.spec, self.folder, self.relative_to = spec, folder, relative_to
+        self.schema = spec.schema()
         self.rows_per_shard = max(1, (shard_megabytes << 20) // spec.row_nbytes)
         self.row_group = row_group_size_for(spec.row_nbytes)
-        self.parts: list[pa.Table] = []
-        self.buffered = 0
+        self.parts: list[pa.Table] = []  # rows not yet written
+        self.buffered = 0  # rows of the current shard, written or not
         self.shards: list[ShardInfo] = []
+        self._file: tuple[ExitStack, pq.ParquetWriter, Path] | None = None  # the shard being written
 
     def append(self, table: pa.Table) -> None:
         while len(table):
@@ -156,21 +162,43 @@ class ShardWriter:
             self.parts.append(table.slice(0, take))
             self.buffered += take
             table = table.slice(take)
+            self._write_row_groups()
             if self.buffered == self.rows_per_shard:
-                self._write()
+                self._finish_shard()
 
     def close(self) -> list[ShardInfo]:
         if self.buffered or not self.shards:  # an empty table still gets its one (empty) shard
-            self._write()
+            self._finish_shard()
         return self.shards
 
-    def _write(self) -> None:
-        schema = self.spec.schema()
-        # one contiguous chunk per column: the bytes of a shard never depend on how its rows arrived
-        part = pa.concat_tables(self.parts).combine_chunks() if self.parts else schema.empty_table()
-        path = self.folder / f"{self.spec.name}-{len(self.shards):05d}.parquet"
-        write_parquet(part, path, row_group_size=self.row_group)
-        self.shards.append(ShardInfo(path=str(path.relative_to(self.relative_to)), rows=len(part),
+    def _path(self) -> Path:
+        return self.folder / f"{self.spec.name}-{len(self.shards):05d}.parquet"
+
+    def _write_row_groups(self, last: bool = False) -> None:
+        """Write every full row group buffered (and with `last`, what remains): one contiguous
+        chunk per column and row group, so a shard's bytes never depend on how its rows arrived."""
+        pending = sum(len(part) for part in self.parts)
+        while pending >= self.row_group or (last and pending):
+            rows = pa.concat_tables(self.parts)
+            group = rows.slice(0, self.row_group).combine_chunks()
+            self.parts = [rows.slice(len(group))] if len(rows) > len(group) else []
+            pending -= len(group)
+            if self._file is None:
+                stack = ExitStack()
+                temporary = stack.enter_context(atomic_path(self._path()))
+                writer = stack.enter_context(pq.ParquetWriter(temporary, self.schema, **PARQUET_OPTIONS))
+                self._file = (stack, writer, temporary)
+            self._file[1].write_table(group, row_group_size=self.row_group)
+
+    def _finish_shard(self) -> None:
+        path = self._path()
+        self._write_row_groups(last=True)
+        if self._file is None:
+            write_parquet(self.schema.empty_table(), path, row_group_size=self.row_group)
+        else:
+            self._file[0].close()  # the Parquet footer, then the atomic rename
+            self._file = None
+        self.shards.append(ShardInfo(path=str(path.relative_to(self.relative_to)), rows=self.buffered,
                                      sha256=sha256_file(path), bytes=path.stat().st_size))
         self.parts, self.buffered = [], 0
 

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from corpora.grouping import GAP, HELDOUT, TRAIN, near_pairs, time_split_rows
+from corpora.grouping import GAP, HELDOUT, TRAIN, FileSignatures, NearPairMemo, find_groups, near_pairs, time_split_rows
 from corpora.images import IMAGES, ImageCorpusConfig
 from corpora.ingest import IngestSettings, ingest, load_manifest
 from corpora.shards import read_shards
@@ -67,6 +67,30 @@ def test_near_pairs_match_brute_force():
     distance = np.sqrt(((rows[:, None].astype(float) - rows[None].astype(float)) ** 2).mean(-1))
     expected = {(i, j) for i, j in zip(*np.nonzero(np.triu(distance <= 6.0, 1)))}
     assert found == expected and len(expected) == 40
+
+
+def test_incremental_near_search_groups_as_the_exhaustive_one_does():
+    rng = np.random.default_rng(1)
+    base = rng.integers(0, 256, (300, 256)).astype(np.int16)
+    planted = np.clip(base[rng.choice(300, 60)] + rng.integers(-5, 6, (60, 256)), 0, 255)
+    rows = np.concatenate([base, planted]).astype(np.uint8)[rng.permutation(360)]
+    distance = np.sqrt(((rows[:, None].astype(float) - rows[None].astype(float)) ** 2).mean(-1))
+    expected = np.arange(len(rows))  # connected components of the exhaustive near relation
+    for _ in range(len(rows)):
+        expected = np.where(distance <= 6.0, expected[None, :], len(rows)).min(1)
+
+    def files(count: int) -> FileSignatures:
+        shas = [f"{i:064x}" for i in range(count)]
+        return FileSignatures([f"{i}.png" for i in range(count)], shas, {"images": (rows[:count], np.arange(count))})
+
+    class Grouping:
+        exact_tables, near_tables, near_rms, overlap = (), ("images",), 6.0, None
+
+    memo = NearPairMemo()
+    find_groups(files(200), Grouping, "work", memo)  # an earlier corpus: its pairs are remembered
+    roots = find_groups(files(360), Grouping, "work", memo)  # only the 160 new files are searched from
+    assert np.array_equal(roots, expected) and len(set(expected.tolist())) < 320
+    assert memo.checked["images"] == set(files(360).sha256s)
 
 
 def test_reencoded_and_resized_copies_land_with_their_original(tmp_path):

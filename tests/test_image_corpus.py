@@ -216,23 +216,23 @@ def test_an_ingest_killed_while_writing_leaves_the_previous_version_readable(tmp
     first = ingest(IMAGES, ImageCorpusConfig(resolution=RESOLUTION), raw, out, settings)
     Image.fromarray(np.zeros((RESOLUTION, RESOLUTION), np.uint8)).save(raw / "bag" / "new.png")
 
-    real_write = corpora.shards.write_parquet
+    real_hash = corpora.shards.sha256_file  # the writer hashes each shard as it finishes it
     written = []
 
-    def dies_on_the_third_shard(table, path, row_group_size=None):
+    def dies_on_the_third_shard(path):
         if len(written) == 2:
             raise KeyboardInterrupt("killed")  # what a signal looks like from inside Python
         written.append(path)
-        return real_write(table, path, row_group_size)
+        return real_hash(path)
 
-    monkeypatch.setattr(corpora.shards, "write_parquet", dies_on_the_third_shard)
+    monkeypatch.setattr(corpora.shards, "sha256_file", dies_on_the_third_shard)
     with pytest.raises(KeyboardInterrupt):
         ingest(IMAGES, ImageCorpusConfig(resolution=RESOLUTION), raw, out, settings)
     assert load_manifest(out / "manifest.json")["version"] == first.version
     previous = read_shards(first.shard_paths("images"))
     assert len(previous) == 10  # every shard the old manifest names is still there and readable
 
-    monkeypatch.setattr(corpora.shards, "write_parquet", real_write)
+    monkeypatch.setattr(corpora.shards, "sha256_file", real_hash)
     resumed = ingest(IMAGES, ImageCorpusConfig(resolution=RESOLUTION), raw, out, settings)
     assert resumed.version != first.version and resumed.counts["ingested"] == 11
     assert len(read_shards(resumed.shard_paths("images"))) == 11
@@ -282,3 +282,31 @@ def test_the_fast_png_path_gives_the_same_pixels_as_pillow(tmp_path):
     Image.fromarray(many).save(tmp_path / "many.png")
     np.testing.assert_array_equal(load_image(str(tmp_path / "many.png"), 1, 10**9)[:, :, 0],
                                   np.asarray(Image.fromarray(many).convert("L")))
+
+
+def test_a_shard_streamed_in_row_groups_has_the_bytes_of_one_written_whole(tmp_path):
+    """The writer streams each shard a row group at a time (memory flat in the shard size);
+    the files must not differ from writing each shard's rows at once, nor depend on how the
+    rows arrived."""
+    import pyarrow as pa
+
+    from corpora.shards import ShardWriter, TableSpec, TensorColumn, row_group_size_for, tensor_table, write_parquet
+
+    spec = TableSpec("rows", TensorColumn("value", (4,)), {"index": pa.int64(), "name": pa.string()})
+    rng = np.random.default_rng(0)
+    count = 20000
+    table = tensor_table(spec, rng.integers(0, 256, (count, 4), dtype=np.uint8),
+                         {"index": list(range(count)), "name": [f"row-{i}" for i in range(count)]})
+    writer = ShardWriter(spec, tmp_path, tmp_path, shard_megabytes=1)
+    cuts = [0, *np.sort(rng.choice(count, 200, replace=False)).tolist(), count]
+    for start, end in zip(cuts, cuts[1:]):
+        writer.append(table.slice(start, end - start))
+    shards = writer.close()
+    assert len(shards) == 3 and shards[0].rows > row_group_size_for(spec.row_nbytes)  # several groups each
+    first = 0
+    for shard in shards:
+        whole = write_parquet(table.slice(first, shard.rows).combine_chunks(), tmp_path / "whole.parquet",
+                              row_group_size=row_group_size_for(spec.row_nbytes))
+        assert (tmp_path / shard.path).read_bytes() == whole.read_bytes()
+        first += shard.rows
+    assert first == count and not list(tmp_path.glob(".*.tmp"))

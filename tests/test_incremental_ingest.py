@@ -18,8 +18,9 @@ import pytest
 from PIL import Image
 
 from corpora.images import IMAGES, ImageCorpusConfig
-from corpora.ingest import DecodeTask, IngestSettings, Rejected, decode_checked, ingest
-from corpora.row_cache import CACHE_DIR, INDEX_SUFFIX
+from common.hashing import sha256_file
+from corpora.ingest import DecodeTask, IngestSettings, Rejected, _row_cache, decode_checked, ingest
+from corpora.row_cache import CACHE_DIR, INDEX_SUFFIX, NEAR_SUFFIX
 from corpora.shards import read_shards
 from tests.reliability._media import write_pngs
 
@@ -119,6 +120,40 @@ def test_a_killed_ingest_keeps_the_batches_it_finished(tmp_path):
     assert 0 < resumed.decoded_files <= 300 - 3 * 8
     assert resumed.counts["ingested"] == 300 and accounted(resumed)
     assert resumed.version == fresh_version(raw, tmp_path / "fresh")
+
+
+def test_a_killed_ingest_keeps_the_near_pairs_it_found(tmp_path):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    write_pngs(raw, 200, seed=7)
+    for index in range(0, 30, 3):  # near copies sorted right after their originals: decoded early
+        original = np.asarray(Image.open(raw / "class-0" / f"{index:05d}.png"))
+        Image.fromarray(np.clip(original.astype(int) + 2, 0, 255).astype(np.uint8)).save(
+            raw / "class-0" / f"{index:05d}-near.png")
+    script = ("import sys; from corpora.images import IMAGES, ImageCorpusConfig; "
+              "from corpora.ingest import IngestSettings, ingest; "
+              "ingest(IMAGES, ImageCorpusConfig(resolution=12), sys.argv[1], sys.argv[2], "
+              "IngestSettings(workers=1, heldout_percent=30, batch_files=8, chunk_size=1))")
+    child = subprocess.Popen([sys.executable, "-c", script, str(raw), str(out)], cwd=PROJECT_ROOT,
+                             env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while len(list((out / CACHE_DIR).glob(f"*/*{NEAR_SUFFIX}"))) < 4 and child.poll() is None \
+            and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(child.pid, signal.SIGKILL)
+    child.wait()
+    assert not (out / "manifest.json").exists(), "the ingest finished before it was killed"
+
+    memo = _row_cache(IMAGES, CONFIG, out).load_near_memo()  # what the rerun starts from
+    compared = memo.checked["images"]
+    assert len(compared) >= 4 * 8  # the files of the batches committed before the kill
+    sha = {path.name: sha256_file(path) for path in (raw / "class-0").iterdir()}
+    assert {sha["00000-near.png"], sha["00000.png"]} in [set(pair) for pair in memo.pairs["images"]]
+
+    resumed = run(raw, out)
+    assert resumed.version == fresh_version(raw, tmp_path / "fresh")
+    groups = pq.read_table(out / resumed.manifest["groups"]["path"]).to_pydict()
+    group_of = dict(zip(groups["source_path"], groups["group"]))
+    assert all(group_of[f"class-0/{i:05d}-near.png"] == group_of[f"class-0/{i:05d}.png"] for i in range(0, 30, 3))
 
 
 def test_links_inside_are_followed_links_outside_refused(tmp_path):
