@@ -30,7 +30,7 @@ from resources.storage import StorageResource
 from resources.trainer import TrainerLauncher
 
 GROUP = FAMILY.key
-CODE_VERSION = "music-vae-3"  # the training asset's
+CODE_VERSION = "music-vae-4"  # the training asset's
 GALLERY_CODE_VERSION = "music-gallery-1"
 GALLERY_SAMPLES, GALLERY_SEED, INTERPOLATION_STEPS = 4, 0, 5
 

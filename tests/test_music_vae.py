@@ -146,6 +146,32 @@ def test_scheduled_sampling_changes_the_decoder_input():
     assert torch.allclose(logits_tf[:, 0], logits_steps[:, 0], atol=1e-5)  # same first step, one pass vs stepwise
 
 
+def test_each_voice_is_drawn_given_the_voices_above_it_in_its_step():
+    model = MusicVaeFamily(tiny_config("chorale"), windows("chorale", 8)).model.eval()
+    heads = model.decoder.heads
+    y = torch.randn(3, 5, model.config.decoder_hidden)
+    current = torch.as_tensor(windows("chorale", 3, seed=2)[:, :, :5].transpose(0, 2, 1).astype(np.int64))  # (B, S, V)
+
+    def with_voice(voice: int) -> torch.Tensor:
+        changed = current.clone()
+        changed[..., voice] = torch.where(changed[..., voice] == 60, 61, 60)
+        return changed
+
+    with torch.no_grad():
+        base = heads(y, current)
+        soprano, tenor, bass = heads(y, with_voice(0)), heads(y, with_voice(2)), heads(y, with_voice(3))
+        assert torch.equal(heads(y, current, voice=1), base[..., 1, :])
+    assert torch.equal(soprano[..., 0, :], base[..., 0, :])  # the soprano comes first: it sees none of its step
+    assert not torch.allclose(soprano[..., 1, :], base[..., 1, :])  # the alto depends on the soprano ...
+    assert torch.equal(tenor[..., 1, :], base[..., 1, :]) and torch.equal(bass[..., 1, :], base[..., 1, :])  # ... only
+    assert not torch.allclose(tenor[..., 3, :], base[..., 3, :])  # the bass hears the tenor
+    # greedy decoding picked each voice given the voices already picked in its step: teacher-forced on its
+    # own output, the decoder picks the same tokens again (not so if a voice had been drawn before the ones above it)
+    z = torch.randn(6, model.config.latent_dim)
+    drawn = model.generate(z, temperature=0.0)
+    assert torch.equal(model.decode_teacher_forced(z, drawn).argmax(-1).transpose(1, 2), drawn)
+
+
 # --- sampling, interpolation, bundles ----------------------------------------------------
 
 

@@ -15,7 +15,7 @@ from models.music_vae.config import MusicVaeConfig
 from models.music_vae.network import MusicVae
 from models.music_vae.tokens import HOLD, NOTE_OFF, NUM_CLASSES, as_voices
 
-BUNDLE_FORMAT = "atelier.music_vae/1"
+BUNDLE_FORMAT = "atelier.music_vae/2"  # /1: the voices of a step drawn independently
 SAMPLE_CHUNK = 512  # sequences per decoder pass when sampling, to bound memory
 # What a listener hears: the gallery samples at this temperature, and the evaluation measures
 # prior samples at it too, so the musical statistics describe the gallery's music.
