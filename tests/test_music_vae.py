@@ -18,7 +18,9 @@ from models.music_vae import metrics as music_metrics
 from models.music_vae import render as music_render
 from models.music_vae.config import MusicVaeConfig
 from models.music_vae.network import START, shift_right
-from models.music_vae.sampling import GALLERY_TEMPERATURE, encode, interpolate, load_bundle, load_model, sample
+from models.music_vae.sampling import (
+    GALLERY_TEMPERATURE, LATENT_WALK_CORRELATION, encode, interpolate, latent_walk, load_bundle, load_model, sample,
+)
 from models.music_vae.tokens import HOLD, NOTE_OFF, midi_bytes_to_tokens, step_seconds, tokens_to_midi_bytes, tokens_to_notes
 from models.music_vae.training import MusicVaeFamily, export_bundle, transpose
 from models.trainer import fit
@@ -197,6 +199,20 @@ def test_sample_shapes_and_determinism_by_seed(trained):
     assert sample(melody.model, 3, seed=0).shape == (3, STEPS)
     greedy = sample(melody.model, 3, seed=0, temperature=0.0)
     assert np.array_equal(greedy, sample(melody.model, 3, seed=0, temperature=0.0))
+    phrases = sample(chorale.model, 2, seed=3, bars=8)  # four windows decoded as one sequence
+    assert phrases.shape == (2, 4, 4 * STEPS) and np.array_equal(phrases, sample(chorale.model, 2, seed=3, bars=8))
+    assert sample(melody.model, 2, seed=3, bars=4).shape == (2, 2 * STEPS)
+    for bars in (3, 1, 16):
+        with pytest.raises(ValueError, match="bars"):
+            sample(chorale.model, 1, bars=bars)
+
+
+def test_a_phrases_latents_walk_from_the_prior():
+    walk = latent_walk(4000, 4, 8, seed=0)
+    assert walk.shape == (4000, 4, 8)
+    assert walk.std(dim=(0, 2)).tolist() == pytest.approx([1.0] * 4, abs=0.03)  # every window's latent is N(0, I)
+    next_window = (walk[:, 1:] * walk[:, :-1]).mean().item()
+    assert next_window == pytest.approx(LATENT_WALK_CORRELATION, abs=0.03)
 
 
 def test_bundle_reloads_weights_only_to_the_same_music(trained):
@@ -220,13 +236,17 @@ FRESH_PREDICT = """
     model = mlflow.pyfunc.load_model(sys.argv[1])
     chorales = model.predict({"n": 3, "seed": 7, "temperature": 0.8})
     plain = model.predict({"n": 2, "seed": 7})
+    default_temperature = model.predict({"n": 2, "seed": 7, "temperature": TEMPERATURE})
+    hotter = model.predict({"n": 2, "seed": 7, "temperature": 1.0})
+    long = pretty_midi.PrettyMIDI(io.BytesIO(model.predict({"n": 1, "seed": 7, "bars": 8})[0]))
     again = model.predict(pd.DataFrame({"n": [3], "seed": [7], "temperature": [0.8]}))
     melodies = model.predict({"n": 2, "seed": 1, "mode": "melody"})
     strip = model.predict({"interpolate": [chorales[0], chorales[1]], "steps": 4, "mode": "chorale"})
     parsed = [pretty_midi.PrettyMIDI(io.BytesIO(b)) for b in chorales + melodies + strip]
     module = sys.modules[type(model.unwrap_python_model()).__module__].__file__
     print(json.dumps({"n": len(chorales), "same": chorales == again, "melodies": len(melodies), "strip": len(strip),
-                      "plain": [type(b).__name__ for b in plain],
+                      "plain": [type(b).__name__ for b in plain], "default_temperature": plain == default_temperature,
+                      "hotter": plain == hotter, "long_seconds": long.get_end_time(),
                       "instruments": [len(p.instruments) for p in parsed], "module": module}))
 """
 
@@ -239,8 +259,10 @@ def test_pyfunc_in_a_fresh_process_returns_midi_and_interpolations(trained, tmp_
     # saved as the registry saves it: the record's pyfunc class and code paths
     mlflow.pyfunc.save_model(str(model_dir), python_model=FAMILY.pyfunc(), artifacts={"bundle": str(bundle)},
                              code_paths=FAMILY.code_paths())
-    result = run_in_fresh_process(FRESH_PREDICT, model_dir, timeout=180)
-    assert result == {**result, "n": 3, "same": True, "melodies": 2, "strip": 4, "plain": ["bytes", "bytes"]}
+    result = run_in_fresh_process(FRESH_PREDICT.replace("TEMPERATURE", repr(GALLERY_TEMPERATURE)), model_dir, timeout=180)
+    assert result == {**result, "n": 3, "same": True, "melodies": 2, "strip": 4, "plain": ["bytes", "bytes"],
+                      "default_temperature": True, "hotter": False}
+    assert result["long_seconds"] > 6 * 4 * step_seconds() * 4  # more than 6 bars of 16 steps: an 8-bar phrase
     assert result["instruments"] == [4, 4, 4, 1, 1, 4, 4, 4, 4]  # one instrument per voice
     assert result["module"].startswith(str(model_dir)), "the pyfunc must come from the model's own code path"
 
