@@ -19,7 +19,8 @@ from models.music_vae import render as music_render
 from models.music_vae.config import MusicVaeConfig
 from models.music_vae.network import START, shift_right
 from models.music_vae.sampling import (
-    GALLERY_TEMPERATURE, LATENT_WALK_CORRELATION, encode, interpolate, latent_walk, load_bundle, load_model, sample,
+    GALLERY_BARS, GALLERY_TEMPERATURE, LATENT_WALK_CORRELATION, encode, interpolate, latent_walk, load_bundle, load_model,
+    sample,
 )
 from models.music_vae.tokens import HOLD, NOTE_OFF, midi_bytes_to_tokens, step_seconds, tokens_to_midi_bytes, tokens_to_notes
 from models.music_vae.training import MusicVaeFamily, export_bundle, transpose
@@ -321,6 +322,37 @@ def test_metric_sanity():
     assert stats["polyphony"] == 4.0 and stats["empty_beat_rate"] == 0.5
 
 
+def chorale_in_c() -> np.ndarray:
+    """(4, 32): I IV V I vi ii V7 I in C, a quarter note each, voiced without parallel fifths or octaves."""
+    chords = [(72, 67, 64, 48), (72, 69, 65, 53), (71, 67, 62, 55), (72, 67, 64, 48),
+              (72, 69, 64, 57), (74, 69, 65, 50), (74, 71, 65, 55), (72, 67, 64, 48)]
+    window = np.full((4, STEPS), HOLD, np.uint8)
+    window[:, ::4] = np.array(chords).T
+    return window
+
+
+def test_harmony_statistics_tell_a_chorale_from_random_pitches_and_count_parallels():
+    window = chorale_in_c().astype(np.int64)
+    bach_like = np.stack([np.where(window < NOTE_OFF, window + shift, window) for shift in range(-5, 7)]).astype(np.uint8)
+    bach = music_metrics.harmony_statistics(bach_like)
+    random = music_metrics.harmony_statistics(music_metrics.random_pitches(bach_like, seed=0))
+    assert bach["chord_share"] == 1.0 and bach["parallels_per_bar"] == 0.0 and bach["key_correlation"] > 0.8
+    assert random["chord_share"] < 0.5 and random["key_correlation"] < bach["key_correlation"] - 0.15
+    assert random["parallels_per_bar"] > 0
+    # soprano and bass a fifth apart, moving together four times; alto and tenor hold a chord tone
+    fifths = np.full((4, STEPS), HOLD, np.uint8)
+    fifths[0, ::8] = [67, 69, 71, 72]  # G A B C
+    fifths[3, ::8] = [48, 50, 52, 53]  # C D E F: fifths (compound) with the soprano throughout
+    fifths[1:3, 0] = [64, 60]
+    assert music_metrics.harmony_statistics(fifths[None])["parallels_per_bar"] == 3 / 2  # 3 moves in 2 bars
+    assert music_metrics.parallel_motions(np.array([67, 60]), np.array([74, 67])) == {"fifths": 1, "octaves": 0}
+    assert music_metrics.parallel_motions(np.array([72, 60]), np.array([74, 62])) == {"fifths": 0, "octaves": 1}
+    assert music_metrics.parallel_motions(np.array([67, 60]), np.array([62, 55])) == {"fifths": 1, "octaves": 0}
+    # contrary motion into a fifth, or a held voice, is no parallel
+    assert music_metrics.parallel_motions(np.array([67, 60]), np.array([74, 55])) == {"fifths": 0, "octaves": 0}
+    assert music_metrics.parallel_motions(np.array([67, 60]), np.array([67, 62])) == {"fifths": 0, "octaves": 0}
+
+
 def test_report_has_model_and_baselines_in_one_table(trained):
     (chorale, _), _ = trained
     report = music_metrics.evaluate(chorale.model, windows("chorale", 32), windows("chorale", 12, seed=9),
@@ -347,6 +379,9 @@ def test_report_has_model_and_baselines_in_one_table(trained):
     assert rows["model"][columns.index("true_nll_per_token")] == "—"
     assert rows["unigram"][columns.index("posterior_mean_reconstruction_loss_per_token")] == "—"
     assert "overlap: held-out vs train (reference)" in text and f"temperature {GALLERY_TEMPERATURE:g}" in text
+    assert set(report["harmony"]) == {"prior", f"prior_{GALLERY_BARS}_bars", "heldout", "random_pitches"}
+    assert all(set(row) == set(music_metrics.HARMONY) for row in report["harmony"].values())
+    assert "| random_pitches |" in text
     with pytest.raises(ValueError, match="held-out windows"):
         music_metrics.evaluate(chorale.model, windows("chorale", 32), windows("chorale", 1)[:0], n_samples=2)
 
