@@ -163,7 +163,6 @@ def test_each_voice_is_drawn_given_the_voices_above_it_in_its_step():
     with torch.no_grad():
         base = heads(y, current)
         soprano, tenor, bass = heads(y, with_voice(0)), heads(y, with_voice(2)), heads(y, with_voice(3))
-        assert torch.equal(heads(y, current, voice=1), base[..., 1, :])
     assert torch.equal(soprano[..., 0, :], base[..., 0, :])  # the soprano comes first: it sees none of its step
     assert not torch.allclose(soprano[..., 1, :], base[..., 1, :])  # the alto depends on the soprano ...
     assert torch.equal(tenor[..., 1, :], base[..., 1, :]) and torch.equal(bass[..., 1, :], base[..., 1, :])  # ... only

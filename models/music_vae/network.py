@@ -49,37 +49,28 @@ class Encoder(nn.Module):
 
 
 class VoiceHeads(nn.Module):
-    """Per voice v: logits = out_v(relu(in_v([decoder output, embeddings of this step's voices < v]))).
-    The later voices' embeddings are masked to zero, so voice v never sees them."""
+    """Per voice v: logits = out_v(relu(A_v y + B_v [embeddings of this step's voices before v])),
+    y the decoder's output. B's blocks from a voice to itself or to a voice above it are masked to
+    zero, so voice v never sees its own token or a later voice's."""
 
     def __init__(self, config: MusicVaeConfig):
         super().__init__()
-        voices, hidden = config.voices, config.voice_head_hidden
+        voices, hidden, embed = config.voices, config.voice_head_hidden, config.embed_dim
         self.voices = voices
-        self.embed = VoiceEmbedding(voices, config.embed_dim)
-        self.register_buffer("earlier", torch.ones(voices, voices).tril(-1), persistent=False)  # [v, u]: u < v
-        inputs = config.decoder_hidden + voices * config.embed_dim
-        self.in_weight, self.in_bias = _voice_linear(voices, inputs, hidden)
-        self.out_weight, self.out_bias = _voice_linear(voices, hidden, NUM_CLASSES)
+        self.embed = VoiceEmbedding(voices, embed)
+        self.from_decoder = nn.Linear(config.decoder_hidden, voices * hidden)
+        self.from_voices = nn.Linear(voices * embed, voices * hidden, bias=False)
+        earlier = torch.ones(voices, voices).tril(-1)  # [v, u]: u is above v
+        self.register_buffer("seen", earlier.repeat_interleave(hidden, 0).repeat_interleave(embed, 1), persistent=False)
+        bound = 1.0 / hidden**0.5  # as nn.Linear initialises its own
+        self.out_weight = nn.Parameter(torch.empty(voices, hidden, NUM_CLASSES).uniform_(-bound, bound))
+        self.out_bias = nn.Parameter(torch.empty(voices, NUM_CLASSES).uniform_(-bound, bound))
 
-    def forward(self, y: torch.Tensor, current: torch.Tensor, voice: int | None = None) -> torch.Tensor:
-        """y (B, S, H) decoder outputs, current (B, S, V) this step's tokens -> logits (B, S, V, C),
-        or only voice `voice`'s (B, S, C), which reads only the tokens of the voices before it."""
-        embedded = self.embed(current).unflatten(-1, (self.voices, -1))  # (B, S, V, E)
-        voices = list(range(self.voices)) if voice is None else [voice]
-        seen = embedded[..., None, :, :] * self.earlier[voices][:, :, None]  # (B, S, v, V, E)
-        x = torch.cat([y[..., None, :].expand(*seen.shape[:-2], -1), seen.flatten(-2)], dim=-1)
-        hidden = torch.relu(torch.einsum("bsvi,vih->bsvh", x, self.in_weight[voices]) + self.in_bias[voices])
-        logits = torch.einsum("bsvh,vhc->bsvc", hidden, self.out_weight[voices]) + self.out_bias[voices]
-        return logits if voice is None else logits[..., 0, :]
-
-
-def _voice_linear(voices: int, inputs: int, outputs: int) -> tuple[nn.Parameter, nn.Parameter]:
-    """One (inputs -> outputs) affine map per voice, initialised as nn.Linear initialises its own."""
-    bound = 1.0 / inputs**0.5
-    weight = nn.Parameter(torch.empty(voices, inputs, outputs).uniform_(-bound, bound))
-    bias = nn.Parameter(torch.empty(voices, outputs).uniform_(-bound, bound))
-    return weight, bias
+    def forward(self, y: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+        """y (B, S, H) decoder outputs, current (B, S, V) this step's tokens -> logits (B, S, V, C)."""
+        heard = F.linear(self.embed(current), self.from_voices.weight * self.seen)
+        hidden = torch.relu(self.from_decoder(y) + heard).unflatten(-1, (self.voices, -1))
+        return torch.einsum("bsvh,vhc->bsvc", hidden, self.out_weight) + self.out_bias
 
 
 class Decoder(nn.Module):
@@ -112,7 +103,7 @@ class Decoder(nn.Module):
         drawn given the tokens already drawn for the voices before it."""
         current = torch.zeros(*y.shape[:-1], self.voices, dtype=torch.long, device=y.device)
         for voice in range(self.voices):
-            current[..., voice] = pick_tokens(self.heads(y, current, voice), temperature, generator)
+            current[..., voice] = pick_tokens(self.heads(y, current)[..., voice, :], temperature, generator)
         return current
 
 
