@@ -20,7 +20,7 @@ from models import midi_audio
 from models.music_vae import FAMILY
 from models.music_vae.config import KINDS, MusicVaeConfig
 from models.music_vae.render import mel_spectrogram_image, pianoroll_image
-from models.music_vae.sampling import GALLERY_TEMPERATURE, interpolate, sample
+from models.music_vae.sampling import GALLERY_BARS, GALLERY_TEMPERATURE, interpolate, sample
 from models.music_vae.tokens import tokens_to_midi_bytes
 from models.music_vae.training import load_windows
 from models.train import TrainingRequest
@@ -30,8 +30,8 @@ from resources.storage import StorageResource
 from resources.trainer import TrainerLauncher
 
 GROUP = FAMILY.key
-CODE_VERSION = "music-vae-3"  # the training asset's
-GALLERY_CODE_VERSION = "music-gallery-1"
+CODE_VERSION = "music-vae-4"  # the training asset's
+GALLERY_CODE_VERSION = "music-gallery-2"
 GALLERY_SAMPLES, GALLERY_SEED, INTERPOLATION_STEPS = 4, 0, 5
 
 
@@ -76,7 +76,7 @@ def music_vae(
 @dg.asset(
     group_name=GROUP, code_version=GALLERY_CODE_VERSION, kinds={"html"},
     automation_condition=dg.AutomationCondition.eager(),
-    description="Samples of the music_vae version this run registered as .mid, rendered .wav, piano roll and "
+    description=f"{GALLERY_BARS}-bar samples of the music_vae version this run registered as .mid, rendered .wav, piano roll and "
     "mel spectrogram, plus an interpolation between two real chorale phrases, under data/galleries/music-vae/<version>/.",
 )
 def music_gallery(
@@ -91,7 +91,7 @@ def music_gallery(
 
     entries, rolls = [], []
     for kind, kind_model in models.items():
-        windows = sample(kind_model, GALLERY_SAMPLES, seed=GALLERY_SEED, temperature=GALLERY_TEMPERATURE)
+        windows = sample(kind_model, GALLERY_SAMPLES, seed=GALLERY_SEED, temperature=GALLERY_TEMPERATURE, bars=GALLERY_BARS)
         entries += [_write_piece(folder, f"{kind}-{i}", window) for i, window in enumerate(windows)]
         rolls += [pianoroll_image(window) for window in windows]
     interpolation = []

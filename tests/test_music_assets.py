@@ -16,7 +16,7 @@ import pytest
 from assets.ingest import midi_corpus
 from assets.music_vae import music_gallery, music_vae
 from models.music_vae import CHAMPION_RULE
-from models.music_vae.sampling import GALLERY_TEMPERATURE, sample
+from models.music_vae.sampling import GALLERY_BARS, GALLERY_TEMPERATURE, sample
 from models.music_vae.tokens import tokens_to_midi_bytes
 from pipelines.definitions import build_resources
 
@@ -100,11 +100,11 @@ def test_gallery_has_audio_that_is_not_silent_and_lasts_as_long_as_the_midi(musi
     assert len(list(index.parent.glob("interpolation-*.mid"))) == 5
 
 
-def test_gallery_samples_at_the_temperature_the_evaluation_measures(music_run):
+def test_gallery_plays_long_phrases_at_the_temperature_the_evaluation_measures(music_run):
     index = Path(metadata_of(music_run["result"], music_gallery)["index"])
     model, _ = music_run["resources"]["mlflow"].load_pyfunc_model("music-vae", "1")
     chorale = model.unwrap_python_model().models["chorale"]
-    drawn = sample(chorale, 4, seed=0, temperature=GALLERY_TEMPERATURE)
+    drawn = sample(chorale, 4, seed=0, temperature=GALLERY_TEMPERATURE, bars=GALLERY_BARS)
     assert [(index.parent / f"chorale-{i}.mid").read_bytes() for i in range(4)] == [tokens_to_midi_bytes(w) for w in drawn]
     trained = metadata_of(music_run["result"], music_vae)
     assert f"temperature {GALLERY_TEMPERATURE:g} (the gallery's)" in trained["metrics_table"]

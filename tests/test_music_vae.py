@@ -18,7 +18,10 @@ from models.music_vae import metrics as music_metrics
 from models.music_vae import render as music_render
 from models.music_vae.config import MusicVaeConfig
 from models.music_vae.network import START, shift_right
-from models.music_vae.sampling import GALLERY_TEMPERATURE, encode, interpolate, load_bundle, load_model, sample
+from models.music_vae.sampling import (
+    GALLERY_BARS, GALLERY_TEMPERATURE, LATENT_WALK_CORRELATION, encode, interpolate, latent_walk, load_bundle, load_model,
+    sample,
+)
 from models.music_vae.tokens import HOLD, NOTE_OFF, midi_bytes_to_tokens, step_seconds, tokens_to_midi_bytes, tokens_to_notes
 from models.music_vae.training import MusicVaeFamily, export_bundle, transpose
 from models.trainer import fit
@@ -146,6 +149,31 @@ def test_scheduled_sampling_changes_the_decoder_input():
     assert torch.allclose(logits_tf[:, 0], logits_steps[:, 0], atol=1e-5)  # same first step, one pass vs stepwise
 
 
+def test_each_voice_is_drawn_given_the_voices_above_it_in_its_step():
+    model = MusicVaeFamily(tiny_config("chorale"), windows("chorale", 8)).model.eval()
+    heads = model.decoder.heads
+    y = torch.randn(3, 5, model.config.decoder_hidden)
+    current = torch.as_tensor(windows("chorale", 3, seed=2)[:, :, :5].transpose(0, 2, 1).astype(np.int64))  # (B, S, V)
+
+    def with_voice(voice: int) -> torch.Tensor:
+        changed = current.clone()
+        changed[..., voice] = torch.where(changed[..., voice] == 60, 61, 60)
+        return changed
+
+    with torch.no_grad():
+        base = heads(y, current)
+        soprano, tenor, bass = heads(y, with_voice(0)), heads(y, with_voice(2)), heads(y, with_voice(3))
+    assert torch.equal(soprano[..., 0, :], base[..., 0, :])  # the soprano comes first: it sees none of its step
+    assert not torch.allclose(soprano[..., 1, :], base[..., 1, :])  # the alto depends on the soprano ...
+    assert torch.equal(tenor[..., 1, :], base[..., 1, :]) and torch.equal(bass[..., 1, :], base[..., 1, :])  # ... only
+    assert not torch.allclose(tenor[..., 3, :], base[..., 3, :])  # the bass hears the tenor
+    # greedy decoding picked each voice given the voices already picked in its step: teacher-forced on its
+    # own output, the decoder picks the same tokens again (not so if a voice had been drawn before the ones above it)
+    z = torch.randn(6, model.config.latent_dim)
+    drawn = model.generate(z, temperature=0.0)
+    assert torch.equal(model.decode_teacher_forced(z, drawn).argmax(-1).transpose(1, 2), drawn)
+
+
 # --- sampling, interpolation, bundles ----------------------------------------------------
 
 
@@ -171,6 +199,20 @@ def test_sample_shapes_and_determinism_by_seed(trained):
     assert sample(melody.model, 3, seed=0).shape == (3, STEPS)
     greedy = sample(melody.model, 3, seed=0, temperature=0.0)
     assert np.array_equal(greedy, sample(melody.model, 3, seed=0, temperature=0.0))
+    phrases = sample(chorale.model, 2, seed=3, bars=8)  # four windows decoded as one sequence
+    assert phrases.shape == (2, 4, 4 * STEPS) and np.array_equal(phrases, sample(chorale.model, 2, seed=3, bars=8))
+    assert sample(melody.model, 2, seed=3, bars=4).shape == (2, 2 * STEPS)
+    for bars in (3, 1, 16):
+        with pytest.raises(ValueError, match="bars"):
+            sample(chorale.model, 1, bars=bars)
+
+
+def test_a_phrases_latents_walk_from_the_prior():
+    walk = latent_walk(4000, 4, 8, seed=0)
+    assert walk.shape == (4000, 4, 8)
+    assert walk.std(dim=(0, 2)).tolist() == pytest.approx([1.0] * 4, abs=0.03)  # every window's latent is N(0, I)
+    next_window = (walk[:, 1:] * walk[:, :-1]).mean().item()
+    assert next_window == pytest.approx(LATENT_WALK_CORRELATION, abs=0.03)
 
 
 def test_bundle_reloads_weights_only_to_the_same_music(trained):
@@ -194,13 +236,17 @@ FRESH_PREDICT = """
     model = mlflow.pyfunc.load_model(sys.argv[1])
     chorales = model.predict({"n": 3, "seed": 7, "temperature": 0.8})
     plain = model.predict({"n": 2, "seed": 7})
+    default_temperature = model.predict({"n": 2, "seed": 7, "temperature": TEMPERATURE})
+    hotter = model.predict({"n": 2, "seed": 7, "temperature": 1.0})
+    long = pretty_midi.PrettyMIDI(io.BytesIO(model.predict({"n": 1, "seed": 7, "bars": 8})[0]))
     again = model.predict(pd.DataFrame({"n": [3], "seed": [7], "temperature": [0.8]}))
     melodies = model.predict({"n": 2, "seed": 1, "mode": "melody"})
     strip = model.predict({"interpolate": [chorales[0], chorales[1]], "steps": 4, "mode": "chorale"})
     parsed = [pretty_midi.PrettyMIDI(io.BytesIO(b)) for b in chorales + melodies + strip]
     module = sys.modules[type(model.unwrap_python_model()).__module__].__file__
     print(json.dumps({"n": len(chorales), "same": chorales == again, "melodies": len(melodies), "strip": len(strip),
-                      "plain": [type(b).__name__ for b in plain],
+                      "plain": [type(b).__name__ for b in plain], "default_temperature": plain == default_temperature,
+                      "hotter": plain == hotter, "long_seconds": long.get_end_time(),
                       "instruments": [len(p.instruments) for p in parsed], "module": module}))
 """
 
@@ -213,8 +259,10 @@ def test_pyfunc_in_a_fresh_process_returns_midi_and_interpolations(trained, tmp_
     # saved as the registry saves it: the record's pyfunc class and code paths
     mlflow.pyfunc.save_model(str(model_dir), python_model=FAMILY.pyfunc(), artifacts={"bundle": str(bundle)},
                              code_paths=FAMILY.code_paths())
-    result = run_in_fresh_process(FRESH_PREDICT, model_dir, timeout=180)
-    assert result == {**result, "n": 3, "same": True, "melodies": 2, "strip": 4, "plain": ["bytes", "bytes"]}
+    result = run_in_fresh_process(FRESH_PREDICT.replace("TEMPERATURE", repr(GALLERY_TEMPERATURE)), model_dir, timeout=180)
+    assert result == {**result, "n": 3, "same": True, "melodies": 2, "strip": 4, "plain": ["bytes", "bytes"],
+                      "default_temperature": True, "hotter": False}
+    assert result["long_seconds"] > 6 * 4 * step_seconds() * 4  # more than 6 bars of 16 steps: an 8-bar phrase
     assert result["instruments"] == [4, 4, 4, 1, 1, 4, 4, 4, 4]  # one instrument per voice
     assert result["module"].startswith(str(model_dir)), "the pyfunc must come from the model's own code path"
 
@@ -273,6 +321,37 @@ def test_metric_sanity():
     assert stats["polyphony"] == 4.0 and stats["empty_beat_rate"] == 0.5
 
 
+def chorale_in_c() -> np.ndarray:
+    """(4, 32): I IV V I vi ii V7 I in C, a quarter note each, voiced without parallel fifths or octaves."""
+    chords = [(72, 67, 64, 48), (72, 69, 65, 53), (71, 67, 62, 55), (72, 67, 64, 48),
+              (72, 69, 64, 57), (74, 69, 65, 50), (74, 71, 65, 55), (72, 67, 64, 48)]
+    window = np.full((4, STEPS), HOLD, np.uint8)
+    window[:, ::4] = np.array(chords).T
+    return window
+
+
+def test_harmony_statistics_tell_a_chorale_from_random_pitches_and_count_parallels():
+    window = chorale_in_c().astype(np.int64)
+    bach_like = np.stack([np.where(window < NOTE_OFF, window + shift, window) for shift in range(-5, 7)]).astype(np.uint8)
+    bach = music_metrics.harmony_statistics(bach_like)
+    random = music_metrics.harmony_statistics(music_metrics.random_pitches(bach_like, seed=0))
+    assert bach["chord_share"] == 1.0 and bach["parallels_per_bar"] == 0.0 and bach["key_correlation"] > 0.8
+    assert random["chord_share"] < 0.5 and random["key_correlation"] < bach["key_correlation"] - 0.15
+    assert random["parallels_per_bar"] > 0
+    # soprano and bass a fifth apart, moving together four times; alto and tenor hold a chord tone
+    fifths = np.full((4, STEPS), HOLD, np.uint8)
+    fifths[0, ::8] = [67, 69, 71, 72]  # G A B C
+    fifths[3, ::8] = [48, 50, 52, 53]  # C D E F: fifths (compound) with the soprano throughout
+    fifths[1:3, 0] = [64, 60]
+    assert music_metrics.harmony_statistics(fifths[None])["parallels_per_bar"] == 3 / 2  # 3 moves in 2 bars
+    assert music_metrics.parallel_motions(np.array([67, 60]), np.array([74, 67])) == {"fifths": 1, "octaves": 0}
+    assert music_metrics.parallel_motions(np.array([72, 60]), np.array([74, 62])) == {"fifths": 0, "octaves": 1}
+    assert music_metrics.parallel_motions(np.array([67, 60]), np.array([62, 55])) == {"fifths": 1, "octaves": 0}
+    # contrary motion into a fifth, or a held voice, is no parallel
+    assert music_metrics.parallel_motions(np.array([67, 60]), np.array([74, 55])) == {"fifths": 0, "octaves": 0}
+    assert music_metrics.parallel_motions(np.array([67, 60]), np.array([67, 62])) == {"fifths": 0, "octaves": 0}
+
+
 def test_report_has_model_and_baselines_in_one_table(trained):
     (chorale, _), _ = trained
     report = music_metrics.evaluate(chorale.model, windows("chorale", 32), windows("chorale", 12, seed=9),
@@ -299,6 +378,9 @@ def test_report_has_model_and_baselines_in_one_table(trained):
     assert rows["model"][columns.index("true_nll_per_token")] == "—"
     assert rows["unigram"][columns.index("posterior_mean_reconstruction_loss_per_token")] == "—"
     assert "overlap: held-out vs train (reference)" in text and f"temperature {GALLERY_TEMPERATURE:g}" in text
+    assert set(report["harmony"]) == {"prior", f"prior_{GALLERY_BARS}_bars", "heldout", "random_pitches"}
+    assert all(set(row) == set(music_metrics.HARMONY) for row in report["harmony"].values())
+    assert "| random_pitches |" in text
     with pytest.raises(ValueError, match="held-out windows"):
         music_metrics.evaluate(chorale.model, windows("chorale", 32), windows("chorale", 1)[:0], n_samples=2)
 

@@ -17,6 +17,7 @@ class MusicVaeConfig(FamilyConfig):
     encoder_hidden: int = 256  # per direction
     decoder_hidden: int = 256
     decoder_layers: int = 2
+    voice_head_hidden: int = 128  # the per-voice layer between the decoder and each voice's logits
     latent_dim: int = 64
     max_beta: float = 0.2
     beta_rate: float = 0.999  # beta = (1 - beta_rate**step) * max_beta; 0 = constant max_beta
@@ -34,6 +35,7 @@ class MusicVaeConfig(FamilyConfig):
     PROFILES: ClassVar[dict[str, dict]] = {
         # minutes on one CPU core on the chorale shards
         "demo": dict(embed_dim=32, encoder_hidden=128, decoder_hidden=192, decoder_layers=1, latent_dim=64,
+                     voice_head_hidden=64,
                      batch_size=64, steps=900, sampling_rate=200.0, beta_rate=0.997),
         # Magenta's cat-mel_2bar_small sizes, still CPU-trainable
         "cpu-long": dict(embed_dim=64, encoder_hidden=512, decoder_hidden=256, decoder_layers=2, latent_dim=128,

@@ -24,6 +24,13 @@ N training windows as the real-vs-real reference (the mean over the statistics i
 `prior_statistics_overlap`); and the chroma (librosa) of rendered audio
 compared as distributions (cosine of mean profiles, Frechet distance, mean per-pitch-class
 overlapping area).
+
+Harmony, for prior samples (windows, and phrases as long as the gallery's), held-out windows
+and a random-pitch baseline (the held-out rhythms with each note's pitch drawn uniformly from
+its voice's range): the share of vertical sonorities (>= 3 voices sounding) that are triads or
+seventh chords, parallel fifths and octaves per bar, and key consistency (Krumhansl-Schmuckler:
+the best correlation of the duration-weighted pitch-class histogram with the 24 rotated
+Krumhansl-Kessler key profiles).
 """
 from __future__ import annotations
 
@@ -35,8 +42,10 @@ import torch
 from models.distances import frechet_distance
 from models.midi_audio import render
 from models.music_vae.network import MusicVae, kl_divergence, reconstruction_nll
-from models.music_vae.sampling import GALLERY_TEMPERATURE, sample
-from models.music_vae.tokens import HOLD, NUM_CLASSES, STEPS_PER_QUARTER, as_voices, tokens_to_midi_bytes, tokens_to_notes
+from models.music_vae.sampling import GALLERY_BARS, GALLERY_TEMPERATURE, STEPS_PER_BAR, sample
+from models.music_vae.tokens import (
+    HOLD, NUM_CLASSES, NUM_PITCHES, STEPS_PER_QUARTER, as_voices, tokens_to_midi_bytes, tokens_to_notes,
+)
 
 EVAL_BATCH = 256
 # Prior samples (and held-out windows) per statistics comparison: fewer, and the sampling seed alone
@@ -50,6 +59,18 @@ PITCH_CLASSES = 12
 MAJOR = (0, 2, 4, 5, 7, 9, 11)
 NATURAL_MINOR = (0, 2, 3, 5, 7, 8, 10)
 STATISTICS = ("pitch_class_entropy", "scale_consistency", "pitch_range", "empty_beat_rate", "polyphony")
+# Krumhansl & Kessler (1982) probe-tone ratings from the tonic up, as Krumhansl (1990) tabulates them
+MAJOR_PROFILE = (6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88)
+MINOR_PROFILE = (6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17)
+# Chord shapes above the root: the four triads, the five seventh chords, and the seventh chords
+# without their fifth (how four voices often spell them)
+CHORD_SHAPES = ((0, 4, 7), (0, 3, 7), (0, 3, 6), (0, 4, 8),
+                (0, 4, 7, 10), (0, 4, 7, 11), (0, 3, 7, 10), (0, 3, 6, 10), (0, 3, 6, 9),
+                (0, 4, 10), (0, 4, 11), (0, 3, 10))
+CHORDS = frozenset(frozenset((root + step) % 12 for step in shape) for shape in CHORD_SHAPES for root in range(12))
+MIN_CHORD_VOICES = 3
+PERFECT_INTERVALS = {7: "fifths", 0: "octaves"}  # compound interval mod 12 -> the parallels it makes
+HARMONY = ("chord_share", "parallels_per_bar", "key_correlation")
 
 
 # --- reconstruction and likelihood -------------------------------------------------------
@@ -214,6 +235,87 @@ def mean_overlap(comparison: dict[str, dict], voices: int) -> float:
     return float(np.mean([area if math.isfinite(area) else 0.0 for area in areas]))
 
 
+# --- harmony ---------------------------------------------------------------------------
+
+
+def sonorities(voices) -> np.ndarray:
+    """(S, V) sounding pitches (-1 silent) of each vertical sonority of a window (T,) or (V, T):
+    a new sonority wherever any voice's sounding pitch changes."""
+    sounding = sounding_pitches(voices).T
+    changes = np.ones(len(sounding), dtype=bool)
+    changes[1:] = (sounding[1:] != sounding[:-1]).any(1)
+    return sounding[changes]
+
+
+def is_chord(pitches) -> bool:
+    """Whether the pitch classes of the sounding pitches spell a triad or a seventh chord."""
+    return frozenset(int(p) % 12 for p in pitches if p >= 0) in CHORDS
+
+
+def parallel_motions(before, after) -> dict[str, int]:
+    """Parallel fifths and octaves (compound, unisons included) between two consecutive sonorities
+    (V,): a voice pair at the same perfect interval in both whose voices both move the same way."""
+    counts = {name: 0 for name in PERFECT_INTERVALS.values()}
+    for upper in range(len(before)):
+        for lower in range(upper + 1, len(before)):
+            pair = (before[upper], before[lower], after[upper], after[lower])
+            if min(pair) < 0:
+                continue
+            moves = np.sign(after[upper] - before[upper]), np.sign(after[lower] - before[lower])
+            interval = (before[upper] - before[lower]) % 12
+            if moves[0] != 0 and moves[0] == moves[1] and interval == (after[upper] - after[lower]) % 12:
+                if interval in PERFECT_INTERVALS:
+                    counts[PERFECT_INTERVALS[interval]] += 1
+    return counts
+
+
+def key_correlation(voices) -> float:
+    """Krumhansl-Schmuckler: the highest Pearson correlation of the window's duration-weighted
+    pitch-class histogram with the 12 rotations of the major and the minor profile; NaN if silent
+    or if one pitch class is all there is."""
+    sounding = sounding_pitches(voices)
+    histogram = np.bincount(sounding[sounding >= 0] % 12, minlength=12).astype(np.float64)
+    if np.count_nonzero(histogram) < 2:
+        return float("nan")
+    profiles = [np.roll(profile, root) for profile in (MAJOR_PROFILE, MINOR_PROFILE) for root in range(12)]
+    return float(max(np.corrcoef(histogram, profile)[0, 1] for profile in profiles))
+
+
+def harmony_statistics(windows) -> dict[str, float]:
+    """Pooled over windows (N, T) or (N, V, T): the share of sonorities with >= 3 voices sounding
+    that are chords, parallel fifths and octaves per bar (NaN for one voice), and the mean key correlation."""
+    chords = full = parallels = bars = 0
+    keys, pairs = [], False
+    for window in windows:
+        window = np.atleast_2d(window)
+        found = sonorities(window)
+        sounding = (found >= 0).sum(1) >= MIN_CHORD_VOICES
+        chords += sum(is_chord(row) for row in found[sounding])
+        full += int(sounding.sum())
+        parallels += sum(sum(parallel_motions(a, b).values()) for a, b in zip(found[:-1], found[1:]))
+        bars += window.shape[-1] / STEPS_PER_BAR
+        pairs = pairs or len(window) > 1
+        keys.append(key_correlation(window))
+    keys = np.array(keys, dtype=np.float64)
+    return {"chord_share": chords / full if full else float("nan"),
+            "parallels_per_bar": parallels / bars if bars and pairs else float("nan"),
+            "key_correlation": _nanmean(keys)}
+
+
+def random_pitches(windows, seed: int = 0) -> np.ndarray:
+    """The windows' rhythms (N, V, T) with each note-on's pitch drawn uniformly from its voice's
+    range over all the windows: the baseline a harmony statistic must tell apart from music."""
+    windows = np.array(windows, dtype=np.uint8)
+    rng = np.random.default_rng(seed)
+    for voice in range(windows.shape[1]):
+        tokens = windows[:, voice]
+        notes = tokens < NUM_PITCHES
+        if notes.any():
+            low, high = int(tokens[notes].min()), int(tokens[notes].max())
+            tokens[notes] = rng.integers(low, high + 1, size=int(notes.sum()))
+    return windows
+
+
 # --- chroma of rendered audio ------------------------------------------------------------
 
 
@@ -250,7 +352,7 @@ def evaluate(model: MusicVae, train_windows, heldout_windows, n_samples: int = E
     """Everything above for one model: held-out likelihood next to baselines, and N samples from
     the prior against N held-out windows (statistics, chroma), with N held-out against N training
     windows as the real-vs-real reference for the statistics."""
-    voices = model.config.voices
+    voices, steps_per_window = model.config.voices, model.config.steps_per_window
     heldout, train = as_voices(heldout_windows, voices), as_voices(train_windows, voices)
     if not len(heldout) or not len(train):
         raise ValueError(f"{model.config.kind}: {len(train)} training and {len(heldout)} held-out windows; both are "
@@ -273,6 +375,13 @@ def evaluate(model: MusicVae, train_windows, heldout_windows, n_samples: int = E
               "judged_statistics": list(judged_statistics(voices)),
               "prior_statistics_overlap": mean_overlap(prior_vs_heldout, voices),
               "heldout_vs_train_statistics_overlap": mean_overlap(heldout_vs_train, voices)}
+    # as many steps as the windows above, in the gallery's longer phrases
+    phrases = sample(model, max(1, n_samples * steps_per_window // (GALLERY_BARS * STEPS_PER_BAR)), seed=seed,
+                     temperature=temperature, bars=GALLERY_BARS)
+    report["harmony"] = {"prior": harmony_statistics(generated),
+                         f"prior_{GALLERY_BARS}_bars": harmony_statistics(as_voices(phrases, voices)),
+                         "heldout": harmony_statistics(real),
+                         "random_pitches": harmony_statistics(random_pitches(real, seed))}
     if chroma_windows:
         report["chroma"] = {**compare_chroma(chroma_profiles(generated[:chroma_windows], renderer),
                                              chroma_profiles(real[:chroma_windows], renderer)), "renderer": renderer}
@@ -316,4 +425,9 @@ def format_report(report: dict) -> str:
         lines += ["", f"chroma of prior samples vs held-out ({chroma['renderer']}): mean-profile cosine "
                       f"{_cell(chroma['mean_profile_cosine'])}, Frechet {_cell(chroma['frechet_distance'])}, "
                       f"mean pitch-class overlap {_cell(chroma['mean_pitch_class_overlap'])}"]
+    lines += ["", "harmony (prior samples at the same temperature; random_pitches: the held-out rhythms with random "
+                  "pitches in each voice's range)", "", "| windows | " + " | ".join(HARMONY) + " |",
+              "|---" * (len(HARMONY) + 1) + "|"]
+    for source, row in report["harmony"].items():
+        lines.append(f"| {source} | " + " | ".join(_cell(row[name]) for name in HARMONY) + " |")
     return "\n".join(lines)

@@ -1,10 +1,11 @@
 """The flat MusicVAE: a bidirectional LSTM encoder whose last forward and backward states give the
 Gaussian posterior (mu, softplus sigma), and an autoregressive LSTM decoder whose initial state
-comes from z and whose every input is [previous tokens' embeddings, z].
+comes from z and whose every input is [previous step's tokens' embeddings, z].
 
 For V voices (4 for chorales) the encoder reads the concatenated embeddings of the voices at each
-step; the decoder predicts V factorised 130-way distributions per step (the voices are
-independent given the decoder state, which has seen every voice's previous tokens).
+step. The decoder is autoregressive within a step too: voice v's distribution comes from the
+LSTM's output and the embeddings of the same step's voices 0..v-1 (soprano, then alto given the
+soprano, ...), through a small per-voice layer (`VoiceHeads`).
 """
 from __future__ import annotations
 
@@ -47,6 +48,31 @@ class Encoder(nn.Module):
         return mu, F.softplus(pre_sigma) + MIN_SIGMA
 
 
+class VoiceHeads(nn.Module):
+    """Per voice v: logits = out_v(relu(A_v y + B_v [embeddings of this step's voices before v])),
+    y the decoder's output. B's blocks from a voice to itself or to a voice above it are masked to
+    zero, so voice v never sees its own token or a later voice's."""
+
+    def __init__(self, config: MusicVaeConfig):
+        super().__init__()
+        voices, hidden, embed = config.voices, config.voice_head_hidden, config.embed_dim
+        self.voices = voices
+        self.embed = VoiceEmbedding(voices, embed)
+        self.from_decoder = nn.Linear(config.decoder_hidden, voices * hidden)
+        self.from_voices = nn.Linear(voices * embed, voices * hidden, bias=False)
+        earlier = torch.ones(voices, voices).tril(-1)  # [v, u]: u is above v
+        self.register_buffer("seen", earlier.repeat_interleave(hidden, 0).repeat_interleave(embed, 1), persistent=False)
+        bound = 1.0 / hidden**0.5  # as nn.Linear initialises its own
+        self.out_weight = nn.Parameter(torch.empty(voices, hidden, NUM_CLASSES).uniform_(-bound, bound))
+        self.out_bias = nn.Parameter(torch.empty(voices, NUM_CLASSES).uniform_(-bound, bound))
+
+    def forward(self, y: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+        """y (B, S, H) decoder outputs, current (B, S, V) this step's tokens -> logits (B, S, V, C)."""
+        heard = F.linear(self.embed(current), self.from_voices.weight * self.seen)
+        hidden = torch.relu(self.from_decoder(y) + heard).unflatten(-1, (self.voices, -1))
+        return torch.einsum("bsvh,vhc->bsvc", hidden, self.out_weight) + self.out_bias
+
+
 class Decoder(nn.Module):
     def __init__(self, config: MusicVaeConfig):
         super().__init__()
@@ -55,17 +81,30 @@ class Decoder(nn.Module):
         self.to_state = nn.Linear(config.latent_dim, 2 * self.layers * self.hidden)
         self.lstm = nn.LSTM(config.voices * config.embed_dim + config.latent_dim, self.hidden,
                             num_layers=self.layers, batch_first=True)
-        self.out = nn.Linear(self.hidden, config.voices * NUM_CLASSES)
+        self.heads = VoiceHeads(config)
 
     def initial_state(self, z: torch.Tensor):
         h, c = torch.tanh(self.to_state(z)).view(z.size(0), 2, self.layers, self.hidden).permute(1, 2, 0, 3)
         return h.contiguous(), c.contiguous()
 
     def run(self, inputs: torch.Tensor, z: torch.Tensor, state):
-        """inputs (B, S, V) previous tokens -> logits (B, S, V, C), new state."""
+        """inputs (B, S, V) previous steps' tokens -> LSTM outputs (B, S, H), new state."""
         x = torch.cat([self.embed(inputs), z[:, None, :].expand(-1, inputs.size(1), -1)], dim=-1)
-        y, state = self.lstm(x, state)
-        return self.out(y).unflatten(-1, (self.voices, NUM_CLASSES)), state
+        return self.lstm(x, state)
+
+    def logits(self, inputs: torch.Tensor, current: torch.Tensor, z: torch.Tensor, state):
+        """Teacher forcing within the steps: logits (B, S, V, C) given the previous steps' tokens
+        `inputs` and, for each voice, the earlier voices of the step's own tokens `current` (B, S, V)."""
+        y, state = self.run(inputs, z, state)
+        return self.heads(y, current), state
+
+    def sample_step(self, y: torch.Tensor, temperature: float, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One step's tokens (B, 1, V) from LSTM outputs (B, 1, H), voice by voice: each voice is
+        drawn given the tokens already drawn for the voices before it."""
+        current = torch.zeros(*y.shape[:-1], self.voices, dtype=torch.long, device=y.device)
+        for voice in range(self.voices):
+            current[..., voice] = pick_tokens(self.heads(y, current)[..., voice, :], temperature, generator)
+        return current
 
 
 def shift_right(targets: torch.Tensor) -> torch.Tensor:
@@ -91,24 +130,26 @@ class MusicVae(nn.Module):
 
     def decode_teacher_forced(self, z: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Logits (B, T, V, C) with the true previous tokens as inputs, in one LSTM pass."""
-        logits, _ = self.decoder.run(shift_right(targets), z, self.decoder.initial_state(z))
+        logits, _ = self.decoder.logits(shift_right(targets), targets.transpose(1, 2), z, self.decoder.initial_state(z))
         return logits
 
     def decode_scheduled(self, z: torch.Tensor, targets: torch.Tensor, probability: float,
                          generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits (B, T, V, C) where each step's input is, with `probability` per sequence and
-        step, the decoder's own sample from the previous step instead of the truth.
+        step, the decoder's own sample from the previous step instead of the truth. Within a step
+        the voices are teacher-forced, and so is the own sample: each voice drawn given the true
+        earlier voices (one head pass per step, not one per voice).
         Also returns the inputs it used (B, T, V), so tests can see what was fed."""
         if probability <= 0:
             return self.decode_teacher_forced(z, targets), shift_right(targets)
-        truth = shift_right(targets)
+        truth, current = shift_right(targets), targets.transpose(1, 2)
         state = self.decoder.initial_state(z)
         previous, all_logits, used = truth[:, 0], [], []
         for t in range(truth.size(1)):
             if t > 0:
                 coin = torch.rand(truth.size(0), 1, device=z.device, generator=generator) < probability
                 previous = torch.where(coin, own.detach(), truth[:, t])
-            logits, state = self.decoder.run(previous[:, None], z, state)
+            logits, state = self.decoder.logits(previous[:, None], current[:, t : t + 1], z, state)
             own = pick_tokens(logits[:, 0].detach(), 1.0, generator)
             all_logits.append(logits)
             used.append(previous)
@@ -116,14 +157,19 @@ class MusicVae(nn.Module):
 
     @torch.no_grad()
     def generate(self, z: torch.Tensor, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Autoregressive decoding from z: tokens (B, V, T), int64."""
-        state = self.decoder.initial_state(z)
+        """Autoregressive decoding from z: tokens (B, V, T), int64. Given one latent per window,
+        z (B, K, Z), it decodes K windows as one phrase (B, V, K * T): the decoder starts from the
+        first latent's state and goes on across window boundaries, its input switching to the
+        next window's latent, so each window follows on from the one before."""
+        windows = z[:, None] if z.dim() == 2 else z
+        state = self.decoder.initial_state(windows[:, 0])
         previous = torch.full((z.size(0), 1, self.config.voices), START, dtype=torch.long, device=z.device)
         steps = []
-        for _ in range(self.config.steps_per_window):
-            logits, state = self.decoder.run(previous, z, state)
-            previous = pick_tokens(logits, temperature, generator)
-            steps.append(previous[:, 0])
+        for window in windows.unbind(1):
+            for _ in range(self.config.steps_per_window):
+                y, state = self.decoder.run(previous, window, state)
+                previous = self.decoder.sample_step(y, temperature, generator)
+                steps.append(previous[:, 0])
         return torch.stack(steps, dim=-1)
 
 

@@ -4,14 +4,16 @@ Shipped with the record's code paths (models/ and common/), so it imports nothin
 project (no corpora/, no dagster).
 
 Requests (a dict, or a one-row DataFrame with these columns):
-- {"n": 4, "seed": 0, "temperature": 1.0, "mode": "chorale"} -> a list of n MIDI files (bytes);
+- {"n": 4, "seed": 0, "temperature": 0.5, "bars": 2, "mode": "chorale"} -> a list of n MIDI files
+  (bytes), each a phrase of `bars` bars (2, 4 or 8; default one 2-bar window) at `temperature`
+  (default the gallery's, 0.5 as Magenta's);
 - {"interpolate": [midi_a, midi_b], "steps": 5, "mode": ...} -> a list of `steps` MIDI files
   from phrase a to phrase b (both encoded, latents slerped, each decoded greedily).
 "mode" defaults to the bundle's first model ("melody" or "chorale").
 """
 from __future__ import annotations
 
-from models.music_vae.sampling import interpolate, load_bundle, load_model, sample
+from models.music_vae.sampling import GALLERY_TEMPERATURE, interpolate, load_bundle, load_model, sample
 from models.music_vae.tokens import (
     DEFAULT_QPM,
     midi_bytes_to_tokens,
@@ -19,7 +21,7 @@ from models.music_vae.tokens import (
 )
 from models.requests import RequestPyfunc, missing, request_dict, scalar
 
-DEFAULT_N, DEFAULT_SEED, DEFAULT_TEMPERATURE, DEFAULT_STEPS = 4, 0, 1.0, 5
+DEFAULT_N, DEFAULT_SEED, DEFAULT_STEPS = 4, 0, 5
 MAX_N = 1024  # one request must not be able to ask for unbounded work
 
 
@@ -37,7 +39,7 @@ class MusicVaePyfunc(RequestPyfunc):
         return self.models[mode]
 
     def predict(self, context, model_input, params=None):
-        request = request_dict(model_input, "n, seed, temperature, mode or interpolate")
+        request = request_dict(model_input, "n, seed, temperature, bars, mode or interpolate")
         model = self._model(scalar(request.get("mode")))
         voices, steps_per_window = model.config.voices, model.config.steps_per_window
         ends = request.get("interpolate")
@@ -52,8 +54,9 @@ class MusicVaePyfunc(RequestPyfunc):
             n = DEFAULT_N if missing(scalar(request.get("n"))) else int(scalar(request["n"]))
             seed = DEFAULT_SEED if missing(scalar(request.get("seed"))) else int(scalar(request["seed"]))
             temperature = scalar(request.get("temperature"))
-            temperature = DEFAULT_TEMPERATURE if missing(temperature) else float(temperature)
+            temperature = GALLERY_TEMPERATURE if missing(temperature) else float(temperature)
+            bars = scalar(request.get("bars"))
             if not 0 <= n <= MAX_N:
                 raise ValueError(f"n must be within 0..{MAX_N}")
-            windows = sample(model, n, seed=seed, temperature=temperature)
+            windows = sample(model, n, seed=seed, temperature=temperature, bars=None if missing(bars) else float(bars))
         return [tokens_to_midi_bytes(window, self.qpm) for window in windows]

@@ -13,13 +13,20 @@ from models.bundle import load_bundle as load_bundle_file
 from models.generators import latents, slerp
 from models.music_vae.config import MusicVaeConfig
 from models.music_vae.network import MusicVae
-from models.music_vae.tokens import HOLD, NOTE_OFF, NUM_CLASSES, as_voices
+from models.music_vae.tokens import HOLD, NOTE_OFF, NUM_CLASSES, STEPS_PER_QUARTER, as_voices
 
-BUNDLE_FORMAT = "atelier.music_vae/1"
+BUNDLE_FORMAT = "atelier.music_vae/2"  # /1: the voices of a step drawn independently
 SAMPLE_CHUNK = 512  # sequences per decoder pass when sampling, to bound memory
-# What a listener hears: the gallery samples at this temperature, and the evaluation measures
-# prior samples at it too, so the musical statistics describe the gallery's music.
-GALLERY_TEMPERATURE = 1.0
+# What a listener hears: the gallery and the registered model sample at this temperature (Magenta's
+# default), and the evaluation measures prior samples at it too, so the musical statistics describe
+# the gallery's music.
+GALLERY_TEMPERATURE = 0.5
+STEPS_PER_BAR = 4 * STEPS_PER_QUARTER  # 4/4, as the corpus's windows
+MAX_PHRASE_BARS = 8  # the longest phrase `sample` makes (and docs/music-vae.md measures)
+GALLERY_BARS = MAX_PHRASE_BARS  # the gallery's phrases, and the evaluation's longer prior samples
+# A longer phrase's latents walk: each window's latent is this correlated with the one before
+# (z' = rho z + sqrt(1 - rho^2) e keeps every latent N(0, I)); docs/music-vae.md measures it.
+LATENT_WALK_CORRELATION = 0.8
 
 
 # --- bundles -----------------------------------------------------------------------------
@@ -72,19 +79,43 @@ def _squeeze_voices(model: MusicVae, tokens: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def decode(model: MusicVae, z: torch.Tensor, temperature: float = 0.0, seed: int = 0) -> np.ndarray:
-    """uint8 windows from latents: (N, T) for melody, (N, V, T) for chorale. temperature 0 = greedy."""
+    """uint8 windows from latents z (N, Z): (N, T) for melody, (N, V, T) for chorale; temperature 0 =
+    greedy. Latents (N, K, Z) give phrases of K windows, (N, K * T) or (N, V, K * T)."""
     model.eval()
     generator = torch.Generator().manual_seed(int(seed))
     device = next(model.parameters()).device
     parts = [model.generate(z[i : i + SAMPLE_CHUNK].to(device), temperature, generator) for i in range(0, len(z), SAMPLE_CHUNK)]
-    tokens = torch.cat(parts) if parts else torch.zeros(0, model.config.voices, model.config.steps_per_window, dtype=torch.long)
-    return _squeeze_voices(model, tokens)
+    windows = 1 if z.dim() == 2 else z.size(1)
+    empty = torch.zeros(0, model.config.voices, windows * model.config.steps_per_window, dtype=torch.long)
+    return _squeeze_voices(model, torch.cat(parts) if parts else empty)
 
 
-def sample(model: MusicVae, n: int, seed: int = 0, temperature: float = 1.0) -> np.ndarray:
-    """n new windows from the prior; the same seed and temperature always give the same windows
-    (the latents come from a CPU generator, so on any device)."""
-    return decode(model, latents(n, model.config.latent_dim, seed), temperature, seed=seed)
+def latent_walk(n: int, windows: int, latent_dim: int, seed: int,
+                correlation: float = LATENT_WALK_CORRELATION) -> torch.Tensor:
+    """(n, windows, Z) latents from the prior, each window's correlated with the one before."""
+    noise = latents(n * windows, latent_dim, seed).view(windows, n, latent_dim)
+    walk = [noise[0]]
+    for step in noise[1:]:
+        walk.append(correlation * walk[-1] + (1.0 - correlation**2) ** 0.5 * step)
+    return torch.stack(walk, dim=1)
+
+
+def window_bars(model: MusicVae) -> float:
+    return model.config.steps_per_window / STEPS_PER_BAR
+
+
+def sample(model: MusicVae, n: int, seed: int = 0, temperature: float = GALLERY_TEMPERATURE,
+           bars: float | None = None) -> np.ndarray:
+    """n new phrases of `bars` bars (default: one window's) from the prior; the same seed,
+    temperature and bars always give the same phrases (the latents come from a CPU generator, so
+    on any device). A phrase of several windows is decoded as one sequence along a latent walk."""
+    bars = window_bars(model) if bars is None else bars
+    windows = bars / window_bars(model)
+    if not (windows == int(windows) and 1 <= windows and bars <= MAX_PHRASE_BARS):
+        raise ValueError(f"bars must be a whole number of {window_bars(model):g}-bar windows, at most "
+                         f"{MAX_PHRASE_BARS}; not {bars!r}")
+    z = latent_walk(n, int(windows), model.config.latent_dim, seed)
+    return decode(model, z if windows > 1 else z[:, 0], temperature, seed=seed)
 
 
 def interpolate(model: MusicVae, tokens_a, tokens_b, steps: int = 5, method: str = "slerp") -> np.ndarray:

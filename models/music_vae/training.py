@@ -165,7 +165,9 @@ def kind_summary(report: dict) -> dict[str, float]:
     model_row = {name: value for name, value in report["likelihood"]["model"].items() if isinstance(value, (int, float))}
     return {**model_row, "unigram_true_nll_per_token": report["likelihood"]["unigram"]["true_nll_per_token"],
             "prior_statistics_overlap": report["prior_statistics_overlap"],
-            "heldout_vs_train_statistics_overlap": report["heldout_vs_train_statistics_overlap"]}
+            "heldout_vs_train_statistics_overlap": report["heldout_vs_train_statistics_overlap"],
+            **{f"harmony.{source}.{name}": value for source, row in report["harmony"].items()
+               for name, value in row.items() if math.isfinite(value)}}
 
 
 BENCHMARK_KIND = "chorale"  # the larger of the two kinds (4 voices per step instead of 1), same network
