@@ -227,6 +227,20 @@ def evaluate(model: VideoRnn, heldout_clips, horizon: int | None = None, with_bi
     }
 
 
+def source_kind(source: str) -> str:
+    """The kind of footage a clip's source path is (its top folder: moving_digits, real), or
+    "other" for a file at the corpus' top level."""
+    parts = source.replace("\\", "/").split("/")
+    return parts[0] if len(parts) > 1 else "other"
+
+
+def evaluate_by_kind(model: VideoRnn, heldout_clips, sources: list[str]) -> dict[str, dict]:
+    """`evaluate` (without bits/dim) on the held-out clips of each kind of source, by kind."""
+    kinds = np.array([source_kind(source) for source in sources])
+    clips = np.asarray(heldout_clips)
+    return {kind: evaluate(model, clips[kinds == kind], with_bits_per_dim=False) for kind in sorted(set(kinds))}
+
+
 def _cell(value, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "—"
