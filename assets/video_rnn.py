@@ -1,4 +1,4 @@
-"""Video generation: a ConvLSTM forecaster with a PixelCNN head on the video shards, registered
+"""Video generation: a recurrent forecaster with a PixelCNN head on the video shards, registered
 as `video-rnn`, and a gallery of held-out continuations next to the truth.
 Lineage: video_corpus -> video_rnn -> video_gallery."""
 import html
@@ -51,7 +51,8 @@ class VideoRnnTrainConfig(dg.Config):
     group_name=FAMILY.key, deps=[video_corpus], code_version=CODE_VERSION, kinds={"pytorch", "mlflow"}, pool="gpu",
     io_manager_key=POINTERS,
     check_specs=[champion_check_spec(FAMILY.key, FAMILY.rule)],
-    description="ConvLSTM encoder-forecaster with a gated PixelCNN head (exact bits/dim, pixel-by-pixel sampling), "
+    description="ConvLSTM (or, by profile, PredRNN-V2) forecaster with a gated PixelCNN head (exact bits/dim, "
+    "pixel-by-pixel sampling), "
     "trained on the video shards, compared with copy-last-frame on held-out clips (MSE, SSIM, PSNR as OpenSTL "
     "computes them), registered as `video-rnn`; champion by score_vs_copy_last with a held-out SSIM guard.",
 )
@@ -148,7 +149,8 @@ def gallery_html(title: str, lineage: dict, entries: list[dict], metrics_table: 
     H.264); every string that came from input is escaped."""
     e = html.escape
     clips = "".join(
-        f'<figure><figcaption>{e(entry["source"])} ({e(entry["kind"])}): context | truth | prediction ({e(entry["mode"])})</figcaption>'
+        f'<figure><figcaption>{e(entry["source"])} ({e(entry["kind"])}): context | truth | prediction '
+        f'({e(entry["mode"])})</figcaption>'
         f'<video controls muted loop preload="metadata" src="{e(entry["name"])}.mp4"></video> '
         f'<img src="{e(entry["name"])}.gif" alt="the same clip as a GIF"></figure>' for entry in entries)
     body = f"""<h2>Held-out clips</h2><p>While the context plays, all three panels show it; then the middle panel is the truth

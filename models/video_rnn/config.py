@@ -70,8 +70,6 @@ class VideoRnnConfig(FamilyConfig):
         self.true_context_ramp = tuple(float(f) for f in self.true_context_ramp)
         if self.architecture not in self.ARCHITECTURES or self.decoder not in self.DECODERS:
             raise ValueError(f"architecture must be one of {self.ARCHITECTURES} and decoder one of {self.DECODERS}")
-        if self.architecture == "predrnn_v2" and len(set(self.hidden)) != 1:
-            raise ValueError(f"predrnn_v2 passes its memory through every layer: widths must be equal, not {self.hidden}")
         first, last = self.true_context_ramp
         if not (0 <= self.true_context_start <= 1 and 0 <= first <= last <= 1):
             raise ValueError("true_context_start must lie in 0..1 and true_context_ramp be fractions in order")
