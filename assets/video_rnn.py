@@ -1,4 +1,4 @@
-"""Video generation: a ConvLSTM forecaster with a PixelCNN head on the video shards, registered
+"""Video generation: a recurrent forecaster with a PixelCNN head on the video shards, registered
 as `video-rnn`, and a gallery of held-out continuations next to the truth.
 Lineage: video_corpus -> video_rnn -> video_gallery."""
 import html
@@ -6,7 +6,6 @@ import html
 from collections.abc import Iterator
 
 import dagster as dg
-import numpy as np
 
 from assets.gallery_page import gallery_lineage, gallery_page, write_cover
 from assets.ingest import video_corpus
@@ -18,8 +17,8 @@ from corpora.video import write_video
 from models.train import TrainingRequest
 from models.video_rnn import FAMILY
 from models.video_rnn.config import VideoRnnConfig
-from models.video_rnn.gallery import error_plot_png, side_by_side, write_gif
-from models.video_rnn.metrics import evaluate
+from models.video_rnn.gallery import error_plot_png, gallery_clips, side_by_side, write_gif
+from models.video_rnn.metrics import evaluate, evaluate_by_kind, format_table, source_kind
 from models.video_rnn.sampling import predict
 from models.video_rnn.training import load_clips
 from resources.compute import ComputeResource
@@ -29,12 +28,12 @@ from resources.trainer import TrainerLauncher
 
 # 3: one package; the bundle (format /3) keeps example contexts and the corpus' frame rate
 CODE_VERSION = "video-rnn-3"
-GALLERY_CODE_VERSION = "video-gallery-3"  # 3: videos play at the frame rate of the corpus the model was trained on
+GALLERY_CODE_VERSION = "video-gallery-4"  # 4: distinct clips, each kind of footage, metrics per kind
 GALLERY_SEED = 0
 
 
 class VideoRnnTrainConfig(dg.Config):
-    profile: str = "demo"  # one of VideoRnnConfig.PROFILES: demo, cpu-long, gpu
+    profile: str = "demo"  # one of VideoRnnConfig.PROFILES
     steps: int = 0  # 0: the profile's
     batch_size: int = 0  # 0: the profile's
     max_minutes: float = 0.0  # stop (and register) after this long; 0: no limit
@@ -52,7 +51,8 @@ class VideoRnnTrainConfig(dg.Config):
     group_name=FAMILY.key, deps=[video_corpus], code_version=CODE_VERSION, kinds={"pytorch", "mlflow"}, pool="gpu",
     io_manager_key=POINTERS,
     check_specs=[champion_check_spec(FAMILY.key, FAMILY.rule)],
-    description="ConvLSTM encoder-forecaster with a gated PixelCNN head (exact bits/dim, pixel-by-pixel sampling), "
+    description="ConvLSTM (or, by profile, PredRNN-V2) forecaster with a gated PixelCNN head (exact bits/dim, "
+    "pixel-by-pixel sampling), "
     "trained on the video shards, compared with copy-last-frame on held-out clips (MSE, SSIM, PSNR as OpenSTL "
     "computes them), registered as `video-rnn`; champion by score_vs_copy_last with a held-out SSIM guard.",
 )
@@ -70,7 +70,7 @@ def video_rnn(
 
 
 class VideoGalleryConfig(dg.Config):
-    clips: int = 3  # held-out clips shown, each as MP4 and GIF: context | truth | mean prediction
+    clips: int = 4  # held-out clips shown (distinct, each kind of footage), each as MP4 and GIF: context | truth | mean
     sampled_clips: int = 1  # of those, how many also get a continuation sampled pixel by pixel (slow on CPU)
 
 
@@ -96,7 +96,7 @@ def video_gallery(
     folder = storage.galleries_dir(FAMILY.name) / version
     m, k = model.config.context_frames, model.config.horizon
     heldout, sources = clips["heldout"], clips["heldout_sources"]
-    chosen = np.random.default_rng(GALLERY_SEED).permutation(len(heldout))[: config.clips]
+    chosen = gallery_clips(sources, config.clips, GALLERY_SEED)
 
     entries, preview = [], None
     for rank, index in enumerate(chosen):
@@ -108,16 +108,17 @@ def video_gallery(
             name = f"clip-{rank}-{mode}"
             write_video(folder / f"{name}.mp4", frames, fps)
             atomic_write_bytes(folder / f"{name}.gif", write_gif(None, frames, fps))
-            entries.append({"name": name, "source": sources[index], "mode": mode})
+            entries.append({"name": name, "source": sources[index], "kind": source_kind(sources[index]), "mode": mode})
             preview = frames[-1] if preview is None else preview
     report = evaluate(model, heldout, with_bits_per_dim=False)
     atomic_write_bytes(folder / "error_by_horizon.png", error_plot_png(report))
+    tables = [video_rnn["metrics_table"]] + [f"Held-out {kind} clips only:\n\n{format_table(by_kind)}"
+                                             for kind, by_kind in evaluate_by_kind(model, heldout, sources).items()]
 
     lineage = gallery_lineage(FAMILY.name, version, model_version, video_rnn["corpus_data_version"], context.run.run_id)
     write_cover(folder, [("video", f"{entries[0]['name']}.mp4"), ("img", "error_by_horizon.png")])
     index = folder / "index.html"
-    atomic_write_text(index, gallery_html(f"{FAMILY.name} version {version}", lineage, entries,
-                                          video_rnn["metrics_table"]))
+    atomic_write_text(index, gallery_html(f"{FAMILY.name} version {version}", lineage, entries, "\n\n".join(tables)))
     client = mlflow.client()
     for name in [f"{entries[0]['name']}.mp4", "error_by_horizon.png"]:
         client.log_artifact(model_version.run_id, str(folder / name), artifact_path="gallery")
@@ -125,6 +126,8 @@ def video_gallery(
         "index": dg.MetadataValue.path(str(index)),
         "model_version": version,
         "videos": len(entries),
+        "clips": dg.MetadataValue.json([{"source": entry["source"], "kind": entry["kind"], "mode": entry["mode"]}
+                                        for entry in entries]),
         "fps": fps,
         "preview": thumbnail_markdown(preview),
     })
@@ -146,7 +149,8 @@ def gallery_html(title: str, lineage: dict, entries: list[dict], metrics_table: 
     H.264); every string that came from input is escaped."""
     e = html.escape
     clips = "".join(
-        f'<figure><figcaption>{e(entry["source"])}: context | truth | prediction ({e(entry["mode"])})</figcaption>'
+        f'<figure><figcaption>{e(entry["source"])} ({e(entry["kind"])}): context | truth | prediction '
+        f'({e(entry["mode"])})</figcaption>'
         f'<video controls muted loop preload="metadata" src="{e(entry["name"])}.mp4"></video> '
         f'<img src="{e(entry["name"])}.gif" alt="the same clip as a GIF"></figure>' for entry in entries)
     body = f"""<h2>Held-out clips</h2><p>While the context plays, all three panels show it; then the middle panel is the truth

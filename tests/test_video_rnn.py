@@ -12,6 +12,7 @@ from PIL import Image
 from models.bundle import save_bundle
 from models.trainer import fit, latest_checkpoint, load_checkpoint
 from models.video_rnn import CHAMPION_RULE, FAMILY, gallery
+from models.video_rnn.gallery import gallery_clips
 from models.video_rnn import metrics as video_metrics
 from models.video_rnn.config import VideoRnnConfig
 from models.video_rnn.convlstm import ConvLSTMCell, ConvLSTMStack
@@ -568,3 +569,13 @@ def test_pyfunc_rejects_bad_requests(trained):
                     {"n": 2, "with_context": "yes"}, {"context": context, "with_context": 2}):
         with pytest.raises(ValueError):
             pyfunc.predict(None, request)
+
+
+def test_gallery_clips_are_distinct_and_take_each_kind_of_footage_in_turn():
+    sources = [f"moving_digits/d{i // 2}.mp4" for i in range(10)] + ["real/bikes.mp4", "real/bikes.mp4"]
+    chosen = gallery_clips(sources, 4, seed=0)
+    assert len(chosen) == len(set(chosen)) == 4
+    assert len({sources[i] for i in chosen}) == 4  # one clip per file while there are files left
+    assert [video_metrics.source_kind(sources[i]) for i in chosen[:2]] == ["moving_digits", "real"]
+    assert sorted(gallery_clips(sources, 100, seed=0)) == list(range(12))  # every clip once, none twice
+    assert gallery_clips(sources, 4, seed=0) == chosen and gallery_clips(sources, 4, seed=1) != chosen

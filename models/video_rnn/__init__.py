@@ -1,4 +1,4 @@
-"""Video family: a ConvLSTM forecaster with a gated PixelCNN head (docs/video-rnn.md).
+"""Video family: a recurrent forecaster (ConvLSTM, or PredRNN-V2) with a gated PixelCNN head (docs/video-rnn.md).
 
 Given M context frames it predicts K future frames: "mean" continuations from the forecaster,
 "sample" continuations drawn pixel by pixel from the head, whose likelihood of the quantized

@@ -15,9 +15,16 @@ class VideoRnnConfig(FamilyConfig):
     horizon: int = 10  # K: future frames it is trained to predict (predict() may roll further)
     resolution: int = 64  # square frames; clips of another size are area-resized by an integer factor
     channels: int = 1  # 1: luminance, 3: RGB
-    patch: int = 4  # space-to-depth factor in front of the ConvLSTM (PredRNN)
-    hidden: tuple[int, ...] = (64, 64)  # ConvLSTM widths, bottom layer first
-    kernel: int = 3  # ConvLSTM kernel (on the patched map: 3 spans 12 pixels at patch 4)
+    patch: int = 4  # space-to-depth factor in front of the recurrence (PredRNN)
+    architecture: str = "convlstm"  # one of ARCHITECTURES: the recurrence (docs/video-rnn.md)
+    hidden: tuple[int, ...] = (64, 64)  # recurrent widths, bottom layer first (equal for predrnn_v2)
+    kernel: int = 3  # recurrent kernel (on the patched map: 3 spans 12 pixels at patch 4)
+    decoder: str = "patch"  # one of DECODERS: how the mean leaves the patched map
+    decoder_channels: int = 16  # "resize": features upsampled to full resolution before its 3x3 conv
+    decouple_weight: float = 0.1  # predrnn_v2: weight of the memory decoupling term
+    true_context_start: float = 1.0  # reverse scheduled sampling: first chance of a true context frame (1: off)
+    true_context_ramp: tuple[float, float] = (0.1, 0.6)  # fractions of `steps` over which it rises to 1
+    ssim_weight: float = 0.0  # weight of 1 - SSIM of the free-running means (the metric's window), beside MSE
     levels: int = 16  # quantized intensities per channel the head predicts
     cond_channels: int = 8  # forecaster features per pixel given to the head
     head_width: int = 16  # channels of each PixelCNN stack
@@ -36,20 +43,36 @@ class VideoRnnConfig(FamilyConfig):
     steps: int = 300
     seed: int = 0
 
+    ARCHITECTURES: ClassVar[tuple[str, ...]] = ("convlstm", "predrnn_v2")
+    DECODERS: ClassVar[tuple[str, ...]] = ("patch", "resize")
+
     PROFILES: ClassVar[dict[str, dict]] = {
         # 64x64, 10 -> 10, grayscale: minutes on 2 CPU cores
         "demo": dict(hidden=(64, 64), kernel=3, head_width=16, head_layers=4, head_frames=1, batch_size=8,
                      lr=2e-3, steps=300),
+        # the demo's budget in steps with PredRNN-V2 (docs/video-rnn.md): ST-LSTM 2 x 48, a
+        # resize-conv mean, reverse scheduled sampling, an SSIM loss
+        "demo-predrnn": dict(architecture="predrnn_v2", hidden=(48, 48), kernel=3, decoder="resize",
+                             true_context_start=0.5, ssim_weight=1.0, head_width=16, head_layers=4, head_frames=1,
+                             batch_size=8, lr=2e-3, steps=300),
         # twice the batch and head frames, a wider and deeper head
         "cpu-long": dict(hidden=(64, 64), kernel=3, head_width=24, head_layers=5, head_frames=2, batch_size=16,
                          lr=2e-3, steps=600),
-        # PredRNN-sized recurrence (4 x 128) and a VPN-like head trained on every future frame
-        "gpu": dict(hidden=(128, 128, 128, 128), kernel=5, cond_channels=16, head_width=64, head_layers=8,
+        # PredRNN-V2 as the paper sized it for Moving MNIST (4 x 128, kernel 5, patch 4) and a VPN-like head
+        # trained on every future frame
+        "gpu": dict(architecture="predrnn_v2", decoder="resize", true_context_start=0.5, ssim_weight=1.0,
+                    hidden=(128, 128, 128, 128), kernel=5, cond_channels=16, head_width=64, head_layers=8,
                     head_frames=10, batch_size=32, lr=1e-3, steps=50000),
     }
 
     def __post_init__(self):
         self.hidden = tuple(int(h) for h in self.hidden)
+        self.true_context_ramp = tuple(float(f) for f in self.true_context_ramp)
+        if self.architecture not in self.ARCHITECTURES or self.decoder not in self.DECODERS:
+            raise ValueError(f"architecture must be one of {self.ARCHITECTURES} and decoder one of {self.DECODERS}")
+        first, last = self.true_context_ramp
+        if not (0 <= self.true_context_start <= 1 and 0 <= first <= last <= 1):
+            raise ValueError("true_context_start must lie in 0..1 and true_context_ramp be fractions in order")
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, not {self.channels}")
         if self.context_frames < 1 or self.horizon < 1:

@@ -10,11 +10,29 @@ from typing import IO
 import numpy as np
 
 from models.video_rnn.frames import match_channels
+from models.video_rnn.metrics import source_kind
 
 GAP_PIXELS = 2  # between the side-by-side panels
 GAP_CONTEXT = (96, 96, 96)  # gap colour while the context plays
 GAP_FUTURE = (200, 40, 40)  # and while the future plays, so a viewer sees where prediction starts
 PLOT_SIZE_INCHES, PLOT_DPI = (6.0, 3.2), 100
+
+
+def gallery_clips(sources: list[str], count: int, seed: int) -> list[int]:
+    """Indices of up to `count` held-out clips, never one twice: one clip of each source file
+    first, the kinds of footage (source_kind) taken in turn so that real footage is among them
+    when there is any, then further clips of the same files; the order within each is a seeded shuffle."""
+    order = np.random.default_rng(seed).permutation(len(sources)).tolist()
+    firsts: dict[str, int] = {}
+    for index in order:
+        firsts.setdefault(sources[index], index)
+    by_kind: dict[str, list[int]] = {}
+    for source, index in firsts.items():
+        by_kind.setdefault(source_kind(source), []).append(index)
+    queues = [by_kind[kind] for kind in sorted(by_kind)]
+    interleaved = [queue[i] for i in range(max(map(len, queues), default=0)) for queue in queues if i < len(queue)]
+    chosen = set(interleaved)
+    return (interleaved + [index for index in order if index not in chosen])[:count]
 
 
 def error_plot_png(report: dict) -> bytes:

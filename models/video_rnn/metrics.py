@@ -76,6 +76,26 @@ def frame_ssim(truth: np.ndarray, prediction: np.ndarray) -> float:
     return float(structural_similarity(prediction, truth, data_range=SSIM_DATA_RANGE, channel_axis=-1))
 
 
+SSIM_WINDOW, SSIM_K1, SSIM_K2 = 7, 0.01, 0.03  # scikit-image's defaults, which frame_ssim uses
+
+
+def ssim_torch(truth: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
+    """Differentiable mean SSIM of float frames (N, C, H, W) in [0, 1], as frame_ssim computes it
+    (uniform 7x7 window, sample covariances, the mean over windows inside the frame): a loss."""
+    def local_mean(x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(x, SSIM_WINDOW, stride=1)
+
+    a, b = truth.float(), prediction.float()
+    sample = SSIM_WINDOW**2 / (SSIM_WINDOW**2 - 1)
+    mean_a, mean_b = local_mean(a), local_mean(b)
+    var_a = sample * (local_mean(a * a) - mean_a**2)
+    var_b = sample * (local_mean(b * b) - mean_b**2)
+    cov = sample * (local_mean(a * b) - mean_a * mean_b)
+    c1, c2 = (SSIM_K1 * SSIM_DATA_RANGE) ** 2, (SSIM_K2 * SSIM_DATA_RANGE) ** 2
+    ssim = ((2 * mean_a * mean_b + c1) * (2 * cov + c2)) / ((mean_a**2 + mean_b**2 + c1) * (var_a + var_b + c2))
+    return ssim.mean()
+
+
 def frame_psnr(truth: np.ndarray, prediction: np.ndarray) -> float:
     """PSNR (dB) of one float frame pair in [0, 1], as OpenSTL's `PSNR`, capped at PSNR_CAP_DB."""
     mse = float(np.mean((prediction.astype(np.float32) - truth.astype(np.float32)) ** 2))  # float32, as OpenSTL
@@ -205,6 +225,20 @@ def evaluate(model: VideoRnn, heldout_clips, horizon: int | None = None, with_bi
         "bits_per_dim": bits,
         "levels": cfg.levels,
     }
+
+
+def source_kind(source: str) -> str:
+    """The kind of footage a clip's source path is (its top folder: moving_digits, real), or
+    "other" for a file at the corpus' top level."""
+    parts = source.replace("\\", "/").split("/")
+    return parts[0] if len(parts) > 1 else "other"
+
+
+def evaluate_by_kind(model: VideoRnn, heldout_clips, sources: list[str]) -> dict[str, dict]:
+    """`evaluate` (without bits/dim) on the held-out clips of each kind of source, by kind."""
+    kinds = np.array([source_kind(source) for source in sources])
+    clips = np.asarray(heldout_clips)
+    return {kind: evaluate(model, clips[kinds == kind], with_bits_per_dim=False) for kind in sorted(set(kinds))}
 
 
 def _cell(value, digits: int = 3) -> str:

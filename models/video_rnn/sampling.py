@@ -61,7 +61,7 @@ def _roll_means(model: VideoRnn, context: torch.Tensor, horizon: int) -> torch.T
     frames), each fed back as a model frame."""
     means, _, state = model.read(context)
     first = means[:, -1:].clamp(0, 1)
-    return torch.cat([first, model.roll(first[:, 0], state, horizon - 1).clamp(0, 1)], dim=1)
+    return torch.cat([first, model.roll(first[:, 0], state, horizon - 1)[0].clamp(0, 1)], dim=1)
 
 
 def draw_frames(model: VideoRnn, context: torch.Tensor, horizon: int, generator: torch.Generator,

@@ -18,8 +18,9 @@ from models.trainer import to_device
 from models.video_rnn import CHAMPION_RULE
 from models.video_rnn.config import VideoRnnConfig
 from models.video_rnn.frames import model_frames, prepare_clips, to_float_frames
-from models.video_rnn.metrics import evaluate, format_table
+from models.video_rnn.metrics import evaluate, format_table, ssim_torch
 from models.video_rnn.network import VideoRnn, head_nll
+from models.video_rnn.predrnn import PredRnnState
 from models.video_rnn.sampling import BUNDLE_FORMAT, WARM_START_FORMATS, load_bundle, load_model
 
 EXAMPLE_CONTEXTS = 4  # held-out contexts the bundle keeps, so a request needs none
@@ -40,6 +41,31 @@ def augment_clip(clip: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
 
 
 AUGMENTATIONS = 4
+
+
+RAMP_TIME_CONSTANTS = 5  # reverse scheduled sampling's exponential is within e^-5 of 1 at the ramp's end
+
+
+def true_context_probability(step: int, config: VideoRnnConfig) -> float:
+    """Reverse scheduled sampling (PredRNN-V2): the probability that a context frame after the
+    first is the true one rather than the model's prediction. `true_context_start` until the
+    ramp's first fraction of `steps`, then an exponential rise, 1 from its last fraction on."""
+    first, last = (fraction * config.steps for fraction in config.true_context_ramp)
+    if step < first:
+        return config.true_context_start
+    if step >= last:
+        return 1.0
+    return 1.0 - (1.0 - config.true_context_start) * math.exp(-RAMP_TIME_CONSTANTS * (step - first) / (last - first))
+
+
+def decoupling_term(context, *branches) -> torch.Tensor | None:
+    """PredRNN-V2's decoupling term, averaged over every step of the branches that continued from
+    the `context` state; None for a recurrence without one."""
+    if not isinstance(context, PredRnnState):
+        return None
+    total = sum(branch.decoupling - context.decoupling for branch in branches) + context.decoupling
+    steps = sum(branch.steps - context.steps for branch in branches) + context.steps
+    return total / max(steps, 1)
 
 
 def cosine_factor(step: int, steps: int, floor: float) -> float:
@@ -98,19 +124,33 @@ class VideoRnnFamily:
         m, k = cfg.context_frames, cfg.horizon
         self.model.train()
         inputs = model_frames(batch, cfg.levels)  # what the model reads; the means' targets stay the true frames
+        true_probability = true_context_probability(step, cfg)
+        keep_true = torch.rand(len(batch), m, device=batch.device) < true_probability if true_probability < 1 else None
         with autocast():
-            one_step, features, state = self.model.read(inputs[:, :m])
-            free_means = torch.cat([one_step[:, -1:], self.model.roll(one_step[:, -1], state, k - 1)], dim=1)
+            one_step, features, state = self.model.read(inputs[:, :m], keep_true=keep_true)
+            rolled, free_state = self.model.roll(one_step[:, -1], state, k - 1)
+            free_means = torch.cat([one_step[:, -1:], rolled], dim=1)
+            branches = [free_state]
             if k > 1:  # the teacher-forced branch continues from the same state
-                future_means, future_features, _ = self.model.read(inputs[:, m : m + k - 1], state)
+                future_means, future_features, future_state = self.model.read(inputs[:, m : m + k - 1], state)
                 one_step = torch.cat([one_step, future_means], dim=1)
                 features = torch.cat([features, future_features], dim=1)
+                branches.append(future_state)
             # one_step: predictions of frames 1..M+K-1; the last K forecasts are the future's
             nll = self.head_loss(inputs, one_step[:, m - 1 :], features[:, m - 1 :])
+            decoupling = decoupling_term(state, *branches)
         truth = batch[:, 1:]
         mse_free = F.mse_loss(free_means.float(), truth[:, m - 1 :])
         mse_one_step = F.mse_loss(one_step.float(), truth)
         loss = cfg.mse_weight * (mse_free + mse_one_step) + cfg.nll_weight * nll
+        logged = {}
+        if cfg.ssim_weight:
+            ssim_free = ssim_torch(truth[:, m - 1 :].flatten(0, 1), free_means.flatten(0, 1).clamp(0, 1))
+            loss = loss + cfg.ssim_weight * (1.0 - ssim_free)
+            logged["ssim"] = ssim_free.item()
+        if decoupling is not None:
+            loss = loss + cfg.decouple_weight * decoupling.float()
+            logged["decoupling"] = decoupling.item()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
@@ -119,7 +159,8 @@ class VideoRnnFamily:
         pixels = cfg.channels * cfg.resolution**2
         return {"loss": loss.item(), "mse": mse_free.item(), "mse_per_frame": mse_free.item() * pixels,
                 "mse_one_step": mse_one_step.item(), "bits_per_dim": nll.item() / math.log(2.0),
-                "grad_norm": float(grad_norm), "lr": self.scheduler.get_last_lr()[0]}
+                "grad_norm": float(grad_norm), "lr": self.scheduler.get_last_lr()[0],
+                "true_context_probability": true_probability, **logged}
 
     def head_loss(self, batch: torch.Tensor, means: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Cross-entropy on `head_frames` random future frames per clip of `batch` (model frames).
