@@ -128,16 +128,9 @@ class PaintingGanFamily:
             metrics["r1"] = r1.item()
 
         # G: make D call the (augmented) fakes real
-        self.discriminator.requires_grad_(False)  # no D gradients to compute in G's step
         with autocast():
             fake = self.generator.synthesis(self._training_styles(n, real.device, track_w_avg=True))
-        g_loss = F.softplus(-self._score(fake, autocast)).mean()
-        self.opt_g.zero_grad(set_to_none=True)
-        g_loss.backward()
-        self.opt_g.step()
-        self.discriminator.requires_grad_(True)
-        update_ema(self.ema_generator, self.generator, ema_decay(step, cfg.ema_decay))
-        metrics["g_loss"] = g_loss.item()
+        metrics["g_loss"] = self._generator_step(fake, lambda scores: F.softplus(-scores).mean(), step, autocast)
         return metrics
 
     def _fastgan_step(self, real: torch.Tensor, step: int, autocast) -> dict[str, float]:
@@ -160,17 +153,21 @@ class PaintingGanFamily:
         self.opt_d.step()
         metrics = dict(d_loss=d_loss.item(), reconstruction=reconstruction.item(), d_real_sign=d_real.sign().mean().item())
 
-        self.discriminator.requires_grad_(False)
         with autocast():
             fake = self.generator(torch.randn(n, cfg.z_dim, device=real.device))
-        g_loss = -self._score(fake, autocast).mean()
+        metrics["g_loss"] = self._generator_step(fake, lambda scores: -scores.mean(), step, autocast)
+        return metrics
+
+    def _generator_step(self, fake: torch.Tensor, loss_of_scores: Callable, step: int, autocast) -> float:
+        """G's update from D's scores of `fake` (made with gradients), then the EMA; the loss."""
+        self.discriminator.requires_grad_(False)  # no D gradients to compute in G's step
+        g_loss = loss_of_scores(self._score(fake, autocast))
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         self.opt_g.step()
         self.discriminator.requires_grad_(True)
-        update_ema(self.ema_generator, self.generator, ema_decay(step, cfg.ema_decay))
-        metrics["g_loss"] = g_loss.item()
-        return metrics
+        update_ema(self.ema_generator, self.generator, ema_decay(step, self.config.ema_decay))
+        return g_loss.item()
 
     def sampling_generator(self) -> nn.Module:
         """A CPU copy of the EMA generator (w_avg and the noise maps come with its buffers)."""
