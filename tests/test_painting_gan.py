@@ -291,6 +291,16 @@ def test_fastgan_style_mix_takes_the_content_of_one_seed_and_the_gates_of_the_ot
     assert np.abs(same.astype(int) - same[:1].astype(int)).max() <= 1  # truncated to z's mean
 
 
+def test_fastgan_exports_standing_statistics_that_reload_to_the_same_samples(trained_fastgan, tmp_path):
+    generator = trained_fastgan.sampling_generator()
+    inherited = trained_fastgan.ema_generator.initial[1].running_mean
+    standing = generator.initial[1].running_mean
+    assert not torch.equal(standing, inherited)  # recomputed for the EMA weights
+    assert torch.equal(trained_fastgan.sampling_generator().initial[1].running_mean, standing)  # deterministic
+    path = save_bundle(export_bundle(trained_fastgan, step=4), tmp_path / "bundle.pt")
+    assert np.array_equal(sample(load_generator(load_bundle(path)), 3, seed=4), sample(generator, 3, seed=4))
+
+
 # --- style transfer and metrics ------------------------------------------------------------
 
 

@@ -9,6 +9,9 @@ excitation (SLE) multiplies the feature map of stage s + SLE_SPAN channel-wise b
 conv, sigmoid). Feeding the gates another latent's low-resolution features changes the style
 and keeps the content (the paper's Fig. 6): that is this generator's style mix.
 
+Sampling uses standing statistics (as BigGAN's, Brock et al. 2019): the EMA generator's
+BatchNorm statistics recomputed for its own weights over fixed-seed batches.
+
 Discriminator: a 3x3 conv, then residual down blocks (a 4x4 stride-2 conv and a 3x3 conv,
 beside an average pool and a 1x1 conv, averaged) down to 8x8, where a 4x4 conv gives a 5x5 map
 of real/fake logits. Every conv is spectrally normalized and followed by BatchNorm. Its
@@ -35,6 +38,8 @@ LOGIT_KERNEL = 4  # on the 8x8 map: a 5x5 map of logits
 FEATURE_SIZE, PART_FEATURE_SIZE = 8, 16  # the decoders read D's maps of these sizes
 DECODED_SIZE = 32  # two doublings from the 8x8 map
 QUADRANTS = 4
+# standing statistics: BatchNorm's mean and variance recomputed over this many fixed-seed samples
+STANDING_BATCHES, STANDING_BATCH_SIZE, STANDING_SEED = 8, 64, 0
 
 
 def up_block(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -103,6 +108,25 @@ class FastGanGenerator(nn.Module):
 
     def forward(self, z: torch.Tensor, truncation_psi: float = 1.0, noise_mode: str = "const") -> torch.Tensor:
         return self.synthesis(self.styles(z, truncation_psi), noise_mode)
+
+    @torch.no_grad()
+    def standing_statistics(self) -> FastGanGenerator:
+        """Recompute every BatchNorm's running mean and variance for these weights (an EMA copy
+        inherits the trained generator's, which fit other weights), as an exact average over
+        fixed-seed batches, so the result is deterministic; leaves the generator in eval mode."""
+        norms = [m for m in self.modules() if isinstance(m, nn.BatchNorm2d)]
+        momenta = [norm.momentum for norm in norms]
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None  # a cumulative average
+        self.train()
+        device = next(self.parameters()).device
+        for batch in range(STANDING_BATCHES):
+            z = torch.randn(STANDING_BATCH_SIZE, self.z_dim, generator=torch.Generator().manual_seed(STANDING_SEED + batch))
+            self(z.to(device))
+        for norm, momentum in zip(norms, momenta):
+            norm.momentum = momentum
+        return self.eval()
 
 
 def d_conv(in_channels: int, out_channels: int, kernel: int, stride: int = 1, padding: int = 0) -> nn.Module:

@@ -170,8 +170,10 @@ class PaintingGanFamily:
         return g_loss.item()
 
     def sampling_generator(self) -> nn.Module:
-        """A CPU copy of the EMA generator (w_avg and the noise maps come with its buffers)."""
-        return copy.deepcopy(self.ema_generator).to("cpu", memory_format=torch.contiguous_format).eval()
+        """A CPU copy of the EMA generator (w_avg and the noise maps come with its buffers; a
+        FastGAN's BatchNorm statistics are recomputed for the EMA weights)."""
+        generator = copy.deepcopy(self.ema_generator).to("cpu", memory_format=torch.contiguous_format).eval()
+        return generator.standing_statistics() if self.config.architecture == "fastgan" else generator
 
 
 def export_bundle(family: PaintingGanFamily, step: int | None = None) -> dict:
