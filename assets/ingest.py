@@ -142,7 +142,7 @@ painting_corpus_parts = decode_parts_asset("painting", "painting_corpus", IMAGES
     kinds={"parquet", "pillow"},
     check_specs=corpus_check_specs("painting_corpus"),
     deps=[RAW_FOLDERS["painting"], painting_corpus_parts],
-    description="Colour pictures for the painting family (default: the photos bundled with scikit-image and scikit-learn).",
+    description="Colour pictures for the painting family (default: eight public-domain Van Gogh paintings from gcompris-qt-data).",
 )
 def painting_corpus(
     context: dg.AssetExecutionContext, config: PaintingIngestConfig, storage: StorageResource, compute: ComputeResource

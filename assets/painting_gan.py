@@ -36,7 +36,7 @@ MIXING_SEEDS, SWEEP_SEEDS, SWEEP_PSIS = 4, 4, (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 class PaintingGanTrainConfig(dg.Config):
-    profile: str = "demo"  # one of PaintingGanConfig.PROFILES: demo, cpu-long, gpu
+    profile: str = "demo"  # one of PaintingGanConfig.PROFILES (fastgan-demo: FastGAN at 64x64)
     steps: int = 0  # 0: the profile's
     batch_size: int = 0  # 0: the profile's
     max_minutes: float = 0.0  # stop (and register) after this long; 0: no limit

@@ -2,8 +2,9 @@
 
     .venv/bin/python -m bench.train --family painting [--quality --minutes 20]
 
-Quality: the demo profile to its end, and with --minutes a cpu-long run stopped by that
-budget, each against the real-vs-real floor and an untrained generator (models.painting_gan.metrics).
+Throughput and quality of both demo profiles (StyleGAN2-lite at 32x32, FastGAN at 64x64): each
+to its end, and with --minutes a cpu-long run stopped by that budget, each against the
+real-vs-real floor and an untrained generator (models.painting_gan.metrics).
 """
 from __future__ import annotations
 
@@ -20,18 +21,23 @@ from models.trainer import fit
 
 DEFAULT_MANIFEST = Path("data/shards/painting/manifest.json")
 EVAL_SAMPLES = 512
+DEMO_PROFILES = ("demo", "fastgan-demo")
 
 
 def throughput_table(manifest: Path, steps: int, repeats: int) -> str:
     pictures = load_pictures(manifest)["train"]
-    config = PaintingGanConfig.profile("demo")
-    return throughput.throughput_table("painting GAN (demo profile, 32x32 crops)", "images",
-                                       lambda: PaintingGanFamily(config, pictures), config, steps, repeats)
+    tables = []
+    for profile in DEMO_PROFILES:
+        config = PaintingGanConfig.profile(profile)
+        title = f"painting GAN ({profile} profile, {config.architecture}, {config.resolution}x{config.resolution} crops)"
+        tables.append(throughput.throughput_table(title, "images", lambda: PaintingGanFamily(config, pictures), config,
+                                                  steps, repeats))
+    return "\n\n".join(tables)
 
 
 def quality_table(manifest: Path, minutes: float | None) -> str:
     pictures = load_pictures(manifest)
-    runs = {"demo": (PaintingGanConfig.profile("demo"), {})}
+    runs = {profile: (PaintingGanConfig.profile(profile), {}) for profile in DEMO_PROFILES}
     if minutes:
         runs[f"cpu-long {minutes:g} min"] = (PaintingGanConfig.profile("cpu-long"), {"max_minutes": minutes})
     out = []

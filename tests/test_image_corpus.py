@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from assets.ingest import image_corpus, painting_corpus
+from corpora.defaults.painting import read_qt_resources
 from corpora.ingest import load_manifest
 from corpora.shards import read_shards, tensors_from_table
 from tests.conftest import check_outcomes, data_version_of, materialization_metadata
@@ -176,24 +177,56 @@ def test_unchanged_input_decodes_nothing_and_any_change_moves_the_version(materi
     assert data_version_of(materialize_asset(image_corpus, {**config, "resolution": 8}), image_corpus) not in versions
 
 
-def test_painting_corpus_seeds_the_bundled_pictures_once(materialize_asset, data_root):
+def test_painting_corpus_seeds_the_bundled_paintings_once(materialize_asset, data_root):
     result = materialize_asset(painting_corpus, {})
     assert result.success
     metadata = materialization_metadata(result, painting_corpus)
     seeded = sorted(p.name for p in (data_root / "raw" / "painting").iterdir())
-    assert "sklearn-china.jpg" in seeded and "skimage-astronaut.png" in seeded
+    assert len(seeded) == 8 and "van-gogh-Van_Gogh_The_Night_Cafe.webp" in seeded
     assert metadata["files_seen"] == len(seeded) and metadata["rejected"] == 0
     pixels, rows = stored_rows(metadata["manifest"])
     assert pixels.shape[1:] == (128, 128, 3)
-    # astronaut.png is 512x512 RGB: the stored tensor is its area-downscaled copy
-    source = np.asarray(Image.open(data_root / "raw" / "painting" / "skimage-astronaut.png").convert("RGB"))
-    stored = pixels[[r["source_path"] for r in rows].index("skimage-astronaut.png")]
-    expected = source.reshape(128, 4, 128, 4, 3).mean(axis=(1, 3))
-    assert np.abs(stored.astype(float) - expected).max() <= 1.0
+    # the Night Cafe is 634x500: the stored tensor is its centre square, downscaled
+    source = Image.open(data_root / "raw" / "painting" / "van-gogh-Van_Gogh_The_Night_Cafe.webp").convert("RGB")
+    assert source.size == (634, 500)
+    expected = np.asarray(source.crop((67, 0, 567, 500)).resize((128, 128), Image.Resampling.BOX), dtype=float)
+    stored = pixels[[r["source_path"] for r in rows].index("van-gogh-Van_Gogh_The_Night_Cafe.webp")]
+    assert np.abs(stored.astype(float) - expected).mean() <= 2.0
 
-    (data_root / "raw" / "painting" / "skimage-coffee.png").unlink()  # a user's edit is kept
+    (data_root / "raw" / "painting" / "van-gogh-Gogh4.webp").unlink()  # a user's edit is kept
     second = materialize_asset(painting_corpus, {})
     assert materialization_metadata(second, painting_corpus)["files_seen"] == len(seeded) - 1
+
+
+def test_the_painting_corpus_reader_takes_the_files_out_of_a_qt_resource_bundle(tmp_path):
+    """The reader's file for file against a bundle with known contents: a stored and a zlib-compressed file."""
+    bundle = qt_resource_bundle({"a.txt": (b"stored", False), "b.bin": (b"packed" * 50, True)})
+    assert read_qt_resources(bundle) == {"/dir/a.txt": b"stored", "/dir/b.bin": b"packed" * 50}
+    with pytest.raises(ValueError, match="not a Qt resource bundle"):
+        read_qt_resources(b"PK" + bundle[2:])
+
+
+def qt_resource_bundle(files: dict[str, tuple[bytes, bool]]) -> bytes:
+    """A format-3 .rcc with the given files (content, compressed) in one folder "dir", as Qt's rcc lays it out."""
+    names, data, nodes = b"", b"", []
+
+    def name_entry(name: str) -> int:
+        nonlocal names
+        offset = len(names)
+        names += struct.pack(">HI", len(name), 0) + name.encode("utf-16-be")
+        return offset
+
+    root = struct.pack(">IHII", 0, 2, 1, 1) + bytes(8)
+    folder = struct.pack(">IHII", name_entry("dir"), 2, len(files), 2) + bytes(8)
+    for name, (content, compressed) in files.items():
+        payload = struct.pack(">I", len(content)) + zlib.compress(content) if compressed else content
+        nodes.append(struct.pack(">IHHHI", name_entry(name), 1 if compressed else 0, 0, 0, len(data)) + bytes(8))
+        data += struct.pack(">I", len(payload)) + payload
+    header_size = 24
+    tree = root + folder + b"".join(nodes)
+    header = b"qres" + struct.pack(">IIIII", 3, header_size + len(data) + len(names), header_size,
+                                   header_size + len(data), 0)
+    return header + data + names + tree
 
 
 @pytest.mark.parametrize("channels", [0, 2, 4])

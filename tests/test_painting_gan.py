@@ -1,4 +1,4 @@
-"""The painting family: StyleGAN2-lite, style transfer, metrics and pyfunc, on tiny data."""
+"""The painting family: StyleGAN2-lite and FastGAN, style transfer, metrics and pyfunc, on tiny data."""
 from __future__ import annotations
 
 import json
@@ -17,6 +17,7 @@ from models.classifier import FeatureClassifier
 from models.painting_gan import FAMILY
 from models.painting_gan.augment import diff_augment, random_crops
 from models.painting_gan.config import PaintingGanConfig
+from models.painting_gan.fastgan import DECODED_SIZE, SkipLayerExcitation, reconstruction_targets
 from models.painting_gan.metrics import painting_report, painting_reports, untrained_generator
 from models.painting_gan.networks import modulated_conv2d
 from models.painting_gan.sampling import (
@@ -30,6 +31,11 @@ from tests.fresh_process import run_in_fresh_process
 RESOLUTION = 16
 TINY = dict(resolution=RESOLUTION, widths=(16, 16, 8), z_dim=8, w_dim=8, mapping_layers=2, batch_size=4,
             r1_every=2)
+
+# FastGAN needs 4 stages for one skip-layer excitation (4x4 gates 32x32)
+FASTGAN_RESOLUTION = 32
+TINY_FASTGAN = dict(resolution=FASTGAN_RESOLUTION, widths=(16, 16, 8, 8), z_dim=8, batch_size=4)
+TINY_BY_ARCHITECTURE = {"stylegan2": ("demo", TINY), "fastgan": ("fastgan-demo", TINY_FASTGAN)}
 
 torch.set_num_threads(1)  # shared CPUs; and bit-exact comparisons need a fixed thread count
 
@@ -45,14 +51,23 @@ def tiny_pictures(n: int = 5, size: int = 40, seed: int = 0) -> np.ndarray:
     return pictures
 
 
-def tiny_config(**overrides) -> PaintingGanConfig:
-    return PaintingGanConfig.profile("demo", **{**TINY, **overrides})
+def tiny_config(architecture: str = "stylegan2", **overrides) -> PaintingGanConfig:
+    profile, tiny = TINY_BY_ARCHITECTURE[architecture]
+    return PaintingGanConfig.profile(profile, **{**tiny, **overrides})
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A family after a few steps, shared by the sampling and export tests."""
     config = tiny_config()
+    family = PaintingGanFamily(config, tiny_pictures())
+    fit(family, config.trainer_config(steps=4), tmp_path_factory.mktemp("run"))
+    return family
+
+
+@pytest.fixture(scope="module")
+def trained_fastgan(tmp_path_factory):
+    config = tiny_config("fastgan")
     family = PaintingGanFamily(config, tiny_pictures())
     fit(family, config.trainer_config(steps=4), tmp_path_factory.mktemp("run"))
     return family
@@ -141,8 +156,9 @@ def test_a_few_steps_give_finite_losses_change_every_network_and_reload_weights_
         assert torch.equal(parameters_of(module), parameters_of(family.modules()[name]))
 
 
-def test_a_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tmp_path):
-    config = tiny_config()
+@pytest.mark.parametrize("architecture", ["stylegan2", "fastgan"])
+def test_a_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tmp_path, architecture):
+    config = tiny_config(architecture)
     fit(PaintingGanFamily(config, tiny_pictures()), config.trainer_config(steps=6, checkpoint_every=3), tmp_path / "whole")
     stop_after = iter([False, False, False, True])
     first = fit(PaintingGanFamily(config, tiny_pictures()), config.trainer_config(steps=6, checkpoint_every=100),
@@ -204,6 +220,85 @@ def test_bundle_reloads_to_the_same_samples_with_weights_only(trained, tmp_path)
     generator = load_generator(load_bundle(path))
     assert np.array_equal(sample(generator, 3, seed=4, truncation_psi=0.7),
                           sample(trained.sampling_generator(), 3, seed=4, truncation_psi=0.7))
+
+
+# --- FastGAN -------------------------------------------------------------------------------
+
+
+def test_fastgan_networks_give_pictures_logits_and_reconstructions_of_the_right_shapes():
+    config = tiny_config("fastgan")
+    family = PaintingGanFamily(config, tiny_pictures())
+    images = family.generator(torch.randn(3, config.z_dim))
+    assert images.shape == (3, 3, FASTGAN_RESOLUTION, FASTGAN_RESOLUTION) and images.abs().max() <= 1
+    family.discriminator.eval()  # BatchNorm's running statistics and a fixed spectral norm: one function
+    logits, whole, part = family.discriminator.score_and_reconstruct(images, quadrant=3)
+    assert logits.shape == (3, 25)  # a 5x5 map: a 4x4 conv on the 8x8 map
+    assert whole.shape == part.shape == (3, 3, DECODED_SIZE, DECODED_SIZE)
+    assert torch.equal(family.discriminator(images), logits)
+    with pytest.raises(ValueError, match="fastgan needs a resolution"):
+        tiny_config("fastgan", resolution=8, widths=(16, 8))
+
+
+def test_fastgan_a_few_steps_change_every_parameter_and_log_the_reconstruction(tmp_path):
+    config = tiny_config("fastgan")
+    family = PaintingGanFamily(config, tiny_pictures())
+    before = {name: {key: p.detach().clone() for key, p in m.named_parameters()} for name, m in family.modules().items()}
+    logged = []
+    fit(family, config.trainer_config(steps=3, log_every=1), tmp_path, log=lambda step, m: logged.append(m))
+    assert {"d_loss", "g_loss", "reconstruction"} <= set(logged[0]) and "r1" not in logged[-1]
+    assert all(np.isfinite(v) for m in logged for v in m.values())
+    for name, module in family.modules().items():  # the decoders and the excitations included
+        unchanged = [key for key, p in module.named_parameters() if torch.equal(p, before[name][key])]
+        assert unchanged == [], f"{name}: {unchanged}"
+
+
+def test_skip_layer_excitation_gates_the_high_resolution_map_channel_wise_from_the_low_one():
+    torch.manual_seed(0)
+    excitation = SkipLayerExcitation(low_channels=6, high_channels=5)
+    low, high = torch.randn(2, 6, 4, 4), torch.randn(2, 5, 32, 32)
+    gate = excitation.gate(low)
+    assert gate.shape == (2, 5, 1, 1) and ((gate > 0) & (gate < 1)).all()
+    torch.testing.assert_close(excitation(low, high), high * gate)  # one factor per sample and channel
+    other_high = torch.randn(2, 5, 32, 32)
+    torch.testing.assert_close(excitation(low, other_high) / other_high, gate.expand(-1, -1, 32, 32))
+    assert not torch.allclose(excitation(low + 1, high), excitation(low, high))  # the gate follows the low map
+
+
+def test_fastgan_discriminator_learns_its_features_from_the_reconstruction_too():
+    """The decoders' error reaches D's own convolutions, not only the decoders: the
+    self-supervision shapes the features the real/fake logits read."""
+    config = tiny_config("fastgan")
+    discriminator = PaintingGanFamily(config, tiny_pictures()).discriminator
+    real = torch.rand(4, 3, FASTGAN_RESOLUTION, FASTGAN_RESOLUTION) * 2 - 1
+    _, whole, part = discriminator.score_and_reconstruct(real, quadrant=1)
+    whole_target, part_target = reconstruction_targets(real, quadrant=1)
+    assert torch.equal(part_target, F.interpolate(real[:, :, :16, 16:], size=DECODED_SIZE, mode="bilinear"))
+    (F.mse_loss(whole, whole_target) + F.mse_loss(part, part_target)).backward()
+    trunk = [p for p in discriminator.from_rgb.parameters()] + [p for p in discriminator.downs.parameters()]
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trunk)
+    assert all(p.grad is None for p in discriminator.logits.parameters())
+
+
+def test_fastgan_style_mix_takes_the_content_of_one_seed_and_the_gates_of_the_other(trained_fastgan):
+    generator = trained_fastgan.sampling_generator()
+    assert num_style_layers(generator) == 2
+    image_a, image_b = sample(generator, 1, seed=7), sample(generator, 1, seed=8)
+    assert np.array_equal(style_mix(generator, 7, 8, crossover=0), image_b)
+    assert np.array_equal(style_mix(generator, 7, 8, crossover=2), image_a)
+    mixed = style_mix(generator, 7, 8, crossover=1)
+    assert not np.array_equal(mixed, image_a) and not np.array_equal(mixed, image_b)
+    same = sample(generator, 3, seed=1, truncation_psi=0.0)
+    assert np.abs(same.astype(int) - same[:1].astype(int)).max() <= 1  # truncated to z's mean
+
+
+def test_fastgan_exports_standing_statistics_that_reload_to_the_same_samples(trained_fastgan, tmp_path):
+    generator = trained_fastgan.sampling_generator()
+    inherited = trained_fastgan.ema_generator.initial[1].running_mean
+    standing = generator.initial[1].running_mean
+    assert not torch.equal(standing, inherited)  # recomputed for the EMA weights
+    assert torch.equal(trained_fastgan.sampling_generator().initial[1].running_mean, standing)  # deterministic
+    path = save_bundle(export_bundle(trained_fastgan, step=4), tmp_path / "bundle.pt")
+    assert np.array_equal(sample(load_generator(load_bundle(path)), 3, seed=4), sample(generator, 3, seed=4))
 
 
 # --- style transfer and metrics ------------------------------------------------------------
@@ -269,20 +364,23 @@ FRESH_PREDICT = """
 """
 
 
-def test_pyfunc_predicts_in_a_fresh_process_with_only_models_on_the_path(trained, tmp_path):
+@pytest.mark.parametrize("family_fixture", ["trained", "trained_fastgan"])
+def test_pyfunc_predicts_in_a_fresh_process_with_only_models_on_the_path(family_fixture, request, tmp_path):
     import mlflow.pyfunc
 
     from models.painting_gan.pyfunc import PaintingGanPyfunc
 
+    trained = request.getfixturevalue(family_fixture)
+    side = trained.config.resolution
     bundle = save_bundle(export_bundle(trained, step=4), tmp_path / "bundle.pt")
     model_dir = tmp_path / "model"
     mlflow.pyfunc.save_model(str(model_dir), python_model=PaintingGanPyfunc(), artifacts={"bundle": str(bundle)},
                              code_paths=FAMILY.code_paths())
     result = run_in_fresh_process(FRESH_PREDICT, model_dir)
     layers = num_style_layers(trained.generator)
-    assert result == {**result, "shape": [3, RESOLUTION, RESOLUTION, 3], "dtype": "uint8", "same": True,
-                      "default_shape": [16, RESOLUTION, RESOLUTION, 3], "mix_shape": [1, RESOLUTION, RESOLUTION, 3],
-                      "mix_same": True, "row_shape": [layers + 1, RESOLUTION, RESOLUTION, 3]}
+    assert result == {**result, "shape": [3, side, side, 3], "dtype": "uint8", "same": True,
+                      "default_shape": [16, side, side, 3], "mix_shape": [1, side, side, 3],
+                      "mix_same": True, "row_shape": [layers + 1, side, side, 3]}
     assert result["module"].startswith(str(model_dir)), "the pyfunc must come from the model's own code path"
     expected = style_mix(trained.sampling_generator(), 1, 2, crossover=2)
     assert expected.shape == tuple(result["mix_shape"])

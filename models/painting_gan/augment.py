@@ -1,6 +1,6 @@
 """What the painting GAN trains on: random crops of a few pictures, and DiffAugment.
 
-The painting corpus is 13 pictures. Each batch is freshly cut from them (random crop side in
+The painting corpus is 8 paintings. Each batch is freshly cut from them (random crop side in
 `crop_scale` of the picture's short side, random position and horizontal flip, resized to
 `resolution` with antialiasing), drawn from torch's global RNG so a resumed run sees the same
 crops. DiffAugment (Zhao et al. 2020: color, translation, cutout) is applied to real and fake

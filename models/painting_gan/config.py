@@ -8,6 +8,8 @@ from typing import ClassVar
 from models.family_config import FamilyConfig
 
 MIN_RESOLUTION = 8
+ARCHITECTURES = ("stylegan2", "fastgan")  # models.painting_gan.networks, models.painting_gan.fastgan
+FASTGAN_MIN_RESOLUTION = 16  # its discriminator reads a 16x16 and an 8x8 map
 AUGMENTATIONS = ("color", "translation", "cutout")  # DiffAugment's policies (models.painting_gan.augment)
 DEFAULT_CROP_SCALE = (0.3, 1.0)
 
@@ -18,16 +20,20 @@ def augmentation_names(policy: str) -> list[str]:
 
 @dataclass
 class PaintingGanConfig(FamilyConfig):
-    resolution: int = 32  # power of two >= 8
+    architecture: str = "stylegan2"  # one of ARCHITECTURES
+    resolution: int = 32  # power of two >= 8 (>= 16 for fastgan)
     channels: int = 3
     z_dim: int = 64
+    widths: tuple[int, ...] = (128, 128, 64, 32)  # channels per resolution stage, 4x4 first; D mirrors them
+    # stylegan2 only
     w_dim: int = 64
     mapping_layers: int = 4  # the paper has 8; 4 is enough at this scale and halves its cost
     mapping_lr_mult: float = 0.01
-    widths: tuple[int, ...] = (128, 128, 64, 32)  # channels per resolution stage, 4x4 first; D mirrors them
-    r1_gamma: float = 0.05
+    r1_gamma: float = 0.05  # 0: no R1 (fastgan has none)
     r1_every: int = 16  # lazy regularization interval, in D steps
     style_mixing_prob: float = 0.9
+    # fastgan only: weight of D's self-supervised reconstruction loss
+    reconstruction_weight: float = 1.0
     diffaugment: str = "color,translation,cutout"  # comma-separated subset of AUGMENTATIONS; "" for none
     crop_scale: tuple[float, float] = DEFAULT_CROP_SCALE  # crop side as a fraction of the picture's short side
     ema_decay: float = 0.999
@@ -40,6 +46,9 @@ class PaintingGanConfig(FamilyConfig):
     PROFILES: ClassVar[dict[str, dict]] = {
         # minutes on 2 CPU cores at 32x32 (timings: docs/painting-gan.md)
         "demo": dict(resolution=32, widths=(128, 128, 64, 32), z_dim=64, w_dim=64, batch_size=16, steps=1500),
+        # FastGAN at 64x64 (lr and betas are the paper's): a step costs about a demo step (docs/painting-gan.md)
+        "fastgan-demo": dict(architecture="fastgan", resolution=64, widths=(256, 128, 64, 32, 16), z_dim=64,
+                             batch_size=8, lr=2e-4, betas=(0.5, 0.999), r1_gamma=0.0, style_mixing_prob=0.0, steps=1500),
         # twice the 4x4 width and the batch, 2.7x the steps: about 20 minutes on 2 cores
         "cpu-long": dict(resolution=32, widths=(256, 128, 64, 32), z_dim=128, w_dim=128, batch_size=32, steps=4000),
         # 128x128 (the corpus' size, so crops are downscaled at most, never upscaled), config-e-like widths
@@ -49,6 +58,10 @@ class PaintingGanConfig(FamilyConfig):
 
     def __post_init__(self):
         self.widths, self.betas, self.crop_scale = tuple(self.widths), tuple(self.betas), tuple(self.crop_scale)
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {self.architecture!r}; known: {ARCHITECTURES}")
+        if self.architecture == "fastgan" and self.resolution < FASTGAN_MIN_RESOLUTION:
+            raise ValueError(f"fastgan needs a resolution >= {FASTGAN_MIN_RESOLUTION}, not {self.resolution}")
         stages = math.log2(self.resolution) - 1 if self.resolution >= MIN_RESOLUTION else -1
         if stages != int(stages) or stages < 2:
             raise ValueError(f"resolution must be a power of two >= {MIN_RESOLUTION}, not {self.resolution}")

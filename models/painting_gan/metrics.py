@@ -11,7 +11,7 @@ kernel is not scale-invariant.
 
 The real reference is random crops of the training pictures at the generator's resolution and
 crop scale, as the GAN saw them. Read a number against its floor and ceiling:
-- `real_vs_real`: crops of the same pictures with another seed (the floor; with 13 pictures
+- `real_vs_real`: crops of the same pictures with another seed (the floor; with 8 paintings
   the held-out split has 0-2 pictures, too few to be a floor of its own);
 - `heldout_vs_train` (only when there are held-out pictures): crops of pictures the GAN never
   saw, i.e. how far "another picture" is;
@@ -28,11 +28,12 @@ from collections.abc import Mapping
 
 import numpy as np
 import torch
+from torch import nn
 
 from models.distances import kernel_distance, kid_subset_size, memorization
 from models.painting_gan.augment import random_crops
 from models.painting_gan.config import DEFAULT_CROP_SCALE
-from models.painting_gan.networks import Generator
+from models.painting_gan.networks import build_generator
 from models.painting_gan.sampling import sample
 from models.painting_gan.style_transfer import feature_network, style_statistics
 
@@ -48,16 +49,16 @@ def _kid_name(network_name: str) -> str:
     return "kid_style_random_cnn" if network_name == "random" else f"kid_style_{network_name}"
 
 
-def painting_report(generator_or_samples: Generator | np.ndarray, pictures, n: int = DEFAULT_N, seed: int = 0,
+def painting_report(generator_or_samples: nn.Module | np.ndarray, pictures, n: int = DEFAULT_N, seed: int = 0,
                     scale: tuple[float, float] | None = None, reference_size: int = REFERENCE_SIZE,
                     kid_subsets: int = KID_SUBSETS, network_name: str = "random",
                     classifier_state: Mapping | None = None) -> dict:
     """KID on style features and near copies of `n` samples (or the given uint8 (N, H, W, C)
     images) against random crops of `pictures` (uint8 (N, H, W, C)) at the samples' size.
 
-    `scale` defaults to the generator's training crop scale (a Generator carries it), else
+    `scale` defaults to the generator's training crop scale (a generator carries it), else
     the config's default. Everything is deterministic given `seed`."""
-    if isinstance(generator_or_samples, Generator):
+    if isinstance(generator_or_samples, nn.Module):
         samples = sample(generator_or_samples, n, seed=seed + SAMPLE_SEED_OFFSET)
         scale = scale or generator_or_samples.crop_scale
     else:
@@ -87,13 +88,13 @@ def painting_report(generator_or_samples: Generator | np.ndarray, pictures, n: i
     }
 
 
-def painting_reports(samples: Mapping[str, Generator | np.ndarray], pictures, heldout=None, n: int = DEFAULT_N,
+def painting_reports(samples: Mapping[str, nn.Module | np.ndarray], pictures, heldout=None, n: int = DEFAULT_N,
                      seed: int = 0, resolution: int | None = None, scale: tuple[float, float] | None = None,
                      **options) -> dict[str, dict]:
     """painting_report of each entry of `samples` (e.g. "model", "untrained"), with the
     real_vs_real floor (and heldout_vs_train when `heldout` has pictures) in front."""
     first = next(iter(samples.values()))
-    if isinstance(first, Generator):
+    if isinstance(first, nn.Module):
         resolution, scale = resolution or first.resolution, scale or first.crop_scale
     else:
         resolution = resolution or np.asarray(first).shape[1]
@@ -115,8 +116,8 @@ def format_painting_report(report: Mapping[str, Mapping]) -> str:
     return "\n".join(lines)
 
 
-def untrained_generator(config) -> Generator:
+def untrained_generator(config) -> nn.Module:
     """The ceiling row's generator: the config's initial weights (w_avg is still zero)."""
     with torch.random.fork_rng(devices=[]):  # the caller's random stream stays as it was
         torch.manual_seed(config.seed)
-        return Generator(config).eval()
+        return build_generator(config).eval()

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.painting_gan.config import PaintingGanConfig
+from models.painting_gan.fastgan import FastGanDiscriminator, FastGanGenerator
 
 LEAKY_SLOPE = 0.2
 ACTIVATION_GAIN = math.sqrt(2)  # keeps the activations' scale through leaky ReLU (StyleGAN's def_gain)
@@ -258,3 +259,14 @@ class Discriminator(nn.Module):
         x = self.conv(minibatch_stddev(x))
         return self.out(self.dense(x.flatten(1))).flatten()
 
+
+# (generator, discriminator) classes of each of config.ARCHITECTURES
+NETWORKS = {"stylegan2": (Generator, Discriminator), "fastgan": (FastGanGenerator, FastGanDiscriminator)}
+
+
+def build_generator(config: PaintingGanConfig) -> nn.Module:
+    return NETWORKS[config.architecture][0](config)
+
+
+def build_discriminator(config: PaintingGanConfig) -> nn.Module:
+    return NETWORKS[config.architecture][1](config)

@@ -13,38 +13,39 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 from models import bundle as bundles
 from models.generators import latents, to_uint8
 from models.painting_gan.config import PaintingGanConfig
-from models.painting_gan.networks import Generator
+from models.painting_gan.networks import build_generator
 
 BUNDLE_FORMAT = "atelier.painting_gan/1"
 SAMPLE_CHUNK = 64  # images per forward pass when sampling, to bound memory
 
 
-def num_style_layers(generator: Generator) -> int:
+def num_style_layers(generator: nn.Module) -> int:
     """How many w's one image takes (the crossover range of style mixing is 0..this)."""
     return generator.num_ws
 
 
-def _device_of(generator: Generator) -> torch.device:
+def _device_of(generator: nn.Module) -> torch.device:
     return next(generator.parameters()).device
 
 
-def _seed_styles(generator: Generator, seeds: Sequence[int], truncation_psi: float) -> torch.Tensor:
+def _seed_styles(generator: nn.Module, seeds: Sequence[int], truncation_psi: float) -> torch.Tensor:
     """ws of one image per seed, each seed's z exactly as `sample(generator, 1, seed)` draws it."""
     z = torch.cat([latents(1, generator.z_dim, seed) for seed in seeds]).to(_device_of(generator))
     return generator.styles(z, truncation_psi)
 
 
-def _render(generator: Generator, ws: torch.Tensor) -> np.ndarray:
+def _render(generator: nn.Module, ws: torch.Tensor) -> np.ndarray:
     chunks = [to_uint8(generator.synthesis(ws[i : i + SAMPLE_CHUNK], noise_mode="const")) for i in range(0, len(ws), SAMPLE_CHUNK)]
     return np.concatenate(chunks) if chunks else np.zeros((0, generator.resolution, generator.resolution, generator.channels), np.uint8)
 
 
 @torch.no_grad()
-def sample(generator: Generator, n: int, seed: int = 0, truncation_psi: float = 1.0) -> np.ndarray:
+def sample(generator: nn.Module, n: int, seed: int = 0, truncation_psi: float = 1.0) -> np.ndarray:
     """n images as uint8 (n, H, W, C); the same seed and psi always give the same images."""
     generator.eval()
     z = latents(n, generator.z_dim, seed).to(_device_of(generator))
@@ -58,7 +59,7 @@ def _mix(ws_a: torch.Tensor, ws_b: torch.Tensor, crossover: int) -> torch.Tensor
 
 
 @torch.no_grad()
-def style_mix(generator: Generator, seed_a: int, seed_b: int, crossover: int, truncation_psi: float = 1.0) -> np.ndarray:
+def style_mix(generator: nn.Module, seed_a: int, seed_b: int, crossover: int, truncation_psi: float = 1.0) -> np.ndarray:
     """One image (1, H, W, C): the coarse styles (layers < crossover) of seed_a, the fine ones
     of seed_b. crossover 0 is sample(generator, 1, seed_b); num_style_layers is seed_a's."""
     generator.eval()
@@ -67,7 +68,7 @@ def style_mix(generator: Generator, seed_a: int, seed_b: int, crossover: int, tr
 
 
 @torch.no_grad()
-def style_mixing_grid(generator: Generator, row_seeds: Sequence[int], col_seeds: Sequence[int], crossover: int,
+def style_mixing_grid(generator: nn.Module, row_seeds: Sequence[int], col_seeds: Sequence[int], crossover: int,
                       truncation_psi: float = 1.0) -> list[list[np.ndarray | None]]:
     """The StyleGAN figure as rows of uint8 (H, W, C) cells: the top row shows the column
     sources (after an empty corner, None), the left column the row sources, and cell (r, c)
@@ -85,7 +86,7 @@ def style_mixing_grid(generator: Generator, row_seeds: Sequence[int], col_seeds:
 
 
 @torch.no_grad()
-def truncation_sweep(generator: Generator, seeds: Sequence[int], psis: Sequence[float]) -> list[list[np.ndarray]]:
+def truncation_sweep(generator: nn.Module, seeds: Sequence[int], psis: Sequence[float]) -> list[list[np.ndarray]]:
     """Rows of uint8 (H, W, C) cells: a row per seed, a column per truncation psi."""
     generator.eval()
     return [[_render(generator, _seed_styles(generator, [seed], float(psi)))[0] for psi in psis] for seed in seeds]
@@ -98,8 +99,8 @@ def load_bundle(path: str | Path) -> dict:
     return bundles.load_bundle(path, (BUNDLE_FORMAT,))
 
 
-def load_generator(bundle: dict | str | Path) -> Generator:
+def load_generator(bundle: dict | str | Path) -> nn.Module:
     bundle = bundles.as_bundle(bundle, (BUNDLE_FORMAT,))
-    generator = Generator(PaintingGanConfig.from_dict(bundle["config"]))
+    generator = build_generator(PaintingGanConfig.from_dict(bundle["config"]))
     generator.load_state_dict(bundle["generator"])
     return generator.requires_grad_(False).eval()

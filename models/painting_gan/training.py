@@ -1,10 +1,12 @@
 """Training the painting GAN: the trainer-interface family (models.trainer.Family), the bundle it
 exports, and `run_training`, what `python -m models.train --family painting-gan` runs.
 
-Non-saturating logistic loss; lazy R1 on reals (gamma/2 * |grad D|^2 every `r1_every` D steps,
+StyleGAN2: non-saturating logistic loss; lazy R1 on reals (gamma/2 * |grad D|^2 every `r1_every` D steps,
 scaled by r1_every, with D's Adam lr and betas adjusted by r1_every/(r1_every+1) as in the
 paper); style mixing (with `style_mixing_prob` the w of a second z takes over from a random
 layer on); an EMA generator; the running mean of w that truncation needs is tracked in G's step.
+FastGAN: hinge loss, and D's reconstruction of the real pictures (models.painting_gan.fastgan),
+no R1 and no style mixing.
 Real and fake images both pass through DiffAugment (models.painting_gan.augment).
 """
 from __future__ import annotations
@@ -25,7 +27,8 @@ from models.generators import ema_decay, to_unit_range, update_ema
 from models.painting_gan import CHAMPION_RULE, metrics
 from models.painting_gan.augment import crop_batch, diff_augment, pictures_tensor
 from models.painting_gan.config import PaintingGanConfig
-from models.painting_gan.networks import Discriminator, Generator
+from models.painting_gan.fastgan import QUADRANTS, reconstruction_targets
+from models.painting_gan.networks import build_discriminator, build_generator
 from models.painting_gan.sampling import BUNDLE_FORMAT, load_generator
 from models.trainer import to_device
 
@@ -50,12 +53,11 @@ class PaintingGanFamily:
                              f"{self.rows.num_rows} of {shape}")
 
         torch.manual_seed(config.seed)  # the initial weights and noise maps are part of the run's identity
-        self.generator = Generator(config)
-        self.discriminator = Discriminator(config)
+        self.generator, self.discriminator = build_generator(config), build_discriminator(config)
         self.ema_generator = copy.deepcopy(self.generator).requires_grad_(False)
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=config.lr, betas=config.betas)
         # lazy R1 makes one D "step" r1_every/(r1_every+1) of a step: Karras et al. 2020, Appendix B
-        ratio = config.r1_every / (config.r1_every + 1)
+        ratio = config.r1_every / (config.r1_every + 1) if self._uses_r1() else 1.0
         d_betas = tuple(beta ** ratio for beta in config.betas)
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=config.lr * ratio, betas=d_betas)
         self.channels_last = False
@@ -86,6 +88,9 @@ class PaintingGanFamily:
         real = crop_batch(pictures, torch.arange(len(pictures)), self.config.resolution, self.config.crop_scale)
         return real.contiguous(memory_format=torch.channels_last) if self.channels_last else real
 
+    def _uses_r1(self) -> bool:
+        return self.config.architecture == "stylegan2" and self.config.r1_gamma > 0
+
     def _training_styles(self, n: int, device: torch.device, track_w_avg: bool) -> torch.Tensor:
         """ws for n fresh z; with style_mixing_prob, a second z's w from a random layer on."""
         cfg = self.config
@@ -108,7 +113,12 @@ class PaintingGanFamily:
         return grad.square().sum(dim=(1, 2, 3)).mean()
 
     def train_step(self, batch: torch.Tensor, step: int, autocast) -> dict[str, float]:
-        cfg, real = self.config, batch
+        if self.config.architecture == "fastgan":
+            return self._fastgan_step(batch, step, autocast)
+        return self._stylegan2_step(batch, step, autocast)
+
+    def _stylegan2_step(self, real: torch.Tensor, step: int, autocast) -> dict[str, float]:
+        cfg = self.config
         n, metrics = real.shape[0], {}
 
         # D: real up, fake down (non-saturating logistic loss)
@@ -122,7 +132,7 @@ class PaintingGanFamily:
         self.opt_d.step()
         metrics.update(d_loss=d_loss.item(), d_real_sign=d_real.sign().mean().item())  # ADA's overfitting signal
 
-        if cfg.r1_gamma > 0 and step % cfg.r1_every == 0:
+        if self._uses_r1() and step % cfg.r1_every == 0:
             r1 = self._r1_penalty(real)
             self.opt_d.zero_grad(set_to_none=True)
             (r1 * (cfg.r1_gamma / 2) * cfg.r1_every).backward()
@@ -130,26 +140,58 @@ class PaintingGanFamily:
             metrics["r1"] = r1.item()
 
         # G: make D call the (augmented) fakes real
-        self.discriminator.requires_grad_(False)  # no D gradients to compute in G's step
         with autocast():
             fake = self.generator.synthesis(self._training_styles(n, real.device, track_w_avg=True))
-        g_loss = F.softplus(-self._score(fake, autocast)).mean()
+        metrics["g_loss"] = self._generator_step(fake, lambda scores: F.softplus(-scores).mean(), step, autocast)
+        return metrics
+
+    def _fastgan_step(self, real: torch.Tensor, step: int, autocast) -> dict[str, float]:
+        """Hinge loss; D also reconstructs the augmented reals from its own features (one random
+        quadrant a step, from torch's global RNG, so a resumed run draws the same)."""
+        cfg, n = self.config, real.shape[0]
+        quadrant = int(torch.randint(0, QUADRANTS, ()))
+        self.discriminator.requires_grad_(True)
+        with torch.no_grad(), autocast():
+            fake = self.generator(torch.randn(n, cfg.z_dim, device=real.device))
+        with autocast():
+            augmented = diff_augment(real, cfg.diffaugment)
+            d_real, whole, part = self.discriminator.score_and_reconstruct(augmented, quadrant)
+            d_fake = self.discriminator(diff_augment(fake, cfg.diffaugment))
+        whole_target, part_target = reconstruction_targets(augmented.float(), quadrant)
+        reconstruction = F.mse_loss(whole.float(), whole_target) + F.mse_loss(part.float(), part_target)
+        d_loss = F.relu(1 - d_real.float()).mean() + F.relu(1 + d_fake.float()).mean()
+        self.opt_d.zero_grad(set_to_none=True)
+        (d_loss + cfg.reconstruction_weight * reconstruction).backward()
+        self.opt_d.step()
+        metrics = dict(d_loss=d_loss.item(), reconstruction=reconstruction.item(), d_real_sign=d_real.sign().mean().item())
+
+        with autocast():
+            fake = self.generator(torch.randn(n, cfg.z_dim, device=real.device))
+        metrics["g_loss"] = self._generator_step(fake, lambda scores: -scores.mean(), step, autocast)
+        return metrics
+
+    def _generator_step(self, fake: torch.Tensor, loss_of_scores: Callable, step: int, autocast) -> float:
+        """G's update from D's scores of `fake` (made with gradients), then the EMA; the loss."""
+        self.discriminator.requires_grad_(False)  # no D gradients to compute in G's step
+        g_loss = loss_of_scores(self._score(fake, autocast))
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         self.opt_g.step()
         self.discriminator.requires_grad_(True)
-        update_ema(self.ema_generator, self.generator, ema_decay(step, cfg.ema_decay))
-        metrics["g_loss"] = g_loss.item()
-        return metrics
+        update_ema(self.ema_generator, self.generator, ema_decay(step, self.config.ema_decay))
+        return g_loss.item()
 
-    def sampling_generator(self) -> Generator:
-        """A CPU copy of the EMA generator (w_avg and the noise maps come with its buffers)."""
-        return copy.deepcopy(self.ema_generator).to("cpu", memory_format=torch.contiguous_format).eval()
+    def sampling_generator(self) -> nn.Module:
+        """A CPU copy of the EMA generator (w_avg and the noise maps come with its buffers; a
+        FastGAN's BatchNorm statistics are recomputed for the EMA weights)."""
+        generator = copy.deepcopy(self.ema_generator).to("cpu", memory_format=torch.contiguous_format).eval()
+        return generator.standing_statistics() if self.config.architecture == "fastgan" else generator
 
 
 def export_bundle(family: PaintingGanFamily, step: int | None = None) -> dict:
     """What a registered model needs, as tensors and plain values (torch.load(weights_only=True)).
-    The generator's state holds w_avg (`mapping.w_avg`) and the fixed noise maps."""
+    A StyleGAN2 generator's state holds w_avg (`mapping.w_avg`) and the fixed noise maps; a
+    FastGAN one its BatchNorm statistics."""
     return {
         "format": BUNDLE_FORMAT,
         "config": family.config.to_dict(),
