@@ -104,7 +104,7 @@ def image_classifier(
 
 class ImageGanTrainConfig(dg.Config):
     profile: str = "demo"  # one of ImageGanConfig.PROFILES: demo, cpu-long, gpu
-    architecture: str = "dcgan"  # or "wgan-gp"
+    architecture: str = ""  # "": the profile's; else a key of models.image_gan.config.ARCHITECTURE_DEFAULTS
     steps: int = 0  # 0: the profile's
     batch_size: int = 0  # 0: the profile's
     max_minutes: float = 0.0  # stop (and register) after this long; 0: no limit
@@ -115,7 +115,7 @@ class ImageGanTrainConfig(dg.Config):
         classes from the data."""
         if self.profile not in ImageGanConfig.PROFILES:
             raise dg.Failure(f"unknown profile {self.profile!r}; choose one of {sorted(ImageGanConfig.PROFILES)}")
-        overrides = {"architecture": self.architecture, "seed": seed,
+        overrides = {"seed": seed, **({"architecture": self.architecture} if self.architecture else {}),
                      **({"steps": self.steps} if self.steps else {}),
                      **({"batch_size": self.batch_size} if self.batch_size else {})}
         return ImageGanConfig.profile(self.profile, **overrides)
