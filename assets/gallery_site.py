@@ -10,13 +10,13 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets.gallery_page import COVER_FILE, COVER_KINDS
+from assets.gallery_page import COVER_FILE, COVER_KINDS, LIGHTBOX_STYLE, figure, model_label
 from common.atomic import atomic_write_text
 from models.family import FamilyRecord, families
 from resources.mlflow_registry import MlflowRegistry
 from resources.storage import StorageResource
 
-CODE_VERSION = "gallery-site-3"
+CODE_VERSION = "gallery-site-4"  # 4: captions with version and seeds, larger views
 RECENT_VERSIONS = 10
 
 
@@ -58,7 +58,7 @@ def _read_cover(folder: Path, prefix: str) -> list[dict]:
         items = json.loads((folder / COVER_FILE).read_text())
     except (FileNotFoundError, ValueError):
         return []
-    return [{"kind": i["kind"], "src": f"{prefix}/{i['src']}"} for i in items
+    return [{"kind": i["kind"], "src": f"{prefix}/{i['src']}", "caption": str(i.get("caption", ""))} for i in items
             if i.get("kind") in COVER_KINDS and (folder / i["src"]).is_file()]
 
 
@@ -67,17 +67,19 @@ def _link(text: str, url: str) -> str:
     return f'<a href="{e(url)}">{e(text)}</a>' if url else e(text)
 
 
-def _cover_html(cover: list[dict]) -> str:
+def _cover_html(cover: list[dict], model: str) -> str:
+    """The champion's cover files, each in a figure captioned with its model version (and seeds, where
+    the gallery gave them); pictures open larger on click."""
     e = html.escape
     parts = []
     for item in cover:
-        src = e(item["src"])
+        caption = item["caption"] or model
         if item["kind"] == "img":
-            parts.append(f'<img src="{src}" alt="{src}">')
-        elif item["kind"] == "audio":
-            parts.append(f'<audio controls preload="metadata" src="{src}"></audio>')
-        else:
-            parts.append(f'<video controls muted loop preload="metadata" src="{src}"></video>')
+            parts.append(figure(item["src"], f"{model}: {Path(item['src']).name}", caption))
+            continue
+        tag = ('<audio controls preload="metadata"' if item["kind"] == "audio"
+               else '<video controls muted loop preload="metadata"')
+        parts.append(f'<figure>{tag} src="{e(item["src"])}"></{item["kind"]}><figcaption>{e(caption)}</figcaption></figure>')
     return "".join(parts)
 
 
@@ -94,8 +96,9 @@ def site_html(sections: list[tuple[FamilyRecord, list[dict], str | None]], failu
         best = next((row for row in rows if row["version"] == champion), None)
         if best is not None:
             gallery = _link("gallery", best["gallery"]) if best["gallery"] else "no gallery yet"
+            model = model_label(family.name, best["version"])
             body.append(f'<p>Champion: version {e(best["version"])} ({e(family.rule.metric)} {e(best["metric"])}), '
-                        f'{gallery}</p><div class="cover">{_cover_html(best["cover"])}</div>')
+                        f'{gallery}</p><div class="cover">{_cover_html(best["cover"], model)}</div>')
         body.append(f"<table><tr><th>version</th><th>aliases</th><th>{e(family.rule.metric)}</th><th>shard data version</th>"
                     "<th>git commit</th><th>MLflow run</th><th>Dagster run</th><th>gallery</th></tr>")
         for row in rows:
@@ -109,8 +112,10 @@ def site_html(sections: list[tuple[FamilyRecord, list[dict], str | None]], failu
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Atelier galleries</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:75em}} td,th{{padding:0.2em 0.6em;text-align:left}}
-.cover img,.cover video{{max-height:256px;margin-right:1em;image-rendering:pixelated}}
-.failed{{color:#a00}}</style></head>
+.cover{{display:flex;flex-wrap:wrap;gap:1em}} .cover figure{{margin:0}} figcaption{{color:#444;font-size:90%}}
+.cover .zoom img,.cover video{{max-height:256px;image-rendering:pixelated}}
+.failed{{color:#a00}}
+{LIGHTBOX_STYLE}</style></head>
 <body><h1>Atelier galleries</h1>
 <p>Each family's champion (the best version by its metric) and its recent versions, newest first.</p>
 {''.join(body)}

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from assets.ingest import CORPUS_ASSET_OF
-from assets.gallery_page import gallery_lineage, gallery_page, write_cover
+from assets.gallery_page import figure, gallery_lineage, gallery_page, provenance, write_cover
 from assets.training import (
     champion_check_spec, corpus_manifest, thumbnail_markdown, POINTERS, train_and_register, trained_result,
 )
@@ -38,7 +38,7 @@ from resources.trainer import TrainerLauncher
 GROUP = FAMILY.key
 CODE_VERSION = "image-gan-3"  # the training asset's
 CLASSIFIER_CODE_VERSION = "image-classifier-2"
-GALLERY_CODE_VERSION = "image-gallery-1"
+GALLERY_CODE_VERSION = "image-gallery-2"  # 2: metric tables, captions with seeds, larger views
 GALLERY_SEED = 0
 CORPUS_ASSET = CORPUS_ASSET_OF[FAMILY.corpus]  # image_corpus, which writes data/shards/images/
 
@@ -104,7 +104,7 @@ def image_classifier(
 
 class ImageGanTrainConfig(dg.Config):
     profile: str = "demo"  # one of ImageGanConfig.PROFILES: demo, cpu-long, gpu
-    architecture: str = "dcgan"  # or "wgan-gp"
+    architecture: str = ""  # "": the profile's; else a key of models.image_gan.config.ARCHITECTURE_DEFAULTS
     steps: int = 0  # 0: the profile's
     batch_size: int = 0  # 0: the profile's
     max_minutes: float = 0.0  # stop (and register) after this long; 0: no limit
@@ -115,7 +115,7 @@ class ImageGanTrainConfig(dg.Config):
         classes from the data."""
         if self.profile not in ImageGanConfig.PROFILES:
             raise dg.Failure(f"unknown profile {self.profile!r}; choose one of {sorted(ImageGanConfig.PROFILES)}")
-        overrides = {"architecture": self.architecture, "seed": seed,
+        overrides = {"seed": seed, **({"architecture": self.architecture} if self.architecture else {}),
                      **({"steps": self.steps} if self.steps else {}),
                      **({"batch_size": self.batch_size} if self.batch_size else {})}
         return ImageGanConfig.profile(self.profile, **overrides)
@@ -171,11 +171,13 @@ def image_gallery(
     folder = storage.galleries_dir(FAMILY.name) / version
     classes = generator.class_names or [""]
     per_class = 8
-    rows = [sample(generator, per_class, seed=GALLERY_SEED + i, labels=i if generator.class_names else None)
-            for i in range(len(classes))]
+    seeds = {"samples.png": [GALLERY_SEED + i for i in range(len(classes))],  # one per row
+             "interpolation.png": [GALLERY_SEED, GALLERY_SEED + 1], "nearest_neighbours.png": [GALLERY_SEED + 100]}
+    rows = [sample(generator, per_class, seed=seed, labels=i if generator.class_names else None)
+            for i, seed in enumerate(seeds["samples.png"])]
     grid = contact_sheet(np.concatenate(rows), columns=per_class, cell=56)
-    strip = contact_sheet(interpolate(generator, GALLERY_SEED, GALLERY_SEED + 1, steps=10, label_a=0), columns=10, cell=56)
-    probes = sample(generator, 8, seed=GALLERY_SEED + 100)
+    strip = contact_sheet(interpolate(generator, *seeds["interpolation.png"], steps=10, label_a=0), columns=10, cell=56)
+    probes = sample(generator, 8, seed=seeds["nearest_neighbours.png"][0])
     nearest = memorization(probes, data.train_images, seed=compute.seed)
     pairs = contact_sheet(
         np.stack([image for pair in zip(probes, data.train_images[nearest["nearest_index"]]) for image in pair]),
@@ -185,9 +187,10 @@ def image_gallery(
     for name, picture in pictures.items():
         atomic_write_bytes(folder / name, png_bytes(picture))
     lineage = gallery_lineage(FAMILY.name, version, model_version, image_gan["corpus_data_version"], context.run.run_id)
-    write_cover(folder, [("img", "samples.png"), ("img", "interpolation.png")])
+    write_cover(folder, [("img", "samples.png"), ("img", "interpolation.png")],
+                {name: provenance(lineage, seeds[name]) for name in seeds})
     index = folder / "index.html"
-    atomic_write_text(index, gallery_html(f"{FAMILY.name} version {version}", lineage, classes, pictures,
+    atomic_write_text(index, gallery_html(f"{FAMILY.name} version {version}", lineage, classes, seeds,
                                           nearest["near_copy"], image_gan["metrics_table"]))
     client = mlflow.client()
     for name in pictures:
@@ -202,14 +205,18 @@ def image_gallery(
     )
 
 
-def gallery_html(title: str, lineage: dict, class_names, pictures: dict, near_copy, metrics_table: str) -> str:
-    """index.html: every string that came from input (class names, paths, tags) is escaped."""
+def gallery_html(title: str, lineage: dict, class_names, seeds: dict[str, list[int]], near_copy, metrics_table: str) -> str:
+    """index.html: `seeds` by picture file; every string that came from input (class names, paths, tags) is escaped."""
     classes = ", ".join(html.escape(name) for name in class_names)
-    body = f"""<h2>Samples</h2><p>One row per class: {classes}</p><img src="samples.png" alt="samples">
-<h2>Latent interpolation</h2><img src="interpolation.png" alt="interpolation">
+
+    def picture(name: str, alt: str) -> str:
+        return figure(name, alt, provenance(lineage, seeds[name]))
+
+    body = f"""<h2>Samples</h2><p>One row per class: {classes}</p>{picture("samples.png", "samples, one row per class")}
+<h2>Latent interpolation</h2>{picture("interpolation.png", "latent interpolation between two seeds")}
 <h2>Nearest training images</h2>
 <p>Each sample beside its nearest training image (pixel distance). Near copies among these: {int(np.sum(near_copy))}.</p>
-<img src="nearest_neighbours.png" alt="nearest neighbours">"""
+{picture("nearest_neighbours.png", "samples, each beside its nearest training image")}"""
     return gallery_page(title, lineage, body, metrics_table,
                         style="body{max-width:60em} img{image-rendering:pixelated;max-width:100%}")
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import dagster as dg
 import numpy as np
 
-from assets.gallery_page import gallery_lineage, gallery_page, write_cover
+from assets.gallery_page import gallery_lineage, gallery_page, lightbox_picture, provenance, write_cover
 from assets.ingest import midi_corpus
 from assets.training import (
     champion_check_spec, corpus_manifest, thumbnail_markdown, POINTERS, train_and_register, trained_result,
@@ -31,7 +31,7 @@ from resources.trainer import TrainerLauncher
 
 GROUP = FAMILY.key
 CODE_VERSION = "music-vae-4"  # the training asset's
-GALLERY_CODE_VERSION = "music-gallery-2"
+GALLERY_CODE_VERSION = "music-gallery-3"  # 3: 8-bar phrases at temperature 0.5; metric tables, captions with seeds
 GALLERY_SAMPLES, GALLERY_SEED, INTERPOLATION_STEPS = 4, 0, 5
 
 
@@ -102,7 +102,8 @@ def music_gallery(
         interpolation = [_write_piece(folder, f"interpolation-{i}", window) for i, window in enumerate(path)]
 
     lineage = gallery_lineage(FAMILY.name, version, model_version, music_vae["corpus_data_version"], context.run.run_id)
-    write_cover(folder, [("img", entries[0]["roll"]), ("audio", entries[0]["wav"])])
+    write_cover(folder, [("img", entries[0]["roll"]), ("audio", entries[0]["wav"])],
+                {entries[0]["roll"]: f'{entries[0]["name"]}: {provenance(lineage, [GALLERY_SEED])}'})
     index = folder / "index.html"
     atomic_write_text(index, gallery_html(f"{FAMILY.name} version {version}", lineage, entries, interpolation,
                                           music_vae["metrics_table"]))
@@ -135,17 +136,19 @@ def gallery_html(title: str, lineage: dict, entries: list[dict], interpolation: 
     """index.html with <audio> players; every string that came from input is escaped."""
     e = html.escape
 
-    def piece(entry: dict) -> str:
-        return (f'<figure><figcaption>{e(entry["name"])} ({entry["seconds"]:.1f} s, {e(entry["renderer"])})'
-                f' <a href="{e(entry["mid"])}">.mid</a></figcaption>'
+    def piece(entry: dict, origin: str) -> str:
+        return (f'<figure><figcaption>{e(entry["name"])} ({entry["seconds"]:.1f} s, {e(entry["renderer"])};'
+                f' {e(origin)}) <a href="{e(entry["mid"])}">.mid</a></figcaption>'
                 f'<audio controls preload="none" src="{e(entry["wav"])}"></audio><br>'
-                f'<img src="{e(entry["roll"])}" alt="piano roll"> <img src="{e(entry["mel"])}" alt="mel spectrogram">'
+                f'{lightbox_picture(entry["roll"], "piano roll")} {lightbox_picture(entry["mel"], "mel spectrogram")}'
                 f"</figure>")
 
-    body = f"""<h2>Samples</h2>{''.join(piece(entry) for entry in entries)}
-<h2>Interpolation between two held-out chorale phrases</h2>{''.join(piece(entry) for entry in interpolation)}"""
+    sampled = provenance(lineage, [GALLERY_SEED])
+    chosen = f"{lineage['model']}, phrases drawn with seed {GALLERY_SEED}"
+    body = f"""<h2>Samples</h2>{''.join(piece(entry, sampled) for entry in entries)}
+<h2>Interpolation between two held-out chorale phrases</h2>{''.join(piece(entry, chosen) for entry in interpolation)}"""
     return gallery_page(title, lineage, body, metrics_table,
-                        style="body{max-width:70em} figure{margin:1em 0} img{image-rendering:pixelated;height:96px}")
+                        style="body{max-width:70em} img{image-rendering:pixelated;height:96px}")
 
 
 TRAINING_ASSET = music_vae

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import dagster as dg
 import numpy as np
 
-from assets.gallery_page import gallery_lineage, gallery_page, write_cover
+from assets.gallery_page import figure, gallery_lineage, gallery_page, lightbox_picture, provenance, write_cover
 from assets.ingest import painting_corpus
 from assets.training import (
     champion_check_spec, corpus_manifest, thumbnail_markdown, POINTERS, train_and_register, trained_result,
@@ -30,7 +30,7 @@ from resources.trainer import TrainerLauncher
 
 GROUP = FAMILY.key
 CODE_VERSION = "painting-gan-3"
-GALLERY_CODE_VERSION = "painting-gallery-2"
+GALLERY_CODE_VERSION = "painting-gallery-3"  # 3: metric tables, captions with seeds, larger views
 GALLERY_SEED, GALLERY_SAMPLES, GALLERY_PSI = 0, 24, 0.7
 MIXING_SEEDS, SWEEP_SEEDS, SWEEP_PSIS = 4, 4, (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -109,13 +109,16 @@ def painting_gallery(
     pictures = np.concatenate([split["train"]["pixels"], split["heldout"]["pixels"]])
     folder = storage.galleries_dir(FAMILY.name) / version
 
-    seeds = range(GALLERY_SEED, GALLERY_SEED + MIXING_SEEDS)
+    column_seeds = list(range(GALLERY_SEED, GALLERY_SEED + MIXING_SEEDS))
+    row_seeds = [seed + MIXING_SEEDS for seed in column_seeds]
+    seeds = {"samples.png": [GALLERY_SEED], "style_mixing.png": column_seeds + row_seeds,
+             "truncation.png": list(range(SWEEP_SEEDS))}
     crossover = max(1, num_style_layers(generator) // 2)
     grids = {
         "samples.png": contact_sheet(sample(generator, GALLERY_SAMPLES, seed=GALLERY_SEED, truncation_psi=GALLERY_PSI),
                                      cell=None),
-        "style_mixing.png": _sheet(style_mixing_grid(generator, list(seeds), [s + MIXING_SEEDS for s in seeds], crossover)),
-        "truncation.png": _sheet(truncation_sweep(generator, list(range(SWEEP_SEEDS)), list(SWEEP_PSIS))),
+        "style_mixing.png": _sheet(style_mixing_grid(generator, column_seeds, row_seeds, crossover)),
+        "truncation.png": _sheet(truncation_sweep(generator, seeds["truncation.png"], list(SWEEP_PSIS))),
     }
     for name, picture in grids.items():
         atomic_write_bytes(folder / name, png_bytes(_upscale(picture)))
@@ -135,9 +138,10 @@ def painting_gallery(
                           "style_loss": (result.style_losses[0], result.style_losses[-1])})
 
     lineage = gallery_lineage(FAMILY.name, version, model_version, painting_gan["corpus_data_version"], context.run.run_id)
-    write_cover(folder, [("img", "samples.png"), ("img", "style_mixing.png")])
+    write_cover(folder, [("img", "samples.png"), ("img", "style_mixing.png")],
+                {name: provenance(lineage, seeds[name]) for name in seeds})
     index = folder / "index.html"
-    atomic_write_text(index, gallery_html(f"{FAMILY.name} version {version}", lineage, crossover, transfers,
+    atomic_write_text(index, gallery_html(f"{FAMILY.name} version {version}", lineage, crossover, seeds, transfers,
                                           painting_gan["metrics_table"]))
     client = mlflow.client()
     for name in [*grids, *(t["file"] for t in transfers)]:
@@ -163,19 +167,24 @@ def _sheet(rows: list[list[np.ndarray | None]]) -> np.ndarray:
     return contact_sheet([image for row in rows for image in row], columns=max(len(row) for row in rows), cell=None)
 
 
-def gallery_html(title: str, lineage: dict, crossover: int, transfers: list[dict], metrics_table: str) -> str:
-    """index.html; every string that came from input is escaped."""
+def gallery_html(title: str, lineage: dict, crossover: int, seeds: dict[str, list[int]], transfers: list[dict],
+                 metrics_table: str) -> str:
+    """index.html, `seeds` by picture file; every string that came from input is escaped."""
     e = html.escape
+
+    def picture(name: str, alt: str) -> str:
+        return figure(name, alt, provenance(lineage, seeds[name]))
+
     triptychs = "".join(
-        f'<figure><img src="{e(t["file"])}" alt="content, style, result"><figcaption>content | style | result; '
+        f'<figure>{lightbox_picture(t["file"], "content, style, result")}<figcaption>content | style | result; '
         f'features: <code>{e(t["network"])}</code>; style loss {t["style_loss"][0]:.3g} -> {t["style_loss"][1]:.3g} '
         f'in {t["seconds"]:.0f} s</figcaption></figure>' for t in transfers)
-    body = f"""<h2>Samples</h2><p>Truncation psi {GALLERY_PSI}.</p><img src="samples.png" alt="samples">
+    body = f"""<h2>Samples</h2><p>Truncation psi {GALLERY_PSI}.</p>{picture("samples.png", "samples")}
 <h2>Style mixing</h2><p>Top row and left column are the sources; each cell takes the coarse styles (layers
 below {crossover}) from its column's source and the fine styles from its row's.</p>
-<img src="style_mixing.png" alt="style mixing">
+{picture("style_mixing.png", "style mixing grid")}
 <h2>Truncation sweep</h2><p>One row per seed; psi {", ".join(str(p) for p in SWEEP_PSIS)} from left to right
-(psi 0 is the mean style).</p><img src="truncation.png" alt="truncation sweep">
+(psi 0 is the mean style).</p>{picture("truncation.png", "truncation sweep, one row per seed")}
 <h2>Style transfer</h2>{triptychs or "<p>The corpus has fewer than two pictures.</p>"}"""
     return gallery_page(title, lineage, body, metrics_table,
                         style="body{max-width:70em} img{image-rendering:pixelated;max-width:100%}")

@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.train                      # throughput: pipeline vs plain loop, FLOP/s vs peak
     .venv/bin/python -m bench.train --quality            # + fid_classifier of a demo-profile run
+    .venv/bin/python -m bench.train --quality --architecture dcgan --architecture sngan --seed 0 --seed 1
     .venv/bin/python -m bench.train --quality --minutes 20 --bundle runs/demo/bundle.pt
     .venv/bin/python -m bench.train --family music [--quality --minutes 20]   # see bench/music.py
     .venv/bin/python -m bench.train --family painting [--quality --minutes 20]   # bench/painting.py
@@ -190,11 +191,14 @@ def quality_table(args, images, labels, heldout, heldout_labels, class_names, nu
     samples = {"untrained": sample(Generator(demo).eval(), QUALITY_SAMPLES, seed=1, labels=conditioned)}
     notes = []
     bundles = {f"bundle {i}": load_generator(path) for i, path in enumerate(args.bundle or [])}
-    if not args.bundle:
-        run_dir = Path(tempfile.mkdtemp(prefix="bench-demo-"))
-        bundle, result = train_to_bundle(demo, images, labels, class_names, run_dir, 0.0)
-        bundles["demo"] = load_generator(bundle)
-        notes.append(f"demo: {result.step} steps in {result.seconds:.0f} s ({run_dir})")
+    for architecture in [] if args.bundle else args.architecture or [demo.architecture]:
+        for seed in args.seed or [demo.seed]:
+            config = ImageGanConfig.profile("demo", num_classes=num_classes, architecture=architecture, seed=seed)
+            run_dir = Path(tempfile.mkdtemp(prefix=f"bench-demo-{architecture}-"))
+            bundle, result = train_to_bundle(config, images, labels, class_names, run_dir, 0.0)
+            name = f"demo {architecture} seed {seed}"
+            bundles[name] = load_generator(bundle)
+            notes.append(f"{name}: {result.step} steps in {result.seconds:.0f} s ({run_dir})")
     if args.minutes:
         run_dir = Path(tempfile.mkdtemp(prefix="bench-long-"))
         long = ImageGanConfig.profile("cpu-long", num_classes=num_classes, steps=10**7)
@@ -220,6 +224,8 @@ def main() -> None:
     parser.add_argument("--quality", action="store_true")
     parser.add_argument("--minutes", type=float, help="with --quality: also a cpu-long run of this many minutes")
     parser.add_argument("--bundle", type=Path, action="append", help="with --quality: evaluate these bundles instead of training the demo")
+    parser.add_argument("--architecture", action="append", help="with --quality: train the demo with each (default: the profile's)")
+    parser.add_argument("--seed", type=int, action="append", help="with --quality: train the demo with each seed")
     parser.add_argument("--classifier", type=Path, help="with --quality: feature classifier state_dict to load, or to save once trained")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--family", choices=["image", "music", "painting", "video"], default="image")

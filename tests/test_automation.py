@@ -151,10 +151,12 @@ def test_gallery_site_links_the_champion_and_every_file_it_names_exists(music_in
     assert "Champion: version 1" in page and 'href="music-vae/1/index.html"' in page
     assert "No version registered yet." in page  # the families this test did not train
     targets = re.findall(r'(?:src|href)="([^"]+)"', page)
-    local = [t for t in targets if not t.startswith("http")]
+    local = [t for t in targets if not t.startswith(("http", "#"))]  # "#...": a picture's larger view on the page
     assert any(t.endswith(".wav") for t in local) and any(t.endswith(".png") for t in local)
     for target in local:
         assert (site.parent / target).is_file(), target
+    views = {t.removeprefix("#") for t in targets if t.startswith("#")} - {"_"}  # "#_" closes a larger view
+    assert views and all(f'id="{view}"' in page for view in views)
 
 
 def test_retraining_reuses_identical_weights_and_warm_starts_from_the_champion(music_instance):

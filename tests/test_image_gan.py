@@ -61,7 +61,7 @@ def parameters_of(module: torch.nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in module.parameters()])
 
 
-@pytest.mark.parametrize("architecture", ["dcgan", "wgan-gp"])
+@pytest.mark.parametrize("architecture", ["dcgan", "wgan-gp", "sngan"])
 def test_a_few_steps_give_finite_losses_and_change_every_network(tmp_path, architecture):
     images, labels = tiny_data()
     config = tiny_config(architecture=architecture, n_critic=2 if architecture == "wgan-gp" else 1)
@@ -77,6 +77,48 @@ def test_a_few_steps_give_finite_losses_and_change_every_network(tmp_path, archi
         assert all(np.isfinite(v) for v in m.values())
     for name, module in family.modules().items():
         assert not torch.equal(before[name], parameters_of(module)), f"{name} did not change"
+
+
+def test_sngan_discriminator_is_projection_conditioned_and_each_weight_has_spectral_norm_one(tmp_path):
+    images, labels = tiny_data()
+    config = tiny_config(architecture="sngan")
+    assert config.d_conditioning == "projection" and config.n_critic == 1  # the profile switch; DCGAN's optimizer
+    family = ImageGanFamily(config, images, labels)
+    discriminator = family.discriminator
+    real, batch_labels = family.make_batch(torch.arange(8), torch.device("cpu"))
+    assert discriminator(real, batch_labels).shape == (8,)
+    assert family.generator(torch.randn(8, config.latent_dim), batch_labels).shape == (8, 1, RESOLUTION, RESOLUTION)
+    before = {name: p.detach().clone() for name, p in discriminator.named_parameters()}
+    assert sum(".parametrizations.weight.original" in name for name in before) == 4  # 2 convs, score, embedding
+    fit(family, config.trainer_config(steps=5), tmp_path)
+    for name, parameter in discriminator.named_parameters():
+        assert not torch.equal(before[name], parameter.detach()), f"{name} did not change"
+    discriminator.eval()  # read the normalised weights without another power iteration
+    for name, module in discriminator.named_modules():
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.Embedding)):
+            sigma = torch.linalg.matrix_norm(module.weight.detach().flatten(1), ord=2).item()
+            assert sigma == pytest.approx(1.0, abs=0.05), f"{name}: spectral norm {sigma}"
+            raw = torch.linalg.matrix_norm(module.parametrizations.weight.original.detach().flatten(1), ord=2).item()
+            assert abs(raw - 1.0) > 0.2, f"{name}: the raw weight is normalised already; the test would prove nothing"
+
+
+def test_sngan_resumes_through_the_trainer_to_the_uninterrupted_weights(tmp_path):
+    images, labels = tiny_data()
+    config = tiny_config(architecture="sngan")
+    trainer = config.trainer_config(steps=8, checkpoint_every=4)
+    whole = ImageGanFamily(config, images, labels)
+    fit(whole, trainer, tmp_path / "whole")
+    stop_after = iter([False] * 4 + [True])
+    first = fit(ImageGanFamily(config, images, labels), trainer, tmp_path / "split", should_stop=lambda: next(stop_after))
+    assert (first.step, first.finished) == (4, False)
+    resumed_family = ImageGanFamily(config, images, labels)
+    resumed = fit(resumed_family, trainer, tmp_path / "split")
+    assert (resumed.resumed_from, resumed.step) == (4, 8)
+    for name, module in whole.modules().items():
+        expected, actual = module.state_dict(), resumed_family.modules()[name].state_dict()
+        assert set(expected) == set(actual)
+        for key in expected:  # the power iteration's u and v vectors too
+            assert torch.equal(expected[key], actual[key]), f"{name}.{key} differs"
 
 
 def test_checkpoints_load_weights_only_and_keep_the_newest(tmp_path):
@@ -385,7 +427,8 @@ def test_pyfunc_predicts_in_a_fresh_process_with_only_its_code_paths(tmp_path):
     from models.image_gan.pyfunc import ImageGanPyfunc
 
     images, labels = tiny_data()
-    config = tiny_config()
+    # the architecture that is not the default (the default's goes through tests/test_end_to_end.py)
+    config = tiny_config(architecture="sngan")
     family = ImageGanFamily(config, images, labels, class_names=["a", "b", "c"])
     fit(family, config.trainer_config(steps=2), tmp_path / "run")
     bundle = save_bundle(export_bundle(family, step=2), tmp_path / "bundle.pt")

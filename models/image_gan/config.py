@@ -7,12 +7,18 @@ from typing import ClassVar
 
 from models.family_config import FamilyConfig
 
-WGAN_GP_OPTIMIZER = dict(lr_g=1e-4, lr_d=1e-4, betas=(0.0, 0.9), n_critic=5)  # the WGAN-GP paper's
+# The architectures, and what choosing one switches to unless it is given too.
+ARCHITECTURE_DEFAULTS: dict[str, dict] = {
+    "dcgan": {},
+    "wgan-gp": dict(lr_g=1e-4, lr_d=1e-4, betas=(0.0, 0.9), n_critic=5),  # the WGAN-GP paper's optimizer
+    # Miyato & Koyama 2018's projection D; the optimizer stays DCGAN's (Miyato et al. 2018, setting C)
+    "sngan": dict(d_conditioning="projection"),
+}
 
 
 @dataclass
 class ImageGanConfig(FamilyConfig):
-    architecture: str = "dcgan"  # "dcgan" | "wgan-gp"
+    architecture: str = "dcgan"  # a key of ARCHITECTURE_DEFAULTS
     resolution: int = 32
     channels: int = 1
     latent_dim: int = 64
@@ -40,8 +46,8 @@ class ImageGanConfig(FamilyConfig):
         self.widths, self.betas = tuple(self.widths), tuple(self.betas)
         if self.d_conditioning not in ("channel", "projection"):
             raise ValueError(f"d_conditioning must be 'channel' or 'projection', not {self.d_conditioning!r}")
-        if self.architecture not in ("dcgan", "wgan-gp"):
-            raise ValueError(f"architecture must be 'dcgan' or 'wgan-gp', not {self.architecture!r}")
+        if self.architecture not in ARCHITECTURE_DEFAULTS:
+            raise ValueError(f"architecture must be one of {sorted(ARCHITECTURE_DEFAULTS)}, not {self.architecture!r}")
         stages = math.log2(self.resolution) - 2 if self.resolution >= 8 else -1
         if stages != int(stages) or stages < 1:
             raise ValueError(f"resolution must be a power of two >= 8, not {self.resolution}")
@@ -50,8 +56,9 @@ class ImageGanConfig(FamilyConfig):
 
     @classmethod
     def profile(cls, name: str, **overrides) -> "ImageGanConfig":
-        """A named profile, with any field overridden. Choosing architecture="wgan-gp" also
-        switches the optimizer settings to the WGAN-GP paper's unless they are overridden."""
-        if overrides.get("architecture") == "wgan-gp" and cls.PROFILES.get(name, {}).get("architecture") != "wgan-gp":
-            overrides = {**WGAN_GP_OPTIMIZER, **overrides}
+        """A named profile, with any field overridden. Choosing another architecture than the
+        profile's also switches to that architecture's ARCHITECTURE_DEFAULTS unless they are given too."""
+        architecture = overrides.get("architecture")
+        if architecture and cls.PROFILES.get(name, {}).get("architecture") != architecture:
+            overrides = {**ARCHITECTURE_DEFAULTS.get(architecture, {}), **overrides}
         return super().profile(name, **overrides)

@@ -6,13 +6,15 @@ Conditioning: G gets a label embedding concatenated to z. D gets the label eithe
 input channels ("channel", the default: it kept the diversity within each class) or through a
 projection head (Miyato & Koyama 2018: score = linear(h) + <embed(y), sum-pooled h>). The WGAN-GP
 critic (Gulrajani et al. 2017) is the same D without BatchNorm: a per-sample gradient penalty is
-wrong under batch statistics.
+wrong under batch statistics. SNGAN's D (Miyato et al. 2018) is that D again with every weight
+(convolutions, score, projection embedding) spectrally normalised.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
 
 from models.image_gan.config import ImageGanConfig
 
@@ -58,10 +60,11 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """DCGAN's D (or, with batchnorm=False, the WGAN-GP critic), label-conditioned."""
+    """The config's architecture's D: DCGAN's, the WGAN-GP critic or SNGAN's, label-conditioned."""
 
-    def __init__(self, config: ImageGanConfig, batchnorm: bool = True):
+    def __init__(self, config: ImageGanConfig):
         super().__init__()
+        batchnorm = config.architecture == "dcgan"
         w = config.widths[::-1]  # widest stage last, at 4x4
         self.num_classes = config.num_classes
         self.label_channels = config.num_classes if config.d_conditioning == "channel" else 0
@@ -74,6 +77,10 @@ class Discriminator(nn.Module):
         projection = config.num_classes and config.d_conditioning == "projection"
         self.embed = nn.Embedding(config.num_classes, w[-1]) if projection else None
         self.apply(init_weights)
+        if config.architecture == "sngan":
+            for module in self.modules():
+                if isinstance(module, (nn.Conv2d, nn.Embedding)):
+                    spectral_norm(module)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         if self.label_channels:

@@ -13,11 +13,11 @@ import numpy as np
 
 from models.bundle import save_bundle
 from models.classifier import load_classifier
-from models.image_gan.config import ImageGanConfig
+from models.image_gan.config import ARCHITECTURE_DEFAULTS, ImageGanConfig
 from models.image_gan.sampling import load_bundle, load_generator
 from models.image_gan.training import ImageGanFamily, export_bundle
 
-VARIANTS: tuple[str, ...] = ("dcgan", "wgan-gp")  # the architectures; "" is the first
+VARIANTS: tuple[str, ...] = tuple(ARCHITECTURE_DEFAULTS)  # the architectures; "" is the first
 
 
 def bar_images(n: int = 48, resolution: int = 16, classes: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -2,7 +2,7 @@
 the bundle it exports, and `run_training`, what `python -m models.train --family image-gan` runs.
 
 DCGAN uses the non-saturating loss; WGAN-GP (Gulrajani et al. 2017) takes n_critic critic steps
-per G step with Adam(1e-4, betas 0.0/0.9) as in the paper. Samples come from an exponential
+per G step with Adam(1e-4, betas 0.0/0.9) as in the paper; SNGAN (Miyato et al. 2018) the hinge loss. Samples come from an exponential
 moving average of G's weights (Karras et al.; Yazici et al. 2019), whose BatchNorm statistics are
 re-estimated at export.
 """
@@ -58,7 +58,7 @@ class ImageGanFamily:
 
         torch.manual_seed(config.seed)  # the initial weights are part of the run's identity
         self.generator = Generator(config)
-        self.discriminator = Discriminator(config, batchnorm=config.architecture == "dcgan")
+        self.discriminator = Discriminator(config)
         self.ema_generator = copy.deepcopy(self.generator).requires_grad_(False)
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=config.lr_g, betas=config.betas)
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=config.lr_d, betas=config.betas)
@@ -114,6 +114,9 @@ class ImageGanFamily:
             d_loss = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()  # BCE with logits
             metrics["d_real_prob"] = torch.sigmoid(d_real).mean().item()
             metrics["d_fake_prob"] = torch.sigmoid(d_fake).mean().item()
+        elif cfg.architecture == "sngan":
+            d_loss = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()  # hinge
+            metrics["d_real"], metrics["d_fake"] = d_real.mean().item(), d_fake.mean().item()
         else:
             distance = d_real.mean() - d_fake.mean()
             penalty = gradient_penalty(self.discriminator, real, fake.detach(), labels, autocast)
@@ -124,7 +127,7 @@ class ImageGanFamily:
         self.opt_d.step()
         metrics["d_loss"] = d_loss.item()
 
-        # Generator: the non-saturating loss for DCGAN, -D(G(z)) for WGAN-GP.
+        # Generator: the non-saturating loss for DCGAN, -D(G(z)) for WGAN-GP and SNGAN.
         if g_step:
             with autocast():
                 score = self.discriminator(fake, labels).float()

@@ -181,14 +181,16 @@ HOSTILE_LINEAGE = {
 
 def test_image_gallery_escapes_class_names_and_lineage():
     class_names = sorted(set(HOSTILE_FILES.values())) + [IMG_ATTACK]
+    seeds = {"samples.png": [0, 1], "interpolation.png": [0, 1], "nearest_neighbours.png": [100]}
     page = image_gan_assets.gallery_html(
-        title=SCRIPT, lineage=HOSTILE_LINEAGE, class_names=class_names, pictures={},
-        near_copy=np.zeros(8, dtype=bool), metrics_table="</pre><script>alert(2)</script>",
+        title=SCRIPT, lineage=HOSTILE_LINEAGE, class_names=class_names, seeds=seeds,
+        near_copy=np.zeros(8, dtype=bool), metrics_table=f"</pre><script>alert(2)</script>\n\n| {SCRIPT} |\n|---|\n| {IMG_ATTACK} |",
     )
     collector = assert_inert(page)
     assert ESCAPED_SCRIPT in page
     assert "&quot;&gt;&lt;img src=x onerror=alert(1)&gt;" in page
-    assert [tag for tag, _ in collector.tags if tag == "img"] == ["img"] * 3  # only the page's own pictures
+    # only the page's own pictures, each as a thumbnail and its larger view
+    assert sorted(attrs["src"] for tag, attrs in collector.tags if tag == "img") == sorted(2 * list(seeds))
     text = "".join(collector.text)
     for name in class_names:  # each name shows as the text it is
         assert name in text
@@ -211,7 +213,7 @@ def test_music_gallery_escapes_piece_names_links_and_lineage():
         assert not [name for name in attrs if name.startswith("on")], (tag, attrs)
     assert "<script" not in page.lower() and ESCAPED_SCRIPT in page
     # attribute values survive as values (the parser unescapes them), never as new attributes
-    links = [attrs["href"] for tag, attrs in collector.tags if tag == "a"]
+    links = [attrs["href"] for tag, attrs in collector.tags if tag == "a" and not attrs["href"].startswith("#")]
     assert links == [hostile_entry["mid"], plain_entry["mid"], hostile_entry["mid"]]
     images = [attrs["src"] for tag, attrs in collector.tags if tag == "img"]
     assert hostile_entry["roll"] in images and "x" not in images
