@@ -27,30 +27,51 @@ def read_split(manifest_path: str | Path, table: str, columns: Sequence[str],
     column comes back as (N, *shape), any other as a numpy array (strings as objects). Rows in
     neither split (the gap of a split by time) are left out.
 
-    With `max_rows`, each split keeps its first `max_rows` rows in shard order, and reading stops
-    once both have them: what a metric reads stays bounded however big the corpus grows."""
+    With `max_rows`, each split keeps at most that many rows, spread evenly over the split in
+    shard order (shards follow file paths, so a corpus in class folders keeps every class in
+    its share), and only the row groups holding them are read: what a metric reads stays
+    bounded however big the corpus grows. The first pass reads the split column alone."""
+    groups = [(path, index) for path in shard_paths(Path(manifest_path), table)
+              for index in range(pq.ParquetFile(path).num_row_groups)]
+    sides = [_split_codes(path, index) for path, index in groups]  # one byte a row
+    wanted = _rows_to_read(np.concatenate(sides) if sides else np.empty(0, np.int8), max_rows)
     parts: dict[str, list[pa.Table]] = {name: [] for name in SPLITS}
-    held = dict.fromkeys(SPLITS, 0)
-    for path in shard_paths(Path(manifest_path), table):
-        file = pq.ParquetFile(path)
-        for index in range(file.num_row_groups):
-            if max_rows is not None and min(held.values()) >= max_rows:
-                break
-            group = file.read_row_group(index, columns=[*columns, SPLIT_COLUMN])
-            for name in SPLITS:
-                room = None if max_rows is None else max_rows - held[name]
-                if room == 0:
-                    continue  # not even an empty slice: it would keep the filtered buffer alive
-                rows = group.filter(pc.equal(group.column(SPLIT_COLUMN), name))
-                rows = rows if room is None else rows.slice(0, room)
-                parts[name].append(rows)
-                held[name] += len(rows)
-    schema = pq.read_schema(shard_paths(Path(manifest_path), table)[0])
+    start = 0
+    for (path, index), codes in zip(groups, sides):
+        take = np.flatnonzero(wanted[start:start + len(codes)])
+        start += len(codes)
+        if not len(take):
+            continue
+        rows = pq.ParquetFile(path).read_row_group(index, columns=[*columns, SPLIT_COLUMN]).take(take)
+        for code, name in enumerate(SPLITS):
+            parts[name].append(rows.filter(pa.array(codes[take] == code)))
+    schema = pq.read_schema(groups[0][0]) if groups else None
     out = {}
     for name in SPLITS:
         rows = pa.concat_tables(parts[name]) if parts[name] else schema.empty_table().select([*columns, SPLIT_COLUMN])
         out[name] = {column: column_values(rows, column) for column in columns}
     return out
+
+
+def _split_codes(path: Path, index: int) -> np.ndarray:
+    """A row group's split as the index of its name in SPLITS, -1 for neither."""
+    names = pq.ParquetFile(path).read_row_group(index, columns=[SPLIT_COLUMN]).column(SPLIT_COLUMN)
+    codes = np.full(len(names), -1, dtype=np.int8)
+    for code, name in enumerate(SPLITS):
+        codes[pc.equal(names, name).to_numpy(zero_copy_only=False)] = code
+    return codes
+
+
+def _rows_to_read(codes: np.ndarray, max_rows: int | None) -> np.ndarray:
+    wanted = codes >= 0
+    if max_rows is None:
+        return wanted
+    for code in range(len(SPLITS)):
+        rows = np.flatnonzero(codes == code)
+        if len(rows) > max_rows:
+            wanted[rows] = False
+            wanted[rows[np.linspace(0, len(rows) - 1, max_rows).round().astype(np.int64)]] = True
+    return wanted
 
 
 def row_group_bytes(paths: Sequence[Path]) -> list[int]:
