@@ -99,9 +99,8 @@ def index_files(out: Path) -> list[Path]:
     return list((out / CACHE_DIR).glob(f"*/*{INDEX_SUFFIX}"))
 
 
-def test_a_killed_ingest_keeps_the_batches_it_finished(tmp_path):
-    raw, out = tmp_path / "raw", tmp_path / "out"
-    write_pngs(raw, 300, seed=3)
+def kill_ingest_once(raw: Path, out: Path, done) -> None:
+    """Run an ingest of `raw` in a child process (batches of 8 files) and SIGKILL it once `done()`."""
     script = ("import sys; from corpora.images import IMAGES, ImageCorpusConfig; "
               "from corpora.ingest import IngestSettings, ingest; "
               "ingest(IMAGES, ImageCorpusConfig(resolution=12), sys.argv[1], sys.argv[2], "
@@ -109,10 +108,16 @@ def test_a_killed_ingest_keeps_the_batches_it_finished(tmp_path):
     child = subprocess.Popen([sys.executable, "-c", script, str(raw), str(out)], cwd=PROJECT_ROOT,
                              env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}, start_new_session=True)
     deadline = time.monotonic() + 300
-    while len(index_files(out)) < 3 and child.poll() is None and time.monotonic() < deadline:
+    while not done() and child.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     os.killpg(child.pid, signal.SIGKILL)
     child.wait()
+
+
+def test_a_killed_ingest_keeps_the_batches_it_finished(tmp_path):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    write_pngs(raw, 300, seed=3)
+    kill_ingest_once(raw, out, lambda: len(index_files(out)) >= 3)
     assert len(index_files(out)) >= 3, "the ingest did not commit three batches in time"
     assert not (out / "manifest.json").exists()  # nothing partial is visible to readers
 
@@ -129,18 +134,7 @@ def test_a_killed_ingest_keeps_the_near_pairs_it_found(tmp_path):
         original = np.asarray(Image.open(raw / "class-0" / f"{index:05d}.png"))
         Image.fromarray(np.clip(original.astype(int) + 2, 0, 255).astype(np.uint8)).save(
             raw / "class-0" / f"{index:05d}-near.png")
-    script = ("import sys; from corpora.images import IMAGES, ImageCorpusConfig; "
-              "from corpora.ingest import IngestSettings, ingest; "
-              "ingest(IMAGES, ImageCorpusConfig(resolution=12), sys.argv[1], sys.argv[2], "
-              "IngestSettings(workers=1, heldout_percent=30, batch_files=8, chunk_size=1))")
-    child = subprocess.Popen([sys.executable, "-c", script, str(raw), str(out)], cwd=PROJECT_ROOT,
-                             env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while len(list((out / CACHE_DIR).glob(f"*/*{NEAR_SUFFIX}"))) < 4 and child.poll() is None \
-            and time.monotonic() < deadline:
-        time.sleep(0.01)
-    os.killpg(child.pid, signal.SIGKILL)
-    child.wait()
+    kill_ingest_once(raw, out, lambda: len(list((out / CACHE_DIR).glob(f"*/*{NEAR_SUFFIX}"))) >= 4)
     assert not (out / "manifest.json").exists(), "the ingest finished before it was killed"
 
     memo = _row_cache(IMAGES, CONFIG, out).load_near_memo()  # what the rerun starts from
