@@ -1,4 +1,4 @@
-"""Painting generation: a StyleGAN2-lite on random crops of the painting corpus, registered as
+"""Painting generation: a FastGAN (or a StyleGAN2-lite) on random crops of the painting corpus, registered as
 `painting-gan`, and a gallery with style mixing, a truncation sweep and style transfer.
 Lineage: painting_corpus -> painting_gan -> painting_gallery."""
 import html
@@ -29,14 +29,14 @@ from resources.storage import StorageResource
 from resources.trainer import TrainerLauncher
 
 GROUP = FAMILY.key
-CODE_VERSION = "painting-gan-3"
+CODE_VERSION = "painting-gan-4"  # 4: FastGAN at 64x64 is the demo profile
 GALLERY_CODE_VERSION = "painting-gallery-3"  # 3: metric tables, captions with seeds, larger views
 GALLERY_SEED, GALLERY_SAMPLES, GALLERY_PSI = 0, 24, 0.7
 MIXING_SEEDS, SWEEP_SEEDS, SWEEP_PSIS = 4, 4, (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 class PaintingGanTrainConfig(dg.Config):
-    profile: str = "demo"  # one of PaintingGanConfig.PROFILES (fastgan-demo: FastGAN at 64x64)
+    profile: str = "demo"  # one of PaintingGanConfig.PROFILES (demo: FastGAN at 64x64; stylegan2-demo)
     steps: int = 0  # 0: the profile's
     batch_size: int = 0  # 0: the profile's
     max_minutes: float = 0.0  # stop (and register) after this long; 0: no limit
@@ -55,8 +55,9 @@ class PaintingGanTrainConfig(dg.Config):
     group_name=GROUP, deps=[painting_corpus], code_version=CODE_VERSION, kinds={"pytorch", "mlflow"}, pool="gpu",
     io_manager_key=POINTERS,
     check_specs=[champion_check_spec(FAMILY.key, FAMILY.rule)],
-    description="StyleGAN2-lite (mapping network, modulated convolutions, noise, style mixing, R1, DiffAugment) "
-    "trained on random crops of the painting corpus, registered in MLflow as `painting-gan`.",
+    description="FastGAN at 64x64 by default (skip-layer excitation, self-supervised discriminator; profile "
+    "stylegan2-demo: a StyleGAN2-lite) trained on random crops of the painting corpus, registered in MLflow as "
+    "`painting-gan`.",
 )
 def painting_gan(
     context: dg.AssetExecutionContext, config: PaintingGanTrainConfig, storage: StorageResource,

@@ -21,7 +21,7 @@ from models.trainer import fit
 
 DEFAULT_MANIFEST = Path("data/shards/painting/manifest.json")
 EVAL_SAMPLES = 512
-DEMO_PROFILES = ("demo", "fastgan-demo")
+DEMO_PROFILES = ("demo", "stylegan2-demo")
 
 
 def throughput_table(manifest: Path, steps: int, repeats: int) -> str:

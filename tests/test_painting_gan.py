@@ -35,7 +35,7 @@ TINY = dict(resolution=RESOLUTION, widths=(16, 16, 8), z_dim=8, w_dim=8, mapping
 # FastGAN needs 4 stages for one skip-layer excitation (4x4 gates 32x32)
 FASTGAN_RESOLUTION = 32
 TINY_FASTGAN = dict(resolution=FASTGAN_RESOLUTION, widths=(16, 16, 8, 8), z_dim=8, batch_size=4)
-TINY_BY_ARCHITECTURE = {"stylegan2": ("demo", TINY), "fastgan": ("fastgan-demo", TINY_FASTGAN)}
+TINY_BY_ARCHITECTURE = {"stylegan2": ("stylegan2-demo", TINY), "fastgan": ("demo", TINY_FASTGAN)}
 
 torch.set_num_threads(1)  # shared CPUs; and bit-exact comparisons need a fixed thread count
 

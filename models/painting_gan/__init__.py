@@ -6,5 +6,5 @@ from models.family import FamilyRecord
 
 # KID on the random CNN's style statistics of samples against real crops; lower wins
 CHAMPION_RULE = ChampionRule("kid_style", higher_is_better=False)
-FAMILY = FamilyRecord(name="painting-gan", title="Paintings (StyleGAN2-lite)", corpus="painting", rule=CHAMPION_RULE,
+FAMILY = FamilyRecord(name="painting-gan", title="Paintings (FastGAN)", corpus="painting", rule=CHAMPION_RULE,
                       samples="image", package=__name__, pyfunc_class="PaintingGanPyfunc")

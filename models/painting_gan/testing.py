@@ -24,7 +24,7 @@ def tiny(steps: int, checkpoint_every: int, variant: str = ""):
     if variant not in VARIANTS:
         raise ValueError(f"unknown painting GAN variant {variant!r}: choose one of {VARIANTS}")
     pictures = np.random.default_rng(2).integers(0, 256, size=(6, 24, 32, 3), dtype=np.uint8)
-    config = PaintingGanConfig.profile("demo", resolution=8, widths=(16, 8), z_dim=8, w_dim=8, mapping_layers=2,
+    config = PaintingGanConfig.profile("stylegan2-demo", resolution=8, widths=(16, 8), z_dim=8, w_dim=8, mapping_layers=2,
                                        r1_every=4, batch_size=4, steps=steps, seed=4)
     trainer = config.trainer_config(steps=steps, checkpoint_every=checkpoint_every, log_every=1000, keep_checkpoints=3)
     return PaintingGanFamily(config, pictures), trainer
