@@ -1,4 +1,4 @@
-"""The painting family end to end in Dagster: JPEG pictures -> StyleGAN2-lite in MLflow -> gallery."""
+"""The painting family end to end in Dagster: JPEG pictures -> FastGAN in MLflow -> gallery."""
 from __future__ import annotations
 
 import json
@@ -14,6 +14,7 @@ from PIL import Image
 
 from assets.ingest import painting_corpus
 from assets.painting_gan import painting_gallery, painting_gan
+from models.painting_gan.config import PaintingGanConfig
 from pipelines.definitions import build_resources
 from tests.tiny_corpora import write_paintings
 
@@ -82,7 +83,9 @@ def test_painting_gan_samples_and_style_mixes_in_a_clean_process(painting_run, t
     out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result == {"shape": [3, 32, 32, 3], "dtype": "uint8", "same": True, "mix": [1, 32, 32, 3], "dagster": False}
+    side = PaintingGanConfig.profile("demo").resolution  # the asset's default profile
+    assert result == {"shape": [3, side, side, 3], "dtype": "uint8", "same": True, "mix": [1, side, side, 3],
+                      "dagster": False}
 
 
 def test_style_transfer_command_repaints_a_picture_and_says_which_features_it_used(painting_run, tmp_path):
