@@ -23,6 +23,7 @@ import pytest
 from corpora.ingest import load_manifest, shard_paths
 from corpora.shards import read_shards
 from models.family import families
+from models.painting_gan.config import PaintingGanConfig
 from tests.browser import media_report, screenshot
 from tests.test_midi_video_assets import write_chorale
 from tests.tiny_corpora import write_all
@@ -139,7 +140,8 @@ print(json.dumps(out))
         else:
             assert len(result[name]["shape"]) == (4 if record.samples == "image" else 5)  # (n, H, W, C) or (n, T, H, W, C)
     assert result["image-gan"]["shape"] == [2, 32, 32, 1]  # the tiny corpus' resolution, the grey default
-    assert result["painting-gan"]["shape"] == [2, 32, 32, 3]
+    side = PaintingGanConfig.profile("demo").resolution  # the painting asset's default profile
+    assert result["painting-gan"]["shape"] == [2, side, side, 3]
 
 
 def test_gallery_site_loads_every_image_audio_and_video_in_chromium(stack, main_run, tmp_path):
