@@ -10,12 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from corpora.grouping import HELDOUT, TRAIN
 from corpora.ingest import shard_paths
-from corpora.streaming import SPLIT_COLUMN, ShardRows, column_values
+from corpora.streaming import SPLIT_COLUMN, ShardRows, column_values, in_split
 from models.batches import Convert, InMemoryRows, LoaderConfig, Rows
 
 SPLITS = (TRAIN, HELDOUT)
@@ -58,7 +57,7 @@ def _split_codes(path: Path, index: int) -> np.ndarray:
     names = pq.ParquetFile(path).read_row_group(index, columns=[SPLIT_COLUMN]).column(SPLIT_COLUMN)
     codes = np.full(len(names), -1, dtype=np.int8)
     for code, name in enumerate(SPLITS):
-        codes[pc.equal(names, name).to_numpy(zero_copy_only=False)] = code
+        codes[in_split(names, name)] = code
     return codes
 
 

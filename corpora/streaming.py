@@ -55,6 +55,11 @@ class Window:
         return len(next(iter(self.columns.values())))
 
 
+def in_split(names: pa.ChunkedArray, split: str) -> np.ndarray:
+    """Which rows of a split column belong to `split` (a row in no split, null, does not)."""
+    return pc.fill_null(pc.equal(names, split), False).to_numpy(zero_copy_only=False)
+
+
 def column_values(table: pa.Table, column: str) -> np.ndarray:
     """A tensor column as (N, *shape) straight from its buffer; any other column as numpy."""
     try:
@@ -78,8 +83,7 @@ class ShardRows:
         for path in paths:
             file = pq.ParquetFile(path)
             for index in range(file.num_row_groups):
-                wanted = pc.sum(pc.equal(file.read_row_group(index, columns=[SPLIT_COLUMN]).column(SPLIT_COLUMN),
-                                         split)).as_py() or 0
+                wanted = int(in_split(file.read_row_group(index, columns=[SPLIT_COLUMN]).column(SPLIT_COLUMN), split).sum())
                 if wanted:
                     self.row_groups.append(RowGroup(Path(path), index, wanted))
         self.num_rows = sum(group.rows for group in self.row_groups)
@@ -113,8 +117,7 @@ class ShardRows:
         start = 0
         for group in groups:
             table = pq.ParquetFile(group.path).read_row_group(group.index, columns=[*self.columns, SPLIT_COLUMN])
-            is_wanted = pc.fill_null(pc.equal(table.column(SPLIT_COLUMN), self.split), False)
-            wanted = np.flatnonzero(is_wanted.to_numpy(zero_copy_only=False))
+            wanted = np.flatnonzero(in_split(table.column(SPLIT_COLUMN), self.split))
             places = destination[start : start + len(wanted)]
             for column in self.columns:
                 values = column_values(table, column)
