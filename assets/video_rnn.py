@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import dagster as dg
 
-from assets.gallery_page import gallery_lineage, gallery_page, write_cover
+from assets.gallery_page import figure, gallery_lineage, gallery_page, lightbox_picture, provenance, write_cover
 from assets.ingest import video_corpus
 from assets.training import (
     champion_check_spec, corpus_manifest, thumbnail_markdown, POINTERS, train_and_register, trained_result,
@@ -28,7 +28,7 @@ from resources.trainer import TrainerLauncher
 
 # 3: one package; the bundle (format /3) keeps example contexts and the corpus' frame rate
 CODE_VERSION = "video-rnn-3"
-GALLERY_CODE_VERSION = "video-gallery-4"  # 4: distinct clips, each kind of footage, metrics per kind
+GALLERY_CODE_VERSION = "video-gallery-5"  # 5: captions with version and seed, larger views
 GALLERY_SEED = 0
 
 
@@ -116,7 +116,9 @@ def video_gallery(
                                              for kind, by_kind in evaluate_by_kind(model, heldout, sources).items()]
 
     lineage = gallery_lineage(FAMILY.name, version, model_version, video_rnn["corpus_data_version"], context.run.run_id)
-    write_cover(folder, [("video", f"{entries[0]['name']}.mp4"), ("img", "error_by_horizon.png")])
+    first = f"{entries[0]['name']}.mp4"
+    write_cover(folder, [("video", first), ("img", "error_by_horizon.png")],
+                {first: f"{entries[0]['source']}: {clip_caption(lineage, entries[0]['mode'])}"})
     index = folder / "index.html"
     atomic_write_text(index, gallery_html(f"{FAMILY.name} version {version}", lineage, entries, "\n\n".join(tables)))
     client = mlflow.client()
@@ -144,22 +146,27 @@ def trained_fps(bundle_fps: float | None, manifest: dict, trained: dict) -> floa
                      "has changed since it was trained: retrain video_rnn")
 
 
+def clip_caption(lineage: dict, mode: str) -> str:
+    """Which model version made a continuation; a sampled one also names its seed (the mean is deterministic)."""
+    return provenance(lineage, [GALLERY_SEED]) + ", sampled" if mode == "sample" else f"{lineage['model']}, mean"
+
+
 def gallery_html(title: str, lineage: dict, entries: list[dict], metrics_table: str) -> str:
-    """index.html with <video> elements (H.264 MP4; the GIF beside each for viewers without
-    H.264); every string that came from input is escaped."""
+    """index.html with <video> elements (H.264 MP4; the GIF beside each, which opens larger on click, for
+    viewers without H.264); every string that came from input is escaped."""
     e = html.escape
     clips = "".join(
-        f'<figure><figcaption>{e(entry["source"])} ({e(entry["kind"])}): context | truth | prediction '
-        f'({e(entry["mode"])})</figcaption>'
-        f'<video controls muted loop preload="metadata" src="{e(entry["name"])}.mp4"></video> '
-        f'<img src="{e(entry["name"])}.gif" alt="the same clip as a GIF"></figure>' for entry in entries)
+        f'<figure><video controls muted loop preload="metadata" src="{e(entry["name"])}.mp4"></video> '
+        f'{lightbox_picture(entry["name"] + ".gif", "the same clip as a GIF")}'
+        f'<figcaption>{e(entry["source"])} ({e(entry["kind"])}): context | truth | prediction. '
+        f'{e(clip_caption(lineage, entry["mode"]))}</figcaption></figure>' for entry in entries)
     body = f"""<h2>Held-out clips</h2><p>While the context plays, all three panels show it; then the middle panel is the truth
-and the right one the model's continuation ("mean": the forecaster's prediction; "sample": drawn pixel by pixel
+and the right one the model's continuation ("mean": the forecaster's prediction; "sampled": drawn pixel by pixel
 from the PixelCNN head).</p>{clips}
-<h2>Error by horizon</h2><img src="error_by_horizon.png" alt="MSE and SSIM per future step, model and copy-last-frame"
-style="height:auto;max-width:100%">"""
+<h2>Error by horizon</h2>{figure("error_by_horizon.png", "MSE and SSIM per future step, model and copy-last-frame",
+                                 lineage["model"])}"""
     return gallery_page(title, lineage, body, metrics_table,
-                        style="body{max-width:75em} video,img{image-rendering:pixelated;height:160px}")
+                        style="body{max-width:75em} video,.zoom img{image-rendering:pixelated;height:160px}")
 
 
 TRAINING_ASSET = video_rnn

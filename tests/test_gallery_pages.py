@@ -8,6 +8,7 @@ import numpy as np
 from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
 
 from assets import image_gan as image_gan_assets
+from assets import video_rnn as video_rnn_assets
 from assets.gallery_page import gallery_lineage, metrics_html, provenance, write_cover
 from assets.gallery_site import _read_cover, site_html
 from corpora.shards import png_bytes
@@ -115,4 +116,16 @@ def test_the_site_shows_the_champion_cover_with_its_captions_and_larger_views(tm
     page = Page(site_html([(record, [row], "7")]))
     assert page.captions == ["image-gan version 7, seeds 10–12", HOSTILE]
     assert assert_every_picture_opens_larger(page) == ["image-gan/7/samples.png", f"image-gan/7/{HOSTILE_FILE}"]
+    assert_no_markup_from_input(page)
+
+
+def test_video_gallery_captions_name_version_and_seed_and_pictures_open_larger():
+    entries = [{"name": "clip-0-mean", "source": HOSTILE, "kind": "digits", "mode": "mean"},
+               {"name": "clip-0-sample", "source": HOSTILE, "kind": "digits", "mode": "sample"}]
+    page = Page(video_rnn_assets.gallery_html("video-rnn version 7", lineage(), entries, format_report({HOSTILE: ROW})))
+    expected = [f"{HOSTILE} (digits): context | truth | prediction. image-gan version 7, mean",
+                f"{HOSTILE} (digits): context | truth | prediction. image-gan version 7, seed "
+                f"{video_rnn_assets.GALLERY_SEED}, sampled", "image-gan version 7"]
+    assert page.captions == expected
+    assert assert_every_picture_opens_larger(page) == ["clip-0-mean.gif", "clip-0-sample.gif", "error_by_horizon.png"]
     assert_no_markup_from_input(page)
