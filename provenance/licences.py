@@ -130,9 +130,12 @@ def is_licence_file(relpath: str) -> bool:
 
 
 def read_licences(folder: str | Path) -> Licences:
+    """The licence table of a corpus folder; an empty one when the folder has no licence file."""
     path = licence_file(folder)
-    if path is None:
-        return Licences()
+    return Licences() if path is None else read_licence_file(path)
+
+
+def read_licence_file(path: Path) -> Licences:
     text = path.read_text(encoding="utf-8")
     records = _csv_records(text, path) if path.suffix == ".csv" else _yaml_records(text, path)
     return Licences(_validated(records, path), path.name)
@@ -145,11 +148,9 @@ def _csv_records(text: str, path: Path) -> list[tuple[int, dict]]:
     header = [name.strip() for name in reader.fieldnames or []]
     missing = [name for name in REQUIRED_COLUMNS if name not in header]
     unknown = [name for name in header if name not in COLUMNS]
-    if missing or unknown:
-        raise LicenceFileError(f"{path}: the header must name the columns {', '.join(COLUMNS)} "
-                               f"({'missing ' + ', '.join(missing) if missing else ''}"
-                               f"{'; ' if missing and unknown else ''}"
-                               f"{'unknown ' + ', '.join(unknown) if unknown else ''})")
+    problems = ([f"missing {', '.join(missing)}"] if missing else []) + ([f"unknown {', '.join(unknown)}"] if unknown else [])
+    if problems:
+        raise LicenceFileError(f"{path}: the header must name the columns {', '.join(COLUMNS)} ({'; '.join(problems)})")
     reader.fieldnames = header
     records = []
     for number, row in enumerate(reader, start=1):
