@@ -11,11 +11,13 @@ import pyarrow.parquet as pq
 from corpora.defaults import seed_if_empty
 from corpora.ingest import IngestReport, IngestSettings, Modality, ingest
 from corpora.shards import TableSpec
+from provenance.licences import UNKNOWN, counts_text
 from resources.compute import ComputeResource
 from resources.storage import StorageResource
 
 GROUP = "corpora"
 REJECT_RATE_CHECK, SCHEMA_CHECK, NOT_EMPTY_CHECK = "reject_rate", "schema_matches", "not_empty"
+LICENCES_CHECK = "licences"
 MAX_REJECTIONS_SHOWN = 20
 
 
@@ -31,6 +33,11 @@ class IngestConfig(dg.Config):
     shard_megabytes: int = IngestSettings.shard_megabytes
     timeout_s: float = IngestSettings.timeout_s
     max_reject_rate: float = 0.05  # the blocking check fails above this share of rejected files
+    # The blocking `licences` check (docs/licences.md) fails on an ingested file whose licence is not in
+    # licences_allowed (None: any; list "unknown" to allow files the licence file does not cover), and,
+    # with block_unknown_licences, on a file the corpus's licence file does not cover.
+    licences_allowed: list[str] | None = None
+    block_unknown_licences: bool = False
 
     def settings(self, compute: ComputeResource) -> IngestSettings:
         return IngestSettings(
@@ -51,6 +58,9 @@ def corpus_check_specs(asset_name: str) -> list[dg.AssetCheckSpec]:
                           description="Every shard on disk has the schema and tensor metadata the corpus promises."),
         dg.AssetCheckSpec(NOT_EMPTY_CHECK, asset=asset_name, blocking=True,
                           description="At least one file was ingested and the main table has rows."),
+        dg.AssetCheckSpec(LICENCES_CHECK, asset=asset_name, blocking=True,
+                          description="Every ingested file has a licence the config allows (licences_allowed, "
+                          "block_unknown_licences); with neither set it passes and reports the counts."),
     ]
 
 
@@ -78,7 +88,8 @@ def materialize_corpus(
     return dg.MaterializeResult(
         metadata=_metadata(report, raw_dir, preview),
         data_version=dg.DataVersion(report.version),
-        check_results=_check_results(report, specs, config.max_reject_rate, context.asset_key.to_user_string()),
+        check_results=[*_check_results(report, specs, config.max_reject_rate, context.asset_key.to_user_string()),
+                       licence_check_result(report.manifest, config, context.asset_key.to_user_string())],
     )
 
 
@@ -93,6 +104,7 @@ def _metadata(report: IngestReport, raw_dir: Path, preview) -> dict:
         "accounted_for": counts["seen"] == counts["ingested"] + counts["rejected"] + counts["duplicates"],
         **{f"rows_{table}": rows for table, rows in counts["rows"].items()},
         **_grouping_metadata(report.manifest),
+        "licences": dg.MetadataValue.json(report.manifest["licences"]["files"]),  # ingested files per licence
         "data_version": report.version,
         "decoded_this_run": not report.reused,
         "files_decoded_this_run": report.decoded_files,  # the others came from the row cache (or were refused)
@@ -187,3 +199,25 @@ def _check_results(report: IngestReport, specs: list[TableSpec], max_reject_rate
             metadata={"ingested": counts["ingested"], f"rows_{specs[0].name}": main_rows},
         ),
     ]
+
+
+def licence_check_result(manifest: dict, config: IngestConfig, asset: str) -> dg.AssetCheckResult:
+    """Fails, naming the licences and the config keys, when an ingested file's licence is not allowed."""
+    counts = manifest["licences"]["files"]
+    refused = {licence: count for licence, count in counts.items()
+               if (config.licences_allowed is not None and licence not in config.licences_allowed)
+               or (config.block_unknown_licences and licence == UNKNOWN)}
+    summary = counts_text(counts) or "no files"
+    if refused:
+        description = (f"{sum(refused.values())} ingested files have licences this corpus does not allow: "
+                       f"{counts_text(refused)} (ops.{asset}.config.licences_allowed, "
+                       f"ops.{asset}.config.block_unknown_licences; the licence file is "
+                       f"{manifest['licences']['file'] or 'missing: add LICENSES.csv to the corpus folder'})")
+    else:
+        description = f"ingested files by licence: {summary}"
+    return dg.AssetCheckResult(
+        check_name=LICENCES_CHECK, passed=not refused, description=description,
+        metadata={"licences": dg.MetadataValue.json(counts), "refused": dg.MetadataValue.json(refused),
+                  "allowed": dg.MetadataValue.json(config.licences_allowed),
+                  "block_unknown_licences": config.block_unknown_licences},
+    )

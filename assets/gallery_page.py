@@ -8,6 +8,7 @@ from pathlib import Path
 from markdown_it import MarkdownIt
 
 from common.atomic import atomic_write_json
+from provenance.licences import TRAINING_ATTRIBUTION_TAG, trained_on_text
 
 COVER_FILE = "cover.json"
 COVER_KINDS = ("img", "audio", "video")
@@ -19,7 +20,7 @@ LIGHTBOX_STYLE = """.zoom img{cursor:zoom-in}
 .lightbox:target{display:flex;position:fixed;inset:0;z-index:10;align-items:center;justify-content:center;
 background:rgba(0,0,0,.85);cursor:zoom-out}
 .lightbox img{width:95vw;height:95vh;max-width:none;object-fit:contain;image-rendering:pixelated}"""
-TABLE_STYLE = """table{border-collapse:collapse} td,th{padding:0.2em 0.6em;text-align:left}
+TABLE_STYLE = """table{border-collapse:collapse} td,th{padding:0.2em 0.6em;text-align:left} td code{white-space:pre-line}
 .metrics td,.metrics th{border:1px solid #ccc} .metrics thead th{background:#f3f3f3}"""
 # GitHub-style Markdown (pipe tables) with raw HTML turned off: every name in a report stays text.
 MARKDOWN = MarkdownIt("js-default")
@@ -41,14 +42,19 @@ def model_label(model_name: str, version: str) -> str:
 
 
 def gallery_lineage(model_name: str, version: str, model_version, data_version: str, dagster_run_id: str) -> dict:
-    """The rows atop every gallery page: the registered version, and the runs, data and commit that made it."""
-    return {
+    """The rows atop every gallery page: the registered version, the runs, data and commit that made it,
+    and what it was trained on (files per licence, and their attribution: docs/licences.md)."""
+    lineage = {
         "model": model_label(model_name, version),
         "mlflow run": model_version.run_id,
         "shard data version": data_version,
         "git commit": model_version.tags.get("git_commit", "unknown"),
         "dagster run": dagster_run_id,
+        "trained on": trained_on_text(model_version.tags),
     }
+    if attribution := model_version.tags.get(TRAINING_ATTRIBUTION_TAG):
+        lineage["training data credits"] = attribution
+    return lineage
 
 
 def provenance(lineage: dict, seeds: list[int]) -> str:

@@ -13,6 +13,7 @@ import dagster as dg
 from assets.gallery_page import COVER_FILE, COVER_KINDS, LIGHTBOX_STYLE, figure, model_label
 from common.atomic import atomic_write_text
 from models.family import FamilyRecord, families
+from provenance.licences import trained_on_text
 from resources.mlflow_registry import MlflowRegistry
 from resources.storage import StorageResource
 
@@ -44,6 +45,7 @@ def _version_rows(registry: MlflowRegistry, family: FamilyRecord, galleries: Pat
             "version": str(mv.version), "aliases": sorted(by_version.get(str(mv.version), [])),
             "metric": mv.tags.get(family.rule.metric, ""), "data_version": mv.tags.get("data_version", ""),
             "git_commit": mv.tags.get("git_commit", ""), "dagster_run_id": mv.tags.get("dagster_run_id", ""),
+            "trained_on": trained_on_text(mv.tags),
             "dagster_run_url": mv.tags.get("dagster_run_url", ""), "mlflow_run_id": mv.run_id or "",
             "mlflow_url": registry.model_version_url(family.name, mv.version),
             "gallery": f"{family.name}/{mv.version}/index.html" if (folder / "index.html").is_file() else "",
@@ -100,13 +102,14 @@ def site_html(sections: list[tuple[FamilyRecord, list[dict], str | None]], failu
             body.append(f'<p>Champion: version {e(best["version"])} ({e(family.rule.metric)} {e(best["metric"])}), '
                         f'{gallery}</p><div class="cover">{_cover_html(best["cover"], model)}</div>')
         body.append(f"<table><tr><th>version</th><th>aliases</th><th>{e(family.rule.metric)}</th><th>shard data version</th>"
-                    "<th>git commit</th><th>MLflow run</th><th>Dagster run</th><th>gallery</th></tr>")
+                    "<th>git commit</th><th>MLflow run</th><th>Dagster run</th><th>trained on (files per licence)</th>"
+                    "<th>gallery</th></tr>")
         for row in rows:
             body.append(
                 f'<tr><td>{_link(row["version"], row["mlflow_url"])}</td><td>{e(", ".join(row["aliases"]))}</td>'
                 f'<td>{e(row["metric"])}</td><td><code>{e(row["data_version"][:16])}</code></td>'
                 f'<td><code>{e(row["git_commit"][:10])}</code></td><td><code>{e(row["mlflow_run_id"][:12])}</code></td>'
-                f'<td>{_link(row["dagster_run_id"][:8], row["dagster_run_url"])}</td>'
+                f'<td>{_link(row["dagster_run_id"][:8], row["dagster_run_url"])}</td><td>{e(row["trained_on"])}</td>'
                 f'<td>{_link("open", row["gallery"]) if row["gallery"] else ""}</td></tr>')
         body.append("</table></section>")
     return f"""<!doctype html>

@@ -17,6 +17,7 @@ from corpora.shards import png_bytes
 from models.champion import ChampionRule
 from models.family import FamilyRecord
 from models.train import TrainingRequest
+from provenance.licences import training_tags
 from resources.mlflow_registry import MlflowRegistry
 from resources.storage import StorageResource
 from resources.trainer import TrainerLauncher, TrainingReport
@@ -229,6 +230,8 @@ def train_and_register(
         log_metrics(client, run_id, outcome.summary, outcome.step)
         client.log_text(run_id, outcome.report_markdown, "metrics_report.md")
         version, _ = register_bundle(mlflow, run_id, family, Path(outcome.bundle))
+        for name, value in training_tags(manifest).items():  # what it was trained on (docs/licences.md)
+            client.set_model_version_tag(family.name, version, name, value)
         promotion = promote(mlflow, family.name, family.rule, version,
                             {**outcome.summary, family.rule.metric: outcome.score})
     context.log.info(f"registered {family.name} version {version}; {promotion['decision']}")

@@ -23,11 +23,12 @@ import pyarrow as pa
 
 from common.atomic import atomic_write_json, remove_stale_temporaries
 from common.hashing import sha256_file, sha256_json
-from corpora.grouping import FileSignatures, SplitPlan, SplitSettings, near_owner_pairs, plan_split
+from corpora.grouping import HELDOUT, FileSignatures, SplitPlan, SplitSettings, near_owner_pairs, plan_split
 from corpora.row_cache import CachedFile, RowCache, cache_key
 from corpora.scanning import SourceFile, displayable, load_hashes, part_of, remember_hashes, scan
 from corpora.shards import ShardWriter, TableSpec, read_parquet, write_parquet
 from corpora.workers import ItemFailure, map_isolated
+from provenance.licences import Licences, count_licences, is_licence_file, read_licences
 
 MANIFEST_NAME = "manifest.json"
 REJECTED_TABLE = "rejected"
@@ -36,6 +37,9 @@ LINEAGE_COLUMNS: dict[str, pa.DataType] = {
     "sha256": pa.string(),
     "split": pa.string(),  # train, heldout, or gap (rows left out between the sides of a time split)
     "group": pa.string(),  # the work this row belongs to: a group never straddles the split
+    # the source file's licence (provenance.licences), joined here rather than cached with the rows: it
+    # follows the file's path, and the row cache knows files by content
+    "licence": pa.dictionary(pa.int32(), pa.string()),
 }
 REJECTED_SCHEMA = pa.schema(
     [
@@ -252,8 +256,9 @@ def ingest(
     specs = modality.table_specs(config)
     cache = _row_cache(modality, config, out_dir)
 
+    licences = read_licences(raw_dir) if raw_dir.is_dir() else Licences()
     known_hashes = load_hashes(cache.hashes_file)
-    files = scan(raw_dir, known_hashes) if raw_dir.is_dir() else []
+    files = scan(raw_dir, known_hashes, keep=_corpus_file) if raw_dir.is_dir() else []
     remember_hashes(files, cache.hashes_file, known_hashes)
     del known_hashes  # a few objects per file: not held through the rest
     fingerprint = sha256_json(
@@ -263,6 +268,7 @@ def ingest(
             "split": asdict(settings.split_settings()),
             "shard_megabytes": settings.shard_megabytes,
             "files": [(f.relpath, f.sha256) for f in files],
+            "licences": licences.to_json(),
         }
     )
     previous = load_manifest(manifest_path)
@@ -280,8 +286,9 @@ def ingest(
     version_dir = out_dir / f"v-{fingerprint[:16]}"
     shutil.rmtree(version_dir, ignore_errors=True)  # leftovers of a killed run with the same input
     version_dir.mkdir(parents=True)
-    tables = {spec.name: _write_table(spec, accepted, plan, modality.grouping.time_table, cache, settings,
-                                      version_dir, out_dir) for spec in specs}
+    licence_of = [licences.licence_for(source.relpath) for source, _ in accepted]
+    tables = {spec.name: _write_table(spec, accepted, licence_of, plan, modality.grouping.time_table, cache,
+                                      settings, version_dir, out_dir) for spec in specs}
     rejected_info = _write_rejected(rejections, version_dir / f"{REJECTED_TABLE}.parquet", out_dir)
     notices = [{"source_path": source.relpath, "sha256": source.sha256, "stage": stage, "kind": kind,
                 "message": message} for source, cached in accepted for stage, kind, message in cached.notices]
@@ -315,6 +322,7 @@ def ingest(
         "groups": groups_info,
         "grouping": plan.summary,
         "duplicates": duplicates,
+        "licences": _licences_section(licences, accepted, licence_of, plan),
     }
     manifest["version"] = sha256_json(manifest)
     manifest["created_at"] = datetime.now(timezone.utc).isoformat()
@@ -328,10 +336,26 @@ def ingest(
     progress(
         f"{modality.name}: {counts['seen']} seen = {counts['ingested']} ingested + "
         f"{counts['rejected']} rejected + {counts['duplicates']} duplicates; rows {counts['rows']}; "
-        f"{decoded} files decoded by this run"
+        f"licences {manifest['licences']['files']}; {decoded} files decoded by this run"
     )
     return IngestReport(modality.name, manifest, manifest_path, False, time.monotonic() - started, rejections,
                         decoded)
+
+
+def _corpus_file(relpath: str) -> bool:
+    return not is_licence_file(relpath)
+
+
+def _licences_section(licences: Licences, accepted, licence_of: list[str], plan: SplitPlan) -> dict:
+    """The manifest's account of licences: the table read, and the ingested files per licence, all
+    of them and those with rows in the training split (a file split by time has some)."""
+    return {
+        **licences.to_json(),
+        "files": count_licences(licence_of),
+        "train_files": count_licences(licence for licence, split in zip(licence_of, plan.file_split)
+                                      if split != HELDOUT),
+        "terms": licences.terms(source.relpath for source, _ in accepted),
+    }
 
 
 def _row_cache(modality: Modality, config: Any, out_dir: Path) -> RowCache:
@@ -380,7 +404,8 @@ def decode_part(
     started = time.monotonic()
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     cache = _row_cache(modality, config, out_dir)
-    files = scan(raw_dir, load_hashes(cache.hashes_file), keep=lambda relpath: part_of(relpath, parts) == part)
+    files = scan(raw_dir, load_hashes(cache.hashes_file),
+                 keep=lambda relpath: _corpus_file(relpath) and part_of(relpath, parts) == part)
     known = cache.load_index()
     # one file per content: byte-identical copies share their verdict
     to_decode = list({f.sha256: f for f in files if _refusal(f, modality) is None and f.sha256 not in known}.values())
@@ -600,9 +625,10 @@ def _split_line(corpus: str, summary: dict) -> str:
     return text + (f"; held-out rows also in training: {leakage}" if leakage else "")
 
 
-def _write_table(spec: TableSpec, accepted, plan: SplitPlan, time_table: str | None, cache: RowCache,
-                 settings: IngestSettings, version_dir: Path, out_dir: Path) -> dict:
-    """Stream one table's rows from the cache into shards, in path order with their lineage.
+def _write_table(spec: TableSpec, accepted, licence_of: list[str], plan: SplitPlan, time_table: str | None,
+                 cache: RowCache, settings: IngestSettings, version_dir: Path, out_dir: Path) -> dict:
+    """Stream one table's rows from the cache into shards, in path order with their lineage
+    (`licence_of`: each accepted file's licence).
 
     Consecutive files whose rows lie side by side in one cache batch are read as one slice.
     """
@@ -631,6 +657,7 @@ def _write_table(spec: TableSpec, accepted, plan: SplitPlan, time_table: str | N
         run["sha256"] += [source.sha256] * count
         run["split"] += plan.splits(index, spec.name, count, time_table)
         run["group"] += [plan.group[index]] * count
+        run["licence"] += [licence_of[index]] * count
         rows_total += count
     flush()
     shards = writer.close()

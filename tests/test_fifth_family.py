@@ -69,6 +69,9 @@ INGEST_CONFIG = {"ops": {"image_corpus": {"config": {"resolution": 16, "heldout_
 def ingested(tmp_path_factory) -> Path:
     data_root = tmp_path_factory.mktemp("fifth") / "data"
     write_pictures(data_root / "raw" / "images")
+    # pictures 00-09 under CC-BY-4.0; 10 and 11 under no row, so "unknown" (docs/licences.md)
+    (data_root / "raw" / "images" / "LICENSES.csv").write_text(
+        "glob,licence,attribution,source_url\nthings/0?.png,CC-BY-4.0,Noise by the test,https://example.org/noise\n")
     result = python(MATERIALIZE, environment(data_root), "image_corpus", json.dumps(INGEST_CONFIG))
     assert result["success"]
     return data_root
@@ -107,6 +110,17 @@ def test_the_fifth_family_is_in_the_graph_the_entry_point_the_site_and_sample(in
     site = (ingested / "galleries" / "index.html").read_text()
     version = result["metadata"]["mean_image"]["model_version"]
     assert "Mean picture (a test family)" in site and f"mean-image/{version}/index.html" in site
+    # the version says what it trained on: the training split's files per licence, also on its gallery and the site
+    from pipelines.definitions import build_resources
+
+    tags = build_resources(str(ingested))["mlflow"].client().get_model_version("mean-image", version).tags
+    manifest = json.loads((ingested / "shards" / "images" / "manifest.json").read_text())
+    trained_on = json.loads(tags["training_licences"])
+    assert trained_on == manifest["licences"]["train_files"] and "CC-BY-4.0" in trained_on
+    assert set(trained_on) <= {"CC-BY-4.0", "unknown"}
+    assert tags["training_attribution"].splitlines()[0] == "CC-BY-4.0: Noise by the test <https://example.org/noise>"
+    counts = f"CC-BY-4.0: {trained_on['CC-BY-4.0']} files"
+    assert counts in (ingested / "galleries" / "mean-image" / version / "index.html").read_text() and counts in site
     picture = tmp_path / "mean.png"
     out = subprocess.run([sys.executable, "-m", "pipelines.cli", "sample", "mean-image@champion", "-n", "4",
                           "-o", str(picture)], env=env, cwd=PROJECT, capture_output=True, text=True,

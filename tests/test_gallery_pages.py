@@ -112,7 +112,7 @@ def test_the_site_shows_the_champion_cover_with_its_captions_and_larger_views(tm
     record = families()["image-gan"]
     row = {"version": "7", "aliases": ["champion"], "metric": "12.3", "data_version": "", "git_commit": "",
            "dagster_run_id": "", "dagster_run_url": "", "mlflow_run_id": "", "mlflow_url": "",
-           "gallery": "", "cover": _read_cover(folder, "image-gan/7")}
+           "trained_on": "MIT: 3 files (training split files)", "gallery": "", "cover": _read_cover(folder, "image-gan/7")}
     page = Page(site_html([(record, [row], "7")]))
     assert page.captions == ["image-gan version 7, seeds 10–12", HOSTILE]
     assert assert_every_picture_opens_larger(page) == ["image-gan/7/samples.png", f"image-gan/7/{HOSTILE_FILE}"]

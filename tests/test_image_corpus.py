@@ -78,7 +78,7 @@ def test_ingest_stores_exact_pixels_labels_and_lineage(materialize_asset, data_r
         assert row["label"] == row["source_path"].split("/")[0]
         assert row["split"] in {"train", "heldout"} and row["group"].startswith("g-")
         assert len(row["sha256"]) == 64
-    assert check_outcomes(result) == {"reject_rate": True, "schema_matches": True, "not_empty": True}
+    assert check_outcomes(result) == {"reject_rate": True, "schema_matches": True, "not_empty": True, "licences": True}
 
 
 def test_orientation_mode_and_resize(materialize_asset, tmp_path):
@@ -181,8 +181,9 @@ def test_painting_corpus_seeds_the_bundled_paintings_once(materialize_asset, dat
     result = materialize_asset(painting_corpus, {})
     assert result.success
     metadata = materialization_metadata(result, painting_corpus)
-    seeded = sorted(p.name for p in (data_root / "raw" / "painting").iterdir())
+    seeded = sorted(p.name for p in (data_root / "raw" / "painting").iterdir() if p.name != "LICENSES.csv")
     assert len(seeded) == 8 and "van-gogh-Van_Gogh_The_Night_Cafe.webp" in seeded
+    assert metadata["licences"] == {"LicenseRef-public-domain": 8}  # the seeded licence file covers each
     assert metadata["files_seen"] == len(seeded) and metadata["rejected"] == 0
     pixels, rows = stored_rows(metadata["manifest"])
     assert pixels.shape[1:] == (128, 128, 3)

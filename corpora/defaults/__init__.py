@@ -2,7 +2,8 @@
 
 Each module here has `write_default_corpus(folder)`; `seed_if_empty` runs it into a
 temporary sibling folder and renames that into place, so a killed seeding leaves no
-half-filled corpus behind that would later pass for a user's data.
+half-filled corpus behind that would later pass for a user's data. Each default corpus gets its
+licence file, `licences/<corpus>.csv` copied in as LICENSES.csv (docs/licences.md).
 """
 from __future__ import annotations
 
@@ -11,12 +12,20 @@ import os
 import shutil
 from pathlib import Path
 
+from provenance.licences import LICENCE_FILE_NAMES
+
 DEFAULT_CORPORA = {
     "images": "corpora.defaults.images",
     "painting": "corpora.defaults.painting",
     "midi": "corpora.defaults.midi",
     "video": "corpora.defaults.video",
 }
+LICENCES_DIR = Path(__file__).resolve().parent / "licences"
+
+
+def default_licence_file(corpus: str) -> Path:
+    """The licence table of a default corpus, as shipped with the code."""
+    return LICENCES_DIR / f"{corpus}.csv"
 
 
 def is_empty(folder: Path) -> bool:
@@ -33,6 +42,7 @@ def seed_if_empty(corpus: str, folder: str | Path) -> int:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     written = module.write_default_corpus(staging)
+    shutil.copyfile(default_licence_file(corpus), staging / LICENCE_FILE_NAMES[0])
     os.sync()  # the files' contents reach the disk before the rename makes them the corpus
     if folder.exists():
         shutil.rmtree(folder)
