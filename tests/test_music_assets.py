@@ -19,6 +19,7 @@ from models.music_vae import CHAMPION_RULE
 from models.music_vae.sampling import GALLERY_BARS, GALLERY_TEMPERATURE, sample
 from models.music_vae.tokens import tokens_to_midi_bytes
 from pipelines.definitions import build_resources
+from provenance.credentials import verify_file
 
 VOICES = (72, 67, 60, 48)
 MAJOR = (0, 2, 4, 5, 7, 9, 11, 12)
@@ -98,6 +99,18 @@ def test_gallery_has_audio_that_is_not_silent_and_lasts_as_long_as_the_midi(musi
         assert (index.parent / f"{midi_path.stem}-roll.png").stat().st_size > 100
         assert (index.parent / f"{midi_path.stem}-mel.png").stat().st_size > 100
     assert len(list(index.parent.glob("interpolation-*.mid"))) == 5
+
+
+def test_every_gallery_file_carries_a_credential_naming_the_version_that_made_it(music_run):
+    gallery = metadata_of(music_run["result"], music_gallery)
+    files = [path for path in Path(gallery["index"]).parent.iterdir() if path.suffix in (".wav", ".png", ".mid")]
+    assert {path.suffix for path in files} == {".wav", ".png", ".mid"}
+    version = music_run["resources"]["mlflow"].client().get_model_version("music-vae", gallery["model_version"])
+    for path in files:
+        found = verify_file(path)
+        assert found.valid, (path.name, found.problems)
+        assert found.fields == {**found.fields, "model_name": "music-vae", "model_version": gallery["model_version"],
+                                "mlflow_run_id": version.run_id, "git_commit": version.tags["git_commit"]}
 
 
 def test_gallery_plays_long_phrases_at_the_temperature_the_evaluation_measures(music_run):
