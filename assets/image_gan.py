@@ -30,6 +30,7 @@ from models.image_gan.config import ImageGanConfig
 from models.image_gan.data import load_image_split
 from models.image_gan.sampling import interpolate, load_generator, sample
 from models.train import TrainingRequest
+from provenance.credentials import Provenance, sign_folder
 from resources.compute import ComputeResource
 from resources.mlflow_registry import MlflowRegistry
 from resources.storage import StorageResource
@@ -186,6 +187,8 @@ def image_gallery(
     pictures = {"samples.png": grid, "interpolation.png": strip, "nearest_neighbours.png": pairs}
     for name, picture in pictures.items():
         atomic_write_bytes(folder / name, png_bytes(picture))
+    sign_folder(folder, Provenance.of_model_version(model_version, [GALLERY_SEED]), storage.root, seeds=seeds,
+                composites=["nearest_neighbours.png"])
     lineage = gallery_lineage(FAMILY.name, version, model_version, image_gan["corpus_data_version"], context.run.run_id)
     write_cover(folder, [("img", "samples.png"), ("img", "interpolation.png")],
                 {name: provenance(lineage, seeds[name]) for name in seeds})

@@ -24,6 +24,7 @@ from models.music_vae.sampling import GALLERY_BARS, GALLERY_TEMPERATURE, interpo
 from models.music_vae.tokens import tokens_to_midi_bytes
 from models.music_vae.training import load_windows
 from models.train import TrainingRequest
+from provenance.credentials import Provenance, sign_folder
 from resources.compute import ComputeResource
 from resources.mlflow_registry import MlflowRegistry
 from resources.storage import StorageResource
@@ -100,6 +101,7 @@ def music_gallery(
         ends = heldout[np.random.default_rng(GALLERY_SEED).choice(len(heldout), 2, replace=False)]
         path = interpolate(models["chorale"], ends[0], ends[1], steps=INTERPOLATION_STEPS)
         interpolation = [_write_piece(folder, f"interpolation-{i}", window) for i, window in enumerate(path)]
+    sign_folder(folder, Provenance.of_model_version(model_version, [GALLERY_SEED]), storage.root)
 
     lineage = gallery_lineage(FAMILY.name, version, model_version, music_vae["corpus_data_version"], context.run.run_id)
     write_cover(folder, [("img", entries[0]["roll"]), ("audio", entries[0]["wav"])],

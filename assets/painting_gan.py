@@ -22,6 +22,7 @@ from models.painting_gan import FAMILY, style_transfer
 from models.painting_gan.config import PaintingGanConfig
 from models.painting_gan.sampling import load_generator, num_style_layers, sample, style_mixing_grid, truncation_sweep
 from models.train import TrainingRequest
+from provenance.credentials import Provenance, sign_folder
 from resources.compute import ComputeResource
 from resources.mlflow_registry import MlflowRegistry
 from resources.pointers import pointer_of_this_run
@@ -137,6 +138,8 @@ def painting_gallery(
         atomic_write_bytes(folder / name, png_bytes(style_transfer.triptych(content, style, result)))
         transfers.append({"file": name, "network": result.feature_network, "seconds": result.seconds,
                           "style_loss": (result.style_losses[0], result.style_losses[-1])})
+    sign_folder(folder, Provenance.of_model_version(model_version, [GALLERY_SEED]), storage.root, seeds=seeds,
+                composites=["style-transfer-*"])  # content and style paintings beside the transfer
 
     lineage = gallery_lineage(FAMILY.name, version, model_version, painting_gan["corpus_data_version"], context.run.run_id)
     write_cover(folder, [("img", "samples.png"), ("img", "style_mixing.png")],

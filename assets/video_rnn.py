@@ -21,6 +21,7 @@ from models.video_rnn.gallery import error_plot_png, gallery_clips, side_by_side
 from models.video_rnn.metrics import evaluate, evaluate_by_kind, format_table, source_kind
 from models.video_rnn.sampling import predict
 from models.video_rnn.training import load_clips
+from provenance.credentials import Provenance, sign_folder
 from resources.compute import ComputeResource
 from resources.mlflow_registry import MlflowRegistry
 from resources.storage import StorageResource
@@ -112,6 +113,8 @@ def video_gallery(
             preview = frames[-1] if preview is None else preview
     report = evaluate(model, heldout, with_bits_per_dim=False)
     atomic_write_bytes(folder / "error_by_horizon.png", error_plot_png(report))
+    sign_folder(folder, Provenance.of_model_version(model_version, [GALLERY_SEED]), storage.root,
+                composites=["clip-*"], skip=["error_by_horizon.png"])  # the clips show the truth beside the prediction
     tables = [video_rnn["metrics_table"]] + [f"Held-out {kind} clips only:\n\n{format_table(by_kind)}"
                                              for kind, by_kind in evaluate_by_kind(model, heldout, sources).items()]
 

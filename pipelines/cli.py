@@ -1,4 +1,5 @@
-"""`atelier`: run the pipeline, open the web UI, seed the default corpora, sample a registered model."""
+"""`atelier`: run the pipeline, open the web UI, seed the default corpora, sample a registered model, verify
+what it made."""
 from __future__ import annotations
 
 import argparse
@@ -162,15 +163,41 @@ def sample(reference: str, n: int, seed: int, label: str | None, output: Path | 
 
     from models.family import family
 
+    from provenance.credentials import Provenance, sign_file
+
     record = family(model_name_of(reference))
     output = output or Path(f"samples{SAMPLE_SUFFIX[record.samples]}")
     data_root = Path(default_data_root())
     mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{data_root / 'mlflow' / 'mlflow.db'}")
-    model = mlflow.pyfunc.load_model(parse_model_reference(reference))
+    version = registered_version(mlflow.MlflowClient(), reference)  # once: an alias may move while we sample
+    model = mlflow.pyfunc.load_model(f"models:/{version.name}/{version.version}")
     request = {"n": n, "seed": seed, **({"label": label} if label is not None else {})}
     written = WRITERS[record.samples](model, request, output)
-    print(f"wrote {len(written)} file(s) from {reference}: {', '.join(str(path) for path in written)}")
+    provenance = Provenance.of_model_version(version, [seed])
+    for path in written:
+        sign_file(path, provenance, data_root)
+    print(f"wrote {len(written)} file(s) from {reference} (version {version.version}), each with a content credential "
+          f"(atelier verify FILE): {', '.join(str(path) for path in written)}")
     return 0
+
+
+def registered_version(client, reference: str):
+    """The MLflow ModelVersion that `name@alias`, `name/version` or a `models:/` URI names."""
+    path = parse_model_reference(reference).removeprefix("models:/")
+    if "@" in path:
+        return client.get_model_version_by_alias(*path.split("@", 1))
+    return client.get_model_version(*path.split("/", 1))
+
+
+def verify(path: Path) -> int:
+    """Print a file's content credential: what made it, and whether it validates (exit status 1 if not)."""
+    from provenance.credentials import report_lines, verify_file
+
+    if not path.is_file():
+        raise SystemExit(f"{path}: no such file")
+    found = verify_file(path)
+    print("\n".join(report_lines(found)))
+    return 0 if found.valid else 1
 
 
 def write_pictures(model, request: dict, output: Path) -> list[Path]:
@@ -263,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     sample_parser.add_argument("--label", help="class name or index, for class-conditional models")
     sample_parser.add_argument("-o", "--output", type=Path,
                                help="where to write (default samples.png, samples.mid or samples.mp4 by family)")
+    verify_parser = commands.add_parser(
+        "verify", help="print a generated file's content credential and whether it validates (exit 1 if not)")
+    verify_parser.add_argument("file", type=Path, metavar="FILE")
     transfer_parser = commands.add_parser(
         "style-transfer", help="repaint CONTENT_IMAGE in the style of --style PICTURE (Gatys et al., no downloads)")
     transfer_parser.add_argument("content", type=Path, metavar="CONTENT_IMAGE")
@@ -286,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "style-transfer":
         return repaint(args.content, args.style, args.output, args.feature_network, args.classifier, args.steps,
                        args.size, args.seed, args.threads)
+    if args.command == "verify":
+        return verify(args.file)
     if args.command == "sample":
         return sample(args.model, args.n, args.seed, args.label, args.output)
     return seed()

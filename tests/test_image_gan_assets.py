@@ -16,6 +16,7 @@ from assets.image_gan import image_classifier, image_gallery, image_gan
 from models.image_gan import CHAMPION_RULE
 from assets.ingest import image_corpus
 from pipelines.definitions import build_resources
+from provenance.credentials import COMPOSITE, verify_file
 
 HOSTILE_CLASS = '<img src=x onerror="alert(1)">'
 CLASSES = ("bar", "blob", HOSTILE_CLASS)
@@ -118,6 +119,9 @@ def test_gallery_shows_lineage_and_escapes_names(family_run):
     assert "image-gan version 1" in page and metadata_of(family_run["good"], image_corpus)["data_version"] in page
     samples = np.asarray(Image.open(index.parent / "samples.png"))
     assert samples.shape[0] > samples.shape[1] / 8 * 2  # one row per class
+    credentials = {name: verify_file(index.parent / name) for name in ("samples.png", "nearest_neighbours.png")}
+    assert all(found.valid and found.fields["model_version"] == "1" for found in credentials.values())
+    assert credentials["nearest_neighbours.png"].source_type == COMPOSITE  # training images beside the samples
 
 
 def test_champion_samples_in_a_clean_process(family_run, tmp_path):
@@ -156,3 +160,5 @@ def test_sample_command_uses_only_the_registry(family_run, tmp_path):
     assert completed.returncode == 0, completed.stderr[-3000:]
     grid = np.asarray(Image.open(out))
     assert grid.shape[1] > grid.shape[0] and grid.std() > 5
+    credential = verify_file(out)  # what `atelier sample` writes carries the version it sampled
+    assert credential.valid and credential.fields == {**credential.fields, "model_version": "1", "seeds": "0"}

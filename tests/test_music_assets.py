@@ -19,6 +19,8 @@ from models.music_vae import CHAMPION_RULE
 from models.music_vae.sampling import GALLERY_BARS, GALLERY_TEMPERATURE, sample
 from models.music_vae.tokens import tokens_to_midi_bytes
 from pipelines.definitions import build_resources
+from pipelines.cli import registered_version
+from provenance.credentials import Provenance, verify_file
 
 VOICES = (72, 67, 60, 48)
 MAJOR = (0, 2, 4, 5, 7, 9, 11, 12)
@@ -98,6 +100,29 @@ def test_gallery_has_audio_that_is_not_silent_and_lasts_as_long_as_the_midi(musi
         assert (index.parent / f"{midi_path.stem}-roll.png").stat().st_size > 100
         assert (index.parent / f"{midi_path.stem}-mel.png").stat().st_size > 100
     assert len(list(index.parent.glob("interpolation-*.mid"))) == 5
+
+
+def test_every_gallery_file_carries_a_credential_naming_the_version_that_made_it(music_run):
+    gallery = metadata_of(music_run["result"], music_gallery)
+    files = [path for path in Path(gallery["index"]).parent.iterdir() if path.suffix in (".wav", ".png", ".mid")]
+    assert {path.suffix for path in files} == {".wav", ".png", ".mid"}
+    version = music_run["resources"]["mlflow"].client().get_model_version("music-vae", gallery["model_version"])
+    for path in files:
+        found = verify_file(path)
+        assert found.valid, (path.name, found.problems)
+        assert found.fields == {**found.fields, "model_name": "music-vae", "model_version": gallery["model_version"],
+                                "mlflow_run_id": version.run_id, "git_commit": version.tags["git_commit"]}
+
+
+def test_atelier_sample_signs_with_the_version_its_reference_names_and_that_version_s_licence_tags(music_run):
+    client = music_run["resources"]["mlflow"].client()
+    client.set_model_version_tag("music-vae", "1", "training_licences", '{"CC0-1.0": 12}')  # as the licences part tags
+    by_alias, by_number = registered_version(client, "music-vae@champion"), registered_version(client, "music-vae/1")
+    assert str(by_alias.version) == str(by_number.version) == "1"
+    fields = Provenance.of_model_version(by_alias, [5]).fields()
+    assert fields == {**fields, "model_name": "music-vae", "model_version": "1", "mlflow_run_id": by_alias.run_id,
+                      "data_version": by_alias.tags["data_version"], "seeds": "5", "training_licences": {"CC0-1.0": 12}}
+    assert "training_attribution" not in fields  # absent tag, absent field
 
 
 def test_gallery_plays_long_phrases_at_the_temperature_the_evaluation_measures(music_run):

@@ -16,6 +16,7 @@ from assets.ingest import painting_corpus
 from assets.painting_gan import painting_gallery, painting_gan
 from models.painting_gan.config import PaintingGanConfig
 from pipelines.definitions import build_resources
+from provenance.credentials import COMPOSITE, verify_file
 from tests.tiny_corpora import write_paintings
 
 TINY_TRAINING = {"steps": 4, "batch_size": 4, "eval_samples": 16}
@@ -65,6 +66,9 @@ def test_gallery_has_the_grids_and_a_triptych_that_names_its_feature_network(pai
     assert "random_cnn" in page and gallery["style_transfer_network"].startswith("random_cnn")
     triptych = np.asarray(Image.open(index.parent / "style-transfer-0.png"))
     assert triptych.shape[1] > 2 * triptych.shape[0]  # three panels side by side
+    credentials = {name: verify_file(index.parent / name) for name in ("samples.png", "style-transfer-0.png")}
+    assert all(found.valid and found.fields["model_name"] == "painting-gan" for found in credentials.values())
+    assert credentials["style-transfer-0.png"].source_type == COMPOSITE  # real paintings beside the result
     assert json.loads((index.parent / "cover.json").read_text())[0] == {
         "kind": "img", "src": "samples.png", "caption": f"painting-gan version {gallery['model_version']}, seed 0"}
 

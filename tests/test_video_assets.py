@@ -16,6 +16,7 @@ from assets.video_rnn import video_gallery, video_rnn
 from corpora.video import read_video_frames
 from models.video_rnn import FAMILY
 from pipelines.definitions import build_resources
+from provenance.credentials import COMPOSITE, verify_file
 from tests.tiny_corpora import write_videos
 
 TINY_TRAINING = {"steps": 3, "batch_size": 4}
@@ -75,6 +76,10 @@ def test_gallery_videos_decode_with_every_frame_and_the_page_plays_them(video_ru
     assert len(shown) == 2 and len(set(shown)) == 2  # two clips, of two different files
     assert "Held-out other clips only" in page and page.count("<th>step</th>") >= 2  # an HTML table per kind of footage
     assert (index.parent / "error_by_horizon.png").stat().st_size > 1000
+    for clip in [*videos, *(video.with_suffix(".gif") for video in videos)]:
+        found = verify_file(clip)  # truth beside prediction: a composite
+        assert found.valid and found.source_type == COMPOSITE and found.fields["model_version"] == gallery["model_version"]
+    assert verify_file(index.parent / "error_by_horizon.png").state == "none"  # a plot, not generated media
 
 
 def test_video_rnn_continues_a_clip_in_a_clean_process(video_run, tmp_path):
