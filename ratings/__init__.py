@@ -1,0 +1,1 @@
+"""Ratings from people: the votes database and the rating site (no Dagster here)."""
