@@ -31,6 +31,7 @@ from models.image_gan.data import load_image_split
 from models.image_gan.sampling import interpolate, load_generator, sample
 from models.train import TrainingRequest
 from resources.compute import ComputeResource
+from resources.human_gate import HumanGateResource
 from resources.mlflow_registry import MlflowRegistry
 from resources.storage import StorageResource
 from resources.trainer import TrainerLauncher
@@ -132,6 +133,7 @@ class ImageGanTrainConfig(dg.Config):
 def image_gan(
     context: dg.AssetExecutionContext, image_classifier: dict, config: ImageGanTrainConfig, storage: StorageResource,
     compute: ComputeResource, mlflow: MlflowRegistry, trainer: TrainerLauncher,
+    human_gate: HumanGateResource,
 ) -> Iterator:
     manifest_path, manifest = corpus_manifest(storage, FAMILY.corpus)
     classifier = image_classifier  # the weights this run trained, or the latest materialization's
@@ -140,7 +142,8 @@ def image_gan(
     request = TrainingRequest(family=FAMILY.name, model_config=config.gan_config(compute.seed).to_dict(),
                               options={"classifier": str(classifier["weights"])}, **settings)
     trained = train_and_register(context, FAMILY, CODE_VERSION, request, manifest_path, manifest, config.start_from,
-                                 {"profile": config.profile}, storage, trainer, mlflow)
+                                 {"profile": config.profile}, storage, trainer, mlflow,
+                                 human_gate)
     mlflow.client().set_model_version_tag(FAMILY.name, trained.version, "classifier_weights",
                                           sha256_file(classifier["weights"]))
     generator = load_generator(trained.report.outcome.bundle)

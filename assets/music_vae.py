@@ -25,6 +25,7 @@ from models.music_vae.tokens import tokens_to_midi_bytes
 from models.music_vae.training import load_windows
 from models.train import TrainingRequest
 from resources.compute import ComputeResource
+from resources.human_gate import HumanGateResource
 from resources.mlflow_registry import MlflowRegistry
 from resources.storage import StorageResource
 from resources.trainer import TrainerLauncher
@@ -54,6 +55,7 @@ class MusicVaeTrainConfig(dg.Config):
 def music_vae(
     context: dg.AssetExecutionContext, config: MusicVaeTrainConfig, storage: StorageResource,
     compute: ComputeResource, mlflow: MlflowRegistry, trainer: TrainerLauncher,
+    human_gate: HumanGateResource,
 ) -> Iterator:
     profiles = MusicVaeConfig.PROFILES
     if config.profile not in profiles or not set(config.kinds) <= set(KINDS) or not config.kinds:
@@ -69,7 +71,8 @@ def music_vae(
         **settings,
     )
     trained = train_and_register(context, FAMILY, CODE_VERSION, request, manifest_path, manifest, config.start_from,
-                                 {"profile": config.profile, "kinds": ",".join(config.kinds)}, storage, trainer, mlflow)
+                                 {"profile": config.profile, "kinds": ",".join(config.kinds)}, storage, trainer, mlflow,
+                                 human_gate)
     yield from trained_result(context, FAMILY, trained, manifest, mlflow)
 
 

@@ -23,6 +23,7 @@ from models.painting_gan.config import PaintingGanConfig
 from models.painting_gan.sampling import load_generator, num_style_layers, sample, style_mixing_grid, truncation_sweep
 from models.train import TrainingRequest
 from resources.compute import ComputeResource
+from resources.human_gate import HumanGateResource
 from resources.mlflow_registry import MlflowRegistry
 from resources.pointers import pointer_of_this_run
 from resources.storage import StorageResource
@@ -62,6 +63,7 @@ class PaintingGanTrainConfig(dg.Config):
 def painting_gan(
     context: dg.AssetExecutionContext, config: PaintingGanTrainConfig, storage: StorageResource,
     compute: ComputeResource, mlflow: MlflowRegistry, trainer: TrainerLauncher,
+    human_gate: HumanGateResource,
 ) -> Iterator:
     manifest_path, manifest = corpus_manifest(storage, FAMILY.corpus)
     settings = compute.training_settings()
@@ -69,7 +71,8 @@ def painting_gan(
     request = TrainingRequest(family=FAMILY.name, model_config=config.gan_config(compute.seed).to_dict(),
                               options={"eval_samples": config.eval_samples}, **settings)
     trained = train_and_register(context, FAMILY, CODE_VERSION, request, manifest_path, manifest, config.start_from,
-                                 {"profile": config.profile}, storage, trainer, mlflow)
+                                 {"profile": config.profile}, storage, trainer, mlflow,
+                                 human_gate)
     generator = load_generator(trained.report.outcome.bundle)
     preview = contact_sheet(sample(generator, 8, seed=GALLERY_SEED, truncation_psi=GALLERY_PSI), cell=None)
     yield from trained_result(context, FAMILY, trained, manifest, mlflow, {"samples": thumbnail_markdown(preview)})

@@ -22,6 +22,7 @@ from models.video_rnn.metrics import evaluate, evaluate_by_kind, format_table, s
 from models.video_rnn.sampling import predict
 from models.video_rnn.training import load_clips
 from resources.compute import ComputeResource
+from resources.human_gate import HumanGateResource
 from resources.mlflow_registry import MlflowRegistry
 from resources.storage import StorageResource
 from resources.trainer import TrainerLauncher
@@ -59,13 +60,15 @@ class VideoRnnTrainConfig(dg.Config):
 def video_rnn(
     context: dg.AssetExecutionContext, config: VideoRnnTrainConfig, storage: StorageResource,
     compute: ComputeResource, mlflow: MlflowRegistry, trainer: TrainerLauncher,
+    human_gate: HumanGateResource,
 ) -> Iterator:
     manifest_path, manifest = corpus_manifest(storage, FAMILY.corpus)
     settings = compute.training_settings()
     settings["trainer"] = {**settings["trainer"], "max_minutes": config.max_minutes}
     request = TrainingRequest(family=FAMILY.name, model_config=config.rnn_config(compute.seed).to_dict(), **settings)
     trained = train_and_register(context, FAMILY, CODE_VERSION, request, manifest_path, manifest, config.start_from,
-                                 {"profile": config.profile}, storage, trainer, mlflow)
+                                 {"profile": config.profile}, storage, trainer, mlflow,
+                                 human_gate)
     yield from trained_result(context, FAMILY, trained, manifest, mlflow)
 
 
