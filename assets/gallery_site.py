@@ -11,12 +11,13 @@ from pathlib import Path
 import dagster as dg
 
 from assets.gallery_page import COVER_FILE, COVER_KINDS, LIGHTBOX_STYLE, figure, model_label
+from assets.human_preference import human_preference
 from common.atomic import atomic_write_text
 from models.family import FamilyRecord, families
 from resources.mlflow_registry import MlflowRegistry
 from resources.storage import StorageResource
 
-CODE_VERSION = "gallery-site-4"  # 4: captions with version and seeds, larger views
+CODE_VERSION = "gallery-site-5"  # 5: people's score beside the metric
 RECENT_VERSIONS = 10
 
 
@@ -42,7 +43,7 @@ def _version_rows(registry: MlflowRegistry, family: FamilyRecord, galleries: Pat
         folder = galleries / family.name / str(mv.version)
         rows.append({
             "version": str(mv.version), "aliases": sorted(by_version.get(str(mv.version), [])),
-            "metric": mv.tags.get(family.rule.metric, ""), "data_version": mv.tags.get("data_version", ""),
+            "metric": mv.tags.get(family.rule.metric, ""), "people": _people(mv.tags), "data_version": mv.tags.get("data_version", ""),
             "git_commit": mv.tags.get("git_commit", ""), "dagster_run_id": mv.tags.get("dagster_run_id", ""),
             "dagster_run_url": mv.tags.get("dagster_run_url", ""), "mlflow_run_id": mv.run_id or "",
             "mlflow_url": registry.model_version_url(family.name, mv.version),
@@ -51,6 +52,17 @@ def _version_rows(registry: MlflowRegistry, family: FamilyRecord, galleries: Pat
         })
     champion = next((v for v, names in by_version.items() if "champion" in names), None)
     return rows, champion
+
+
+def _people(tags: dict) -> str:
+    """The human_preference asset's tags as one cell: score [95% interval], votes and flags."""
+    if "human_votes" not in tags:
+        return ""
+    flags = sum(int(value) for name, value in tags.items() if name.startswith("human_flags_"))
+    text = f"{tags['human_votes']} votes" + (f", {flags} flags" if flags else "")
+    if "human_score" in tags:
+        text = f"{tags['human_score']} [{tags['human_score_low']}, {tags['human_score_high']}], " + text
+    return text
 
 
 def _read_cover(folder: Path, prefix: str) -> list[dict]:
@@ -99,12 +111,12 @@ def site_html(sections: list[tuple[FamilyRecord, list[dict], str | None]], failu
             model = model_label(family.name, best["version"])
             body.append(f'<p>Champion: version {e(best["version"])} ({e(family.rule.metric)} {e(best["metric"])}), '
                         f'{gallery}</p><div class="cover">{_cover_html(best["cover"], model)}</div>')
-        body.append(f"<table><tr><th>version</th><th>aliases</th><th>{e(family.rule.metric)}</th><th>shard data version</th>"
+        body.append(f"<table><tr><th>version</th><th>aliases</th><th>{e(family.rule.metric)}</th><th>people</th><th>shard data version</th>"
                     "<th>git commit</th><th>MLflow run</th><th>Dagster run</th><th>gallery</th></tr>")
         for row in rows:
             body.append(
                 f'<tr><td>{_link(row["version"], row["mlflow_url"])}</td><td>{e(", ".join(row["aliases"]))}</td>'
-                f'<td>{e(row["metric"])}</td><td><code>{e(row["data_version"][:16])}</code></td>'
+                f'<td>{e(row["metric"])}</td><td>{e(row["people"])}</td><td><code>{e(row["data_version"][:16])}</code></td>'
                 f'<td><code>{e(row["git_commit"][:10])}</code></td><td><code>{e(row["mlflow_run_id"][:12])}</code></td>'
                 f'<td>{_link(row["dagster_run_id"][:8], row["dagster_run_url"])}</td>'
                 f'<td>{_link("open", row["gallery"]) if row["gallery"] else ""}</td></tr>')
@@ -117,14 +129,15 @@ def site_html(sections: list[tuple[FamilyRecord, list[dict], str | None]], failu
 .failed{{color:#a00}}
 {LIGHTBOX_STYLE}</style></head>
 <body><h1>Atelier galleries</h1>
-<p>Each family's champion (the best version by its metric) and its recent versions, newest first.</p>
+<p>Each family's champion (the best version by its metric) and its recent versions, newest first.
+"people" is the Bradley-Terry score from votes (log-odds, 95% interval), see docs/human-preference.md.</p>
 {''.join(body)}
 </body></html>
 """
 
 
 @dg.asset(
-    group_name="galleries", deps=[record.dagster().GALLERY_ASSET for record in families().values()],
+    group_name="galleries", deps=[*(record.dagster().GALLERY_ASSET for record in families().values()), human_preference],
     code_version=CODE_VERSION, kinds={"html"},
     automation_condition=dg.AutomationCondition.eager(),
     description="data/galleries/index.html: every family's champion and recent versions with lineage; opens from file://.",

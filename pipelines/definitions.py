@@ -9,11 +9,13 @@ from pipelines.progress import LOGGER_NAME, progress_logger, quiet_known_warning
 quiet_known_warnings()  # in the step processes of `atelier run`; before the assets' decorators warn
 
 from assets.gallery_site import gallery_site  # noqa: E402
+from assets.human_preference import human_preference  # noqa: E402
 from assets.ingest import CORPUS_ASSETS, DECODE_PARTS, PART_ASSETS, PARTS_GROUP  # noqa: E402
 from assets.training import POINTERS  # noqa: E402
 from models.family import families  # noqa: E402
-from pipelines.automation import gallery_automation, raw_files_sensor, retraining_schedule  # noqa: E402
+from pipelines.automation import gallery_automation, new_votes_sensor, raw_files_sensor, retraining_schedule  # noqa: E402
 from resources.compute import ComputeResource  # noqa: E402
+from resources.human_gate import HUMAN_GATE_ENV, HumanGateResource  # noqa: E402
 from resources.mlflow_registry import MlflowRegistry  # noqa: E402
 from resources.pointers import PointerIOManager  # noqa: E402
 from resources.k8s_trainer import K8sTrainerLauncher  # noqa: E402
@@ -53,7 +55,8 @@ def build_resources(data_root: str | None = None) -> dict:
     server, which then chooses artifact locations), else a SQLite store under the data root.
     Training runs in a Pipes subprocess (`$ATELIER_TRAINER_MODE=in_process` keeps it in the step's
     process; `k8s` puts it in a Kubernetes pod running `$ATELIER_TRAINER_IMAGE`, which needs the
-    `k8s` extra), under torchrun with `$ATELIER_TRAINER_NPROC` ranks when that is above 1."""
+    `k8s` extra), under torchrun with `$ATELIER_TRAINER_NPROC` ranks when that is above 1. The champion
+    rule's human gate is on with `$ATELIER_HUMAN_GATE=on` (docs/human-preference.md)."""
     root = Path(data_root or default_data_root())
     links = {"ui_url": os.environ.get(MLFLOW_UI_ENV, ""), "dagster_ui_url": os.environ.get(DAGSTER_UI_ENV, "")}
     if server := os.environ.get(TRACKING_URI_ENV):
@@ -66,8 +69,9 @@ def build_resources(data_root: str | None = None) -> dict:
         trainer = K8sTrainerLauncher(image=os.environ.get(TRAINER_IMAGE_ENV, ""), nproc_per_node=nproc)
     else:
         trainer = TrainerLauncher(mode=mode, nproc_per_node=nproc)
+    human_gate = HumanGateResource(enabled=os.environ.get(HUMAN_GATE_ENV, "").lower() in ("1", "on", "true", "yes"))
     return {"storage": StorageResource(data_root=str(root)), "compute": ComputeResource(), "mlflow": registry,
-            "trainer": trainer, POINTERS: PointerIOManager(data_root=str(root))}
+            "trainer": trainer, POINTERS: PointerIOManager(data_root=str(root)), "human_gate": human_gate}
 
 
 def build_executor() -> dg.ExecutorDefinition | None:
@@ -85,10 +89,11 @@ def build_executor() -> dg.ExecutorDefinition | None:
 
 
 defs = dg.Definitions(
-    assets=[*CORPUS_ASSETS, *PART_ASSETS, *(asset for module in FAMILY_MODULES for asset in module.ASSETS), gallery_site],
+    assets=[*CORPUS_ASSETS, *PART_ASSETS, *(asset for module in FAMILY_MODULES for asset in module.ASSETS), gallery_site,
+            human_preference],
     jobs=[ingest_job, ingest_parts_job, main_job, retrain_job],
     schedules=[retraining_schedule(TRAINING_ASSETS, retrain_job)],
-    sensors=[raw_files_sensor, gallery_automation(GALLERY_ASSETS)],
+    sensors=[raw_files_sensor, new_votes_sensor, gallery_automation(GALLERY_ASSETS)],
     resources=build_resources(),
     executor=build_executor(),
     # `atelier run` asks for "progress" (pipelines/progress.py); runs that name no logger get Dagster's console
