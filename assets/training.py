@@ -14,10 +14,11 @@ from assets.ingest import CORPUS_ASSET_OF
 from common.hashing import sha256_json
 from corpora.ingest import load_manifest
 from corpora.shards import png_bytes
-from models.champion import HUMAN_FAIL, HUMAN_PASS, HUMAN_WAIT, ChampionRule, HumanEvidence, HumanGate
+from models.champion import HUMAN_NOT_ASKED, HUMAN_PASS, HUMAN_WAIT, ChampionRule, HumanEvidence, HumanGate
 from models.family import FamilyRecord
 from models.train import TrainingRequest
-from ratings.store import default_votes_url
+from ratings.preference import evidence, fit_family
+from ratings.store import VoteStore, default_votes_url
 from resources.human_gate import HumanGateResource
 from resources.mlflow_registry import MlflowRegistry
 from resources.storage import StorageResource
@@ -80,9 +81,6 @@ def promote(registry: MlflowRegistry, model_name: str, rule: ChampionRule, versi
 
 def human_evidence(votes_url: str, model_name: str, challenger: str, champion: str) -> HumanEvidence:
     """The votes so far on `challenger` against `champion`, from the votes database."""
-    from ratings.preference import evidence, fit_family
-    from ratings.store import VoteStore
-
     store = VoteStore(votes_url)
     try:
         return evidence(fit_family(model_name, store.pairwise(model_name), store.flags(model_name)), challenger, champion)
@@ -91,7 +89,7 @@ def human_evidence(votes_url: str, model_name: str, challenger: str, champion: s
 
 
 def judge_challenger(registry: MlflowRegistry, model_name: str, rule: ChampionRule, gate: HumanGate, version: str,
-                     scores: dict[str, float], evidence: Callable[[str], HumanEvidence]) -> dict:
+                     scores: dict[str, float], evidence_against: Callable[[str], HumanEvidence]) -> dict:
     """Both parts of the champion rule for `version` against the current champion, and `champion`
     moved to it when both pass. The human part is asked only when the metric part passes; a
     version it makes wait stays `challenger`, and `human_preference` asks again on new votes."""
@@ -106,9 +104,9 @@ def judge_challenger(registry: MlflowRegistry, model_name: str, rule: ChampionRu
     elif current is None:
         human, human_part = HUMAN_PASS, "no champion to compare with"
     elif not metric_passes:
-        human, human_part = HUMAN_FAIL, "not asked: the metric part does not pass"
+        human, human_part = HUMAN_NOT_ASKED, "not asked: the metric part does not pass"
     else:
-        human, human_part = gate.judge(evidence(str(current.version)))
+        human, human_part = gate.judge(evidence_against(str(current.version)))
     promoted = metric_passes and human == HUMAN_PASS
     if promoted:
         registry.set_alias(model_name, "champion", version)

@@ -79,6 +79,7 @@ class HumanEvidence:
 
 
 HUMAN_PASS, HUMAN_FAIL, HUMAN_WAIT = "pass", "fail", "wait"
+HUMAN_NOT_ASKED = "not asked"  # the metric part failed first
 
 
 @dataclass(frozen=True)
