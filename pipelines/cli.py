@@ -10,6 +10,7 @@ from pathlib import Path
 
 from common.atomic import atomic_write_bytes, atomic_write_text
 from corpora.shards import png_bytes
+from ratings import DEFAULT_PORT as GALLERY_PORT
 from resources.storage import DATA_ROOT_ENV, default_data_root
 
 DAGSTER_YAML = """\
@@ -24,7 +25,6 @@ concurrency:
 """
 UI_HOST = "127.0.0.1"
 UI_STOP_GRACE_S = 20.0
-GALLERY_PORT = 8090
 SAMPLE_SUFFIX = {"image": ".png", "midi": ".mid", "video": ".mp4"}  # what `atelier sample` writes, by kind
 
 

@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 
 from assets.gallery_page import write_cover
+from assets.gallery_site import _version_rows, write_site
 from corpora.shards import png_bytes
+from models.family import families
 from pipelines.definitions import build_resources
 from ratings.store import VOTES_URL_ENV, VoteStore, default_votes_url
 from tests.browser import chromium
@@ -59,6 +61,8 @@ def register_versions(data_root: Path) -> dict[str, bytes]:
         write_cover(folder, [("img", "samples.png")], {"samples.png": f"{FAMILY} version {version}, seed 5"},
                     {"samples.png": 5})
     registry.set_alias(FAMILY, "champion", "1")
+    galleries = data_root / "galleries"
+    write_site(galleries, [(family, *_version_rows(registry, family, galleries)) for family in families().values()])
     return pictures
 
 
@@ -127,10 +131,21 @@ def test_a_vote_and_a_flag_cast_by_clicking_land_in_the_database_with_version_se
     page.close()
 
 
+def test_the_site_links_to_rating_served_and_says_how_to_start_the_server_from_a_file(site):
+    page = site["browser"].new_page()
+    page.goto(f"{site['url']}/")
+    page.click("a.rate")
+    assert page.url == f"{site['url']}/rate/{FAMILY}" and page.locator(".sample").count() == 2
+    page.goto((site["data_root"] / "galleries" / "index.html").as_uri())
+    page.click("a.rate")
+    assert page.locator("h1").inner_text() == "Rating needs the gallery server"
+    assert "atelier gallery" in page.content()
+    page.close()
+
+
 def test_a_typed_name_is_recorded_and_shown_as_text(site):
     page = site["browser"].new_page()
-    page.goto(f"{site['url']}/rate.html?family={FAMILY}")  # the site's link, served
-    assert page.url == f"{site['url']}/rate/{FAMILY}"
+    page.goto(f"{site['url']}/rate/{FAMILY}")
     page.fill("input[name=name]", HOSTILE_NAME)
     page.click("text=Save name")
     assert page.url == f"{site['url']}/rate/{FAMILY}"
