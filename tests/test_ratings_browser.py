@@ -195,4 +195,5 @@ def test_cross_site_posts_are_refused_and_write_nothing(site):
     assert post(vote_url, {**fields, "pair": fields["pair"][:-4] + "AAAA"}, url, cookie) == 400  # a forged pair
     assert post(vote_url, fields, url, cookie) == 200  # the same post from the site itself is taken
     assert store.latest_vote_id() > before
+    assert (site["data_root"] / "ratings" / "secret.key").stat().st_mode & 0o777 == 0o600
     page.close()
