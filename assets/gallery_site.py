@@ -1,12 +1,15 @@
 """data/galleries/index.html: every family's champion and recent versions, with lineage.
 
-A static page with relative links, so it opens from file:// with no server. Each gallery
+A static page with relative links, so it opens from file:// with no server. Its rating links go to
+`rate.html`: served by `atelier gallery`, that is the rating pages; opened from a file, a note on how
+to start the server. Each gallery
 asset leaves a `cover.json` in its version folder naming the few files the site shows for it
 (an image, a sound, a video); the site reads the registry for versions, aliases and lineage.
 """
 import html
 import json
 from pathlib import Path
+from urllib.parse import quote
 
 import dagster as dg
 
@@ -14,11 +17,13 @@ from assets.gallery_page import COVER_FILE, COVER_KINDS, LIGHTBOX_STYLE, figure,
 from assets.human_preference import human_preference
 from common.atomic import atomic_write_text
 from models.family import FamilyRecord, families
+from ratings import DEFAULT_PORT
 from resources.mlflow_registry import MlflowRegistry
 from resources.storage import StorageResource
 
-CODE_VERSION = "gallery-site-5"  # 5: people's score beside the metric
+CODE_VERSION = "gallery-site-6"  # 5: links to the rating pages; 6: people's score beside the metric
 RECENT_VERSIONS = 10
+RATE_PAGE = "rate.html"  # the rating server redirects it to its rating pages
 
 
 class SiteConfig(dg.Config):
@@ -43,7 +48,8 @@ def _version_rows(registry: MlflowRegistry, family: FamilyRecord, galleries: Pat
         folder = galleries / family.name / str(mv.version)
         rows.append({
             "version": str(mv.version), "aliases": sorted(by_version.get(str(mv.version), [])),
-            "metric": mv.tags.get(family.rule.metric, ""), "people": _people(mv.tags), "data_version": mv.tags.get("data_version", ""),
+            "metric": mv.tags.get(family.rule.metric, ""), "people": _people(mv.tags),
+            "data_version": mv.tags.get("data_version", ""),
             "git_commit": mv.tags.get("git_commit", ""), "dagster_run_id": mv.tags.get("dagster_run_id", ""),
             "dagster_run_url": mv.tags.get("dagster_run_url", ""), "mlflow_run_id": mv.run_id or "",
             "mlflow_url": registry.model_version_url(family.name, mv.version),
@@ -109,8 +115,9 @@ def site_html(sections: list[tuple[FamilyRecord, list[dict], str | None]], failu
         if best is not None:
             gallery = _link("gallery", best["gallery"]) if best["gallery"] else "no gallery yet"
             model = model_label(family.name, best["version"])
+            rate = f'<a class="rate" href="{RATE_PAGE}?family={e(quote(family.name))}">rate it against its challenger</a>'
             body.append(f'<p>Champion: version {e(best["version"])} ({e(family.rule.metric)} {e(best["metric"])}), '
-                        f'{gallery}</p><div class="cover">{_cover_html(best["cover"], model)}</div>')
+                        f'{gallery}, {rate}</p><div class="cover">{_cover_html(best["cover"], model)}</div>')
         body.append(f"<table><tr><th>version</th><th>aliases</th><th>{e(family.rule.metric)}</th><th>people</th><th>shard data version</th>"
                     "<th>git commit</th><th>MLflow run</th><th>Dagster run</th><th>gallery</th></tr>")
         for row in rows:
@@ -130,10 +137,33 @@ def site_html(sections: list[tuple[FamilyRecord, list[dict], str | None]], failu
 {LIGHTBOX_STYLE}</style></head>
 <body><h1>Atelier galleries</h1>
 <p>Each family's champion (the best version by its metric) and its recent versions, newest first.
-"people" is the Bradley-Terry score from votes (log-odds, 95% interval), see docs/human-preference.md.</p>
+People's ratings: <a href="{RATE_PAGE}">which of two samples is better</a> (served by <code>atelier gallery</code>);
+"people" is the Bradley-Terry score from those votes (log-odds, 95% interval), see docs/human-preference.md.</p>
 {''.join(body)}
 </body></html>
 """
+
+
+def rate_placeholder_html() -> str:
+    """What `rate.html` says when the site is opened from a file: rating needs the server."""
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Rating needs the gallery server</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:50em}}</style></head>
+<body><h1>Rating needs the gallery server</h1>
+<p>Votes go to a database, so the rating pages are served, not read from files. Start the server with
+<code>atelier gallery</code> (or <code>atelier ui</code>, which starts it beside Dagster and MLflow) and open
+<a href="http://127.0.0.1:{DEFAULT_PORT}/rate">http://127.0.0.1:{DEFAULT_PORT}/rate</a>.
+See docs/ratings.md.</p>
+<p><a href="index.html">Back to the galleries</a></p>
+</body></html>
+"""
+
+
+def write_site(galleries: Path, sections: list[tuple[FamilyRecord, list[dict], str | None]],
+               failures: dict[str, str] | None = None) -> Path:
+    """index.html, and rate.html beside it; returns the index."""
+    atomic_write_text(galleries / RATE_PAGE, rate_placeholder_html())
+    return atomic_write_text(galleries / "index.html", site_html(sections, failures))
 
 
 @dg.asset(
@@ -146,8 +176,7 @@ def gallery_site(context: dg.AssetExecutionContext, config: SiteConfig, storage:
                  mlflow: MlflowRegistry) -> dg.MaterializeResult:
     galleries = storage.root / "galleries"
     sections = [(family, *_version_rows(mlflow, family, galleries)) for family in families().values()]
-    index = galleries / "index.html"
-    atomic_write_text(index, site_html(sections, config.failures))
+    index = write_site(galleries, sections, config.failures)
     champions = {family.name: champion or "none" for family, _, champion in sections}
     context.log.info(f"gallery site: champions {champions}")
     return dg.MaterializeResult(metadata={

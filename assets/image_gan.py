@@ -191,7 +191,7 @@ def image_gallery(
         atomic_write_bytes(folder / name, png_bytes(picture))
     lineage = gallery_lineage(FAMILY.name, version, model_version, image_gan["corpus_data_version"], context.run.run_id)
     write_cover(folder, [("img", "samples.png"), ("img", "interpolation.png")],
-                {name: provenance(lineage, seeds[name]) for name in seeds})
+                {name: provenance(lineage, seeds[name]) for name in seeds}, {name: seeds[name][0] for name in seeds})
     index = folder / "index.html"
     atomic_write_text(index, gallery_html(f"{FAMILY.name} version {version}", lineage, classes, seeds,
                                           nearest["near_copy"], image_gan["metrics_table"]))

@@ -106,7 +106,8 @@ def music_gallery(
 
     lineage = gallery_lineage(FAMILY.name, version, model_version, music_vae["corpus_data_version"], context.run.run_id)
     write_cover(folder, [("img", entries[0]["roll"]), ("audio", entries[0]["wav"])],
-                {entries[0]["roll"]: f'{entries[0]["name"]}: {provenance(lineage, [GALLERY_SEED])}'})
+                {entries[0]["roll"]: f'{entries[0]["name"]}: {provenance(lineage, [GALLERY_SEED])}'},
+                {entries[0]["roll"]: GALLERY_SEED, entries[0]["wav"]: GALLERY_SEED})
     index = folder / "index.html"
     atomic_write_text(index, gallery_html(f"{FAMILY.name} version {version}", lineage, entries, interpolation,
                                           music_vae["metrics_table"]))

@@ -143,7 +143,7 @@ def painting_gallery(
 
     lineage = gallery_lineage(FAMILY.name, version, model_version, painting_gan["corpus_data_version"], context.run.run_id)
     write_cover(folder, [("img", "samples.png"), ("img", "style_mixing.png")],
-                {name: provenance(lineage, seeds[name]) for name in seeds})
+                {name: provenance(lineage, seeds[name]) for name in seeds}, {name: seeds[name][0] for name in seeds})
     index = folder / "index.html"
     atomic_write_text(index, gallery_html(f"{FAMILY.name} version {version}", lineage, crossover, seeds, transfers,
                                           painting_gan["metrics_table"]))

@@ -119,7 +119,8 @@ def video_gallery(
                                              for kind, by_kind in evaluate_by_kind(model, heldout, sources).items()]
 
     lineage = gallery_lineage(FAMILY.name, version, model_version, video_rnn["corpus_data_version"], context.run.run_id)
-    write_cover(folder, [("video", f"{entries[0]['name']}.mp4"), ("img", "error_by_horizon.png")])
+    write_cover(folder, [("video", f"{entries[0]['name']}.mp4"), ("img", "error_by_horizon.png")],
+                seeds={f"{entries[0]['name']}.mp4": GALLERY_SEED})
     index = folder / "index.html"
     atomic_write_text(index, gallery_html(f"{FAMILY.name} version {version}", lineage, entries, "\n\n".join(tables)))
     client = mlflow.client()
