@@ -14,16 +14,19 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import dagster as dg
 import numpy as np
 import pytest
 
 from assets.gallery_page import write_cover
 from assets.gallery_site import _version_rows, write_site
+from assets.human_preference import human_preference
 from corpora.shards import png_bytes
 from models.family import families
 from pipelines.definitions import build_resources
 from ratings.store import VOTES_URL_ENV, VoteStore, default_votes_url
 from tests.browser import chromium
+from tests.conftest import materialization_metadata
 from tests.test_end_to_end import ARTIFACTS, free_port
 
 playwright = pytest.importorskip("playwright.sync_api")
@@ -129,6 +132,28 @@ def test_a_vote_and_a_flag_cast_by_clicking_land_in_the_database_with_version_se
     assert (flag.model_version, flag.seed, flag.data_version, flag.reason) == (shown["b"], 5, f"shards-{shown['b']}", "offensive")
     assert flag.rater == vote.rater and flag.id < vote.id == site["store"].latest_vote_id()
     page.close()
+
+
+def test_the_clicked_vote_reaches_human_preference_and_the_registry(site):
+    """After the test above: the vote and the flag clicked there, in the asset's metadata once
+    `human_preference` is materialized, and in the model versions' tags."""
+    if not site["store"].pairwise(FAMILY):
+        pytest.skip("reads the vote the test above casts")
+    [vote], [flag] = site["store"].pairwise(FAMILY), site["store"].flags(FAMILY)
+    resources = build_resources(str(site["data_root"]))
+    result = dg.materialize([human_preference], resources=resources, instance=dg.DagsterInstance.ephemeral())
+    metadata = materialization_metadata(result, human_preference)
+    assert metadata["votes_through_id"] == vote.id
+    rows = {row["version"]: row for row in metadata["versions"] if row["family"] == FAMILY}
+    winner, loser = rows[vote.winner_version], rows[vote.loser_version]
+    assert (winner["human_votes"], winner["human_wins"], loser["human_wins"]) == ("1", "1", "0")
+    assert float(winner["human_score"]) > float(loser["human_score"])
+    assert rows[flag.model_version]["human_flags_offensive"] == "1"
+    client = resources["mlflow"].client()
+    for version, row in rows.items():
+        tags = client.get_model_version(FAMILY, version).tags
+        assert {name: tags[name] for name in row if name.startswith("human_")} == {
+            name: value for name, value in row.items() if name.startswith("human_")}
 
 
 def test_the_site_links_to_rating_served_and_says_how_to_start_the_server_from_a_file(site):
