@@ -1,7 +1,7 @@
 """The rating site as its users meet it: `atelier gallery` in a subprocess on a free loopback port,
 a real MLflow registry with two versions of one family and their galleries, and Debian's headless
 Chromium (driven by Playwright, no browser download) clicking the vote and flag buttons. Votes are
-then read back from the votes database."""
+then read back from the votes database, and from `human_preference`'s metadata and the registry once it has run."""
 from __future__ import annotations
 
 import os
