@@ -9,13 +9,17 @@ should stay at or below alpha. Seeded: the same table every run.
 """
 import argparse
 import math
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-from models.champion import HUMAN_FAIL, HumanGate
-from ratings.preference import evidence, fit_family
-from ratings.store import PairwiseVote
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models.champion import HUMAN_FAIL, HumanGate  # noqa: E402
+from ratings.preference import evidence, fit_family  # noqa: E402
+from ratings.store import PairwiseVote  # noqa: E402
 
 DIFFERENCES = (0.0, -0.25, -0.5, -1.0)  # challenger minus champion, log-odds
 VOTES = (20, 40, 100)
