@@ -65,9 +65,6 @@ class FamilyPreference:
 def fit_family(family: str, votes: Iterable[PairwiseVote], flags: Iterable[Flag] = ()) -> FamilyPreference:
     """The family's Bradley-Terry scores from its votes (a vote between two samples of one version
     says nothing about versions and is left out), with flag counts for every flagged version."""
-    import choix
-    from choix.opt import PairwiseFcts
-
     comparisons = [(v.winner_version, v.loser_version) for v in votes
                    if v.family == family and v.winner_version != v.loser_version]
     flag_counts: dict[str, Counter] = {}
@@ -80,6 +77,9 @@ def fit_family(family: str, votes: Iterable[PairwiseVote], flags: Iterable[Flag]
     scores = np.full(len(compared), math.nan)
     covariance = np.full((len(compared), len(compared)), math.nan)
     if data:
+        import choix  # with SciPy's optimizers, ~2 s to import on a busy 2-core machine: only when there is something to fit
+        from choix.opt import PairwiseFcts
+
         scores = choix.opt_pairwise(len(compared), data, alpha=L2_PENALTY)
         # Only differences are identified by votes (the weak prior alone pins the overall level), so
         # state the covariance of the centred scores: P C P with P the centring projection.
