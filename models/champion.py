@@ -102,7 +102,10 @@ class HumanGate:
                                 f"({share:.1%}, above {self.max_flag_share:.1%})")
         if evidence.votes < self.min_votes or not math.isfinite(evidence.difference):
             return HUMAN_WAIT, f"waiting for votes: {evidence.votes} of {self.min_votes}"
-        z = evidence.difference / evidence.std_error if evidence.std_error > 0 else math.copysign(math.inf, evidence.difference)
+        if evidence.std_error > 0:
+            z = evidence.difference / evidence.std_error
+        else:  # no uncertainty left: the sign decides
+            z = math.copysign(math.inf, evidence.difference)
         p = 0.5 * math.erfc(-z / math.sqrt(2))  # Phi(z)
         verdict = HUMAN_FAIL if p < self.alpha else HUMAN_PASS
         worse = "significantly worse" if verdict == HUMAN_FAIL else "not significantly worse"
