@@ -118,7 +118,8 @@ def site_html(sections: list[tuple[FamilyRecord, list[dict], str | None]], failu
             rate = f'<a class="rate" href="{RATE_PAGE}?family={e(quote(family.name))}">rate it against its challenger</a>'
             body.append(f'<p>Champion: version {e(best["version"])} ({e(family.rule.metric)} {e(best["metric"])}), '
                         f'{gallery}, {rate}</p><div class="cover">{_cover_html(best["cover"], model)}</div>')
-        body.append(f"<table><tr><th>version</th><th>aliases</th><th>{e(family.rule.metric)}</th><th>people</th><th>shard data version</th>"
+        body.append(f"<table><tr><th>version</th><th>aliases</th><th>{e(family.rule.metric)}</th><th>people</th>"
+                    "<th>shard data version</th>"
                     "<th>git commit</th><th>MLflow run</th><th>Dagster run</th><th>gallery</th></tr>")
         for row in rows:
             body.append(

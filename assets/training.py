@@ -83,7 +83,8 @@ def human_evidence(votes_url: str, model_name: str, challenger: str, champion: s
     """The votes so far on `challenger` against `champion`, from the votes database."""
     store = VoteStore(votes_url)
     try:
-        return evidence(fit_family(model_name, store.pairwise(model_name), store.flags(model_name)), challenger, champion)
+        preference = fit_family(model_name, store.pairwise(model_name), store.flags(model_name))
+        return evidence(preference, challenger, champion)
     finally:
         store.dispose()
 

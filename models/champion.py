@@ -116,4 +116,5 @@ class HumanGate:
         if not self.enabled:
             return "human gate off"
         return (f"and people do not prefer the champion (one-sided z-test on the Bradley-Terry score difference, "
-                f"alpha {self.alpha:g}, after {self.min_votes} votes), flags at most {self.max_flag_share:.0%} of its ratings")
+                f"alpha {self.alpha:g}, after {self.min_votes} votes), "
+                f"flags at most {self.max_flag_share:.0%} of its ratings")

@@ -77,7 +77,7 @@ def fit_family(family: str, votes: Iterable[PairwiseVote], flags: Iterable[Flag]
     scores = np.full(len(compared), math.nan)
     covariance = np.full((len(compared), len(compared)), math.nan)
     if data:
-        import choix  # with SciPy's optimizers, ~2 s to import on a busy 2-core machine: only when there is something to fit
+        import choix  # with SciPy's optimizers, ~2 s to import on a busy machine: only when there are votes
         from choix.opt import PairwiseFcts
 
         scores = choix.opt_pairwise(len(compared), data, alpha=L2_PENALTY)

@@ -100,7 +100,7 @@ def test_human_preference_writes_scores_to_metadata_and_registry(registry_setup)
     rows = {(row["family"], row["version"]): row for row in metadata["versions"]}
     assert set(rows) == {(FAMILY.name, "1"), (FAMILY.name, "2"), (FAMILY.name, "3")}  # OTHER's vote names no version
     one, two, three = (rows[FAMILY.name, v] for v in "123")
-    assert float(two["human_score"]) > float(one["human_score"]) and float(three["human_score"]) > float(one["human_score"])
+    assert float(two["human_score"]) > float(one["human_score"]) < float(three["human_score"])
     for row in (one, two, three):
         assert float(row["human_score_low"]) < float(row["human_score"]) < float(row["human_score_high"])
     assert (one["human_votes"], one["human_wins"], one["human_flags_copy"]) == ("34", "6", "2")
@@ -121,7 +121,8 @@ def test_new_votes_sensor_fires_on_a_new_vote_or_flag_only(tmp_path):
     instance = dg.DagsterInstance.ephemeral()
 
     def tick(cursor):
-        return new_votes_sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources={"storage": storage}))
+        context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"storage": storage})
+        return new_votes_sensor(context)
 
     assert isinstance(tick(None), dg.SkipReason)  # an empty database
     store.add_pairwise(vote("2", "1", 1)[0])
