@@ -1,4 +1,5 @@
-"""`atelier`: run the pipeline, open the web UI, seed the default corpora, sample a registered model."""
+"""`atelier`: run the pipeline, open the web UIs, serve the galleries for rating, seed the default corpora,
+sample a registered model."""
 from __future__ import annotations
 
 import argparse
