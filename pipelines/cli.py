@@ -1,4 +1,5 @@
-"""`atelier`: run the pipeline, open the web UI, seed the default corpora, sample a registered model."""
+"""`atelier`: run the pipeline, open the web UIs, serve the galleries for rating, seed the default corpora,
+sample a registered model."""
 from __future__ import annotations
 
 import argparse
@@ -116,13 +117,13 @@ def gallery(port: int) -> int:
     """Serve data/galleries/ with the rating pages on the loopback interface until Ctrl-C."""
     import uvicorn
 
-    from pipelines.definitions import build_resources
     from ratings.server import HOST, create_app
+    from resources.mlflow_registry import registry_for
     from ratings.store import VoteStore, default_votes_url
 
     data_root = Path(default_data_root())
     store = VoteStore(default_votes_url(data_root))
-    app = create_app(data_root, build_resources(str(data_root))["mlflow"].client(), store)
+    app = create_app(data_root, registry_for(data_root).client(), store)
     print(f"Galleries: http://{HOST}:{port}/   rating: http://{HOST}:{port}/rate   votes: {store.engine.url!r}   "
           "(Ctrl-C stops it)", flush=True)
     uvicorn.run(app, host=HOST, port=port, log_level="warning")

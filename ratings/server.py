@@ -38,7 +38,8 @@ FLAG_LABELS = {"copy": "looks like a copy of a training item", "offensive": "off
 CHAMPION, CHALLENGER = "champion", "challenger"
 SIDES = ("a", "b")
 STYLE = """body{font-family:sans-serif;margin:2em;max-width:75em} .pair{display:flex;flex-wrap:wrap;gap:2em}
-.sample{border:1px solid #ccc;padding:1em} .sample img{width:24em;image-rendering:pixelated} .sample video{max-width:32em}
+.sample{border:1px solid #ccc;padding:1em;margin:0;max-width:22em}
+.sample img{width:20em;max-width:100%;max-height:50vh;object-fit:contain;image-rendering:pixelated} .sample video{max-width:100%}
 .sample h2{margin-top:0} button{font-size:110%;margin:0.3em 0.3em 0 0} .flags button{font-size:85%}
 .note{background:#eef6ee;padding:0.5em 1em} .error{color:#a00} figcaption{color:#444;font-size:90%}"""
 

@@ -25,6 +25,7 @@ from corpora.shards import png_bytes
 from models.family import families
 from pipelines.definitions import build_resources
 from ratings.store import VOTES_URL_ENV, VoteStore, default_votes_url
+from resources.mlflow_registry import registry_for
 from tests.browser import chromium
 from tests.conftest import materialization_metadata
 from tests.test_end_to_end import ARTIFACTS, free_port
@@ -48,7 +49,7 @@ def answers(url: str) -> bool:
 def register_versions(data_root: Path) -> dict[str, bytes]:
     """Two registered versions (no training: a run and a version record each), version 1 the champion,
     each with a gallery whose cover is one picture drawn from seed 5; returns each version's picture."""
-    registry = build_resources(str(data_root))["mlflow"]
+    registry = registry_for(data_root)
     client = registry.client()
     client.create_registered_model(FAMILY)
     pictures = {}
