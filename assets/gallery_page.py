@@ -26,15 +26,18 @@ TABLE_STYLE = """table{border-collapse:collapse} td,th{padding:0.2em 0.6em;text-
 MARKDOWN = MarkdownIt("js-default")
 
 
-def write_cover(folder: Path, items: list[tuple[str, str]], captions: dict[str, str] | None = None) -> None:
+def write_cover(folder: Path, items: list[tuple[str, str]], captions: dict[str, str] | None = None,
+                seeds: dict[str, int] | None = None) -> None:
     """What the site shows for one gallery: (kind, file name in `folder`) pairs, kind in img/audio/video,
-    and an optional caption (plain text) per file name."""
+    an optional caption (plain text) per file name, and the seed a file was drawn from (its first, for a
+    grid), which makes it a sample people can rate (ratings/server.py)."""
     for kind, name in items:
         if kind not in COVER_KINDS or not (folder / name).is_file():
             raise ValueError(f"cover item {kind} {name!r} is not a file in {folder}")
-    captions = captions or {}
+    captions, seeds = captions or {}, seeds or {}
     atomic_write_json(folder / COVER_FILE, [
-        {"kind": kind, "src": name, **({"caption": captions[name]} if name in captions else {})} for kind, name in items])
+        {"kind": kind, "src": name, **({"caption": captions[name]} if name in captions else {}),
+         **({"seed": int(seeds[name])} if name in seeds else {})} for kind, name in items])
 
 
 def model_label(model_name: str, version: str) -> str:

@@ -1,24 +1,30 @@
 """data/galleries/index.html: every family's champion and recent versions, with lineage.
 
-A static page with relative links, so it opens from file:// with no server. Each gallery
+A static page with relative links, so it opens from file:// with no server. Its rating links go to
+`rate.html`: served by `atelier gallery`, that is the rating pages; opened from a file, a note on how
+to start the server. Each gallery
 asset leaves a `cover.json` in its version folder naming the few files the site shows for it
 (an image, a sound, a video); the site reads the registry for versions, aliases and lineage.
 """
 import html
 import json
 from pathlib import Path
+from urllib.parse import quote
 
 import dagster as dg
 
 from assets.gallery_page import COVER_FILE, COVER_KINDS, LIGHTBOX_STYLE, figure, model_label
+from assets.human_preference import human_preference
 from common.atomic import atomic_write_text
 from models.family import FamilyRecord, families
 from provenance.licences import trained_on_text
+from ratings import DEFAULT_PORT
 from resources.mlflow_registry import MlflowRegistry
 from resources.storage import StorageResource
 
-CODE_VERSION = "gallery-site-4"  # 4: captions with version and seeds, larger views
+CODE_VERSION = "gallery-site-7"  # 5: links to the rating pages; 6: people's score beside the metric; 7: licences
 RECENT_VERSIONS = 10
+RATE_PAGE = "rate.html"  # the rating server redirects it to its rating pages
 
 
 class SiteConfig(dg.Config):
@@ -43,7 +49,8 @@ def _version_rows(registry: MlflowRegistry, family: FamilyRecord, galleries: Pat
         folder = galleries / family.name / str(mv.version)
         rows.append({
             "version": str(mv.version), "aliases": sorted(by_version.get(str(mv.version), [])),
-            "metric": mv.tags.get(family.rule.metric, ""), "data_version": mv.tags.get("data_version", ""),
+            "metric": mv.tags.get(family.rule.metric, ""), "people": _people(mv.tags),
+            "data_version": mv.tags.get("data_version", ""),
             "git_commit": mv.tags.get("git_commit", ""), "dagster_run_id": mv.tags.get("dagster_run_id", ""),
             "trained_on": trained_on_text(mv.tags),
             "dagster_run_url": mv.tags.get("dagster_run_url", ""), "mlflow_run_id": mv.run_id or "",
@@ -53,6 +60,17 @@ def _version_rows(registry: MlflowRegistry, family: FamilyRecord, galleries: Pat
         })
     champion = next((v for v, names in by_version.items() if "champion" in names), None)
     return rows, champion
+
+
+def _people(tags: dict) -> str:
+    """The human_preference asset's tags as one cell: score [95% interval], votes and flags."""
+    if "human_votes" not in tags:
+        return ""
+    flags = sum(int(value) for name, value in tags.items() if name.startswith("human_flags_"))
+    text = f"{tags['human_votes']} votes" + (f", {flags} flags" if flags else "")
+    if "human_score" in tags:
+        text = f"{tags['human_score']} [{tags['human_score_low']}, {tags['human_score_high']}], " + text
+    return text
 
 
 def _read_cover(folder: Path, prefix: str) -> list[dict]:
@@ -99,15 +117,16 @@ def site_html(sections: list[tuple[FamilyRecord, list[dict], str | None]], failu
         if best is not None:
             gallery = _link("gallery", best["gallery"]) if best["gallery"] else "no gallery yet"
             model = model_label(family.name, best["version"])
+            rate = f'<a class="rate" href="{RATE_PAGE}?family={e(quote(family.name))}">rate it against its challenger</a>'
             body.append(f'<p>Champion: version {e(best["version"])} ({e(family.rule.metric)} {e(best["metric"])}), '
-                        f'{gallery}</p><div class="cover">{_cover_html(best["cover"], model)}</div>')
-        body.append(f"<table><tr><th>version</th><th>aliases</th><th>{e(family.rule.metric)}</th><th>shard data version</th>"
-                    "<th>git commit</th><th>MLflow run</th><th>Dagster run</th><th>trained on (files per licence)</th>"
-                    "<th>gallery</th></tr>")
+                        f'{gallery}, {rate}</p><div class="cover">{_cover_html(best["cover"], model)}</div>')
+        body.append(f"<table><tr><th>version</th><th>aliases</th><th>{e(family.rule.metric)}</th><th>people</th>"
+                    "<th>shard data version</th><th>git commit</th><th>MLflow run</th><th>Dagster run</th>"
+                    "<th>trained on (files per licence)</th><th>gallery</th></tr>")
         for row in rows:
             body.append(
                 f'<tr><td>{_link(row["version"], row["mlflow_url"])}</td><td>{e(", ".join(row["aliases"]))}</td>'
-                f'<td>{e(row["metric"])}</td><td><code>{e(row["data_version"][:16])}</code></td>'
+                f'<td>{e(row["metric"])}</td><td>{e(row["people"])}</td><td><code>{e(row["data_version"][:16])}</code></td>'
                 f'<td><code>{e(row["git_commit"][:10])}</code></td><td><code>{e(row["mlflow_run_id"][:12])}</code></td>'
                 f'<td>{_link(row["dagster_run_id"][:8], row["dagster_run_url"])}</td><td>{e(row["trained_on"])}</td>'
                 f'<td>{_link("open", row["gallery"]) if row["gallery"] else ""}</td></tr>')
@@ -120,14 +139,38 @@ def site_html(sections: list[tuple[FamilyRecord, list[dict], str | None]], failu
 .failed{{color:#a00}}
 {LIGHTBOX_STYLE}</style></head>
 <body><h1>Atelier galleries</h1>
-<p>Each family's champion (the best version by its metric) and its recent versions, newest first.</p>
+<p>Each family's champion (the best version by its metric) and its recent versions, newest first.
+People's ratings: <a href="{RATE_PAGE}">which of two samples is better</a> (served by <code>atelier gallery</code>);
+"people" is the Bradley-Terry score from those votes (log-odds, 95% interval), see docs/human-preference.md.</p>
 {''.join(body)}
 </body></html>
 """
 
 
+def rate_placeholder_html() -> str:
+    """What `rate.html` says when the site is opened from a file: rating needs the server."""
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Rating needs the gallery server</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:50em}}</style></head>
+<body><h1>Rating needs the gallery server</h1>
+<p>Votes go to a database, so the rating pages are served, not read from files. Start the server with
+<code>atelier gallery</code> (or <code>atelier ui</code>, which starts it beside Dagster and MLflow) and open
+<a href="http://127.0.0.1:{DEFAULT_PORT}/rate">http://127.0.0.1:{DEFAULT_PORT}/rate</a>.
+See docs/ratings.md.</p>
+<p><a href="index.html">Back to the galleries</a></p>
+</body></html>
+"""
+
+
+def write_site(galleries: Path, sections: list[tuple[FamilyRecord, list[dict], str | None]],
+               failures: dict[str, str] | None = None) -> Path:
+    """index.html, and rate.html beside it; returns the index."""
+    atomic_write_text(galleries / RATE_PAGE, rate_placeholder_html())
+    return atomic_write_text(galleries / "index.html", site_html(sections, failures))
+
+
 @dg.asset(
-    group_name="galleries", deps=[record.dagster().GALLERY_ASSET for record in families().values()],
+    group_name="galleries", deps=[*(record.dagster().GALLERY_ASSET for record in families().values()), human_preference],
     code_version=CODE_VERSION, kinds={"html"},
     automation_condition=dg.AutomationCondition.eager(),
     description="data/galleries/index.html: every family's champion and recent versions with lineage; opens from file://.",
@@ -136,8 +179,7 @@ def gallery_site(context: dg.AssetExecutionContext, config: SiteConfig, storage:
                  mlflow: MlflowRegistry) -> dg.MaterializeResult:
     galleries = storage.root / "galleries"
     sections = [(family, *_version_rows(mlflow, family, galleries)) for family in families().values()]
-    index = galleries / "index.html"
-    atomic_write_text(index, site_html(sections, config.failures))
+    index = write_site(galleries, sections, config.failures)
     champions = {family.name: champion or "none" for family, _, champion in sections}
     context.log.info(f"gallery site: champions {champions}")
     return dg.MaterializeResult(metadata={

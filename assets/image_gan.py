@@ -32,6 +32,7 @@ from models.image_gan.sampling import interpolate, load_generator, sample
 from models.train import TrainingRequest
 from provenance.credentials import Provenance, sign_folder
 from resources.compute import ComputeResource
+from resources.human_gate import HumanGateResource
 from resources.mlflow_registry import MlflowRegistry
 from resources.storage import StorageResource
 from resources.trainer import TrainerLauncher
@@ -39,7 +40,7 @@ from resources.trainer import TrainerLauncher
 GROUP = FAMILY.key
 CODE_VERSION = "image-gan-3"  # the training asset's
 CLASSIFIER_CODE_VERSION = "image-classifier-2"
-GALLERY_CODE_VERSION = "image-gallery-2"  # 2: metric tables, captions with seeds, larger views
+GALLERY_CODE_VERSION = "image-gallery-3"  # 3: signed media, rateable cover, licences
 GALLERY_SEED = 0
 CORPUS_ASSET = CORPUS_ASSET_OF[FAMILY.corpus]  # image_corpus, which writes data/shards/images/
 
@@ -133,6 +134,7 @@ class ImageGanTrainConfig(dg.Config):
 def image_gan(
     context: dg.AssetExecutionContext, image_classifier: dict, config: ImageGanTrainConfig, storage: StorageResource,
     compute: ComputeResource, mlflow: MlflowRegistry, trainer: TrainerLauncher,
+    human_gate: HumanGateResource,
 ) -> Iterator:
     manifest_path, manifest = corpus_manifest(storage, FAMILY.corpus)
     classifier = image_classifier  # the weights this run trained, or the latest materialization's
@@ -141,7 +143,8 @@ def image_gan(
     request = TrainingRequest(family=FAMILY.name, model_config=config.gan_config(compute.seed).to_dict(),
                               options={"classifier": str(classifier["weights"])}, **settings)
     trained = train_and_register(context, FAMILY, CODE_VERSION, request, manifest_path, manifest, config.start_from,
-                                 {"profile": config.profile}, storage, trainer, mlflow)
+                                 {"profile": config.profile}, storage, trainer, mlflow,
+                                 human_gate)
     mlflow.client().set_model_version_tag(FAMILY.name, trained.version, "classifier_weights",
                                           sha256_file(classifier["weights"]))
     generator = load_generator(trained.report.outcome.bundle)
@@ -191,7 +194,7 @@ def image_gallery(
                 composites=["nearest_neighbours.png"])
     lineage = gallery_lineage(FAMILY.name, version, model_version, image_gan["corpus_data_version"], context.run.run_id)
     write_cover(folder, [("img", "samples.png"), ("img", "interpolation.png")],
-                {name: provenance(lineage, seeds[name]) for name in seeds})
+                {name: provenance(lineage, seeds[name]) for name in seeds}, {name: seeds[name][0] for name in seeds})
     index = folder / "index.html"
     atomic_write_text(index, gallery_html(f"{FAMILY.name} version {version}", lineage, classes, seeds,
                                           nearest["near_copy"], image_gan["metrics_table"]))

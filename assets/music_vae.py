@@ -26,13 +26,14 @@ from models.music_vae.training import load_windows
 from models.train import TrainingRequest
 from provenance.credentials import Provenance, sign_folder
 from resources.compute import ComputeResource
+from resources.human_gate import HumanGateResource
 from resources.mlflow_registry import MlflowRegistry
 from resources.storage import StorageResource
 from resources.trainer import TrainerLauncher
 
 GROUP = FAMILY.key
 CODE_VERSION = "music-vae-4"  # the training asset's
-GALLERY_CODE_VERSION = "music-gallery-3"  # 3: 8-bar phrases at temperature 0.5; metric tables, captions with seeds
+GALLERY_CODE_VERSION = "music-gallery-4"  # 4: signed media, rateable cover, licences
 GALLERY_SAMPLES, GALLERY_SEED, INTERPOLATION_STEPS = 4, 0, 5
 
 
@@ -55,6 +56,7 @@ class MusicVaeTrainConfig(dg.Config):
 def music_vae(
     context: dg.AssetExecutionContext, config: MusicVaeTrainConfig, storage: StorageResource,
     compute: ComputeResource, mlflow: MlflowRegistry, trainer: TrainerLauncher,
+    human_gate: HumanGateResource,
 ) -> Iterator:
     profiles = MusicVaeConfig.PROFILES
     if config.profile not in profiles or not set(config.kinds) <= set(KINDS) or not config.kinds:
@@ -70,7 +72,8 @@ def music_vae(
         **settings,
     )
     trained = train_and_register(context, FAMILY, CODE_VERSION, request, manifest_path, manifest, config.start_from,
-                                 {"profile": config.profile, "kinds": ",".join(config.kinds)}, storage, trainer, mlflow)
+                                 {"profile": config.profile, "kinds": ",".join(config.kinds)}, storage, trainer, mlflow,
+                                 human_gate)
     yield from trained_result(context, FAMILY, trained, manifest, mlflow)
 
 
@@ -105,7 +108,8 @@ def music_gallery(
 
     lineage = gallery_lineage(FAMILY.name, version, model_version, music_vae["corpus_data_version"], context.run.run_id)
     write_cover(folder, [("img", entries[0]["roll"]), ("audio", entries[0]["wav"])],
-                {entries[0]["roll"]: f'{entries[0]["name"]}: {provenance(lineage, [GALLERY_SEED])}'})
+                {entries[0]["roll"]: f'{entries[0]["name"]}: {provenance(lineage, [GALLERY_SEED])}'},
+                {entries[0]["roll"]: GALLERY_SEED, entries[0]["wav"]: GALLERY_SEED})
     index = folder / "index.html"
     atomic_write_text(index, gallery_html(f"{FAMILY.name} version {version}", lineage, entries, interpolation,
                                           music_vae["metrics_table"]))

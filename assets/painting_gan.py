@@ -24,6 +24,7 @@ from models.painting_gan.sampling import load_generator, num_style_layers, sampl
 from models.train import TrainingRequest
 from provenance.credentials import Provenance, sign_folder
 from resources.compute import ComputeResource
+from resources.human_gate import HumanGateResource
 from resources.mlflow_registry import MlflowRegistry
 from resources.pointers import pointer_of_this_run
 from resources.storage import StorageResource
@@ -31,7 +32,7 @@ from resources.trainer import TrainerLauncher
 
 GROUP = FAMILY.key
 CODE_VERSION = "painting-gan-4"  # 4: FastGAN at 64x64 is the demo profile
-GALLERY_CODE_VERSION = "painting-gallery-3"  # 3: metric tables, captions with seeds, larger views
+GALLERY_CODE_VERSION = "painting-gallery-4"  # 4: signed media, rateable cover, licences
 GALLERY_SEED, GALLERY_SAMPLES, GALLERY_PSI = 0, 24, 0.7
 MIXING_SEEDS, SWEEP_SEEDS, SWEEP_PSIS = 4, 4, (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -63,6 +64,7 @@ class PaintingGanTrainConfig(dg.Config):
 def painting_gan(
     context: dg.AssetExecutionContext, config: PaintingGanTrainConfig, storage: StorageResource,
     compute: ComputeResource, mlflow: MlflowRegistry, trainer: TrainerLauncher,
+    human_gate: HumanGateResource,
 ) -> Iterator:
     manifest_path, manifest = corpus_manifest(storage, FAMILY.corpus)
     settings = compute.training_settings()
@@ -70,7 +72,8 @@ def painting_gan(
     request = TrainingRequest(family=FAMILY.name, model_config=config.gan_config(compute.seed).to_dict(),
                               options={"eval_samples": config.eval_samples}, **settings)
     trained = train_and_register(context, FAMILY, CODE_VERSION, request, manifest_path, manifest, config.start_from,
-                                 {"profile": config.profile}, storage, trainer, mlflow)
+                                 {"profile": config.profile}, storage, trainer, mlflow,
+                                 human_gate)
     generator = load_generator(trained.report.outcome.bundle)
     preview = contact_sheet(sample(generator, 8, seed=GALLERY_SEED, truncation_psi=GALLERY_PSI), cell=None)
     yield from trained_result(context, FAMILY, trained, manifest, mlflow, {"samples": thumbnail_markdown(preview)})
@@ -143,7 +146,7 @@ def painting_gallery(
 
     lineage = gallery_lineage(FAMILY.name, version, model_version, painting_gan["corpus_data_version"], context.run.run_id)
     write_cover(folder, [("img", "samples.png"), ("img", "style_mixing.png")],
-                {name: provenance(lineage, seeds[name]) for name in seeds})
+                {name: provenance(lineage, seeds[name]) for name in seeds}, {name: seeds[name][0] for name in seeds})
     index = folder / "index.html"
     atomic_write_text(index, gallery_html(f"{FAMILY.name} version {version}", lineage, crossover, seeds, transfers,
                                           painting_gan["metrics_table"]))

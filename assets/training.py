@@ -3,7 +3,7 @@ promoted model version (`train_and_register`), and the lineage, logging and prom
 import base64
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,10 +14,13 @@ from assets.ingest import CORPUS_ASSET_OF
 from common.hashing import sha256_json
 from corpora.ingest import load_manifest
 from corpora.shards import png_bytes
-from models.champion import ChampionRule
+from models.champion import HUMAN_NOT_ASKED, HUMAN_PASS, HUMAN_WAIT, ChampionRule, HumanEvidence, HumanGate
 from models.family import FamilyRecord
 from models.train import TrainingRequest
 from provenance.licences import training_tags
+from ratings.preference import evidence, fit_family
+from ratings.store import VoteStore, default_votes_url
+from resources.human_gate import HumanGateResource
 from resources.mlflow_registry import MlflowRegistry
 from resources.storage import StorageResource
 from resources.trainer import TrainerLauncher, TrainingReport
@@ -65,20 +68,48 @@ def log_training_data(client, run_id: str, name: str, manifest_path: Path, data_
 
 
 def promote(registry: MlflowRegistry, model_name: str, rule: ChampionRule, version: str,
-            scores: dict[str, float]) -> dict:
+            scores: dict[str, float], gate: HumanGate = HumanGate(), votes_url: str = "") -> dict:
     """Tag the new version with every number `rule` reads, point `challenger` at it, and move
-    `champion` to it only when the rule says it beats the current champion. Returns the
-    comparison, either way."""
+    `champion` to it only when the rule (and the human gate, when on) says it beats the current
+    champion. Returns the comparison, either way."""
     client = registry.client()
     for name in rule.metrics:
         client.set_model_version_tag(model_name, version, name, f"{scores[name]:.6f}")
     registry.set_alias(model_name, "challenger", version)
+    return judge_challenger(registry, model_name, rule, gate, version, scores,
+                            lambda champion: human_evidence(votes_url, model_name, version, champion))
+
+
+def human_evidence(votes_url: str, model_name: str, challenger: str, champion: str) -> HumanEvidence:
+    """The votes so far on `challenger` against `champion`, from the votes database."""
+    store = VoteStore(votes_url)
+    try:
+        preference = fit_family(model_name, store.pairwise(model_name), store.flags(model_name))
+        return evidence(preference, challenger, champion)
+    finally:
+        store.dispose()
+
+
+def judge_challenger(registry: MlflowRegistry, model_name: str, rule: ChampionRule, gate: HumanGate, version: str,
+                     scores: dict[str, float], evidence_against: Callable[[str], HumanEvidence]) -> dict:
+    """Both parts of the champion rule for `version` against the current champion, and `champion`
+    moved to it when both pass. The human part is asked only when the metric part passes; a
+    version it makes wait stays `challenger`, and `human_preference` asks again on new votes."""
     current = registry.get_version_by_alias(model_name, "champion")
     champion_scores = None
     if current is not None:
         champion_scores = {name: float(current.tags[name]) if name in current.tags else float("nan")
                            for name in rule.metrics}
-    promoted, reasons = rule.judge(scores, champion_scores)
+    metric_passes, reasons = rule.judge(scores, champion_scores)
+    if not gate.enabled:
+        human, human_part = HUMAN_PASS, "human gate off"
+    elif current is None:
+        human, human_part = HUMAN_PASS, "no champion to compare with"
+    elif not metric_passes:
+        human, human_part = HUMAN_NOT_ASKED, "not asked: the metric part does not pass"
+    else:
+        human, human_part = gate.judge(evidence_against(str(current.version)))
+    promoted = metric_passes and human == HUMAN_PASS
     if promoted:
         registry.set_alias(model_name, "champion", version)
     if current is None:
@@ -86,19 +117,24 @@ def promote(registry: MlflowRegistry, model_name: str, rule: ChampionRule, versi
     else:
         verb = "replaces" if promoted else "does not replace"
         decision = f"version {version} {verb} champion version {current.version}: " + "; ".join(reasons)
+        if gate.enabled:
+            decision += f"; {human_part}" + (" (stays challenger until people vote)" if human == HUMAN_WAIT else "")
     metric = rule.metric
     return {
         "promoted": promoted, "new_version": version, f"new_{metric}": scores[metric],
         "previous_champion": str(current.version) if current is not None else "none",
         f"champion_{metric}": champion_scores[metric] if champion_scores else float("nan"),
-        "rule": rule.describe(), "decision": decision,
+        "rule": f"{rule.describe()}; {gate.describe()}", "decision": decision,
+        "metric_part": "; ".join(reasons), "metric_passes": metric_passes,
+        "human_part": human_part, "human_verdict": human,
     }
 
 
 def champion_check_spec(asset_name: str, rule: ChampionRule) -> dg.AssetCheckSpec:
     return dg.AssetCheckSpec(
         "beats_champion", asset=asset_name,
-        description=f"The new version against the champion ({rule.describe()}); champion moves only on improvement.",
+        description=f"The new version against the champion ({rule.describe()}; and people's votes when the "
+        "human_gate resource is on); champion moves only when every part passes.",
     )
 
 
@@ -199,7 +235,7 @@ def train_and_register(
     context: dg.AssetExecutionContext, family: FamilyRecord, code_version: str, request: TrainingRequest,
     manifest_path: Path,
     manifest: dict, start_from: str, params: dict, storage: StorageResource, trainer: TrainerLauncher,
-    mlflow: MlflowRegistry,
+    mlflow: MlflowRegistry, human_gate: HumanGateResource | None = None,
 ) -> TrainedVersion:
     """Run the request through `trainer` (a Pipes subprocess by default) inside an MLflow run
     with lineage tags, then register its bundle and promote it. A warm start downloads the
@@ -232,8 +268,10 @@ def train_and_register(
         version, _ = register_bundle(mlflow, run_id, family, Path(outcome.bundle))
         for name, value in training_tags(manifest).items():  # what it was trained on (docs/licences.md)
             client.set_model_version_tag(family.name, version, name, value)
+        gate = human_gate.gate() if human_gate is not None else HumanGate()
+        votes_url = default_votes_url(storage.root) if gate.enabled else ""
         promotion = promote(mlflow, family.name, family.rule, version,
-                            {**outcome.summary, family.rule.metric: outcome.score})
+                            {**outcome.summary, family.rule.metric: outcome.score}, gate, votes_url)
     context.log.info(f"registered {family.name} version {version}; {promotion['decision']}")
     return TrainedVersion(version, run_id, report, promotion,
                           f"champion version {champion_version}" if champion_version else "fresh")

@@ -23,13 +23,14 @@ from models.video_rnn.sampling import predict
 from models.video_rnn.training import load_clips
 from provenance.credentials import Provenance, sign_folder
 from resources.compute import ComputeResource
+from resources.human_gate import HumanGateResource
 from resources.mlflow_registry import MlflowRegistry
 from resources.storage import StorageResource
 from resources.trainer import TrainerLauncher
 
 # 3: one package; the bundle (format /3) keeps example contexts and the corpus' frame rate
 CODE_VERSION = "video-rnn-3"
-GALLERY_CODE_VERSION = "video-gallery-5"  # 5: captions with version and seed, larger views
+GALLERY_CODE_VERSION = "video-gallery-5"  # 5: captions with version and seed, larger views, signed media, rateable cover, licences
 GALLERY_SEED = 0
 
 
@@ -60,13 +61,15 @@ class VideoRnnTrainConfig(dg.Config):
 def video_rnn(
     context: dg.AssetExecutionContext, config: VideoRnnTrainConfig, storage: StorageResource,
     compute: ComputeResource, mlflow: MlflowRegistry, trainer: TrainerLauncher,
+    human_gate: HumanGateResource,
 ) -> Iterator:
     manifest_path, manifest = corpus_manifest(storage, FAMILY.corpus)
     settings = compute.training_settings()
     settings["trainer"] = {**settings["trainer"], "max_minutes": config.max_minutes}
     request = TrainingRequest(family=FAMILY.name, model_config=config.rnn_config(compute.seed).to_dict(), **settings)
     trained = train_and_register(context, FAMILY, CODE_VERSION, request, manifest_path, manifest, config.start_from,
-                                 {"profile": config.profile}, storage, trainer, mlflow)
+                                 {"profile": config.profile}, storage, trainer, mlflow,
+                                 human_gate)
     yield from trained_result(context, FAMILY, trained, manifest, mlflow)
 
 
@@ -121,7 +124,7 @@ def video_gallery(
     lineage = gallery_lineage(FAMILY.name, version, model_version, video_rnn["corpus_data_version"], context.run.run_id)
     first = f"{entries[0]['name']}.mp4"
     write_cover(folder, [("video", first), ("img", "error_by_horizon.png")],
-                {first: f"{entries[0]['source']}: {clip_caption(lineage, entries[0]['mode'])}"})
+                {first: f"{entries[0]['source']}: {clip_caption(lineage, entries[0]['mode'])}"}, seeds={first: GALLERY_SEED})
     index = folder / "index.html"
     atomic_write_text(index, gallery_html(f"{FAMILY.name} version {version}", lineage, entries, "\n\n".join(tables)))
     client = mlflow.client()

@@ -67,3 +67,54 @@ class ChampionRule:
             worse = "lower" if guard.higher_is_better else "higher"
             text += f"; only if {guard.metric} is at most {guard.tolerance:g} {worse} than the champion's"
         return text
+
+
+@dataclass(frozen=True)
+class HumanEvidence:
+    """What people said about a challenger against the champion (ratings/preference.py fits it)."""
+    difference: float  # challenger's Bradley-Terry score minus the champion's (log-odds); nan: not compared
+    std_error: float  # of that difference
+    votes: int  # pairwise votes the challenger took part in
+    flags: int  # flags on the challenger's samples, every reason together
+
+
+HUMAN_PASS, HUMAN_FAIL, HUMAN_WAIT = "pass", "fail", "wait"
+HUMAN_NOT_ASKED = "not asked"  # the metric part failed first
+
+
+@dataclass(frozen=True)
+class HumanGate:
+    """The optional second half of the champion rule: people must not significantly prefer the
+    champion, and must not have flagged the challenger too often. Off by default."""
+    enabled: bool = False
+    alpha: float = 0.05  # significance level of the one-sided test
+    min_votes: int = 20  # the challenger's pairwise votes before the test is run
+    max_flag_share: float = 0.05  # flags / (votes + flags) above this blocks promotion
+
+    def judge(self, evidence: HumanEvidence) -> tuple[str, str]:
+        """(HUMAN_PASS, HUMAN_FAIL or HUMAN_WAIT, one line why). The test: H0 "the challenger is
+        not worse", z = difference / std_error, p = Phi(z); reject (fail) when p < alpha."""
+        if not self.enabled:
+            return HUMAN_PASS, "human gate off"
+        share = evidence.flags / (evidence.votes + evidence.flags) if evidence.flags else 0.0
+        if share > self.max_flag_share:
+            return HUMAN_FAIL, (f"flagged {evidence.flags} times against {evidence.votes} votes "
+                                f"({share:.1%}, above {self.max_flag_share:.1%})")
+        if evidence.votes < self.min_votes or not math.isfinite(evidence.difference):
+            return HUMAN_WAIT, f"waiting for votes: {evidence.votes} of {self.min_votes}"
+        if evidence.std_error > 0:
+            z = evidence.difference / evidence.std_error
+        else:  # no uncertainty left: the sign decides
+            z = math.copysign(math.inf, evidence.difference)
+        p = 0.5 * math.erfc(-z / math.sqrt(2))  # Phi(z)
+        verdict = HUMAN_FAIL if p < self.alpha else HUMAN_PASS
+        worse = "significantly worse" if verdict == HUMAN_FAIL else "not significantly worse"
+        return verdict, (f"human score {evidence.difference:+.3f} ± {evidence.std_error:.3f} vs the champion "
+                         f"(z {z:.2f}, one-sided p {p:.3g}, alpha {self.alpha:g}, {evidence.votes} votes): {worse}")
+
+    def describe(self) -> str:
+        if not self.enabled:
+            return "human gate off"
+        return (f"and people do not prefer the champion (one-sided z-test on the Bradley-Terry score difference, "
+                f"alpha {self.alpha:g}, after {self.min_votes} votes), "
+                f"flags at most {self.max_flag_share:.0%} of its ratings")

@@ -1,4 +1,5 @@
-"""What runs without anyone clicking: nightly retraining, ingest on new files, gallery refresh.
+"""What runs without anyone clicking: nightly retraining, ingest on new files, gallery refresh,
+and the human preference fit on new votes.
 
 Everything here starts STOPPED, as Dagster's own defaults do, unless the environment says
 `ATELIER_AUTOMATION=on` (what `atelier ui --automation` sets): switching it on is a decision,
@@ -10,8 +11,10 @@ import os
 
 import dagster as dg
 
+from assets.human_preference import human_preference
 from assets.ingest import CORPUS_ASSET_OF, RAW_FOLDERS, raw_fingerprint
 from corpora.scanning import folder_signature
+from ratings.store import VoteStore, default_votes_url
 from resources.storage import StorageResource
 
 AUTOMATION_ENV = "ATELIER_AUTOMATION"
@@ -19,6 +22,7 @@ RETRAIN_CRON_ENV, RETRAIN_CRON = "ATELIER_RETRAIN_CRON", "0 3 * * *"  # nightly,
 RETRAIN_START_ENV, RETRAIN_START_FROM = "ATELIER_RETRAIN_START_FROM", "champion"
 START_FROM_CHOICES = ("fresh", "champion")
 RAW_FILES_INTERVAL_S = 60  # each tick stats every raw file; it hashes them only when a stat changed
+NEW_VOTES_INTERVAL_S = 30  # one indexed max() per table per tick
 DATA_VERSION_TAG = "dagster/data_version"  # the tag an observation carries its data version in
 
 
@@ -101,3 +105,24 @@ def gallery_automation(gallery_assets) -> dg.AutomationConditionSensorDefinition
         "gallery_automation", target=dg.AssetSelection.assets(*gallery_assets), default_status=_sensor_status(),
         description="Refreshes galleries when a training asset registers a new model version.",
     )
+
+
+# --- people's votes -------------------------------------------------------------------------------
+
+
+@dg.sensor(
+    name="new_votes", minimum_interval_seconds=NEW_VOTES_INTERVAL_S, default_status=_sensor_status(),
+    target=[human_preference],
+    description="Refits human_preference when people have voted or flagged since its last run.",
+)
+def new_votes_sensor(context: dg.SensorEvaluationContext, storage: StorageResource):
+    """The cursor is the newest vote id seen; the store's ids grow with every vote and flag."""
+    store = VoteStore(default_votes_url(storage.root))
+    try:
+        latest = store.latest_vote_id()
+    finally:
+        store.dispose()
+    seen = int(context.cursor or 0)
+    if latest <= seen:
+        return dg.SkipReason(f"no vote since id {seen}")
+    return dg.SensorResult(run_requests=[dg.RunRequest(run_key=f"votes-{latest}")], cursor=str(latest))

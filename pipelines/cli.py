@@ -1,5 +1,5 @@
-"""`atelier`: run the pipeline, open the web UI, seed the default corpora, sample a registered model, verify
-what it made."""
+"""`atelier`: run the pipeline, open the web UIs, serve the galleries for rating, seed the default corpora,
+sample a registered model, verify what it made."""
 from __future__ import annotations
 
 import argparse
@@ -11,6 +11,7 @@ from pathlib import Path
 
 from common.atomic import atomic_write_bytes, atomic_write_text
 from corpora.shards import png_bytes
+from ratings import DEFAULT_PORT as GALLERY_PORT
 from resources.storage import DATA_ROOT_ENV, default_data_root
 
 DAGSTER_YAML = """\
@@ -63,9 +64,9 @@ def run(job_name: str, everything: bool = False, config_file: Path | None = None
     return 0 if outcome.success else 1
 
 
-def ui_commands(data_root: Path, dagster_port: int, mlflow_port: int) -> dict[str, list[str]]:
-    """The two servers `atelier ui` runs: Dagster (webserver and daemon) and the MLflow UI, on
-    the loopback interface, against the same data root."""
+def ui_commands(data_root: Path, dagster_port: int, mlflow_port: int, gallery_port: int) -> dict[str, list[str]]:
+    """The three servers `atelier ui` runs: Dagster (webserver and daemon), the MLflow UI and the
+    gallery site with its rating pages, on the loopback interface, against the same data root."""
     bin_dir = Path(sys.executable).parent  # the venv's tools, even when the venv is not activated
     workspace = Path(__file__).resolve().parents[1] / "workspace.yaml"
     mlflow_dir = data_root / "mlflow"
@@ -74,11 +75,12 @@ def ui_commands(data_root: Path, dagster_port: int, mlflow_port: int) -> dict[st
         "mlflow": [str(bin_dir / "mlflow"), "server", "--host", UI_HOST, "--port", str(mlflow_port),
                    "--backend-store-uri", f"sqlite:///{mlflow_dir / 'mlflow.db'}",
                    "--default-artifact-root", str(mlflow_dir / "artifacts"), "--workers", "1"],
+        "gallery": [sys.executable, "-m", "pipelines.cli", "gallery", "--port", str(gallery_port)],
     }
 
 
-def ui(dagster_port: int, mlflow_port: int, automation: bool) -> int:
-    """Start both UIs; stop both when either exits, on Ctrl-C, or on SIGTERM."""
+def ui(dagster_port: int, mlflow_port: int, gallery_port: int, automation: bool) -> int:
+    """Start the three servers; stop them all when one exits, on Ctrl-C, or on SIGTERM."""
     import signal
     import subprocess
 
@@ -96,17 +98,35 @@ def ui(dagster_port: int, mlflow_port: int, automation: bool) -> int:
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     servers = {name: subprocess.Popen(command, env=env, start_new_session=True)
-               for name, command in ui_commands(data_root, dagster_port, mlflow_port).items()}
-    print(f"Dagster UI: {env[DAGSTER_UI_ENV]}   MLflow UI: {env[MLFLOW_UI_ENV]}   (Ctrl-C stops both)", flush=True)
+               for name, command in ui_commands(data_root, dagster_port, mlflow_port, gallery_port).items()}
+    print(f"Dagster UI: {env[DAGSTER_UI_ENV]}   MLflow UI: {env[MLFLOW_UI_ENV]}   "
+          f"Galleries and rating: http://{UI_HOST}:{gallery_port}/   (Ctrl-C stops all three)", flush=True)
     try:
         while all(server.poll() is None for server in servers.values()):
             time.sleep(0.5)
         exited = [name for name, server in servers.items() if server.poll() is not None]
-        print(f"{', '.join(exited)} exited; stopping the other", flush=True)
+        print(f"{', '.join(exited)} exited; stopping the others", flush=True)
     except KeyboardInterrupt:
-        print("stopping both servers", flush=True)
+        print("stopping the servers", flush=True)
     finally:
         _stop(servers.values())
+    return 0
+
+
+def gallery(port: int) -> int:
+    """Serve data/galleries/ with the rating pages on the loopback interface until Ctrl-C."""
+    import uvicorn
+
+    from ratings.server import HOST, create_app
+    from resources.mlflow_registry import registry_for
+    from ratings.store import VoteStore, default_votes_url
+
+    data_root = Path(default_data_root())
+    store = VoteStore(default_votes_url(data_root))
+    app = create_app(data_root, registry_for(data_root).client(), store)
+    print(f"Galleries: http://{HOST}:{port}/   rating: http://{HOST}:{port}/rate   votes: {store.engine.url!r}   "
+          "(Ctrl-C stops it)", flush=True)
+    uvicorn.run(app, host=HOST, port=port, log_level="warning")
     return 0
 
 
@@ -276,11 +296,16 @@ def main(argv: list[str] | None = None) -> int:
     run_parser.add_argument("--config", type=Path, metavar="FILE",
                             help="Dagster run config as YAML, the keys the launchpad takes "
                                  "(e.g. ops: {midi_corpus: {config: {max_reject_rate: 0.2}}})")
-    ui_parser = commands.add_parser("ui", help=f"start the Dagster UI (with its daemon) and the MLflow UI on {UI_HOST}")
+    ui_parser = commands.add_parser(
+        "ui", help=f"start the Dagster UI (with its daemon), the MLflow UI and the gallery site on {UI_HOST}")
     ui_parser.add_argument("--port", type=int, default=3000, help="Dagster UI port")
     ui_parser.add_argument("--mlflow-port", type=int, default=5000)
+    ui_parser.add_argument("--gallery-port", type=int, default=GALLERY_PORT, help="the gallery site and its rating pages")
     ui_parser.add_argument("--automation", action="store_true",
                            help="start the schedule and sensors switched on (see README, Automation)")
+    gallery_parser = commands.add_parser(
+        "gallery", help=f"serve only the gallery site and its rating pages on {UI_HOST} (docs/ratings.md)")
+    gallery_parser.add_argument("--port", type=int, default=GALLERY_PORT)
     commands.add_parser("seed", help="write the default corpora into empty data/raw/<corpus>/ folders")
     sample_parser = commands.add_parser(
         "sample", help="sample a registered model and write what its family makes: sample image-gan@champion -n 16")
@@ -312,7 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         return run(args.job, args.all, args.config)
     if args.command == "ui":
-        return ui(args.port, args.mlflow_port, args.automation)
+        return ui(args.port, args.mlflow_port, args.gallery_port, args.automation)
+    if args.command == "gallery":
+        return gallery(args.port)
     if args.command == "style-transfer":
         return repaint(args.content, args.style, args.output, args.feature_network, args.classifier, args.steps,
                        args.size, args.seed, args.threads)

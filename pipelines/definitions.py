@@ -9,19 +9,21 @@ from pipelines.progress import LOGGER_NAME, progress_logger, quiet_known_warning
 quiet_known_warnings()  # in the step processes of `atelier run`; before the assets' decorators warn
 
 from assets.gallery_site import gallery_site  # noqa: E402
+from assets.human_preference import human_preference  # noqa: E402
 from assets.ingest import CORPUS_ASSETS, DECODE_PARTS, PART_ASSETS, PARTS_GROUP  # noqa: E402
 from assets.training import POINTERS  # noqa: E402
 from models.family import families  # noqa: E402
-from pipelines.automation import gallery_automation, raw_files_sensor, retraining_schedule  # noqa: E402
+from pipelines.automation import gallery_automation, new_votes_sensor, raw_files_sensor, retraining_schedule  # noqa: E402
 from resources.compute import ComputeResource  # noqa: E402
-from resources.mlflow_registry import MlflowRegistry  # noqa: E402
+from resources.human_gate import HUMAN_GATE_ENV, HumanGateResource  # noqa: E402
+from resources.mlflow_registry import (  # noqa: E402, F401 (the UI variables: `atelier ui` sets them)
+    DAGSTER_UI_ENV, MLFLOW_UI_ENV, registry_for,
+)
 from resources.pointers import PointerIOManager  # noqa: E402
 from resources.k8s_trainer import K8sTrainerLauncher  # noqa: E402
 from resources.storage import StorageResource, default_data_root  # noqa: E402
 from resources.trainer import TrainerLauncher  # noqa: E402
 
-MLFLOW_UI_ENV, DAGSTER_UI_ENV = "ATELIER_MLFLOW_UI_URL", "ATELIER_DAGSTER_UI_URL"  # set by `atelier ui`
-TRACKING_URI_ENV, REGISTRY_URI_ENV = "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"  # MLflow's own variables
 TRAINER_MODE_ENV, TRAINER_NPROC_ENV = "ATELIER_TRAINER_MODE", "ATELIER_TRAINER_NPROC"  # subprocess|in_process|k8s; ranks
 TRAINER_IMAGE_ENV = "ATELIER_TRAINER_IMAGE"  # ATELIER_TRAINER_MODE=k8s: the trainer pod's image
 EXECUTOR_ENV = "ATELIER_EXECUTOR"  # "k8s": dagster-k8s's k8s_job_executor, one Kubernetes Job per step
@@ -49,25 +51,21 @@ retrain_job = dg.define_asset_job(
 
 
 def build_resources(data_root: str | None = None) -> dict:
-    """Resources under one data root. MLflow: `$MLFLOW_TRACKING_URI` when set (a tracking
-    server, which then chooses artifact locations), else a SQLite store under the data root.
-    Training runs in a Pipes subprocess (`$ATELIER_TRAINER_MODE=in_process` keeps it in the step's
+    """Resources under one data root. MLflow: `registry_for` (`$MLFLOW_TRACKING_URI` when set,
+    else a SQLite store under the data root). Training runs in a Pipes subprocess (`$ATELIER_TRAINER_MODE=in_process` keeps it in the step's
     process; `k8s` puts it in a Kubernetes pod running `$ATELIER_TRAINER_IMAGE`, which needs the
-    `k8s` extra), under torchrun with `$ATELIER_TRAINER_NPROC` ranks when that is above 1."""
+    `k8s` extra), under torchrun with `$ATELIER_TRAINER_NPROC` ranks when that is above 1. The champion
+    rule's human gate is on with `$ATELIER_HUMAN_GATE=on` (docs/human-preference.md)."""
     root = Path(data_root or default_data_root())
-    links = {"ui_url": os.environ.get(MLFLOW_UI_ENV, ""), "dagster_ui_url": os.environ.get(DAGSTER_UI_ENV, "")}
-    if server := os.environ.get(TRACKING_URI_ENV):
-        registry = MlflowRegistry(tracking_uri=server, registry_uri=os.environ.get(REGISTRY_URI_ENV, ""), **links)
-    else:
-        registry = MlflowRegistry(tracking_uri=f"sqlite:///{root / 'mlflow' / 'mlflow.db'}",
-                                  artifact_root=str(root / "mlflow" / "artifacts"), **links)
+    registry = registry_for(root)
     mode, nproc = os.environ.get(TRAINER_MODE_ENV, "subprocess"), int(os.environ.get(TRAINER_NPROC_ENV, "1"))
     if mode == "k8s":
         trainer = K8sTrainerLauncher(image=os.environ.get(TRAINER_IMAGE_ENV, ""), nproc_per_node=nproc)
     else:
         trainer = TrainerLauncher(mode=mode, nproc_per_node=nproc)
+    human_gate = HumanGateResource(enabled=os.environ.get(HUMAN_GATE_ENV, "").lower() in ("1", "on", "true", "yes"))
     return {"storage": StorageResource(data_root=str(root)), "compute": ComputeResource(), "mlflow": registry,
-            "trainer": trainer, POINTERS: PointerIOManager(data_root=str(root))}
+            "trainer": trainer, POINTERS: PointerIOManager(data_root=str(root)), "human_gate": human_gate}
 
 
 def build_executor() -> dg.ExecutorDefinition | None:
@@ -85,10 +83,11 @@ def build_executor() -> dg.ExecutorDefinition | None:
 
 
 defs = dg.Definitions(
-    assets=[*CORPUS_ASSETS, *PART_ASSETS, *(asset for module in FAMILY_MODULES for asset in module.ASSETS), gallery_site],
+    assets=[*CORPUS_ASSETS, *PART_ASSETS, *(asset for module in FAMILY_MODULES for asset in module.ASSETS), gallery_site,
+            human_preference],
     jobs=[ingest_job, ingest_parts_job, main_job, retrain_job],
     schedules=[retraining_schedule(TRAINING_ASSETS, retrain_job)],
-    sensors=[raw_files_sensor, gallery_automation(GALLERY_ASSETS)],
+    sensors=[raw_files_sensor, new_votes_sensor, gallery_automation(GALLERY_ASSETS)],
     resources=build_resources(),
     executor=build_executor(),
     # `atelier run` asks for "progress" (pipelines/progress.py); runs that name no logger get Dagster's console

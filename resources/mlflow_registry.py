@@ -38,6 +38,8 @@ LINEAGE_TAG_KEYS = (
     "data_version",
     "config_hash",
 )
+MLFLOW_UI_ENV, DAGSTER_UI_ENV = "ATELIER_MLFLOW_UI_URL", "ATELIER_DAGSTER_UI_URL"  # set by `atelier ui`
+TRACKING_URI_ENV, REGISTRY_URI_ENV = "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"  # MLflow's own variables
 _DB_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 _GLOBAL_URI_LOCK = threading.Lock()
 
@@ -414,3 +416,15 @@ class MlflowRegistry(dg.ConfigurableResource):
         """``models:/name/3`` for a version number, ``models:/name@alias`` otherwise."""
         ref = str(alias_or_version)
         return f"models:/{name}/{ref}" if ref.isdigit() else f"models:/{name}@{ref}"
+
+
+def registry_for(data_root: str | os.PathLike) -> MlflowRegistry:
+    """The registry every entry point uses: `$MLFLOW_TRACKING_URI` when set (a tracking server, which
+    then chooses artifact locations), else a SQLite store under the data root; with links to the UIs
+    when `atelier ui` named them. Importable without the code location (the gallery server uses it)."""
+    links = {"ui_url": os.environ.get(MLFLOW_UI_ENV, ""), "dagster_ui_url": os.environ.get(DAGSTER_UI_ENV, "")}
+    if server := os.environ.get(TRACKING_URI_ENV):
+        return MlflowRegistry(tracking_uri=server, registry_uri=os.environ.get(REGISTRY_URI_ENV, ""), **links)
+    root = Path(data_root)
+    return MlflowRegistry(tracking_uri=f"sqlite:///{root / 'mlflow' / 'mlflow.db'}",
+                          artifact_root=str(root / "mlflow" / "artifacts"), **links)

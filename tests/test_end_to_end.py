@@ -70,18 +70,19 @@ def stack(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     data, home = root / "data", root / "dagster_home"
     write_all(data / "raw")
-    ports = {"dagster": free_port(), "mlflow": free_port()}
+    ports = {"dagster": free_port(), "mlflow": free_port(), "gallery": free_port()}
     env = {**os.environ, "ATELIER_DATA_ROOT": str(data), "DAGSTER_HOME": str(home)}
     env.pop("MLFLOW_TRACKING_URI", None)
     log = open(root / "atelier-ui.log", "w")
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "atelier"), "ui", "--port", str(ports["dagster"]),
-         "--mlflow-port", str(ports["mlflow"])],
+         "--mlflow-port", str(ports["mlflow"]), "--gallery-port", str(ports["gallery"])],
         env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT,
     )
-    urls = {"dagster": f"http://127.0.0.1:{ports['dagster']}", "mlflow": f"http://127.0.0.1:{ports['mlflow']}"}
+    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     deadline = time.monotonic() + START_TIMEOUT_S
-    while not (answers(urls["dagster"] + "/server_info") and answers(urls["mlflow"] + "/health")):
+    while not (answers(urls["dagster"] + "/server_info") and answers(urls["mlflow"] + "/health")
+               and answers(urls["gallery"] + "/rate")):
         assert server.poll() is None, (root / "atelier-ui.log").read_text()[-3000:]
         assert time.monotonic() < deadline, "the UIs did not come up in time"
         time.sleep(2)
@@ -209,7 +210,7 @@ def test_overlapping_ingest_and_trainings_share_the_queue_without_corrupting_any
     assert len(registry.search_model_versions("name='music-vae'")) >= 2  # the warm starts registered
 
 
-def test_ctrl_c_stops_both_servers(stack, main_run):
+def test_ctrl_c_stops_all_three_servers(stack, main_run):
     server = stack["server"]
     server.send_signal(signal.SIGINT)
     server.wait(timeout=STOP_TIMEOUT_S)

@@ -110,7 +110,7 @@ def test_the_site_shows_the_champion_cover_with_its_captions_and_larger_views(tm
     write_cover(folder, [("img", "samples.png"), ("img", HOSTILE_FILE)],
                 {"samples.png": provenance(rows_lineage, [10, 11, 12]), HOSTILE_FILE: HOSTILE})
     record = families()["image-gan"]
-    row = {"version": "7", "aliases": ["champion"], "metric": "12.3", "data_version": "", "git_commit": "",
+    row = {"version": "7", "aliases": ["champion"], "metric": "12.3", "people": "", "data_version": "", "git_commit": "",
            "dagster_run_id": "", "dagster_run_url": "", "mlflow_run_id": "", "mlflow_url": "",
            "trained_on": "MIT: 3 files (training split files)", "gallery": "", "cover": _read_cover(folder, "image-gan/7")}
     page = Page(site_html([(record, [row], "7")]))

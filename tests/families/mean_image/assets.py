@@ -17,6 +17,7 @@ from mean_image import FAMILY
 from mean_image.model import MeanImageConfig, load_model
 from models.train import TrainingRequest
 from resources.compute import ComputeResource
+from resources.human_gate import HumanGateResource
 from resources.mlflow_registry import MlflowRegistry
 from resources.storage import StorageResource
 from resources.trainer import TrainerLauncher
@@ -35,12 +36,13 @@ class MeanImageTrainConfig(dg.Config):
     check_specs=[champion_check_spec(FAMILY.key, FAMILY.rule)],
 )
 def mean_image(context: dg.AssetExecutionContext, config: MeanImageTrainConfig, storage: StorageResource,
-               compute: ComputeResource, mlflow: MlflowRegistry, trainer: TrainerLauncher) -> Iterator:
+               compute: ComputeResource, mlflow: MlflowRegistry, trainer: TrainerLauncher,
+               human_gate: HumanGateResource) -> Iterator:
     manifest_path, manifest = corpus_manifest(storage, FAMILY.corpus)
     model_config = MeanImageConfig.profile("demo", seed=config.seed)
     request = TrainingRequest(family=FAMILY.name, model_config=model_config.to_dict(), **compute.training_settings())
     trained = train_and_register(context, FAMILY, CODE_VERSION, request, manifest_path, manifest, "fresh", {},
-                                 storage, trainer, mlflow)
+                                 storage, trainer, mlflow, human_gate)
     yield from trained_result(context, FAMILY, trained, manifest, mlflow)
 
 
