@@ -118,6 +118,8 @@ def test_gallery_shows_lineage_and_escapes_names(family_run):
     assert "image-gan version 1" in page and metadata_of(family_run["good"], image_corpus)["data_version"] in page
     samples = np.asarray(Image.open(index.parent / "samples.png"))
     assert samples.shape[0] > samples.shape[1] / 8 * 2  # one row per class
+    cover = json.loads((index.parent / "cover.json").read_text())  # each item rateable: it names its first seed
+    assert [(item["src"], item["seed"]) for item in cover] == [("samples.png", 0), ("interpolation.png", 0)]
 
 
 def test_champion_samples_in_a_clean_process(family_run, tmp_path):

@@ -66,7 +66,7 @@ def test_gallery_has_the_grids_and_a_triptych_that_names_its_feature_network(pai
     triptych = np.asarray(Image.open(index.parent / "style-transfer-0.png"))
     assert triptych.shape[1] > 2 * triptych.shape[0]  # three panels side by side
     assert json.loads((index.parent / "cover.json").read_text())[0] == {
-        "kind": "img", "src": "samples.png", "caption": f"painting-gan version {gallery['model_version']}, seed 0"}
+        "kind": "img", "src": "samples.png", "caption": f"painting-gan version {gallery['model_version']}, seed 0", "seed": 0}
 
 
 def test_painting_gan_samples_and_style_mixes_in_a_clean_process(painting_run, tmp_path):

@@ -75,6 +75,8 @@ def test_gallery_videos_decode_with_every_frame_and_the_page_plays_them(video_ru
     assert len(shown) == 2 and len(set(shown)) == 2  # two clips, of two different files
     assert "Held-out other clips only" in page and page.count("<th>step</th>") >= 2  # an HTML table per kind of footage
     assert (index.parent / "error_by_horizon.png").stat().st_size > 1000
+    cover = json.loads((index.parent / "cover.json").read_text())  # the clip is rateable, the plot is not a sample
+    assert [(item["src"], item.get("seed")) for item in cover] == [("clip-0-mean.mp4", 0), ("error_by_horizon.png", None)]
 
 
 def test_video_rnn_continues_a_clip_in_a_clean_process(video_run, tmp_path):
