@@ -1,10 +1,10 @@
 """data/galleries/index.html: every family's champion and recent versions, with lineage.
 
-A static page with relative links, so it opens from file:// with no server. Its rating links go to
-`rate.html`: served by `atelier gallery`, that is the rating pages; opened from a file, a note on how
-to start the server. Each gallery
+A static page with relative links, so it opens from file:// with no server. Each gallery
 asset leaves a `cover.json` in its version folder naming the few files the site shows for it
 (an image, a sound, a video); the site reads the registry for versions, aliases and lineage.
+Its rating links go to `rate.html`: served by `atelier gallery`, that is the rating pages; opened
+from a file, a note on how to start the server.
 """
 import html
 import json
@@ -155,7 +155,7 @@ def rate_placeholder_html() -> str:
 <body><h1>Rating needs the gallery server</h1>
 <p>Votes go to a database, so the rating pages are served, not read from files. Start the server with
 <code>atelier gallery</code> (or <code>atelier ui</code>, which starts it beside Dagster and MLflow) and open
-<a href="http://127.0.0.1:{DEFAULT_PORT}/rate">http://127.0.0.1:{DEFAULT_PORT}/rate</a>.
+<a href="http://127.0.0.1:{DEFAULT_PORT}/rate">http://127.0.0.1:{DEFAULT_PORT}/rate</a> (or the port you gave it).
 See docs/ratings.md.</p>
 <p><a href="index.html">Back to the galleries</a></p>
 </body></html>

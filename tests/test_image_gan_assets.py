@@ -122,6 +122,8 @@ def test_gallery_shows_lineage_and_escapes_names(family_run):
     credentials = {name: verify_file(index.parent / name) for name in ("samples.png", "nearest_neighbours.png")}
     assert all(found.valid and found.fields["model_version"] == "1" for found in credentials.values())
     assert credentials["nearest_neighbours.png"].source_type == COMPOSITE  # training images beside the samples
+    cover = json.loads((index.parent / "cover.json").read_text())  # each item rateable: it names its first seed
+    assert [(item["src"], item["seed"]) for item in cover] == [("samples.png", 0), ("interpolation.png", 0)]
 
 
 def test_champion_samples_in_a_clean_process(family_run, tmp_path):

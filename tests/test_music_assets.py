@@ -14,7 +14,7 @@ import pretty_midi
 import pytest
 
 from assets.ingest import midi_corpus
-from assets.music_vae import music_gallery, music_vae
+from assets.music_vae import GALLERY_SEED, music_gallery, music_vae
 from models.music_vae import CHAMPION_RULE
 from models.music_vae.sampling import GALLERY_BARS, GALLERY_TEMPERATURE, sample
 from models.music_vae.tokens import tokens_to_midi_bytes
@@ -100,6 +100,8 @@ def test_gallery_has_audio_that_is_not_silent_and_lasts_as_long_as_the_midi(musi
         assert (index.parent / f"{midi_path.stem}-roll.png").stat().st_size > 100
         assert (index.parent / f"{midi_path.stem}-mel.png").stat().st_size > 100
     assert len(list(index.parent.glob("interpolation-*.mid"))) == 5
+    cover = json.loads((index.parent / "cover.json").read_text())  # the rating site's samples name their seed
+    assert [item["kind"] for item in cover] == ["img", "audio"] and {item["seed"] for item in cover} == {GALLERY_SEED}
 
 
 def test_every_gallery_file_carries_a_credential_naming_the_version_that_made_it(music_run):

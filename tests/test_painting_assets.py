@@ -70,7 +70,7 @@ def test_gallery_has_the_grids_and_a_triptych_that_names_its_feature_network(pai
     assert all(found.valid and found.fields["model_name"] == "painting-gan" for found in credentials.values())
     assert credentials["style-transfer-0.png"].source_type == COMPOSITE  # real paintings beside the result
     assert json.loads((index.parent / "cover.json").read_text())[0] == {
-        "kind": "img", "src": "samples.png", "caption": f"painting-gan version {gallery['model_version']}, seed 0"}
+        "kind": "img", "src": "samples.png", "caption": f"painting-gan version {gallery['model_version']}, seed 0", "seed": 0}
 
 
 def test_painting_gan_samples_and_style_mixes_in_a_clean_process(painting_run, tmp_path):

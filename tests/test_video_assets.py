@@ -80,6 +80,8 @@ def test_gallery_videos_decode_with_every_frame_and_the_page_plays_them(video_ru
         found = verify_file(clip)  # truth beside prediction: a composite
         assert found.valid and found.source_type == COMPOSITE and found.fields["model_version"] == gallery["model_version"]
     assert verify_file(index.parent / "error_by_horizon.png").state == "none"  # a plot, not generated media
+    cover = json.loads((index.parent / "cover.json").read_text())  # the clip is rateable, the plot is not a sample
+    assert [(item["src"], item.get("seed")) for item in cover] == [("clip-0-mean.mp4", 0), ("error_by_horizon.png", None)]
 
 
 def test_video_rnn_continues_a_clip_in_a_clean_process(video_run, tmp_path):
