@@ -101,10 +101,11 @@ def _listing(raw_dir: Path) -> list[tuple[str, str, os.stat_result | None, tuple
 
 
 def _hash(relpath: str, path: str, stat: os.stat_result, known: dict) -> SourceFile:
-    times = {"mtime_ns": stat.st_mtime_ns, "ctime_ns": stat.st_ctime_ns, "inode": stat.st_ino}
+    size, mtime_ns, ctime_ns, inode = stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino
     remembered = known.get(relpath)
-    if remembered is not None and tuple(remembered[:4]) == (stat.st_size, *times.values()):
-        return SourceFile(path, relpath, stat.st_size, remembered[4], **times)
+    if remembered is not None and remembered[0] == size and remembered[1] == mtime_ns and \
+            remembered[2] == ctime_ns and remembered[3] == inode:
+        return SourceFile(path, relpath, size, remembered[4], mtime_ns, ctime_ns, inode)
     try:
         digest = sha256_file(path)
     except FileNotFoundError:
@@ -113,7 +114,7 @@ def _hash(relpath: str, path: str, stat: os.stat_result, known: dict) -> SourceF
     except OSError as exc:
         return SourceFile(path, relpath, stat.st_size, "", problem=(
             "read", type(exc).__name__, f"the file cannot be read: {exc.strerror or exc}"))
-    return SourceFile(path, relpath, stat.st_size, digest, **times)
+    return SourceFile(path, relpath, size, digest, mtime_ns, ctime_ns, inode)
 
 
 def load_hashes(hashes_file: Path) -> dict[str, list]:
