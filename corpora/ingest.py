@@ -552,37 +552,9 @@ def _decode_into_cache(modality, config, to_decode: Sequence[SourceFile], settin
     return transient
 
 
-SIGNATURE_CHUNK_FILES = 4096  # files whose signatures are gathered one by one before they are stacked
-
-
 def _signatures(accepted: Sequence[tuple[SourceFile, CachedFile]], cache: RowCache) -> FileSignatures:
-    """The split's signatures of the accepted files, read back from the cache into a few arrays
-    (stacked every SIGNATURE_CHUNK_FILES files, so the per-file pieces never pile up)."""
-    stacked: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}  # name -> [(values, owners)] per chunk
-    pending: dict[str, list[np.ndarray]] = {}
-    pending_owners: dict[str, list[tuple[int, int]]] = {}  # name -> [(file index, rows)]
-    time_spans: dict[int, np.ndarray] = {}
-
-    def stack() -> None:
-        for name, parts in pending.items():
-            indexes, counts = zip(*pending_owners[name])
-            stacked.setdefault(name, []).append((np.concatenate(parts), np.repeat(indexes, counts)))
-        pending.clear()
-        pending_owners.clear()
-
-    for index, (_, cached) in enumerate(accepted):
-        for name, value in cache.arrays(cached).items():
-            if name == "time_spans":
-                time_spans[index] = value.copy()
-            elif len(value):
-                pending.setdefault(name, []).append(value)
-                pending_owners.setdefault(name, []).append((index, len(value)))
-        if (index + 1) % SIGNATURE_CHUNK_FILES == 0:
-            stack()
-    stack()
-    columns = {name: (np.concatenate([values for values, _ in chunks]),
-                      np.concatenate([owners for _, owners in chunks]).astype(np.int64))
-               for name, chunks in stacked.items()}
+    """The split's signatures of the accepted files, read back from the cache into a few arrays."""
+    columns, time_spans = cache.stacked_arrays([cached for _, cached in accepted])
     return FileSignatures(
         [source.relpath for source, _ in accepted], [source.sha256 for source, _ in accepted],
         {name.split(":", 1)[1]: value for name, value in columns.items() if name.startswith("signature:")},
