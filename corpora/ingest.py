@@ -27,7 +27,7 @@ from corpora.grouping import FileSignatures, SplitPlan, SplitSettings, near_owne
 from corpora.row_cache import CachedFile, RowCache, cache_key
 from corpora.scanning import SourceFile, displayable, load_hashes, part_of, remember_hashes, scan
 from corpora.shards import ShardWriter, TableSpec, read_parquet, write_parquet
-from corpora.workers import ItemFailure, map_isolated
+from corpora.workers import ItemFailure, map_isolated, start_fork_server
 
 MANIFEST_NAME = "manifest.json"
 REJECTED_TABLE = "rejected"
@@ -271,6 +271,7 @@ def ingest(
         rejections = read_rejections(out_dir / previous["rejected"]["path"])
         return IngestReport(modality.name, previous, manifest_path, True, time.monotonic() - started, rejections)
 
+    start_fork_server(*_decoder(modality))  # its imports run while the cache index is read
     known = cache.load_index()
     rejections, duplicates, accepted, decoded = _sort_files(modality, config, files, settings, cache, known, progress)
     near_memo = cache.load_near_memo()
@@ -513,6 +514,11 @@ def decode_checked(decode: Callable[[DecodeTask], DecodedFile], task: DecodeTask
     return decoded
 
 
+def _decoder(modality: Modality) -> tuple[Callable[[DecodeTask], DecodedFile], list[str]]:
+    """The workers' function and the modules their fork server imports first."""
+    return functools.partial(decode_checked, modality.decode), [modality.decode.__module__, __name__]
+
+
 def _decode_into_cache(modality, config, to_decode: Sequence[SourceFile], settings: IngestSettings,
                        cache: RowCache, known: dict[str, CachedFile], progress) -> dict[str, tuple[str, str, str]]:
     """Decode `to_decode` in worker processes, committing results to the cache in batches as
@@ -524,10 +530,10 @@ def _decode_into_cache(modality, config, to_decode: Sequence[SourceFile], settin
     last_report = time.monotonic()
     items = [DecodeTask(f.path, f.relpath, config, f.sha256) for f in to_decode]
     try:
+        decode, preload = _decoder(modality)
         for index, result in map_isolated(
-            functools.partial(decode_checked, modality.decode), items, workers=settings.workers,
-            timeout_s=settings.timeout_s, chunk_size=settings.chunk_size or modality.chunk_size,
-            preload=[modality.decode.__module__, __name__],
+            decode, items, workers=settings.workers, timeout_s=settings.timeout_s,
+            chunk_size=settings.chunk_size or modality.chunk_size, preload=preload,
         ):
             sha = to_decode[index].sha256
             done += 1
