@@ -44,6 +44,8 @@ class SourceFile:
 def displayable(text: str) -> str:
     """`text` as a valid string: a file name that is not UTF-8 reaches Python with surrogate
     escapes, which Parquet and JSON cannot store, so its stray bytes are spelled `\\xe9`."""
+    if text.isascii():  # most names, and nothing to spell
+        return text
     try:
         return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     except UnicodeEncodeError:  # a surrogate no file name makes (only a message could hold one)
