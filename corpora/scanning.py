@@ -8,12 +8,15 @@ its reason rather than stopping the scan: the ingest rejects it and counts it.
 
 Hashing every file is the one cost an unchanged corpus still pays, so the hashes of the last
 scan are remembered by (size, modification time, change time, inode): a file whose four are
-unchanged is not read again.
+unchanged is not read again. Any write changes the change time, which no tool can set back, so
+only a file written twice within one tick of the file system's clock escapes; the hashes of
+files changed in the last seconds before a scan are therefore not remembered.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,9 +146,18 @@ def scan(raw_dir: Path, known: dict[str, list] | None = None, keep: Callable[[st
     return files
 
 
-def remember_hashes(files: list[SourceFile], hashes_file: Path, known: dict[str, list]) -> None:
-    """Write this scan's hashes for the next one, unless they are the ones `known` already holds."""
-    rows = [f for f in files if f.sha256]
+# A file changed this recently may change again within the same tick of the file system's clock
+# (coarse on many) with the same size, and its stat would not show it: its hash is not
+# remembered, so the next scan reads it again (git's "racily clean" entries).
+RACY_WINDOW_NS = 2_000_000_000
+
+
+def remember_hashes(files: list[SourceFile], hashes_file: Path, known: dict[str, list],
+                    now_ns: int | None = None) -> None:
+    """Write this scan's hashes for the next one (but those of files changed in the last
+    RACY_WINDOW_NS before `now_ns`), unless they are the ones `known` already holds."""
+    settled_before = (time.time_ns() if now_ns is None else now_ns) - RACY_WINDOW_NS
+    rows = [f for f in files if f.sha256 and f.mtime_ns < settled_before and f.ctime_ns < settled_before]
     if len(rows) == len(known) and all(known.get(f.relpath) == [f.size, f.mtime_ns, f.ctime_ns, f.inode, f.sha256]
                                        for f in rows):
         return
