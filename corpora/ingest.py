@@ -255,6 +255,8 @@ def ingest(
     known_hashes = load_hashes(cache.hashes_file)
     files = scan(raw_dir, known_hashes) if raw_dir.is_dir() else []
     remember_hashes(files, cache.hashes_file, known_hashes)
+    # files read afresh (new, changed, or changed just before the last scan) are the likely decodes
+    read_afresh = any(f.sha256 and known_hashes.get(f.relpath, "")[4:] != [f.sha256] for f in files)
     del known_hashes  # a few objects per file: not held through the rest
     fingerprint = sha256_json(
         {
@@ -271,7 +273,8 @@ def ingest(
         rejections = read_rejections(out_dir / previous["rejected"]["path"])
         return IngestReport(modality.name, previous, manifest_path, True, time.monotonic() - started, rejections)
 
-    start_fork_server(*_decoder(modality))  # its imports run while the cache index is read
+    if read_afresh:
+        start_fork_server(*_decoder(modality))  # its imports run while the cache index is read
     known = cache.load_index()
     rejections, duplicates, accepted, decoded = _sort_files(modality, config, files, settings, cache, known, progress)
     near_memo = cache.load_near_memo()
