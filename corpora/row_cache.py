@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import json
 import shutil
-import sys
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -73,7 +72,7 @@ class CachedFile:
     message: str
     content_hash: str
     notices: list  # [[stage, kind, message], ...]
-    row_spans: dict  # table -> (first, count)
+    row_spans: dict  # table -> [first, count]
 
 
 def hashes_file_of(out_dir: Path) -> Path:
@@ -148,7 +147,7 @@ class RowCache:
                     column["content_hash"], column["notices"], spans)):
                 known[sha] = CachedFile(
                     batch, position, accepted, stage or "", error_type or "", message or "", content_hash or "",
-                    _notices(notices), {sys.intern(name): tuple(value) for name, value in span.items()})
+                    _notices(notices), span)  # the parser shares one key string per table in a batch
         return known
 
     def _opened(self, key: tuple[str, str], read: Callable[[], Any]) -> Any:
@@ -337,7 +336,7 @@ class BatchWriter:
             notices = json.loads(row["notices"])
             self.committed[row["sha256"]] = CachedFile(
                 batch, position, row["accepted"], row["stage"], row["error_type"], row["message"],
-                row["content_hash"], notices, {table: tuple(span) for table, span in spans.items()})
+                row["content_hash"], notices, spans)
         if self.on_commit is not None:
             self.on_commit(batch, [(sha, result) for sha, result in self.pending if not isinstance(result, tuple)])
         self.pending, self.pending_bytes = [], 0
