@@ -1,7 +1,7 @@
 """Ingest at growing corpus sizes: throughput, peak memory, a one-file change, a resume.
 
     .venv/bin/python bench/scale.py [--images 10000,100000,1000000] [--midi 10000,176000]
-                                    [--video 1000,10000] [--scratch /tmp/atelier-scale]
+                                    [--video 1000,10000] [--scratch /tmp/atelier-scale] [--no-resume]
 
 Each size is a fresh synthetic corpus of unique files in the scratch folder (32x32 PNGs;
 MIDI files of four random voices; 3-second 32x32 MP4 clips). Every ingest runs in a child
@@ -11,7 +11,8 @@ workers, summed over /proc every 50 ms). Columns:
 - full: a first ingest, everything decoded (the ingest call's own time, without the child's
   start and imports);
 - peak MB: the tree's largest summed RSS during the full ingest;
-- one-file: adding one file and ingesting again (and its share of the full time);
+- add, edit, remove: adding a file, giving one new content, removing one, each followed by an
+  ingest; one-file / full is the median of the three over the full time;
 - resume: a fresh ingest SIGKILLed once half the files are in the row cache, then the rerun.
 
 Targets (on 2 cores): peak RSS at the largest size within 1.5x of the smallest; a one-file
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -157,24 +159,42 @@ def write_videos(folder: Path, start: int, count: int) -> None:
 WRITERS = {"images": write_images, "midi": write_midis, "video": write_videos}
 
 
-def bench_size(kind: str, size: int, scratch: Path) -> dict:
+def one_file_changes(kind: str, raw: Path, size: int) -> dict[str, Callable[[], None]]:
+    """Adding a file, giving an existing file new content, and removing a file."""
+    files = sorted(path for path in raw.rglob("*") if path.is_file())
+
+    def edit() -> None:
+        fresh = raw.parent / "fresh"
+        WRITERS[kind](fresh, size + 1, 1)
+        os.replace(next(path for path in fresh.rglob("*") if path.is_file()), files[0])
+        shutil.rmtree(fresh)
+
+    return {"add": lambda: WRITERS[kind](raw, size, 1), "edit": edit, "remove": lambda: files[size // 2].unlink()}
+
+
+def bench_size(kind: str, size: int, scratch: Path, resume: bool = True) -> dict:
     raw, out = scratch / f"{kind}-{size}" / "raw", scratch / f"{kind}-{size}" / "out"
     shutil.rmtree(raw.parent, ignore_errors=True)
     WRITERS[kind](raw, 0, size)
     full = run_ingest(kind, raw, out)
-    WRITERS[kind](raw, size, 1)
-    one_file = run_ingest(kind, raw, out)
-
-    resumed_out = raw.parent / "resumed"
-    half = (size + 1) // 2
-    killed = run_ingest(kind, raw, resumed_out, kill_when=lambda: cached_files(resumed_out) >= half)
-    rerun = run_ingest(kind, raw, resumed_out)
+    one_file = {}
+    for change, make in one_file_changes(kind, raw, size).items():
+        make()
+        one_file[change] = run_ingest(kind, raw, out)["seconds"]
+    median = sorted(one_file.values())[1]
+    result = {"kind": kind, "files": size, "full_s": full["seconds"], "files_per_s": size / full["seconds"],
+              "peak_mb": full["peak_mb"], **{f"{change}_s": seconds for change, seconds in one_file.items()},
+              "one_file_share": median / full["seconds"], "killed_at_s": float("nan"), "resume_s": float("nan"),
+              "resume_decoded": "-"}
+    if resume:
+        resumed_out = raw.parent / "resumed"
+        half = (size + 1) // 2
+        killed = run_ingest(kind, raw, resumed_out, kill_when=lambda: cached_files(resumed_out) >= half)
+        rerun = run_ingest(kind, raw, resumed_out)
+        result.update(killed_at_s=killed["seconds"] if killed["killed"] else float("nan"), resume_s=rerun["seconds"],
+                      resume_decoded=rerun["decoded"])
     shutil.rmtree(raw.parent, ignore_errors=True)
-    return {"kind": kind, "files": size, "full_s": full["seconds"], "files_per_s": size / full["seconds"],
-            "peak_mb": full["peak_mb"], "one_file_s": one_file["seconds"],
-            "one_file_share": one_file["seconds"] / full["seconds"],
-            "killed_at_s": killed["seconds"] if killed["killed"] else float("nan"), "resume_s": rerun["seconds"],
-            "resume_decoded": rerun["decoded"]}
+    return result
 
 
 def main() -> None:
@@ -183,20 +203,21 @@ def main() -> None:
     parser.add_argument("--midi", default="10000,176000")
     parser.add_argument("--video", default="1000,10000")
     parser.add_argument("--scratch", default="/tmp/atelier-scale")
+    parser.add_argument("--no-resume", dest="resume", action="store_false", help="skip the kill-and-resume runs")
     args = parser.parse_args()
     rows = []
     for kind in WRITERS:
         for size in [int(s) for s in getattr(args, kind).split(",") if s and int(s) > 0]:
-            rows.append(bench_size(kind, size, Path(args.scratch)))
+            rows.append(bench_size(kind, size, Path(args.scratch), args.resume))
             print(rows[-1], flush=True)
 
-    print("\n| corpus | files | full s | files/s | peak MB | one-file s | one-file / full | killed at s "
-          "| resume s | resume decoded |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| corpus | files | full s | files/s | peak MB | add s | edit s | remove s | one-file / full "
+          "| killed at s | resume s | resume decoded |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['kind']} | {r['files']} | {r['full_s']:.1f} | {r['files_per_s']:.0f} | {r['peak_mb']:.0f} | "
-              f"{r['one_file_s']:.1f} | {r['one_file_share']:.1%} | {r['killed_at_s']:.1f} | {r['resume_s']:.1f} "
-              f"| {r['resume_decoded']} |")
+              f"{r['add_s']:.1f} | {r['edit_s']:.1f} | {r['remove_s']:.1f} | {r['one_file_share']:.1%} | "
+              f"{r['killed_at_s']:.1f} | {r['resume_s']:.1f} | {r['resume_decoded']} |")
     for kind in WRITERS:
         sizes = [r for r in rows if r["kind"] == kind]
         if len(sizes) > 1:

@@ -97,6 +97,15 @@ class _UnionFind:
         if ra != rb:
             self.parent[max(ra, rb)] = min(ra, rb)
 
+    def roots(self) -> np.ndarray:
+        """`find` of every element at once (pointer jumping: a root is its own parent)."""
+        parent = self.parent
+        while True:
+            jumped = parent[parent]
+            if np.array_equal(jumped, parent):
+                return parent
+            parent = jumped
+
     def union_pairs(self, a: np.ndarray, b: np.ndarray) -> None:
         for x, y in zip(a.tolist(), b.tolist()):
             if x != y:
@@ -280,26 +289,34 @@ def find_groups(files: FileSignatures, grouping, group_by: str, memo: NearPairMe
                 link_near_rows_incrementally(files, table, thumbs, owners, grouping.near_rms, union, memo)
         if grouping.overlap is not None:
             link_shared_work(files, grouping.overlap, union)
-    return [union.find(i) for i in range(len(files))]
+    return union.roots().tolist()
 
 
 # --- dealing groups to the two sides ---------------------------------------------------------
 
 
-def _deal_groups(groups: dict[str, list[int]], percent: int) -> set[str]:
-    """Held-out groups of one stratum: in a stable hash order, every group that still fits in
-    `percent` of the stratum's files; at least one (the smallest) when there are two or more."""
-    total = sum(len(members) for members in groups.values())
-    target = total * percent / 100
-    order = sorted(groups, key=_stable_order)
+def _deal_groups(sizes: dict[str, int], percent: int) -> set[str]:
+    """Held-out groups of one stratum (its groups' file counts by name): in a stable hash order,
+    every group that still fits in `percent` of the stratum's files; at least one (the
+    smallest) when there are two or more."""
+    target = sum(sizes.values()) * percent / 100
+    order = sorted(sizes, key=_stable_order)
     held, count = set(), 0
     for name in order:
-        if count + len(groups[name]) <= target:
+        if count + sizes[name] <= target:
             held.add(name)
-            count += len(groups[name])
-    if not held and len(groups) >= 2 and percent > 0:
-        held.add(min(order, key=lambda name: len(groups[name])))
+            count += sizes[name]
+    if not held and len(sizes) >= 2 and percent > 0:
+        held.add(min(order, key=lambda name: sizes[name]))
     return held
+
+
+def _first_per_group(group_ids: np.ndarray, values: Sequence[str]) -> list[str]:
+    """The smallest of `values` in each group (groups numbered 0..G-1, every one used)."""
+    values = np.asarray(values)
+    order = np.lexsort((values, group_ids))
+    firsts = np.flatnonzero(np.r_[True, group_ids[order][1:] != group_ids[order][:-1]])
+    return values[order[firsts]].tolist()
 
 
 def time_split_rows(spans: np.ndarray, percent: int) -> np.ndarray | None:
@@ -320,54 +337,56 @@ def time_split_rows(spans: np.ndarray, percent: int) -> np.ndarray | None:
 
 def plan_split(files: FileSignatures, grouping, settings: SplitSettings,
                memo: NearPairMemo | None = None) -> SplitPlan:
-    roots = find_groups(files, grouping, settings.group_by, memo)
-    members: dict[int, list[int]] = {}
-    for index, root in enumerate(roots):
-        members.setdefault(root, []).append(index)
+    roots = np.asarray(find_groups(files, grouping, settings.group_by, memo), np.int64)
+    # groups numbered in order of their smallest member: the bookkeeping below is per group and
+    # in arrays, not dictionaries of member lists per file
+    _, group_id = np.unique(roots, return_inverse=True)
+    group_id = group_id.reshape(-1)
+    sizes = np.bincount(group_id)
     # a group is named by its smallest member hash: stable while that file stays in the corpus
-    name_of_root = {root: "g-" + min(files.sha256s[i] for i in idx)[:16] for root, idx in members.items()}
-    group = [name_of_root[root] for root in roots]
-    stratum_of_group = {name_of_root[root]: stratum_of(min(files.relpaths[i] for i in idx))
-                        for root, idx in members.items()}
-    stratum = [stratum_of_group[g] for g in group]
+    names = np.array(["g-" + sha[:16] for sha in _first_per_group(group_id, files.sha256s)] if len(files) else [],
+                     dtype=object)
+    first_paths = _first_per_group(group_id, files.relpaths) if len(files) else []
+    group_strata = np.array([stratum_of(relpath) for relpath in first_paths], dtype=object)
+    group = names[group_id].tolist()
+    stratum = group_strata[group_id].tolist()
 
-    by_stratum: dict[str, dict[str, list[int]]] = {}
-    for index, g in enumerate(group):
-        by_stratum.setdefault(stratum_of_group[g], {}).setdefault(g, []).append(index)
-
-    file_split = [TRAIN] * len(files)
+    file_split = np.full(len(files), TRAIN, dtype=object)
     row_splits: dict[int, np.ndarray] = {}
     strata_summary = {}
-    for name, groups in sorted(by_stratum.items()):
+    for name in sorted(set(group_strata.tolist())):
+        ids = np.flatnonzero(group_strata == name)
+        in_stratum = np.flatnonzero(group_strata[group_id] == name)
         mode = "group"
-        if grouping.time_table and len(groups) < settings.time_split_below_groups:
+        if grouping.time_table and len(ids) < settings.time_split_below_groups:
             by_time = {i: time_split_rows(files.time_spans.get(i), settings.heldout_percent)
-                       for idx in groups.values() for i in idx}
+                       for i in in_stratum.tolist()}
             if any(labels is not None and (labels == HELDOUT).any() for labels in by_time.values()):
                 mode = "time"
                 for i, labels in by_time.items():
                     if labels is not None:
                         file_split[i], row_splits[i] = "time", labels
         if mode == "group":
-            for g in _deal_groups(groups, settings.heldout_percent):
-                for i in groups[g]:
-                    file_split[i] = HELDOUT
+            held = _deal_groups(dict(zip(names[ids].tolist(), sizes[ids].tolist())), settings.heldout_percent)
+            held_ids = ids[np.fromiter((n in held for n in names[ids].tolist()), bool, len(ids))]
+            file_split[in_stratum[np.isin(group_id[in_stratum], held_ids)]] = HELDOUT
         strata_summary[name or "."] = {
-            "files": sum(len(idx) for idx in groups.values()), "groups": len(groups), "split": mode,
-            "heldout_files": sum(file_split[i] == HELDOUT for idx in groups.values() for i in idx),
-            "time_split_files": sum(file_split[i] == "time" for idx in groups.values() for i in idx),
+            "files": len(in_stratum), "groups": len(ids), "split": mode,
+            "heldout_files": int((file_split[in_stratum] == HELDOUT).sum()),
+            "time_split_files": int((file_split[in_stratum] == "time").sum()),
         }
 
+    file_split = file_split.tolist()
     _ensure_both_sides(files, group, file_split, row_splits, settings.heldout_percent)
-    sizes = {}
-    for g in group:
-        sizes[g] = sizes.get(g, 0) + 1
-    largest = max(sizes, key=lambda g: (sizes[g], g)) if sizes else None
+    largest = None
+    if len(files):  # the largest group, the greatest name among equals
+        biggest = np.flatnonzero(sizes == sizes.max())
+        largest = int(biggest[np.argmax(names[biggest])]) if len(biggest) > 1 else int(biggest[0])
     summary = {
         "group_by": settings.group_by,
-        "groups": len(sizes),
-        "largest_group": {"name": largest, "files": sizes[largest],
-                          "example": min(relpath for relpath, g in zip(files.relpaths, group) if g == largest)} if largest else None,
+        "groups": len(names),
+        "largest_group": {"name": names[largest], "files": int(sizes[largest]), "example": first_paths[largest]}
+        if largest is not None else None,
         "strata": strata_summary,
         "time_split": any(s["split"] == "time" for s in strata_summary.values()),
     }

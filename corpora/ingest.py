@@ -27,7 +27,7 @@ from corpora.grouping import HELDOUT, FileSignatures, SplitPlan, SplitSettings, 
 from corpora.row_cache import CachedFile, RowCache, cache_key
 from corpora.scanning import SourceFile, displayable, load_hashes, part_of, remember_hashes, scan
 from corpora.shards import ShardWriter, TableSpec, read_parquet, write_parquet
-from corpora.workers import ItemFailure, map_isolated
+from corpora.workers import ItemFailure, map_isolated, start_fork_server
 from provenance.licences import Licences, count_licences, is_licence_file, read_licences
 
 MANIFEST_NAME = "manifest.json"
@@ -260,6 +260,8 @@ def ingest(
     known_hashes = load_hashes(cache.hashes_file)
     files = scan(raw_dir, known_hashes, keep=_corpus_file) if raw_dir.is_dir() else []
     remember_hashes(files, cache.hashes_file, known_hashes)
+    # files read afresh (new, changed, or changed just before the last scan) are the likely decodes
+    read_afresh = any(f.sha256 and known_hashes.get(f.relpath, "")[4:] != [f.sha256] for f in files)
     del known_hashes  # a few objects per file: not held through the rest
     fingerprint = sha256_json(
         {
@@ -277,6 +279,8 @@ def ingest(
         rejections = read_rejections(out_dir / previous["rejected"]["path"])
         return IngestReport(modality.name, previous, manifest_path, True, time.monotonic() - started, rejections)
 
+    if read_afresh:
+        start_fork_server(*_decoder(modality))  # its imports run while the cache index is read
     known = cache.load_index()
     rejections, duplicates, accepted, decoded = _sort_files(modality, config, files, settings, cache, known, progress)
     near_memo = cache.load_near_memo()
@@ -538,6 +542,11 @@ def decode_checked(decode: Callable[[DecodeTask], DecodedFile], task: DecodeTask
     return decoded
 
 
+def _decoder(modality: Modality) -> tuple[Callable[[DecodeTask], DecodedFile], list[str]]:
+    """The workers' function and the modules their fork server imports first."""
+    return functools.partial(decode_checked, modality.decode), [modality.decode.__module__, __name__]
+
+
 def _decode_into_cache(modality, config, to_decode: Sequence[SourceFile], settings: IngestSettings,
                        cache: RowCache, known: dict[str, CachedFile], progress) -> dict[str, tuple[str, str, str]]:
     """Decode `to_decode` in worker processes, committing results to the cache in batches as
@@ -549,10 +558,10 @@ def _decode_into_cache(modality, config, to_decode: Sequence[SourceFile], settin
     last_report = time.monotonic()
     items = [DecodeTask(f.path, f.relpath, config, f.sha256) for f in to_decode]
     try:
+        decode, preload = _decoder(modality)
         for index, result in map_isolated(
-            functools.partial(decode_checked, modality.decode), items, workers=settings.workers,
-            timeout_s=settings.timeout_s, chunk_size=settings.chunk_size or modality.chunk_size,
-            preload=[modality.decode.__module__, __name__],
+            decode, items, workers=settings.workers, timeout_s=settings.timeout_s,
+            chunk_size=settings.chunk_size or modality.chunk_size, preload=preload,
         ):
             sha = to_decode[index].sha256
             done += 1
@@ -577,37 +586,9 @@ def _decode_into_cache(modality, config, to_decode: Sequence[SourceFile], settin
     return transient
 
 
-SIGNATURE_CHUNK_FILES = 4096  # files whose signatures are gathered one by one before they are stacked
-
-
 def _signatures(accepted: Sequence[tuple[SourceFile, CachedFile]], cache: RowCache) -> FileSignatures:
-    """The split's signatures of the accepted files, read back from the cache into a few arrays
-    (stacked every SIGNATURE_CHUNK_FILES files, so the per-file pieces never pile up)."""
-    stacked: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}  # name -> [(values, owners)] per chunk
-    pending: dict[str, list[np.ndarray]] = {}
-    pending_owners: dict[str, list[tuple[int, int]]] = {}  # name -> [(file index, rows)]
-    time_spans: dict[int, np.ndarray] = {}
-
-    def stack() -> None:
-        for name, parts in pending.items():
-            indexes, counts = zip(*pending_owners[name])
-            stacked.setdefault(name, []).append((np.concatenate(parts), np.repeat(indexes, counts)))
-        pending.clear()
-        pending_owners.clear()
-
-    for index, (_, cached) in enumerate(accepted):
-        for name, value in cache.arrays(cached).items():
-            if name == "time_spans":
-                time_spans[index] = value.copy()
-            elif len(value):
-                pending.setdefault(name, []).append(value)
-                pending_owners.setdefault(name, []).append((index, len(value)))
-        if (index + 1) % SIGNATURE_CHUNK_FILES == 0:
-            stack()
-    stack()
-    columns = {name: (np.concatenate([values for values, _ in chunks]),
-                      np.concatenate([owners for _, owners in chunks]).astype(np.int64))
-               for name, chunks in stacked.items()}
+    """The split's signatures of the accepted files, read back from the cache into a few arrays."""
+    columns, time_spans = cache.stacked_arrays([cached for _, cached in accepted])
     return FileSignatures(
         [source.relpath for source, _ in accepted], [source.sha256 for source, _ in accepted],
         {name.split(":", 1)[1]: value for name, value in columns.items() if name.startswith("signature:")},

@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import json
 import shutil
-import sys
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -73,7 +72,7 @@ class CachedFile:
     message: str
     content_hash: str
     notices: list  # [[stage, kind, message], ...]
-    row_spans: dict  # table -> (first, count)
+    row_spans: dict  # table -> [first, count]
 
 
 def hashes_file_of(out_dir: Path) -> Path:
@@ -114,11 +113,6 @@ def _layout(layout_json: str) -> tuple:
     return tuple(parts)
 
 
-def _unpack(data: bytes, layout_json: str) -> dict[str, np.ndarray]:
-    return {name: np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(shape)
-            for name, dtype, shape, offset, count in _layout(layout_json)}
-
-
 class RowCache:
     """The decoded rows of one (code version, config), under `<corpus out dir>/cache/<key>/`."""
 
@@ -142,15 +136,18 @@ class RowCache:
         for path in sorted(self.folder.glob(f"b-*{INDEX_SUFFIX}"), key=lambda p: p.stat().st_mtime_ns):
             batch = path.name[: -len(INDEX_SUFFIX)]
             try:
-                rows = read_parquet(path, columns=columns).to_pylist()
+                table = read_parquet(path, columns=columns)
             except (OSError, pa.ArrowInvalid):
                 continue  # unreadable: its files are decoded again
-            for position, row in enumerate(rows):
-                known[row["sha256"]] = CachedFile(
-                    batch, position, row["accepted"], row["stage"] or "", row["error_type"] or "",
-                    row["message"] or "", row["content_hash"] or "", _notices(row["notices"]),
-                    {sys.intern(table): tuple(span) for table, span in json.loads(row["row_spans"]).items()},
-                )
+            column = {name: table.column(name).to_pylist() for name in columns}
+            # one JSON parse per batch, not one per file: the call, not the text, is the cost
+            spans = json.loads("[" + ",".join(column["row_spans"]) + "]")
+            for position, (sha, accepted, stage, error_type, message, content_hash, notices, span) in enumerate(zip(
+                    column["sha256"], column["accepted"], column["stage"], column["error_type"], column["message"],
+                    column["content_hash"], column["notices"], spans)):
+                known[sha] = CachedFile(
+                    batch, position, accepted, stage or "", error_type or "", message or "", content_hash or "",
+                    _notices(notices), span)  # the parser shares one key string per table in a batch
         return known
 
     def _opened(self, key: tuple[str, str], read: Callable[[], Any]) -> Any:
@@ -167,13 +164,45 @@ class RowCache:
         suffix = INDEX_SUFFIX if name == "" else f".{name}.parquet"
         return self._opened((batch, name), lambda: read_parquet(self.folder / f"{batch}{suffix}"))
 
-    def arrays(self, cached: CachedFile) -> dict[str, np.ndarray]:
-        def read() -> tuple[list, list]:  # the batch's packed arrays as Python lists, converted once
-            index = self._table(cached.batch, "")
-            return index.column("arrays").to_pylist(), index.column("arrays_layout").to_pylist()
-
-        data, layouts = self._opened((cached.batch, "arrays"), read)
-        return _unpack(data[cached.position], layouts[cached.position])
+    def stacked_arrays(self, files: Sequence[CachedFile]) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]],
+                                                                  dict[int, np.ndarray]]:
+        """The packed arrays of `files` (accepted ones): per name, every file's rows stacked in
+        file order with the index in `files` each row came from, and time spans per file index.
+        Read a batch at a time, and one gather per batch and layout instead of one per file."""
+        by_batch: dict[str, list[int]] = {}
+        for index, cached in enumerate(files):
+            by_batch.setdefault(cached.batch, []).append(index)
+        pieces: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+        time_spans: dict[int, np.ndarray] = {}
+        for batch, indexes in by_batch.items():
+            index_table = read_parquet(self.folder / f"{batch}{INDEX_SUFFIX}", columns=["arrays", "arrays_layout"])
+            packed = index_table.column("arrays").combine_chunks()
+            offsets = np.frombuffer(packed.buffers()[1], np.int32)[packed.offset : packed.offset + len(packed) + 1]
+            data = packed.buffers()[2]
+            data = np.frombuffer(data, np.uint8) if data is not None else np.empty(0, np.uint8)
+            layouts = index_table.column("arrays_layout").to_numpy(zero_copy_only=False)
+            owners = np.asarray(indexes, np.int64)
+            positions = np.fromiter((files[i].position for i in indexes), np.int64, len(indexes))
+            distinct, which = np.unique(layouts[positions], return_inverse=True)
+            for number, layout_json in enumerate(distinct):
+                chosen = which == number
+                parts = _layout(layout_json)
+                size = sum(count * dtype.itemsize for _, dtype, _, _, count in parts)
+                records = data[offsets[positions[chosen]][:, None] + np.arange(size)]
+                for name, dtype, shape, offset, count in parts:
+                    values = np.ascontiguousarray(records[:, offset : offset + count * dtype.itemsize]).view(dtype)
+                    values = values.reshape(len(records), *shape)
+                    if name == "time_spans":
+                        time_spans.update(zip(owners[chosen].tolist(), values))
+                    elif shape and shape[0]:
+                        pieces.setdefault(name, []).append(
+                            (values.reshape(-1, *shape[1:]), np.repeat(owners[chosen], shape[0])))
+        stacked = {}
+        for name, parts in pieces.items():
+            values, owners = np.concatenate([v for v, _ in parts]), np.concatenate([o for _, o in parts])
+            order = np.argsort(owners, kind="stable")  # file order; a file's rows stay in their order
+            stacked[name] = (values[order], owners[order])
+        return stacked, time_spans
 
     def table_rows(self, batch: str, table: str, first: int, count: int) -> pa.Table:
         return self._table(batch, table).slice(first, count)
@@ -307,7 +336,7 @@ class BatchWriter:
             notices = json.loads(row["notices"])
             self.committed[row["sha256"]] = CachedFile(
                 batch, position, row["accepted"], row["stage"], row["error_type"], row["message"],
-                row["content_hash"], notices, {table: tuple(span) for table, span in spans.items()})
+                row["content_hash"], notices, spans)
         if self.on_commit is not None:
             self.on_commit(batch, [(sha, result) for sha, result in self.pending if not isinstance(result, tuple)])
         self.pending, self.pending_bytes = [], 0

@@ -8,12 +8,15 @@ its reason rather than stopping the scan: the ingest rejects it and counts it.
 
 Hashing every file is the one cost an unchanged corpus still pays, so the hashes of the last
 scan are remembered by (size, modification time, change time, inode): a file whose four are
-unchanged is not read again.
+unchanged is not read again. Any write changes the change time, which no tool can set back, so
+only a file written twice within one tick of the file system's clock escapes; the hashes of
+files changed in the last seconds before a scan are therefore not remembered.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +47,8 @@ class SourceFile:
 def displayable(text: str) -> str:
     """`text` as a valid string: a file name that is not UTF-8 reaches Python with surrogate
     escapes, which Parquet and JSON cannot store, so its stray bytes are spelled `\\xe9`."""
+    if text.isascii():  # most names, and nothing to spell
+        return text
     try:
         return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     except UnicodeEncodeError:  # a surrogate no file name makes (only a message could hold one)
@@ -101,10 +106,11 @@ def _listing(raw_dir: Path) -> list[tuple[str, str, os.stat_result | None, tuple
 
 
 def _hash(relpath: str, path: str, stat: os.stat_result, known: dict) -> SourceFile:
-    times = {"mtime_ns": stat.st_mtime_ns, "ctime_ns": stat.st_ctime_ns, "inode": stat.st_ino}
+    size, mtime_ns, ctime_ns, inode = stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino
     remembered = known.get(relpath)
-    if remembered is not None and tuple(remembered[:4]) == (stat.st_size, *times.values()):
-        return SourceFile(path, relpath, stat.st_size, remembered[4], **times)
+    if remembered is not None and remembered[0] == size and remembered[1] == mtime_ns and \
+            remembered[2] == ctime_ns and remembered[3] == inode:
+        return SourceFile(path, relpath, size, remembered[4], mtime_ns, ctime_ns, inode)
     try:
         digest = sha256_file(path)
     except FileNotFoundError:
@@ -113,7 +119,7 @@ def _hash(relpath: str, path: str, stat: os.stat_result, known: dict) -> SourceF
     except OSError as exc:
         return SourceFile(path, relpath, stat.st_size, "", problem=(
             "read", type(exc).__name__, f"the file cannot be read: {exc.strerror or exc}"))
-    return SourceFile(path, relpath, stat.st_size, digest, **times)
+    return SourceFile(path, relpath, size, digest, mtime_ns, ctime_ns, inode)
 
 
 def load_hashes(hashes_file: Path) -> dict[str, list]:
@@ -140,9 +146,18 @@ def scan(raw_dir: Path, known: dict[str, list] | None = None, keep: Callable[[st
     return files
 
 
-def remember_hashes(files: list[SourceFile], hashes_file: Path, known: dict[str, list]) -> None:
-    """Write this scan's hashes for the next one, unless they are the ones `known` already holds."""
-    rows = [f for f in files if f.sha256]
+# A file changed this recently may change again within the same tick of the file system's clock
+# (coarse on many) with the same size, and its stat would not show it: its hash is not
+# remembered, so the next scan reads it again (git's "racily clean" entries).
+RACY_WINDOW_NS = 2_000_000_000
+
+
+def remember_hashes(files: list[SourceFile], hashes_file: Path, known: dict[str, list],
+                    now_ns: int | None = None) -> None:
+    """Write this scan's hashes for the next one (but those of files changed in the last
+    RACY_WINDOW_NS before `now_ns`), unless they are the ones `known` already holds."""
+    settled_before = (time.time_ns() if now_ns is None else now_ns) - RACY_WINDOW_NS
+    rows = [f for f in files if f.sha256 and f.mtime_ns < settled_before and f.ctime_ns < settled_before]
     if len(rows) == len(known) and all(known.get(f.relpath) == [f.size, f.mtime_ns, f.ctime_ns, f.inode, f.sha256]
                                        for f in rows):
         return

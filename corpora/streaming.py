@@ -14,11 +14,12 @@ trainer keeps every rank's in the checkpoint. docs/streaming.md has the design a
 """
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,10 @@ class RowGroup:
     path: Path
     index: int
     rows: int  # rows of the wanted split in it
+    wanted: bytes = field(default=b"", compare=False, repr=False)  # np.packbits of which rows those are; b"": all
+
+
+FOOTERS_KEPT = 64  # shards whose parsed Parquet footers a ShardRows keeps (a few KB each)
 
 
 @dataclass
@@ -72,25 +77,32 @@ def column_values(table: pa.Table, column: str) -> np.ndarray:
 class ShardRows:
     """The rows of one split (`split`: "train" or "heldout") of a table's shards, streamed.
 
-    Opening reads only the split column, once, to know how many rows of the split each row group
-    holds (rows of neither split, a split by time's gap, are never yielded)."""
+    Opening reads only the split column, once, to know which rows of each row group are of the
+    split (rows of neither split, a split by time's gap, are never yielded); reading rows later
+    reads only the wanted columns, through the shard's footer parsed once."""
 
     def __init__(self, paths: Sequence[str | Path], columns: Sequence[str], split: str, window_row_groups: int = 1,
                  prefetch_windows: int = 1, convert: Mapping[str, Convert] | None = None):
         self.columns, self.split, self.convert = list(columns), split, dict(convert or {})
         self.window_row_groups, self.prefetch_windows = max(1, window_row_groups), max(1, prefetch_windows)
+        self._footer = functools.lru_cache(maxsize=FOOTERS_KEPT)(pq.read_metadata)  # thread-safe
         self.row_groups: list[RowGroup] = []
-        for path in paths:
-            file = pq.ParquetFile(path)
-            for index in range(file.num_row_groups):
-                wanted = int(in_split(file.read_row_group(index, columns=[SPLIT_COLUMN]).column(SPLIT_COLUMN), split).sum())
-                if wanted:
-                    self.row_groups.append(RowGroup(Path(path), index, wanted))
+        for path in map(Path, paths):
+            with self._open(path) as file:
+                for index in range(file.num_row_groups):
+                    mask = in_split(file.read_row_group(index, columns=[SPLIT_COLUMN]).column(SPLIT_COLUMN), split)
+                    wanted = int(mask.sum())
+                    if wanted:
+                        packed = b"" if wanted == len(mask) else np.packbits(mask).tobytes()
+                        self.row_groups.append(RowGroup(path, index, wanted, packed))
         self.num_rows = sum(group.rows for group in self.row_groups)
         if not self.num_rows:
             raise ValueError(f"no {split!r} rows in {len(paths)} shard(s)")
         self.schema = pq.read_schema(paths[0])
         self.row_groups_read = 0  # by every source of these rows: the tests bound the read-ahead with it
+
+    def _open(self, path: Path) -> pq.ParquetFile:
+        return pq.ParquetFile(path, metadata=self._footer(path))
 
     def row_shape(self, column: str) -> tuple[int, ...]:
         """A row's shape as batches hold it: what `convert` makes of an empty column of the stored shape."""
@@ -116,15 +128,18 @@ class ShardRows:
         columns: dict[str, np.ndarray] = {}
         start = 0
         for group in groups:
-            table = pq.ParquetFile(group.path).read_row_group(group.index, columns=[*self.columns, SPLIT_COLUMN])
-            wanted = np.flatnonzero(in_split(table.column(SPLIT_COLUMN), self.split))
-            places = destination[start : start + len(wanted)]
+            with self._open(group.path) as file:
+                table = file.read_row_group(group.index, columns=self.columns)
+            wanted = None  # every row
+            if group.wanted:
+                wanted = np.flatnonzero(np.unpackbits(np.frombuffer(group.wanted, np.uint8), count=table.num_rows))
+            places = destination[start : start + group.rows]
             for column in self.columns:
                 values = column_values(table, column)
                 if column not in columns:
                     columns[column] = np.empty((total, *values.shape[1:]), dtype=values.dtype)
-                columns[column][places] = values if len(wanted) == len(values) else values[wanted]
-            start += len(wanted)
+                columns[column][places] = values if wanted is None else values[wanted]
+            start += group.rows
             self.row_groups_read += 1
         return {name: self.convert[name](values) if name in self.convert else values for name, values in columns.items()}
 

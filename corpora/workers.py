@@ -8,6 +8,7 @@ the chunk is still decoded.
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.forkserver
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -83,6 +84,20 @@ class _Worker:
         self.conn.close()
 
 
+def _set_preload(fn: Callable[[Any], Any], preload: Sequence[str]) -> None:
+    # Workers fork from a server that has already imported the decoder's module, so a
+    # replacement worker (after a crash) starts in milliseconds rather than re-importing.
+    multiprocessing.get_context("forkserver").set_forkserver_preload(
+        sorted({getattr(fn, "__module__", "functools"), *preload}))
+
+
+def start_fork_server(fn: Callable[[Any], Any], preload: Sequence[str] = ()) -> None:
+    """Start the fork server of `map_isolated` now without waiting for its imports, so they
+    run beside the caller's own work instead of delaying the first worker."""
+    _set_preload(fn, preload)
+    multiprocessing.forkserver.ensure_running()
+
+
 def map_isolated(
     fn: Callable[[Any], Any],
     items: Sequence[Any],
@@ -104,9 +119,7 @@ def map_isolated(
         return
     ctx = multiprocessing.get_context(start_method)
     if start_method == "forkserver":
-        # Workers fork from a server that has already imported the decoder's module, so a
-        # replacement worker (after a crash) starts in milliseconds rather than re-importing.
-        ctx.set_forkserver_preload(sorted({getattr(fn, "__module__", "functools"), *preload}))
+        _set_preload(fn, preload)
     pending: deque[_Chunk] = deque(
         _Chunk(list(range(start, min(start + chunk_size, len(items)))), isolated=chunk_size == 1)
         for start in range(0, len(items), chunk_size)

@@ -82,6 +82,15 @@ def test_block_shuffle_visits_every_train_row_once_per_epoch_in_a_new_order(tmp_
         heldout.close()
 
 
+def test_reads_parse_each_shard_footer_once_and_take_the_split_from_the_opening(tmp_path):
+    write_table(tmp_path)
+    rows = shard_rows(tmp_path)
+    for seed in (0, 1):  # every row group twice: the footers were parsed when the split was read
+        read = rows.read(rows.row_groups, np.random.default_rng(seed))
+        assert sorted(read["row"].tolist()) == TRAIN_ROWS
+    assert rows._footer.cache_info().misses == SHARDS
+
+
 def test_a_resumed_stream_yields_the_batches_of_an_uninterrupted_one(tmp_path):
     write_table(tmp_path)
     rows = shard_rows(tmp_path, window_row_groups=3, prefetch=1)

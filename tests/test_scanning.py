@@ -1,0 +1,45 @@
+"""The scan's remembered hashes: a file is read again exactly when its stat says it may have changed."""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+
+import corpora.scanning
+from corpora.scanning import load_hashes, remember_hashes, scan
+
+
+def test_the_scan_reads_again_only_the_files_whose_stat_changed(tmp_path, monkeypatch):
+    corpus, hashes_file = tmp_path / "corpus", tmp_path / "hashes.parquet"
+    corpus.mkdir()
+    for name in ("a.bin", "b.bin", "c.bin"):
+        (corpus / name).write_bytes(name.encode() * 100)
+    first = scan(corpus, load_hashes(hashes_file))
+    later = time.time_ns() + 60 * 10**9  # as if the files had settled long before the next scan
+    remember_hashes(first, hashes_file, {}, now_ns=later)
+
+    edited = corpus / "b.bin"
+    kept = edited.stat()
+    edited.write_bytes(b"B" * kept.st_size)  # the same size, and the old modification time put back:
+    os.utime(edited, ns=(kept.st_atime_ns, kept.st_mtime_ns))  # only the change time shows the edit
+    read = []
+
+    def counting_sha256_file(path, *args, **kwargs):
+        read.append(os.path.basename(path))
+        return real_sha256_file(path, *args, **kwargs)
+
+    real_sha256_file = corpora.scanning.sha256_file
+    monkeypatch.setattr(corpora.scanning, "sha256_file", counting_sha256_file)
+    second = scan(corpus, load_hashes(hashes_file))
+
+    assert read == ["b.bin"]
+    hashes = {f.relpath: f.sha256 for f in second}
+    assert hashes["b.bin"] == hashlib.sha256(b"B" * kept.st_size).hexdigest() != first[1].sha256
+    assert hashes["a.bin"] == first[0].sha256 and hashes["c.bin"] == first[2].sha256
+
+    # remembered at the real time, every file was changed seconds ago: none is trusted next time
+    remember_hashes(second, hashes_file, load_hashes(hashes_file))
+    assert load_hashes(hashes_file) == {}
+    read.clear()
+    scan(corpus, load_hashes(hashes_file))
+    assert read == ["a.bin", "b.bin", "c.bin"]
