@@ -66,8 +66,9 @@ def _people(tags: dict) -> str:
     """The human_preference asset's tags as one cell: score [95% interval], votes and flags."""
     if "human_votes" not in tags:
         return ""
+    votes = int(tags["human_votes"])
     flags = sum(int(value) for name, value in tags.items() if name.startswith("human_flags_"))
-    text = f"{tags['human_votes']} votes" + (f", {flags} flags" if flags else "")
+    text = f"{votes} vote{'s' * (votes != 1)}" + (f", {flags} flag{'s' * (flags != 1)}" if flags else "")
     if "human_score" in tags:
         text = f"{tags['human_score']} [{tags['human_score_low']}, {tags['human_score_high']}], " + text
     return text

@@ -352,17 +352,23 @@ def create_app(data_root: Path, client, store: VoteStore) -> Starlette:
             return Response("missing or wrong form token: reload the page", status_code=403)
         return form, session
 
-    def opened_pair(form: dict, family: str):
-        opened = signer.open_pair(form.get("pair", ""))
-        return None if opened is None or opened[0] != family else opened[1]
-
-    async def vote(request: Request) -> Response:
+    async def posted_pair(request: Request):
+        """(form, session, family record, the pair its token names) of a post that passed the cross-site
+        checks; a 403/400 response otherwise. Record and pair are None when the family or token is unknown."""
         checked = await checked_post(request)
         if isinstance(checked, Response):
             return checked
         form, session = checked
         record = family_or_none(request)
-        pair = opened_pair(form, record.name) if record else None
+        opened = signer.open_pair(form.get("pair", "")) if record else None
+        pair = opened[1] if opened is not None and opened[0] == record.name else None
+        return form, session, record, pair
+
+    async def vote(request: Request) -> Response:
+        posted = await posted_pair(request)
+        if isinstance(posted, Response):
+            return posted
+        form, session, record, pair = posted
         choice = form.get("choice")
         if pair is None or choice not in SIDES:
             return Response("this pair is unknown or expired: reload the page", status_code=400)
@@ -375,12 +381,10 @@ def create_app(data_root: Path, client, store: VoteStore) -> Starlette:
         return respond(reveal_html(record.title, record.name, pair, choice), session, False)
 
     async def flag(request: Request) -> Response:
-        checked = await checked_post(request)
-        if isinstance(checked, Response):
-            return checked
-        form, session = checked
-        record = family_or_none(request)
-        pair = opened_pair(form, record.name) if record else None
+        posted = await posted_pair(request)
+        if isinstance(posted, Response):
+            return posted
+        form, session, record, pair = posted
         side, reason = form.get("side"), form.get("reason")
         if pair is None or side not in SIDES or reason not in FLAG_REASONS:
             return Response("this pair is unknown or expired, or the flag is not one this site offers", status_code=400)

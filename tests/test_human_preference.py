@@ -191,4 +191,4 @@ def test_site_shows_the_human_score_beside_the_metric(registry_setup, tmp_path):
         client.set_model_version_tag(FAMILY.name, "2", name, value)
     rows, champion = _version_rows(resources["mlflow"], FAMILY, tmp_path)
     page = site_html([(FAMILY, rows, champion)])
-    assert "<th>people</th>" in page and "<td>0.8123 [0.1000, 1.5246], 30 votes, 1 flags</td>" in page
+    assert "<th>people</th>" in page and "<td>0.8123 [0.1000, 1.5246], 30 votes, 1 flag</td>" in page

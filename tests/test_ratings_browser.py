@@ -28,7 +28,7 @@ from ratings.store import VOTES_URL_ENV, VoteStore, default_votes_url
 from resources.mlflow_registry import registry_for
 from tests.browser import chromium
 from tests.conftest import materialization_metadata
-from tests.test_end_to_end import ARTIFACTS, free_port
+from tests.test_end_to_end import ARTIFACTS, answers, free_port
 
 playwright = pytest.importorskip("playwright.sync_api")
 
@@ -36,14 +36,6 @@ FAMILY = "image-gan"
 SHADES = {"1": 40, "2": 220}  # each version's sample is one flat grey, so a picture says which version drew it
 START_TIMEOUT_S = 120
 HOSTILE_NAME = '<script>document.title="owned"</script>'
-
-
-def answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 def register_versions(data_root: Path) -> dict[str, bytes]:
@@ -155,6 +147,17 @@ def test_the_clicked_vote_reaches_human_preference_and_the_registry(site):
         tags = client.get_model_version(FAMILY, version).tags
         assert {name: tags[name] for name in row if name.startswith("human_")} == {
             name: value for name, value in row.items() if name.startswith("human_")}
+    # The site, rebuilt as the gallery_site asset would after this, shows each version's score beside its metric.
+    galleries, registry = site["data_root"] / "galleries", resources["mlflow"]
+    write_site(galleries, [(family, *_version_rows(registry, family, galleries)) for family in families().values()])
+    page = site["browser"].new_page()
+    page.goto(f"{site['url']}/")
+    newest = page.locator("section").filter(has=page.locator("code", has_text=FAMILY)).locator("tr").nth(1)
+    assert newest.locator("td").nth(0).inner_text() == "2"
+    people = newest.locator("td").nth(3).inner_text()  # version, aliases, metric, people
+    assert people.startswith(f'{rows["2"]["human_score"]} [{rows["2"]["human_score_low"]}, ') and ", 1 vote" in people and "votes" not in people
+    page.screenshot(path=str(ARTIFACTS / "site-with-human-scores.png"), full_page=True)
+    page.close()
 
 
 def test_the_site_links_to_rating_served_and_says_how_to_start_the_server_from_a_file(site):
@@ -223,3 +226,4 @@ def test_cross_site_posts_are_refused_and_write_nothing(site):
     assert store.latest_vote_id() > before
     assert (site["data_root"] / "ratings" / "secret.key").stat().st_mode & 0o777 == 0o600
     page.close()
+
