@@ -3,6 +3,7 @@ pictures that open larger on click, captions that name the model version and see
 `cover.json` naming the few files the site shows for a gallery."""
 import hashlib
 import html
+from urllib.parse import quote
 from pathlib import Path
 
 from markdown_it import MarkdownIt
@@ -88,7 +89,16 @@ def metrics_html(report_markdown: str) -> str:
     return MARKDOWN.render(report_markdown).replace("<table>", '<table class="metrics">')
 
 
-def gallery_page(title: str, lineage: dict, body_html: str, metrics_table: str, style: str = "") -> str:
+RATE_PAGE = "rate.html"  # at the site's top; the rating server redirects it to its rating pages
+
+
+def rate_link(family: str, to_site: str = "") -> str:
+    """A link to rate `family`'s champion against its challenger; `to_site` leads from the page to the site's top."""
+    return (f'<a class="rate" href="{html.escape(to_site + RATE_PAGE)}?family={html.escape(quote(family))}">'
+            "rate it against its challenger</a>")
+
+
+def gallery_page(title: str, lineage: dict, body_html: str, metrics_table: str, style: str = "", family: str = "") -> str:
     """A gallery's index.html around the family's `body_html`, which escapes its own input; `style` adds
     to the shared CSS. Title, lineage and metrics (`metrics_table`: the report's Markdown) are escaped here."""
     e = html.escape
@@ -101,6 +111,7 @@ def gallery_page(title: str, lineage: dict, body_html: str, metrics_table: str, 
 {style}</style></head>
 <body><h1>{e(title)}</h1>
 <table>{lineage_rows}</table>
+{rate_link(family, "../../") if family else ""}
 {body_html}
 <h2>Metrics</h2>
 {metrics_html(metrics_table)}

@@ -9,11 +9,10 @@ from a file, a note on how to start the server.
 import html
 import json
 from pathlib import Path
-from urllib.parse import quote
 
 import dagster as dg
 
-from assets.gallery_page import COVER_FILE, COVER_KINDS, LIGHTBOX_STYLE, figure, model_label
+from assets.gallery_page import COVER_FILE, COVER_KINDS, LIGHTBOX_STYLE, RATE_PAGE, figure, model_label, rate_link
 from assets.human_preference import human_preference
 from common.atomic import atomic_write_text
 from models.family import FamilyRecord, families
@@ -24,7 +23,6 @@ from resources.storage import StorageResource
 
 CODE_VERSION = "gallery-site-7"  # 5: links to the rating pages; 6: people's score beside the metric; 7: licences
 RECENT_VERSIONS = 10
-RATE_PAGE = "rate.html"  # the rating server redirects it to its rating pages
 
 
 class SiteConfig(dg.Config):
@@ -118,7 +116,7 @@ def site_html(sections: list[tuple[FamilyRecord, list[dict], str | None]], failu
         if best is not None:
             gallery = _link("gallery", best["gallery"]) if best["gallery"] else "no gallery yet"
             model = model_label(family.name, best["version"])
-            rate = f'<a class="rate" href="{RATE_PAGE}?family={e(quote(family.name))}">rate it against its challenger</a>'
+            rate = rate_link(family.name)
             body.append(f'<p>Champion: version {e(best["version"])} ({e(family.rule.metric)} {e(best["metric"])}), '
                         f'{gallery}, {rate}</p><div class="cover">{_cover_html(best["cover"], model)}</div>')
         body.append(f"<table><tr><th>version</th><th>aliases</th><th>{e(family.rule.metric)}</th><th>people</th>"

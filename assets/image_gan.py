@@ -224,7 +224,7 @@ def gallery_html(title: str, lineage: dict, class_names, seeds: dict[str, list[i
 <p>Each sample beside its nearest training image (pixel distance). Near copies among these: {int(np.sum(near_copy))}.</p>
 {picture("nearest_neighbours.png", "samples, each beside its nearest training image")}"""
     return gallery_page(title, lineage, body, metrics_table,
-                        style="body{max-width:60em} img{image-rendering:pixelated;max-width:100%}")
+                        style="body{max-width:60em} img{image-rendering:pixelated;max-width:100%}", family=FAMILY.name)
 
 
 TRAINING_ASSET = image_gan

@@ -154,7 +154,7 @@ def gallery_html(title: str, lineage: dict, entries: list[dict], interpolation: 
     body = f"""<h2>Samples</h2>{''.join(piece(entry, sampled) for entry in entries)}
 <h2>Interpolation between two held-out chorale phrases</h2>{''.join(piece(entry, chosen) for entry in interpolation)}"""
     return gallery_page(title, lineage, body, metrics_table,
-                        style="body{max-width:70em} img{image-rendering:pixelated;height:96px}")
+                        style="body{max-width:70em} img{image-rendering:pixelated;height:96px}", family=FAMILY.name)
 
 
 TRAINING_ASSET = music_vae

@@ -194,7 +194,7 @@ below {crossover}) from its column's source and the fine styles from its row's.<
 (psi 0 is the mean style).</p>{picture("truncation.png", "truncation sweep, one row per seed")}
 <h2>Style transfer</h2>{triptychs or "<p>The corpus has fewer than two pictures.</p>"}"""
     return gallery_page(title, lineage, body, metrics_table,
-                        style="body{max-width:70em} img{image-rendering:pixelated;max-width:100%}")
+                        style="body{max-width:70em} img{image-rendering:pixelated;max-width:100%}", family=FAMILY.name)
 
 
 TRAINING_ASSET, GALLERY_ASSET = painting_gan, painting_gallery

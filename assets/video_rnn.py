@@ -172,7 +172,7 @@ from the PixelCNN head).</p>{clips}
 <h2>Error by horizon</h2>{figure("error_by_horizon.png", "MSE and SSIM per future step, model and copy-last-frame",
                                  lineage["model"])}"""
     return gallery_page(title, lineage, body, metrics_table,
-                        style="body{max-width:75em} video,.zoom img{image-rendering:pixelated;height:160px}")
+                        style="body{max-width:75em} video,.zoom img{image-rendering:pixelated;height:160px}", family=FAMILY.name)
 
 
 TRAINING_ASSET = video_rnn

@@ -128,4 +128,5 @@ def test_video_gallery_captions_name_version_and_seed_and_pictures_open_larger()
                 f"{video_rnn_assets.GALLERY_SEED}, sampled", "image-gan version 7"]
     assert page.captions == expected
     assert assert_every_picture_opens_larger(page) == ["clip-0-mean.gif", "clip-0-sample.gif", "error_by_horizon.png"]
+    assert ("a", {"class": "rate", "href": "../../rate.html?family=video-rnn"}) in page.tags  # from galleries/<family>/<version>/
     assert_no_markup_from_input(page)
