@@ -124,7 +124,7 @@ def test_atelier_sample_signs_with_the_version_its_reference_names_and_that_vers
     fields = Provenance.of_model_version(by_alias, [5]).fields()
     assert fields == {**fields, "model_name": "music-vae", "model_version": "1", "mlflow_run_id": by_alias.run_id,
                       "data_version": by_alias.tags["data_version"], "seeds": "5", "training_licences": {"CC0-1.0": 12}}
-    assert "training_attribution" not in fields  # absent tag, absent field
+    assert fields["training_attribution"] == by_alias.tags["training_attribution"]  # as registration tagged it
 
 
 def test_gallery_plays_long_phrases_at_the_temperature_the_evaluation_measures(music_run):
