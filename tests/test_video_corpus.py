@@ -197,6 +197,7 @@ def test_schema_shapes_and_lineage(mixed_corpus):
         "sha256": "string",
         "split": "string",
         "group": "string",
+        "licence": "dictionary<values=string, indices=int32, ordered=0>",
     }
     frames = tensors_from_table(table, "frames")
     assert frames.shape == (8, 10, 64, 64, 3) and frames.dtype == np.uint8
