@@ -28,7 +28,7 @@ from corpora.row_cache import CachedFile, RowCache, cache_key
 from corpora.scanning import SourceFile, displayable, load_hashes, part_of, remember_hashes, scan
 from corpora.shards import ShardWriter, TableSpec, read_parquet, write_parquet
 from corpora.workers import ItemFailure, map_isolated, start_fork_server
-from provenance.licences import Licences, count_licences, is_licence_file, read_licences
+from provenance.licences import Licences, count_licences, is_licence_file, licence_name, read_licences
 
 MANIFEST_NAME = "manifest.json"
 REJECTED_TABLE = "rejected"
@@ -290,7 +290,8 @@ def ingest(
     version_dir = out_dir / f"v-{fingerprint[:16]}"
     shutil.rmtree(version_dir, ignore_errors=True)  # leftovers of a killed run with the same input
     version_dir.mkdir(parents=True)
-    licence_of = [licences.licence_for(source.relpath) for source, _ in accepted]
+    matched = [licences.rule_for(source.relpath) for source, _ in accepted]  # one glob match per file
+    licence_of = [licence_name(rule) for rule in matched]
     tables = {spec.name: _write_table(spec, accepted, licence_of, plan, modality.grouping.time_table, cache,
                                       settings, version_dir, out_dir) for spec in specs}
     rejected_info = _write_rejected(rejections, version_dir / f"{REJECTED_TABLE}.parquet", out_dir)
@@ -326,7 +327,7 @@ def ingest(
         "groups": groups_info,
         "grouping": plan.summary,
         "duplicates": duplicates,
-        "licences": _licences_section(licences, accepted, licence_of, plan),
+        "licences": _licences_section(licences, matched, licence_of, plan),
     }
     manifest["version"] = sha256_json(manifest)
     manifest["created_at"] = datetime.now(timezone.utc).isoformat()
@@ -350,7 +351,7 @@ def _corpus_file(relpath: str) -> bool:
     return not is_licence_file(relpath)
 
 
-def _licences_section(licences: Licences, accepted, licence_of: list[str], plan: SplitPlan) -> dict:
+def _licences_section(licences: Licences, matched: list, licence_of: list[str], plan: SplitPlan) -> dict:
     """The manifest's account of licences: the table read, and the ingested files per licence, all
     of them and those with rows in the training split (a file split by time has some)."""
     return {
@@ -358,7 +359,7 @@ def _licences_section(licences: Licences, accepted, licence_of: list[str], plan:
         "files": count_licences(licence_of),
         "train_files": count_licences(licence for licence, split in zip(licence_of, plan.file_split)
                                       if split != HELDOUT),
-        "terms": licences.terms(source.relpath for source, _ in accepted),
+        "terms": Licences.terms(matched),
     }
 
 

@@ -90,15 +90,16 @@ class Licences:
         return None
 
     def licence_for(self, relpath: str) -> str:
-        rule = self.rule_for(relpath)
-        return rule.licence if rule is not None else UNKNOWN
+        return licence_name(self.rule_for(relpath))
 
     def counts(self, relpaths: Iterable[str]) -> dict[str, int]:
         return count_licences(self.licence_for(relpath) for relpath in relpaths)
 
-    def terms(self, relpaths: Iterable[str]) -> dict[str, list[dict]]:
-        """licence -> the attribution and source of each row that matched one of `relpaths`, in row order."""
-        used = {rule.row: rule for relpath in relpaths if (rule := self.rule_for(relpath)) is not None}
+    @staticmethod
+    def terms(matched: Iterable[LicenceRule | None]) -> dict[str, list[dict]]:
+        """licence -> the attribution and source of each row in `matched` (the rows files matched,
+        None for a file no row matched), in row order."""
+        used = {rule.row: rule for rule in matched if rule is not None}
         terms: dict[str, list[dict]] = {}
         for rule in sorted(used.values(), key=lambda r: r.row):
             entry = {"attribution": rule.attribution, "source_url": rule.source_url}
@@ -108,6 +109,11 @@ class Licences:
 
     def to_json(self) -> dict:
         return {"file": self.file_name, "rules": [rule.to_json() for rule in self.rules]}
+
+
+def licence_name(rule: LicenceRule | None) -> str:
+    """The licence a file has when `rule` is the row it matched (None: no row did)."""
+    return rule.licence if rule is not None else UNKNOWN
 
 
 def count_licences(licences: Iterable[str]) -> dict[str, int]:
