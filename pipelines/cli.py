@@ -183,7 +183,7 @@ def sample(reference: str, n: int, seed: int, label: str | None, output: Path | 
 
     from models.family import family
 
-    from provenance.credentials import Provenance, sign_file
+    from provenance.credentials import Provenance, sign_file, signing_identity
 
     record = family(model_name_of(reference))
     output = output or Path(f"samples{SAMPLE_SUFFIX[record.samples]}")
@@ -193,9 +193,9 @@ def sample(reference: str, n: int, seed: int, label: str | None, output: Path | 
     model = mlflow.pyfunc.load_model(f"models:/{version.name}/{version.version}")
     request = {"n": n, "seed": seed, **({"label": label} if label is not None else {})}
     written = WRITERS[record.samples](model, request, output)
-    provenance = Provenance.of_model_version(version, [seed])
+    provenance, identity = Provenance.of_model_version(version, [seed]), signing_identity(data_root)
     for path in written:
-        sign_file(path, provenance, data_root)
+        sign_file(path, provenance, data_root, identity=identity)
     print(f"wrote {len(written)} file(s) from {reference} (version {version.version}), each with a content credential "
           f"(atelier verify FILE): {', '.join(str(path) for path in written)}")
     return 0
