@@ -52,12 +52,14 @@ def _kid_name(network_name: str) -> str:
 def painting_report(generator_or_samples: nn.Module | np.ndarray, pictures, n: int = DEFAULT_N, seed: int = 0,
                     scale: tuple[float, float] | None = None, reference_size: int = REFERENCE_SIZE,
                     kid_subsets: int = KID_SUBSETS, network_name: str = "random",
-                    classifier_state: Mapping | None = None) -> dict:
+                    classifier_state: Mapping | None = None, references: dict | None = None) -> dict:
     """KID on style features and near copies of `n` samples (or the given uint8 (N, H, W, C)
     images) against random crops of `pictures` (uint8 (N, H, W, C)) at the samples' size.
 
     `scale` defaults to the generator's training crop scale (a generator carries it), else
-    the config's default. Everything is deterministic given `seed`."""
+    the config's default. Everything is deterministic given `seed`. `references`, a dict the
+    caller keeps between reports on the same pictures, holds the real reference (crops and their
+    features) once per resolution and scale: computing it is most of a report's cost."""
     if isinstance(generator_or_samples, nn.Module):
         samples = sample(generator_or_samples, n, seed=seed + SAMPLE_SEED_OFFSET)
         scale = scale or generator_or_samples.crop_scale
@@ -65,9 +67,13 @@ def painting_report(generator_or_samples: nn.Module | np.ndarray, pictures, n: i
         samples = np.asarray(generator_or_samples)
     scale = tuple(scale or DEFAULT_CROP_SCALE)
     resolution = samples.shape[1]
-    reference = random_crops(pictures, reference_size, resolution, seed=seed, scale=scale)
-    network = feature_network(network_name, seed, classifier_state)
-    ref_features = style_statistics(network, reference)
+    references = {} if references is None else references
+    key = (resolution, scale)
+    if key not in references:
+        crops = random_crops(pictures, reference_size, resolution, seed=seed, scale=scale)
+        network = feature_network(network_name, seed, classifier_state)
+        references[key] = (crops, network, style_statistics(network, crops))
+    reference, network, ref_features = references[key]
     mean, std = ref_features.mean(0), ref_features.std(0)
     std = np.where(std > STD_FLOOR, std, 1.0)
     features = (style_statistics(network, samples) - mean) / std
@@ -103,7 +109,9 @@ def painting_reports(samples: Mapping[str, nn.Module | np.ndarray], pictures, he
     if heldout is not None and len(heldout):
         rows["heldout_vs_train"] = random_crops(heldout, n, resolution, seed=seed + FLOOR_SEED_OFFSET, scale=scale)
     rows.update(samples)
-    return {name: painting_report(value, pictures, n=n, seed=seed, scale=scale, **options) for name, value in rows.items()}
+    references = {}  # the same real reference for every row
+    return {name: painting_report(value, pictures, n=n, seed=seed, scale=scale, references=references, **options)
+            for name, value in rows.items()}
 
 
 def format_painting_report(report: Mapping[str, Mapping]) -> str:
