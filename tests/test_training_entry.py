@@ -157,6 +157,7 @@ def test_a_trainer_whose_launcher_dies_stops_and_leaves_a_checkpoint(chorales, t
     request = chorale_request()
     long_run = 100_000
     request.model_config["chorale"]["steps"] = long_run
+    request.trainer = {"log_every": 1}  # the first step's line, not the 100th's, says it trains
     request_path = tmp_path / "request.json"
     request_path.write_text(request.to_json())
     run_dir, child_out = tmp_path / "run", tmp_path / "trainer.out"
