@@ -170,11 +170,16 @@ def test_a_trainer_whose_launcher_dies_stops_and_leaves_a_checkpoint(chorales, t
     )
     trainer_pid = int(launcher.stdout.readline())
     deadline = time.monotonic() + 300
-    while '"metrics"' not in (child_out.read_text() if child_out.exists() else ""):
-        assert time.monotonic() < deadline, "the trainer never logged a step"
-        time.sleep(0.5)
-    launcher.send_signal(signal.SIGKILL)
-    launcher.wait()
+    try:
+        while '"metrics"' not in (child_out.read_text() if child_out.exists() else ""):
+            assert time.monotonic() < deadline, "the trainer never logged a step"
+            time.sleep(0.5)
+    except AssertionError:
+        os.kill(trainer_pid, signal.SIGKILL)  # a failed wait must not leave a 100,000-step trainer behind
+        raise
+    finally:
+        launcher.send_signal(signal.SIGKILL)
+        launcher.wait()
 
     deadline = time.monotonic() + 300
     while os.path.exists(f"/proc/{trainer_pid}") and "zombie" not in open(f"/proc/{trainer_pid}/status").read():
