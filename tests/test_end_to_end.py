@@ -102,7 +102,7 @@ def wait_for(client, run_ids: list[str]) -> dict[str, dg.DagsterRunStatus]:
         statuses = {run_id: client.get_run_status(run_id) for run_id in run_ids}
         if all(status in TERMINAL for status in statuses.values()):
             return statuses
-        time.sleep(3)
+        time.sleep(1)
     raise AssertionError(f"runs did not finish in {RUN_TIMEOUT_S} s: {statuses}")
 
 
