@@ -11,8 +11,10 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
+import dagster as dg
 import numpy as np
 import pytest
 from PIL import Image
@@ -135,7 +137,7 @@ def test_two_overlapping_runs_each_build_the_gallery_of_their_own_version(ingest
     once two versions exist): a gallery that read "the latest version" would show the same one twice."""
     release = tmp_path / "both-trained"
     env = environment(ingested, ATELIER_TEST_HOLD_GALLERY_UNTIL=str(release))
-    runs_before = python(COUNT_TRAINING_RUNS, env, "0", "0")["runs"]
+    runs_before = training_runs(ingested)
     results = {}
 
     def run(seed: int) -> None:
@@ -145,7 +147,7 @@ def test_two_overlapping_runs_each_build_the_gallery_of_their_own_version(ingest
     threads = [threading.Thread(target=run, args=(seed,)) for seed in (11, 12)]
     for thread in threads:
         thread.start()
-    counted = python(COUNT_TRAINING_RUNS, env, str(runs_before + 2), str(SUBPROCESS_TIMEOUT_S - 60))["runs"]
+    counted = training_runs(ingested, wanted=runs_before + 2, timeout_s=SUBPROCESS_TIMEOUT_S - 60)
     release.write_text("go")
     for thread in threads:
         thread.join(SUBPROCESS_TIMEOUT_S)
@@ -161,16 +163,14 @@ def test_two_overlapping_runs_each_build_the_gallery_of_their_own_version(ingest
     assert int(alone["metadata"]["mean_image_gallery"]["model_version"]) == latest
 
 
-COUNT_TRAINING_RUNS = """
-    import json, sys, time
-    import dagster as dg
-    wanted, deadline = int(sys.argv[1]), time.monotonic() + float(sys.argv[2])
-    with dg.DagsterInstance.get() as instance:
+def training_runs(data_root: Path, wanted: int = 0, timeout_s: float = 0) -> int:
+    """How many runs materialized mean_image in the data root's Dagster instance, polled until
+    `wanted` or `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    with dg.DagsterInstance.from_config(str(data_root / "dagster_home")) as instance:
         while True:
             records = instance.fetch_materializations(dg.AssetKey("mean_image"), limit=1000).records
             runs = len({record.run_id for record in records})
             if runs >= wanted or time.monotonic() >= deadline:
-                break
+                return runs
             time.sleep(0.5)
-    print(json.dumps({"runs": runs}))
-"""
