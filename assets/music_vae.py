@@ -32,7 +32,7 @@ from resources.storage import StorageResource
 from resources.trainer import TrainerLauncher
 
 GROUP = FAMILY.key
-CODE_VERSION = "music-vae-4"  # the training asset's
+CODE_VERSION = "music-vae-5"  # the training asset's; 5: the cheaper demo profile, parallel scheduled sampling
 GALLERY_CODE_VERSION = "music-gallery-4"  # 4: signed media, rateable cover, licences
 GALLERY_SAMPLES, GALLERY_SEED, INTERPOLATION_STEPS = 4, 0, 5
 

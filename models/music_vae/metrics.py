@@ -73,6 +73,15 @@ PERFECT_INTERVALS = {7: "fifths", 0: "octaves"}  # compound interval mod 12 -> t
 HARMONY = ("chord_share", "parallels_per_bar", "key_correlation")
 
 
+def _rotations(profiles) -> np.ndarray:
+    """(len(profiles) * 12, 12): each profile over the pitch classes, rotated to each of the 12 roots."""
+    return np.array([np.roll(np.asarray(profile, np.float64), root) for profile in profiles for root in range(PITCH_CLASSES)])
+
+
+SCALE_MASKS = _rotations([np.isin(np.arange(PITCH_CLASSES), scale) for scale in (MAJOR, NATURAL_MINOR)])  # (24, 12)
+KEY_PROFILES = _rotations([MAJOR_PROFILE, MINOR_PROFILE])  # (24, 12)
+
+
 # --- reconstruction and likelihood -------------------------------------------------------
 
 
@@ -165,8 +174,9 @@ def window_statistics(voices) -> dict[str, float]:
     sounding = sounding_pitches(voices)
     steps = voices.shape[-1]
     beats = sounding.reshape(len(voices), -1, STEPS_PER_QUARTER) if steps % STEPS_PER_QUARTER == 0 else None
-    active = [len(set(sounding[:, t][sounding[:, t] >= 0].tolist())) for t in range(steps)]
-    active = np.array(active)
+    ordered = np.sort(sounding, axis=0)  # distinct sounding pitches per step: the changes down a sorted column
+    distinct = np.concatenate([ordered[:1] >= 0, (ordered[1:] != ordered[:-1]) & (ordered[1:] >= 0)])
+    active = distinct.sum(0)
     stats = {name: float("nan") for name in STATISTICS}
     if beats is not None:
         stats["empty_beat_rate"] = float(1.0 - (beats >= 0).any(axis=(0, 2)).mean())
@@ -176,10 +186,7 @@ def window_statistics(voices) -> dict[str, float]:
         histogram = np.bincount(pitches % PITCH_CLASSES, minlength=PITCH_CLASSES) / len(pitches)
         nonzero = histogram[histogram > 0]
         stats["pitch_class_entropy"] = float(-(nonzero * np.log2(nonzero)).sum())
-        classes = pitches % PITCH_CLASSES
-        stats["scale_consistency"] = max(
-            float(np.isin(classes, [(root + step) % PITCH_CLASSES for step in scale]).mean())
-            for root in range(PITCH_CLASSES) for scale in (MAJOR, NATURAL_MINOR))
+        stats["scale_consistency"] = float((SCALE_MASKS @ histogram).max())  # the share of notes in the best scale
         stats["pitch_range"] = float(pitches.max() - pitches.min())
     return stats
 
@@ -277,8 +284,9 @@ def key_correlation(voices) -> float:
     histogram = np.bincount(sounding[sounding >= 0] % 12, minlength=12).astype(np.float64)
     if np.count_nonzero(histogram) < 2:
         return float("nan")
-    profiles = [np.roll(profile, root) for profile in (MAJOR_PROFILE, MINOR_PROFILE) for root in range(12)]
-    return float(max(np.corrcoef(histogram, profile)[0, 1] for profile in profiles))
+    centred, profiles = histogram - histogram.mean(), KEY_PROFILES - KEY_PROFILES.mean(1, keepdims=True)
+    pearson = profiles @ centred / (np.linalg.norm(profiles, axis=1) * np.linalg.norm(centred))
+    return float(pearson.max())
 
 
 def harmony_statistics(windows) -> dict[str, float]:

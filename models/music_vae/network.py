@@ -136,24 +136,27 @@ class MusicVae(nn.Module):
     def decode_scheduled(self, z: torch.Tensor, targets: torch.Tensor, probability: float,
                          generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits (B, T, V, C) where each step's input is, with `probability` per sequence and
-        step, the decoder's own sample from the previous step instead of the truth. Within a step
-        the voices are teacher-forced, and so is the own sample: each voice drawn given the true
-        earlier voices (one head pass per step, not one per voice).
-        Also returns the inputs it used (B, T, V), so tests can see what was fed."""
+        step, the decoder's own sample from the previous step instead of the truth. Parallel
+        scheduled sampling (Duckworth et al. 2019, one pass): a teacher-forced LSTM pass without
+        gradients gives the own samples, drawn only where a coin replaced the truth (each voice
+        given the true earlier voices of its step and the true steps before), then one pass over
+        the mixed inputs gives the logits. Also returns the inputs it used (B, T, V), so tests
+        can see what was fed."""
+        truth = shift_right(targets)
         if probability <= 0:
-            return self.decode_teacher_forced(z, targets), shift_right(targets)
-        truth, current = shift_right(targets), targets.transpose(1, 2)
-        state = self.decoder.initial_state(z)
-        previous, all_logits, used = truth[:, 0], [], []
-        for t in range(truth.size(1)):
-            if t > 0:
-                coin = torch.rand(truth.size(0), 1, device=z.device, generator=generator) < probability
-                previous = torch.where(coin, own.detach(), truth[:, t])
-            logits, state = self.decoder.logits(previous[:, None], current[:, t : t + 1], z, state)
-            own = pick_tokens(logits[:, 0].detach(), 1.0, generator)
-            all_logits.append(logits)
-            used.append(previous)
-        return torch.cat(all_logits, dim=1), torch.stack(used, dim=1)
+            return self.decode_teacher_forced(z, targets), truth
+        current = targets.transpose(1, 2)
+        coin = torch.rand(truth.shape[:2], generator=generator).to(z.device) < probability
+        coin[:, 0] = False  # the first input is always START
+        used = truth.clone()
+        if coin.any():
+            with torch.no_grad():
+                y, _ = self.decoder.run(truth, z, self.decoder.initial_state(z))
+                sequence, step = coin.nonzero(as_tuple=True)  # step's input is the own sample of step - 1
+                logits = self.decoder.heads(y[sequence, step - 1, None], current[sequence, step - 1, None])
+                used[sequence, step] = pick_tokens(logits[:, 0], 1.0, generator)
+        logits, _ = self.decoder.logits(used, current, z, self.decoder.initial_state(z))
+        return logits, used
 
     @torch.no_grad()
     def generate(self, z: torch.Tensor, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
