@@ -68,10 +68,19 @@ def build_resources(data_root: str | None = None) -> dict:
             "trainer": trainer, POINTERS: PointerIOManager(data_root=str(root)), "human_gate": human_gate}
 
 
-def build_executor() -> dg.ExecutorDefinition | None:
-    """Dagster's default executor (steps in processes of the run's own), or with
-    `$ATELIER_EXECUTOR=k8s` the k8s_job_executor: each step in a Kubernetes Job of its own. That
-    needs the `k8s` extra and the K8sRunLauncher (docs/deploy/dagster-k8s.yaml)."""
+def forkserver_unless_chosen(config: dict) -> dict:
+    """Multiprocess steps fork from a server that imported this code location once, unless the run
+    config names a start method: a spawned step imports Dagster, torch and every asset again (seconds each)."""
+    multiprocess = config.get("multiprocess")
+    if multiprocess is None or multiprocess.get("start_method"):
+        return config
+    return {**config, "multiprocess": {**multiprocess, "start_method": {"forkserver": {}}}}
+
+
+def build_executor() -> dg.ExecutorDefinition:
+    """Dagster's default executor (steps in processes of the run's own, forked from a preloaded
+    server), or with `$ATELIER_EXECUTOR=k8s` the k8s_job_executor: each step in a Kubernetes Job of
+    its own. That needs the `k8s` extra and the K8sRunLauncher (docs/deploy/dagster-k8s.yaml)."""
     choice = os.environ.get(EXECUTOR_ENV, "")
     if choice == "k8s":
         from dagster_k8s import k8s_job_executor
@@ -79,7 +88,8 @@ def build_executor() -> dg.ExecutorDefinition | None:
         return k8s_job_executor
     if choice:
         raise ValueError(f"{EXECUTOR_ENV} must be 'k8s' or unset, not {choice!r}")
-    return None
+    default = dg.multi_or_in_process_executor
+    return default.configured(forkserver_unless_chosen, config_schema=default.config_schema.as_field())
 
 
 defs = dg.Definitions(

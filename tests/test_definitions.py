@@ -14,7 +14,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from pipelines.definitions import defs
+from pipelines.definitions import defs, forkserver_unless_chosen
 
 PROJECT = Path(__file__).resolve().parents[1]
 SNAPSHOT = Path(__file__).parent / "snapshots" / "asset_graph.json"
@@ -54,6 +54,17 @@ def test_definitions_load_and_resolve_jobs():
     assert {key.to_user_string() for key in main.asset_layer.executable_asset_keys} >= {
         "image_corpus", "painting_corpus", "midi_corpus", "video_corpus"
     }
+
+
+def test_steps_fork_from_a_preloaded_server_unless_the_run_config_chooses():
+    chosen = {"multiprocess": {"max_concurrent": 2, "start_method": {"spawn": {}}}}
+    assert forkserver_unless_chosen(chosen) == chosen
+    assert forkserver_unless_chosen({"in_process": {}}) == {"in_process": {}}
+    assert forkserver_unless_chosen({"multiprocess": {"max_concurrent": 2}}) == {
+        "multiprocess": {"max_concurrent": 2, "start_method": {"forkserver": {}}}}
+    main = defs.resolve_job_def("main")
+    for execution in ({}, {"in_process": {}}, chosen):  # the launchpad's choices still validate
+        assert dg.validate_run_config(main, {"execution": {"config": execution}} if execution else {})
 
 
 def test_dagster_cli_validates_the_workspace(tmp_path):

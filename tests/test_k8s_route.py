@@ -118,7 +118,7 @@ def test_executor_env_refuses_unknown_values(monkeypatch):
     with pytest.raises(ValueError, match="ATELIER_EXECUTOR"):
         definitions.build_executor()
     monkeypatch.delenv(definitions.EXECUTOR_ENV)
-    assert definitions.build_executor() is None
+    assert definitions.build_executor().name == dg.multi_or_in_process_executor.name
 
 
 # ---- step pods, through dagster-k8s's K8sStepHandler ------------------------------------------
