@@ -25,6 +25,7 @@ the floor for that count too.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -49,42 +50,55 @@ def _kid_name(network_name: str) -> str:
     return "kid_style_random_cnn" if network_name == "random" else f"kid_style_{network_name}"
 
 
+@dataclass
+class StyleReference:
+    """The real side of every row of a report: random crops of the pictures and their style
+    features, standardized by their own per-dimension mean and std (computed once per report)."""
+    crops: np.ndarray
+    network: nn.Module
+    mean: np.ndarray
+    std: np.ndarray
+    features: np.ndarray  # standardized
+
+    @classmethod
+    def of(cls, pictures, resolution: int, scale: tuple[float, float], size: int, seed: int, network_name: str,
+           classifier_state: Mapping | None) -> StyleReference:
+        crops = random_crops(pictures, size, resolution, seed=seed, scale=scale)
+        network = feature_network(network_name, seed, classifier_state)
+        raw = style_statistics(network, crops)
+        mean, std = raw.mean(0), raw.std(0)
+        std = np.where(std > STD_FLOOR, std, 1.0)
+        return cls(crops, network, mean, std, (raw - mean) / std)
+
+
 def painting_report(generator_or_samples: nn.Module | np.ndarray, pictures, n: int = DEFAULT_N, seed: int = 0,
                     scale: tuple[float, float] | None = None, reference_size: int = REFERENCE_SIZE,
                     kid_subsets: int = KID_SUBSETS, network_name: str = "random",
-                    classifier_state: Mapping | None = None, references: dict | None = None) -> dict:
+                    classifier_state: Mapping | None = None, reference: StyleReference | None = None) -> dict:
     """KID on style features and near copies of `n` samples (or the given uint8 (N, H, W, C)
     images) against random crops of `pictures` (uint8 (N, H, W, C)) at the samples' size.
 
     `scale` defaults to the generator's training crop scale (a generator carries it), else
-    the config's default. Everything is deterministic given `seed`. `references`, a dict the
-    caller keeps between reports on the same pictures, holds the real reference (crops and their
-    features) once per resolution and scale: computing it is most of a report's cost."""
+    the config's default. `reference`: that of painting_reports, built here when None (its
+    crops must be at the samples' size and scale). Everything is deterministic given `seed`."""
     if isinstance(generator_or_samples, nn.Module):
         samples = sample(generator_or_samples, n, seed=seed + SAMPLE_SEED_OFFSET)
         scale = scale or generator_or_samples.crop_scale
     else:
         samples = np.asarray(generator_or_samples)
     scale = tuple(scale or DEFAULT_CROP_SCALE)
-    resolution = samples.shape[1]
-    references = {} if references is None else references
-    key = (resolution, scale)
-    if key not in references:
-        crops = random_crops(pictures, reference_size, resolution, seed=seed, scale=scale)
-        network = feature_network(network_name, seed, classifier_state)
-        references[key] = (crops, network, style_statistics(network, crops))
-    reference, network, ref_features = references[key]
-    mean, std = ref_features.mean(0), ref_features.std(0)
-    std = np.where(std > STD_FLOOR, std, 1.0)
-    features = (style_statistics(network, samples) - mean) / std
-    kid, kid_std = kernel_distance(features, (ref_features - mean) / std, kid_subsets,
-                                   subset_size=kid_subset_size(min(len(samples), reference_size)), seed=seed)
-    copies = memorization(samples, reference, seed=seed)
+    if reference is None:
+        reference = StyleReference.of(pictures, samples.shape[1], scale, reference_size, seed, network_name,
+                                      classifier_state)
+    features = (style_statistics(reference.network, samples) - reference.mean) / reference.std
+    kid, kid_std = kernel_distance(features, reference.features, kid_subsets,
+                                   subset_size=kid_subset_size(min(len(samples), len(reference.crops))), seed=seed)
+    copies = memorization(samples, reference.crops, seed=seed)
     name = _kid_name(network_name)
     return {
         "n": int(len(samples)),
-        "resolution": int(resolution),
-        "feature_network": network.description,
+        "resolution": int(samples.shape[1]),
+        "feature_network": reference.network.description,
         name: kid,
         f"{name}_std": kid_std,
         "near_copies": copies["near_copy_count"],
@@ -96,9 +110,11 @@ def painting_report(generator_or_samples: nn.Module | np.ndarray, pictures, n: i
 
 def painting_reports(samples: Mapping[str, nn.Module | np.ndarray], pictures, heldout=None, n: int = DEFAULT_N,
                      seed: int = 0, resolution: int | None = None, scale: tuple[float, float] | None = None,
-                     **options) -> dict[str, dict]:
+                     reference_size: int = REFERENCE_SIZE, kid_subsets: int = KID_SUBSETS, network_name: str = "random",
+                     classifier_state: Mapping | None = None) -> dict[str, dict]:
     """painting_report of each entry of `samples` (e.g. "model", "untrained"), with the
-    real_vs_real floor (and heldout_vs_train when `heldout` has pictures) in front."""
+    real_vs_real floor (and heldout_vs_train when `heldout` has pictures) in front, every row
+    against one StyleReference."""
     first = next(iter(samples.values()))
     if isinstance(first, nn.Module):
         resolution, scale = resolution or first.resolution, scale or first.crop_scale
@@ -109,8 +125,9 @@ def painting_reports(samples: Mapping[str, nn.Module | np.ndarray], pictures, he
     if heldout is not None and len(heldout):
         rows["heldout_vs_train"] = random_crops(heldout, n, resolution, seed=seed + FLOOR_SEED_OFFSET, scale=scale)
     rows.update(samples)
-    references = {}  # the same real reference for every row
-    return {name: painting_report(value, pictures, n=n, seed=seed, scale=scale, references=references, **options)
+    reference = StyleReference.of(pictures, resolution, scale, reference_size, seed, network_name, classifier_state)
+    return {name: painting_report(value, pictures, n=n, seed=seed, scale=scale, kid_subsets=kid_subsets,
+                                  network_name=network_name, reference=reference)
             for name, value in rows.items()}
 
 
