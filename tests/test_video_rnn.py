@@ -1,6 +1,7 @@
 """The video forecaster (ConvLSTM + PixelCNN head), its metrics and its pyfunc, on tiny clips."""
 from __future__ import annotations
 
+import contextlib
 import io
 from pathlib import Path
 
@@ -235,6 +236,22 @@ def test_training_steps_are_finite_and_change_the_weights(trained):
         assert all(np.isfinite(v) for v in metrics.values())
         assert 0 < metrics["bits_per_dim"] <= np.log2(TINY["levels"]) + 1
     assert not torch.equal(trained["before"], parameters_of(trained["family"].model))
+
+
+@pytest.mark.parametrize("profile", ["demo", "demo-predrnn"])  # the larger profiles cost a minute here
+def test_the_demo_profiles_at_their_widths_train_and_change_every_parameter(profile):
+    """A demo profile's own model (widths, kernels, architecture, decoder, losses) on tiny clips: two
+    steps leave no parameter at its initial value."""
+    config = VideoRnnConfig.profile(profile, context_frames=CONTEXT, horizon=HORIZON, resolution=SIZE,
+                                    head_frames=1, batch_size=2, steps=2)
+    family = VideoRnnFamily(config, moving_squares(n=4))
+    before = {name: p.detach().clone() for name, p in family.model.named_parameters()}
+    for step in range(config.steps):
+        batch = family.make_batch(family.rows.columns, torch.device("cpu"))[: config.batch_size]
+        logged = family.train_step(batch, step, contextlib.nullcontext)
+        assert all(np.isfinite(v) for v in logged.values())
+    unchanged = [name for name, p in family.model.named_parameters() if torch.equal(p, before[name])]
+    assert not unchanged
 
 
 def test_checkpoint_loads_weights_only_and_a_resumed_run_is_bit_exact(trained, tmp_path):
