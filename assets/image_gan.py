@@ -38,8 +38,8 @@ from resources.storage import StorageResource
 from resources.trainer import TrainerLauncher
 
 GROUP = FAMILY.key
-CODE_VERSION = "image-gan-3"  # the training asset's
-CLASSIFIER_CODE_VERSION = "image-classifier-2"
+CODE_VERSION = "image-gan-4"  # the training asset's; 4: the demo profile is 600 steps at lr 4e-4
+CLASSIFIER_CODE_VERSION = "image-classifier-3"  # 3: two epochs
 GALLERY_CODE_VERSION = "image-gallery-3"  # 3: signed media, rateable cover, licences
 GALLERY_SEED = 0
 CORPUS_ASSET = CORPUS_ASSET_OF[FAMILY.corpus]  # image_corpus, which writes data/shards/images/

@@ -132,7 +132,8 @@ def link_equal_keys(keys: np.ndarray, owners: np.ndarray, union: _UnionFind) -> 
     union.union_pairs(owners[same], owners[same + 1])
 
 
-def near_pairs(queries: np.ndarray, pool: np.ndarray, rms: float, same_set: bool):
+def near_pairs(queries: np.ndarray, pool: np.ndarray, rms: float, same_set: bool,
+               pool_blocks: np.ndarray | None = None):
     """Yield (query indices, pool indices) of pairs whose RMS difference is at most `rms`.
 
     Thumbnails are uint8 (N, D). Summing over any partition of the dimensions bounds the
@@ -141,12 +142,14 @@ def near_pairs(queries: np.ndarray, pool: np.ndarray, rms: float, same_set: bool
     block of queries meets only that window of the pool), and the sums of their 4x4 pixel
     blocks are within sqrt(16 * D) * rms (one exact integer product per block of pairs).
     Only the pairs that pass are compared in full. With `same_set` (the pool is the queries)
-    each pair is found once, and a row never with itself.
+    each pair is found once, and a row never with itself. `pool_blocks`: the pool's
+    `block_sums`, when the caller keeps them (a pool that grows by a batch at a time).
     """
     if not len(queries) or not len(pool):
         return
-    q_blocks, q_sum = _block_sums(queries)
-    p_blocks, p_sum = (q_blocks, q_sum) if same_set else _block_sums(pool)
+    q_blocks = block_sums(queries)
+    p_blocks = q_blocks if same_set else block_sums(pool) if pool_blocks is None else pool_blocks
+    q_sum, p_sum = q_blocks.sum(1, dtype=np.int64), p_blocks.sum(1, dtype=np.int64)
     q_order, p_order = np.argsort(q_sum, kind="stable"), np.argsort(p_sum, kind="stable")
     q_sorted_sum, p_sorted_sum = q_sum[q_order], p_sum[p_order]
     dims = queries.shape[1]
@@ -157,13 +160,13 @@ def near_pairs(queries: np.ndarray, pool: np.ndarray, rms: float, same_set: bool
     p_sorted = p_blocks[p_order]
     p_augmented = np.ascontiguousarray(np.concatenate(
         [p_sorted, -(p_sorted * p_sorted).sum(1, keepdims=True), np.ones((len(p_sorted), 1), np.int32)], 1).T)
-    for start in range(0, len(q_order), NEAR_CHUNK_ROWS):
-        rows = q_order[start : start + NEAR_CHUNK_ROWS]
+    for start, end in _query_blocks(q_sorted_sum, window):
+        rows = q_order[start:end]
         block = q_blocks[rows]
         q_augmented = np.concatenate([2 * block, np.ones((len(rows), 1), np.int32),
                                       limit - (block * block).sum(1, keepdims=True)], 1)
         low = start + 1 if same_set else int(np.searchsorted(p_sorted_sum, q_sorted_sum[start] - window))
-        high = int(np.searchsorted(p_sorted_sum, q_sorted_sum[start + len(rows) - 1] + window, side="right"))
+        high = int(np.searchsorted(p_sorted_sum, q_sorted_sum[end - 1] + window, side="right"))
         for first in range(low, high, NEAR_CHUNK_ROWS):  # the pool in blocks too: memory stays flat
             last = min(first + NEAR_CHUNK_ROWS, high)
             # einsum's own loop, not BLAS: no threads to spin against busy decoder processes
@@ -182,21 +185,33 @@ def near_pairs(queries: np.ndarray, pool: np.ndarray, rms: float, same_set: bool
                 yield qi[close], pi[close]
 
 
+def _query_blocks(sorted_sums: np.ndarray, window: float):
+    """(start, end) blocks of queries sorted by pixel sum, each spanning at most `window` of sum
+    (and NEAR_CHUNK_ROWS rows): a block meets a pool window at most three windows wide. Fixed
+    blocks would span the whole range when the queries are few and spread (a batch of new
+    files against all before it) and meet the whole pool."""
+    start = 0
+    while start < len(sorted_sums):
+        end = int(np.searchsorted(sorted_sums, sorted_sums[start] + window, side="right"))
+        end = min(max(end, start + 1), start + NEAR_CHUNK_ROWS)
+        yield start, end
+        start = end
+
+
 CONFIRM_PAIRS = 8192  # candidate pairs compared in full at once (float copies: 8 MB each)
 NEAR_BLOCK = 4  # side of the pixel blocks whose sums are compared before the pixels
 
 
-def _block_sums(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def block_sums(rows: np.ndarray) -> np.ndarray:
     """Sums of the NEAR_BLOCK x NEAR_BLOCK pixel blocks of each thumbnail square (int32, centred
-    on 0 so that products stay within int32), and each row's pixel sum; in chunks of rows."""
+    on 0 so that products stay within int32); in chunks of rows."""
     side = THUMBNAIL_SIDE // NEAR_BLOCK
-    parts = []
+    parts = [np.empty((0, rows.shape[1] // (NEAR_BLOCK * NEAR_BLOCK)), np.int32)]
     for start in range(0, len(rows), NEAR_CHUNK_ROWS):  # an int32 copy of a chunk of rows at a time
         values = rows[start : start + NEAR_CHUNK_ROWS].astype(np.int32)
         blocks = values.reshape(len(values), -1, side, NEAR_BLOCK, side, NEAR_BLOCK).sum((3, 5))
         parts.append(blocks.reshape(len(values), -1) - 128 * NEAR_BLOCK * NEAR_BLOCK)
-    blocks = np.concatenate(parts)
-    return blocks, blocks.sum(1, dtype=np.int64)
+    return np.concatenate(parts)
 
 
 def link_near_rows(thumbs: np.ndarray, owners: np.ndarray, rms: float, union: _UnionFind) -> None:
@@ -234,11 +249,12 @@ def link_near_rows_incrementally(files: FileSignatures, table: str, thumbs: np.n
 
 
 def near_owner_pairs(new: np.ndarray, new_owners: np.ndarray, old: np.ndarray, old_owners: np.ndarray,
-                     rms: float) -> list[tuple[int, int]]:
+                     rms: float, old_blocks: np.ndarray | None = None) -> list[tuple[int, int]]:
     """The (owner, owner) pairs of different files that new rows are near: the new rows among
-    themselves (each pair once), then against the old rows (compared among themselves before)."""
+    themselves (each pair once), then against the old rows (compared among themselves before;
+    `old_blocks`: their `block_sums`, if kept)."""
     found = [(new_owners[qi], new_owners[pi]) for qi, pi in near_pairs(new, new, rms, same_set=True)]
-    found += [(new_owners[qi], old_owners[pi]) for qi, pi in near_pairs(new, old, rms, same_set=False)]
+    found += [(new_owners[qi], old_owners[pi]) for qi, pi in near_pairs(new, old, rms, same_set=False, pool_blocks=old_blocks)]
     return [(a, b) for query, pool in found for a, b in zip(query.tolist(), pool.tolist()) if a != b]
 
 

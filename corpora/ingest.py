@@ -23,7 +23,8 @@ import pyarrow as pa
 
 from common.atomic import atomic_write_json, remove_stale_temporaries
 from common.hashing import sha256_file, sha256_json
-from corpora.grouping import HELDOUT, FileSignatures, SplitPlan, SplitSettings, near_owner_pairs, plan_split
+from corpora.grouping import (HELDOUT, FileSignatures, SplitPlan, SplitSettings, block_sums, near_owner_pairs,
+                              plan_split)
 from corpora.row_cache import CachedFile, RowCache, cache_key
 from corpora.scanning import SourceFile, displayable, load_hashes, part_of, remember_hashes, scan
 from corpora.shards import ShardWriter, TableSpec, read_parquet, write_parquet
@@ -486,6 +487,9 @@ class RunNearSearch:
         self.run = uuid.uuid4().hex[:16]
         self.sha256s: list[str] = []
         self.rows = {table: _GrowingRows() for table in grouping.near_tables}
+        # the rows' block sums, kept as the rows grow: recomputing them for every batch made
+        # the search quadratic in more than the comparisons
+        self.blocks = {table: _GrowingRows() for table in grouping.near_tables}
 
     def on_commit(self, batch: str, decoded: list[tuple[str, DecodedFile]]) -> None:
         if not self.rows:
@@ -500,8 +504,11 @@ class RunNearSearch:
                 continue
             values = np.concatenate([value for _, value in parts])
             owners = np.repeat([owner for owner, _ in parts], [len(value) for _, value in parts])
-            pairs = near_owner_pairs(values, owners, *known.filled(), self.grouping.near_rms)
+            blocks = block_sums(values)
+            pairs = near_owner_pairs(values, owners, *known.filled(), self.grouping.near_rms,
+                                     old_blocks=self.blocks[table].filled()[0])
             known.append(values, owners)
+            self.blocks[table].append(blocks, owners)
             found += [(self.run, table, sha, "") for sha, _ in decoded]
             found += [(self.run, table, self.sha256s[a], self.sha256s[b]) for a, b in pairs]
         self.cache.save_batch_near(batch, found)

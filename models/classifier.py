@@ -61,7 +61,7 @@ def _to_input(pixels: np.ndarray | torch.Tensor, device) -> torch.Tensor:
 
 @dataclass
 class ClassifierConfig:
-    epochs: int = 3
+    epochs: int = 2  # on Fashion-MNIST 0.895 held out against 0.902 for 3, at two thirds the time (docs/image-gan.md)
     batch_size: int = 128
     lr: float = 2e-3  # peak of a cosine decay to zero over all steps
     seed: int = 0

@@ -49,27 +49,44 @@ def kid_subset_size(n: int, requested: int = KID_SUBSET_SIZE) -> int:
 
 
 def kernel_distance(feats_a: np.ndarray, feats_b: np.ndarray, num_subsets: int = KID_SUBSETS,
-                    subset_size: int = KID_SUBSET_SIZE, seed: int = 0) -> tuple[float, float]:
+                    subset_size: int = KID_SUBSET_SIZE, seed: int = 0,
+                    within_b: dict[bytes, float] | None = None) -> tuple[float, float]:
     """KID: unbiased MMD^2 with a cubic polynomial kernel, averaged over random subsets of
     `subset_size` (capped at the set sizes). Returns (mean, std over subsets). Unlike FID it
-    is unbiased in the sample size."""
+    is unbiased in the sample size.
+
+    `within_b`: a dict shared by calls against the same `feats_b` (several sets against one
+    reference); it keeps the kernel sum within each subset of `feats_b` drawn, a third of the work.
+    """
     a, b = np.asarray(feats_a, np.float64), np.asarray(feats_b, np.float64)
     m = min(subset_size, len(a), len(b))
     if m < 2:
         raise ValueError("KID needs at least 2 samples per set")
     d = a.shape[1]
     rng = np.random.default_rng(seed)
+    within_b = {} if within_b is None else within_b
 
     def kernel(x, y):
-        return (x @ y.T / d + KID_COEF0) ** KID_DEGREE
+        product = x @ y.T
+        product /= d
+        product += KID_COEF0
+        power = product.copy()
+        for _ in range(KID_DEGREE - 1):  # products: np.power with an integer exponent is ~8x slower
+            power *= product
+        return power
+
+    def within(x) -> float:
+        k = kernel(x, x)
+        return float(k.sum() - np.trace(k))
 
     values = []
     for _ in range(num_subsets):
         x = a[rng.choice(len(a), m, replace=False)]
-        y = b[rng.choice(len(b), m, replace=False)]
-        kxx, kyy, kxy = kernel(x, x), kernel(y, y), kernel(x, y)
-        within = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
-        values.append(within - 2 * kxy.mean())
+        y_index = rng.choice(len(b), m, replace=False)
+        key = y_index.tobytes()
+        if key not in within_b:
+            within_b[key] = within(b[y_index])
+        values.append((within(x) + within_b[key]) / (m * (m - 1)) - 2 * kernel(x, b[y_index]).mean())
     return float(np.mean(values)), float(np.std(values))
 
 

@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from corpora.grouping import GAP, HELDOUT, TRAIN, FileSignatures, NearPairMemo, find_groups, near_pairs, time_split_rows
+from corpora.grouping import (GAP, HELDOUT, TRAIN, FileSignatures, NearPairMemo, block_sums, find_groups, near_owner_pairs,
+                              near_pairs, time_split_rows)
 from corpora.images import IMAGES, ImageCorpusConfig
 from corpora.ingest import IngestSettings, ingest, load_manifest
 from corpora.shards import read_shards
@@ -67,6 +68,19 @@ def test_near_pairs_match_brute_force():
     distance = np.sqrt(((rows[:, None].astype(float) - rows[None].astype(float)) ** 2).mean(-1))
     expected = {(i, j) for i, j in zip(*np.nonzero(np.triu(distance <= 6.0, 1)))}
     assert found == expected and len(expected) == 40
+
+
+def test_a_batch_spread_over_brightness_finds_the_brute_force_pairs_against_kept_block_sums():
+    rng = np.random.default_rng(2)  # pixel sums across the whole range: query blocks must split by sum
+    base = rng.integers(0, 256, (400, 256)) * rng.uniform(0.05, 1.0, (400, 1))
+    base[300:340] = base[rng.choice(300, 40)] + rng.integers(-5, 6, (40, 256))  # the batch copies earlier rows
+    rows = np.clip(base, 0, 255).astype(np.uint8)
+    old, new = rows[:300], rows[300:]
+    found = {tuple(sorted(pair)) for pair in
+             near_owner_pairs(new, np.arange(300, 400), old, np.arange(300), 6.0, old_blocks=block_sums(old))}
+    distance = np.sqrt(((rows[:, None].astype(float) - rows[None].astype(float)) ** 2).mean(-1))
+    expected = {(i, j) for i, j in zip(*np.nonzero(np.triu(distance <= 6.0, 1))) if j >= 300}
+    assert found == expected and len(expected) >= 40
 
 
 def test_incremental_near_search_groups_as_the_exhaustive_one_does():

@@ -463,3 +463,13 @@ def test_the_classifier_file_reloads_weights_only_to_the_same_predictions(bar_cl
     assert saved["class_names"] == ["a", "b", "c"] and saved["channels"] == 1 and saved["heldout_accuracy"] == accuracy
     reloaded = classifiers.load_classifier(path)
     assert np.array_equal(classifiers.predict_labels(reloaded, train), classifiers.predict_labels(classifier, train))
+
+
+def test_kid_against_one_reference_is_the_same_with_its_subset_sums_shared():
+    rng = np.random.default_rng(0)
+    reference, first, second = rng.normal(size=(300, 8)), rng.normal(size=(200, 8)), rng.normal(0.5, 1, (200, 8))
+    shared: dict = {}
+    alone = [distances.kernel_distance(s, reference, 20, 50, seed=3) for s in (first, second)]
+    together = [distances.kernel_distance(s, reference, 20, 50, seed=3, within_b=shared) for s in (first, second)]
+    assert np.allclose(together, alone, rtol=1e-12, atol=0) and len(shared) == 20
+    assert together[1][0] > together[0][0] + 0.05  # the shifted set is farther

@@ -69,10 +69,10 @@ def gan_report(classifier: FeatureClassifier, train_images, heldout: LabelledIma
     n = min(len(labelled.images) for labelled in sets.values())
     subset_size = kid_subset_size(n, kid_subset_size_limit)
     manifold_reference = reference_feats[rng.choice(len(reference_feats), min(n, len(reference_feats)), replace=False)]
-    report = {}
+    report, reference_subsets = {}, {}  # the KID sums within the reference's subsets, shared by every set
     for name, labelled in sets.items():
         feats, predicted = embed_and_classify(classifier, labelled.images[:n], device)
-        kid, kid_std = kernel_distance(feats, reference_feats, kid_subsets, subset_size, seed)
+        kid, kid_std = kernel_distance(feats, reference_feats, kid_subsets, subset_size, seed, reference_subsets)
         precision, recall = precision_recall(manifold_reference, feats, neighbours)
         accuracy = math.nan if labelled.labels is None else float((predicted == np.asarray(labelled.labels)[:n]).mean())
         report[name] = {
