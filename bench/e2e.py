@@ -4,7 +4,7 @@
 
 Runs `atelier run` twice in subprocesses against a fresh data root (set-up is assumed done)
 and prints wall time and peak memory (the largest resident set of any process the run
-started, from getrusage of the children). Targets on 2 cores: the first run within 15
+started, from getrusage of the children). Targets on 2 cores: the first run within 14
 minutes, the no-op rerun within 60 seconds. One run each: time several invocations and
 quote the median on a shared machine.
 """
@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-TARGETS_S = {"first run (empty data folder)": 15 * 60, "second run (nothing changed)": 60}
+TARGETS_S = {"first run (empty data folder)": 14 * 60, "second run (nothing changed)": 60}
 
 
 def timed_run(data_root: Path, log: Path) -> tuple[float, float, int]:
