@@ -133,7 +133,7 @@ def link_equal_keys(keys: np.ndarray, owners: np.ndarray, union: _UnionFind) -> 
 
 
 def near_pairs(queries: np.ndarray, pool: np.ndarray, rms: float, same_set: bool,
-               pool_blocks: np.ndarray | None = None):
+               query_blocks: np.ndarray | None = None, pool_blocks: np.ndarray | None = None):
     """Yield (query indices, pool indices) of pairs whose RMS difference is at most `rms`.
 
     Thumbnails are uint8 (N, D). Summing over any partition of the dimensions bounds the
@@ -142,12 +142,12 @@ def near_pairs(queries: np.ndarray, pool: np.ndarray, rms: float, same_set: bool
     block of queries meets only that window of the pool), and the sums of their 4x4 pixel
     blocks are within sqrt(16 * D) * rms (one exact integer product per block of pairs).
     Only the pairs that pass are compared in full. With `same_set` (the pool is the queries)
-    each pair is found once, and a row never with itself. `pool_blocks`: the pool's
-    `block_sums`, when the caller keeps them (a pool that grows by a batch at a time).
+    each pair is found once, and a row never with itself. `query_blocks`, `pool_blocks`: their
+    `block_sums`, when the caller has them (a pool that grows by a batch at a time keeps its own).
     """
     if not len(queries) or not len(pool):
         return
-    q_blocks = block_sums(queries)
+    q_blocks = block_sums(queries) if query_blocks is None else query_blocks
     p_blocks = q_blocks if same_set else block_sums(pool) if pool_blocks is None else pool_blocks
     q_sum, p_sum = q_blocks.sum(1, dtype=np.int64), p_blocks.sum(1, dtype=np.int64)
     q_order, p_order = np.argsort(q_sum, kind="stable"), np.argsort(p_sum, kind="stable")
@@ -249,12 +249,16 @@ def link_near_rows_incrementally(files: FileSignatures, table: str, thumbs: np.n
 
 
 def near_owner_pairs(new: np.ndarray, new_owners: np.ndarray, old: np.ndarray, old_owners: np.ndarray,
-                     rms: float, old_blocks: np.ndarray | None = None) -> list[tuple[int, int]]:
+                     rms: float, new_blocks: np.ndarray | None = None, old_blocks: np.ndarray | None = None
+                     ) -> list[tuple[int, int]]:
     """The (owner, owner) pairs of different files that new rows are near: the new rows among
     themselves (each pair once), then against the old rows (compared among themselves before;
-    `old_blocks`: their `block_sums`, if kept)."""
-    found = [(new_owners[qi], new_owners[pi]) for qi, pi in near_pairs(new, new, rms, same_set=True)]
-    found += [(new_owners[qi], old_owners[pi]) for qi, pi in near_pairs(new, old, rms, same_set=False, pool_blocks=old_blocks)]
+    `new_blocks`, `old_blocks`: their `block_sums`, if the caller has them)."""
+    new_blocks = block_sums(new) if new_blocks is None else new_blocks
+    found = [(new_owners[qi], new_owners[pi])
+             for qi, pi in near_pairs(new, new, rms, same_set=True, query_blocks=new_blocks)]
+    found += [(new_owners[qi], old_owners[pi])
+              for qi, pi in near_pairs(new, old, rms, same_set=False, query_blocks=new_blocks, pool_blocks=old_blocks)]
     return [(a, b) for query, pool in found for a, b in zip(query.tolist(), pool.tolist()) if a != b]
 
 

@@ -506,7 +506,7 @@ class RunNearSearch:
             owners = np.repeat([owner for owner, _ in parts], [len(value) for _, value in parts])
             blocks = block_sums(values)
             pairs = near_owner_pairs(values, owners, *known.filled(), self.grouping.near_rms,
-                                     old_blocks=self.blocks[table].filled()[0])
+                                     new_blocks=blocks, old_blocks=self.blocks[table].filled()[0])
             known.append(values, owners)
             self.blocks[table].append(blocks, owners)
             found += [(self.run, table, sha, "") for sha, _ in decoded]
