@@ -7,9 +7,12 @@ licence file, `licences/<corpus>.csv` copied in as LICENSES.csv (docs/licences.m
 """
 from __future__ import annotations
 
+import concurrent.futures
 import importlib
+import multiprocessing
 import os
 import shutil
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from provenance.licences import LICENCE_FILE_NAMES
@@ -21,6 +24,16 @@ DEFAULT_CORPORA = {
     "video": "corpora.defaults.video",
 }
 LICENCES_DIR = Path(__file__).resolve().parent / "licences"
+SEEDING_WORKERS = 2  # processes that write a default corpus: decoding and encoding its files is the cost
+
+
+def map_in_workers(fn: Callable, *arguments: Iterable, count: int, workers: int = SEEDING_WORKERS,
+                   chunksize: int = 1) -> list:
+    """[fn(*args) for each of the `count` argument tuples], in up to `workers` processes. Forkserver,
+    not fork: seeding may run inside a threaded process (Dagster), where fork is unsafe."""
+    context = multiprocessing.get_context("forkserver")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=max(1, min(workers, count)), mp_context=context) as pool:
+        return list(pool.map(fn, *arguments, chunksize=chunksize))
 
 
 def default_licence_file(corpus: str) -> Path:

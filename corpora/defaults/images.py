@@ -5,15 +5,15 @@ encoding and the file creation are most of the cost, and they run in parallel.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import functools
 import gzip
 import io
-import multiprocessing
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from corpora.defaults import SEEDING_WORKERS, map_in_workers
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 CLASS_NAMES = (
@@ -22,7 +22,6 @@ CLASS_NAMES = (
 )
 SPLITS = {"train": "train", "test": "t10k"}
 IDX_IMAGE_HEADER, IDX_LABEL_HEADER = 16, 8
-WORKERS = 2
 FILES_PER_TASK = 5000
 
 
@@ -70,7 +69,7 @@ def write_range(folder: str, split: str, start: int, stop: int) -> int:
     return stop - start
 
 
-def write_default_corpus(folder: Path, limit: int | None = None, workers: int = WORKERS) -> int:
+def write_default_corpus(folder: Path, limit: int | None = None, workers: int = SEEDING_WORKERS) -> int:
     """Write every Fashion-MNIST image (70,000; `limit` per split for tests) as a PNG file."""
     for name in CLASS_NAMES:
         (folder / name).mkdir(parents=True, exist_ok=True)
@@ -79,7 +78,4 @@ def write_default_corpus(folder: Path, limit: int | None = None, workers: int = 
         count = _image_count(split) if limit is None else limit
         tasks += [(str(folder), split, start, min(start + FILES_PER_TASK, count))
                   for start in range(0, count, FILES_PER_TASK)]
-    # forkserver, not fork: this may run inside a threaded process (Dagster), where fork is unsafe
-    context = multiprocessing.get_context("forkserver")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=max(1, min(workers, len(tasks))), mp_context=context) as pool:
-        return sum(pool.map(write_range, *zip(*tasks)))
+    return sum(map_in_workers(write_range, *zip(*tasks), count=len(tasks), workers=workers))

@@ -17,9 +17,7 @@ music is then a bar line of the file.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import logging
-import multiprocessing
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -27,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from common.atomic import atomic_write_bytes
+from corpora.defaults import SEEDING_WORKERS, map_in_workers
 
-WORKERS = 2
 CHUNK_SIZE = 4
 
 log = logging.getLogger(__name__)
@@ -164,7 +162,7 @@ def with_bar_lines(data: bytes, bars: BarLines) -> bytes:
     return score.dumps_midi()
 
 
-def write_default_corpus(folder: Path, limit: int | None = None, workers: int = WORKERS) -> int:
+def write_default_corpus(folder: Path, limit: int | None = None, workers: int = SEEDING_WORKERS) -> int:
     """Export the music21 Bach chorales (the first `limit` of them, if given) into `folder`.
 
     Returns the number of .mid files written.
@@ -177,14 +175,12 @@ def write_default_corpus(folder: Path, limit: int | None = None, workers: int = 
     if not names:
         return 0
     written = 0
-    # forkserver, not fork: this may run inside a threaded process (Dagster), where fork is unsafe
-    context = multiprocessing.get_context("forkserver")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=max(1, min(workers, len(names))), mp_context=context) as pool:
-        results = pool.map(export_chorale, names, [str(folder)] * len(names), chunksize=CHUNK_SIZE)
-        for chorale, name, error in results:
-            if name is not None:
-                written += 1
-            else:
-                log.warning("skipping chorale %s: %s", chorale, error)
+    results = map_in_workers(export_chorale, names, [str(folder)] * len(names), count=len(names), workers=workers,
+                             chunksize=CHUNK_SIZE)
+    for chorale, name, error in results:
+        if name is not None:
+            written += 1
+        else:
+            log.warning("skipping chorale %s: %s", chorale, error)
     log.info("wrote %d of %d music21 Bach chorales as MIDI into %s", written, len(names), folder)
     return written
