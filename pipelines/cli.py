@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from common.atomic import atomic_write_bytes, atomic_write_text
+from common.mlflow_store import local_store
 from corpora.shards import png_bytes
 from ratings import DEFAULT_PORT as GALLERY_PORT
 from resources.storage import DATA_ROOT_ENV, default_data_root
@@ -69,12 +70,12 @@ def ui_commands(data_root: Path, dagster_port: int, mlflow_port: int, gallery_po
     gallery site with its rating pages, on the loopback interface, against the same data root."""
     bin_dir = Path(sys.executable).parent  # the venv's tools, even when the venv is not activated
     workspace = Path(__file__).resolve().parents[1] / "workspace.yaml"
-    mlflow_dir = data_root / "mlflow"
+    tracking_uri, artifact_root = local_store(data_root)
     return {
         "dagster": [str(bin_dir / "dagster"), "dev", "-w", str(workspace), "-h", UI_HOST, "-p", str(dagster_port)],
         "mlflow": [str(bin_dir / "mlflow"), "server", "--host", UI_HOST, "--port", str(mlflow_port),
-                   "--backend-store-uri", f"sqlite:///{mlflow_dir / 'mlflow.db'}",
-                   "--default-artifact-root", str(mlflow_dir / "artifacts"), "--workers", "1"],
+                   "--backend-store-uri", tracking_uri,
+                   "--default-artifact-root", str(artifact_root), "--workers", "1"],
         "gallery": [sys.executable, "-m", "pipelines.cli", "gallery", "--port", str(gallery_port)],
     }
 
@@ -161,21 +162,6 @@ def seed() -> int:
     return 0
 
 
-def parse_model_reference(reference: str) -> str:
-    """`name@alias` or `name/version` (or a full `models:/...` URI) as an MLflow model URI."""
-    if reference.startswith("models:/"):
-        return reference
-    if "@" not in reference and "/" not in reference:
-        raise SystemExit(f"expected name@alias or name/version, not {reference!r}")
-    return f"models:/{reference}"
-
-
-def model_name_of(reference: str) -> str:
-    """The registered model's name in `name@alias`, `name/version` or a `models:/` URI."""
-    path = reference.removeprefix("models:/")
-    return path.split("@", 1)[0].split("/", 1)[0]
-
-
 def sample(reference: str, n: int, seed: int, label: str | None, output: Path | None) -> int:
     """Sample from a registered model using only MLflow (no Dagster, no training code), and write
     what its family makes: a PNG grid, MIDI files with rendered WAVs, or an MP4."""
@@ -185,11 +171,17 @@ def sample(reference: str, n: int, seed: int, label: str | None, output: Path | 
 
     from provenance.credentials import Provenance, sign_file, signing_identity
 
-    record = family(model_name_of(reference))
+    from common.mlflow_store import resolve_version, split_reference, tracking_uri
+
+    try:
+        name, alias_or_version = split_reference(reference)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    record = family(name)
     output = output or Path(f"samples{SAMPLE_SUFFIX[record.samples]}")
     data_root = Path(default_data_root())
-    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{data_root / 'mlflow' / 'mlflow.db'}")
-    version = registered_version(mlflow.MlflowClient(), reference)  # once: an alias may move while we sample
+    mlflow.set_tracking_uri(tracking_uri(data_root))
+    version = resolve_version(mlflow.MlflowClient(), name, alias_or_version)  # once: an alias may move while we sample
     model = mlflow.pyfunc.load_model(f"models:/{version.name}/{version.version}")
     request = {"n": n, "seed": seed, **({"label": label} if label is not None else {})}
     written = WRITERS[record.samples](model, request, output)
@@ -199,14 +191,6 @@ def sample(reference: str, n: int, seed: int, label: str | None, output: Path | 
     print(f"wrote {len(written)} file(s) from {reference} (version {version.version}), each with a content credential "
           f"(atelier verify FILE): {', '.join(str(path) for path in written)}")
     return 0
-
-
-def registered_version(client, reference: str):
-    """The MLflow ModelVersion that `name@alias`, `name/version` or a `models:/` URI names."""
-    path = parse_model_reference(reference).removeprefix("models:/")
-    if "@" in path:
-        return client.get_model_version_by_alias(*path.split("@", 1))
-    return client.get_model_version(*path.split("/", 1))
 
 
 def verify(path: Path) -> int:

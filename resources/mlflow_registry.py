@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 import dagster as dg
 from pydantic import PrivateAttr
 
+from common.mlflow_store import REGISTRY_URI_ENV, TRACKING_URI_ENV, local_store, resolve_version, version_by_alias
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
@@ -39,7 +41,6 @@ LINEAGE_TAG_KEYS = (
     "config_hash",
 )
 MLFLOW_UI_ENV, DAGSTER_UI_ENV = "ATELIER_MLFLOW_UI_URL", "ATELIER_DAGSTER_UI_URL"  # set by `atelier ui`
-TRACKING_URI_ENV, REGISTRY_URI_ENV = "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"  # MLflow's own variables
 _DB_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 _GLOBAL_URI_LOCK = threading.Lock()
 
@@ -352,13 +353,8 @@ class MlflowRegistry(dg.ConfigurableResource):
         """
         import mlflow.artifacts
 
-        client, ref = self.client(), str(alias_or_version)
-        if ref.isdigit():
-            mv = client.get_model_version(name, ref)
-        else:
-            mv = self.get_version_by_alias(name, ref)
-        if mv is None:
-            raise LookupError(f"registered model {name!r} has no alias {ref!r}")
+        client = self.client()
+        mv = resolve_version(client, name, alias_or_version)
         local = mlflow.artifacts.download_artifacts(
             artifact_uri=client.get_model_version_download_uri(name, str(mv.version)),
             dst_path=dst_dir or tempfile.mkdtemp(prefix="mlflow-model-"),
@@ -396,20 +392,8 @@ class MlflowRegistry(dg.ConfigurableResource):
         self.client().set_registered_model_alias(name, alias, str(version))
 
     def get_version_by_alias(self, name: str, alias: str) -> ModelVersion | None:
-        """The ModelVersion behind ``name@alias``, or None if the alias (or model) is missing.
-
-        Reads the model's alias map rather than catching get_model_version_by_alias's error:
-        the SQL store reports a missing alias as INVALID_PARAMETER_VALUE, too broad to catch."""
-        from mlflow.exceptions import MlflowException
-
-        client = self.client()
-        try:
-            version = client.get_registered_model(name).aliases.get(alias)
-        except MlflowException as exc:
-            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-                return None
-            raise
-        return None if version is None else client.get_model_version(name, str(version))
+        """The ModelVersion behind ``name@alias``, or None if the alias (or model) is missing."""
+        return version_by_alias(self.client(), name, alias)
 
     @staticmethod
     def model_uri(name: str, alias_or_version: str | int) -> str:
@@ -425,6 +409,5 @@ def registry_for(data_root: str | os.PathLike) -> MlflowRegistry:
     links = {"ui_url": os.environ.get(MLFLOW_UI_ENV, ""), "dagster_ui_url": os.environ.get(DAGSTER_UI_ENV, "")}
     if server := os.environ.get(TRACKING_URI_ENV):
         return MlflowRegistry(tracking_uri=server, registry_uri=os.environ.get(REGISTRY_URI_ENV, ""), **links)
-    root = Path(data_root)
-    return MlflowRegistry(tracking_uri=f"sqlite:///{root / 'mlflow' / 'mlflow.db'}",
-                          artifact_root=str(root / "mlflow" / "artifacts"), **links)
+    tracking_uri, artifact_root = local_store(data_root)
+    return MlflowRegistry(tracking_uri=tracking_uri, artifact_root=str(artifact_root), **links)

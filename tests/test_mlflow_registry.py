@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from common.mlflow_store import split_reference
 from resources.mlflow_registry import LINEAGE_TAG_KEYS, MlflowRegistry, git_commit
 
 
@@ -165,6 +166,14 @@ def test_lineage_tags_and_model_uri():
     assert MlflowRegistry.model_uri("image-gan", "champion") == "models:/image-gan@champion"
     assert MlflowRegistry.model_uri("image-gan", 3) == "models:/image-gan/3"
     assert MlflowRegistry.model_uri("image-gan", "3") == "models:/image-gan/3"
+
+
+def test_a_model_reference_splits_into_name_and_alias_or_version():
+    assert split_reference("image-gan@champion") == split_reference("models:/image-gan@champion") == ("image-gan", "champion")
+    assert split_reference("image-gan/3") == split_reference("models:/image-gan/3") == ("image-gan", "3")
+    for bad in ("image-gan", "@champion", "image-gan/", "models:/"):
+        with pytest.raises(ValueError, match="expected name@alias or name/version"):
+            split_reference(bad)
 
 
 def test_register_twice_alias_and_load_in_fresh_process(store, sampler, tmp_path):

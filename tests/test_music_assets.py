@@ -15,11 +15,11 @@ import pytest
 
 from assets.ingest import midi_corpus
 from assets.music_vae import GALLERY_SEED, music_gallery, music_vae
+from common.mlflow_store import resolve_version
 from models.music_vae import CHAMPION_RULE
 from models.music_vae.sampling import GALLERY_BARS, GALLERY_TEMPERATURE, sample
 from models.music_vae.tokens import tokens_to_midi_bytes
 from pipelines.definitions import build_resources
-from pipelines.cli import registered_version
 from provenance.credentials import Provenance, verify_file
 
 VOICES = (72, 67, 60, 48)
@@ -119,7 +119,7 @@ def test_every_gallery_file_carries_a_credential_naming_the_version_that_made_it
 def test_atelier_sample_signs_with_the_version_its_reference_names_and_that_version_s_licence_tags(music_run):
     client = music_run["resources"]["mlflow"].client()
     client.set_model_version_tag("music-vae", "1", "training_licences", '{"CC0-1.0": 12}')  # as the licences part tags
-    by_alias, by_number = registered_version(client, "music-vae@champion"), registered_version(client, "music-vae/1")
+    by_alias, by_number = resolve_version(client, "music-vae", "champion"), resolve_version(client, "music-vae", "1")
     assert str(by_alias.version) == str(by_number.version) == "1"
     fields = Provenance.of_model_version(by_alias, [5]).fields()
     assert fields == {**fields, "model_name": "music-vae", "model_version": "1", "mlflow_run_id": by_alias.run_id,
