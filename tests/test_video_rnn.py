@@ -202,14 +202,37 @@ def test_bits_per_dim_equals_the_sampling_paths_likelihood_of_the_true_frames(ch
 
 def test_the_model_reads_only_the_quantized_frames():
     """Clips that differ only within quantization levels get the same bits/dim and the same
-    continuations in both modes: nothing finer than the modelled variable reaches the model."""
+    samples: nothing finer than the modelled variable reaches the model. The means differ by
+    exactly the last context frame's difference where `keep_detail` serves it, else not at all."""
     model = perturbed_model()
     clips = moving_squares(n=2, seed=8)[..., :1]  # one channel: the model's own, so the levels are the pixels'
     snapped = same_levels_other_pixels(clips, model.config.levels)
     assert bits_per_dim(model, clips) == bits_per_dim(model, snapped)
-    for mode in ("mean", "sample"):
-        assert np.array_equal(predict(model, clips[:, :CONTEXT], 3, mode, seed=1),
-                              predict(model, snapped[:, :CONTEXT], 3, mode, seed=1))
+    assert np.array_equal(predict(model, clips[:, :CONTEXT], 3, "sample", seed=1),
+                          predict(model, snapped[:, :CONTEXT], 3, "sample", seed=1))
+    means, snapped_means = (predict(model, c[:, :CONTEXT], 3).astype(int) for c in (clips, snapped))
+    detail = clips[:, CONTEXT - 1 : CONTEXT].astype(int) - snapped[:, CONTEXT - 1 : CONTEXT]
+    inside = (means > 0) & (means < 255) & (snapped_means > 0) & (snapped_means < 255)  # not clamped
+    assert model.config.keep_detail and inside.mean() > 0.3 and detail.any()
+    assert np.abs(means - snapped_means - detail)[inside].max() <= 1  # 8-bit rounding
+    model.config.keep_detail = False
+    assert np.array_equal(predict(model, clips[:, :CONTEXT], 3), predict(model, snapped[:, :CONTEXT], 3))
+
+
+def test_an_untrained_residual_model_forecasts_copy_last_exactly_with_the_detail_kept():
+    """The residual's change starts at zero; the quantization of the last frame read is what
+    would still stand between an untrained model's mean and the copy-last baseline."""
+    model = VideoRnn(tiny_config()).eval()
+    context = moving_squares(n=2, seed=3)[:, :CONTEXT, ..., :1]
+    assert np.array_equal(predict(model, context, 3), video_metrics.copy_last_frame(context, 3))
+    family = VideoRnnFamily(tiny_config(augment=False), moving_squares(n=4, seed=3))
+    batch = family.make_batch(family.rows.columns, torch.device("cpu"))
+    logged = family.train_step(batch, 0, contextlib.nullcontext)  # scored before the weights move
+    copy_last = torch.nn.functional.mse_loss(batch[:, CONTEXT - 1 : CONTEXT].expand(-1, HORIZON, -1, -1, -1),
+                                             batch[:, CONTEXT:])
+    assert logged["mse"] == pytest.approx(copy_last.item(), rel=1e-5)  # the loss trains the mean it serves
+    model.config.keep_detail = False
+    assert not np.array_equal(predict(model, context, 3), video_metrics.copy_last_frame(context, 3))
 
 
 def test_model_frames_snap_to_levels_and_pass_the_gradient_straight_through():

@@ -33,6 +33,7 @@ class VideoRnnConfig(FamilyConfig):
     head_kernel: int = 3  # later layers
     head_frames: int = 1  # future frames per clip the head's loss sees each step
     residual: bool = True  # the mean is the frame just read plus a learned change (starts as copy-last)
+    keep_detail: bool = False  # the served mean adds back what quantizing the last frame read dropped
     mse_weight: float = 10.0
     nll_weight: float = 1.0
     augment: bool = True
@@ -48,8 +49,8 @@ class VideoRnnConfig(FamilyConfig):
 
     PROFILES: ClassVar[dict[str, dict]] = {
         # 64x64, 10 -> 10, grayscale, ConvLSTM 2 x 32, SSIM loss: about 2.5 minutes on 2 idle CPU cores
-        "demo": dict(hidden=(32, 32), kernel=3, ssim_weight=1.0, head_width=16, head_layers=4, head_frames=1,
-                     batch_size=4, lr=2e-3, steps=300),
+        "demo": dict(hidden=(32, 32), kernel=3, ssim_weight=1.0, keep_detail=True, head_width=16, head_layers=4,
+                     head_frames=1, batch_size=4, lr=2e-3, steps=300),
         # the demo's budget in steps with PredRNN-V2 (docs/video-rnn.md): ST-LSTM 2 x 48, a
         # resize-conv mean, reverse scheduled sampling, an SSIM loss
         "demo-predrnn": dict(architecture="predrnn_v2", hidden=(48, 48), kernel=3, decoder="resize",
@@ -73,6 +74,8 @@ class VideoRnnConfig(FamilyConfig):
         first, last = self.true_context_ramp
         if not (0 <= self.true_context_start <= 1 and 0 <= first <= last <= 1):
             raise ValueError("true_context_start must lie in 0..1 and true_context_ramp be fractions in order")
+        if self.keep_detail and not self.residual:
+            raise ValueError("keep_detail adds the last frame's detail to a residual mean: it needs residual")
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, not {self.channels}")
         if self.context_frames < 1 or self.horizon < 1:

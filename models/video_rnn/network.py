@@ -111,6 +111,13 @@ class VideoRnn(nn.Module):
         return torch.cat([spread, position[None, :, None, :].expand(n, c, h, w * c)], dim=1), centres
 
 
+def lost_detail(frames: torch.Tensor, config: VideoRnnConfig) -> torch.Tensor | None:
+    """What quantizing full-precision `frames` to model frames dropped, which the served mean adds
+    back onto the means predicted after reading them (`keep_detail`); None when it is not kept.
+    With it, a residual model whose change is zero forecasts exactly the copy-last baseline."""
+    return frames - model_frames(frames, config.levels) if config.keep_detail else None
+
+
 def head_nll(model: VideoRnn, features: torch.Tensor, means: torch.Tensor, previous: torch.Tensor,
              targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy (nats per dimension) of the head on frames (N, C, H, W), teacher-forced:

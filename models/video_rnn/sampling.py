@@ -19,7 +19,7 @@ from models.video_rnn.frames import (
     dequantize, from_subpixels, match_channels, model_frames, prepare_clips, quantize, to_float_frames,
     to_subpixels, to_uint8_frames,
 )
-from models.video_rnn.network import VideoRnn
+from models.video_rnn.network import VideoRnn, lost_detail
 from models.video_rnn.pixelcnn import sample_frame
 
 # /3: the bundle also holds example contexts and the corpus' frame rate; /2: the model reads
@@ -33,8 +33,9 @@ MODES = ("mean", "sample")
 
 
 def _context_tensor(model: VideoRnn, context) -> tuple[torch.Tensor, int, bool]:
-    """uint8 (M,H,W,C), (B,M,H,W,C) or (M,H,W) -> model frames (B, M, C, H, W) at the model's
-    channels and resolution, the input's channel count, and whether the input was a single clip."""
+    """uint8 (M,H,W,C), (B,M,H,W,C) or (M,H,W) -> float frames (B, M, C, H, W) in [0, 1] at the
+    model's channels and resolution (not yet quantized), the input's channel count, and whether
+    the input was a single clip."""
     context = np.asarray(context)
     if context.dtype != np.uint8:
         raise ValueError(f"context must be uint8 frames, not {context.dtype}")
@@ -46,8 +47,7 @@ def _context_tensor(model: VideoRnn, context) -> tuple[torch.Tensor, int, bool]:
     if context.ndim != 5 or context.shape[-1] not in (1, 3) or context.shape[1] < 1:
         raise ValueError(f"context must be (M, H, W, C) or (B, M, H, W, C) with C in 1, 3; got {context.shape}")
     cfg = model.config
-    frames = float_clips(model, prepare_clips(context, cfg.channels, cfg.resolution))
-    return model_frames(frames, cfg.levels), context.shape[-1], single
+    return float_clips(model, prepare_clips(context, cfg.channels, cfg.resolution)), context.shape[-1], single
 
 
 def float_clips(model: VideoRnn, clips_uint8: np.ndarray) -> torch.Tensor:
@@ -57,11 +57,14 @@ def float_clips(model: VideoRnn, clips_uint8: np.ndarray) -> torch.Tensor:
 
 
 def _roll_means(model: VideoRnn, context: torch.Tensor, horizon: int) -> torch.Tensor:
-    """"mean" mode: the forecaster's clamped means (B, horizon, C, H, W) after the context (model
-    frames), each fed back as a model frame."""
-    means, _, state = model.read(context)
-    first = means[:, -1:].clamp(0, 1)
-    return torch.cat([first, model.roll(first[:, 0], state, horizon - 1)[0].clamp(0, 1)], dim=1)
+    """"mean" mode: the forecaster's clamped means (B, horizon, C, H, W) after the context (float
+    frames, read quantized), each fed back as a model frame; with `keep_detail` each served mean
+    also carries what quantizing the last context frame dropped."""
+    means, _, state = model.read(model_frames(context, model.config.levels))
+    first = means[:, -1:]
+    rolled = torch.cat([first, model.roll(first[:, 0].clamp(0, 1), state, horizon - 1)[0]], dim=1)
+    detail = lost_detail(context[:, -1:], model.config)
+    return (rolled if detail is None else rolled + detail).clamp(0, 1)
 
 
 def draw_frames(model: VideoRnn, context: torch.Tensor, horizon: int, generator: torch.Generator,
@@ -115,7 +118,8 @@ def predict(model: VideoRnn, context_uint8, horizon: int | None = None, mode: st
     if mode == "mean":
         future = _roll_means(model, frames, horizon)
     else:
-        future, _ = draw_frames(model, frames, horizon, torch.Generator().manual_seed(int(seed)))
+        future, _ = draw_frames(model, model_frames(frames, cfg.levels), horizon,
+                                torch.Generator().manual_seed(int(seed)))
     result = match_channels(to_uint8_frames(future), in_channels)
     return result[0] if single else result
 

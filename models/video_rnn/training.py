@@ -19,7 +19,7 @@ from models.video_rnn import CHAMPION_RULE
 from models.video_rnn.config import VideoRnnConfig
 from models.video_rnn.frames import model_frames, prepare_clips, to_float_frames
 from models.video_rnn.metrics import evaluate, format_table, ssim_torch
-from models.video_rnn.network import VideoRnn, head_nll
+from models.video_rnn.network import VideoRnn, head_nll, lost_detail
 from models.video_rnn.predrnn import PredRnnState
 from models.video_rnn.sampling import BUNDLE_FORMAT, WARM_START_FORMATS, load_bundle, load_model
 
@@ -139,6 +139,10 @@ class VideoRnnFamily:
             # one_step: predictions of frames 1..M+K-1; the last K forecasts are the future's
             nll = self.head_loss(inputs, one_step[:, m - 1 :], features[:, m - 1 :])
             decoupling = decoupling_term(state, *branches)
+        detail = lost_detail(batch, cfg)
+        if detail is not None:  # what the served mean adds: each frame's detail onto the forecast made after reading it
+            one_step = one_step + detail[:, : one_step.size(1)]
+            free_means = free_means + detail[:, m - 1 : m]
         truth = batch[:, 1:]
         mse_free = F.mse_loss(free_means.float(), truth[:, m - 1 :])
         mse_one_step = F.mse_loss(one_step.float(), truth)
