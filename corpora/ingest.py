@@ -27,7 +27,7 @@ from corpora.grouping import (HELDOUT, FileSignatures, SplitPlan, SplitSettings,
                               plan_split)
 from corpora.row_cache import CachedFile, RowCache, cache_key
 from corpora.scanning import SourceFile, displayable, load_hashes, part_of, remember_hashes, scan
-from corpora.shards import ShardWriter, TableSpec, read_parquet, write_parquet
+from corpora.shards import ShardWriter, TableSpec, arrow_array, arrow_rows, arrow_table, read_parquet, write_parquet
 from corpora.workers import ItemFailure, map_isolated, start_fork_server
 from provenance.licences import Licences, count_licences, is_licence_file, licence_name, read_licences
 
@@ -260,9 +260,11 @@ def ingest(
     licences = read_licences(raw_dir) if raw_dir.is_dir() else Licences()
     known_hashes = load_hashes(cache.hashes_file)
     files = scan(raw_dir, known_hashes, keep=_corpus_file) if raw_dir.is_dir() else []
+    # files read afresh (new, changed, or changed just before the last scan) are the likely decodes:
+    # the decoders' fork server then starts now, its imports running beside the rest of this
+    if any(f.sha256 and known_hashes.get(f.relpath, "")[4:] != [f.sha256] for f in files):
+        start_fork_server(*_decoder(modality))
     remember_hashes(files, cache.hashes_file, known_hashes)
-    # files read afresh (new, changed, or changed just before the last scan) are the likely decodes
-    read_afresh = any(f.sha256 and known_hashes.get(f.relpath, "")[4:] != [f.sha256] for f in files)
     del known_hashes  # a few objects per file: not held through the rest
     fingerprint = sha256_json(
         {
@@ -280,8 +282,6 @@ def ingest(
         rejections = read_rejections(out_dir / previous["rejected"]["path"])
         return IngestReport(modality.name, previous, manifest_path, True, time.monotonic() - started, rejections)
 
-    if read_afresh:
-        start_fork_server(*_decoder(modality))  # its imports run while the cache index is read
     known = cache.load_index()
     rejections, duplicates, accepted, decoded = _sort_files(modality, config, files, settings, cache, known, progress)
     near_memo = cache.load_near_memo()
@@ -299,8 +299,8 @@ def ingest(
     notices = [{"source_path": source.relpath, "sha256": source.sha256, "stage": stage, "kind": kind,
                 "message": message} for source, cached in accepted for stage, kind, message in cached.notices]
     notices_info = _write_plain(notices, NOTICES_SCHEMA, version_dir / f"{NOTICES_TABLE}.parquet", out_dir)
-    groups = pa.table([[source.relpath for source, _ in accepted], [source.sha256 for source, _ in accepted],
-                       plan.group, plan.stratum, plan.file_split], schema=GROUPS_SCHEMA)
+    groups = arrow_table([[source.relpath for source, _ in accepted], [source.sha256 for source, _ in accepted],
+                          plan.group, plan.stratum, plan.file_split], GROUPS_SCHEMA)
     groups_info = _write_columns(groups, version_dir / f"{GROUPS_TABLE}.parquet", out_dir)
 
     manifest = {
@@ -629,7 +629,7 @@ def _write_table(spec: TableSpec, accepted, licence_of: list[str], plan: SplitPl
     def flush() -> None:
         if run:
             rows = cache.table_rows(run["batch"], spec.name, run["first"], run["end"] - run["first"])
-            lineage = [pa.array(run[name], type=kind) for name, kind in LINEAGE_COLUMNS.items()]
+            lineage = [arrow_array(run[name], kind) for name, kind in LINEAGE_COLUMNS.items()]
             writer.append(pa.Table.from_arrays([*rows.columns, *lineage], schema=schema))
             run.clear()
 
@@ -660,7 +660,7 @@ def _write_table(spec: TableSpec, accepted, licence_of: list[str], plan: SplitPl
 
 
 def _write_plain(rows: list[dict], schema: pa.Schema, path: Path, out_dir: Path) -> dict:
-    return _write_columns(pa.Table.from_pylist(rows, schema=schema), path, out_dir)
+    return _write_columns(arrow_rows([[row[name] for name in schema.names] for row in rows], schema), path, out_dir)
 
 
 def _write_columns(table: pa.Table, path: Path, out_dir: Path) -> dict:

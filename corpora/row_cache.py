@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from common.atomic import atomic_write
 from common.hashing import sha256_json
 from corpora.grouping import NearPairMemo
-from corpora.shards import TableSpec, read_parquet, tensor_table
+from corpora.shards import TableSpec, arrow_rows, read_parquet, tensor_table
 
 CACHE_DIR = "cache"
 INDEX_SUFFIX = ".index.parquet"
@@ -180,7 +180,7 @@ class RowCache:
             offsets = np.frombuffer(packed.buffers()[1], np.int32)[packed.offset : packed.offset + len(packed) + 1]
             data = packed.buffers()[2]
             data = np.frombuffer(data, np.uint8) if data is not None else np.empty(0, np.uint8)
-            layouts = index_table.column("arrays_layout").to_numpy(zero_copy_only=False)
+            layouts = np.array(index_table.column("arrays_layout").to_pylist(), dtype=object)
             owners = np.asarray(indexes, np.int64)
             positions = np.fromiter((files[i].position for i in indexes), np.int64, len(indexes))
             distinct, which = np.unique(layouts[positions], return_inverse=True)
@@ -234,13 +234,13 @@ class RowCache:
         """Write the split's memo; the batches' near files are in it now."""
         rows = [(table, sha, "") for table, shas in memo.checked.items() for sha in sorted(shas)]
         rows += [(table, a, b) for table, pairs in memo.pairs.items() for a, b in sorted(pairs)]
-        _write(_near_table(rows, NEAR_PAIRS_SCHEMA), self.folder / NEAR_PAIRS_FILE)
+        _write(arrow_rows(rows, NEAR_PAIRS_SCHEMA), self.folder / NEAR_PAIRS_FILE)
         for path in self.folder.glob(f"b-*{NEAR_SUFFIX}"):
             path.unlink(missing_ok=True)
 
     def save_batch_near(self, batch: str, rows: list[tuple[str, str, str, str]]) -> None:
         """(run, table, a, b) rows of a committed batch (see NEAR_SUFFIX)."""
-        _write(_near_table(rows, BATCH_NEAR_SCHEMA), self.folder / f"{batch}{NEAR_SUFFIX}")
+        _write(arrow_rows(rows, BATCH_NEAR_SCHEMA), self.folder / f"{batch}{NEAR_SUFFIX}")
 
     # ---- writing ---------------------------------------------------------------------------
     def writer(self, batch_files: int, batch_megabytes: float, on_commit=None) -> BatchWriter:
@@ -257,11 +257,6 @@ class RowCache:
         for path in self.folder.iterdir():
             if path.name.split(".", 1)[0] not in live_batches:  # a temporary starts with "." and never is
                 path.unlink(missing_ok=True)
-
-
-def _near_table(rows: list[tuple], schema: pa.Schema) -> pa.Table:
-    return pa.table(dict(zip(schema.names, map(list, zip(*rows)))) if rows
-                    else {name: [] for name in schema.names}, schema=schema)
 
 
 class BatchWriter:
@@ -331,7 +326,8 @@ class BatchWriter:
         for name, parts in row_parts.items():
             if parts:
                 _write(_stack(self.cache.specs[name], parts), folder / f"{batch}.{name}.parquet")
-        _write(pa.Table.from_pylist(index_rows, schema=INDEX_SCHEMA), folder / f"{batch}{INDEX_SUFFIX}")  # commit
+        _write(arrow_rows([[row[name] for name in INDEX_SCHEMA.names] for row in index_rows], INDEX_SCHEMA),
+               folder / f"{batch}{INDEX_SUFFIX}")  # commit
         for position, (row, spans) in enumerate(zip(index_rows, spans_of)):
             notices = json.loads(row["notices"])
             self.committed[row["sha256"]] = CachedFile(

@@ -18,22 +18,21 @@ import hashlib
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from common.atomic import atomic_write
 from common.hashing import sha256_file, sha256_json
-from corpora.shards import read_parquet
+from corpora.shards import arrow_rows, read_parquet
 
 HASHES_SCHEMA = pa.schema([("relpath", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()),
                            ("ctime_ns", pa.int64()), ("inode", pa.int64()), ("sha256", pa.string())])
 
 
-@dataclass(frozen=True, slots=True)
-class SourceFile:
+class SourceFile(NamedTuple):  # a tuple: built once per file of the corpus on every scan, ~4x cheaper than a dataclass
     path: str  # the real path, to open the file by
     relpath: str  # inside the corpus, `displayable`: what shards, manifest and rejections record
     size: int
@@ -161,9 +160,7 @@ def remember_hashes(files: list[SourceFile], hashes_file: Path, known: dict[str,
     if len(rows) == len(known) and all(known.get(f.relpath) == [f.size, f.mtime_ns, f.ctime_ns, f.inode, f.sha256]
                                        for f in rows):
         return
-    table = pa.table({"relpath": [f.relpath for f in rows], "size": [f.size for f in rows],
-                      "mtime_ns": [f.mtime_ns for f in rows], "ctime_ns": [f.ctime_ns for f in rows],
-                      "inode": [f.inode for f in rows], "sha256": [f.sha256 for f in rows]}, schema=HASHES_SCHEMA)
+    table = arrow_rows([(f.relpath, f.size, f.mtime_ns, f.ctime_ns, f.inode, f.sha256) for f in rows], HASHES_SCHEMA)
     atomic_write(hashes_file, lambda file: pq.write_table(table, file, compression="zstd"))
 
 

@@ -63,10 +63,52 @@ class TableSpec:
         return (self.tensor.nbytes if self.tensor else 0) + 16 * len(self.columns) + 96
 
 
+def arrow_array(values: Sequence, kind: pa.DataType) -> pa.Array:
+    """`pa.array(values, type=kind)` for the plain types the corpora write, built from buffers:
+    `pa.array` imports pandas (about half a second) to ask whether `values` is a pandas object,
+    which a one-file change to a corpus would otherwise pay in every fresh process."""
+    if pa.types.is_dictionary(kind) and pa.types.is_string(kind.value_type):
+        codes = {value: code for code, value in enumerate(dict.fromkeys(values))}  # first appearance, as pa.array
+        indices = arrow_array(np.fromiter((codes[value] for value in values), np.int64, len(values)), kind.index_type)
+        return pa.DictionaryArray.from_arrays(indices, arrow_array(list(codes), kind.value_type))
+    plain = pa.types.is_string(kind) or pa.types.is_binary(kind) or pa.types.is_boolean(kind) or \
+        pa.types.is_integer(kind) or pa.types.is_floating(kind)
+    if not plain:
+        return pa.array(values, type=kind)
+    missing = np.fromiter((value is None for value in values), bool, len(values))
+    validity = pa.py_buffer(np.packbits(~missing, bitorder="little")) if missing.any() else None
+    if validity is not None:  # nulls: a placeholder in the data, a cleared bit in the validity
+        empty = b"" if pa.types.is_binary(kind) else "" if pa.types.is_string(kind) else 0
+        values = [empty if value is None else value for value in values]
+    if pa.types.is_string(kind) or pa.types.is_binary(kind):
+        data = [value.encode() for value in values] if pa.types.is_string(kind) else list(values)
+        offsets = np.zeros(len(data) + 1, np.int32)
+        np.cumsum(np.fromiter(map(len, data), np.int64, len(data)), out=offsets[1:])
+        return pa.Array.from_buffers(kind, len(data), [validity, pa.py_buffer(offsets), pa.py_buffer(b"".join(data))])
+    if pa.types.is_boolean(kind):
+        bits = np.packbits(np.asarray(values, dtype=bool), bitorder="little")
+        return pa.Array.from_buffers(kind, len(values), [validity, pa.py_buffer(bits)])
+    code = "f" if pa.types.is_floating(kind) else "i" if pa.types.is_signed_integer(kind) else "u"
+    numbers = np.ascontiguousarray(values, dtype=f"{code}{kind.bit_width // 8}")
+    return pa.Array.from_buffers(kind, len(numbers), [validity, pa.py_buffer(numbers)])
+
+
+def arrow_table(columns: Sequence[Sequence], schema: pa.Schema) -> pa.Table:
+    """A table of `schema` from one sequence of values per field (see `arrow_array`)."""
+    return pa.Table.from_arrays([arrow_array(values, field.type) for values, field in zip(columns, schema)],
+                                schema=schema)
+
+
+def arrow_rows(rows: Sequence[Sequence], schema: pa.Schema) -> pa.Table:
+    """A table of `schema` from tuples of values in field order."""
+    columns = list(zip(*rows)) if rows else [()] * len(schema)
+    return arrow_table(columns, schema)
+
+
 def tensor_table(spec: TableSpec, tensors: np.ndarray | None, columns: Mapping[str, Sequence]) -> pa.Table:
     """Build a table from a stacked tensor array (N, *shape) and plain column values."""
     schema = spec.schema()
-    plain = [pa.array(columns[name], type=schema.field(name).type) for name in spec.columns]
+    plain = [arrow_array(columns[name], schema.field(name).type) for name in spec.columns]
     if spec.tensor is None:
         return pa.Table.from_arrays(plain, schema=schema)
     tensors = np.ascontiguousarray(tensors, dtype=spec.tensor.dtype)
@@ -107,7 +149,9 @@ def read_parquet(path: str | Path, columns: Sequence[str] | None = None) -> pa.T
     """One Parquet file as a table; unlike `pq.read_table`, without importing pyarrow.dataset
     (about 40 MB and a second for a process that only reads a file)."""
     with pq.ParquetFile(path) as file:
-        return file.read(columns=columns)
+        # one thread: the files read this way are small, and handing their columns to the thread
+        # pool cost more than it saved (most on a loaded machine)
+        return file.read(columns=columns, use_threads=False)
 
 
 def read_shards(paths: Iterable[str | Path], columns: Sequence[str] | None = None) -> pa.Table:
@@ -194,7 +238,7 @@ class ShardWriter:
         path = self._path()
         self._write_row_groups(last=True)
         if self._file is None:
-            write_parquet(self.schema.empty_table(), path, row_group_size=self.row_group)
+            write_parquet(arrow_rows([], self.schema), path, row_group_size=self.row_group)
         else:
             self._file[0].close()  # the Parquet footer, then the atomic rename
             self._file = None

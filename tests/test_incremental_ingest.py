@@ -4,6 +4,7 @@ oddities (links in and out of the corpus, files that change while they are read)
 or rejected with a reason, never lost from the accounting."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -112,6 +113,32 @@ def kill_ingest_once(raw: Path, out: Path, done) -> None:
         time.sleep(0.01)
     os.killpg(child.pid, signal.SIGKILL)
     child.wait()
+
+
+ONE_FILE_CHANGE_IN_A_FRESH_PROCESS = """
+import json, sys
+from corpora.images import IMAGES, ImageCorpusConfig
+from corpora.ingest import IngestSettings, ingest
+report = ingest(IMAGES, ImageCorpusConfig(resolution=12), sys.argv[1], sys.argv[2],
+                IngestSettings(workers=1, heldout_percent=30, batch_files=8), progress=lambda message: None)
+print(json.dumps({"decoded": report.decoded_files, "version": report.version, "pandas": "pandas" in sys.modules}))
+"""
+
+
+def test_a_one_file_change_does_not_import_pandas(tmp_path):
+    """pyarrow imports pandas (half a second) on its first pa.array; an ingest builds its columns
+    without it, so a fresh process that adds one file to a corpus never pays that."""
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    write_pngs(raw, 20, seed=4)
+    run(raw, out)
+    Image.fromarray(np.full((12, 12), 5, np.uint8)).save(raw / "class-0" / "added.png")
+    child = subprocess.run([sys.executable, "-c", ONE_FILE_CHANGE_IN_A_FRESH_PROCESS, str(raw), str(out)],
+                           cwd=PROJECT_ROOT, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+                           capture_output=True, text=True, timeout=120)
+    assert child.returncode == 0, child.stderr[-3000:]
+    result = json.loads(child.stdout.strip().splitlines()[-1])
+    assert result["decoded"] == 1 and not result["pandas"]
+    assert result["version"] == fresh_version(raw, tmp_path / "fresh")
 
 
 def test_a_killed_ingest_keeps_the_batches_it_finished(tmp_path):
