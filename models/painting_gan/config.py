@@ -44,11 +44,11 @@ class PaintingGanConfig(FamilyConfig):
     seed: int = 0
 
     PROFILES: ClassVar[dict[str, dict]] = {
-        # FastGAN at 64x64 at half the paper-narrowed widths and 700 steps (betas are the paper's):
-        # about 2 minutes of the first run on 2 idle cores, 0.2x the CPU of the 256-wide 1500-step
-        # demo it replaced, at 2.4x its kid_style (docs/painting-gan.md)
+        # FastGAN at 64x64 at half the paper-narrowed widths, batch 16 for 600 steps (betas are the
+        # paper's): about 2.5 minutes of the first run on 2 idle cores; batch 8 for 700 steps cost
+        # 0.7x as much and scored worse and less steadily over four seeds (docs/painting-gan.md)
         "demo": dict(architecture="fastgan", resolution=64, widths=(128, 64, 32, 16, 8), z_dim=64,
-                     batch_size=8, lr=2e-4, betas=(0.5, 0.999), r1_gamma=0.0, style_mixing_prob=0.0, steps=700),
+                     batch_size=16, lr=2e-4, betas=(0.5, 0.999), r1_gamma=0.0, style_mixing_prob=0.0, steps=600),
         # the StyleGAN2-lite at 32x32 (timings: docs/painting-gan.md)
         "stylegan2-demo": dict(resolution=32, widths=(128, 128, 64, 32), z_dim=64, w_dim=64, batch_size=16, steps=1500),
         # twice the 4x4 width and the batch, 2.7x the steps: about 20 minutes on 2 cores
