@@ -27,7 +27,7 @@ from corpora.grouping import (HELDOUT, FileSignatures, SplitPlan, SplitSettings,
                               plan_split)
 from corpora.row_cache import CachedFile, RowCache, cache_key
 from corpora.scanning import SourceFile, displayable, load_hashes, part_of, remember_hashes, scan
-from corpora.shards import ShardWriter, TableSpec, arrow_array, arrow_rows, arrow_table, read_parquet, write_parquet
+from corpora.shards import ShardWriter, TableSpec, arrow_array, arrow_records, arrow_table, read_parquet, write_parquet
 from corpora.workers import ItemFailure, map_isolated, start_fork_server
 from provenance.licences import Licences, count_licences, is_licence_file, licence_name, read_licences
 
@@ -660,7 +660,7 @@ def _write_table(spec: TableSpec, accepted, licence_of: list[str], plan: SplitPl
 
 
 def _write_plain(rows: list[dict], schema: pa.Schema, path: Path, out_dir: Path) -> dict:
-    return _write_columns(arrow_rows([[row[name] for name in schema.names] for row in rows], schema), path, out_dir)
+    return _write_columns(arrow_records(rows, schema), path, out_dir)
 
 
 def _write_columns(table: pa.Table, path: Path, out_dir: Path) -> dict:

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from common.atomic import atomic_write
 from common.hashing import sha256_json
 from corpora.grouping import NearPairMemo
-from corpora.shards import TableSpec, arrow_rows, read_parquet, tensor_table
+from corpora.shards import TableSpec, arrow_records, arrow_rows, read_parquet, tensor_table
 
 CACHE_DIR = "cache"
 INDEX_SUFFIX = ".index.parquet"
@@ -326,8 +326,7 @@ class BatchWriter:
         for name, parts in row_parts.items():
             if parts:
                 _write(_stack(self.cache.specs[name], parts), folder / f"{batch}.{name}.parquet")
-        _write(arrow_rows([[row[name] for name in INDEX_SCHEMA.names] for row in index_rows], INDEX_SCHEMA),
-               folder / f"{batch}{INDEX_SUFFIX}")  # commit
+        _write(arrow_records(index_rows, INDEX_SCHEMA), folder / f"{batch}{INDEX_SUFFIX}")  # commit
         for position, (row, spans) in enumerate(zip(index_rows, spans_of)):
             notices = json.loads(row["notices"])
             self.committed[row["sha256"]] = CachedFile(

@@ -105,6 +105,11 @@ def arrow_rows(rows: Sequence[Sequence], schema: pa.Schema) -> pa.Table:
     return arrow_table(columns, schema)
 
 
+def arrow_records(records: Sequence[Mapping], schema: pa.Schema) -> pa.Table:
+    """A table of `schema` from dicts keyed by field name (`pa.Table.from_pylist` without pandas)."""
+    return arrow_table([[record[name] for record in records] for name in schema.names], schema)
+
+
 def tensor_table(spec: TableSpec, tensors: np.ndarray | None, columns: Mapping[str, Sequence]) -> pa.Table:
     """Build a table from a stacked tensor array (N, *shape) and plain column values."""
     schema = spec.schema()
