@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from common.atomic import atomic_write_bytes, atomic_write_text
-from common.mlflow_store import local_store
+from common.mlflow_store import local_store, resolve_version, split_reference, tracking_uri
 from corpora.shards import png_bytes
 from ratings import DEFAULT_PORT as GALLERY_PORT
 from resources.storage import DATA_ROOT_ENV, default_data_root
@@ -168,10 +168,7 @@ def sample(reference: str, n: int, seed: int, label: str | None, output: Path | 
     import mlflow
 
     from models.family import family
-
     from provenance.credentials import Provenance, sign_file, signing_identity
-
-    from common.mlflow_store import resolve_version, split_reference, tracking_uri
 
     try:
         name, alias_or_version = split_reference(reference)
