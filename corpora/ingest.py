@@ -262,7 +262,7 @@ def ingest(
     files = scan(raw_dir, known_hashes, keep=_corpus_file) if raw_dir.is_dir() else []
     # files read afresh (new, changed, or changed just before the last scan) are the likely decodes:
     # the decoders' fork server then starts now, its imports running beside the rest of this
-    if any(f.sha256 and known_hashes.get(f.relpath, "")[4:] != [f.sha256] for f in files):
+    if any(f.sha256 and known_hashes.get(f.relpath, ())[4:] != (f.sha256,) for f in files):
         start_fork_server(*_decoder(modality))
     remember_hashes(files, cache.hashes_file, known_hashes)
     del known_hashes  # a few objects per file: not held through the rest
