@@ -284,12 +284,13 @@ def ingest(
 
     licences = read_licences(raw_dir) if raw_dir.is_dir() else Licences()
     known_hashes = load_hashes(cache.hashes_file)
+    scan_started_ns = time.time_ns()
     files = scan(raw_dir, known_hashes, keep=_corpus_file) if raw_dir.is_dir() else []
     # files read afresh (new, changed, or changed just before the last scan) are the likely decodes:
     # the decoders' fork server then starts now, its imports running beside the rest of this
     if any(f.sha256 and known_hashes.get(f.relpath, ())[4:] != (f.sha256,) for f in files):
         start_fork_server(*_decoder(modality))
-    remember_hashes(files, cache.hashes_file, known_hashes)
+    remember_hashes(files, cache.hashes_file, known_hashes, scan_started_ns)
     del known_hashes  # a few objects per file: not held through the rest
     fingerprint = sha256_json(
         {
