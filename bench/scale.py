@@ -189,8 +189,8 @@ def bench_size(kind: str, size: int, scratch: Path, resume: bool = True) -> dict
     median = sorted(one_file.values())[1]
     result = {"kind": kind, "files": size, "full_s": full["seconds"], "files_per_s": size / full["seconds"],
               "peak_mb": full["peak_mb"], **{f"{change}_s": seconds for change, seconds in one_file.items()},
-              "one_file_share": median / full["seconds"], "one_file_cpu_s": sorted(one_file_cpu)[1], "killed_at_s": float("nan"), "resume_s": float("nan"),
-              "resume_decoded": "-"}
+              "one_file_share": median / full["seconds"], "one_file_cpu_s": sorted(one_file_cpu)[1],
+              "killed_at_s": float("nan"), "resume_s": float("nan"), "resume_decoded": "-"}
     if resume:
         resumed_out = raw.parent / "resumed"
         half = (size + 1) // 2
