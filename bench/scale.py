@@ -13,6 +13,8 @@ workers, summed over /proc every 50 ms). Columns:
 - peak MB: the tree's largest summed RSS during the full ingest;
 - add, edit, remove: adding a file, giving one new content, removing one, each followed by an
   ingest; one-file / full is the median of the three over the full time;
+- one-file CPU s: the median CPU seconds of the ingest process itself over the three (the
+  decoders' one file aside): steadier than seconds on a shared machine, to compare two codes;
 - resume: a fresh ingest SIGKILLed once half the files are in the row cache, then the rerun.
 
 Targets (on 2 cores): peak RSS at the largest size within 1.5x of the smallest; a one-file
@@ -49,9 +51,10 @@ elif sys.argv[1] == "midi":
 else:
     from corpora.video import VIDEO as modality, VideoCorpusConfig
     config = VideoCorpusConfig(resolution=32, clip_frames=10, clip_hop_frames=10)
-started = time.perf_counter()
+started, cpu = time.perf_counter(), time.process_time()
 report = ingest(modality, config, sys.argv[2], sys.argv[3], IngestSettings(workers=2), progress=lambda m: None)
-print(json.dumps({"seconds": time.perf_counter() - started, "decoded": report.decoded_files}))
+print(json.dumps({"seconds": time.perf_counter() - started, "cpu_s": time.process_time() - cpu,
+                  "decoded": report.decoded_files}))
 """
 
 
@@ -177,15 +180,17 @@ def bench_size(kind: str, size: int, scratch: Path, resume: bool = True) -> dict
     shutil.rmtree(raw.parent, ignore_errors=True)
     WRITERS[kind](raw, 0, size)
     full = run_ingest(kind, raw, out)
-    one_file = {}
+    one_file, one_file_cpu = {}, []
     for change, make in one_file_changes(kind, raw, size).items():
         make()
-        one_file[change] = run_ingest(kind, raw, out)["seconds"]
+        result = run_ingest(kind, raw, out)
+        one_file[change] = result["seconds"]
+        one_file_cpu.append(result["cpu_s"])
     median = sorted(one_file.values())[1]
     result = {"kind": kind, "files": size, "full_s": full["seconds"], "files_per_s": size / full["seconds"],
               "peak_mb": full["peak_mb"], **{f"{change}_s": seconds for change, seconds in one_file.items()},
-              "one_file_share": median / full["seconds"], "killed_at_s": float("nan"), "resume_s": float("nan"),
-              "resume_decoded": "-"}
+              "one_file_share": median / full["seconds"], "one_file_cpu_s": sorted(one_file_cpu)[1],
+              "killed_at_s": float("nan"), "resume_s": float("nan"), "resume_decoded": "-"}
     if resume:
         resumed_out = raw.parent / "resumed"
         half = (size + 1) // 2
@@ -212,12 +217,12 @@ def main() -> None:
             print(rows[-1], flush=True)
 
     print("\n| corpus | files | full s | files/s | peak MB | add s | edit s | remove s | one-file / full "
-          "| killed at s | resume s | resume decoded |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| one-file CPU s | killed at s | resume s | resume decoded |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['kind']} | {r['files']} | {r['full_s']:.1f} | {r['files_per_s']:.0f} | {r['peak_mb']:.0f} | "
               f"{r['add_s']:.1f} | {r['edit_s']:.1f} | {r['remove_s']:.1f} | {r['one_file_share']:.1%} | "
-              f"{r['killed_at_s']:.1f} | {r['resume_s']:.1f} | {r['resume_decoded']} |")
+              f"{r['one_file_cpu_s']:.2f} | {r['killed_at_s']:.1f} | {r['resume_s']:.1f} | {r['resume_decoded']} |")
     for kind in WRITERS:
         sizes = [r for r in rows if r["kind"] == kind]
         if len(sizes) > 1:

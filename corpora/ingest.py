@@ -7,12 +7,14 @@ manifest whose hash is the data version, no work when nothing changed) lives her
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -235,6 +237,29 @@ def _manifest_is_usable(manifest: dict | None, out_dir: Path, fingerprint: str) 
     )
 
 
+@contextmanager
+def _cyclic_gc(enabled: bool) -> Iterator[None]:
+    """Python's cyclic garbage collector on or off for a while, then as it was."""
+    was_enabled = gc.isenabled()
+    (gc.enable if enabled else gc.disable)()
+    try:
+        yield
+    finally:
+        (gc.enable if was_enabled else gc.disable)()
+
+
+def _without_cyclic_gc(function):
+    # An ingest holds a few objects per file of the corpus and makes no reference cycles, so the
+    # collector's passes over them are pure cost: about a tenth of a one-file change's CPU
+    # (docs/corpora-at-scale.md). The decoding loop turns it on again (see _decode_into_cache).
+    @functools.wraps(function)
+    def without(*args, **kwargs):
+        with _cyclic_gc(False):
+            return function(*args, **kwargs)
+    return without
+
+
+@_without_cyclic_gc
 def ingest(
     modality: Modality,
     config: Any,
@@ -259,12 +284,13 @@ def ingest(
 
     licences = read_licences(raw_dir) if raw_dir.is_dir() else Licences()
     known_hashes = load_hashes(cache.hashes_file)
+    scan_started_ns = time.time_ns()
     files = scan(raw_dir, known_hashes, keep=_corpus_file) if raw_dir.is_dir() else []
     # files read afresh (new, changed, or changed just before the last scan) are the likely decodes:
     # the decoders' fork server then starts now, its imports running beside the rest of this
-    if any(f.sha256 and known_hashes.get(f.relpath, "")[4:] != [f.sha256] for f in files):
+    if any(f.sha256 and known_hashes.get(f.relpath, ())[4:] != (f.sha256,) for f in files):
         start_fork_server(*_decoder(modality))
-    remember_hashes(files, cache.hashes_file, known_hashes)
+    remember_hashes(files, cache.hashes_file, known_hashes, scan_started_ns)
     del known_hashes  # a few objects per file: not held through the rest
     fingerprint = sha256_json(
         {
@@ -565,28 +591,30 @@ def _decode_into_cache(modality, config, to_decode: Sequence[SourceFile], settin
     crashed = done = 0
     last_report = time.monotonic()
     items = [DecodeTask(f.path, f.relpath, config, f.sha256) for f in to_decode]
-    try:
-        decode, preload = _decoder(modality)
-        for index, result in map_isolated(
-            decode, items, workers=settings.workers, timeout_s=settings.timeout_s,
-            chunk_size=settings.chunk_size or modality.chunk_size, preload=preload,
-        ):
-            sha = to_decode[index].sha256
-            done += 1
-            if isinstance(result, ItemFailure):
-                # a decoder's message may quote the real path, surrogate escapes and all
-                reason = (result.stage, result.error_type, displayable(result.message))
-                crashed += result.error_type == "WorkerCrashed"
-                if not writer.add_rejected(sha, *reason):
-                    transient[sha] = reason
-            else:
-                writer.add_decoded(sha, result)
-            if time.monotonic() - last_report > 10:
-                progress(f"{modality.name}: decoded {done}/{len(items)} files")
-                last_report = time.monotonic()
-    finally:
-        writer.flush()  # a run stopped by an error or a signal keeps what it finished
-        known.update(writer.committed)
+    # on while decoding: a long decode's worker messages and futures are collected as it goes
+    with _cyclic_gc(True):
+        try:
+            decode, preload = _decoder(modality)
+            for index, result in map_isolated(
+                decode, items, workers=settings.workers, timeout_s=settings.timeout_s,
+                chunk_size=settings.chunk_size or modality.chunk_size, preload=preload,
+            ):
+                sha = to_decode[index].sha256
+                done += 1
+                if isinstance(result, ItemFailure):
+                    # a decoder's message may quote the real path, surrogate escapes and all
+                    reason = (result.stage, result.error_type, displayable(result.message))
+                    crashed += result.error_type == "WorkerCrashed"
+                    if not writer.add_rejected(sha, *reason):
+                        transient[sha] = reason
+                else:
+                    writer.add_decoded(sha, result)
+                if time.monotonic() - last_report > 10:
+                    progress(f"{modality.name}: decoded {done}/{len(items)} files")
+                    last_report = time.monotonic()
+        finally:
+            writer.flush()  # a run stopped by an error or a signal keeps what it finished
+            known.update(writer.committed)
     if items and crashed == len(items):
         # Not a verdict on the files: the workers could not run at all. Saving this as a
         # corpus version would make the next run reuse it instead of trying again.

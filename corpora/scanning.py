@@ -10,13 +10,12 @@ Hashing every file is the one cost an unchanged corpus still pays, so the hashes
 scan are remembered by (size, modification time, change time, inode): a file whose four are
 unchanged is not read again. Any write changes the change time, which no tool can set back, so
 only a file written twice within one tick of the file system's clock escapes; the hashes of
-files changed in the last seconds before a scan are therefore not remembered.
+files changed after a scan began, or in the seconds before, are therefore not remembered.
 """
 from __future__ import annotations
 
 import hashlib
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -121,15 +120,16 @@ def _hash(relpath: str, path: str, stat: os.stat_result, known: dict) -> SourceF
     return SourceFile(path, relpath, size, digest, mtime_ns, ctime_ns, inode)
 
 
-def load_hashes(hashes_file: Path) -> dict[str, list]:
-    """The last scan's hashes: relpath -> [size, mtime_ns, ctime_ns, inode, sha256] ({} when none)."""
+def load_hashes(hashes_file: Path) -> dict[str, tuple]:
+    """The last scan's hashes: relpath -> (size, mtime_ns, ctime_ns, inode, sha256) ({} when none)."""
     if not hashes_file.is_file():
         return {}
-    table = read_parquet(hashes_file).to_pydict()
-    return {relpath: facts for relpath, *facts in zip(*(table[name] for name in HASHES_SCHEMA.names))}
+    table = read_parquet(hashes_file)
+    return dict(zip(table.column("relpath").to_pylist(),
+                    zip(*(table.column(name).to_pylist() for name in HASHES_SCHEMA.names[1:]))))
 
 
-def scan(raw_dir: Path, known: dict[str, list] | None = None, keep: Callable[[str], bool] | None = None
+def scan(raw_dir: Path, known: dict[str, tuple] | None = None, keep: Callable[[str], bool] | None = None
          ) -> list[SourceFile]:
     """Every non-hidden file under `raw_dir` (whose relative path `keep` accepts), sorted by
     relative path, with its content hash (taken from `known`, see `load_hashes`, for files
@@ -145,19 +145,20 @@ def scan(raw_dir: Path, known: dict[str, list] | None = None, keep: Callable[[st
     return files
 
 
-# A file changed this recently may change again within the same tick of the file system's clock
-# (coarse on many) with the same size, and its stat would not show it: its hash is not
-# remembered, so the next scan reads it again (git's "racily clean" entries).
+# A file changed this close to when it was read may change again within the same tick of the
+# file system's clock (coarse on many) with the same size, and its stat would not show it: its
+# hash is not remembered, so the next scan reads it again (git's "racily clean" entries). The
+# window ends at the scan's start, not its end: a long scan reads files long after it began.
 RACY_WINDOW_NS = 2_000_000_000
 
 
-def remember_hashes(files: list[SourceFile], hashes_file: Path, known: dict[str, list],
-                    now_ns: int | None = None) -> None:
-    """Write this scan's hashes for the next one (but those of files changed in the last
-    RACY_WINDOW_NS before `now_ns`), unless they are the ones `known` already holds."""
-    settled_before = (time.time_ns() if now_ns is None else now_ns) - RACY_WINDOW_NS
+def remember_hashes(files: list[SourceFile], hashes_file: Path, known: dict[str, tuple],
+                    scan_started_ns: int) -> None:
+    """Write this scan's hashes for the next one (but those of files changed after
+    `scan_started_ns` or in the RACY_WINDOW_NS before it), unless `known` holds them already."""
+    settled_before = scan_started_ns - RACY_WINDOW_NS
     rows = [f for f in files if f.sha256 and f.mtime_ns < settled_before and f.ctime_ns < settled_before]
-    if len(rows) == len(known) and all(known.get(f.relpath) == [f.size, f.mtime_ns, f.ctime_ns, f.inode, f.sha256]
+    if len(rows) == len(known) and all(known.get(f.relpath) == (f.size, f.mtime_ns, f.ctime_ns, f.inode, f.sha256)
                                        for f in rows):
         return
     table = arrow_rows([(f.relpath, f.size, f.mtime_ns, f.ctime_ns, f.inode, f.sha256) for f in rows], HASHES_SCHEMA)
@@ -177,7 +178,7 @@ def folder_signature(raw_dir: Path) -> str:
                         for relpath, _, stat, _ in _listing(raw_dir)])
 
 
-def folder_fingerprint(raw_dir: Path, known: dict[str, list] | None = None) -> str:
+def folder_fingerprint(raw_dir: Path, known: dict[str, tuple] | None = None) -> str:
     """A hash of every file's relative path and content: touching a file does not change it.
     Hashes in `known` (the last ingest's, see `load_hashes`) stand for files it saw unchanged."""
     return sha256_json([(f.relpath, f.sha256) for f in scan(raw_dir, known)])

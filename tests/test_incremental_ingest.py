@@ -211,3 +211,27 @@ def test_an_unreadable_file_is_rejected_with_its_reason(tmp_path):
     report = run(raw, out)
     assert {r.source_path: r.error_type for r in report.rejections} == {"class-0/00000.png": "PermissionError"}
     assert accounted(report)
+
+
+def test_an_ingest_leaves_the_cyclic_garbage_collector_as_it_found_it(tmp_path):
+    """An ingest turns Python's cyclic collector off (its per-file objects make no cycles) and
+    back on while decoding; the caller's setting is restored, also when the ingest fails."""
+    import gc
+
+    raw = tmp_path / "raw"
+    write_pngs(raw, 4, seed=8)
+    assert gc.isenabled()
+    collecting = []
+    report = ingest(IMAGES, CONFIG, raw, tmp_path / "out", SETTINGS, progress=lambda _: collecting.append(gc.isenabled()))
+    assert accounted(report) and collecting and not any(collecting)
+    assert gc.isenabled()
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(OSError):
+        run(raw, tmp_path / "a-file")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        run(raw, tmp_path / "out")
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

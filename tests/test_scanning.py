@@ -6,7 +6,7 @@ import os
 import time
 
 import corpora.scanning
-from corpora.scanning import load_hashes, remember_hashes, scan
+from corpora.scanning import RACY_WINDOW_NS, load_hashes, remember_hashes, scan
 
 
 def test_the_scan_reads_again_only_the_files_whose_stat_changed(tmp_path, monkeypatch):
@@ -16,7 +16,7 @@ def test_the_scan_reads_again_only_the_files_whose_stat_changed(tmp_path, monkey
         (corpus / name).write_bytes(name.encode() * 100)
     first = scan(corpus, load_hashes(hashes_file))
     later = time.time_ns() + 60 * 10**9  # as if the files had settled long before the next scan
-    remember_hashes(first, hashes_file, {}, now_ns=later)
+    remember_hashes(first, hashes_file, {}, scan_started_ns=later)
 
     edited = corpus / "b.bin"
     kept = edited.stat()
@@ -30,6 +30,7 @@ def test_the_scan_reads_again_only_the_files_whose_stat_changed(tmp_path, monkey
 
     real_sha256_file = corpora.scanning.sha256_file
     monkeypatch.setattr(corpora.scanning, "sha256_file", counting_sha256_file)
+    second_started = time.time_ns()
     second = scan(corpus, load_hashes(hashes_file))
 
     assert read == ["b.bin"]
@@ -38,8 +39,23 @@ def test_the_scan_reads_again_only_the_files_whose_stat_changed(tmp_path, monkey
     assert hashes["a.bin"] == first[0].sha256 and hashes["c.bin"] == first[2].sha256
 
     # remembered at the real time, every file was changed seconds ago: none is trusted next time
-    remember_hashes(second, hashes_file, load_hashes(hashes_file))
+    remember_hashes(second, hashes_file, load_hashes(hashes_file), second_started)
     assert load_hashes(hashes_file) == {}
     read.clear()
     scan(corpus, load_hashes(hashes_file))
     assert read == ["a.bin", "b.bin", "c.bin"]
+
+
+def test_a_file_changed_after_the_scan_began_is_not_remembered(tmp_path):
+    """The racy window ends at the scan's start: a long scan may read a file just after a
+    write that another write within the same clock tick follows, however long ago that is
+    when the hashes are written."""
+    corpus, hashes_file = tmp_path / "corpus", tmp_path / "hashes.parquet"
+    corpus.mkdir()
+    (corpus / "a.bin").write_bytes(b"a" * 10)
+    files = scan(corpus, {})
+    changed_ns = max(files[0].mtime_ns, files[0].ctime_ns)
+    remember_hashes(files, hashes_file, {}, scan_started_ns=changed_ns - 1)
+    assert load_hashes(hashes_file) == {}
+    remember_hashes(files, hashes_file, {}, scan_started_ns=changed_ns + RACY_WINDOW_NS + 1)
+    assert load_hashes(hashes_file)["a.bin"][4] == files[0].sha256
