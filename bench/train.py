@@ -4,6 +4,7 @@
     .venv/bin/python -m bench.train --quality            # + fid_classifier of a demo-profile run
     .venv/bin/python -m bench.train --quality --architecture dcgan --architecture sngan --seed 0 --seed 1
     .venv/bin/python -m bench.train --quality --minutes 20 --bundle runs/demo/bundle.pt
+    .venv/bin/python -m bench.train --quality --set 'betas=[0.5, 0.999]'   # the demo with config overrides
     .venv/bin/python -m bench.train --family music [--quality --minutes 20]   # see bench/music.py
     .venv/bin/python -m bench.train --family painting [--quality --minutes 20]   # bench/painting.py
     .venv/bin/python -m bench.train --family video [--quality --minutes 20]   # bench/video.py
@@ -19,6 +20,7 @@ the table before reading any number.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import tempfile
@@ -31,7 +33,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from models.bundle import save_bundle
-from models.classifier import FeatureClassifier, predict_labels, train_classifier
+from models.classifier import ClassifierConfig, FeatureClassifier, predict_labels, train_classifier
 from models.distances import memorization
 from models.generators import to_unit_range
 from models.image_gan.config import ImageGanConfig
@@ -181,7 +183,8 @@ def quality_table(args, images, labels, heldout, heldout_labels, class_names, nu
         classifier.load_state_dict(torch.load(args.classifier, weights_only=True))
         accuracy = float((predict_labels(classifier, heldout) == heldout_labels).mean())
     else:
-        classifier, accuracy = train_classifier(images, labels, heldout, heldout_labels)
+        classifier, accuracy = train_classifier(images, labels, heldout, heldout_labels,
+                                                ClassifierConfig(epochs=args.classifier_epochs))
         if args.classifier is not None:
             torch.save(classifier.state_dict(), args.classifier)
     print(f"feature classifier: heldout accuracy {accuracy:.3f} ({time.perf_counter() - started:.0f} s)", flush=True)
@@ -193,10 +196,11 @@ def quality_table(args, images, labels, heldout, heldout_labels, class_names, nu
     bundles = {f"bundle {i}": load_generator(path) for i, path in enumerate(args.bundle or [])}
     for architecture in [] if args.bundle else args.architecture or [demo.architecture]:
         for seed in args.seed or [demo.seed]:
-            config = ImageGanConfig.profile("demo", num_classes=num_classes, architecture=architecture, seed=seed)
+            config = ImageGanConfig.profile("demo", num_classes=num_classes, architecture=architecture, seed=seed,
+                                            **args.overrides)
             run_dir = Path(tempfile.mkdtemp(prefix=f"bench-demo-{architecture}-"))
             bundle, result = train_to_bundle(config, images, labels, class_names, run_dir, 0.0)
-            name = f"demo {architecture} seed {seed}"
+            name = f"demo {architecture} seed {seed}" + "".join(f" {k}={v}" for k, v in args.overrides.items())
             bundles[name] = load_generator(bundle)
             notes.append(f"{name}: {result.step} steps in {result.seconds:.0f} s ({run_dir})")
     if args.minutes:
@@ -226,11 +230,16 @@ def main() -> None:
     parser.add_argument("--bundle", type=Path, action="append", help="with --quality: evaluate these bundles instead of training the demo")
     parser.add_argument("--architecture", action="append", help="with --quality: train the demo with each (default: the profile's)")
     parser.add_argument("--seed", type=int, action="append", help="with --quality: train the demo with each seed")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=JSON",
+                        help="with --quality: overrides of the demo profile's config for the trained rows")
     parser.add_argument("--classifier", type=Path, help="with --quality: feature classifier state_dict to load, or to save once trained")
+    parser.add_argument("--classifier-epochs", type=int, default=ClassifierConfig.epochs,
+                        help="with --quality: epochs of the feature classifier (a small corpus needs more)")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--family", choices=["image", "music", "painting", "video"], default="image")
     parser.add_argument("--kind", choices=["chorale", "melody"], default="chorale", help="with --family music")
     args = parser.parse_args()
+    args.overrides = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.set)}
     torch.set_num_threads(args.threads)
     print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}; threads={args.threads}", flush=True)
 

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from corpora.defaults.video import write_default_corpus
+from corpora.defaults.video import digit_sprites, write_default_corpus, write_moving_sprites
 from corpora.ingest import DecodeTask, IngestSettings, Rejected, ingest
 from corpora.shards import read_shards, tensors_from_table
 from corpora.video import VIDEO, VideoCorpusConfig, decode, read_video_frames, write_video
@@ -411,6 +411,23 @@ def test_default_corpus_is_reproducible_and_ingests(tmp_path):
     # 40 frames at 10 fps -> 2 clips of 20; Big Buck Bunny: 132 frames at 25 fps = 5.28 s -> 53 frames -> 2 clips
     assert per_file == {files[0]: 2, "real/bigbuckbunny.mp4": 2}
     assert tensors_from_table(table, "frames").shape == (4, 20, 64, 64, 3)
+
+
+def test_moving_sprites_move_the_pictures_they_are_given(tmp_path):
+    digits, labels = digit_sprites()
+    squares = np.zeros_like(digits)
+    squares[:, 4:24, 4:24] = 255  # as many sprites as digits: the same seed draws the same paths and indices
+    assert write_moving_sprites(tmp_path / "digits", digits, [str(label) for label in labels], 1) == 1
+    assert write_moving_sprites(tmp_path / "squares", squares, ["square"] * len(squares), 1, prefix="squares") == 1
+    (digit_clip,), (square_clip,) = (list((tmp_path / name).iterdir()) for name in ("digits", "squares"))
+    assert digit_clip.name.startswith("digits_000_") and square_clip.name == "squares_000_square-square.mp4"
+
+    digit_frames, square_frames = read_video_frames(digit_clip)[..., 0], read_video_frames(square_clip)[..., 0]
+    assert digit_frames.shape == square_frames.shape == (40, 64, 64)
+    bright_squares = (square_frames[0] > 128).sum()
+    assert 400 <= bright_squares <= 800  # two 20x20 squares, overlapping or not
+    assert (digit_frames[0] > 128).sum() < bright_squares * 0.8  # strokes, not filled squares
+    assert np.abs(digit_frames.astype(int) - square_frames).mean() > 5
 
 
 def test_a_file_cut_inside_its_last_frame_keeps_every_whole_frame(tmp_path):

@@ -106,11 +106,20 @@ def write_default_corpus(folder: Path, limit: int | None = None) -> int:
         written += 1
 
     sprites, labels = digit_sprites()
-    rng = np.random.default_rng(SEED)
     count = MOVING_DIGITS_VIDEOS if limit is None else min(limit, MOVING_DIGITS_VIDEOS)
+    return written + write_moving_sprites(folder / "moving_digits", sprites, [str(label) for label in labels], count)
+
+
+def write_moving_sprites(folder: Path, sprites: np.ndarray, sprite_names: list[str], count: int,
+                         seed: int = SEED, prefix: str = "digits") -> int:
+    """Write `count` clips of two sprites bouncing (`moving_digits`) as <prefix>_<i>_<name>-<name>.mp4.
+
+    The default corpus moves handwritten digits; any (N, side, side) uint8 sprites on black will do
+    (bench/second_corpora.py moves Fashion-MNIST pictures). Returns the number of files written.
+    """
+    rng = np.random.default_rng(seed)
     for i in range(count):
         video, chosen = moving_digits(rng, sprites)
-        names = "-".join(str(labels[c]) for c in chosen)
-        write_video(folder / "moving_digits" / f"digits_{i:03d}_{names}.mp4", video[..., None], MOVING_DIGITS_FPS)
-        written += 1
-    return written
+        names = "-".join(sprite_names[c] for c in chosen)
+        write_video(Path(folder) / f"{prefix}_{i:03d}_{names}.mp4", video[..., None], MOVING_DIGITS_FPS)
+    return count
