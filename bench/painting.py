@@ -1,6 +1,7 @@
 """Painting GAN rows of bench/train.py: images/s (trainer vs plain loop) and the KID table.
 
     .venv/bin/python -m bench.train --family painting [--quality --minutes 20]
+    .venv/bin/python -m bench.train --family painting --quality --skip-throughput --profile demo --seed 1
 
 Throughput and quality of both demo profiles (StyleGAN2-lite at 32x32, FastGAN at 64x64): each
 to its end, and with --minutes a cpu-long run stopped by that budget, each against the
@@ -35,9 +36,10 @@ def throughput_table(manifest: Path, steps: int, repeats: int) -> str:
     return "\n\n".join(tables)
 
 
-def quality_table(manifest: Path, minutes: float | None) -> str:
+def quality_table(manifest: Path, minutes: float | None, profiles=DEMO_PROFILES, seeds=(0,)) -> str:
     pictures = load_pictures(manifest)
-    runs = {profile: (PaintingGanConfig.profile(profile), {}) for profile in DEMO_PROFILES}
+    runs = {f"{profile} seed {seed}": (PaintingGanConfig.profile(profile, seed=seed), {})
+            for profile in profiles for seed in seeds}
     if minutes:
         runs[f"cpu-long {minutes:g} min"] = (PaintingGanConfig.profile("cpu-long"), {"max_minutes": minutes})
     out = []

@@ -229,7 +229,9 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, help="with --quality: also a cpu-long run of this many minutes")
     parser.add_argument("--bundle", type=Path, action="append", help="with --quality: evaluate these bundles instead of training the demo")
     parser.add_argument("--architecture", action="append", help="with --quality: train the demo with each (default: the profile's)")
-    parser.add_argument("--seed", type=int, action="append", help="with --quality: train the demo with each seed")
+    parser.add_argument("--seed", type=int, action="append",
+                        help="with --quality: train the demo (with --family painting: each profile) with each seed")
+    parser.add_argument("--profile", action="append", help="with --family painting --quality: these profiles (default both demos)")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=JSON",
                         help="with --quality: overrides of the demo profile's config for the trained rows")
     parser.add_argument("--classifier", type=Path, help="with --quality: feature classifier state_dict to load, or to save once trained")
@@ -259,7 +261,10 @@ def main() -> None:
         manifest = args.manifest or family.DEFAULT_MANIFEST
         if not args.skip_throughput:
             print(family.throughput_table(manifest, args.steps, args.repeats), flush=True)
-        if args.quality:
+        if args.quality and args.family == "painting":
+            print(family.quality_table(manifest, args.minutes, args.profile or family.DEMO_PROFILES, args.seed or [0]),
+                  flush=True)
+        elif args.quality:
             print(family.quality_table(manifest, args.minutes), flush=True)
         return
 
