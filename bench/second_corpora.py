@@ -14,7 +14,7 @@ families' benches (`--manifest`). A corpus folder that already holds files is ke
   (its Van Gogh is left out, so no work is in both painting corpora, and so is the Pieta, a sculpture).
 - video: 60 clips of two Fashion-MNIST pictures bouncing, from the default corpus's moving-digits
   generator with another seed.
-docs/image-gan.md, docs/painting-gan.md and docs/video-rnn.md report the families on them.
+Each family's page in docs/ reports it on these corpora.
 """
 from __future__ import annotations
 
