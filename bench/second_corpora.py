@@ -28,6 +28,7 @@ from PIL import Image
 
 warnings.filterwarnings("ignore", message=".* is currently in beta")  # Dagster's, from importing the ingest configs
 from assets.ingest import ImageIngestConfig, PaintingIngestConfig, VideoIngestConfig  # noqa: E402
+from common.atomic import atomic_write_text  # noqa: E402
 from corpora.defaults import is_empty  # noqa: E402
 from corpora.defaults import images as default_images  # noqa: E402
 from corpora.defaults import video as default_video  # noqa: E402
@@ -129,7 +130,7 @@ def build(corpus: str, root: Path) -> Path:
     raw = root / "raw" / corpus
     if is_empty(raw):
         print(f"{corpus}: wrote {write(raw)} files into {raw}", flush=True)
-        (raw / LICENCE_FILE_NAMES[0]).write_text(LICENCES[corpus])
+        atomic_write_text(raw / LICENCE_FILE_NAMES[0], LICENCES[corpus])
     settings = IngestSettings(heldout_percent=config.heldout_percent, group_by=config.group_by,
                               time_split_below_groups=config.time_split_below_groups)
     report = ingest(modality, config.corpus_config(), raw, root / "shards" / corpus, settings, progress=print)
