@@ -362,7 +362,9 @@ def ingest(
     atomic_write_json(manifest_path, manifest)  # the commit point: readers now see the new shards
     _remove_old_versions(out_dir, manifest, replaced)
     cache.save_near_memo(near_memo)
-    cache.collect_garbage({f.sha256 for f in files if f.sha256}, known)
+    live = {f.sha256 for f in files if f.sha256}
+    cache.compact(live, known, settings.batch_files, settings.batch_megabytes)
+    cache.collect_garbage(live, known)
 
     counts = manifest["counts"]
     progress(

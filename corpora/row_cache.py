@@ -41,6 +41,10 @@ INDEX_SUFFIX = ".index.parquet"
 TRANSIENT_ERRORS = frozenset({"WorkerCrashed", "Timeout", "FileChanged", "FileNotFoundError", "PermissionError"})
 HASHES_FILE = "hashes.parquet"
 NEAR_PAIRS_FILE = "near-pairs.parquet"
+# RowCache.compact: a batch under this share of a full one is small; up to MIN_SMALL_BATCHES
+# of them, and no more than the full ones, are left alone
+FULL_FRACTION = 0.75
+MIN_SMALL_BATCHES = 4
 NEAR_PAIRS_SCHEMA = pa.schema([("table", pa.string()), ("a", pa.string()), ("b", pa.string())])  # b "": a was compared
 # Beside a batch index, the near pairs its files formed with the files decoded before them in the
 # same run (`run`): a killed ingest's comparisons survive it (corpora.ingest.RunNearSearch).
@@ -247,6 +251,46 @@ class RowCache:
         return BatchWriter(self, batch_files, int(batch_megabytes * (1 << 20)), on_commit)
 
     # ---- housekeeping ----------------------------------------------------------------------
+    def compact(self, live: Iterable[str], known: dict[str, CachedFile], batch_files: int,
+                batch_megabytes: float) -> int:
+        """Merge the live files of batches under FULL_FRACTION of a batch into full batches once
+        they outnumber the full ones (and MIN_SMALL_BATCHES): each change that decodes adds a
+        batch, so a corpus edited a file at a time would otherwise gather one more index and
+        table file per edit for every later version to open. `known` points at the new batches
+        afterwards, so the next `collect_garbage` removes the old ones; a kill in between
+        leaves both, and the newer wins. Returns how many batches were merged."""
+        members: dict[str, list[str]] = {}
+        for sha in set(live):
+            if sha in known:
+                members.setdefault(known[sha].batch, []).append(sha)
+        batch_bytes = int(batch_megabytes * (1 << 20))
+        small = sorted(batch for batch, shas in members.items()
+                       if self._fill(batch, [known[sha] for sha in shas], batch_files, batch_bytes) < FULL_FRACTION)
+        if len(small) <= max(len(members) - len(small), MIN_SMALL_BATCHES):
+            return 0
+        merged = _MergedBatch(self, batch_files, batch_bytes, known)
+        for batch in small:
+            index = read_parquet(self.folder / f"{batch}{INDEX_SUFFIX}").to_pylist()
+            for sha in sorted(members[batch], key=lambda sha: known[sha].position):
+                cached = known[sha]
+                tables = {name: self.table_rows(batch, name, first, count)
+                          for name, (first, count) in cached.row_spans.items()}
+                merged.add(index[cached.position], tables)
+        merged.flush()
+        return len(small)
+
+    def _fill(self, batch: str, files: list[CachedFile], batch_files: int, batch_bytes: int) -> float:
+        """How full a batch is with only `files` left: the larger of its share of `batch_files`
+        and of `batch_bytes` (uncompressed, from the Parquet footers), as the writer closes batches."""
+        live_bytes = 0.0
+        for name in self.specs:
+            rows = sum(cached.row_spans[name][1] for cached in files if name in cached.row_spans)
+            if rows:
+                metadata = pq.read_metadata(self.folder / f"{batch}.{name}.parquet")
+                stored = sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups))
+                live_bytes += stored * rows / max(metadata.num_rows, 1)
+        return max(len(files) / batch_files, live_bytes / batch_bytes)
+
     def collect_garbage(self, live: Iterable[str], known: dict[str, CachedFile]) -> None:
         """Remove other keys' folders, batches that hold no live file, and parts of batches
         whose index was never committed."""
@@ -335,6 +379,48 @@ class BatchWriter:
         if self.on_commit is not None:
             self.on_commit(batch, [(sha, result) for sha, result in self.pending if not isinstance(result, tuple)])
         self.pending, self.pending_bytes = [], 0
+
+
+class _MergedBatch:
+    """The batches `RowCache.compact` writes: index rows and table slices copied as they are,
+    committed (index last) every `batch_files` files or `batch_bytes` of rows."""
+
+    def __init__(self, cache: RowCache, batch_files: int, batch_bytes: int, known: dict[str, CachedFile]):
+        self.cache, self.known = cache, known
+        self.batch_files, self.batch_bytes = max(1, batch_files), max(1, batch_bytes)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.index: list[dict] = []
+        self.parts: dict[str, list[pa.Table]] = {}
+        self.rows: dict[str, int] = {}
+        self.nbytes = 0
+
+    def add(self, index_row: dict, tables: dict[str, pa.Table]) -> None:
+        spans = {}
+        for name, rows in tables.items():
+            spans[name] = [self.rows.get(name, 0), rows.num_rows]
+            self.rows[name] = self.rows.get(name, 0) + rows.num_rows
+            self.parts.setdefault(name, []).append(rows)
+            self.nbytes += rows.nbytes
+        self.index.append({**index_row, "row_spans": json.dumps(spans)})
+        if len(self.index) >= self.batch_files or self.nbytes >= self.batch_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.index:
+            return
+        batch = f"b-{uuid.uuid4().hex[:16]}"
+        folder = self.cache.folder
+        for name, parts in self.parts.items():
+            _write(pa.concat_tables(parts), folder / f"{batch}.{name}.parquet")
+        _write(pa.Table.from_pylist(self.index, schema=INDEX_SCHEMA), folder / f"{batch}{INDEX_SUFFIX}")  # commit
+        for position, row in enumerate(self.index):
+            old = self.known[row["sha256"]]
+            self.known[row["sha256"]] = CachedFile(
+                batch, position, old.accepted, old.stage, old.error_type, old.message, old.content_hash, old.notices,
+                json.loads(row["row_spans"]))
+        self._reset()
 
 
 def _stack(spec: TableSpec, parts: list) -> pa.Table:

@@ -21,7 +21,7 @@ from PIL import Image
 from corpora.images import IMAGES, ImageCorpusConfig
 from common.hashing import sha256_file
 from corpora.ingest import DecodeTask, IngestSettings, Rejected, _row_cache, decode_checked, ingest
-from corpora.row_cache import CACHE_DIR, INDEX_SUFFIX, NEAR_SUFFIX
+from corpora.row_cache import CACHE_DIR, INDEX_SUFFIX, MIN_SMALL_BATCHES, NEAR_SUFFIX
 from corpora.shards import read_shards
 from tests.reliability._media import write_pngs
 
@@ -98,6 +98,24 @@ def test_a_config_change_decodes_again_and_the_old_cache_goes(tmp_path):
 
 def index_files(out: Path) -> list[Path]:
     return list((out / CACHE_DIR).glob(f"*/*{INDEX_SUFFIX}"))
+
+
+def test_a_corpus_edited_a_file_at_a_time_keeps_its_cache_batches_few(tmp_path):
+    """Each change that decodes commits a cache batch of its own; once the small batches
+    outnumber the full ones they are merged, and every version is still a fresh ingest's."""
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    write_pngs(raw, 32, seed=4)
+    assert run(raw, out).decoded_files == 32 and len(index_files(out)) == 4  # batches of 8 files
+    for number in range(10):  # without merging, 14 batches at the end
+        Image.fromarray(np.full((12, 12), 10 + 20 * number, np.uint8)).save(raw / "class-0" / f"added-{number}.png")
+        report = run(raw, out)
+        assert report.decoded_files == 1 and accounted(report)
+        full_batches = report.counts["seen"] // SETTINGS.batch_files
+        assert len(index_files(out)) <= full_batches + MIN_SMALL_BATCHES + 1
+    assert report.version == fresh_version(raw, tmp_path / "fresh")
+    (raw / "class-0" / "added-0.png").unlink()  # the next shards are read from the merged batches
+    removed = run(raw, out)
+    assert removed.decoded_files == 0 and removed.version == fresh_version(raw, tmp_path / "fresh")
 
 
 def kill_ingest_once(raw: Path, out: Path, done) -> None:
