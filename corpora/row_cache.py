@@ -337,7 +337,7 @@ class BatchWriter:
     def flush(self) -> None:
         if not self.pending:
             return
-        batch = f"b-{uuid.uuid4().hex[:16]}"
+        batch = _new_batch_name()
         folder = self.cache.folder
         index_rows, spans_of = [], []
         row_parts: dict[str, list] = {name: [] for name in self.cache.specs}
@@ -410,7 +410,7 @@ class _MergedBatch:
     def flush(self) -> None:
         if not self.index:
             return
-        batch = f"b-{uuid.uuid4().hex[:16]}"
+        batch = _new_batch_name()
         folder = self.cache.folder
         for name, parts in self.parts.items():
             _write(pa.concat_tables(parts), folder / f"{batch}.{name}.parquet")
@@ -421,6 +421,10 @@ class _MergedBatch:
                 batch, position, old.accepted, old.stage, old.error_type, old.message, old.content_hash, old.notices,
                 json.loads(row["row_spans"]))
         self._reset()
+
+
+def _new_batch_name() -> str:
+    return f"b-{uuid.uuid4().hex[:16]}"
 
 
 def _stack(spec: TableSpec, parts: list) -> pa.Table:
