@@ -1,7 +1,7 @@
 """Music VAE rows of bench/train.py: sequences/s (trainer vs plain loop) and the held-out report
 (reconstruction, -ELBO and baselines; statistics of prior samples at the gallery's temperature).
 
-    .venv/bin/python -m bench.train --family music [--kind chorale] [--quality --minutes 20]
+    .venv/bin/python -m bench.train --family music [--kind chorale] [--quality [--profile cpu-long]]
 
 Throughput: bench/throughput.py (trainer vs plain loop, medians of interleaved repeats).
 """
@@ -11,10 +11,10 @@ import tempfile
 from pathlib import Path
 
 from bench import throughput
+from bench.runs import row_name, timed_fit
 from models.music_vae import metrics as music_metrics
 from models.music_vae.config import MusicVaeConfig
 from models.music_vae.training import MusicVaeFamily, load_windows
-from models.trainer import fit
 
 DEFAULT_MANIFEST = Path("data/shards/midi/manifest.json")
 
@@ -26,18 +26,16 @@ def throughput_table(manifest: Path, kind: str, steps: int, repeats: int) -> str
                                        lambda: MusicVaeFamily(config, windows), config, steps, repeats)
 
 
-def quality_table(manifest: Path, kind: str, minutes: float | None) -> str:
+def quality_table(manifest: Path, kind: str, profiles=("demo",), seeds=(0,), overrides: dict | None = None) -> str:
     data = load_windows(manifest, kind)
-    runs = {"demo": MusicVaeConfig.profile("demo", kind=kind)}
-    if minutes:
-        runs[f"cpu-long {minutes:g} min"] = MusicVaeConfig.profile("cpu-long", kind=kind)
     out = []
-    for name, config in runs.items():
-        family = MusicVaeFamily(config, data["train"])
-        budget = {"max_minutes": minutes} if name != "demo" else {}
-        with tempfile.TemporaryDirectory() as run_dir:
-            result = fit(family, config.trainer_config(**budget), run_dir)
-        family.model.cpu()
-        report = music_metrics.evaluate(family.model, data["train"], data["heldout"], seed=config.seed)
-        out += [f"### {name}: {result.step} steps in {result.seconds:.0f} s", music_metrics.format_report(report), ""]
+    for profile in profiles:
+        for seed in seeds:
+            config = MusicVaeConfig.profile(profile, kind=kind, seed=seed, **(overrides or {}))
+            family = MusicVaeFamily(config, data["train"])
+            with tempfile.TemporaryDirectory() as run_dir:
+                run = timed_fit(family, config.trainer_config(), run_dir)
+            family.model.cpu()
+            report = music_metrics.evaluate(family.model, data["train"], data["heldout"], seed=config.seed)
+            out += [f"### {run.describe(row_name(profile, seed, overrides or {}))}", music_metrics.format_report(report), ""]
     return "\n".join(out)

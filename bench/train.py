@@ -3,11 +3,12 @@
     .venv/bin/python -m bench.train                      # throughput: pipeline vs plain loop, FLOP/s vs peak
     .venv/bin/python -m bench.train --quality            # + fid_classifier of a demo-profile run
     .venv/bin/python -m bench.train --quality --architecture dcgan --architecture sngan --seed 0 --seed 1
-    .venv/bin/python -m bench.train --quality --minutes 20 --bundle runs/demo/bundle.pt
+    .venv/bin/python -m bench.train --quality --bundle runs/demo/bundle.pt
     .venv/bin/python -m bench.train --quality --set 'betas=[0.5, 0.999]'   # the demo with config overrides
-    .venv/bin/python -m bench.train --family music [--quality --minutes 20]   # see bench/music.py
-    .venv/bin/python -m bench.train --family painting [--quality --minutes 20]   # bench/painting.py
-    .venv/bin/python -m bench.train --family video [--quality --minutes 20]   # bench/video.py
+    .venv/bin/python -m bench.train --quality --profile cpu-long   # the 20-minute budget (any --family)
+    .venv/bin/python -m bench.train --family music [--quality]   # see bench/music.py
+    .venv/bin/python -m bench.train --family painting [--quality]   # bench/painting.py
+    .venv/bin/python -m bench.train --family video [--quality]   # bench/video.py
 
 Throughput rows, interleaved in each repeat so that machine load hits them alike (medians):
 - pipeline: ImageGanFamily through models.trainer.fit, fed uint8 images as the corpus stores
@@ -20,7 +21,6 @@ the table before reading any number.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import tempfile
@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench.runs import TimedRun, parse_overrides, row_name, timed_fit
 from models.bundle import save_bundle
 from models.classifier import ClassifierConfig, FeatureClassifier, predict_labels, train_classifier
 from models.distances import memorization
@@ -164,16 +165,16 @@ def throughput_table(config, images, labels, steps: int, repeats: int) -> str:
 # --- quality -------------------------------------------------------------------------------
 
 
-def train_to_bundle(config, images, labels, class_names, run_dir: Path, max_minutes: float) -> tuple[dict, object]:
+def train_to_bundle(config, images, labels, class_names, run_dir: Path) -> tuple[dict, TimedRun]:
     family = ImageGanFamily(config, images, labels, class_names)
 
     def log(step, m):
         print(f"  step {step}: " + " ".join(f"{k}={v:.3g}" for k, v in m.items()), flush=True)
 
-    result = fit(family, config.trainer_config(max_minutes=max_minutes, bf16="off"), run_dir, log=log)
-    bundle = export_bundle(family, result.step)
+    run = timed_fit(family, config.trainer_config(bf16="off"), run_dir, log=log)
+    bundle = export_bundle(family, run.result.step)
     save_bundle(bundle, run_dir / "bundle.pt")
-    return bundle, result
+    return bundle, run
 
 
 def quality_table(args, images, labels, heldout, heldout_labels, class_names, num_classes) -> str:
@@ -194,21 +195,16 @@ def quality_table(args, images, labels, heldout, heldout_labels, class_names, nu
     samples = {"untrained": sample(Generator(demo).eval(), QUALITY_SAMPLES, seed=1, labels=conditioned)}
     notes = []
     bundles = {f"bundle {i}": load_generator(path) for i, path in enumerate(args.bundle or [])}
-    for architecture in [] if args.bundle else args.architecture or [demo.architecture]:
-        for seed in args.seed or [demo.seed]:
-            config = ImageGanConfig.profile("demo", num_classes=num_classes, architecture=architecture, seed=seed,
-                                            **args.overrides)
-            run_dir = Path(tempfile.mkdtemp(prefix=f"bench-demo-{architecture}-"))
-            bundle, result = train_to_bundle(config, images, labels, class_names, run_dir, 0.0)
-            name = f"demo {architecture} seed {seed}" + "".join(f" {k}={v}" for k, v in args.overrides.items())
-            bundles[name] = load_generator(bundle)
-            notes.append(f"{name}: {result.step} steps in {result.seconds:.0f} s ({run_dir})")
-    if args.minutes:
-        run_dir = Path(tempfile.mkdtemp(prefix="bench-long-"))
-        long = ImageGanConfig.profile("cpu-long", num_classes=num_classes, steps=10**7)
-        bundle, result = train_to_bundle(long, images, labels, class_names, run_dir, args.minutes)
-        bundles[f"cpu-long {args.minutes} min"] = load_generator(bundle)
-        notes.append(f"cpu-long: {result.step} steps in {result.seconds:.0f} s ({run_dir})")
+    for profile in [] if args.bundle else args.profile or ["demo"]:
+        for architecture in args.architecture or [ImageGanConfig.profile(profile).architecture]:
+            for seed in args.seed or [demo.seed]:
+                config = ImageGanConfig.profile(profile, num_classes=num_classes, architecture=architecture, seed=seed,
+                                                **args.overrides)
+                run_dir = Path(tempfile.mkdtemp(prefix=f"bench-{profile}-{architecture}-"))
+                bundle, run = train_to_bundle(config, images, labels, class_names, run_dir)
+                name = row_name(f"{profile} {architecture}", seed, args.overrides)
+                bundles[name] = load_generator(bundle)
+                notes.append(f"{run.describe(name)} ({run_dir})")
     for name, generator in bundles.items():
         samples[name] = sample(generator, QUALITY_SAMPLES, seed=1, labels=conditioned)
     # a random subset of the held-out images is the floor (shards are stored in class order)
@@ -226,14 +222,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quality", action="store_true")
-    parser.add_argument("--minutes", type=float, help="with --quality: also a cpu-long run of this many minutes")
     parser.add_argument("--bundle", type=Path, action="append", help="with --quality: evaluate these bundles instead of training the demo")
-    parser.add_argument("--architecture", action="append", help="with --quality: train the demo with each (default: the profile's)")
-    parser.add_argument("--seed", type=int, action="append",
-                        help="with --quality: train the demo (with --family painting: each profile) with each seed")
-    parser.add_argument("--profile", action="append", help="with --family painting --quality: these profiles (default both demos)")
+    parser.add_argument("--architecture", action="append",
+                        help="with --quality (images): train each profile with each (default: the profile's)")
+    parser.add_argument("--seed", type=int, action="append", help="with --quality: train each profile with each seed")
+    parser.add_argument("--profile", action="append",
+                        help="with --quality: train these profiles (default: the demo; for paintings both demos)")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=JSON",
-                        help="with --quality: overrides of the demo profile's config for the trained rows")
+                        help="with --quality: overrides of the profiles' configs for the trained rows")
     parser.add_argument("--classifier", type=Path, help="with --quality: feature classifier state_dict to load, or to save once trained")
     parser.add_argument("--classifier-epochs", type=int, default=ClassifierConfig.epochs,
                         help="with --quality: epochs of the feature classifier (a small corpus needs more)")
@@ -241,7 +237,7 @@ def main() -> None:
     parser.add_argument("--family", choices=["image", "music", "painting", "video"], default="image")
     parser.add_argument("--kind", choices=["chorale", "melody"], default="chorale", help="with --family music")
     args = parser.parse_args()
-    args.overrides = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.set)}
+    args.overrides = parse_overrides(args.set)
     torch.set_num_threads(args.threads)
     print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}; threads={args.threads}", flush=True)
 
@@ -252,7 +248,8 @@ def main() -> None:
         if not args.skip_throughput:
             print(music.throughput_table(manifest, args.kind, args.steps, args.repeats), flush=True)
         if args.quality:
-            print(music.quality_table(manifest, args.kind, args.minutes), flush=True)
+            print(music.quality_table(manifest, args.kind, args.profile or ["demo"], args.seed or [0], args.overrides),
+                  flush=True)
         return
     if args.family in ("painting", "video"):
         import importlib
@@ -261,11 +258,9 @@ def main() -> None:
         manifest = args.manifest or family.DEFAULT_MANIFEST
         if not args.skip_throughput:
             print(family.throughput_table(manifest, args.steps, args.repeats), flush=True)
-        if args.quality and args.family == "painting":
-            print(family.quality_table(manifest, args.minutes, args.profile or family.DEMO_PROFILES, args.seed or [0]),
-                  flush=True)
-        elif args.quality:
-            print(family.quality_table(manifest, args.minutes), flush=True)
+        if args.quality:
+            profiles = args.profile or getattr(family, "DEMO_PROFILES", ["demo"])
+            print(family.quality_table(manifest, profiles, args.seed or [0], args.overrides), flush=True)
         return
 
     images, labels, heldout, heldout_labels, class_names = load_images(args.manifest)

@@ -1,10 +1,10 @@
 """Video RNN rows of bench/train.py: clips/s (trainer vs plain loop) and the held-out tables.
 
-    .venv/bin/python -m bench.train --family video [--quality --minutes 20]
+    .venv/bin/python -m bench.train --family video [--quality [--profile cpu-long --profile predrnn-cpu-long]]
     .venv/bin/python -m bench.video --profile demo --set architecture='"convlstm"'   # one run
 
-Quality: the demo profile (ConvLSTM) and demo-predrnn (PredRNN-V2) to their end, and with --minutes a cpu-long run
-stopped by that budget; each run is models.video_rnn.metrics.evaluate on the held-out clips of
+Quality: each profile asked for (default: the demo, a ConvLSTM; predrnn-cpu-long is PredRNN-V2) to its
+end; each run is models.video_rnn.metrics.evaluate on the held-out clips of
 each kind of source (the top folder of its path: moving_digits, real), the copy-last-frame
 baseline beside the model at every horizon (MSE, SSIM, PSNR as OpenSTL computes them) and the
 champion rule's score_vs_copy_last.
@@ -12,7 +12,6 @@ champion rule's score_vs_copy_last.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import torch
 
 from bench import throughput
-from models.trainer import fit
+from bench.runs import parse_overrides, row_name, timed_fit
 from models.video_rnn.config import VideoRnnConfig
 from models.video_rnn.metrics import evaluate, evaluate_by_kind, format_table
 from models.video_rnn.sampling import predict
@@ -36,29 +35,27 @@ def throughput_table(manifest: Path, steps: int, repeats: int) -> str:
                                        lambda: VideoRnnFamily(config, clips), config, steps, repeats)
 
 
-def quality_run(name: str, config: VideoRnnConfig, clips: dict, max_minutes: float | None = None) -> str:
+def quality_run(name: str, config: VideoRnnConfig, clips: dict) -> str:
     """Train `config` through the shared trainer and report it on each kind of held-out clip."""
     family = VideoRnnFamily(config, clips["train"])
     with tempfile.TemporaryDirectory() as run_dir:
-        result = fit(family, config.trainer_config(**({"max_minutes": max_minutes} if max_minutes else {})), run_dir)
+        run = timed_fit(family, config.trainer_config(), run_dir)
     model = family.model.cpu().eval()
     started = time.perf_counter()
     predict(model, clips["heldout"][0][: config.context_frames], mode="sample", seed=0)
     sampling = time.perf_counter() - started
-    out = [f"### {name}: {result.step} steps in {result.seconds:.0f} s ({result.seconds / max(result.step, 1):.2f} s a "
-           f"step); sampling one {config.horizon}-frame continuation pixel by pixel: {sampling:.1f} s"]
+    out = [f"### {run.describe(name)}; sampling one {config.horizon}-frame continuation pixel by pixel: {sampling:.1f} s"]
     out += ["#### all held-out clips", format_table(evaluate(model, clips["heldout"])), ""]
     for kind, report in evaluate_by_kind(model, clips["heldout"], clips["heldout_sources"]).items():
         out += [f"#### held-out {kind}", format_table(report), ""]
     return "\n".join(out)
 
 
-def quality_table(manifest: Path, minutes: float | None) -> str:
+def quality_table(manifest: Path, profiles=("demo",), seeds=(0,), overrides: dict | None = None) -> str:
     clips = load_clips(manifest)
-    out = [quality_run(profile, VideoRnnConfig.profile(profile), clips) for profile in ("demo", "demo-predrnn")]
-    if minutes:
-        out.append(quality_run(f"cpu-long {minutes:g} min", VideoRnnConfig.profile("cpu-long"), clips, minutes))
-    return "\n".join(out)
+    return "\n".join(quality_run(row_name(profile, seed, overrides or {}),
+                                 VideoRnnConfig.profile(profile, seed=seed, **(overrides or {})), clips)
+                     for profile in profiles for seed in seeds)
 
 
 def main() -> None:
@@ -66,14 +63,10 @@ def main() -> None:
     parser.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST)
     parser.add_argument("--profile", default="demo", choices=sorted(VideoRnnConfig.PROFILES))
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=JSON", help="config overrides")
-    parser.add_argument("--minutes", type=float, help="stop training after this long")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    overrides = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.set)}
-    config = VideoRnnConfig.profile(args.profile, **overrides)
-    print(quality_run(f"{args.profile} {overrides or ''}".strip(), config, load_clips(args.manifest), args.minutes),
-          flush=True)
+    print(quality_table(args.manifest, [args.profile], overrides=parse_overrides(args.set)), flush=True)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,13 @@ def augmentation_names(policy: str) -> list[str]:
     return [name.strip() for name in policy.split(",") if name.strip()]
 
 
+# FastGAN at 64x64 at half the paper-narrowed widths, batch 16 for 600 steps (betas are the
+# paper's): about 2.5 minutes of the first run on 2 idle cores; batch 8 for 700 steps cost
+# 0.7x as much and scored worse and less steadily over four seeds (docs/painting-gan.md)
+FASTGAN_DEMO = dict(architecture="fastgan", resolution=64, widths=(128, 64, 32, 16, 8), z_dim=64,
+                    batch_size=16, lr=2e-4, betas=(0.5, 0.999), r1_gamma=0.0, style_mixing_prob=0.0, steps=600)
+
+
 @dataclass
 class PaintingGanConfig(FamilyConfig):
     architecture: str = "stylegan2"  # one of ARCHITECTURES
@@ -44,15 +51,14 @@ class PaintingGanConfig(FamilyConfig):
     seed: int = 0
 
     PROFILES: ClassVar[dict[str, dict]] = {
-        # FastGAN at 64x64 at half the paper-narrowed widths, batch 16 for 600 steps (betas are the
-        # paper's): about 2.5 minutes of the first run on 2 idle cores; batch 8 for 700 steps cost
-        # 0.7x as much and scored worse and less steadily over four seeds (docs/painting-gan.md)
-        "demo": dict(architecture="fastgan", resolution=64, widths=(128, 64, 32, 16, 8), z_dim=64,
-                     batch_size=16, lr=2e-4, betas=(0.5, 0.999), r1_gamma=0.0, style_mixing_prob=0.0, steps=600),
+        "demo": FASTGAN_DEMO,
         # the StyleGAN2-lite at 32x32 (timings: docs/painting-gan.md)
         "stylegan2-demo": dict(resolution=32, widths=(128, 128, 64, 32), z_dim=64, w_dim=64, batch_size=16, steps=1500),
-        # twice the 4x4 width and the batch, 2.7x the steps: about 20 minutes on 2 cores
-        "cpu-long": dict(resolution=32, widths=(256, 128, 64, 32), z_dim=128, w_dim=128, batch_size=32, steps=4000),
+        # the demo six times longer: about 20 minutes of one CPU core (0.33 CPU s a step, docs/painting-gan.md)
+        "cpu-long": {**FASTGAN_DEMO, "steps": 3600},
+        # the StyleGAN2-lite with twice the 4x4 width and the batch, for the same 20 minutes (1.03 CPU s a step)
+        "stylegan2-cpu-long": dict(resolution=32, widths=(256, 128, 64, 32), z_dim=128, w_dim=128, batch_size=32,
+                                   steps=1150),
         # 128x128 (the corpus' size, so crops are downscaled at most, never upscaled), config-e-like widths
         "gpu": dict(resolution=128, widths=(512, 512, 512, 256, 128, 64), z_dim=512, w_dim=512, mapping_layers=8,
                     crop_scale=(0.5, 1.0), r1_gamma=0.2, batch_size=32, steps=25000),
