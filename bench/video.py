@@ -1,9 +1,9 @@
 """Video RNN rows of bench/train.py: clips/s (trainer vs plain loop) and the held-out tables.
 
-    .venv/bin/python -m bench.train --family video [--quality [--profile cpu-long --profile predrnn-cpu-long]]
+    .venv/bin/python -m bench.train --family video [--quality [--profile cpu-long --profile convlstm-cpu-long]]
     .venv/bin/python -m bench.video --profile demo --set architecture='"convlstm"'   # one run
 
-Quality: each profile asked for (default: the demo, a ConvLSTM; predrnn-cpu-long is PredRNN-V2) to its
+Quality: each profile asked for (default: the demo, a ConvLSTM; cpu-long is PredRNN-V2) to its
 end; each run is models.video_rnn.metrics.evaluate on the held-out clips of
 each kind of source (the top folder of its path: moving_digits, real), the copy-last-frame
 baseline beside the model at every horizon (MSE, SSIM, PSNR as OpenSTL computes them) and the

@@ -261,7 +261,7 @@ def test_training_steps_are_finite_and_change_the_weights(trained):
     assert not torch.equal(trained["before"], parameters_of(trained["family"].model))
 
 
-@pytest.mark.parametrize("profile", ["demo", "predrnn-cpu-long"])  # cpu-long is the demo's model; gpu costs a minute
+@pytest.mark.parametrize("profile", ["demo", "cpu-long"])  # convlstm-cpu-long is the demo's model; gpu costs a minute
 def test_the_cpu_profiles_at_their_widths_train_and_change_every_parameter(profile):
     """A CPU profile's own model (widths, kernels, architecture, decoder, losses) on tiny clips: two
     steps leave no parameter at its initial value."""
