@@ -263,9 +263,11 @@ class RowCache:
         for sha in set(live):
             if sha in known:
                 members.setdefault(known[sha].batch, []).append(sha)
+        if len(members) <= MIN_SMALL_BATCHES:
+            return 0
         batch_bytes = int(batch_megabytes * (1 << 20))
         small = sorted(batch for batch, shas in members.items()
-                       if self._fill(batch, [known[sha] for sha in shas], batch_files, batch_bytes) < FULL_FRACTION)
+                       if self._is_small(batch, [known[sha] for sha in shas], batch_files, batch_bytes))
         if len(small) <= max(len(members) - len(small), MIN_SMALL_BATCHES):
             return 0
         merged = _MergedBatch(self, batch_files, batch_bytes, known)
@@ -279,9 +281,12 @@ class RowCache:
         merged.flush()
         return len(small)
 
-    def _fill(self, batch: str, files: list[CachedFile], batch_files: int, batch_bytes: int) -> float:
-        """How full a batch is with only `files` left: the larger of its share of `batch_files`
-        and of `batch_bytes` (uncompressed, from the Parquet footers), as the writer closes batches."""
+    def _is_small(self, batch: str, files: list[CachedFile], batch_files: int, batch_bytes: int) -> bool:
+        """Whether a batch with only `files` left is under FULL_FRACTION of a full one, by files or by
+        uncompressed bytes (from the Parquet footers, read only when the files do not decide), as
+        the writer closes batches."""
+        if len(files) >= FULL_FRACTION * batch_files:
+            return False
         live_bytes = 0.0
         for name in self.specs:
             rows = sum(cached.row_spans[name][1] for cached in files if name in cached.row_spans)
@@ -289,7 +294,7 @@ class RowCache:
                 metadata = pq.read_metadata(self.folder / f"{batch}.{name}.parquet")
                 stored = sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups))
                 live_bytes += stored * rows / max(metadata.num_rows, 1)
-        return max(len(files) / batch_files, live_bytes / batch_bytes)
+        return live_bytes < FULL_FRACTION * batch_bytes
 
     def collect_garbage(self, live: Iterable[str], known: dict[str, CachedFile]) -> None:
         """Remove other keys' folders, batches that hold no live file, and parts of batches
