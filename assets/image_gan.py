@@ -18,6 +18,7 @@ from assets.ingest import CORPUS_ASSET_OF
 from assets.gallery_page import figure, gallery_lineage, gallery_page, provenance, write_cover
 from assets.training import (
     champion_check_spec, corpus_manifest, thumbnail_markdown, POINTERS, train_and_register, trained_result,
+    TrainingRunConfig,
 )
 from common.atomic import atomic_write_bytes, atomic_write_text
 from common.hashing import sha256_file, sha256_json
@@ -104,23 +105,10 @@ def image_classifier(
 # --- the GAN --------------------------------------------------------------------------------
 
 
-class ImageGanTrainConfig(dg.Config):
-    profile: str = "demo"  # one of ImageGanConfig.PROFILES: demo, cpu-long, gpu
+class ImageGanTrainConfig(TrainingRunConfig):
+    """The profiles are ImageGanConfig.PROFILES; the run fills in resolution, channels and classes
+    from the data."""
     architecture: str = ""  # "": the profile's; else a key of models.image_gan.config.ARCHITECTURE_DEFAULTS
-    steps: int = 0  # 0: the profile's
-    batch_size: int = 0  # 0: the profile's
-    max_minutes: float = 0.0  # stop (and register) after this long; 0: no limit
-    start_from: str = "fresh"  # "fresh", or "champion": continue from the champion's generator
-
-    def gan_config(self, seed: int) -> ImageGanConfig:
-        """The profile with this config's overrides; the run fills in resolution, channels and
-        classes from the data."""
-        if self.profile not in ImageGanConfig.PROFILES:
-            raise dg.Failure(f"unknown profile {self.profile!r}; choose one of {sorted(ImageGanConfig.PROFILES)}")
-        overrides = {"seed": seed, **({"architecture": self.architecture} if self.architecture else {}),
-                     **({"steps": self.steps} if self.steps else {}),
-                     **({"batch_size": self.batch_size} if self.batch_size else {})}
-        return ImageGanConfig.profile(self.profile, **overrides)
 
 
 @dg.asset(
@@ -138,10 +126,10 @@ def image_gan(
 ) -> Iterator:
     manifest_path, manifest = corpus_manifest(storage, FAMILY.corpus)
     classifier = image_classifier  # the weights this run trained, or the latest materialization's
-    settings = compute.training_settings()
-    settings["trainer"] = {**settings["trainer"], "max_minutes": config.max_minutes}
-    request = TrainingRequest(family=FAMILY.name, model_config=config.gan_config(compute.seed).to_dict(),
-                              options={"classifier": str(classifier["weights"])}, **settings)
+    architecture = {"architecture": config.architecture} if config.architecture else {}
+    request = TrainingRequest(family=FAMILY.name,
+                              model_config=config.family_config(ImageGanConfig, compute.seed, **architecture).to_dict(),
+                              options={"classifier": str(classifier["weights"])}, **config.request_settings(compute))
     trained = train_and_register(context, FAMILY, CODE_VERSION, request, manifest_path, manifest, config.start_from,
                                  {"profile": config.profile}, storage, trainer, mlflow,
                                  human_gate)

@@ -12,6 +12,7 @@ from assets.gallery_page import gallery_lineage, gallery_page, lightbox_picture,
 from assets.ingest import midi_corpus
 from assets.training import (
     champion_check_spec, corpus_manifest, thumbnail_markdown, POINTERS, train_and_register, trained_result,
+    TrainingRunConfig,
 )
 from common.atomic import atomic_write_bytes, atomic_write_text
 from corpora.preview import contact_sheet
@@ -37,13 +38,10 @@ GALLERY_CODE_VERSION = "music-gallery-4"  # 4: signed media, rateable cover, lic
 GALLERY_SAMPLES, GALLERY_SEED, INTERPOLATION_STEPS = 4, 0, 5
 
 
-class MusicVaeTrainConfig(dg.Config):
-    profile: str = "demo"  # one of MusicVaeConfig.PROFILES: demo, cpu-long, gpu
+class MusicVaeTrainConfig(TrainingRunConfig):
+    """The profiles are MusicVaeConfig.PROFILES; max_minutes holds for each kind's model."""
     kinds: list[str] = ["chorale", "melody"]  # which models the registered bundle holds
-    steps: int = 0  # 0: the profile's
-    max_minutes: float = 0.0  # per model; 0: no limit
     eval_samples: int = 256  # prior samples for the statistics the champion guard reads; fewer is noisier
-    start_from: str = "fresh"  # "fresh", or "champion": continue from the champion's weights
 
 
 @dg.asset(
@@ -58,18 +56,13 @@ def music_vae(
     compute: ComputeResource, mlflow: MlflowRegistry, trainer: TrainerLauncher,
     human_gate: HumanGateResource,
 ) -> Iterator:
-    profiles = MusicVaeConfig.PROFILES
-    if config.profile not in profiles or not set(config.kinds) <= set(KINDS) or not config.kinds:
-        raise dg.Failure(f"profile must be one of {sorted(profiles)} and kinds a subset of {sorted(KINDS)}")
+    if not config.kinds or not set(config.kinds) <= set(KINDS):
+        raise dg.Failure(f"kinds must be a non-empty subset of {sorted(KINDS)}")
     manifest_path, manifest = corpus_manifest(storage, FAMILY.corpus)
-    overrides = {"steps": config.steps} if config.steps else {}
-    settings = compute.training_settings()
-    settings["trainer"] = {**settings["trainer"], "max_minutes": config.max_minutes}  # per model
     request = TrainingRequest(
         family=FAMILY.name, options={"eval_samples": config.eval_samples},
-        model_config={kind: MusicVaeConfig.profile(config.profile, kind=kind, seed=compute.seed, **overrides).to_dict()
-                      for kind in config.kinds},
-        **settings,
+        model_config={kind: config.family_config(MusicVaeConfig, compute.seed, kind=kind).to_dict() for kind in config.kinds},
+        **config.request_settings(compute),
     )
     trained = train_and_register(context, FAMILY, CODE_VERSION, request, manifest_path, manifest, config.start_from,
                                  {"profile": config.profile, "kinds": ",".join(config.kinds)}, storage, trainer, mlflow,

@@ -12,6 +12,7 @@ from assets.gallery_page import figure, gallery_lineage, gallery_page, lightbox_
 from assets.ingest import painting_corpus
 from assets.training import (
     champion_check_spec, corpus_manifest, thumbnail_markdown, POINTERS, train_and_register, trained_result,
+    TrainingRunConfig,
 )
 from common.atomic import atomic_write_bytes, atomic_write_text
 from corpora.preview import contact_sheet
@@ -37,20 +38,9 @@ GALLERY_SEED, GALLERY_SAMPLES, GALLERY_PSI = 0, 24, 0.7
 MIXING_SEEDS, SWEEP_SEEDS, SWEEP_PSIS = 4, 4, (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-class PaintingGanTrainConfig(dg.Config):
-    profile: str = "demo"  # one of PaintingGanConfig.PROFILES (demo: FastGAN at 64x64; stylegan2-demo)
-    steps: int = 0  # 0: the profile's
-    batch_size: int = 0  # 0: the profile's
-    max_minutes: float = 0.0  # stop (and register) after this long; 0: no limit
-    start_from: str = "fresh"  # "fresh", or "champion": continue from the champion's weights
+class PaintingGanTrainConfig(TrainingRunConfig):
+    """The profiles are PaintingGanConfig.PROFILES (demo: FastGAN at 64x64; stylegan2-demo)."""
     eval_samples: int = 256
-
-    def gan_config(self, seed: int) -> PaintingGanConfig:
-        if self.profile not in PaintingGanConfig.PROFILES:
-            raise dg.Failure(f"unknown profile {self.profile!r}; choose one of {sorted(PaintingGanConfig.PROFILES)}")
-        overrides = {"seed": seed, **({"steps": self.steps} if self.steps else {}),
-                     **({"batch_size": self.batch_size} if self.batch_size else {})}
-        return PaintingGanConfig.profile(self.profile, **overrides)
 
 
 @dg.asset(
@@ -67,10 +57,8 @@ def painting_gan(
     human_gate: HumanGateResource,
 ) -> Iterator:
     manifest_path, manifest = corpus_manifest(storage, FAMILY.corpus)
-    settings = compute.training_settings()
-    settings["trainer"] = {**settings["trainer"], "max_minutes": config.max_minutes}
-    request = TrainingRequest(family=FAMILY.name, model_config=config.gan_config(compute.seed).to_dict(),
-                              options={"eval_samples": config.eval_samples}, **settings)
+    request = TrainingRequest(family=FAMILY.name, model_config=config.family_config(PaintingGanConfig, compute.seed).to_dict(),
+                              options={"eval_samples": config.eval_samples}, **config.request_settings(compute))
     trained = train_and_register(context, FAMILY, CODE_VERSION, request, manifest_path, manifest, config.start_from,
                                  {"profile": config.profile}, storage, trainer, mlflow,
                                  human_gate)

@@ -20,10 +20,33 @@ from models.train import TrainingRequest
 from provenance.licences import training_tags
 from ratings.preference import evidence, fit_family
 from ratings.store import VoteStore, default_votes_url
+from resources.compute import ComputeResource
 from resources.human_gate import HumanGateResource
 from resources.mlflow_registry import MlflowRegistry
 from resources.storage import StorageResource
 from resources.trainer import TrainerLauncher, TrainingReport
+
+
+class TrainingRunConfig(dg.Config):
+    """What every training asset's run config holds; each family's adds its own fields."""
+    profile: str = "demo"  # one of the family config's PROFILES (demo, cpu-long, gpu, ...)
+    steps: int = 0  # 0: the profile's
+    batch_size: int = 0  # 0: the profile's
+    max_minutes: float = 0.0  # stop (and register) after this long, per model; 0: no limit
+    start_from: str = "fresh"  # "fresh", or "champion": continue from the champion's weights
+
+    def family_config(self, config_class, seed: int, **fields):
+        """The profile of `config_class` with this run's overrides and `fields`."""
+        if self.profile not in config_class.PROFILES:
+            raise dg.Failure(f"unknown profile {self.profile!r}; choose one of {sorted(config_class.PROFILES)}")
+        overrides = {"seed": seed, **({"steps": self.steps} if self.steps else {}),
+                     **({"batch_size": self.batch_size} if self.batch_size else {}), **fields}
+        return config_class.profile(self.profile, **overrides)
+
+    def request_settings(self, compute: ComputeResource) -> dict:
+        """The compute resource's TrainingRequest settings with this run's time limit."""
+        settings = compute.training_settings()
+        return {**settings, "trainer": {**settings["trainer"], "max_minutes": self.max_minutes}}
 
 
 def corpus_manifest(storage: StorageResource, corpus: str) -> tuple[Path, dict]:

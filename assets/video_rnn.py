@@ -11,6 +11,7 @@ from assets.gallery_page import figure, gallery_lineage, gallery_page, lightbox_
 from assets.ingest import video_corpus
 from assets.training import (
     champion_check_spec, corpus_manifest, thumbnail_markdown, POINTERS, train_and_register, trained_result,
+    TrainingRunConfig,
 )
 from common.atomic import atomic_write_bytes, atomic_write_text
 from corpora.video import write_video
@@ -36,19 +37,8 @@ GALLERY_CODE_VERSION = "video-gallery-5"  # 5: captions with version and seed, l
 GALLERY_SEED = 0
 
 
-class VideoRnnTrainConfig(dg.Config):
-    profile: str = "demo"  # one of VideoRnnConfig.PROFILES
-    steps: int = 0  # 0: the profile's
-    batch_size: int = 0  # 0: the profile's
-    max_minutes: float = 0.0  # stop (and register) after this long; 0: no limit
-    start_from: str = "fresh"  # "fresh", or "champion": continue from the champion's weights
-
-    def rnn_config(self, seed: int) -> VideoRnnConfig:
-        if self.profile not in VideoRnnConfig.PROFILES:
-            raise dg.Failure(f"unknown profile {self.profile!r}; choose one of {sorted(VideoRnnConfig.PROFILES)}")
-        overrides = {"seed": seed, **({"steps": self.steps} if self.steps else {}),
-                     **({"batch_size": self.batch_size} if self.batch_size else {})}
-        return VideoRnnConfig.profile(self.profile, **overrides)
+class VideoRnnTrainConfig(TrainingRunConfig):
+    """The shared fields only; the profiles are VideoRnnConfig.PROFILES."""
 
 
 @dg.asset(
@@ -66,9 +56,8 @@ def video_rnn(
     human_gate: HumanGateResource,
 ) -> Iterator:
     manifest_path, manifest = corpus_manifest(storage, FAMILY.corpus)
-    settings = compute.training_settings()
-    settings["trainer"] = {**settings["trainer"], "max_minutes": config.max_minutes}
-    request = TrainingRequest(family=FAMILY.name, model_config=config.rnn_config(compute.seed).to_dict(), **settings)
+    request = TrainingRequest(family=FAMILY.name, model_config=config.family_config(VideoRnnConfig, compute.seed).to_dict(),
+                              **config.request_settings(compute))
     trained = train_and_register(context, FAMILY, CODE_VERSION, request, manifest_path, manifest, config.start_from,
                                  {"profile": config.profile}, storage, trainer, mlflow,
                                  human_gate)

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from pipelines.definitions import defs, forkserver_unless_chosen
 
@@ -127,3 +128,17 @@ def test_no_module_lists_the_families_by_hand():
                  if record.name in text and path not in (PROJECT / "assets" / f"{record.key}.py",)
                  and PROJECT / "models" / record.key not in path.parents]
         assert len(named) <= 1, f"{path.relative_to(PROJECT)} names the families {named}"
+
+
+def test_a_training_run_config_puts_its_overrides_on_the_profile_and_names_the_profiles_it_knows():
+    from assets.training import TrainingRunConfig
+    from models.video_rnn.config import VideoRnnConfig
+
+    overridden = TrainingRunConfig(steps=7, batch_size=3).family_config(VideoRnnConfig, seed=5).to_dict()
+    demo = VideoRnnConfig.profile("demo").to_dict()
+    assert (overridden["steps"], overridden["batch_size"], overridden["seed"]) == (7, 3, 5)
+    assert {k: v for k, v in overridden.items() if k not in ("steps", "batch_size", "seed")} == \
+        {k: v for k, v in demo.items() if k not in ("steps", "batch_size", "seed")}
+    assert TrainingRunConfig().family_config(VideoRnnConfig, seed=0).steps == demo["steps"]  # 0 keeps the profile's
+    with pytest.raises(dg.Failure, match="cpu-long.*demo"):
+        TrainingRunConfig(profile="no-such-profile").family_config(VideoRnnConfig, seed=0)
