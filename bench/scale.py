@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/scale.py [--images 10000,100000,1000000] [--midi 10000,176000]
                                     [--video 1000,10000] [--scratch /tmp/atelier-scale] [--no-resume]
+                                    [--additions 40]
 
 Each size is a fresh synthetic corpus of unique files in the scratch folder (32x32 PNGs;
 MIDI files of four random voices; 3-second 32x32 MP4 clips). Every ingest runs in a child
@@ -15,7 +16,11 @@ workers, summed over /proc every 50 ms). Columns:
   ingest; one-file / full is the median of the three over the full time;
 - one-file CPU s: the median CPU seconds of the ingest process itself over the three (the
   decoders' one file aside): steadier than seconds on a shared machine, to compare two codes;
-- resume: a fresh ingest SIGKILLed once half the files are in the row cache, then the rerun.
+- resume: a fresh ingest SIGKILLed once half the files are in the row cache, then the rerun;
+- with --additions N, a second table: N more files added one at a time, each followed by an
+  ingest, as a corpus edited a file at a time is: the row cache's batch count before, at most
+  and after (each change adds a batch; `RowCache.compact` merges small ones), and the median
+  CPU seconds of the first and the last five changes.
 
 Targets (on 2 cores): peak RSS at the largest size within 1.5x of the smallest; a one-file
 change under 5% of the full ingest; a resume that costs about the half not yet done.
@@ -175,7 +180,23 @@ def one_file_changes(kind: str, raw: Path, size: int) -> dict[str, Callable[[], 
     return {"add": lambda: WRITERS[kind](raw, size, 1), "edit": edit, "remove": lambda: files[size // 2].unlink()}
 
 
-def bench_size(kind: str, size: int, scratch: Path, resume: bool = True) -> dict:
+def cache_batches(out: Path) -> int:
+    from corpora.row_cache import CACHE_DIR, INDEX_SUFFIX
+
+    return len(list((out / CACHE_DIR).glob(f"*/b-*{INDEX_SUFFIX}")))
+
+
+def repeated_additions(kind: str, raw: Path, out: Path, first_index: int, count: int) -> dict:
+    before, batches, cpu = cache_batches(out), [], []
+    for index in range(first_index, first_index + count):
+        WRITERS[kind](raw, index, 1)
+        cpu.append(run_ingest(kind, raw, out)["cpu_s"])
+        batches.append(cache_batches(out))
+    return {"additions": count, "batches_before": before, "batches_max": max(batches), "batches_after": batches[-1],
+            "first_cpu_s": float(np.median(cpu[:5])), "last_cpu_s": float(np.median(cpu[-5:]))}
+
+
+def bench_size(kind: str, size: int, scratch: Path, resume: bool = True, additions: int = 0) -> dict:
     raw, out = scratch / f"{kind}-{size}" / "raw", scratch / f"{kind}-{size}" / "out"
     shutil.rmtree(raw.parent, ignore_errors=True)
     WRITERS[kind](raw, 0, size)
@@ -191,6 +212,8 @@ def bench_size(kind: str, size: int, scratch: Path, resume: bool = True) -> dict
               "peak_mb": full["peak_mb"], **{f"{change}_s": seconds for change, seconds in one_file.items()},
               "one_file_share": median / full["seconds"], "one_file_cpu_s": sorted(one_file_cpu)[1],
               "killed_at_s": float("nan"), "resume_s": float("nan"), "resume_decoded": "-"}
+    if additions:
+        result["additions"] = repeated_additions(kind, raw, out, size + 2, additions)  # past the add's and edit's
     if resume:
         resumed_out = raw.parent / "resumed"
         half = (size + 1) // 2
@@ -209,11 +232,12 @@ def main() -> None:
     parser.add_argument("--video", default="1000,10000")
     parser.add_argument("--scratch", default="/tmp/atelier-scale")
     parser.add_argument("--no-resume", dest="resume", action="store_false", help="skip the kill-and-resume runs")
+    parser.add_argument("--additions", type=int, default=0, help="then add this many files one at a time")
     args = parser.parse_args()
     rows = []
     for kind in WRITERS:
         for size in [int(s) for s in getattr(args, kind).split(",") if s and int(s) > 0]:
-            rows.append(bench_size(kind, size, Path(args.scratch), args.resume))
+            rows.append(bench_size(kind, size, Path(args.scratch), args.resume, args.additions))
             print(rows[-1], flush=True)
 
     print("\n| corpus | files | full s | files/s | peak MB | add s | edit s | remove s | one-file / full "
@@ -223,6 +247,13 @@ def main() -> None:
         print(f"| {r['kind']} | {r['files']} | {r['full_s']:.1f} | {r['files_per_s']:.0f} | {r['peak_mb']:.0f} | "
               f"{r['add_s']:.1f} | {r['edit_s']:.1f} | {r['remove_s']:.1f} | {r['one_file_share']:.1%} | "
               f"{r['one_file_cpu_s']:.2f} | {r['killed_at_s']:.1f} | {r['resume_s']:.1f} | {r['resume_decoded']} |")
+    if args.additions:
+        print("\n| corpus | files | additions | cache batches before | at most | after | first 5: CPU s | last 5: CPU s |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            a = r["additions"]
+            print(f"| {r['kind']} | {r['files']} | {a['additions']} | {a['batches_before']} | {a['batches_max']} | "
+                  f"{a['batches_after']} | {a['first_cpu_s']:.2f} | {a['last_cpu_s']:.2f} |")
     for kind in WRITERS:
         sizes = [r for r in rows if r["kind"] == kind]
         if len(sizes) > 1:
