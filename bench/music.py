@@ -19,14 +19,15 @@ from models.music_vae.training import MusicVaeFamily, load_windows
 DEFAULT_MANIFEST = Path("data/shards/midi/manifest.json")
 
 
-def throughput_table(manifest: Path, kind: str, steps: int, repeats: int) -> str:
+def throughput_table(manifest: Path, steps: int, repeats: int, kind: str = "chorale") -> str:
     windows = load_windows(manifest, kind)["train"]
     config = MusicVaeConfig.profile("demo", kind=kind)
     return throughput.throughput_table(f"music VAE ({kind}, demo profile)", "sequences",
                                        lambda: MusicVaeFamily(config, windows), config, steps, repeats)
 
 
-def quality_table(manifest: Path, kind: str, profiles=("demo",), seeds=(0,), overrides: dict | None = None) -> str:
+def quality_table(manifest: Path, profiles=("demo",), seeds=(0,), overrides: dict | None = None,
+                  kind: str = "chorale") -> str:
     data = load_windows(manifest, kind)
     out = []
     for profile in profiles:

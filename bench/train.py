@@ -21,6 +21,8 @@ the table before reading any number.
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import os
 import statistics
 import tempfile
@@ -36,6 +38,7 @@ from bench.runs import TimedRun, parse_overrides, row_name, timed_fit
 from models.bundle import save_bundle
 from models.classifier import ClassifierConfig, FeatureClassifier, predict_labels, train_classifier
 from models.distances import memorization
+from models.family import families
 from models.generators import to_unit_range
 from models.image_gan.config import ImageGanConfig
 from models.image_gan.data import load_image_split
@@ -215,6 +218,13 @@ def quality_table(args, images, labels, heldout, heldout_labels, class_names, nu
     return "\n".join([*notes, format_report(report), f"near copies among 500 samples: {copies}"])
 
 
+def bench_families() -> list[str]:
+    """--family's choices: the first word of each registered family's name ("music" of "music-vae")
+    that names a bench module (bench/music.py); the image GAN's bench is this module."""
+    words = [record.name.split("-")[0] for record in families().values()]
+    return [word for word in words if word == "image" or importlib.util.find_spec(f"bench.{word}")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--manifest", type=Path, help="an image corpus manifest.json (default: Fashion-MNIST in memory)")
@@ -234,33 +244,22 @@ def main() -> None:
     parser.add_argument("--classifier-epochs", type=int, default=ClassifierConfig.epochs,
                         help="with --quality: epochs of the feature classifier (a small corpus needs more)")
     parser.add_argument("--skip-throughput", action="store_true")
-    parser.add_argument("--family", choices=["image", "music", "painting", "video"], default="image")
+    parser.add_argument("--family", choices=bench_families(), default="image")
     parser.add_argument("--kind", choices=["chorale", "melody"], default="chorale", help="with --family music")
     args = parser.parse_args()
     args.overrides = parse_overrides(args.set)
     torch.set_num_threads(args.threads)
     print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}; threads={args.threads}", flush=True)
 
-    if args.family == "music":
-        from bench import music
-
-        manifest = args.manifest or music.DEFAULT_MANIFEST
+    if args.family != "image":
+        bench = importlib.import_module(f"bench.{args.family}")
+        options = {"kind": args.kind} if args.family == "music" else {}
+        manifest = args.manifest or bench.DEFAULT_MANIFEST
         if not args.skip_throughput:
-            print(music.throughput_table(manifest, args.kind, args.steps, args.repeats), flush=True)
+            print(bench.throughput_table(manifest, args.steps, args.repeats, **options), flush=True)
         if args.quality:
-            print(music.quality_table(manifest, args.kind, args.profile or ["demo"], args.seed or [0], args.overrides),
-                  flush=True)
-        return
-    if args.family in ("painting", "video"):
-        import importlib
-
-        family = importlib.import_module(f"bench.{args.family}")
-        manifest = args.manifest or family.DEFAULT_MANIFEST
-        if not args.skip_throughput:
-            print(family.throughput_table(manifest, args.steps, args.repeats), flush=True)
-        if args.quality:
-            profiles = args.profile or getattr(family, "DEMO_PROFILES", ["demo"])
-            print(family.quality_table(manifest, profiles, args.seed or [0], args.overrides), flush=True)
+            profiles = args.profile or list(getattr(bench, "DEMO_PROFILES", ["demo"]))
+            print(bench.quality_table(manifest, profiles, args.seed or [0], args.overrides, **options), flush=True)
         return
 
     images, labels, heldout, heldout_labels, class_names = load_images(args.manifest)
