@@ -10,6 +10,24 @@ import pytest
 from pipelines.definitions import build_resources
 
 
+def pytest_sessionstart(session):
+    import torch
+
+    torch.set_num_threads(1)  # one_torch_thread's count, for the first module's fixtures too
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Every test, and the module fixtures after it, run at one torch thread: the count the tests'
+    child processes train at, so that bit-exact comparisons with them hold whatever a test before
+    set (a Dagster materialize configures torch in this process); and the cores are shared."""
+    import torch
+
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(1)
+
+
 @pytest.fixture
 def data_root(tmp_path: Path) -> Path:
     root = tmp_path / "data"

@@ -19,7 +19,6 @@ from models.trainer import TrainerConfig, fit, list_checkpoints, load_checkpoint
 from tests.ddp_worker import RegressionFamily, trainer_config
 from tests.reliability.test_kill_during_training import assert_identical
 
-torch.set_num_threads(1)
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 RANKS = 2
 # Two ranks average two 4-item mean gradients where one process takes one 8-item mean: the

@@ -40,8 +40,6 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 RESOLUTION, CLASSES = 16, 3
 TINY = dict(resolution=RESOLUTION, widths=(16, 8), latent_dim=8, embed_dim=4, num_classes=CLASSES, batch_size=8)
 
-torch.set_num_threads(1)  # shared CPUs; and bit-exact comparisons need a fixed thread count
-
 
 def tiny_data(n: int = 48, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Class-dependent patterns (a bar whose position is the class) plus noise."""

@@ -28,7 +28,6 @@ from models.trainer import fit
 from tests.fresh_process import run_in_fresh_process
 
 STEPS = 32
-torch.set_num_threads(1)
 
 
 def random_voice(rng: np.random.Generator, low: int = 55, high: int = 80, steps: int = STEPS) -> np.ndarray:

@@ -37,8 +37,6 @@ FASTGAN_RESOLUTION = 32
 TINY_FASTGAN = dict(resolution=FASTGAN_RESOLUTION, widths=(16, 16, 8, 8), z_dim=8, batch_size=4)
 TINY_BY_ARCHITECTURE = {"stylegan2": ("stylegan2-demo", TINY), "fastgan": ("demo", TINY_FASTGAN)}
 
-torch.set_num_threads(1)  # shared CPUs; and bit-exact comparisons need a fixed thread count
-
 
 def tiny_pictures(n: int = 5, size: int = 40, seed: int = 0) -> np.ndarray:
     """Colour stripes of a per-picture frequency plus noise: crops of them differ visibly."""

@@ -20,7 +20,6 @@ from models.video_rnn.training import VideoRnnFamily, export_bundle, true_contex
 from tests.fresh_process import run_in_fresh_process
 from tests.test_video_rnn import CONTEXT, HORIZON, SIZE, moving_squares, tiny_config
 
-torch.set_num_threads(1)
 
 PREDRNN = dict(architecture="predrnn_v2", decoder="resize", decoder_channels=4, true_context_start=0.5,
                true_context_ramp=(0.25, 0.75), ssim_weight=1.0, steps=4)

@@ -33,8 +33,6 @@ FPS = 12.5  # a frame rate no default has, so a bundle that records it proves it
 TINY = dict(context_frames=CONTEXT, horizon=HORIZON, resolution=SIZE, hidden=(8, 8), kernel=3, levels=8,
             cond_channels=4, head_width=8, head_layers=3, head_frames=2, batch_size=4, steps=4)
 
-torch.set_num_threads(1)  # shared CPUs; and bit-exact comparisons need a fixed thread count
-
 
 def moving_squares(n: int = 12, frames: int = CLIP, seed: int = 0) -> np.ndarray:
     """uint8 (n, frames, SIZE, SIZE, 3) clips of a bright square moving one pixel a frame, on noise."""

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from corpora.images import IMAGES, ImageCorpusConfig
@@ -25,7 +24,6 @@ from corpora.shards import read_shards, tensors_from_table
 from corpora.video import VIDEO, VideoCorpusConfig
 from tests.reliability._media import jpeg_bytes, midi_bytes, moving_frames, mp4_bytes, noise_image, png_bytes
 
-torch.set_num_threads(1)
 
 MUTANTS_PER_MODALITY = 210
 SETTINGS = IngestSettings(workers=2, timeout_s=10.0, heldout_percent=20)

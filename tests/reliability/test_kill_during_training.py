@@ -21,16 +21,6 @@ from tests.reliability._families import FAMILIES, build
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The uninterrupted run happens in this process at the child's one thread: pinned per test,
-    since a test before it (a Dagster materialize configuring torch) may have set another count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def assert_identical(a, b, where: str = "checkpoint") -> None:
     """Nested dicts/lists of tensors and plain values, equal bit for bit."""
     if isinstance(a, torch.Tensor):

@@ -14,8 +14,6 @@ import torch
 from models.trainer import fit, load_checkpoint
 from tests.reliability._families import FAMILIES, FIRST_VARIANTS, build
 
-torch.set_num_threads(1)
-
 
 class WritesMarker:
     """Unpickling this opens (so creates) the marker file: builtins.open(marker, "w")."""
