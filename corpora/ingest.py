@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import itertools
 import logging
 import os
 import shutil
@@ -644,6 +645,13 @@ def _split_line(corpus: str, summary: dict) -> str:
     return text + (f"; held-out rows also in training: {leakage}" if leakage else "")
 
 
+def repeated_array(values: list, counts: list[int], kind: pa.DataType) -> pa.Array:
+    """values[i] repeated counts[i] times, as an Arrow array of `kind`: built from the distinct
+    runs and repeated in Arrow, not a Python object per row."""
+    indices = np.repeat(np.arange(len(values), dtype=np.int64), counts)
+    return arrow_array(values, kind).take(pa.Array.from_buffers(pa.int64(), len(indices), [None, pa.py_buffer(indices)]))
+
+
 def _write_table(spec: TableSpec, accepted, licence_of: list[str], plan: SplitPlan, time_table: str | None,
                  cache: RowCache, settings: IngestSettings, version_dir: Path, out_dir: Path) -> dict:
     """Stream one table's rows from the cache into shards, in path order with their lineage
@@ -659,7 +667,7 @@ def _write_table(spec: TableSpec, accepted, licence_of: list[str], plan: SplitPl
     def flush() -> None:
         if run:
             rows = cache.table_rows(run["batch"], spec.name, run["first"], run["end"] - run["first"])
-            lineage = [arrow_array(run[name], kind) for name, kind in LINEAGE_COLUMNS.items()]
+            lineage = [repeated_array(*run[name], kind) for name, kind in LINEAGE_COLUMNS.items()]
             writer.append(pa.Table.from_arrays([*rows.columns, *lineage], schema=schema))
             run.clear()
 
@@ -670,13 +678,17 @@ def _write_table(spec: TableSpec, accepted, licence_of: list[str], plan: SplitPl
             continue
         if not run or run["batch"] != cached.batch or run["end"] != first:
             flush()
-            run.update(batch=cached.batch, first=first, end=first, **{name: [] for name in LINEAGE_COLUMNS})
+            run.update(batch=cached.batch, first=first, end=first, **{name: ([], []) for name in LINEAGE_COLUMNS})
         run["end"] = first + count
-        run["source_path"] += [source.relpath] * count
-        run["sha256"] += [source.sha256] * count
-        run["split"] += plan.splits(index, spec.name, count, time_table)
-        run["group"] += [plan.group[index]] * count
-        run["licence"] += [licence_of[index]] * count
+        # each file's lineage once, with its row count: a file has many rows (a MIDI file's notes)
+        per_file = {"source_path": source.relpath, "sha256": source.sha256, "group": plan.group[index],
+                    "licence": licence_of[index]}
+        for name, value in per_file.items():
+            run[name][0].append(value)
+            run[name][1].append(count)
+        for split, rows in itertools.groupby(plan.splits(index, spec.name, count, time_table)):
+            run["split"][0].append(split)
+            run["split"][1].append(sum(1 for _ in rows))
         rows_total += count
     flush()
     shards = writer.close()
