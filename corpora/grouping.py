@@ -16,6 +16,7 @@ that equal (keys) or nearly equal (thumbnails) some training row.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -73,11 +74,13 @@ class SplitPlan:
     row_splits: dict[int, np.ndarray]  # file index -> split per row of the time table
     summary: dict  # for the manifest: groups, the largest, strata, leakage
 
-    def splits(self, index: int, table: str, rows: int, time_table: str | None) -> list[str]:
+    def split_runs(self, index: int, table: str, rows: int, time_table: str | None) -> list[tuple[str, int]]:
+        """(split, row count) of a file's consecutive rows that share a split: one run unless the
+        file's rows are split by time."""
         if index in self.row_splits and table == time_table:
-            return self.row_splits[index].tolist()
+            return [(split, len(list(run))) for split, run in itertools.groupby(self.row_splits[index].tolist())]
         split = self.file_split[index]
-        return [TRAIN if split == "time" else split] * rows
+        return [(TRAIN if split == "time" else split, rows)]
 
 
 class _UnionFind:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import gc
-import itertools
 import logging
 import os
 import shutil
@@ -648,8 +647,7 @@ def _split_line(corpus: str, summary: dict) -> str:
 def repeated_array(values: list, counts: list[int], kind: pa.DataType) -> pa.Array:
     """values[i] repeated counts[i] times, as an Arrow array of `kind`: built from the distinct
     runs and repeated in Arrow, not a Python object per row."""
-    indices = np.repeat(np.arange(len(values), dtype=np.int64), counts)
-    return arrow_array(values, kind).take(pa.Array.from_buffers(pa.int64(), len(indices), [None, pa.py_buffer(indices)]))
+    return arrow_array(values, kind).take(arrow_array(np.repeat(np.arange(len(values)), counts), pa.int64()))
 
 
 def _write_table(spec: TableSpec, accepted, licence_of: list[str], plan: SplitPlan, time_table: str | None,
@@ -686,9 +684,9 @@ def _write_table(spec: TableSpec, accepted, licence_of: list[str], plan: SplitPl
         for name, value in per_file.items():
             run[name][0].append(value)
             run[name][1].append(count)
-        for split, rows in itertools.groupby(plan.splits(index, spec.name, count, time_table)):
+        for split, rows in plan.split_runs(index, spec.name, count, time_table):
             run["split"][0].append(split)
-            run["split"][1].append(sum(1 for _ in rows))
+            run["split"][1].append(rows)
         rows_total += count
     flush()
     shards = writer.close()
