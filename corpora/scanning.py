@@ -57,54 +57,59 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root + os.sep)
 
 
-def _listing(raw_dir: Path) -> list[tuple[str, str, os.stat_result | None, tuple[str, str, str] | None]]:
-    """(relative path, path, stat or None, problem or None) of every non-hidden file under
-    `raw_dir`, sorted by relative path."""
+def _listing(raw_dir: Path) -> list[tuple[str, str, tuple[int, int, int, int] | None, tuple[str, str, str] | None]]:
+    """(relative path, path, (size, mtime_ns, ctime_ns, inode) or None, problem or None) of every
+    non-hidden file under `raw_dir`, sorted by relative path."""
     found: list = []
     root = os.path.realpath(raw_dir)
-
-    def refuse(relpath: str, path: str, error_type: str, message: str) -> None:
-        found.append((relpath, path, None, ("scan", error_type, message)))
-
-    def walk(folder: str, prefix: str) -> None:
+    # A stack, not a recursive closure: a closure that calls itself is a reference cycle, and
+    # the ingest runs with the cyclic collector off, so it would hold this list to the end.
+    folders = [(str(raw_dir), "")] if Path(raw_dir).is_dir() else []
+    while folders:
+        folder, prefix = folders.pop()
         try:
             with os.scandir(folder) as it:
                 entries = list(it)
         except OSError as exc:
-            refuse(displayable(prefix or "."), folder, type(exc).__name__,
-                   f"the folder cannot be listed: {exc.strerror or exc}")
-            return
+            found.append((displayable(prefix or "."), folder, None, (
+                "scan", type(exc).__name__, f"the folder cannot be listed: {exc.strerror or exc}")))
+            continue
         for entry in entries:
             if entry.name.startswith("."):
                 continue
             relpath = displayable(f"{prefix}{entry.name}")
-            if entry.is_symlink():
-                target = os.path.realpath(entry.path)
-                if not _inside(target, root):
-                    refuse(relpath, entry.path, "SymlinkOutsideCorpus",
-                           f"a symbolic link to {displayable(target)}, outside the corpus folder")
-                    continue
-                if not os.path.exists(target):
-                    refuse(relpath, entry.path, "BrokenSymlink", "a symbolic link to a file that does not exist")
-                    continue
-                if os.path.isdir(target):
-                    continue  # a folder inside the corpus is listed under its own name already
-            if entry.is_dir(follow_symlinks=False):
-                walk(entry.path, f"{relpath}/")
+            problem = _link_problem(entry, root)
+            if problem is not None:
+                found.append((relpath, entry.path, None, ("scan", *problem)))
+            elif entry.is_dir(follow_symlinks=False):
+                folders.append((entry.path, f"{relpath}/"))
             elif entry.is_file():
                 try:
-                    found.append((relpath, entry.path, entry.stat(), None))
+                    stat = entry.stat()
                 except OSError as exc:
-                    refuse(relpath, entry.path, type(exc).__name__, f"the file cannot be read: {exc.strerror or exc}")
-
-    if Path(raw_dir).is_dir():
-        walk(str(raw_dir), "")
+                    found.append((relpath, entry.path, None, (
+                        "scan", type(exc).__name__, f"the file cannot be read: {exc.strerror or exc}")))
+                    continue
+                found.append((relpath, entry.path, (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino),
+                              None))
     found.sort(key=lambda item: item[0])
     return found
 
 
-def _hash(relpath: str, path: str, stat: os.stat_result, known: dict) -> SourceFile:
-    size, mtime_ns, ctime_ns, inode = stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino
+def _link_problem(entry: os.DirEntry, root: str) -> tuple[str, str] | None:
+    """(error type, message) when `entry` is a symbolic link the corpus cannot follow."""
+    if not entry.is_symlink():
+        return None
+    target = os.path.realpath(entry.path)
+    if not _inside(target, root):
+        return "SymlinkOutsideCorpus", f"a symbolic link to {displayable(target)}, outside the corpus folder"
+    if not os.path.exists(target):
+        return "BrokenSymlink", "a symbolic link to a file that does not exist"
+    return None
+
+
+def _hash(relpath: str, path: str, stat: tuple[int, int, int, int], known: dict) -> SourceFile:
+    size, mtime_ns, ctime_ns, inode = stat
     remembered = known.get(relpath)
     if remembered is not None and remembered[0] == size and remembered[1] == mtime_ns and \
             remembered[2] == ctime_ns and remembered[3] == inode:
@@ -112,10 +117,10 @@ def _hash(relpath: str, path: str, stat: os.stat_result, known: dict) -> SourceF
     try:
         digest = sha256_file(path)
     except FileNotFoundError:
-        return SourceFile(path, relpath, stat.st_size, "", problem=(
+        return SourceFile(path, relpath, size, "", problem=(
             "read", "FileVanished", "the file disappeared while the corpus was scanned"))
     except OSError as exc:
-        return SourceFile(path, relpath, stat.st_size, "", problem=(
+        return SourceFile(path, relpath, size, "", problem=(
             "read", type(exc).__name__, f"the file cannot be read: {exc.strerror or exc}"))
     return SourceFile(path, relpath, size, digest, mtime_ns, ctime_ns, inode)
 
@@ -174,7 +179,7 @@ def folder_signature(raw_dir: Path) -> str:
     """A cheap hash of names, sizes and modification times: when it is unchanged, so is the
     content (barring clock tricks); when it changes, `folder_fingerprint` says whether the
     content did. It reads no file."""
-    return sha256_json([(relpath, stat.st_size if stat else None, stat.st_mtime_ns if stat else None)
+    return sha256_json([(relpath, stat[0] if stat else None, stat[1] if stat else None)
                         for relpath, _, stat, _ in _listing(raw_dir)])
 
 

@@ -1,6 +1,7 @@
 """The scan's remembered hashes: a file is read again exactly when its stat says it may have changed."""
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import time
@@ -59,3 +60,21 @@ def test_a_file_changed_after_the_scan_began_is_not_remembered(tmp_path):
     assert load_hashes(hashes_file) == {}
     remember_hashes(files, hashes_file, {}, scan_started_ns=changed_ns + RACY_WINDOW_NS + 1)
     assert load_hashes(hashes_file)["a.bin"][4] == files[0].sha256
+
+
+def test_a_scan_leaves_no_reference_cycles(tmp_path):
+    """The ingest runs with the cyclic collector off, so anything a scan left in a cycle (as a
+    recursive closure over its listing did: every file's stat, to the end of the ingest)
+    would stay until the process ends."""
+    corpus = tmp_path / "corpus"
+    for folder in ("a", "a/b", "c"):
+        (corpus / folder).mkdir(parents=True)
+        (corpus / folder / "x.bin").write_bytes(folder.encode())
+    gc.collect()
+    gc.disable()
+    try:
+        files = scan(corpus, {})
+        assert [f.relpath for f in files] == ["a/b/x.bin", "a/x.bin", "c/x.bin"]
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
