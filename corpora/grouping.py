@@ -270,27 +270,49 @@ def link_shared_work(files: FileSignatures, overlap: float, union: _UnionFind) -
     if files.work_keys is None:
         return
     keys, owners = files.work_keys
+    repeated = _in_sorted(keys, _repeated(keys))
+    # Only keys found more than once can link files or repeat within one: most keys are a
+    # single file's, and the sorting below sees just the rest (memory: a few bytes a key).
+    keys, owners, sizes = keys[repeated], owners[repeated], np.bincount(owners, minlength=len(files))
     order = np.lexsort((owners, keys))  # by key, then by file
     keys, owners = keys[order], owners[order]
-    distinct = np.r_[True, (keys[1:] != keys[:-1]) | (owners[1:] != owners[:-1])]  # each file's key set
+    distinct = np.ones(len(keys), dtype=bool)  # each file's key set
+    distinct[1:] = (keys[1:] != keys[:-1]) | (owners[1:] != owners[:-1])
+    sizes -= np.bincount(owners[~distinct], minlength=len(files))
     keys, owners = keys[distinct], owners[distinct]
-    sizes = np.bincount(owners, minlength=len(files))
     if (sizes > 0).sum() < 2:
         return
     starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-    ends = np.r_[starts[1:], len(keys)]
-    pair_codes = []
-    for start, end in zip(starts, ends):
-        if 2 <= end - start <= MAX_KEY_FILES:
-            members = owners[start:end]
-            a, b = np.triu_indices(len(members), 1)
-            pair_codes.append(members[a].astype(np.int64) * len(files) + members[b])
-    if not pair_codes:
-        return
+    lengths = np.diff(np.r_[starts, len(keys)])
+    pairs = starts[lengths == 2]  # most shared keys are two files': their pairs at once, not a loop
+    pair_codes = [owners[pairs].astype(np.int64) * len(files) + owners[pairs + 1]]
+    for start, length in zip(starts[(lengths > 2) & (lengths <= MAX_KEY_FILES)].tolist(),
+                             lengths[(lengths > 2) & (lengths <= MAX_KEY_FILES)].tolist()):
+        members = owners[start : start + length]
+        a, b = np.triu_indices(length, 1)
+        pair_codes.append(members[a].astype(np.int64) * len(files) + members[b])
     codes, shared = np.unique(np.concatenate(pair_codes), return_counts=True)
     a, b = codes // len(files), codes % len(files)
     linked = shared >= overlap * np.minimum(sizes[a], sizes[b])
     union.union_pairs(a[linked], b[linked])
+
+
+def _repeated(keys: np.ndarray) -> np.ndarray:
+    """The distinct values found more than once in `keys`, sorted."""
+    ordered = np.sort(keys)
+    return np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+
+
+def _in_sorted(values: np.ndarray, sorted_set: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+    """`np.isin(values, sorted_set)` a chunk at a time: isin sorts both together, a few copies
+    of `values` at once."""
+    found = np.zeros(len(values), dtype=bool)
+    if len(sorted_set):
+        for start in range(0, len(values), chunk):
+            part = values[start : start + chunk]
+            at = np.minimum(np.searchsorted(sorted_set, part), len(sorted_set) - 1)
+            found[start : start + chunk] = sorted_set[at] == part
+    return found
 
 
 def find_groups(files: FileSignatures, grouping, group_by: str, memo: NearPairMemo | None = None) -> list[int]:
@@ -336,7 +358,7 @@ def _deal_groups(sizes: dict[str, int], percent: int) -> set[str]:
 
 def _first_per_group(group_ids: np.ndarray, values: Sequence[str]) -> list[str]:
     """The smallest of `values` in each group (groups numbered 0..G-1, every one used)."""
-    values = np.asarray(values)
+    values = np.array(values, dtype=object)  # a pointer a file: fixed-width text would be 4 bytes a character
     order = np.lexsort((values, group_ids))
     firsts = np.flatnonzero(np.r_[True, group_ids[order][1:] != group_ids[order][:-1]])
     return values[order[firsts]].tolist()
@@ -458,7 +480,7 @@ def measure_leakage(files: FileSignatures, plan: SplitPlan, grouping, settings: 
         labels = row_split_labels(owners, plan, table, grouping.time_table)
         heldout, train = signatures[labels == HELDOUT], signatures[labels == TRAIN]
         if table in grouping.exact_tables:
-            leaked = int(np.isin(heldout, train).sum())
+            leaked = int(_in_sorted(heldout, np.unique(train)).sum())
             checked = len(heldout)
         else:
             rng = np.random.default_rng(settings.seed)

@@ -172,22 +172,40 @@ class RowCache:
                                                                   dict[int, np.ndarray]]:
         """The packed arrays of `files` (accepted ones): per name, every file's rows stacked in
         file order with the index in `files` each row came from, and time spans per file index.
-        Read a batch at a time, and one gather per batch and layout instead of one per file."""
-        by_batch: dict[str, list[int]] = {}
+
+        Two passes over the batches: the first reads only the layouts, to size each stacked
+        array; the second writes every batch's rows straight to their places, one gather per
+        batch and layout. So the peak is the result plus one batch, not the result three times
+        over (pieces, their concatenation, and that reordered)."""
+        by_batch: dict[str, np.ndarray] = {}
         for index, cached in enumerate(files):
             by_batch.setdefault(cached.batch, []).append(index)
-        pieces: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+        by_batch = {batch: np.asarray(indexes, np.int64) for batch, indexes in by_batch.items()}
+        layouts_of = {}
+        rows_per_file: dict[str, np.ndarray] = {}
+        for batch, owners in by_batch.items():
+            layouts = read_parquet(self.folder / f"{batch}{INDEX_SUFFIX}", columns=["arrays_layout"])
+            layouts = np.array(layouts.column("arrays_layout").to_pylist(), dtype=object)
+            positions = np.fromiter((files[i].position for i in owners.tolist()), np.int64, len(owners))
+            distinct, which = np.unique(layouts[positions], return_inverse=True)
+            layouts_of[batch] = (positions, distinct, which.reshape(-1))
+            for number, layout_json in enumerate(distinct):
+                for name, dtype, shape, _, _ in _layout(layout_json):
+                    if name != "time_spans" and shape and shape[0]:
+                        counts = rows_per_file.setdefault(name, np.zeros(len(files), np.int64))
+                        counts[owners[which == number]] = shape[0]
+        stacked, first_row = {}, {}
+        for name, counts in rows_per_file.items():
+            first_row[name] = np.cumsum(counts) - counts
+            stacked[name] = (None, np.repeat(np.arange(len(files), dtype=np.int64), counts))
         time_spans: dict[int, np.ndarray] = {}
-        for batch, indexes in by_batch.items():
-            index_table = read_parquet(self.folder / f"{batch}{INDEX_SUFFIX}", columns=["arrays", "arrays_layout"])
-            packed = index_table.column("arrays").combine_chunks()
+        for batch, owners in by_batch.items():
+            positions, distinct, which = layouts_of.pop(batch)
+            packed = read_parquet(self.folder / f"{batch}{INDEX_SUFFIX}", columns=["arrays"]).column("arrays")
+            packed = packed.combine_chunks()
             offsets = np.frombuffer(packed.buffers()[1], np.int32)[packed.offset : packed.offset + len(packed) + 1]
             data = packed.buffers()[2]
             data = np.frombuffer(data, np.uint8) if data is not None else np.empty(0, np.uint8)
-            layouts = np.array(index_table.column("arrays_layout").to_pylist(), dtype=object)
-            owners = np.asarray(indexes, np.int64)
-            positions = np.fromiter((files[i].position for i in indexes), np.int64, len(indexes))
-            distinct, which = np.unique(layouts[positions], return_inverse=True)
             for number, layout_json in enumerate(distinct):
                 chosen = which == number
                 parts = _layout(layout_json)
@@ -199,13 +217,12 @@ class RowCache:
                     if name == "time_spans":
                         time_spans.update(zip(owners[chosen].tolist(), values))
                     elif shape and shape[0]:
-                        pieces.setdefault(name, []).append(
-                            (values.reshape(-1, *shape[1:]), np.repeat(owners[chosen], shape[0])))
-        stacked = {}
-        for name, parts in pieces.items():
-            values, owners = np.concatenate([v for v, _ in parts]), np.concatenate([o for _, o in parts])
-            order = np.argsort(owners, kind="stable")  # file order; a file's rows stay in their order
-            stacked[name] = (values[order], owners[order])
+                        target, row_owners = stacked[name]
+                        if target is None:
+                            target = np.empty((len(row_owners), *shape[1:]), dtype)
+                            stacked[name] = (target, row_owners)
+                        rows = (first_row[name][owners[chosen]][:, None] + np.arange(shape[0])).reshape(-1)
+                        target[rows] = values.reshape(-1, *shape[1:])
         return stacked, time_spans
 
     def table_rows(self, batch: str, table: str, first: int, count: int) -> pa.Table:

@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from corpora.grouping import (GAP, HELDOUT, TRAIN, FileSignatures, NearPairMemo, block_sums, find_groups, near_owner_pairs,
-                              near_pairs, time_split_rows)
+from corpora.grouping import (GAP, HELDOUT, TRAIN, FileSignatures, NearPairMemo, _UnionFind, block_sums, find_groups,
+                              link_shared_work, near_owner_pairs, near_pairs, time_split_rows)
 from corpora.images import IMAGES, ImageCorpusConfig
 from corpora.ingest import IngestSettings, ingest, load_manifest
 from corpora.shards import read_shards
@@ -68,6 +68,31 @@ def test_near_pairs_match_brute_force():
     distance = np.sqrt(((rows[:, None].astype(float) - rows[None].astype(float)) ** 2).mean(-1))
     expected = {(i, j) for i, j in zip(*np.nonzero(np.triu(distance <= 6.0, 1)))}
     assert found == expected and len(expected) == 40
+
+
+def test_shared_work_links_the_files_brute_force_links():
+    """Files linked when they share at least 40% of the smaller one's distinct keys, keys
+    repeated within a file counted once."""
+    rng, key_space = np.random.default_rng(1), 100  # small enough that many files share keys
+    sets = [rng.choice(key_space, rng.integers(0, 12), replace=False) for _ in range(80)]
+    sets[5] = np.full(4, 7)  # one key, repeated
+    keys = np.concatenate([np.r_[s, s[: len(s) // 3]] for s in sets]).astype(np.uint64)  # some repeated within a file
+    owners = np.repeat(np.arange(len(sets)), [len(s) + len(s) // 3 for s in sets])
+    files = FileSignatures([f"f{i}" for i in range(len(sets))], [f"{i:064x}" for i in range(len(sets))],
+                           work_keys=(keys, owners))
+    union = _UnionFind(len(sets))
+    link_shared_work(files, 0.4, union)
+
+    expected = _UnionFind(len(sets))
+    holders = {key: {i for i, s in enumerate(sets) if key in set(s.tolist())} for key in range(key_space)}
+    for i in range(len(sets)):
+        for j in range(i + 1, len(sets)):
+            a, b = set(sets[i].tolist()), set(sets[j].tolist())
+            shared = sum(1 for key in a & b if len(holders[key]) <= 64)
+            if a and b and shared >= 0.4 * min(len(a), len(b)):
+                expected.union(i, j)
+    assert union.roots().tolist() == expected.roots().tolist()
+    assert len(set(union.roots().tolist())) < len(sets)  # it links something
 
 
 def test_a_batch_spread_over_brightness_finds_the_brute_force_pairs_against_kept_block_sums():
