@@ -671,7 +671,7 @@ def _write_table(spec: TableSpec, accepted, licence_of: list[str], plan: SplitPl
 
     rows_total = 0
     for index, (source, cached) in enumerate(accepted):
-        first, count = cached.row_spans.get(spec.name, (0, 0))
+        first, count = cached.span(spec.name)
         if not count:
             continue
         if not run or run["batch"] != cached.batch or run["end"] != first:

@@ -64,6 +64,21 @@ INDEX_SCHEMA = pa.schema([
 ])
 
 
+class BatchSpans:
+    """Where each file of a batch has its rows in the batch's tables: one array for the batch,
+    not a dictionary per file (the index holds an entry for every file of the corpus)."""
+
+    __slots__ = ("names", "spans")
+
+    def __init__(self, per_file: Sequence[dict]):
+        """`per_file`: each file's {table: [first row, rows]}, in batch order."""
+        self.names = tuple(sorted({name for spans in per_file for name in spans}))
+        self.spans = np.zeros((len(per_file), len(self.names), 2), dtype=np.int64)
+        for position, spans in enumerate(per_file):
+            for name, span in spans.items():
+                self.spans[position, self.names.index(name)] = span
+
+
 @dataclass(slots=True)
 class CachedFile:
     """What the cache knows of one file, without its rows or signatures (those stay on disk)."""
@@ -76,7 +91,20 @@ class CachedFile:
     message: str
     content_hash: str
     notices: list  # [[stage, kind, message], ...]
-    row_spans: dict  # table -> [first, count]
+    batch_spans: BatchSpans
+
+    def span(self, table: str) -> tuple[int, int]:
+        """(first row in the batch's `table`, rows): (0, 0) when the file has none there."""
+        names = self.batch_spans.names
+        if table not in names:
+            return 0, 0
+        first, count = self.batch_spans.spans[self.position, names.index(table)].tolist()
+        return first, count
+
+    @property
+    def row_spans(self) -> dict[str, tuple[int, int]]:
+        """Every table the file has rows in: table -> (first, count)."""
+        return {name: span for name in self.batch_spans.names if (span := self.span(name))[1]}
 
 
 def hashes_file_of(out_dir: Path) -> Path:
@@ -145,13 +173,13 @@ class RowCache:
                 continue  # unreadable: its files are decoded again
             column = {name: table.column(name).to_pylist() for name in columns}
             # one JSON parse per batch, not one per file: the call, not the text, is the cost
-            spans = json.loads("[" + ",".join(column["row_spans"]) + "]")
-            for position, (sha, accepted, stage, error_type, message, content_hash, notices, span) in enumerate(zip(
+            spans = BatchSpans(json.loads("[" + ",".join(column["row_spans"]) + "]"))
+            for position, (sha, accepted, stage, error_type, message, content_hash, notices) in enumerate(zip(
                     column["sha256"], column["accepted"], column["stage"], column["error_type"], column["message"],
-                    column["content_hash"], column["notices"], spans)):
+                    column["content_hash"], column["notices"])):
                 known[sha] = CachedFile(
                     batch, position, accepted, stage or "", error_type or "", message or "", content_hash or "",
-                    _notices(notices), span)  # the parser shares one key string per table in a batch
+                    _notices(notices), spans)
         return known
 
     def _opened(self, key: tuple[str, str], read: Callable[[], Any]) -> Any:
@@ -306,7 +334,7 @@ class RowCache:
             return False
         live_bytes = 0.0
         for name in self.specs:
-            rows = sum(cached.row_spans[name][1] for cached in files if name in cached.row_spans)
+            rows = sum(cached.span(name)[1] for cached in files)
             if rows:
                 metadata = pq.read_metadata(self.folder / f"{batch}.{name}.parquet")
                 stored = sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups))
@@ -393,11 +421,11 @@ class BatchWriter:
             if parts:
                 _write(_stack(self.cache.specs[name], parts), folder / f"{batch}.{name}.parquet")
         _write(arrow_records(index_rows, INDEX_SCHEMA), folder / f"{batch}{INDEX_SUFFIX}")  # commit
-        for position, (row, spans) in enumerate(zip(index_rows, spans_of)):
-            notices = json.loads(row["notices"])
+        batch_spans = BatchSpans(spans_of)
+        for position, row in enumerate(index_rows):
             self.committed[row["sha256"]] = CachedFile(
                 batch, position, row["accepted"], row["stage"], row["error_type"], row["message"],
-                row["content_hash"], notices, spans)
+                row["content_hash"], _notices(row["notices"]), batch_spans)
         if self.on_commit is not None:
             self.on_commit(batch, [(sha, result) for sha, result in self.pending if not isinstance(result, tuple)])
         self.pending, self.pending_bytes = [], 0
@@ -437,11 +465,12 @@ class _MergedBatch:
         for name, parts in self.parts.items():
             _write(pa.concat_tables(parts), folder / f"{batch}.{name}.parquet")
         _write(pa.Table.from_pylist(self.index, schema=INDEX_SCHEMA), folder / f"{batch}{INDEX_SUFFIX}")  # commit
+        batch_spans = BatchSpans([json.loads(row["row_spans"]) for row in self.index])
         for position, row in enumerate(self.index):
             old = self.known[row["sha256"]]
             self.known[row["sha256"]] = CachedFile(
                 batch, position, old.accepted, old.stage, old.error_type, old.message, old.content_hash, old.notices,
-                json.loads(row["row_spans"]))
+                batch_spans)
         self._reset()
 
 
