@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from common.atomic import atomic_write
 from common.hashing import sha256_file, sha256_json
-from corpora.shards import arrow_rows, read_parquet
+from corpora.shards import arrow_table, read_parquet
 
 HASHES_SCHEMA = pa.schema([("relpath", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()),
                            ("ctime_ns", pa.int64()), ("inode", pa.int64()), ("sha256", pa.string())])
@@ -166,7 +166,8 @@ def remember_hashes(files: list[SourceFile], hashes_file: Path, known: dict[str,
     if len(rows) == len(known) and all(known.get(f.relpath) == (f.size, f.mtime_ns, f.ctime_ns, f.inode, f.sha256)
                                        for f in rows):
         return
-    table = arrow_rows([(f.relpath, f.size, f.mtime_ns, f.ctime_ns, f.inode, f.sha256) for f in rows], HASHES_SCHEMA)
+    # a list per column, not a tuple per file: the values are the files' own, only pointers are new
+    table = arrow_table([[getattr(f, name) for f in rows] for name in HASHES_SCHEMA.names], HASHES_SCHEMA)
     atomic_write(hashes_file, lambda file: pq.write_table(table, file, compression="zstd"))
 
 
