@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -118,7 +119,7 @@ class _UnionFind:
 def stratum_of(relpath: str) -> str:
     """The top-level folder of a file (a class, a kind of footage); "" for files at the top."""
     head, sep, _ = relpath.partition("/")
-    return head if sep else ""
+    return sys.intern(head) if sep else ""  # one string per folder, not one per file
 
 
 def _stable_order(name: str) -> str:
