@@ -655,19 +655,35 @@ def _write_table(spec: TableSpec, accepted, licence_of: list[str], plan: SplitPl
     """Stream one table's rows from the cache into shards, in path order with their lineage
     (`licence_of`: each accepted file's licence).
 
-    Consecutive files whose rows lie side by side in one cache batch are read as one slice.
+    Consecutive files whose rows lie side by side in one cache batch are read as one slice;
+    slices gather until a row group's worth, whose lineage columns are then built at once (a
+    corpus decoded by several workers has short runs: files finish out of order).
     """
     full_spec = TableSpec(spec.name, spec.tensor, {**spec.columns, **LINEAGE_COLUMNS})
     schema = full_spec.schema()
     writer = ShardWriter(full_spec, version_dir, out_dir, settings.shard_megabytes)
-    run: dict = {}
+    run: dict = {}  # the slice being extended: batch, first, end
+    slices: list[pa.Table] = []
+    lineage = {name: ([], []) for name in LINEAGE_COLUMNS}  # per column: each run's value, its row count
+    gathered = 0
+
+    def close_run() -> None:
+        if run:
+            slices.append(cache.table_rows(run["batch"], spec.name, run["first"], run["end"] - run["first"]))
+            run.clear()
 
     def flush() -> None:
-        if run:
-            rows = cache.table_rows(run["batch"], spec.name, run["first"], run["end"] - run["first"])
-            lineage = [repeated_array(*run[name], kind) for name, kind in LINEAGE_COLUMNS.items()]
-            writer.append(pa.Table.from_arrays([*rows.columns, *lineage], schema=schema))
-            run.clear()
+        nonlocal gathered
+        close_run()
+        if slices:
+            rows = pa.concat_tables(slices)
+            columns = [repeated_array(*lineage[name], kind) for name, kind in LINEAGE_COLUMNS.items()]
+            writer.append(pa.Table.from_arrays([*rows.columns, *columns], schema=schema))
+            slices.clear()
+            for values, counts in lineage.values():
+                values.clear()
+                counts.clear()
+            gathered = 0
 
     rows_total = 0
     for index, (source, cached) in enumerate(accepted):
@@ -675,18 +691,21 @@ def _write_table(spec: TableSpec, accepted, licence_of: list[str], plan: SplitPl
         if not count:
             continue
         if not run or run["batch"] != cached.batch or run["end"] != first:
-            flush()
-            run.update(batch=cached.batch, first=first, end=first, **{name: ([], []) for name in LINEAGE_COLUMNS})
+            close_run()
+            if gathered >= writer.row_group:
+                flush()
+            run.update(batch=cached.batch, first=first, end=first)
         run["end"] = first + count
+        gathered += count
         # each file's lineage once, with its row count: a file has many rows (a MIDI file's notes)
         per_file = {"source_path": source.relpath, "sha256": source.sha256, "group": plan.group[index],
                     "licence": licence_of[index]}
         for name, value in per_file.items():
-            run[name][0].append(value)
-            run[name][1].append(count)
+            lineage[name][0].append(value)
+            lineage[name][1].append(count)
         for split, rows in plan.split_runs(index, spec.name, count, time_table):
-            run["split"][0].append(split)
-            run["split"][1].append(rows)
+            lineage["split"][0].append(split)
+            lineage["split"][1].append(rows)
         rows_total += count
     flush()
     shards = writer.close()
