@@ -44,6 +44,9 @@ LINEAGE_COLUMNS: dict[str, pa.DataType] = {
     # follows the file's path, and the row cache knows files by content
     "licence": pa.dictionary(pa.int32(), pa.string()),
 }
+# Part of every shard's key: raise it when the same rows and lineage would give other bytes
+# (a column, a Parquet option), so no shard of the old layout is taken over.
+SHARD_FORMAT = 1
 REJECTED_SCHEMA = pa.schema(
     [
         ("source_path", pa.string()),
@@ -320,7 +323,7 @@ def ingest(
     matched = [licences.rule_for(source.relpath) for source, _ in accepted]  # one glob match per file
     licence_of = [licence_name(rule) for rule in matched]
     tables = {spec.name: _write_table(spec, accepted, licence_of, plan, modality.grouping.time_table, cache,
-                                      settings, version_dir, out_dir) for spec in specs}
+                                      settings, version_dir, out_dir, previous) for spec in specs}
     rejected_info = _write_rejected(rejections, version_dir / f"{REJECTED_TABLE}.parquet", out_dir)
     notices = [{"source_path": source.relpath, "sha256": source.sha256, "stage": stage, "kind": kind,
                 "message": message} for source, cached in accepted for stage, kind, message in cached.notices]
@@ -644,6 +647,14 @@ def _split_line(corpus: str, summary: dict) -> str:
     return text + (f"; held-out rows also in training: {leakage}" if leakage else "")
 
 
+def _ends_shard(sha256: str, rows: int, shard_rows: int, shard_limit: int) -> bool:
+    """Whether a shard of `shard_rows` ends after the file with `sha256` and `rows`: never below a
+    quarter of `shard_limit`, and past that with a chance of `rows` in a quarter limit drawn from
+    the file's hash (a rule of the file, not of its place: shards average about half the limit)."""
+    least = max(shard_limit // 4, 1)
+    return shard_rows >= least and int(sha256[:13], 16) < rows / least * 16**13
+
+
 def repeated_array(values: list, counts: list[int], kind: pa.DataType) -> pa.Array:
     """values[i] repeated counts[i] times, as an Arrow array of `kind`: built from the distinct
     runs and repeated in Arrow, not a Python object per row."""
@@ -651,17 +662,26 @@ def repeated_array(values: list, counts: list[int], kind: pa.DataType) -> pa.Arr
 
 
 def _write_table(spec: TableSpec, accepted, licence_of: list[str], plan: SplitPlan, time_table: str | None,
-                 cache: RowCache, settings: IngestSettings, version_dir: Path, out_dir: Path) -> dict:
+                 cache: RowCache, settings: IngestSettings, version_dir: Path, out_dir: Path,
+                 previous: dict | None) -> dict:
     """Stream one table's rows from the cache into shards, in path order with their lineage
-    (`licence_of`: each accepted file's licence).
+    (`licence_of`: each accepted file's licence), taking over the shards of the `previous`
+    manifest that would come out the same.
 
-    Consecutive files whose rows lie side by side in one cache batch are read as one slice;
-    slices gather until a row group's worth, whose lineage columns are then built at once (a
-    corpus decoded by several workers has short runs: files finish out of order).
+    Shards end after files chosen by their content (`_ends_shard`), so a change moves the
+    boundaries of the shards around it only, and every other shard has the same files as
+    before: a shard's key is a hash of what makes its bytes (the cache key, the table, and each
+    file's path, hash, group, licence and split), and a shard with a known key is linked, not
+    written again. Consecutive files whose rows lie side by side in one cache batch are read as
+    one slice; slices gather until a row group's worth, whose lineage columns are then built at
+    once (a corpus decoded by several workers has short runs: files finish out of order).
     """
     full_spec = TableSpec(spec.name, spec.tensor, {**spec.columns, **LINEAGE_COLUMNS})
     schema = full_spec.schema()
     writer = ShardWriter(full_spec, version_dir, out_dir, settings.shard_megabytes)
+    known_shards = {shard["key"]: shard for shard in (previous or {}).get("tables", {}).get(spec.name, {}).get("shards", [])
+                    if shard.get("key")}
+    key_base = [SHARD_FORMAT, cache.folder.name, spec.name, str(schema), writer.row_group]
     run: dict = {}  # the slice being extended: batch, first, end
     slices: list[pa.Table] = []
     lineage = {name: ([], []) for name in LINEAGE_COLUMNS}  # per column: each run's value, its row count
@@ -685,11 +705,8 @@ def _write_table(spec: TableSpec, accepted, licence_of: list[str], plan: SplitPl
                 counts.clear()
             gathered = 0
 
-    rows_total = 0
-    for index, (source, cached) in enumerate(accepted):
-        first, count = cached.span(spec.name)
-        if not count:
-            continue
+    def add(index: int, cached: CachedFile, first: int, count: int, per_file: dict, splits: list) -> None:
+        nonlocal gathered
         if not run or run["batch"] != cached.batch or run["end"] != first:
             close_run()
             if gathered >= writer.row_group:
@@ -698,16 +715,43 @@ def _write_table(spec: TableSpec, accepted, licence_of: list[str], plan: SplitPl
         run["end"] = first + count
         gathered += count
         # each file's lineage once, with its row count: a file has many rows (a MIDI file's notes)
-        per_file = {"source_path": source.relpath, "sha256": source.sha256, "group": plan.group[index],
-                    "licence": licence_of[index]}
         for name, value in per_file.items():
             lineage[name][0].append(value)
             lineage[name][1].append(count)
-        for split, rows in plan.split_runs(index, spec.name, count, time_table):
+        for split, rows in splits:
             lineage["split"][0].append(split)
             lineage["split"][1].append(rows)
+
+    def write_shard(files: list[tuple]) -> None:
+        rows = sum(count for _, _, _, count, _, _ in files)
+        key = sha256_json([key_base, [[per_file, splits] for _, _, _, _, per_file, splits in files]]) \
+            if rows <= writer.rows_per_shard else ""  # a longer file spans shards: those are not taken over
+        shard = known_shards.get(key)
+        if shard is not None and shard["rows"] == rows and writer.adopt(out_dir / shard["path"], shard):
+            return
+        for file in files:
+            add(*file)
+        flush()
+        writer.cut(key)
+
+    rows_total, shard_files, shard_rows = 0, [], 0
+    for index, (source, cached) in enumerate(accepted):
+        first, count = cached.span(spec.name)
+        if not count:
+            continue
+        if shard_files and shard_rows + count > writer.rows_per_shard:
+            write_shard(shard_files)
+            shard_files, shard_rows = [], 0
+        per_file = {"source_path": source.relpath, "sha256": source.sha256, "group": plan.group[index],
+                    "licence": licence_of[index]}
+        shard_files.append((index, cached, first, count, per_file, plan.split_runs(index, spec.name, count, time_table)))
+        shard_rows += count
         rows_total += count
-    flush()
+        if _ends_shard(source.sha256, count, shard_rows, writer.rows_per_shard):
+            write_shard(shard_files)
+            shard_files, shard_rows = [], 0
+    if shard_files:
+        write_shard(shard_files)
     shards = writer.close()
     tensor = spec.tensor
     return {

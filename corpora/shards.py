@@ -10,6 +10,8 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
+import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -186,9 +188,11 @@ class ShardInfo:
     rows: int
     sha256: str
     bytes: int
+    key: str = ""  # what the shard was made of (see ShardWriter.cut); "" for a shard never reused
 
     def to_json(self) -> dict:
-        return {"path": self.path, "rows": self.rows, "sha256": self.sha256, "bytes": self.bytes}
+        info = {"path": self.path, "rows": self.rows, "sha256": self.sha256, "bytes": self.bytes}
+        return {**info, "key": self.key} if self.key else info
 
 
 class ShardWriter:
@@ -221,6 +225,28 @@ class ShardWriter:
             self._finish_shard()
         return self.shards
 
+    def cut(self, key: str = "") -> None:
+        """End the shard being written here (if it has rows), recording `key` with it."""
+        if self.buffered:
+            self._finish_shard(key)
+
+    def adopt(self, path: Path, info: dict) -> bool:
+        """Take a shard written before (`info`: its manifest entry) as the next one, by a hard
+        link (a copy where links fail); False, taking nothing, if the file is not as recorded."""
+        if self.buffered or not path.is_file() or path.stat().st_size != info["bytes"]:
+            return False
+        target = self._path()
+        try:
+            os.link(path, target)
+        except OSError:
+            def copy(file) -> None:
+                with open(path, "rb") as source:
+                    shutil.copyfileobj(source, file)
+            atomic_write(target, copy)
+        self.shards.append(ShardInfo(path=str(target.relative_to(self.relative_to)), rows=info["rows"],
+                                     sha256=info["sha256"], bytes=info["bytes"], key=info.get("key", "")))
+        return True
+
     def _path(self) -> Path:
         return self.folder / f"{self.spec.name}-{len(self.shards):05d}.parquet"
 
@@ -240,7 +266,7 @@ class ShardWriter:
                 self._file = (stack, writer, temporary)
             self._file[1].write_table(group, row_group_size=self.row_group)
 
-    def _finish_shard(self) -> None:
+    def _finish_shard(self, key: str = "") -> None:
         path = self._path()
         self._write_row_groups(last=True)
         if self._file is None:
@@ -249,7 +275,7 @@ class ShardWriter:
             self._file[0].close()  # the Parquet footer, then the atomic rename
             self._file = None
         self.shards.append(ShardInfo(path=str(path.relative_to(self.relative_to)), rows=self.buffered,
-                                     sha256=sha256_file(path), bytes=path.stat().st_size))
+                                     sha256=sha256_file(path), bytes=path.stat().st_size, key=key))
         self.parts, self.buffered = [], 0
 
 

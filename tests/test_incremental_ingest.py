@@ -19,11 +19,12 @@ import pytest
 from PIL import Image
 
 from corpora.images import IMAGES, ImageCorpusConfig
+from corpora.midi import MIDI, MidiCorpusConfig
 from common.hashing import sha256_file
 from corpora.ingest import DecodeTask, IngestSettings, Rejected, _row_cache, decode_checked, ingest
 from corpora.row_cache import CACHE_DIR, INDEX_SUFFIX, MIN_SMALL_BATCHES, NEAR_SUFFIX
 from corpora.shards import read_shards
-from tests.reliability._media import write_pngs
+from tests.reliability._media import midi_bytes, write_pngs
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ImageCorpusConfig(resolution=12)
@@ -85,6 +86,33 @@ def test_a_change_decodes_only_what_changed_and_lands_on_the_fresh_version(tmp_p
     assert back.decoded_files == 0 and back.version == first.version
 
 
+def test_a_change_rewrites_only_the_shards_around_it(tmp_path):
+    """Shards end after files chosen by their content, so a file added in the middle changes the
+    shard it lands in (and at most a neighbour); every other shard is the previous version's
+    file, linked rather than written, and the result is what a fresh ingest writes."""
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    raw.mkdir()
+    for seed in range(120):
+        (raw / f"t{seed:03d}.mid").write_bytes(midi_bytes(seed))
+    settings = IngestSettings(workers=1, shard_megabytes=1)  # about 3,600 notes a shard: several
+    run_midi = lambda out: ingest(MIDI, MidiCorpusConfig(), raw, out, settings, progress=lambda message: None)
+
+    def notes_shards(report) -> dict[str, int]:  # key -> inode
+        shards = report.manifest["tables"]["notes"]["shards"]
+        return {shard["key"]: (report.manifest_path.parent / shard["path"]).stat().st_ino for shard in shards}
+
+    before = notes_shards(run_midi(out))
+    (raw / "t060a.mid").write_bytes(midi_bytes(1000))  # in path order between t060 and t061
+    changed = run_midi(out)
+    after = notes_shards(changed)
+
+    assert len(before) >= 5 and all(before)
+    kept = [key for key in after if key in before]
+    assert len(kept) >= len(before) - 2 and len(after) - len(kept) <= 2
+    assert all(after[key] == before[key] for key in kept)  # the same file, not a copy
+    assert changed.manifest["tables"] == run_midi(tmp_path / "fresh").manifest["tables"]
+
+
 def test_a_config_change_decodes_again_and_the_old_cache_goes(tmp_path):
     raw, out = tmp_path / "raw", tmp_path / "out"
     write_pngs(raw, 10, seed=2)
@@ -136,6 +164,7 @@ def kill_ingest_once(raw: Path, out: Path, done) -> None:
 ONE_FILE_CHANGE_IN_A_FRESH_PROCESS = """
 import json, sys
 from corpora.images import IMAGES, ImageCorpusConfig
+from corpora.midi import MIDI, MidiCorpusConfig
 from corpora.ingest import IngestSettings, ingest
 report = ingest(IMAGES, ImageCorpusConfig(resolution=12), sys.argv[1], sys.argv[2],
                 IngestSettings(workers=1, heldout_percent=30, batch_files=8), progress=lambda message: None)
