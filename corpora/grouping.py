@@ -285,13 +285,14 @@ def link_shared_work(files: FileSignatures, overlap: float, union: _UnionFind) -
         return
     starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
     lengths = np.diff(np.r_[starts, len(keys)])
-    pairs = starts[lengths == 2]  # most shared keys are two files': their pairs at once, not a loop
-    pair_codes = [owners[pairs].astype(np.int64) * len(files) + owners[pairs + 1]]
-    for start, length in zip(starts[(lengths > 2) & (lengths <= MAX_KEY_FILES)].tolist(),
-                             lengths[(lengths > 2) & (lengths <= MAX_KEY_FILES)].tolist()):
-        members = owners[start : start + length]
+    pair_codes = []
+    for length in np.unique(lengths[(lengths >= 2) & (lengths <= MAX_KEY_FILES)]).tolist():
+        # the keys held by `length` files at once: their members side by side, every pair of columns
+        members = owners[starts[lengths == length][:, None] + np.arange(length)].astype(np.int64)
         a, b = np.triu_indices(length, 1)
-        pair_codes.append(members[a].astype(np.int64) * len(files) + members[b])
+        pair_codes.append((members[:, a] * len(files) + members[:, b]).reshape(-1))
+    if not pair_codes:
+        return
     codes, shared = np.unique(np.concatenate(pair_codes), return_counts=True)
     a, b = codes // len(files), codes % len(files)
     linked = shared >= overlap * np.minimum(sizes[a], sizes[b])
