@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import hashlib
 import logging
 import os
 import shutil
@@ -647,6 +648,16 @@ def _split_line(corpus: str, summary: dict) -> str:
     return text + (f"; held-out rows also in training: {leakage}" if leakage else "")
 
 
+def _shard_key(base: str, files: list[tuple[dict, list]]) -> str:
+    """A hash of `base` and each file's lineage values and split runs, NUL-separated (no path,
+    hash, group or licence holds one): JSON of the same took a tenth of a one-file change."""
+    digest = hashlib.sha256(base.encode())
+    for per_file, splits in files:
+        fields = [*per_file.values(), ",".join(f"{split}:{rows}" for split, rows in splits)]
+        digest.update(("\0".join(fields) + "\0").encode())
+    return digest.hexdigest()
+
+
 def _ends_shard(sha256: str, rows: int, shard_rows: int, shard_limit: int) -> bool:
     """Whether a shard of `shard_rows` ends after the file with `sha256` and `rows`: never below a
     quarter of `shard_limit`, and past that with a chance of `rows` in a quarter limit drawn from
@@ -681,7 +692,7 @@ def _write_table(spec: TableSpec, accepted, licence_of: list[str], plan: SplitPl
     writer = ShardWriter(full_spec, version_dir, out_dir, settings.shard_megabytes)
     known_shards = {shard["key"]: shard for shard in (previous or {}).get("tables", {}).get(spec.name, {}).get("shards", [])
                     if shard.get("key")}
-    key_base = [SHARD_FORMAT, cache.folder.name, spec.name, str(schema), writer.row_group]
+    key_base = sha256_json([SHARD_FORMAT, cache.folder.name, spec.name, str(schema), writer.row_group])
     run: dict = {}  # the slice being extended: batch, first, end
     slices: list[pa.Table] = []
     lineage = {name: ([], []) for name in LINEAGE_COLUMNS}  # per column: each run's value, its row count
@@ -724,7 +735,7 @@ def _write_table(spec: TableSpec, accepted, licence_of: list[str], plan: SplitPl
 
     def write_shard(files: list[tuple]) -> None:
         rows = sum(count for _, _, _, count, _, _ in files)
-        key = sha256_json([key_base, [[per_file, splits] for _, _, _, _, per_file, splits in files]]) \
+        key = _shard_key(key_base, [(per_file, splits) for _, _, _, _, per_file, splits in files]) \
             if rows <= writer.rows_per_shard else ""  # a longer file spans shards: those are not taken over
         shard = known_shards.get(key)
         if shard is not None and shard["rows"] == rows and writer.adopt(out_dir / shard["path"], shard):
