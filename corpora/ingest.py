@@ -692,7 +692,9 @@ def _write_table(spec: TableSpec, accepted, licence_of: list[str], plan: SplitPl
     writer = ShardWriter(full_spec, version_dir, out_dir, settings.shard_megabytes)
     known_shards = {shard["key"]: shard for shard in (previous or {}).get("tables", {}).get(spec.name, {}).get("shards", [])
                     if shard.get("key")}
-    key_base = sha256_json([SHARD_FORMAT, cache.folder.name, spec.name, str(schema), writer.row_group])
+    # the schema serialized, not printed: its text shortens long metadata such as a tensor's shape
+    schema_hash = hashlib.sha256(schema.serialize().to_pybytes()).hexdigest()
+    key_base = sha256_json([SHARD_FORMAT, cache.folder.name, spec.name, schema_hash, writer.row_group])
     run: dict = {}  # the slice being extended: batch, first, end
     slices: list[pa.Table] = []
     lineage = {name: ([], []) for name in LINEAGE_COLUMNS}  # per column: each run's value, its row count
