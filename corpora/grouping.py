@@ -232,6 +232,10 @@ class NearPairMemo:
 
     checked: dict[str, set[str]] = field(default_factory=dict)  # table -> sha256 of the files compared
     pairs: dict[str, set[tuple[str, str]]] = field(default_factory=dict)  # table -> near (sha256, sha256)
+    # table -> the next largest set of files compared among themselves (a resumed run's, when a
+    # killed run's is `checked`): if it holds every file outside `checked`, those are not
+    # compared among themselves again
+    also_checked: dict[str, set[str]] = field(default_factory=dict)
 
 
 def link_near_rows_incrementally(files: FileSignatures, table: str, thumbs: np.ndarray, owners: np.ndarray,
@@ -243,24 +247,32 @@ def link_near_rows_incrementally(files: FileSignatures, table: str, thumbs: np.n
     for a, b in live_pairs:
         union.union(index_of[a], index_of[b])
     del index_of
-    is_new = np.array([sha not in checked for sha in sha256s], dtype=bool)[owners]
-    new_rows, old_rows = np.flatnonzero(is_new), np.flatnonzero(~is_new)
-    for a, b in near_owner_pairs(thumbs[new_rows], owners[new_rows], thumbs[old_rows], owners[old_rows], rms):
+    # per file: 0 compared (in `checked`), 1 not, but compared among the others of `also_checked`, 2 neither
+    also_checked = memo.also_checked.get(table, set())
+    kind = np.array([0 if sha in checked else 1 if sha in also_checked else 2 for sha in sha256s], np.int8)[owners]
+    old, also, other = (np.flatnonzero(kind == k) for k in range(3))
+    rest = np.r_[also, old]
+    found = near_owner_pairs(thumbs[other], owners[other], thumbs[rest], owners[rest], rms)
+    del rest
+    found += near_owner_pairs(thumbs[also], owners[also], thumbs[old], owners[old], rms, among_new=False)
+    for a, b in found:
         union.union(a, b)
         live_pairs.add((sha256s[a], sha256s[b]))
     memo.checked[table] = set(sha256s)
+    memo.also_checked.pop(table, None)
     memo.pairs[table] = live_pairs
 
 
 def near_owner_pairs(new: np.ndarray, new_owners: np.ndarray, old: np.ndarray, old_owners: np.ndarray,
-                     rms: float, new_blocks: np.ndarray | None = None, old_blocks: np.ndarray | None = None
-                     ) -> list[tuple[int, int]]:
+                     rms: float, new_blocks: np.ndarray | None = None, old_blocks: np.ndarray | None = None,
+                     among_new: bool = True) -> list[tuple[int, int]]:
     """The (owner, owner) pairs of different files that new rows are near: the new rows among
-    themselves (each pair once), then against the old rows (compared among themselves before;
-    `new_blocks`, `old_blocks`: their `block_sums`, if the caller has them)."""
+    themselves (each pair once; unless `among_new` is False: compared before), then against the
+    old rows (compared among themselves before; `new_blocks`, `old_blocks`: their `block_sums`,
+    if the caller has them)."""
     new_blocks = block_sums(new) if new_blocks is None else new_blocks
     found = [(new_owners[qi], new_owners[pi])
-             for qi, pi in near_pairs(new, new, rms, same_set=True, query_blocks=new_blocks)]
+             for qi, pi in near_pairs(new, new, rms, same_set=True, query_blocks=new_blocks)] if among_new else []
     found += [(new_owners[qi], old_owners[pi])
               for qi, pi in near_pairs(new, old, rms, same_set=False, query_blocks=new_blocks, pool_blocks=old_blocks)]
     return [(a, b) for query, pool in found for a, b in zip(query.tolist(), pool.tolist()) if a != b]

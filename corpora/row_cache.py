@@ -258,7 +258,8 @@ class RowCache:
 
     def load_near_memo(self) -> NearPairMemo:
         """The last split's near pairs and those of the batches decoded since; the set of files
-        compared is the largest of the last split's and each later run's."""
+        compared is the largest of the last split's and each later run's, and the next largest
+        is kept beside it."""
         memo = NearPairMemo()
         compared: dict[str, dict[str, set[str]]] = {}  # run ("" for the last split) -> table -> files
         paths = [self.folder / NEAR_PAIRS_FILE, *self.folder.glob(f"b-*{NEAR_SUFFIX}")]
@@ -273,10 +274,11 @@ class RowCache:
                     memo.pairs.setdefault(table, set()).add((a, b))
                 else:
                     compared.setdefault(run, {}).setdefault(table, set()).add(a)
-        for tables in compared.values():
-            for table, shas in tables.items():
-                if len(shas) > len(memo.checked.get(table, ())):
-                    memo.checked[table] = shas
+        for table in {table for tables in compared.values() for table in tables}:
+            largest = sorted((tables[table] for tables in compared.values() if table in tables), key=len, reverse=True)
+            memo.checked[table] = largest[0]
+            if len(largest) > 1:
+                memo.also_checked[table] = largest[1]
         return memo
 
     def save_near_memo(self, memo: NearPairMemo) -> None:

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+import corpora.grouping
 from corpora.images import IMAGES, ImageCorpusConfig
 from corpora.midi import MIDI, MidiCorpusConfig
 from common.hashing import sha256_file
@@ -201,7 +202,7 @@ def test_a_killed_ingest_keeps_the_batches_it_finished(tmp_path):
     assert resumed.version == fresh_version(raw, tmp_path / "fresh")
 
 
-def test_a_killed_ingest_keeps_the_near_pairs_it_found(tmp_path):
+def test_a_killed_ingest_keeps_the_near_pairs_it_found(tmp_path, monkeypatch):
     raw, out = tmp_path / "raw", tmp_path / "out"
     write_pngs(raw, 200, seed=7)
     for index in range(0, 30, 3):  # near copies sorted right after their originals: decoded early
@@ -217,7 +218,20 @@ def test_a_killed_ingest_keeps_the_near_pairs_it_found(tmp_path):
     sha = {path.name: sha256_file(path) for path in (raw / "class-0").iterdir()}
     assert {sha["00000-near.png"], sha["00000.png"]} in [set(pair) for pair in memo.pairs["images"]]
 
+    pairs_compared = []  # thumbnail pairs the rerun compares, while decoding and at the split
+    near_pairs = corpora.grouping.near_pairs
+
+    def counting_near_pairs(queries, pool, rms, same_set, **blocks):
+        pairs_compared.append(len(queries) * (len(queries) - 1) // 2 if same_set else len(queries) * len(pool))
+        yield from near_pairs(queries, pool, rms, same_set, **blocks)
+
+    monkeypatch.setattr(corpora.grouping, "near_pairs", counting_near_pairs)
     resumed = run(raw, out)
+    # each pair with a file the killed run did not compare, once: the rerun's own files are
+    # compared among themselves while decoding and not again at the split
+    remaining = resumed.counts["ingested"] - len(compared)
+    assert 0 < sum(pairs_compared) <= remaining * (remaining - 1) // 2 + remaining * len(compared)
+    monkeypatch.undo()
     assert resumed.version == fresh_version(raw, tmp_path / "fresh")
     groups = pq.read_table(out / resumed.manifest["groups"]["path"]).to_pydict()
     group_of = dict(zip(groups["source_path"], groups["group"]))
