@@ -263,6 +263,31 @@ def _without_cyclic_gc(function):
     return without
 
 
+@contextmanager
+def _arrow_pool(pool: pa.MemoryPool) -> Iterator[None]:
+    """Arrow's default memory pool set to `pool` for a while, then as it was (a buffer is freed
+    to the pool that allocated it, whatever the default is by then)."""
+    previous = pa.default_memory_pool()
+    pa.set_memory_pool(pool)
+    try:
+        yield
+    finally:
+        pa.set_memory_pool(previous)
+
+
+def _on_the_system_arrow_pool(function):
+    # Arrow's default pool (mimalloc) keeps the pages of the cache tables and row groups an
+    # ingest reads and frees one after another; the system allocator gives them back. At 40,000
+    # MIDI files the main process peaked at 170 MB against 226 MB, at no cost in CPU
+    # (docs/corpora-at-scale.md).
+    @functools.wraps(function)
+    def on_system_pool(*args, **kwargs):
+        with _arrow_pool(pa.system_memory_pool()):
+            return function(*args, **kwargs)
+    return on_system_pool
+
+
+@_on_the_system_arrow_pool
 @_without_cyclic_gc
 def ingest(
     modality: Modality,

@@ -276,20 +276,30 @@ def test_an_unreadable_file_is_rejected_with_its_reason(tmp_path):
 
 def test_an_ingest_leaves_the_cyclic_garbage_collector_as_it_found_it(tmp_path):
     """An ingest turns Python's cyclic collector off (its per-file objects make no cycles) and
-    back on while decoding; the caller's setting is restored, also when the ingest fails."""
+    back on while decoding, and allocates Arrow's buffers from the system allocator; the
+    caller's settings are restored, also when the ingest fails."""
     import gc
+
+    import pyarrow as pa
 
     raw = tmp_path / "raw"
     write_pngs(raw, 4, seed=8)
     assert gc.isenabled()
-    collecting = []
-    report = ingest(IMAGES, CONFIG, raw, tmp_path / "out", SETTINGS, progress=lambda _: collecting.append(gc.isenabled()))
+    callers_pool = pa.default_memory_pool().backend_name
+    collecting, pools = [], []
+
+    def progress(_) -> None:
+        collecting.append(gc.isenabled())
+        pools.append(pa.default_memory_pool().backend_name)
+
+    report = ingest(IMAGES, CONFIG, raw, tmp_path / "out", SETTINGS, progress=progress)
     assert accounted(report) and collecting and not any(collecting)
-    assert gc.isenabled()
+    assert set(pools) == {"system"}
+    assert gc.isenabled() and pa.default_memory_pool().backend_name == callers_pool
     (tmp_path / "a-file").write_text("not a folder")
     with pytest.raises(OSError):
         run(raw, tmp_path / "a-file")
-    assert gc.isenabled()
+    assert gc.isenabled() and pa.default_memory_pool().backend_name == callers_pool
     gc.disable()
     try:
         run(raw, tmp_path / "out")
