@@ -11,7 +11,8 @@ workers, summed over /proc every 50 ms). Columns:
 
 - full: a first ingest, everything decoded (the ingest call's own time, without the child's
   start and imports);
-- peak MB: the tree's largest summed RSS during the full ingest;
+- peak MB: the tree's largest summed RSS during the full ingest; main MB: the ingest process's
+  own peak (`ru_maxrss`), without its decoder workers;
 - add, edit, remove: adding a file, giving one new content, removing one, each followed by an
   ingest; one-file / full is the median of the three over the full time;
 - one-file CPU s: the median CPU seconds of the ingest process itself over the three (the
@@ -45,7 +46,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
 INGEST_CHILD = """
-import json, sys, time
+import json, resource, sys, time
 from corpora.ingest import IngestSettings, ingest
 if sys.argv[1] == "images":
     from corpora.images import IMAGES as modality, ImageCorpusConfig
@@ -59,7 +60,7 @@ else:
 started, cpu = time.perf_counter(), time.process_time()
 report = ingest(modality, config, sys.argv[2], sys.argv[3], IngestSettings(workers=2), progress=lambda m: None)
 print(json.dumps({"seconds": time.perf_counter() - started, "cpu_s": time.process_time() - cpu,
-                  "decoded": report.decoded_files}))
+                  "decoded": report.decoded_files, "main_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6}))
 """
 
 
@@ -209,7 +210,7 @@ def bench_size(kind: str, size: int, scratch: Path, resume: bool = True, additio
         one_file_cpu.append(result["cpu_s"])
     median = sorted(one_file.values())[1]
     result = {"kind": kind, "files": size, "full_s": full["seconds"], "files_per_s": size / full["seconds"],
-              "peak_mb": full["peak_mb"], **{f"{change}_s": seconds for change, seconds in one_file.items()},
+              "peak_mb": full["peak_mb"], "main_peak_mb": full["main_peak_mb"], **{f"{change}_s": seconds for change, seconds in one_file.items()},
               "one_file_share": median / full["seconds"], "one_file_cpu_s": sorted(one_file_cpu)[1],
               "killed_at_s": float("nan"), "resume_s": float("nan"), "resume_decoded": "-"}
     if additions:
@@ -240,11 +241,12 @@ def main() -> None:
             rows.append(bench_size(kind, size, Path(args.scratch), args.resume, args.additions))
             print(rows[-1], flush=True)
 
-    print("\n| corpus | files | full s | files/s | peak MB | add s | edit s | remove s | one-file / full "
+    print("\n| corpus | files | full s | files/s | peak MB | main MB | add s | edit s | remove s | one-file / full "
           "| one-file CPU s | killed at s | resume s | resume decoded |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['kind']} | {r['files']} | {r['full_s']:.1f} | {r['files_per_s']:.0f} | {r['peak_mb']:.0f} | "
+              f"{r['main_peak_mb']:.0f} | "
               f"{r['add_s']:.1f} | {r['edit_s']:.1f} | {r['remove_s']:.1f} | {r['one_file_share']:.1%} | "
               f"{r['one_file_cpu_s']:.2f} | {r['killed_at_s']:.1f} | {r['resume_s']:.1f} | {r['resume_decoded']} |")
     if args.additions:
