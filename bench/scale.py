@@ -60,7 +60,8 @@ else:
 started, cpu = time.perf_counter(), time.process_time()
 report = ingest(modality, config, sys.argv[2], sys.argv[3], IngestSettings(workers=2), progress=lambda m: None)
 print(json.dumps({"seconds": time.perf_counter() - started, "cpu_s": time.process_time() - cpu,
-                  "decoded": report.decoded_files, "main_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6}))
+                  "decoded": report.decoded_files,
+                  "main_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6}))
 """
 
 
@@ -210,7 +211,8 @@ def bench_size(kind: str, size: int, scratch: Path, resume: bool = True, additio
         one_file_cpu.append(result["cpu_s"])
     median = sorted(one_file.values())[1]
     result = {"kind": kind, "files": size, "full_s": full["seconds"], "files_per_s": size / full["seconds"],
-              "peak_mb": full["peak_mb"], "main_peak_mb": full["main_peak_mb"], **{f"{change}_s": seconds for change, seconds in one_file.items()},
+              "peak_mb": full["peak_mb"], "main_peak_mb": full["main_peak_mb"],
+              **{f"{change}_s": seconds for change, seconds in one_file.items()},
               "one_file_share": median / full["seconds"], "one_file_cpu_s": sorted(one_file_cpu)[1],
               "killed_at_s": float("nan"), "resume_s": float("nan"), "resume_decoded": "-"}
     if additions:

@@ -715,8 +715,8 @@ def _write_table(spec: TableSpec, accepted, licence_of: list[str], plan: SplitPl
     full_spec = TableSpec(spec.name, spec.tensor, {**spec.columns, **LINEAGE_COLUMNS})
     schema = full_spec.schema()
     writer = ShardWriter(full_spec, version_dir, out_dir, settings.shard_megabytes)
-    known_shards = {shard["key"]: shard for shard in (previous or {}).get("tables", {}).get(spec.name, {}).get("shards", [])
-                    if shard.get("key")}
+    previous_shards = (previous or {}).get("tables", {}).get(spec.name, {}).get("shards", [])
+    known_shards = {shard["key"]: shard for shard in previous_shards if shard.get("key")}
     # the schema serialized, not printed: its text shortens long metadata such as a tensor's shape
     schema_hash = hashlib.sha256(schema.serialize().to_pybytes()).hexdigest()
     key_base = sha256_json([SHARD_FORMAT, cache.folder.name, spec.name, schema_hash, writer.row_group])
