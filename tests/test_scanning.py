@@ -5,6 +5,7 @@ import gc
 import hashlib
 import os
 import time
+import types
 
 import corpora.scanning
 from corpora.scanning import RACY_WINDOW_NS, load_hashes, remember_hashes, scan
@@ -78,10 +79,14 @@ def test_a_scan_leaves_no_reference_cycles(tmp_path):
         files = scan(corpus, {})
         gc.collect()
         relpaths = {f.relpath for f in files}
-        from_scan = [found for found in gc.garbage
-                     if getattr(getattr(found, "__code__", None), "co_filename", None) == corpora.scanning.__file__
-                     or (isinstance(found, list) and any(isinstance(item, tuple) and item and item[0] in relpaths
-                                                         for item in found))]
+
+        def made_by_the_scan(found) -> bool:  # a function of its module, or a list of its listing's tuples
+            if isinstance(found, types.FunctionType):
+                return found.__code__.co_filename == corpora.scanning.__file__
+            return isinstance(found, list) and any(
+                isinstance(item, tuple) and item and isinstance(item[0], str) and item[0] in relpaths for item in found)
+
+        from_scan = [found for found in gc.garbage if made_by_the_scan(found)]
     finally:
         gc.set_debug(0)
         gc.garbage.clear()
