@@ -21,21 +21,10 @@ PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
 import corpora.ingest as ingest_module  # noqa: E402
-from bench.scale import WRITERS  # noqa: E402
+from bench.scale import WRITERS, modality_and_config  # noqa: E402
 from corpora.ingest import IngestSettings, ingest  # noqa: E402
 
 PHASES = ("scan", "remember_hashes", "_sort_files", "_signatures", "plan_split", "_write_table")
-
-
-def modality_and_config(kind: str):
-    if kind == "images":
-        from corpora.images import IMAGES, ImageCorpusConfig
-        return IMAGES, ImageCorpusConfig(resolution=32)
-    if kind == "midi":
-        from corpora.midi import MIDI, MidiCorpusConfig
-        return MIDI, MidiCorpusConfig()
-    from corpora.video import VIDEO, VideoCorpusConfig
-    return VIDEO, VideoCorpusConfig(resolution=32, clip_frames=10, clip_hop_frames=10)
 
 
 def traced(name: str, function, rows: list):

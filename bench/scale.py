@@ -47,22 +47,27 @@ sys.path.insert(0, str(PROJECT))
 
 INGEST_CHILD = """
 import json, resource, sys, time
+from bench.scale import modality_and_config
 from corpora.ingest import IngestSettings, ingest
-if sys.argv[1] == "images":
-    from corpora.images import IMAGES as modality, ImageCorpusConfig
-    config = ImageCorpusConfig(resolution=32)
-elif sys.argv[1] == "midi":
-    from corpora.midi import MIDI as modality, MidiCorpusConfig
-    config = MidiCorpusConfig()
-else:
-    from corpora.video import VIDEO as modality, VideoCorpusConfig
-    config = VideoCorpusConfig(resolution=32, clip_frames=10, clip_hop_frames=10)
+modality, config = modality_and_config(sys.argv[1])
 started, cpu = time.perf_counter(), time.process_time()
 report = ingest(modality, config, sys.argv[2], sys.argv[3], IngestSettings(workers=2), progress=lambda m: None)
 print(json.dumps({"seconds": time.perf_counter() - started, "cpu_s": time.process_time() - cpu,
                   "decoded": report.decoded_files,
                   "main_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6}))
 """
+
+
+def modality_and_config(kind: str):
+    """The modality of a corpus kind and the config its synthetic files are ingested with."""
+    if kind == "images":
+        from corpora.images import IMAGES, ImageCorpusConfig
+        return IMAGES, ImageCorpusConfig(resolution=32)
+    if kind == "midi":
+        from corpora.midi import MIDI, MidiCorpusConfig
+        return MIDI, MidiCorpusConfig()
+    from corpora.video import VIDEO, VideoCorpusConfig
+    return VIDEO, VideoCorpusConfig(resolution=32, clip_frames=10, clip_hop_frames=10)
 
 
 def tree_rss_bytes(root_pid: int) -> int:

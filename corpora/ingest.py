@@ -252,17 +252,6 @@ def _cyclic_gc(enabled: bool) -> Iterator[None]:
         (gc.enable if was_enabled else gc.disable)()
 
 
-def _without_cyclic_gc(function):
-    # An ingest holds a few objects per file of the corpus and makes no reference cycles, so the
-    # collector's passes over them are pure cost: about a tenth of a one-file change's CPU
-    # (docs/corpora-at-scale.md). The decoding loop turns it on again (see _decode_into_cache).
-    @functools.wraps(function)
-    def without(*args, **kwargs):
-        with _cyclic_gc(False):
-            return function(*args, **kwargs)
-    return without
-
-
 @contextmanager
 def _arrow_pool(pool: pa.MemoryPool) -> Iterator[None]:
     """Arrow's default memory pool set to `pool` for a while, then as it was (a buffer is freed
@@ -275,20 +264,21 @@ def _arrow_pool(pool: pa.MemoryPool) -> Iterator[None]:
         pa.set_memory_pool(previous)
 
 
-def _on_the_system_arrow_pool(function):
-    # Arrow's default pool (mimalloc) keeps the pages of the cache tables and row groups an
-    # ingest reads and frees one after another; the system allocator gives them back. At 40,000
-    # MIDI files the main process peaked at 170 MB against 226 MB, at no cost in CPU
-    # (docs/corpora-at-scale.md).
+def _as_an_ingest_runs(function):
+    # An ingest holds a few objects per file of the corpus and makes no reference cycles, so the
+    # cyclic collector's passes over them are pure cost: about a tenth of a one-file change's CPU.
+    # The decoding loop turns it on again (see _decode_into_cache). Arrow's default pool
+    # (mimalloc) keeps the pages of the cache tables and row groups an ingest reads and frees one
+    # after another; the system allocator gives them back: at 40,000 MIDI files the main process
+    # peaked at 196 MB against 226 MB, at no cost in CPU (docs/corpora-at-scale.md).
     @functools.wraps(function)
-    def on_system_pool(*args, **kwargs):
-        with _arrow_pool(pa.system_memory_pool()):
+    def as_an_ingest(*args, **kwargs):
+        with _cyclic_gc(False), _arrow_pool(pa.system_memory_pool()):
             return function(*args, **kwargs)
-    return on_system_pool
+    return as_an_ingest
 
 
-@_on_the_system_arrow_pool
-@_without_cyclic_gc
+@_as_an_ingest_runs
 def ingest(
     modality: Modality,
     config: Any,
@@ -743,7 +733,7 @@ def _write_table(spec: TableSpec, accepted, licence_of: list[str], plan: SplitPl
                 counts.clear()
             gathered = 0
 
-    def add(index: int, cached: CachedFile, first: int, count: int, per_file: dict, splits: list) -> None:
+    def add(cached: CachedFile, first: int, count: int, per_file: dict, splits: list) -> None:
         nonlocal gathered
         if not run or run["batch"] != cached.batch or run["end"] != first:
             close_run()
@@ -760,9 +750,9 @@ def _write_table(spec: TableSpec, accepted, licence_of: list[str], plan: SplitPl
             lineage["split"][0].append(split)
             lineage["split"][1].append(rows)
 
-    def write_shard(files: list[tuple]) -> None:
-        rows = sum(count for _, _, _, count, _, _ in files)
-        key = _shard_key(key_base, [(per_file, splits) for _, _, _, _, per_file, splits in files]) \
+    def write_shard(files: list[tuple], rows: int) -> None:
+        """`files`: the shard's (cached, first, count, per_file, splits), the arguments of `add`."""
+        key = _shard_key(key_base, [(per_file, splits) for *_, per_file, splits in files]) \
             if rows <= writer.rows_per_shard else ""  # a longer file spans shards: those are not taken over
         shard = known_shards.get(key)
         if shard is not None and shard["rows"] == rows and writer.adopt(out_dir / shard["path"], shard):
@@ -778,18 +768,18 @@ def _write_table(spec: TableSpec, accepted, licence_of: list[str], plan: SplitPl
         if not count:
             continue
         if shard_files and shard_rows + count > writer.rows_per_shard:
-            write_shard(shard_files)
+            write_shard(shard_files, shard_rows)
             shard_files, shard_rows = [], 0
         per_file = {"source_path": source.relpath, "sha256": source.sha256, "group": plan.group[index],
                     "licence": licence_of[index]}
-        shard_files.append((index, cached, first, count, per_file, plan.split_runs(index, spec.name, count, time_table)))
+        shard_files.append((cached, first, count, per_file, plan.split_runs(index, spec.name, count, time_table)))
         shard_rows += count
         rows_total += count
         if _ends_shard(source.sha256, count, shard_rows, writer.rows_per_shard):
-            write_shard(shard_files)
+            write_shard(shard_files, shard_rows)
             shard_files, shard_rows = [], 0
     if shard_files:
-        write_shard(shard_files)
+        write_shard(shard_files, shard_rows)
     shards = writer.close()
     tensor = spec.tensor
     return {

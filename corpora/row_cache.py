@@ -211,6 +211,7 @@ class RowCache:
         by_batch = {batch: np.asarray(indexes, np.int64) for batch, indexes in by_batch.items()}
         layouts_of = {}
         rows_per_file: dict[str, np.ndarray] = {}
+        row_type: dict[str, tuple[np.dtype, tuple]] = {}  # name -> dtype and shape of one row
         for batch, owners in by_batch.items():
             layouts = read_parquet(self.folder / f"{batch}{INDEX_SUFFIX}", columns=["arrays_layout"])
             layouts = np.array(layouts.column("arrays_layout").to_pylist(), dtype=object)
@@ -222,10 +223,13 @@ class RowCache:
                     if name != "time_spans" and shape and shape[0]:
                         counts = rows_per_file.setdefault(name, np.zeros(len(files), np.int64))
                         counts[owners[which == number]] = shape[0]
+                        row_type[name] = (dtype, shape[1:])
         stacked, first_row = {}, {}
         for name, counts in rows_per_file.items():
             first_row[name] = np.cumsum(counts) - counts
-            stacked[name] = (None, np.repeat(np.arange(len(files), dtype=np.int64), counts))
+            dtype, row_shape = row_type[name]
+            stacked[name] = (np.empty((int(counts.sum()), *row_shape), dtype),
+                             np.repeat(np.arange(len(files), dtype=np.int64), counts))
         time_spans: dict[int, np.ndarray] = {}
         for batch, owners in by_batch.items():
             positions, distinct, which = layouts_of.pop(batch)
@@ -245,12 +249,8 @@ class RowCache:
                     if name == "time_spans":
                         time_spans.update(zip(owners[chosen].tolist(), values))
                     elif shape and shape[0]:
-                        target, row_owners = stacked[name]
-                        if target is None:
-                            target = np.empty((len(row_owners), *shape[1:]), dtype)
-                            stacked[name] = (target, row_owners)
                         rows = (first_row[name][owners[chosen]][:, None] + np.arange(shape[0])).reshape(-1)
-                        target[rows] = values.reshape(-1, *shape[1:])
+                        stacked[name][0][rows] = values.reshape(-1, *shape[1:])
         return stacked, time_spans
 
     def table_rows(self, batch: str, table: str, first: int, count: int) -> pa.Table:

@@ -239,10 +239,8 @@ class ShardWriter:
         try:
             os.link(path, target)
         except OSError:
-            def copy(file) -> None:
-                with open(path, "rb") as source:
-                    shutil.copyfileobj(source, file)
-            atomic_write(target, copy)
+            with atomic_path(target) as temporary:
+                shutil.copyfile(path, temporary)
         self.shards.append(ShardInfo(path=str(target.relative_to(self.relative_to)), rows=info["rows"],
                                      sha256=info["sha256"], bytes=info["bytes"], key=info.get("key", "")))
         return True
