@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -32,14 +33,24 @@ HASHES_SCHEMA = pa.schema([("relpath", pa.string()), ("size", pa.int64()), ("mti
 
 
 class SourceFile(NamedTuple):  # a tuple: built once per file of the corpus on every scan, ~4x cheaper than a dataclass
-    path: str  # the real path, to open the file by
+    root: str  # the corpus folder as given (one string that every file shares)
     relpath: str  # inside the corpus, `displayable`: what shards, manifest and rejections record
     size: int
     sha256: str  # "" when the file could not be hashed (see `problem`)
-    mtime_ns: int = 0
-    ctime_ns: int = 0
-    inode: int = 0
     problem: tuple[str, str, str] | None = None  # (stage, error type, message) of a file refused while scanning
+    odd_path: str | None = None  # the real path, where `relpath` does not spell it (a name that is not UTF-8)
+
+    @property
+    def path(self) -> str:
+        """The real path, to open the file by: built when asked, not held for every file."""
+        return self.odd_path or f"{self.root}{os.sep}{self.relpath}"
+
+
+class Scan(NamedTuple):
+    files: list[SourceFile]  # sorted by relative path
+    # (files, 4) int64: each file's size, mtime_ns, ctime_ns and inode (zeros where it has none),
+    # as columns: as three int objects per file they cost about 140 bytes a file to the ingest's end
+    stats: np.ndarray
 
 
 def displayable(text: str) -> str:
@@ -108,21 +119,22 @@ def _link_problem(entry: os.DirEntry, root: str) -> tuple[str, str] | None:
     return None
 
 
-def _hash(relpath: str, path: str, stat: tuple[int, int, int, int], known: dict) -> SourceFile:
+def _hash(root: str, relpath: str, path: str, stat: tuple[int, int, int, int], known: dict) -> SourceFile:
     size, mtime_ns, ctime_ns, inode = stat
+    odd_path = None if path == f"{root}{os.sep}{relpath}" else path
     remembered = known.get(relpath)
     if remembered is not None and remembered[0] == size and remembered[1] == mtime_ns and \
             remembered[2] == ctime_ns and remembered[3] == inode:
-        return SourceFile(path, relpath, size, remembered[4], mtime_ns, ctime_ns, inode)
+        return SourceFile(root, relpath, size, remembered[4], odd_path=odd_path)
     try:
         digest = sha256_file(path)
     except FileNotFoundError:
-        return SourceFile(path, relpath, size, "", problem=(
-            "read", "FileVanished", "the file disappeared while the corpus was scanned"))
+        return SourceFile(root, relpath, size, "", (
+            "read", "FileVanished", "the file disappeared while the corpus was scanned"), odd_path)
     except OSError as exc:
-        return SourceFile(path, relpath, size, "", problem=(
-            "read", type(exc).__name__, f"the file cannot be read: {exc.strerror or exc}"))
-    return SourceFile(path, relpath, size, digest, mtime_ns, ctime_ns, inode)
+        return SourceFile(root, relpath, size, "", (
+            "read", type(exc).__name__, f"the file cannot be read: {exc.strerror or exc}"), odd_path)
+    return SourceFile(root, relpath, size, digest, odd_path=odd_path)
 
 
 def load_hashes(hashes_file: Path) -> dict[str, tuple]:
@@ -134,20 +146,29 @@ def load_hashes(hashes_file: Path) -> dict[str, tuple]:
                     zip(*(table.column(name).to_pylist() for name in HASHES_SCHEMA.names[1:]))))
 
 
-def scan(raw_dir: Path, known: dict[str, tuple] | None = None, keep: Callable[[str], bool] | None = None
-         ) -> list[SourceFile]:
+def scan_with_stats(raw_dir: Path, known: dict[str, tuple] | None = None, keep: Callable[[str], bool] | None = None
+                    ) -> Scan:
     """Every non-hidden file under `raw_dir` (whose relative path `keep` accepts), sorted by
     relative path, with its content hash (taken from `known`, see `load_hashes`, for files
-    whose size and times are unchanged)."""
-    files = []
+    whose size and times are unchanged), and the stats `remember_hashes` keeps."""
+    root = str(raw_dir)
+    files, stats = [], []
     for relpath, path, stat, problem in _listing(raw_dir):
         if keep is not None and not keep(relpath):
             continue
         if problem is not None:
-            files.append(SourceFile(path, relpath, 0, "", problem=problem))
+            files.append(SourceFile(root, relpath, 0, "", problem, path))
+            stats.append((0, 0, 0, 0))
         else:
-            files.append(_hash(relpath, path, stat, known or {}))
-    return files
+            files.append(_hash(root, relpath, path, stat, known or {}))
+            stats.append(stat)
+    return Scan(files, np.array(stats, np.int64).reshape(-1, 4))
+
+
+def scan(raw_dir: Path, known: dict[str, tuple] | None = None, keep: Callable[[str], bool] | None = None
+         ) -> list[SourceFile]:
+    """The files of `scan_with_stats`, for callers that remember no hashes."""
+    return scan_with_stats(raw_dir, known, keep).files
 
 
 # A file changed this close to when it was read may change again within the same tick of the
@@ -157,17 +178,18 @@ def scan(raw_dir: Path, known: dict[str, tuple] | None = None, keep: Callable[[s
 RACY_WINDOW_NS = 2_000_000_000
 
 
-def remember_hashes(files: list[SourceFile], hashes_file: Path, known: dict[str, tuple],
-                    scan_started_ns: int) -> None:
+def remember_hashes(scanned: Scan, hashes_file: Path, known: dict[str, tuple], scan_started_ns: int) -> None:
     """Write this scan's hashes for the next one (but those of files changed after
     `scan_started_ns` or in the RACY_WINDOW_NS before it), unless `known` holds them already."""
+    files, stats = scanned
     settled_before = scan_started_ns - RACY_WINDOW_NS
-    rows = [f for f in files if f.sha256 and f.mtime_ns < settled_before and f.ctime_ns < settled_before]
-    if len(rows) == len(known) and all(known.get(f.relpath) == (f.size, f.mtime_ns, f.ctime_ns, f.inode, f.sha256)
-                                       for f in rows):
+    hashed = np.fromiter((bool(f.sha256) for f in files), bool, len(files))
+    rows = np.flatnonzero(hashed & (stats[:, 1] < settled_before) & (stats[:, 2] < settled_before)).tolist()
+    relpaths, sha256s, kept = [files[i].relpath for i in rows], [files[i].sha256 for i in rows], stats[rows]
+    if len(rows) == len(known) and all(known.get(relpath) == (*stat, sha256) for relpath, stat, sha256
+                                       in zip(relpaths, kept.tolist(), sha256s)):
         return
-    # a list per column, not a tuple per file: the values are the files' own, only pointers are new
-    table = arrow_table([[getattr(f, name) for f in rows] for name in HASHES_SCHEMA.names], HASHES_SCHEMA)
+    table = arrow_table([relpaths, *kept.T, sha256s], HASHES_SCHEMA)
     atomic_write(hashes_file, lambda file: pq.write_table(table, file, compression="zstd"))
 
 

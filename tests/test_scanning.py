@@ -8,7 +8,7 @@ import time
 import types
 
 import corpora.scanning
-from corpora.scanning import RACY_WINDOW_NS, load_hashes, remember_hashes, scan
+from corpora.scanning import RACY_WINDOW_NS, load_hashes, remember_hashes, scan, scan_with_stats
 
 
 def test_the_scan_reads_again_only_the_files_whose_stat_changed(tmp_path, monkeypatch):
@@ -16,9 +16,10 @@ def test_the_scan_reads_again_only_the_files_whose_stat_changed(tmp_path, monkey
     corpus.mkdir()
     for name in ("a.bin", "b.bin", "c.bin"):
         (corpus / name).write_bytes(name.encode() * 100)
-    first = scan(corpus, load_hashes(hashes_file))
+    first = scan_with_stats(corpus, load_hashes(hashes_file))
     later = time.time_ns() + 60 * 10**9  # as if the files had settled long before the next scan
     remember_hashes(first, hashes_file, {}, scan_started_ns=later)
+    first = first.files
 
     edited = corpus / "b.bin"
     kept = edited.stat()
@@ -33,10 +34,10 @@ def test_the_scan_reads_again_only_the_files_whose_stat_changed(tmp_path, monkey
     real_sha256_file = corpora.scanning.sha256_file
     monkeypatch.setattr(corpora.scanning, "sha256_file", counting_sha256_file)
     second_started = time.time_ns()
-    second = scan(corpus, load_hashes(hashes_file))
+    second = scan_with_stats(corpus, load_hashes(hashes_file))
 
     assert read == ["b.bin"]
-    hashes = {f.relpath: f.sha256 for f in second}
+    hashes = {f.relpath: f.sha256 for f in second.files}
     assert hashes["b.bin"] == hashlib.sha256(b"B" * kept.st_size).hexdigest() != first[1].sha256
     assert hashes["a.bin"] == first[0].sha256 and hashes["c.bin"] == first[2].sha256
 
@@ -55,12 +56,12 @@ def test_a_file_changed_after_the_scan_began_is_not_remembered(tmp_path):
     corpus, hashes_file = tmp_path / "corpus", tmp_path / "hashes.parquet"
     corpus.mkdir()
     (corpus / "a.bin").write_bytes(b"a" * 10)
-    files = scan(corpus, {})
-    changed_ns = max(files[0].mtime_ns, files[0].ctime_ns)
+    files = scan_with_stats(corpus, {})
+    changed_ns = int(max(files.stats[0, 1], files.stats[0, 2]))
     remember_hashes(files, hashes_file, {}, scan_started_ns=changed_ns - 1)
     assert load_hashes(hashes_file) == {}
     remember_hashes(files, hashes_file, {}, scan_started_ns=changed_ns + RACY_WINDOW_NS + 1)
-    assert load_hashes(hashes_file)["a.bin"][4] == files[0].sha256
+    assert load_hashes(hashes_file)["a.bin"][4] == files.files[0].sha256
 
 
 def test_a_scan_leaves_no_reference_cycles(tmp_path):
