@@ -130,6 +130,8 @@ def _stable_order(name: str) -> str:
 
 
 def link_equal_keys(keys: np.ndarray, owners: np.ndarray, union: _UnionFind) -> None:
+    repeated = _in_sorted(keys, _repeated(keys))  # a sorted copy of the keys, not an index a row
+    keys, owners = keys[repeated], owners[repeated]
     order = np.argsort(keys, kind="stable")
     keys, owners = keys[order], owners[order]
     same = np.flatnonzero(keys[1:] == keys[:-1])
@@ -311,10 +313,17 @@ def link_shared_work(files: FileSignatures, overlap: float, union: _UnionFind) -
     union.union_pairs(a[linked], b[linked])
 
 
-def _repeated(keys: np.ndarray) -> np.ndarray:
-    """The distinct values found more than once in `keys`, sorted."""
-    ordered = np.sort(keys)
-    return np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+def _repeated(keys: np.ndarray, parts: int = 8) -> np.ndarray:
+    """The distinct values found more than once in `keys` (integers), sorted. Sorted a part at
+    a time (parts by the low bits), so the copy is an eighth of the keys, not all of them."""
+    part_of = np.empty(len(keys), np.uint8)
+    for start in range(0, len(keys), 1 << 16):
+        part_of[start : start + (1 << 16)] = keys[start : start + (1 << 16)] & (parts - 1)
+    found = []
+    for part in range(parts):
+        ordered = np.sort(keys[part_of == part])
+        found.append(ordered[1:][ordered[1:] == ordered[:-1]])
+    return np.unique(np.concatenate(found))
 
 
 def _in_sorted(values: np.ndarray, sorted_set: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
@@ -475,14 +484,20 @@ def _ensure_both_sides(files, group, file_split, row_splits, percent: int) -> No
 # --- what the split leaves -------------------------------------------------------------------
 
 
-def row_split_labels(owners: np.ndarray, plan: SplitPlan, table: str, time_table: str | None) -> np.ndarray:
-    """The split of every row of `table` (its rows in file order, `owners` their files)."""
+def _split_codes(labels: np.ndarray) -> np.ndarray:
+    """TRAIN, HELDOUT, GAP labels as int8 codes 0, 1, 2."""
+    return np.where(labels == TRAIN, 0, np.where(labels == HELDOUT, 1, 2)).astype(np.int8)
+
+
+def row_split_codes(owners: np.ndarray, plan: SplitPlan, table: str, time_table: str | None) -> np.ndarray:
+    """The split of every row of `table` (its rows in file order, `owners` their files) as a
+    code of `_split_codes`: a byte a row, where labels were a pointer a row."""
     file_split = np.array([TRAIN if split == "time" else split for split in plan.file_split], dtype=object)
-    labels = file_split[owners]
+    codes = _split_codes(file_split)[owners]
     if table == time_table:
         for index, row_labels in plan.row_splits.items():
-            labels[owners == index] = row_labels
-    return labels
+            codes[owners == index] = _split_codes(row_labels)
+    return codes
 
 
 def measure_leakage(files: FileSignatures, plan: SplitPlan, grouping, settings: SplitSettings) -> dict:
@@ -491,30 +506,32 @@ def measure_leakage(files: FileSignatures, plan: SplitPlan, grouping, settings: 
     report = {}
     for table in (*grouping.exact_tables, *grouping.near_tables):
         signatures, owners = files.rows_of(table)
-        labels = row_split_labels(owners, plan, table, grouping.time_table)
-        heldout, train = signatures[labels == HELDOUT], signatures[labels == TRAIN]
+        codes = row_split_codes(owners, plan, table, grouping.time_table)
+        held = np.flatnonzero(codes == 1)
         if table in grouping.exact_tables:
-            leaked = int(_in_sorted(heldout, np.unique(train)).sum())
-            checked = len(heldout)
+            train = signatures[codes == 0]
+            train.sort()  # in place: _in_sorted needs the order, not distinct values
+            leaked = int(_in_sorted(signatures[held], train).sum())
+            checked = len(held)
         else:
             rng = np.random.default_rng(settings.seed)
-            sample = np.arange(len(heldout))
-            if len(heldout) > settings.leakage_sample:
-                sample = np.sort(rng.choice(len(heldout), settings.leakage_sample, replace=False))
-            queries, pool = heldout[sample], train
+            sample = held
+            if len(held) > settings.leakage_sample:
+                sample = held[np.sort(rng.choice(len(held), settings.leakage_sample, replace=False))]
+            queries, in_pool = sample, codes == 0
             if settings.group_by == "work":
                 # Near rows link their files into one group, and a group lies on one side, unless
                 # its files are split by time: only the rows of such groups can leak.
                 split_groups = {plan.group[i] for i in plan.row_splits}
                 time_split = np.array([g in split_groups for g in plan.group], dtype=bool)
-                queries = queries[time_split[owners[labels == HELDOUT][sample]]]
-                pool = pool[time_split[owners[labels == TRAIN]]]
+                queries = queries[time_split[owners[queries]]]
+                in_pool &= time_split[owners]
             hit = np.zeros(len(queries), dtype=bool)
-            for qi, _ in near_pairs(queries, pool, grouping.near_rms, same_set=False):
+            for qi, _ in near_pairs(signatures[queries], signatures[in_pool], grouping.near_rms, same_set=False):
                 hit[qi] = True
             leaked, checked = int(hit.sum()), len(sample)
         report[table] = {
-            "heldout_rows": int((labels == HELDOUT).sum()), "checked": checked, "leaked": leaked,
+            "heldout_rows": len(held), "checked": checked, "leaked": leaked,
             "fraction": leaked / checked if checked else 0.0,
             "measure": "equal up to transposition" if table in grouping.exact_tables
             else f"thumbnail RMS <= {grouping.near_rms:g}",

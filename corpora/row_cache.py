@@ -229,7 +229,7 @@ class RowCache:
             first_row[name] = np.cumsum(counts) - counts
             dtype, row_shape = row_type[name]
             stacked[name] = (np.empty((int(counts.sum()), *row_shape), dtype),
-                             np.repeat(np.arange(len(files), dtype=np.int64), counts))
+                             np.repeat(np.arange(len(files), dtype=np.int32), counts))
         time_spans: dict[int, np.ndarray] = {}
         for batch, owners in by_batch.items():
             positions, distinct, which = layouts_of.pop(batch)
