@@ -588,6 +588,21 @@ class _GrowingRows:
         self.count = needed
 
 
+class _DecodeTasks(Sequence):
+    """The decode task of each file, built when a worker is sent it: a corpus's worth of tasks
+    (and paths) at once was the largest transient of a fresh ingest's main process."""
+
+    def __init__(self, files: Sequence[SourceFile], config: Any):
+        self.files, self.config = files, config
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> DecodeTask:
+        f = self.files[index]
+        return DecodeTask(f.path, f.relpath, self.config, f.sha256)
+
+
 def decode_checked(decode: Callable[[DecodeTask], DecodedFile], task: DecodeTask) -> DecodedFile:
     """`decode(task)`, refused when the file no longer has the content the scan hashed: its
     rows would be kept under the wrong hash."""
@@ -612,7 +627,7 @@ def _decode_into_cache(modality, config, to_decode: Sequence[SourceFile], settin
     transient: dict[str, tuple[str, str, str]] = {}
     crashed = done = 0
     last_report = time.monotonic()
-    items = [DecodeTask(f.path, f.relpath, config, f.sha256) for f in to_decode]
+    items = _DecodeTasks(to_decode, config)
     # on while decoding: a long decode's worker messages and futures are collected as it goes
     with _cyclic_gc(True):
         try:

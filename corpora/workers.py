@@ -55,7 +55,7 @@ def _worker_main(conn: Connection, fn: Callable[[Any], Any]) -> None:
 
 @dataclass
 class _Chunk:
-    indices: list[int]
+    indices: Sequence[int]
     isolated: bool  # a single file being retried on its own
 
 
@@ -121,7 +121,7 @@ def map_isolated(
     if start_method == "forkserver":
         _set_preload(fn, preload)
     pending: deque[_Chunk] = deque(
-        _Chunk(list(range(start, min(start + chunk_size, len(items)))), isolated=chunk_size == 1)
+        _Chunk(range(start, min(start + chunk_size, len(items))), isolated=chunk_size == 1)  # a range: no int per item
         for start in range(0, len(items), chunk_size)
     )
     pool = [_Worker(ctx, fn) for _ in range(max(1, min(workers, len(pending))))]
