@@ -24,7 +24,7 @@ import corpora.ingest as ingest_module  # noqa: E402
 from bench.scale import WRITERS, modality_and_config  # noqa: E402
 from corpora.ingest import IngestSettings, ingest  # noqa: E402
 
-PHASES = ("scan", "remember_hashes", "_sort_files", "_signatures", "plan_split", "_write_table")
+PHASES = ("scan_with_stats", "remember_hashes", "_sort_files", "_signatures", "plan_split", "_write_table")
 
 
 def traced(name: str, function, rows: list):
