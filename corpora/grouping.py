@@ -484,9 +484,12 @@ def _ensure_both_sides(files, group, file_split, row_splits, percent: int) -> No
 # --- what the split leaves -------------------------------------------------------------------
 
 
+TRAIN_CODE, HELDOUT_CODE, GAP_CODE = 0, 1, 2  # a row's split as one byte (row_split_codes)
+
+
 def _split_codes(labels: np.ndarray) -> np.ndarray:
-    """TRAIN, HELDOUT, GAP labels as int8 codes 0, 1, 2."""
-    return np.where(labels == TRAIN, 0, np.where(labels == HELDOUT, 1, 2)).astype(np.int8)
+    """TRAIN, HELDOUT, GAP labels as their codes."""
+    return np.where(labels == TRAIN, TRAIN_CODE, np.where(labels == HELDOUT, HELDOUT_CODE, GAP_CODE)).astype(np.int8)
 
 
 def row_split_codes(owners: np.ndarray, plan: SplitPlan, table: str, time_table: str | None) -> np.ndarray:
@@ -507,9 +510,9 @@ def measure_leakage(files: FileSignatures, plan: SplitPlan, grouping, settings: 
     for table in (*grouping.exact_tables, *grouping.near_tables):
         signatures, owners = files.rows_of(table)
         codes = row_split_codes(owners, plan, table, grouping.time_table)
-        held = np.flatnonzero(codes == 1)
+        held = np.flatnonzero(codes == HELDOUT_CODE)
         if table in grouping.exact_tables:
-            train = signatures[codes == 0]
+            train = signatures[codes == TRAIN_CODE]
             train.sort()  # in place: _in_sorted needs the order, not distinct values
             leaked = int(_in_sorted(signatures[held], train).sum())
             checked = len(held)
@@ -518,7 +521,7 @@ def measure_leakage(files: FileSignatures, plan: SplitPlan, grouping, settings: 
             sample = held
             if len(held) > settings.leakage_sample:
                 sample = held[np.sort(rng.choice(len(held), settings.leakage_sample, replace=False))]
-            queries, in_pool = sample, codes == 0
+            queries, in_pool = sample, codes == TRAIN_CODE
             if settings.group_by == "work":
                 # Near rows link their files into one group, and a group lies on one side, unless
                 # its files are split by time: only the rows of such groups can leak.

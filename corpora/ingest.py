@@ -29,7 +29,7 @@ from common.hashing import sha256_file, sha256_json
 from corpora.grouping import (HELDOUT, FileSignatures, SplitPlan, SplitSettings, block_sums, near_owner_pairs,
                               plan_split)
 from corpora.row_cache import CachedFile, RowCache, cache_key
-from corpora.scanning import Scan, SourceFile, displayable, load_hashes, part_of, remember_hashes, scan, scan_with_stats
+from corpora.scanning import SourceFile, displayable, load_hashes, part_of, remember_hashes, scan, scan_with_stats
 from corpora.shards import ShardWriter, TableSpec, arrow_array, arrow_records, arrow_table, read_parquet, write_parquet
 from corpora.workers import ItemFailure, map_isolated, start_fork_server
 from provenance.licences import Licences, count_licences, is_licence_file, licence_name, read_licences
@@ -304,7 +304,7 @@ def ingest(
     licences = read_licences(raw_dir) if raw_dir.is_dir() else Licences()
     known_hashes = load_hashes(cache.hashes_file)
     scan_started_ns = time.time_ns()
-    scanned = scan_with_stats(raw_dir, known_hashes, keep=_corpus_file) if raw_dir.is_dir() else Scan([], np.zeros((0, 4), np.int64))
+    scanned = scan_with_stats(raw_dir, known_hashes, keep=_corpus_file)  # none when raw_dir is missing
     files = scanned.files
     # files read afresh (new, changed, or changed just before the last scan) are the likely decodes:
     # the decoders' fork server then starts now, its imports running beside the rest of this
