@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+from array import array
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -68,43 +69,53 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root + os.sep)
 
 
-def _listing(raw_dir: Path) -> list[tuple[str, str, tuple[int, int, int, int] | None, tuple[str, str, str] | None]]:
+def _listing(raw_dir: Path) -> Iterator[tuple[str, str, tuple[int, int, int, int] | None,
+                                              tuple[str, str, str] | None]]:
     """(relative path, path, (size, mtime_ns, ctime_ns, inode) or None, problem or None) of every
-    non-hidden file under `raw_dir`, sorted by relative path."""
-    found: list = []
+    non-hidden file under `raw_dir`, in order of relative path: one folder listed at a time,
+    never the whole corpus at once."""
     root = os.path.realpath(raw_dir)
-    # A stack, not a recursive closure: a closure that calls itself is a reference cycle, and
-    # the ingest runs with the cyclic collector off, so it would hold this list to the end.
-    folders = [(str(raw_dir), "")] if Path(raw_dir).is_dir() else []
-    while folders:
-        folder, prefix = folders.pop()
-        try:
-            with os.scandir(folder) as it:
-                entries = list(it)
-        except OSError as exc:
-            found.append((displayable(prefix or "."), folder, None, (
-                "scan", type(exc).__name__, f"the folder cannot be listed: {exc.strerror or exc}")))
+    # Folders being walked, innermost last; a stack, not recursion, for trees of any depth.
+    walking = [_sorted_entries(str(raw_dir), "")] if Path(raw_dir).is_dir() else []
+    while walking:
+        item = next(walking[-1], None)
+        if item is None:
+            walking.pop()
             continue
-        for entry in entries:
-            if entry.name.startswith("."):
+        relpath, entry = item
+        if isinstance(entry, tuple):  # a folder that cannot be listed
+            folder, problem = entry
+            yield relpath, folder, None, problem
+            continue
+        problem = _link_problem(entry, root)
+        if problem is not None:
+            yield relpath, entry.path, None, ("scan", *problem)
+        elif entry.is_dir(follow_symlinks=False):
+            walking.append(_sorted_entries(entry.path, f"{relpath}/"))
+        elif entry.is_file():
+            try:
+                stat = entry.stat()
+            except OSError as exc:
+                yield relpath, entry.path, None, (
+                    "scan", type(exc).__name__, f"the file cannot be read: {exc.strerror or exc}")
                 continue
-            relpath = displayable(f"{prefix}{entry.name}")
-            problem = _link_problem(entry, root)
-            if problem is not None:
-                found.append((relpath, entry.path, None, ("scan", *problem)))
-            elif entry.is_dir(follow_symlinks=False):
-                folders.append((entry.path, f"{relpath}/"))
-            elif entry.is_file():
-                try:
-                    stat = entry.stat()
-                except OSError as exc:
-                    found.append((relpath, entry.path, None, (
-                        "scan", type(exc).__name__, f"the file cannot be read: {exc.strerror or exc}")))
-                    continue
-                found.append((relpath, entry.path, (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino),
-                              None))
-    found.sort(key=lambda item: item[0])
-    return found
+            yield relpath, entry.path, (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino), None
+
+
+def _sorted_entries(folder: str, prefix: str) -> Iterator[tuple[str, os.DirEntry | tuple[str, tuple[str, str, str]]]]:
+    """(relative path, entry) of a folder's non-hidden entries, sorted so that walking them
+    depth first gives every file in order of relative path: a folder sorts as its name with
+    the "/" its files' paths carry (git orders its trees the same way)."""
+    try:
+        with os.scandir(folder) as listing:
+            entries = [entry for entry in listing if not entry.name.startswith(".")]
+    except OSError as exc:
+        yield displayable(prefix or "."), (folder, ("scan", type(exc).__name__,
+                                                   f"the folder cannot be listed: {exc.strerror or exc}"))
+        return
+    named = [(displayable(f"{prefix}{entry.name}"), entry) for entry in entries]
+    named.sort(key=lambda item: f"{item[0]}/" if item[1].is_dir(follow_symlinks=False) else item[0])
+    yield from named
 
 
 def _link_problem(entry: os.DirEntry, root: str) -> tuple[str, str] | None:
@@ -152,17 +163,17 @@ def scan_with_stats(raw_dir: Path, known: dict[str, tuple] | None = None, keep: 
     relative path, with its content hash (taken from `known`, see `load_hashes`, for files
     whose size and times are unchanged), and the stats `remember_hashes` keeps."""
     root = str(raw_dir)
-    files, stats = [], []
+    files, stats = [], array("q")  # flat int64s as they come, not a tuple per file until the end
     for relpath, path, stat, problem in _listing(raw_dir):
         if keep is not None and not keep(relpath):
             continue
         if problem is not None:
             files.append(SourceFile(root, relpath, 0, "", problem, path))
-            stats.append((0, 0, 0, 0))
+            stats.extend((0, 0, 0, 0))
         else:
             files.append(_hash(root, relpath, path, stat, known or {}))
-            stats.append(stat)
-    return Scan(files, np.array(stats, np.int64).reshape(-1, 4))
+            stats.extend(stat)
+    return Scan(files, np.frombuffer(stats, np.int64).reshape(-1, 4))
 
 
 def scan(raw_dir: Path, known: dict[str, tuple] | None = None, keep: Callable[[str], bool] | None = None

@@ -94,3 +94,17 @@ def test_a_scan_leaves_no_reference_cycles(tmp_path):
         gc.enable()
     assert [f.relpath for f in files] == ["a/b/x.bin", "a/x.bin", "c/x.bin"]
     assert from_scan == []
+
+
+def test_the_scan_lists_files_in_order_of_relative_path(tmp_path):
+    """Folders are walked one at a time, yet the files come out as their relative paths sort:
+    a folder's files sort after a sibling named as its prefix with a dot ("a.txt" < "a/b")
+    and before one whose next character sorts above "/"."""
+    corpus = tmp_path / "corpus"
+    names = ["a.txt", "a/b.bin", "a/c/d.bin", "a-b/e.bin", "a0", "ab/f.bin", "Z/g.bin", "é/h.bin", "a/c.bin"]
+    for name in names:
+        (corpus / name).parent.mkdir(parents=True, exist_ok=True)
+        (corpus / name).write_bytes(name.encode())
+    scanned = scan_with_stats(corpus, {})
+    assert [f.relpath for f in scanned.files] == sorted(names)
+    assert scanned.stats[:, 0].tolist() == [len(name.encode()) for name in sorted(names)]
