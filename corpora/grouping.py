@@ -280,37 +280,65 @@ def near_owner_pairs(new: np.ndarray, new_owners: np.ndarray, old: np.ndarray, o
     return [(a, b) for query, pool in found for a, b in zip(query.tolist(), pool.tolist()) if a != b]
 
 
-def link_shared_work(files: FileSignatures, overlap: float, union: _UnionFind) -> None:
-    """Link files that share at least `overlap` of the smaller one's work keys."""
+def link_shared_work(files: FileSignatures, overlap: float, union: _UnionFind, pairs_at_once: int = 1 << 18) -> None:
+    """Link files that share at least `overlap` of the smaller one's work keys. The pairs of
+    files sharing a key are counted for a range of files at a time, `pairs_at_once` or so in
+    each: their number grows faster than the corpus (keys shared by more files, as it grows)."""
     if files.work_keys is None:
         return
-    keys, owners = files.work_keys
-    repeated = _in_sorted(keys, _repeated(keys))
-    # Only keys found more than once can link files or repeat within one: most keys are a
-    # single file's, and the sorting below sees just the rest (memory: a few bytes a key).
-    keys, owners, sizes = keys[repeated], owners[repeated], np.bincount(owners, minlength=len(files))
-    order = np.lexsort((owners, keys))  # by key, then by file
-    keys, owners = keys[order], owners[order]
-    distinct = np.ones(len(keys), dtype=bool)  # each file's key set
-    distinct[1:] = (keys[1:] != keys[:-1]) | (owners[1:] != owners[:-1])
-    sizes -= np.bincount(owners[~distinct], minlength=len(files))
-    keys, owners = keys[distinct], owners[distinct]
+    keys, owners, sizes = _shared_keys(*files.work_keys, len(files))
     if (sizes > 0).sum() < 2:
         return
-    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-    lengths = np.diff(np.r_[starts, len(keys)])
-    pair_codes = []
-    for length in np.unique(lengths[(lengths >= 2) & (lengths <= MAX_KEY_FILES)]).tolist():
-        # the keys held by `length` files at once: their members side by side, every pair of columns
-        members = owners[starts[lengths == length][:, None] + np.arange(length)].astype(np.int64)
-        a, b = np.triu_indices(length, 1)
-        pair_codes.append((members[:, a] * len(files) + members[:, b]).reshape(-1))
-    if not pair_codes:
-        return
-    codes, shared = np.unique(np.concatenate(pair_codes), return_counts=True)
-    a, b = codes // len(files), codes % len(files)
-    linked = shared >= overlap * np.minimum(sizes[a], sizes[b])
-    union.union_pairs(a[linked], b[linked])
+    partners = _later_holders(keys)
+    del keys  # the pairs need only the files, in this order
+    pairs_of_file = np.bincount(owners, weights=partners, minlength=len(files)).cumsum()
+    cuts = np.searchsorted(pairs_of_file, np.arange(pairs_at_once, pairs_of_file[-1], pairs_at_once), "right")
+    for first, stop in zip(np.r_[0, cuts].tolist(), np.r_[cuts, len(files)].tolist()):
+        a, b, shared = _shared_key_counts(owners, partners, first, stop, len(files))
+        linked = shared >= overlap * np.minimum(sizes[a], sizes[b])
+        union.union_pairs(a[linked], b[linked])
+
+
+def _shared_keys(keys: np.ndarray, owners: np.ndarray, files: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(key, file) of the keys found more than once, one row per key a file holds, sorted by
+    key then file; and each file's number of distinct keys."""
+    sizes = np.bincount(owners, minlength=files)
+    # Only keys found more than once can link files or repeat within one: most keys are a
+    # single file's, and the sorting below sees just the rest (memory: a few bytes a key).
+    repeated = _in_sorted(keys, _repeated(keys))
+    keys, owners = keys[repeated], owners[repeated]
+    order = np.lexsort((owners, keys))
+    keys = keys[order]
+    owners = owners[order]
+    del order
+    distinct = np.ones(len(keys), dtype=bool)
+    distinct[1:] = (keys[1:] != keys[:-1]) | (owners[1:] != owners[:-1])
+    sizes -= np.bincount(owners[~distinct], minlength=files)
+    return keys[distinct], owners[distinct], sizes
+
+
+def _later_holders(sorted_keys: np.ndarray) -> np.ndarray:
+    """For each row of keys sorted by key (then by file), how many rows after it hold the same
+    key: the files it pairs with. 0 for a key held by more than MAX_KEY_FILES files."""
+    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]]).astype(np.int32)
+    lengths = np.diff(np.r_[starts, len(sorted_keys)])
+    later = np.repeat(np.where(lengths <= MAX_KEY_FILES, starts + lengths, 0).astype(np.int32), lengths)
+    later -= np.arange(1, len(sorted_keys) + 1, dtype=np.int32)  # the key's end, less the row and itself
+    return np.maximum(later, 0, out=later).astype(np.uint8)
+
+
+def _shared_key_counts(owners: np.ndarray, partners: np.ndarray, first: int, stop: int, files: int
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(a, b, keys shared) of every pair of files a < b sharing a key, for a in first..stop-1;
+    `owners` are rows sorted by key then file, `partners` their `_later_holders`."""
+    rows = np.flatnonzero((owners >= first) & (owners < stop) & (partners > 0))
+    codes = []
+    for count in np.unique(partners[rows]).tolist():
+        these = rows[partners[rows] == count]
+        later = owners[these[:, None] + np.arange(1, count + 1)]
+        codes.append((owners[these].astype(np.int64)[:, None] * files + later).reshape(-1))
+    codes, shared = np.unique(np.concatenate(codes) if codes else np.empty(0, np.int64), return_counts=True)
+    return codes // files, codes % files, shared
 
 
 def _repeated(keys: np.ndarray, parts: int = 8) -> np.ndarray:
@@ -322,8 +350,9 @@ def _repeated(keys: np.ndarray, parts: int = 8) -> np.ndarray:
     found = []
     for part in range(parts):
         ordered = np.sort(keys[part_of == part])
-        found.append(ordered[1:][ordered[1:] == ordered[:-1]])
-    return np.unique(np.concatenate(found))
+        again = ordered[1:][ordered[1:] == ordered[:-1]]
+        found.append(again[np.r_[True, again[1:] != again[:-1]]] if len(again) else again)
+    return np.sort(np.concatenate(found))  # the parts hold different keys
 
 
 def _in_sorted(values: np.ndarray, sorted_set: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:

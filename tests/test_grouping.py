@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from corpora.grouping import (GAP, HELDOUT, TRAIN, FileSignatures, NearPairMemo, _UnionFind, block_sums, find_groups,
-                              link_shared_work, near_owner_pairs, near_pairs, time_split_rows)
+from corpora.grouping import (GAP, HELDOUT, MAX_KEY_FILES, TRAIN, FileSignatures, NearPairMemo, _UnionFind,
+                              block_sums, find_groups, link_shared_work, near_owner_pairs, near_pairs, time_split_rows)
 from corpora.images import IMAGES, ImageCorpusConfig
 from corpora.ingest import IngestSettings, ingest, load_manifest
 from corpora.shards import read_shards
@@ -70,25 +70,28 @@ def test_near_pairs_match_brute_force():
     assert found == expected and len(expected) == 40
 
 
-def test_shared_work_links_the_files_brute_force_links():
+@pytest.mark.parametrize("pairs_at_once", [1 << 19, 5, 1])  # one pass, several, a file at a time
+def test_shared_work_links_the_files_brute_force_links(pairs_at_once):
     """Files linked when they share at least 40% of the smaller one's distinct keys, keys
-    repeated within a file counted once."""
+    repeated within a file counted once, keys held by more than MAX_KEY_FILES files not at all."""
     rng, key_space = np.random.default_rng(1), 100  # small enough that many files share keys
     sets = [rng.choice(key_space, rng.integers(0, 12), replace=False) for _ in range(80)]
     sets[5] = np.full(4, 7)  # one key, repeated
+    for i in range(10, 10 + MAX_KEY_FILES + 1):  # a commonplace: in too many files to link them
+        sets[i] = np.r_[sets[i], key_space]
     keys = np.concatenate([np.r_[s, s[: len(s) // 3]] for s in sets]).astype(np.uint64)  # some repeated within a file
     owners = np.repeat(np.arange(len(sets)), [len(s) + len(s) // 3 for s in sets])
     files = FileSignatures([f"f{i}" for i in range(len(sets))], [f"{i:064x}" for i in range(len(sets))],
                            work_keys=(keys, owners))
     union = _UnionFind(len(sets))
-    link_shared_work(files, 0.4, union)
+    link_shared_work(files, 0.4, union, pairs_at_once)
 
     expected = _UnionFind(len(sets))
-    holders = {key: {i for i, s in enumerate(sets) if key in set(s.tolist())} for key in range(key_space)}
+    holders = {key: {i for i, s in enumerate(sets) if key in set(s.tolist())} for key in range(key_space + 1)}
     for i in range(len(sets)):
         for j in range(i + 1, len(sets)):
             a, b = set(sets[i].tolist()), set(sets[j].tolist())
-            shared = sum(1 for key in a & b if len(holders[key]) <= 64)
+            shared = sum(1 for key in a & b if len(holders[key]) <= MAX_KEY_FILES)
             if a and b and shared >= 0.4 * min(len(a), len(b)):
                 expected.union(i, j)
     assert union.roots().tolist() == expected.roots().tolist()
