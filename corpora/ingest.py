@@ -82,10 +82,11 @@ class Rejected(Exception):
 
 @dataclass
 class TableRows:
-    """Rows for one table: a stacked (N, *shape) tensor array (None for a plain table) and columns."""
+    """Rows for one table: a stacked (N, *shape) tensor array (None for a plain table) and
+    columns, numbers best as numpy arrays (sent from a decoder and stacked whole, not per value)."""
 
     tensors: np.ndarray | None
-    columns: dict[str, list] = field(default_factory=dict)
+    columns: dict[str, Sequence] = field(default_factory=dict)
 
     def __len__(self) -> int:
         if self.tensors is not None:

@@ -651,7 +651,7 @@ def melody_rows(top: np.ndarray, struck: np.ndarray, starts: np.ndarray, total_s
         return TableRows(np.empty((0, window), np.uint8), {"start_step": [], "piece_steps": []}), _no_keys()
     windows, _ = windowed_tokens(top, struck, starts, window)
     keep = note_ons(windows) >= config.min_note_ons_per_window
-    columns = {"start_step": starts[keep].tolist(), "piece_steps": [total_steps] * int(keep.sum())}
+    columns = {"start_step": starts[keep], "piece_steps": np.full(int(keep.sum()), total_steps)}
     rows = TableRows(windows[keep], columns)
     return rows, transposition_free_keys(windows[keep])
 
@@ -689,7 +689,7 @@ def chorale_rows(notes: PieceNotes, starts: np.ndarray, config: MidiCorpusConfig
     keep = (note_ons(windows).sum(axis=1) >= config.min_note_ons_per_window) & (
         sounding.sum(axis=1) >= config.min_sounding_voices_per_window
     )
-    return TableRows(windows[keep], {"start_step": starts[keep].tolist()}), transposition_free_keys(windows[keep])
+    return TableRows(windows[keep], {"start_step": starts[keep]}), transposition_free_keys(windows[keep])
 
 
 def _no_keys() -> np.ndarray:
@@ -697,7 +697,7 @@ def _no_keys() -> np.ndarray:
 
 
 def notes_rows(notes: PieceNotes) -> TableRows:
-    return TableRows(None, {name: getattr(notes, name).tolist() for name in _NOTE_FIELDS})
+    return TableRows(None, {name: getattr(notes, name) for name in _NOTE_FIELDS})
 
 
 def read_score(path: str, config: MidiCorpusConfig) -> tuple[bytes, symusic.Score]:
@@ -759,7 +759,7 @@ def piece_windows(notes: PieceNotes, starts: np.ndarray, config: MidiCorpusConfi
     if len(starts) and (top[0] >= 0).any():
         keep = ons[:, 0] >= config.min_note_ons_per_window
         kept = windows[keep, 0]
-        melody = TableRows(kept, {"start_step": starts[keep].tolist(), "piece_steps": [total_steps] * len(kept)})
+        melody = TableRows(kept, {"start_step": starts[keep], "piece_steps": np.full(len(kept), total_steps)})
         melody_keys = transposition_free_keys(kept)
     else:
         melody = TableRows(np.empty((0, window), np.uint8), {"start_step": [], "piece_steps": []})
@@ -774,7 +774,7 @@ def piece_windows(notes: PieceNotes, starts: np.ndarray, config: MidiCorpusConfi
             sounding.sum(axis=1) >= config.min_sounding_voices_per_window
         )
         kept = windows[keep, 1:]
-        chorale = TableRows(kept, {"start_step": starts[keep].tolist()})
+        chorale = TableRows(kept, {"start_step": starts[keep]})
         chorale_keys = transposition_free_keys(kept)
     else:
         chorale = TableRows(np.empty((0, config.voices, window), np.uint8), {"start_step": []})

@@ -482,8 +482,16 @@ def _new_batch_name() -> str:
 
 def _stack(spec: TableSpec, parts: list) -> pa.Table:
     tensors = np.concatenate([rows.tensors for rows in parts]) if spec.tensor is not None else None
-    columns = {name: [value for rows in parts for value in rows.columns[name]] for name in spec.columns}
-    return tensor_table(spec, tensors, columns)
+    return tensor_table(spec, tensors, {name: _stacked_column([rows.columns[name] for rows in parts])
+                                        for name in spec.columns})
+
+
+def _stacked_column(parts: list) -> Sequence:
+    """One column of several files' rows: numbers that came as numpy arrays stay one array (a
+    MIDI file's notes are thousands of rows, too many to visit one Python value at a time)."""
+    if all(isinstance(part, np.ndarray) and part.dtype != object for part in parts):
+        return np.concatenate(parts)
+    return [value for part in parts for value in part]
 
 
 def _write(table: pa.Table, path: Path) -> None:
