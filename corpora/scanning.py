@@ -3,8 +3,10 @@
 Nested folders, upper-case extensions and names that are not UTF-8 are ordinary. A symbolic
 link to a file is followed when it stays inside the corpus folder (its file counts as a
 duplicate of the target) and refused when it leads outside it or nowhere; a link to a folder
-inside the corpus is not walked, since that folder is listed under its own name. A file that cannot be read, or vanishes while it is hashed, is reported with
-its reason rather than stopping the scan: the ingest rejects it and counts it.
+inside the corpus is not walked, since that folder is listed under its own name. A file that
+cannot be read, or vanishes while it is hashed, is reported with its reason rather than
+stopping the scan: the ingest rejects it and counts it. Folders are listed one at a time, in an
+order that gives the files sorted by relative path without listing the whole corpus first.
 
 Hashing every file is the one cost an unchanged corpus still pays, so the hashes of the last
 scan are remembered by (size, modification time, change time, inode): a file whose four are
