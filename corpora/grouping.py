@@ -299,32 +299,44 @@ def link_shared_work(files: FileSignatures, overlap: float, union: _UnionFind, p
         union.union_pairs(a[linked], b[linked])
 
 
-def _shared_keys(keys: np.ndarray, owners: np.ndarray, files: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _shared_keys(keys: np.ndarray, owners: np.ndarray, files: int, chunk: int = 1 << 16
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(key, file) of the keys found more than once, one row per key a file holds, sorted by
-    key then file; and each file's number of distinct keys."""
+    key then file, each key given as its rank among those keys; and each file's number of
+    distinct keys."""
     sizes = np.bincount(owners, minlength=files)
     # Only keys found more than once can link files or repeat within one: most keys are a
-    # single file's, and the sorting below sees just the rest (memory: a few bytes a key).
-    repeated = _in_sorted(keys, _repeated(keys))
-    keys, owners = keys[repeated], owners[repeated]
-    order = np.lexsort((owners, keys))
-    keys = keys[order]
-    owners = owners[order]
-    del order
-    distinct = np.ones(len(keys), dtype=bool)
-    distinct[1:] = (keys[1:] != keys[:-1]) | (owners[1:] != owners[:-1])
-    sizes -= np.bincount(owners[~distinct], minlength=files)
-    return keys[distinct], owners[distinct], sizes
+    # single file's. Each row of the rest is one int64 (its key's rank times the number of
+    # files, plus its file), so a single sort in place orders them: no index array.
+    repeated = _repeated(keys)
+    if not len(repeated):
+        return np.empty(0, np.int64), np.empty(0, np.int32), sizes
+    rows = []
+    for first in range(0, len(keys), chunk):
+        part = keys[first : first + chunk]
+        rank = np.minimum(np.searchsorted(repeated, part), len(repeated) - 1)
+        found = repeated[rank] == part
+        rows.append(rank[found] * files + owners[first : first + chunk][found])
+    rows = np.concatenate(rows)
+    rows.sort()
+    distinct = np.ones(len(rows), dtype=bool)
+    distinct[1:] = rows[1:] != rows[:-1]
+    sizes -= np.bincount(rows[~distinct] % files, minlength=files)
+    rows = rows[distinct]
+    holders = np.remainder(rows, files, out=np.empty(len(rows), np.int32), casting="unsafe")
+    return np.floor_divide(rows, files, out=rows), holders, sizes  # in place: the rows become ranks
 
 
-def _later_holders(sorted_keys: np.ndarray) -> np.ndarray:
+def _later_holders(sorted_keys: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
     """For each row of keys sorted by key (then by file), how many rows after it hold the same
     key: the files it pairs with. 0 for a key held by more than MAX_KEY_FILES files."""
-    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]]).astype(np.int32)
-    lengths = np.diff(np.r_[starts, len(sorted_keys)])
-    later = np.repeat(np.where(lengths <= MAX_KEY_FILES, starts + lengths, 0).astype(np.int32), lengths)
-    later -= np.arange(1, len(sorted_keys) + 1, dtype=np.int32)  # the key's end, less the row and itself
-    return np.maximum(later, 0, out=later).astype(np.uint8)
+    later = np.empty(len(sorted_keys), np.uint8)
+    for first in range(0, len(sorted_keys), chunk):
+        part = sorted_keys[first : first + chunk]
+        start, end = np.searchsorted(sorted_keys, part, "left"), np.searchsorted(sorted_keys, part, "right")
+        after = end - np.arange(first + 1, first + len(part) + 1)
+        later[first : first + chunk] = np.where(end - start <= MAX_KEY_FILES, after, 0)
+    return later
 
 
 def _shared_key_counts(owners: np.ndarray, partners: np.ndarray, first: int, stop: int, files: int
