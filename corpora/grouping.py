@@ -286,11 +286,11 @@ def link_shared_work(files: FileSignatures, overlap: float, union: _UnionFind, p
     each: their number grows faster than the corpus (keys shared by more files, as it grows)."""
     if files.work_keys is None:
         return
-    keys, owners, sizes = _shared_keys(*files.work_keys, len(files))
+    key_ranks, owners, sizes = _shared_keys(*files.work_keys, len(files))
     if (sizes > 0).sum() < 2:
         return
-    partners = _later_holders(keys)
-    del keys  # the pairs need only the files, in this order
+    partners = _later_holders(key_ranks)
+    del key_ranks  # the pairs need only the files, in this order
     pairs_of_file = np.bincount(owners, weights=partners, minlength=len(files)).cumsum()
     cuts = np.searchsorted(pairs_of_file, np.arange(pairs_at_once, pairs_of_file[-1], pairs_at_once), "right")
     for first, stop in zip(np.r_[0, cuts].tolist(), np.r_[cuts, len(files)].tolist()):
