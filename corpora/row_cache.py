@@ -74,9 +74,8 @@ class BatchSpans:
         """`per_file`: each file's {table: [first row, rows]}, in batch order."""
         self.names = tuple(sorted({name for spans in per_file for name in spans}))
         self.spans = np.zeros((len(per_file), len(self.names), 2), dtype=np.int64)
-        for position, spans in enumerate(per_file):
-            for name, span in spans.items():
-                self.spans[position, self.names.index(name)] = span
+        for number, name in enumerate(self.names):  # a list per table, not an item set per file
+            self.spans[:, number] = np.array([spans.get(name, (0, 0)) for spans in per_file], np.int64).reshape(-1, 2)
 
 
 @dataclass(slots=True)
