@@ -28,7 +28,7 @@ from common.atomic import atomic_write_json, remove_stale_temporaries
 from common.hashing import sha256_file, sha256_json
 from corpora.grouping import (HELDOUT, FileSignatures, SplitPlan, SplitSettings, block_sums, near_owner_pairs,
                               plan_split)
-from corpora.row_cache import CachedFile, RowCache, cache_key
+from corpora.row_cache import BatchSpans, CachedFile, RowCache, cache_key
 from corpora.scanning import SourceFile, displayable, load_hashes, part_of, remember_hashes, scan, scan_with_stats
 from corpora.shards import ShardWriter, TableSpec, arrow_array, arrow_records, arrow_table, read_parquet, write_parquet
 from corpora.workers import ItemFailure, map_isolated, start_fork_server
@@ -340,8 +340,9 @@ def ingest(
     version_dir.mkdir(parents=True)
     matched = [licences.rule_for(source.relpath) for source, _ in accepted]  # one glob match per file
     licence_of = [licence_name(rule) for rule in matched]
-    tables = {spec.name: _write_table(spec, accepted, licence_of, plan, modality.grouping.time_table, cache,
-                                      settings, version_dir, out_dir, previous) for spec in specs}
+    shard_files = _ShardFiles(accepted, licence_of, plan)
+    tables = {spec.name: _write_table(spec, shard_files, modality.grouping.time_table, cache, settings, version_dir,
+                                      out_dir, previous) for spec in specs}
     rejected_info = _write_rejected(rejections, version_dir / f"{REJECTED_TABLE}.parquet", out_dir)
     notices = [{"source_path": source.relpath, "sha256": source.sha256, "stage": stage, "kind": kind,
                 "message": message} for source, cached in accepted for stage, kind, message in cached.notices]
@@ -680,22 +681,84 @@ def _split_line(corpus: str, summary: dict) -> str:
     return text + (f"; held-out rows also in training: {leakage}" if leakage else "")
 
 
-def _shard_key(base: str, files: list[tuple[dict, list]]) -> str:
-    """A hash of `base` and each file's lineage values and split runs, NUL-separated (no path,
-    hash, group or licence holds one): JSON of the same took a tenth of a one-file change."""
-    digest = hashlib.sha256(base.encode())
-    for per_file, splits in files:
-        fields = [*per_file.values(), ",".join(f"{split}:{rows}" for split, rows in splits)]
-        digest.update(("\0".join(fields) + "\0").encode())
-    return digest.hexdigest()
+class _ShardFiles:
+    """The accepted files as the shard writer reads them, in columns built once for every table:
+    each file's lineage (path, hash, group, licence) and its cache batch and position, and a
+    digest of what the file contributes to a shard's bytes. A Python object per file and table
+    (a span, a dict of lineage, a key's text) was most of a one-file change's writing."""
+
+    def __init__(self, accepted: Sequence[tuple[SourceFile, CachedFile]], licence_of: list[str], plan: SplitPlan):
+        self.plan = plan
+        self.lineage = {"source_path": [source.relpath for source, _ in accepted],
+                        "sha256": [source.sha256 for source, _ in accepted], "group": plan.group,
+                        "licence": licence_of}
+        spans_of: dict[str, BatchSpans] = {}  # the cache batches the files are in, in order of first use
+        for _, cached in accepted:
+            spans_of.setdefault(cached.batch, cached.batch_spans)
+        self.batches, self.batch_spans = list(spans_of), list(spans_of.values())
+        number = {batch: index for index, batch in enumerate(self.batches)}
+        self.batch = np.fromiter((number[cached.batch] for _, cached in accepted), np.int64, len(accepted))
+        self.position = np.fromiter((cached.position for _, cached in accepted), np.int64, len(accepted))
+        # the draw of `_may_end_shard`: the first 13 hex digits of the file's hash
+        self.draw = np.fromiter((int(sha[:13], 16) for sha in self.lineage["sha256"]), np.int64, len(accepted))
+        # NUL-separated: no path, hash, group, licence or split holds one
+        self.digest = np.frombuffer(b"".join(
+            hashlib.blake2b("\0".join(values).encode(), digest_size=16).digest()
+            for values in zip(*self.lineage.values(), plan.file_split)), np.uint8).reshape(-1, 16)
+
+    def __len__(self) -> int:
+        return len(self.position)
+
+    def spans(self, table: str) -> tuple[np.ndarray, np.ndarray]:
+        """Each file's first row in its batch's `table` and its row count there (0: none)."""
+        first, count = np.zeros(len(self), np.int64), np.zeros(len(self), np.int64)
+        order = np.argsort(self.batch, kind="stable")
+        starts = np.searchsorted(self.batch[order], np.arange(len(self.batches) + 1))
+        for number, spans in enumerate(self.batch_spans):
+            if table in spans.names:
+                files = order[starts[number] : starts[number + 1]]
+                first[files], count[files] = spans.spans[self.position[files], spans.names.index(table)].T
+        return first, count
+
+    def splits(self, files: np.ndarray, counts: np.ndarray, table: str, time_table: str | None
+               ) -> tuple[list[str], list[int]]:
+        """The split of each run of rows of `files` (with `counts` rows each), and its length."""
+        values, lengths = [], []
+        for index, count in zip(files.tolist(), counts.tolist()):
+            for split, rows in self.plan.split_runs(index, table, count, time_table):
+                values.append(split)
+                lengths.append(rows)
+        return values, lengths
 
 
-def _ends_shard(sha256: str, rows: int, shard_rows: int, shard_limit: int) -> bool:
-    """Whether a shard of `shard_rows` ends after the file with `sha256` and `rows`: never below a
-    quarter of `shard_limit`, and past that with a chance of `rows` in a quarter limit drawn from
-    the file's hash (a rule of the file, not of its place: shards average about half the limit)."""
+def _shard_bounds(count: np.ndarray, draw: np.ndarray, shard_limit: int) -> list[tuple[int, int]]:
+    """The files of each shard as [start, stop) ranges of file indexes. A shard ends before a file
+    that would overfill it, and after a file chosen by `_may_end_shard`: a rule of the file, not of
+    its place, so a change moves the boundaries of the shards around it only."""
     least = max(shard_limit // 4, 1)
-    return shard_rows >= least and int(sha256[:13], 16) < rows / least * 16**13
+    may_end = _may_end_shard(draw, count, least).tolist()
+    bounds, start, rows = [], None, 0
+    for index, rows_of_file in enumerate(count.tolist()):
+        if not rows_of_file:
+            continue
+        if start is not None and rows + rows_of_file > shard_limit:
+            bounds.append((start, index))
+            start, rows = None, 0
+        if start is None:
+            start = index
+        rows += rows_of_file
+        if rows >= least and may_end[index]:  # never below a quarter of the limit
+            bounds.append((start, index + 1))
+            start, rows = None, 0
+    if start is not None:
+        bounds.append((start, len(count)))
+    return bounds
+
+
+def _may_end_shard(draw: np.ndarray, count: np.ndarray, least: int) -> np.ndarray:
+    """Whether a shard past `least` rows ends after each file: with a chance of the file's rows in
+    `least`, drawn from the first 13 hex digits of its hash (shards average about half the limit)."""
+    return draw < count / least * 16**13
 
 
 def repeated_array(values: list, counts: list[int], kind: pa.DataType) -> pa.Array:
@@ -704,20 +767,15 @@ def repeated_array(values: list, counts: list[int], kind: pa.DataType) -> pa.Arr
     return arrow_array(values, kind).take(arrow_array(np.repeat(np.arange(len(values)), counts), pa.int64()))
 
 
-def _write_table(spec: TableSpec, accepted, licence_of: list[str], plan: SplitPlan, time_table: str | None,
-                 cache: RowCache, settings: IngestSettings, version_dir: Path, out_dir: Path,
-                 previous: dict | None) -> dict:
-    """Stream one table's rows from the cache into shards, in path order with their lineage
-    (`licence_of`: each accepted file's licence), taking over the shards of the `previous`
-    manifest that would come out the same.
+def _write_table(spec: TableSpec, files: _ShardFiles, time_table: str | None, cache: RowCache,
+                 settings: IngestSettings, version_dir: Path, out_dir: Path, previous: dict | None) -> dict:
+    """Stream one table's rows from the cache into shards, in path order with their lineage,
+    taking over the shards of the `previous` manifest that would come out the same.
 
-    Shards end after files chosen by their content (`_ends_shard`), so a change moves the
-    boundaries of the shards around it only, and every other shard has the same files as
-    before: a shard's key is a hash of what makes its bytes (the cache key, the table, and each
-    file's path, hash, group, licence and split), and a shard with a known key is linked, not
-    written again. Consecutive files whose rows lie side by side in one cache batch are read as
-    one slice; slices gather until a row group's worth, whose lineage columns are then built at
-    once (a corpus decoded by several workers has short runs: files finish out of order).
+    A shard's key is a hash of what makes its bytes: the cache key, the table, and each of its
+    files' lineage digest and split runs; a shard with a known key is linked, not written again.
+    A written shard's rows are read a row group's worth of files at a time, consecutive files
+    whose rows lie side by side in one cache batch as one slice.
     """
     full_spec = TableSpec(spec.name, spec.tensor, {**spec.columns, **LINEAGE_COLUMNS})
     schema = full_spec.schema()
@@ -727,82 +785,53 @@ def _write_table(spec: TableSpec, accepted, licence_of: list[str], plan: SplitPl
     # the schema serialized, not printed: its text shortens long metadata such as a tensor's shape
     schema_hash = hashlib.sha256(schema.serialize().to_pybytes()).hexdigest()
     key_base = sha256_json([SHARD_FORMAT, cache.folder.name, spec.name, schema_hash, writer.row_group])
-    run: dict = {}  # the slice being extended: batch, first, end
-    slices: list[pa.Table] = []
-    lineage = {name: ([], []) for name in LINEAGE_COLUMNS}  # per column: each run's value, its row count
-    gathered = 0
+    first, count = files.spans(spec.name)
+    split_by_time = np.array(sorted(files.plan.row_splits) if spec.name == time_table else [], np.int64)
 
-    def close_run() -> None:
-        if run:
-            slices.append(cache.table_rows(run["batch"], spec.name, run["first"], run["end"] - run["first"]))
-            run.clear()
+    def shard_key(chosen: np.ndarray) -> str:
+        """A hash of the shard's files' lineage digests, row counts, and rows' splits where a
+        file's rows are split by time."""
+        digest = hashlib.sha256(key_base.encode())
+        digest.update(files.digest[chosen].tobytes())
+        digest.update(count[chosen].tobytes())
+        low, high = np.searchsorted(split_by_time, [chosen[0], chosen[-1] + 1])
+        for index in split_by_time[low:high].tolist():
+            digest.update(f"{index - chosen[0]}:{files.plan.row_splits[index].tolist()}".encode())
+        return digest.hexdigest()
 
-    def flush() -> None:
-        nonlocal gathered
-        close_run()
-        if slices:
-            rows = pa.concat_tables(slices)
-            columns = [repeated_array(*lineage[name], kind) for name, kind in LINEAGE_COLUMNS.items()]
-            writer.append(pa.Table.from_arrays([*rows.columns, *columns], schema=schema))
-            slices.clear()
-            for values, counts in lineage.values():
-                values.clear()
-                counts.clear()
-            gathered = 0
+    def write_rows(chosen: np.ndarray) -> None:
+        """Append the rows of `chosen` files: one slice per run of rows contiguous in one batch."""
+        batch, start, rows = files.batch[chosen], first[chosen], count[chosen]
+        new_run = np.r_[True, (batch[1:] != batch[:-1]) | (start[1:] != start[:-1] + rows[:-1])]
+        run_of = np.cumsum(new_run) - 1
+        run_rows = np.bincount(run_of, weights=rows).astype(np.int64)
+        slices = [cache.table_rows(files.batches[b], spec.name, s, n)
+                  for b, s, n in zip(batch[new_run].tolist(), start[new_run].tolist(), run_rows.tolist())]
+        table = pa.concat_tables(slices)
+        splits = files.splits(chosen, rows, spec.name, time_table)
+        columns = [repeated_array([files.lineage[name][i] for i in chosen.tolist()], rows, kind)
+                   for name, kind in LINEAGE_COLUMNS.items() if name != "split"]
+        columns.insert(list(LINEAGE_COLUMNS).index("split"), repeated_array(*splits, LINEAGE_COLUMNS["split"]))
+        writer.append(pa.Table.from_arrays([*table.columns, *columns], schema=schema))
 
-    def add(cached: CachedFile, first: int, count: int, per_file: dict, splits: list) -> None:
-        nonlocal gathered
-        if not run or run["batch"] != cached.batch or run["end"] != first:
-            close_run()
-            if gathered >= writer.row_group:
-                flush()
-            run.update(batch=cached.batch, first=first, end=first)
-        run["end"] = first + count
-        gathered += count
-        # each file's lineage once, with its row count: a file has many rows (a MIDI file's notes)
-        for name, value in per_file.items():
-            lineage[name][0].append(value)
-            lineage[name][1].append(count)
-        for split, rows in splits:
-            lineage["split"][0].append(split)
-            lineage["split"][1].append(rows)
-
-    def write_shard(files: list[tuple], rows: int) -> None:
-        """`files`: the shard's (cached, first, count, per_file, splits), the arguments of `add`."""
-        key = _shard_key(key_base, [(per_file, splits) for *_, per_file, splits in files]) \
-            if rows <= writer.rows_per_shard else ""  # a longer file spans shards: those are not taken over
+    for start, stop in _shard_bounds(count, files.draw, writer.rows_per_shard):
+        chosen = start + np.flatnonzero(count[start:stop])
+        rows = int(count[chosen].sum())
+        key = shard_key(chosen) if rows <= writer.rows_per_shard else ""  # a longer file spans shards, not taken over
         shard = known_shards.get(key)
         if shard is not None and shard["rows"] == rows and writer.adopt(out_dir / shard["path"], shard):
-            return
-        for file in files:
-            add(*file)
-        flush()
-        writer.cut(key)
-
-    rows_total, shard_files, shard_rows = 0, [], 0
-    for index, (source, cached) in enumerate(accepted):
-        first, count = cached.span(spec.name)
-        if not count:
             continue
-        if shard_files and shard_rows + count > writer.rows_per_shard:
-            write_shard(shard_files, shard_rows)
-            shard_files, shard_rows = [], 0
-        per_file = {"source_path": source.relpath, "sha256": source.sha256, "group": plan.group[index],
-                    "licence": licence_of[index]}
-        shard_files.append((cached, first, count, per_file, plan.split_runs(index, spec.name, count, time_table)))
-        shard_rows += count
-        rows_total += count
-        if _ends_shard(source.sha256, count, shard_rows, writer.rows_per_shard):
-            write_shard(shard_files, shard_rows)
-            shard_files, shard_rows = [], 0
-    if shard_files:
-        write_shard(shard_files, shard_rows)
+        # a row group's worth of rows at a time: a slice holds its batch's table in memory
+        group_of = np.cumsum(count[chosen]) // writer.row_group
+        for group in np.split(chosen, np.flatnonzero(np.diff(group_of)) + 1):
+            write_rows(group)
+        writer.cut(key)
     shards = writer.close()
     tensor = spec.tensor
     return {
         "tensor": {"column": tensor.name, "shape": list(tensor.shape), "dtype": tensor.dtype} if tensor else None,
         "columns": schema.names,
-        "rows": rows_total,
+        "rows": int(count.sum()),
         "shards": [shard.to_json() for shard in shards],
     }
 
