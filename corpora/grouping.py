@@ -313,9 +313,7 @@ def _shared_keys(keys: np.ndarray, owners: np.ndarray, files: int, chunk: int = 
         return np.empty(0, np.int64), np.empty(0, np.int32), sizes
     rows = []
     for first in range(0, len(keys), chunk):
-        part = keys[first : first + chunk]
-        rank = np.minimum(np.searchsorted(repeated, part), len(repeated) - 1)
-        found = repeated[rank] == part
+        rank, found = _rank_in_sorted(keys[first : first + chunk], repeated)
         rows.append(rank[found] * files + owners[first : first + chunk][found])
     rows = np.concatenate(rows)
     rows.sort()
@@ -373,10 +371,14 @@ def _in_sorted(values: np.ndarray, sorted_set: np.ndarray, chunk: int = 1 << 16)
     found = np.zeros(len(values), dtype=bool)
     if len(sorted_set):
         for start in range(0, len(values), chunk):
-            part = values[start : start + chunk]
-            at = np.minimum(np.searchsorted(sorted_set, part), len(sorted_set) - 1)
-            found[start : start + chunk] = sorted_set[at] == part
+            found[start : start + chunk] = _rank_in_sorted(values[start : start + chunk], sorted_set)[1]
     return found
+
+
+def _rank_in_sorted(values: np.ndarray, sorted_set: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each of `values` is in the non-empty `sorted_set`, and whether it is there at all."""
+    rank = np.minimum(np.searchsorted(sorted_set, values), len(sorted_set) - 1)
+    return rank, sorted_set[rank] == values
 
 
 def find_groups(files: FileSignatures, grouping, group_by: str, memo: NearPairMemo | None = None) -> list[int]:
