@@ -332,23 +332,26 @@ def ingest(
     known = cache.load_index()
     rejections, duplicates, accepted, decoded = _sort_files(modality, config, files, settings, cache, known, progress)
     near_memo = cache.load_near_memo()
-    plan = plan_split(_signatures(accepted, cache), modality.grouping, settings.split_settings(), near_memo)
+    # each accepted file's path, hash and cache entry, as lists shared by the split, the shards and the groups table
+    relpaths, sha256s = [source.relpath for source, _ in accepted], [source.sha256 for source, _ in accepted]
+    cached_files = [cached for _, cached in accepted]
+    plan = plan_split(_signatures(relpaths, sha256s, cached_files, cache), modality.grouping,
+                      settings.split_settings(), near_memo)
     progress(_split_line(modality.name, plan.summary))
 
     version_dir = out_dir / f"v-{fingerprint[:16]}"
     shutil.rmtree(version_dir, ignore_errors=True)  # leftovers of a killed run with the same input
     version_dir.mkdir(parents=True)
-    matched = [licences.rule_for(source.relpath) for source, _ in accepted]  # one glob match per file
+    matched = [licences.rule_for(relpath) for relpath in relpaths]  # one glob match per file
     licence_of = [licence_name(rule) for rule in matched]
-    shard_files = _ShardFiles(accepted, licence_of, plan)
+    shard_files = _ShardFiles(cached_files, relpaths, sha256s, licence_of, plan)
     tables = {spec.name: _write_table(spec, shard_files, modality.grouping.time_table, cache, settings, version_dir,
                                       out_dir, previous) for spec in specs}
     rejected_info = _write_rejected(rejections, version_dir / f"{REJECTED_TABLE}.parquet", out_dir)
     notices = [{"source_path": source.relpath, "sha256": source.sha256, "stage": stage, "kind": kind,
                 "message": message} for source, cached in accepted for stage, kind, message in cached.notices]
     notices_info = _write_plain(notices, NOTICES_SCHEMA, version_dir / f"{NOTICES_TABLE}.parquet", out_dir)
-    groups = arrow_table([[source.relpath for source, _ in accepted], [source.sha256 for source, _ in accepted],
-                          plan.group, plan.stratum, plan.file_split], GROUPS_SCHEMA)
+    groups = arrow_table([relpaths, sha256s, plan.group, plan.stratum, plan.file_split], GROUPS_SCHEMA)
     groups_info = _write_columns(groups, version_dir / f"{GROUPS_TABLE}.parquet", out_dir)
 
     manifest = {
@@ -661,11 +664,12 @@ def _decode_into_cache(modality, config, to_decode: Sequence[SourceFile], settin
     return transient
 
 
-def _signatures(accepted: Sequence[tuple[SourceFile, CachedFile]], cache: RowCache) -> FileSignatures:
+def _signatures(relpaths: list[str], sha256s: list[str], cached_files: list[CachedFile],
+                cache: RowCache) -> FileSignatures:
     """The split's signatures of the accepted files, read back from the cache into a few arrays."""
-    columns, time_spans = cache.stacked_arrays([cached for _, cached in accepted])
+    columns, time_spans = cache.stacked_arrays(cached_files)
     return FileSignatures(
-        [source.relpath for source, _ in accepted], [source.sha256 for source, _ in accepted],
+        relpaths, sha256s,
         {name.split(":", 1)[1]: value for name, value in columns.items() if name.startswith("signature:")},
         columns.get("work_keys"), time_spans)
 
@@ -687,20 +691,23 @@ class _ShardFiles:
     digest of what the file contributes to a shard's bytes. A Python object per file and table
     (a span, a dict of lineage, a key's text) was most of a one-file change's writing."""
 
-    def __init__(self, accepted: Sequence[tuple[SourceFile, CachedFile]], licence_of: list[str], plan: SplitPlan):
+    def __init__(self, cached_files: list[CachedFile], relpaths: list[str], sha256s: list[str], licence_of: list[str],
+                 plan: SplitPlan):
         self.plan = plan
-        self.lineage = {"source_path": [source.relpath for source, _ in accepted],
-                        "sha256": [source.sha256 for source, _ in accepted], "group": plan.group,
-                        "licence": licence_of}
+        self.lineage = {"source_path": relpaths, "sha256": sha256s, "group": plan.group, "licence": licence_of}
         spans_of: dict[str, BatchSpans] = {}  # the cache batches the files are in, in order of first use
-        for _, cached in accepted:
+        for cached in cached_files:
             spans_of.setdefault(cached.batch, cached.batch_spans)
         self.batches, self.batch_spans = list(spans_of), list(spans_of.values())
         number = {batch: index for index, batch in enumerate(self.batches)}
-        self.batch = np.fromiter((number[cached.batch] for _, cached in accepted), np.int64, len(accepted))
-        self.position = np.fromiter((cached.position for _, cached in accepted), np.int64, len(accepted))
+        self.batch = np.fromiter((number[cached.batch] for cached in cached_files), np.int64, len(cached_files))
+        # the files of each batch, found once for every table's spans
+        order = np.argsort(self.batch, kind="stable")
+        bounds = np.searchsorted(self.batch[order], np.arange(len(self.batches) + 1))
+        self.files_of_batch = [order[start:stop] for start, stop in zip(bounds[:-1], bounds[1:])]
+        self.position = np.fromiter((cached.position for cached in cached_files), np.int64, len(cached_files))
         # the draw of `_may_end_shard`: the first 13 hex digits of the file's hash
-        self.draw = np.fromiter((int(sha[:13], 16) for sha in self.lineage["sha256"]), np.int64, len(accepted))
+        self.draw = np.fromiter((int(sha[:13], 16) for sha in sha256s), np.int64, len(sha256s))
         # NUL-separated: no path, hash, group, licence or split holds one
         self.digest = np.frombuffer(b"".join(
             hashlib.blake2b("\0".join(values).encode(), digest_size=16).digest()
@@ -712,11 +719,8 @@ class _ShardFiles:
     def spans(self, table: str) -> tuple[np.ndarray, np.ndarray]:
         """Each file's first row in its batch's `table` and its row count there (0: none)."""
         first, count = np.zeros(len(self), np.int64), np.zeros(len(self), np.int64)
-        order = np.argsort(self.batch, kind="stable")
-        starts = np.searchsorted(self.batch[order], np.arange(len(self.batches) + 1))
-        for number, spans in enumerate(self.batch_spans):
+        for spans, files in zip(self.batch_spans, self.files_of_batch):
             if table in spans.names:
-                files = order[starts[number] : starts[number + 1]]
                 first[files], count[files] = spans.spans[self.position[files], spans.names.index(table)].T
         return first, count
 
