@@ -130,12 +130,10 @@ def _stable_order(name: str) -> str:
 
 
 def link_equal_keys(keys: np.ndarray, owners: np.ndarray, union: _UnionFind) -> None:
-    repeated = _in_sorted(keys, _repeated(keys))  # a sorted copy of the keys, not an index a row
-    keys, owners = keys[repeated], owners[repeated]
-    order = np.argsort(keys, kind="stable")
-    keys, owners = keys[order], owners[order]
-    same = np.flatnonzero(keys[1:] == keys[:-1])
-    union.union_pairs(owners[same], owners[same + 1])
+    files = int(owners.max(initial=0)) + 1
+    key_numbers, holders = np.divmod(_repeated_key_rows(keys, owners, files), files)
+    same = np.flatnonzero(key_numbers[1:] == key_numbers[:-1])
+    union.union_pairs(holders[same], holders[same + 1])
 
 
 def near_pairs(queries: np.ndarray, pool: np.ndarray, rms: float, same_set: bool,
@@ -299,30 +297,18 @@ def link_shared_work(files: FileSignatures, overlap: float, union: _UnionFind, p
         union.union_pairs(a[linked], b[linked])
 
 
-def _shared_keys(keys: np.ndarray, owners: np.ndarray, files: int, chunk: int = 1 << 16
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _shared_keys(keys: np.ndarray, owners: np.ndarray, files: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(key, file) of the keys found more than once, one row per key a file holds, sorted by
-    key then file, each key given as its rank among those keys; and each file's number of
+    key then file, each key given as its number among those keys; and each file's number of
     distinct keys."""
     sizes = np.bincount(owners, minlength=files)
-    # Only keys found more than once can link files or repeat within one: most keys are a
-    # single file's. Each row of the rest is one int64 (its key's rank times the number of
-    # files, plus its file), so a single sort in place orders them: no index array.
-    repeated = _repeated(keys)
-    if not len(repeated):
-        return np.empty(0, np.int64), np.empty(0, np.int32), sizes
-    rows = []
-    for first in range(0, len(keys), chunk):
-        rank, found = _rank_in_sorted(keys[first : first + chunk], repeated)
-        rows.append(rank[found] * files + owners[first : first + chunk][found])
-    rows = np.concatenate(rows)
-    rows.sort()
+    rows = _repeated_key_rows(keys, owners, files)
     distinct = np.ones(len(rows), dtype=bool)
     distinct[1:] = rows[1:] != rows[:-1]
     sizes -= np.bincount(rows[~distinct] % files, minlength=files)
     rows = rows[distinct]
     holders = np.remainder(rows, files, out=np.empty(len(rows), np.int32), casting="unsafe")
-    return np.floor_divide(rows, files, out=rows), holders, sizes  # in place: the rows become ranks
+    return np.floor_divide(rows, files, out=rows), holders, sizes  # in place: the rows become key numbers
 
 
 def _later_holders(sorted_keys: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
@@ -351,18 +337,31 @@ def _shared_key_counts(owners: np.ndarray, partners: np.ndarray, first: int, sto
     return codes // files, codes % files, shared
 
 
-def _repeated(keys: np.ndarray, parts: int = 8) -> np.ndarray:
-    """The distinct values found more than once in `keys` (integers), sorted. Sorted a part at
-    a time (parts by the low bits), so the copy is an eighth of the keys, not all of them."""
+def _repeated_key_rows(keys: np.ndarray, owners: np.ndarray, files: int, parts: int = 8) -> np.ndarray:
+    """One int64 for each row whose key is found more than once: the key's number among those
+    keys times `files`, plus the row's owner; sorted. Only such keys can link files, and most
+    keys are a single file's. The keys are sorted a part at a time (parts by their low bits),
+    so each copy is an eighth of the keys, and the numbers of a part follow the last part's."""
     part_of = np.empty(len(keys), np.uint8)
     for start in range(0, len(keys), 1 << 16):
         part_of[start : start + (1 << 16)] = keys[start : start + (1 << 16)] & (parts - 1)
-    found = []
+    found, numbered = [], 0
     for part in range(parts):
-        ordered = np.sort(keys[part_of == part])
-        again = ordered[1:][ordered[1:] == ordered[:-1]]
-        found.append(again[np.r_[True, again[1:] != again[:-1]]] if len(again) else again)
-    return np.sort(np.concatenate(found))  # the parts hold different keys
+        members = np.flatnonzero(part_of == part)
+        if not len(members):
+            continue
+        members = members[np.argsort(keys[members])]
+        ordered = keys[members]
+        new_key = np.r_[True, ordered[1:] != ordered[:-1]]
+        key_of_row = np.cumsum(new_key) - 1
+        repeated = np.bincount(key_of_row) > 1
+        kept = repeated[key_of_row]
+        number = numbered + np.cumsum(repeated) - 1  # the numbers of this part's repeated keys
+        found.append(number[key_of_row[kept]] * files + owners[members[kept]])
+        numbered += int(repeated.sum())
+    rows = np.concatenate(found) if found else np.empty(0, np.int64)
+    rows.sort()  # by key number, then owner (owners need not come in order)
+    return rows
 
 
 def _in_sorted(values: np.ndarray, sorted_set: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
@@ -371,14 +370,10 @@ def _in_sorted(values: np.ndarray, sorted_set: np.ndarray, chunk: int = 1 << 16)
     found = np.zeros(len(values), dtype=bool)
     if len(sorted_set):
         for start in range(0, len(values), chunk):
-            found[start : start + chunk] = _rank_in_sorted(values[start : start + chunk], sorted_set)[1]
+            part = values[start : start + chunk]
+            place = np.minimum(np.searchsorted(sorted_set, part), len(sorted_set) - 1)
+            found[start : start + chunk] = sorted_set[place] == part
     return found
-
-
-def _rank_in_sorted(values: np.ndarray, sorted_set: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Where each of `values` is in the non-empty `sorted_set`, and whether it is there at all."""
-    rank = np.minimum(np.searchsorted(sorted_set, values), len(sorted_set) - 1)
-    return rank, sorted_set[rank] == values
 
 
 def find_groups(files: FileSignatures, grouping, group_by: str, memo: NearPairMemo | None = None) -> list[int]:
