@@ -220,8 +220,9 @@ class RowCache:
             for number, layout_json in enumerate(distinct):
                 for name, dtype, shape, _, _ in _layout(layout_json):
                     if name != "time_spans" and shape and shape[0]:
-                        counts = rows_per_file.setdefault(name, np.zeros(len(files), np.int64))
-                        counts[owners[which == number]] = shape[0]
+                        if name not in rows_per_file:
+                            rows_per_file[name] = np.zeros(len(files), np.int64)
+                        rows_per_file[name][owners[which == number]] = shape[0]
                         row_type[name] = (dtype, shape[1:])
         stacked, first_row = {}, {}
         for name, counts in rows_per_file.items():
