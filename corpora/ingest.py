@@ -335,6 +335,11 @@ def ingest(
     # each accepted file's path, hash and cache entry, as lists shared by the split, the shards and the groups table
     relpaths, sha256s = [source.relpath for source, _ in accepted], [source.sha256 for source, _ in accepted]
     cached_files = [cached for _, cached in accepted]
+    notices = [{"source_path": relpath, "sha256": sha256, "stage": stage, "kind": kind, "message": message}
+               for relpath, sha256, cached in zip(relpaths, sha256s, cached_files)
+               for stage, kind, message in cached.notices]
+    seen, live = len(files), {f.sha256 for f in files if f.sha256}
+    del files, accepted  # a tuple per file of the corpus: not held through the split, the largest phase
     plan = plan_split(_signatures(relpaths, sha256s, cached_files, cache), modality.grouping,
                       settings.split_settings(), near_memo)
     progress(_split_line(modality.name, plan.summary))
@@ -348,8 +353,6 @@ def ingest(
     tables = {spec.name: _write_table(spec, shard_files, modality.grouping.time_table, cache, settings, version_dir,
                                       out_dir, previous) for spec in specs}
     rejected_info = _write_rejected(rejections, version_dir / f"{REJECTED_TABLE}.parquet", out_dir)
-    notices = [{"source_path": source.relpath, "sha256": source.sha256, "stage": stage, "kind": kind,
-                "message": message} for source, cached in accepted for stage, kind, message in cached.notices]
     notices_info = _write_plain(notices, NOTICES_SCHEMA, version_dir / f"{NOTICES_TABLE}.parquet", out_dir)
     groups = arrow_table([relpaths, sha256s, plan.group, plan.stratum, plan.file_split], GROUPS_SCHEMA)
     groups_info = _write_columns(groups, version_dir / f"{GROUPS_TABLE}.parquet", out_dir)
@@ -364,13 +367,13 @@ def ingest(
         "source_dir": str(raw_dir.resolve()),
         "input_fingerprint": fingerprint,
         "counts": {
-            "seen": len(files),
-            "ingested": len(accepted),
+            "seen": seen,
+            "ingested": len(relpaths),
             "rejected": len(rejections),
             "duplicates": len(duplicates),
             "groups": plan.summary["groups"],
             "notices": len(notices),
-            "reject_rate": len(rejections) / len(files) if files else 0.0,
+            "reject_rate": len(rejections) / seen if seen else 0.0,
             "rows": {name: table["rows"] for name, table in tables.items()},
         },
         "tables": tables,
@@ -387,7 +390,6 @@ def ingest(
     atomic_write_json(manifest_path, manifest)  # the commit point: readers now see the new shards
     _remove_old_versions(out_dir, manifest, replaced)
     cache.save_near_memo(near_memo)
-    live = {f.sha256 for f in files if f.sha256}
     cache.compact(live, known, settings.batch_files, settings.batch_megabytes)
     cache.collect_garbage(live, known)
 
