@@ -78,7 +78,9 @@ def arrow_array(values: Sequence, kind: pa.DataType) -> pa.Array:
     if not plain:
         return pa.array(values, type=kind)
     numeric = isinstance(values, np.ndarray) and values.dtype != object  # no None to look for, row by row
-    missing = None if numeric else np.fromiter((value is None for value in values), bool, len(values))
+    # `None in values` runs in C and nearly always finds none: the mask per value only when it does
+    missing = None if numeric or None not in values else np.fromiter((value is None for value in values), bool,
+                                                                      len(values))
     validity = pa.py_buffer(np.packbits(~missing, bitorder="little")) if missing is not None and missing.any() else None
     if validity is not None:  # nulls: a placeholder in the data, a cleared bit in the validity
         empty = b"" if pa.types.is_binary(kind) else "" if pa.types.is_string(kind) else 0
