@@ -28,7 +28,7 @@ from common.atomic import atomic_write_json, remove_stale_temporaries
 from common.hashing import sha256_file, sha256_json
 from corpora.grouping import (HELDOUT, FileSignatures, SplitPlan, SplitSettings, block_sums, near_owner_pairs,
                               plan_split)
-from corpora.row_cache import BatchSpans, CachedFile, RowCache, cache_key
+from corpora.row_cache import CachedFile, Placement, RowCache, cache_key
 from corpora.scanning import SourceFile, displayable, load_hashes, part_of, remember_hashes, scan, scan_with_stats
 from corpora.shards import ShardWriter, TableSpec, arrow_array, arrow_records, arrow_table, read_parquet, write_parquet
 from corpora.workers import ItemFailure, map_isolated, start_fork_server
@@ -332,15 +332,14 @@ def ingest(
     known = cache.load_index()
     rejections, duplicates, accepted, decoded = _sort_files(modality, config, files, settings, cache, known, progress)
     near_memo = cache.load_near_memo()
-    # each accepted file's path, hash and cache entry, as lists shared by the split, the shards and the groups table
+    # each accepted file's path, hash and place in the cache, shared by the split, the shards and the groups table
     relpaths, sha256s = [source.relpath for source, _ in accepted], [source.sha256 for source, _ in accepted]
-    cached_files = [cached for _, cached in accepted]
-    notices = [{"source_path": relpath, "sha256": sha256, "stage": stage, "kind": kind, "message": message}
-               for relpath, sha256, cached in zip(relpaths, sha256s, cached_files)
-               for stage, kind, message in cached.notices]
+    placement = Placement([cached for _, cached in accepted])
+    notices = [{"source_path": source.relpath, "sha256": source.sha256, "stage": stage, "kind": kind,
+                "message": message} for source, cached in accepted for stage, kind, message in cached.notices]
     seen, live = len(files), {f.sha256 for f in files if f.sha256}
     del files, accepted  # a tuple per file of the corpus: not held through the split, the largest phase
-    plan = plan_split(_signatures(relpaths, sha256s, cached_files, cache), modality.grouping,
+    plan = plan_split(_signatures(relpaths, sha256s, placement, cache), modality.grouping,
                       settings.split_settings(), near_memo)
     progress(_split_line(modality.name, plan.summary))
 
@@ -349,7 +348,7 @@ def ingest(
     version_dir.mkdir(parents=True)
     matched = [licences.rule_for(relpath) for relpath in relpaths]  # one glob match per file
     licence_of = [licence_name(rule) for rule in matched]
-    shard_files = _ShardFiles(cached_files, relpaths, sha256s, licence_of, plan)
+    shard_files = _ShardFiles(placement, relpaths, sha256s, licence_of, plan)
     tables = {spec.name: _write_table(spec, shard_files, modality.grouping.time_table, cache, settings, version_dir,
                                       out_dir, previous) for spec in specs}
     rejected_info = _write_rejected(rejections, version_dir / f"{REJECTED_TABLE}.parquet", out_dir)
@@ -666,10 +665,9 @@ def _decode_into_cache(modality, config, to_decode: Sequence[SourceFile], settin
     return transient
 
 
-def _signatures(relpaths: list[str], sha256s: list[str], cached_files: list[CachedFile],
-                cache: RowCache) -> FileSignatures:
+def _signatures(relpaths: list[str], sha256s: list[str], placement: Placement, cache: RowCache) -> FileSignatures:
     """The split's signatures of the accepted files, read back from the cache into a few arrays."""
-    columns, time_spans = cache.stacked_arrays(cached_files)
+    columns, time_spans = cache.stacked_arrays(placement)
     return FileSignatures(
         relpaths, sha256s,
         {name.split(":", 1)[1]: value for name, value in columns.items() if name.startswith("signature:")},
@@ -693,21 +691,11 @@ class _ShardFiles:
     digest of what the file contributes to a shard's bytes. A Python object per file and table
     (a span, a dict of lineage, a key's text) was most of a one-file change's writing."""
 
-    def __init__(self, cached_files: list[CachedFile], relpaths: list[str], sha256s: list[str], licence_of: list[str],
+    def __init__(self, placement: Placement, relpaths: list[str], sha256s: list[str], licence_of: list[str],
                  plan: SplitPlan):
         self.plan = plan
         self.lineage = {"source_path": relpaths, "sha256": sha256s, "group": plan.group, "licence": licence_of}
-        spans_of: dict[str, BatchSpans] = {}  # the cache batches the files are in, in order of first use
-        for cached in cached_files:
-            spans_of.setdefault(cached.batch, cached.batch_spans)
-        self.batches, self.batch_spans = list(spans_of), list(spans_of.values())
-        number = {batch: index for index, batch in enumerate(self.batches)}
-        self.batch = np.fromiter((number[cached.batch] for cached in cached_files), np.int64, len(cached_files))
-        # the files of each batch, found once for every table's spans
-        order = np.argsort(self.batch, kind="stable")
-        bounds = np.searchsorted(self.batch[order], np.arange(len(self.batches) + 1))
-        self.files_of_batch = [order[start:stop] for start, stop in zip(bounds[:-1], bounds[1:])]
-        self.position = np.fromiter((cached.position for cached in cached_files), np.int64, len(cached_files))
+        self.placement = placement
         # the draw of `_may_end_shard`: the first 13 hex digits of the file's hash
         self.draw = np.fromiter((int(sha[:13], 16) for sha in sha256s), np.int64, len(sha256s))
         # NUL-separated: no path, hash, group, licence or split holds one
@@ -716,14 +704,15 @@ class _ShardFiles:
             for values in zip(*self.lineage.values(), plan.file_split)), np.uint8).reshape(-1, 16)
 
     def __len__(self) -> int:
-        return len(self.position)
+        return len(self.placement)
 
     def spans(self, table: str) -> tuple[np.ndarray, np.ndarray]:
         """Each file's first row in its batch's `table` and its row count there (0: none)."""
         first, count = np.zeros(len(self), np.int64), np.zeros(len(self), np.int64)
-        for spans, files in zip(self.batch_spans, self.files_of_batch):
+        placement = self.placement
+        for spans, files in zip(placement.batch_spans, placement.files_of_batch):
             if table in spans.names:
-                first[files], count[files] = spans.spans[self.position[files], spans.names.index(table)].T
+                first[files], count[files] = spans.spans[placement.position[files], spans.names.index(table)].T
         return first, count
 
     def splits(self, files: np.ndarray, counts: np.ndarray, table: str, time_table: str | None
@@ -807,11 +796,11 @@ def _write_table(spec: TableSpec, files: _ShardFiles, time_table: str | None, ca
 
     def write_rows(chosen: np.ndarray) -> None:
         """Append the rows of `chosen` files: one slice per run of rows contiguous in one batch."""
-        batch, start, rows = files.batch[chosen], first[chosen], count[chosen]
+        batch, start, rows = files.placement.batch[chosen], first[chosen], count[chosen]
         new_run = np.r_[True, (batch[1:] != batch[:-1]) | (start[1:] != start[:-1] + rows[:-1])]
         run_of = np.cumsum(new_run) - 1
         run_rows = np.bincount(run_of, weights=rows).astype(np.int64)
-        slices = [cache.table_rows(files.batches[b], spec.name, s, n)
+        slices = [cache.table_rows(files.placement.batches[b], spec.name, s, n)
                   for b, s, n in zip(batch[new_run].tolist(), start[new_run].tolist(), run_rows.tolist())]
         table = pa.concat_tables(slices)
         splits = files.splits(chosen, rows, spec.name, time_table)

@@ -106,6 +106,27 @@ class CachedFile:
         return {name: span for name in self.batch_spans.names if (span := self.span(name))[1]}
 
 
+class Placement:
+    """Where a list of cached files lies in the cache, in columns: each file's batch (a number
+    into `batches`) and position there, and the files of each batch. Built once per ingest for
+    the split's signatures and the shards."""
+
+    def __init__(self, files: Sequence[CachedFile]):
+        spans_of: dict[str, BatchSpans] = {}  # the batches, in order of first use
+        for cached in files:
+            spans_of.setdefault(cached.batch, cached.batch_spans)
+        self.batches, self.batch_spans = list(spans_of), list(spans_of.values())
+        number = {batch: index for index, batch in enumerate(self.batches)}
+        self.batch = np.fromiter((number[cached.batch] for cached in files), np.int64, len(files))
+        self.position = np.fromiter((cached.position for cached in files), np.int64, len(files))
+        order = np.argsort(self.batch, kind="stable")
+        bounds = np.searchsorted(self.batch[order], np.arange(len(self.batches) + 1))
+        self.files_of_batch = [order[start:stop] for start, stop in zip(bounds[:-1], bounds[1:])]
+
+    def __len__(self) -> int:
+        return len(self.position)
+
+
 def hashes_file_of(out_dir: Path) -> Path:
     """The last scan's content hashes (corpora.scanning) of the corpus written to `out_dir`,
     shared by every cache key."""
@@ -195,8 +216,8 @@ class RowCache:
         suffix = INDEX_SUFFIX if name == "" else f".{name}.parquet"
         return self._opened((batch, name), lambda: read_parquet(self.folder / f"{batch}{suffix}"))
 
-    def stacked_arrays(self, files: Sequence[CachedFile]) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]],
-                                                                  dict[int, np.ndarray]]:
+    def stacked_arrays(self, files: Placement) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]],
+                                                       dict[int, np.ndarray]]:
         """The packed arrays of `files` (accepted ones): per name, every file's rows stacked in
         file order with the index in `files` each row came from, and time spans per file index.
 
@@ -204,17 +225,14 @@ class RowCache:
         array; the second writes every batch's rows straight to their places, one gather per
         batch and layout. So the peak is the result plus one batch, not the result three times
         over (pieces, their concatenation, and that reordered)."""
-        by_batch: dict[str, np.ndarray] = {}
-        for index, cached in enumerate(files):
-            by_batch.setdefault(cached.batch, []).append(index)
-        by_batch = {batch: np.asarray(indexes, np.int64) for batch, indexes in by_batch.items()}
+        by_batch = dict(zip(files.batches, files.files_of_batch))
         layouts_of = {}
         rows_per_file: dict[str, np.ndarray] = {}
         row_type: dict[str, tuple[np.dtype, tuple]] = {}  # name -> dtype and shape of one row
         for batch, owners in by_batch.items():
             layouts = read_parquet(self.folder / f"{batch}{INDEX_SUFFIX}", columns=["arrays_layout"])
             layouts = np.array(layouts.column("arrays_layout").to_pylist(), dtype=object)
-            positions = np.fromiter((files[i].position for i in owners.tolist()), np.int64, len(owners))
+            positions = files.position[owners]
             distinct, which = np.unique(layouts[positions], return_inverse=True)
             layouts_of[batch] = (positions, distinct, which.reshape(-1))
             for number, layout_json in enumerate(distinct):
