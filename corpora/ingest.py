@@ -710,7 +710,7 @@ class _ShardFiles:
         """Each file's first row in its batch's `table` and its row count there (0: none)."""
         first, count = np.zeros(len(self), np.int64), np.zeros(len(self), np.int64)
         placement = self.placement
-        for spans, files in zip(placement.batch_spans, placement.files_of_batch):
+        for spans, files in zip(placement.batch_layouts, placement.files_of_batch):
             if table in spans.names:
                 first[files], count[files] = spans.spans[placement.position[files], spans.names.index(table)].T
         return first, count

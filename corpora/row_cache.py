@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from common.atomic import atomic_write
 from common.hashing import sha256_json
 from corpora.grouping import NearPairMemo
-from corpora.shards import TableSpec, arrow_records, arrow_rows, read_parquet, tensor_table
+from corpora.shards import TableSpec, arrow_array, arrow_records, arrow_rows, read_parquet, tensor_table
 
 CACHE_DIR = "cache"
 INDEX_SUFFIX = ".index.parquet"
@@ -64,18 +64,30 @@ INDEX_SCHEMA = pa.schema([
 ])
 
 
-class BatchSpans:
-    """Where each file of a batch has its rows in the batch's tables: one array for the batch,
-    not a dictionary per file (the index holds an entry for every file of the corpus)."""
+class BatchLayout:
+    """Where each file of a batch has its rows in the batch's tables, and how its packed arrays
+    are laid out: one array for the batch, not a dictionary per file (the index holds an entry
+    for every file of the corpus)."""
 
-    __slots__ = ("names", "spans")
+    __slots__ = ("names", "spans", "layouts", "layout_of")
 
-    def __init__(self, per_file: Sequence[dict]):
-        """`per_file`: each file's {table: [first row, rows]}, in batch order."""
+    def __init__(self, per_file: Sequence[dict], layouts: pa.ChunkedArray | Sequence[str]):
+        """`per_file`: each file's {table: [first row, rows]}, in batch order; `layouts`: each
+        file's `arrays_layout` (most files of a batch share a few), as the index's dictionary
+        column or a list."""
         self.names = tuple(sorted({name for spans in per_file for name in spans}))
         self.spans = np.zeros((len(per_file), len(self.names), 2), dtype=np.int64)
         for number, name in enumerate(self.names):  # a list per table, not an item set per file
             self.spans[:, number] = np.array([spans.get(name, (0, 0)) for spans in per_file], np.int64).reshape(-1, 2)
+        if isinstance(layouts, pa.ChunkedArray) and layouts.num_chunks == 1:
+            encoded = layouts.chunk(0)  # the index's dictionary column: the distinct layouts, a number per file
+        else:
+            values = layouts.to_pylist() if isinstance(layouts, pa.ChunkedArray) else list(layouts)
+            encoded = arrow_array(values, pa.dictionary(pa.int32(), pa.string()))
+        self.layouts = tuple(encoded.dictionary.to_pylist())
+        indices = encoded.indices  # from the buffer: `to_numpy` imports pandas (half a second) the first time
+        self.layout_of = np.frombuffer(indices.buffers()[1], f"i{indices.type.bit_width // 8}")[
+            indices.offset : indices.offset + len(indices)] if len(indices) else np.zeros(0, np.int32)
 
 
 @dataclass(slots=True)
@@ -90,20 +102,20 @@ class CachedFile:
     message: str
     content_hash: str
     notices: list  # [[stage, kind, message], ...]
-    batch_spans: BatchSpans
+    batch_layout: BatchLayout
 
     def span(self, table: str) -> tuple[int, int]:
         """(first row in the batch's `table`, rows): (0, 0) when the file has none there."""
-        names = self.batch_spans.names
+        names = self.batch_layout.names
         if table not in names:
             return 0, 0
-        first, count = self.batch_spans.spans[self.position, names.index(table)].tolist()
+        first, count = self.batch_layout.spans[self.position, names.index(table)].tolist()
         return first, count
 
     @property
     def row_spans(self) -> dict[str, tuple[int, int]]:
         """Every table the file has rows in: table -> (first, count)."""
-        return {name: span for name in self.batch_spans.names if (span := self.span(name))[1]}
+        return {name: span for name in self.batch_layout.names if (span := self.span(name))[1]}
 
 
 class Placement:
@@ -112,10 +124,10 @@ class Placement:
     the split's signatures and the shards."""
 
     def __init__(self, files: Sequence[CachedFile]):
-        spans_of: dict[str, BatchSpans] = {}  # the batches, in order of first use
+        layout_of: dict[str, BatchLayout] = {}  # the batches, in order of first use
         for cached in files:
-            spans_of.setdefault(cached.batch, cached.batch_spans)
-        self.batches, self.batch_spans = list(spans_of), list(spans_of.values())
+            layout_of.setdefault(cached.batch, cached.batch_layout)
+        self.batches, self.batch_layouts = list(layout_of), list(layout_of.values())
         number = {batch: index for index, batch in enumerate(self.batches)}
         self.batch = np.fromiter((number[cached.batch] for cached in files), np.int64, len(files))
         self.position = np.fromiter((cached.position for cached in files), np.int64, len(files))
@@ -184,22 +196,23 @@ class RowCache:
     def load_index(self) -> dict[str, CachedFile]:
         """Every file this cache holds a verdict for, by content hash (the newest batch wins)."""
         known: dict[str, CachedFile] = {}
-        columns = [name for name in INDEX_SCHEMA.names if name not in ("arrays", "arrays_layout")]
+        columns = [name for name in INDEX_SCHEMA.names if name != "arrays"]
         for path in sorted(self.folder.glob(f"b-*{INDEX_SUFFIX}"), key=lambda p: p.stat().st_mtime_ns):
             batch = path.name[: -len(INDEX_SUFFIX)]
             try:
-                table = read_parquet(path, columns=columns)
+                table = read_parquet(path, columns=columns, dictionary=["arrays_layout"])
             except (OSError, pa.ArrowInvalid):
                 continue  # unreadable: its files are decoded again
-            column = {name: table.column(name).to_pylist() for name in columns}
+            column = {name: table.column(name).to_pylist() for name in columns if name != "arrays_layout"}
             # one JSON parse per batch, not one per file: the call, not the text, is the cost
-            spans = BatchSpans(json.loads("[" + ",".join(column["row_spans"]) + "]"))
+            batch_layout = BatchLayout(json.loads("[" + ",".join(column["row_spans"]) + "]"),
+                                       table.column("arrays_layout"))
             for position, (sha, accepted, stage, error_type, message, content_hash, notices) in enumerate(zip(
                     column["sha256"], column["accepted"], column["stage"], column["error_type"], column["message"],
                     column["content_hash"], column["notices"])):
                 known[sha] = CachedFile(
                     batch, position, accepted, stage or "", error_type or "", message or "", content_hash or "",
-                    _notices(notices), spans)
+                    _notices(notices), batch_layout)
         return known
 
     def _opened(self, key: tuple[str, str], read: Callable[[], Any]) -> Any:
@@ -221,20 +234,18 @@ class RowCache:
         """The packed arrays of `files` (accepted ones): per name, every file's rows stacked in
         file order with the index in `files` each row came from, and time spans per file index.
 
-        Two passes over the batches: the first reads only the layouts, to size each stacked
-        array; the second writes every batch's rows straight to their places, one gather per
-        batch and layout. So the peak is the result plus one batch, not the result three times
-        over (pieces, their concatenation, and that reordered)."""
-        by_batch = dict(zip(files.batches, files.files_of_batch))
+        The layouts (known from the index already) size each stacked array first; then each
+        batch's rows are written straight to their places, one gather per batch and layout. So
+        the peak is the result plus one batch, not the result three times over (pieces, their
+        concatenation, and that reordered)."""
         layouts_of = {}
         rows_per_file: dict[str, np.ndarray] = {}
         row_type: dict[str, tuple[np.dtype, tuple]] = {}  # name -> dtype and shape of one row
-        for batch, owners in by_batch.items():
-            layouts = read_parquet(self.folder / f"{batch}{INDEX_SUFFIX}", columns=["arrays_layout"])
-            layouts = np.array(layouts.column("arrays_layout").to_pylist(), dtype=object)
+        for batch, batch_layout, owners in zip(files.batches, files.batch_layouts, files.files_of_batch):
             positions = files.position[owners]
-            distinct, which = np.unique(layouts[positions], return_inverse=True)
-            layouts_of[batch] = (positions, distinct, which.reshape(-1))
+            numbers, which = np.unique(batch_layout.layout_of[positions], return_inverse=True)
+            distinct = [batch_layout.layouts[number] for number in numbers.tolist()]
+            layouts_of[batch] = (owners, positions, distinct, which.reshape(-1))
             for number, layout_json in enumerate(distinct):
                 for name, dtype, shape, _, _ in _layout(layout_json):
                     if name != "time_spans" and shape and shape[0]:
@@ -249,8 +260,8 @@ class RowCache:
             stacked[name] = (np.empty((int(counts.sum()), *row_shape), dtype),
                              np.repeat(np.arange(len(files), dtype=np.int32), counts))
         time_spans: dict[int, np.ndarray] = {}
-        for batch, owners in by_batch.items():
-            positions, distinct, which = layouts_of.pop(batch)
+        for batch in files.batches:
+            owners, positions, distinct, which = layouts_of.pop(batch)
             packed = read_parquet(self.folder / f"{batch}{INDEX_SUFFIX}", columns=["arrays"]).column("arrays")
             packed = packed.combine_chunks()
             offsets = np.frombuffer(packed.buffers()[1], np.int32)[packed.offset : packed.offset + len(packed) + 1]
@@ -441,11 +452,11 @@ class BatchWriter:
             if parts:
                 _write(_stack(self.cache.specs[name], parts), folder / f"{batch}.{name}.parquet")
         _write(arrow_records(index_rows, INDEX_SCHEMA), folder / f"{batch}{INDEX_SUFFIX}")  # commit
-        batch_spans = BatchSpans(spans_of)
+        batch_layout = BatchLayout(spans_of, [row["arrays_layout"] for row in index_rows])
         for position, row in enumerate(index_rows):
             self.committed[row["sha256"]] = CachedFile(
                 batch, position, row["accepted"], row["stage"], row["error_type"], row["message"],
-                row["content_hash"], _notices(row["notices"]), batch_spans)
+                row["content_hash"], _notices(row["notices"]), batch_layout)
         if self.on_commit is not None:
             self.on_commit(batch, [(sha, result) for sha, result in self.pending if not isinstance(result, tuple)])
         self.pending, self.pending_bytes = [], 0
@@ -485,12 +496,13 @@ class _MergedBatch:
         for name, parts in self.parts.items():
             _write(pa.concat_tables(parts), folder / f"{batch}.{name}.parquet")
         _write(pa.Table.from_pylist(self.index, schema=INDEX_SCHEMA), folder / f"{batch}{INDEX_SUFFIX}")  # commit
-        batch_spans = BatchSpans([json.loads(row["row_spans"]) for row in self.index])
+        batch_layout = BatchLayout([json.loads(row["row_spans"]) for row in self.index],
+                                   [row["arrays_layout"] for row in self.index])
         for position, row in enumerate(self.index):
             old = self.known[row["sha256"]]
             self.known[row["sha256"]] = CachedFile(
                 batch, position, old.accepted, old.stage, old.error_type, old.message, old.content_hash, old.notices,
-                batch_spans)
+                batch_layout)
         self._reset()
 
 
