@@ -710,9 +710,9 @@ class _ShardFiles:
         """Each file's first row in its batch's `table` and its row count there (0: none)."""
         first, count = np.zeros(len(self), np.int64), np.zeros(len(self), np.int64)
         placement = self.placement
-        for spans, files in zip(placement.batch_layouts, placement.files_of_batch):
-            if table in spans.names:
-                first[files], count[files] = spans.spans[placement.position[files], spans.names.index(table)].T
+        for layout, files in zip(placement.batch_layouts, placement.files_of_batch):
+            if table in layout.names:
+                first[files], count[files] = layout.spans[placement.position[files], layout.names.index(table)].T
         return first, count
 
     def splits(self, files: np.ndarray, counts: np.ndarray, table: str, time_table: str | None

@@ -86,13 +86,14 @@ def arrow_array(values: Sequence, kind: pa.DataType) -> pa.Array:
         empty = b"" if pa.types.is_binary(kind) else "" if pa.types.is_string(kind) else 0
         values = [empty if value is None else value for value in values]
     if pa.types.is_string(kind) or pa.types.is_binary(kind):
-        text = "".join(values) if pa.types.is_string(kind) else None
-        # ASCII text (paths, hashes, names: nearly always) has a byte per character: one encode
-        data = values if text is not None and text.isascii() else \
-            [value.encode() for value in values] if pa.types.is_string(kind) else list(values)
+        data, joined = list(values), None
+        if pa.types.is_string(kind):
+            text = "".join(data)
+            # ASCII text (paths, hashes, names: nearly always) has a byte per character: one encode
+            data, joined = (data, text.encode()) if text.isascii() else ([value.encode() for value in data], None)
         offsets = np.zeros(len(data) + 1, np.int32)
         np.cumsum(np.fromiter(map(len, data), np.int64, len(data)), out=offsets[1:])
-        joined = text.encode() if data is values else b"".join(data)
+        joined = b"".join(data) if joined is None else joined
         return pa.Array.from_buffers(kind, len(data), [validity, pa.py_buffer(offsets), pa.py_buffer(joined)])
     if pa.types.is_boolean(kind):
         bits = np.packbits(np.asarray(values, dtype=bool), bitorder="little")
