@@ -17,6 +17,8 @@ workers, summed over /proc every 50 ms). Columns:
   ingest; one-file / full is the median of the three over the full time;
 - one-file CPU s: the median CPU seconds of the ingest process itself over the three (the
   decoders' one file aside): steadier than seconds on a shared machine, to compare two codes;
+- one-file peak MB: the tree's largest peak over the three changes, which can lie above the
+  full ingest's;
 - resume: a fresh ingest SIGKILLed once half the files are in the row cache, then the rerun;
 - with --additions N, a second table: N more files added one at a time, each followed by an
   ingest, as a corpus edited a file at a time is: the row cache's batch count before, at most
@@ -208,17 +210,19 @@ def bench_size(kind: str, size: int, scratch: Path, resume: bool = True, additio
     shutil.rmtree(raw.parent, ignore_errors=True)
     WRITERS[kind](raw, 0, size)
     full = run_ingest(kind, raw, out)
-    one_file, one_file_cpu = {}, []
+    one_file, one_file_cpu, one_file_peak = {}, [], 0.0
     for change, make in one_file_changes(kind, raw, size).items():
         make()
         result = run_ingest(kind, raw, out)
         one_file[change] = result["seconds"]
         one_file_cpu.append(result["cpu_s"])
+        one_file_peak = max(one_file_peak, result["peak_mb"])
     median = sorted(one_file.values())[1]
     result = {"kind": kind, "files": size, "full_s": full["seconds"], "files_per_s": size / full["seconds"],
               "peak_mb": full["peak_mb"], "main_peak_mb": full["main_peak_mb"],
               **{f"{change}_s": seconds for change, seconds in one_file.items()},
               "one_file_share": median / full["seconds"], "one_file_cpu_s": sorted(one_file_cpu)[1],
+              "one_file_peak_mb": one_file_peak,
               "killed_at_s": float("nan"), "resume_s": float("nan"), "resume_decoded": "-"}
     if additions:
         result["additions"] = repeated_additions(kind, raw, out, size + 2, additions)  # past the add's and edit's
@@ -249,13 +253,14 @@ def main() -> None:
             print(rows[-1], flush=True)
 
     print("\n| corpus | files | full s | files/s | peak MB | main MB | add s | edit s | remove s | one-file / full "
-          "| one-file CPU s | killed at s | resume s | resume decoded |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| one-file CPU s | one-file peak MB | killed at s | resume s | resume decoded |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['kind']} | {r['files']} | {r['full_s']:.1f} | {r['files_per_s']:.0f} | {r['peak_mb']:.0f} | "
               f"{r['main_peak_mb']:.0f} | "
               f"{r['add_s']:.1f} | {r['edit_s']:.1f} | {r['remove_s']:.1f} | {r['one_file_share']:.1%} | "
-              f"{r['one_file_cpu_s']:.2f} | {r['killed_at_s']:.1f} | {r['resume_s']:.1f} | {r['resume_decoded']} |")
+              f"{r['one_file_cpu_s']:.2f} | {r['one_file_peak_mb']:.0f} | {r['killed_at_s']:.1f} | {r['resume_s']:.1f} | "
+              f"{r['resume_decoded']} |")
     if args.additions:
         print("\n| corpus | files | additions | cache batches before | at most | after | first 5: CPU s | last 5: CPU s |")
         print("|---|---|---|---|---|---|---|---|")
@@ -267,7 +272,8 @@ def main() -> None:
         sizes = [r for r in rows if r["kind"] == kind]
         if len(sizes) > 1:
             print(f"{kind}: peak RSS at {sizes[-1]['files']} files is {sizes[-1]['peak_mb'] / sizes[0]['peak_mb']:.2f}x "
-                  f"that at {sizes[0]['files']}")
+                  f"that at {sizes[0]['files']} (full ingests), "
+                  f"{sizes[-1]['one_file_peak_mb'] / sizes[0]['one_file_peak_mb']:.2f}x (one-file changes)")
 
 
 if __name__ == "__main__":
