@@ -131,7 +131,7 @@ def _stable_order(name: str) -> str:
 
 def link_equal_keys(keys: np.ndarray, owners: np.ndarray, union: _UnionFind) -> None:
     files = int(owners.max(initial=0)) + 1
-    key_numbers, holders = np.divmod(_repeated_key_rows(keys, owners, files), files)
+    key_numbers, holders = np.divmod(_repeated_key_rows(keys, owners, files)[0], files)
     same = np.flatnonzero(key_numbers[1:] == key_numbers[:-1])
     union.union_pairs(holders[same], holders[same + 1])
 
@@ -301,12 +301,8 @@ def _shared_keys(keys: np.ndarray, owners: np.ndarray, files: int) -> tuple[np.n
     """(key, file) of the keys found more than once, one row per key a file holds, sorted by
     key then file, each key given as its number among those keys; and each file's number of
     distinct keys."""
-    sizes = np.bincount(owners, minlength=files)
-    rows = _repeated_key_rows(keys, owners, files)
-    distinct = np.ones(len(rows), dtype=bool)
-    distinct[1:] = rows[1:] != rows[:-1]
-    sizes -= np.bincount(rows[~distinct] % files, minlength=files)
-    rows = rows[distinct]
+    rows, repeats = _repeated_key_rows(keys, owners, files)
+    sizes = np.bincount(owners, minlength=files) - repeats
     holders = np.remainder(rows, files, out=np.empty(len(rows), np.int32), casting="unsafe")
     return np.floor_divide(rows, files, out=rows), holders, sizes  # in place: the rows become key numbers
 
@@ -337,31 +333,36 @@ def _shared_key_counts(owners: np.ndarray, partners: np.ndarray, first: int, sto
     return codes // files, codes % files, shared
 
 
-def _repeated_key_rows(keys: np.ndarray, owners: np.ndarray, files: int, parts: int = 8) -> np.ndarray:
-    """One int64 for each row whose key is found more than once: the key's number among those
-    keys times `files`, plus the row's owner; sorted. Only such keys can link files, and most
-    keys are a single file's. The keys are sorted a part at a time (parts by their low bits),
-    so each copy is an eighth of the keys, and the numbers of a part follow the last part's."""
+def _repeated_key_rows(keys: np.ndarray, owners: np.ndarray, files: int, parts: int = 8
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """For the keys found more than once (only they can link files; most keys are a single
+    file's): one int64 per (key, file holding it), the key's number among those keys times
+    `files` plus the file, sorted, each pair once; and per file, how many of its rows repeat a
+    pair. The keys are sorted a part at a time (parts by their low bits), each part's numbers
+    following the last part's, so the copies are a part's size, not the keys'; each part's
+    pairs are made distinct before they are joined."""
     part_of = np.empty(len(keys), np.uint8)
     for start in range(0, len(keys), 1 << 16):
         part_of[start : start + (1 << 16)] = keys[start : start + (1 << 16)] & (parts - 1)
-    found, numbered = [], 0
+    found, numbered, repeats = [], 0, np.zeros(files, np.int64)
     for part in range(parts):
         members = np.flatnonzero(part_of == part)
         if not len(members):
             continue
         members = members[np.argsort(keys[members])]
         ordered = keys[members]
-        new_key = np.r_[True, ordered[1:] != ordered[:-1]]
-        key_of_row = np.cumsum(new_key) - 1
+        key_of_row = np.cumsum(np.r_[True, ordered[1:] != ordered[:-1]]) - 1
         repeated = np.bincount(key_of_row) > 1
         kept = repeated[key_of_row]
         number = numbered + np.cumsum(repeated) - 1  # the numbers of this part's repeated keys
-        found.append(number[key_of_row[kept]] * files + owners[members[kept]])
+        rows = number[key_of_row[kept]] * files + owners[members[kept]]
+        rows.sort()
+        again = np.zeros(len(rows), bool)  # a (key, file) pair met before: a key repeated within a file
+        again[1:] = rows[1:] == rows[:-1]
+        repeats += np.bincount(rows[again] % files, minlength=files)
+        found.append(rows[~again])
         numbered += int(repeated.sum())
-    rows = np.concatenate(found) if found else np.empty(0, np.int64)
-    rows.sort()  # by key number, then owner (owners need not come in order)
-    return rows
+    return (np.concatenate(found) if found else np.empty(0, np.int64)), repeats
 
 
 def _in_sorted(values: np.ndarray, sorted_set: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
