@@ -797,16 +797,13 @@ def _write_table(spec: TableSpec, files: _ShardFiles, time_table: str | None, ca
     def write_rows(chosen: np.ndarray) -> None:
         """Append the rows of `chosen` files: one slice per run of rows contiguous in one batch."""
         batch, start, rows = files.placement.batch[chosen], first[chosen], count[chosen]
-        new_run = np.r_[True, (batch[1:] != batch[:-1]) | (start[1:] != start[:-1] + rows[:-1])]
-        run_of = np.cumsum(new_run) - 1
-        run_rows = np.bincount(run_of, weights=rows).astype(np.int64)
-        slices = [cache.table_rows(files.placement.batches[b], spec.name, s, n)
-                  for b, s, n in zip(batch[new_run].tolist(), start[new_run].tolist(), run_rows.tolist())]
+        runs = np.flatnonzero(np.r_[True, (batch[1:] != batch[:-1]) | (start[1:] != start[:-1] + rows[:-1])])
+        slices = [cache.table_rows(files.placement.batches[b], spec.name, s, n) for b, s, n
+                  in zip(batch[runs].tolist(), start[runs].tolist(), np.add.reduceat(rows, runs).tolist())]
         table = pa.concat_tables(slices)
-        splits = files.splits(chosen, rows, spec.name, time_table)
-        columns = [repeated_array([files.lineage[name][i] for i in chosen.tolist()], rows, kind)
-                   for name, kind in LINEAGE_COLUMNS.items() if name != "split"]
-        columns.insert(list(LINEAGE_COLUMNS).index("split"), repeated_array(*splits, LINEAGE_COLUMNS["split"]))
+        lineage = {name: ([values[i] for i in chosen.tolist()], rows) for name, values in files.lineage.items()}
+        lineage["split"] = files.splits(chosen, rows, spec.name, time_table)  # a file split by time has several runs
+        columns = [repeated_array(*lineage[name], kind) for name, kind in LINEAGE_COLUMNS.items()]
         writer.append(pa.Table.from_arrays([*table.columns, *columns], schema=schema))
 
     for start, stop in _shard_bounds(count, files.draw, writer.rows_per_shard):
