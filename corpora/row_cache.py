@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from common.atomic import atomic_write
 from common.hashing import sha256_json
 from corpora.grouping import NearPairMemo
-from corpora.shards import TableSpec, arrow_array, arrow_records, arrow_rows, read_parquet, tensor_table
+from corpora.shards import TableSpec, arrow_array, arrow_records, arrow_rows, integer_values, read_parquet, tensor_table
 
 CACHE_DIR = "cache"
 INDEX_SUFFIX = ".index.parquet"
@@ -85,9 +85,7 @@ class BatchLayout:
             values = layouts.to_pylist() if isinstance(layouts, pa.ChunkedArray) else list(layouts)
             encoded = arrow_array(values, pa.dictionary(pa.int32(), pa.string()))
         self.layouts = tuple(encoded.dictionary.to_pylist())
-        indices = encoded.indices  # from the buffer: `to_numpy` imports pandas (half a second) the first time
-        self.layout_of = np.frombuffer(indices.buffers()[1], f"i{indices.type.bit_width // 8}")[
-            indices.offset : indices.offset + len(indices)] if len(indices) else np.zeros(0, np.int32)
+        self.layout_of = integer_values(encoded.indices)
 
 
 @dataclass(slots=True)
