@@ -309,10 +309,10 @@ def ingest(
     files = scanned.files
     # files read afresh (new, changed, or changed just before the last scan) are the likely decodes:
     # the decoders' fork server then starts now, its imports running beside the rest of this
-    if any(f.sha256 and known_hashes.get(f.relpath, ())[4:] != (f.sha256,) for f in files):
+    if scanned.fresh:
         start_fork_server(*_decoder(modality))
     remember_hashes(scanned, cache.hashes_file, known_hashes, scan_started_ns)
-    del known_hashes, scanned  # a few objects per file, and the stats: not held through the rest
+    del known_hashes, scanned  # the memo's columns, and the stats: not held through the rest
     fingerprint = sha256_json(
         {
             "code_version": modality.code_version,

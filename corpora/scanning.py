@@ -29,10 +29,11 @@ import pyarrow.parquet as pq
 
 from common.atomic import atomic_write
 from common.hashing import sha256_file, sha256_json
-from corpora.shards import arrow_table, read_parquet
+from corpora.shards import arrow_table, integer_values, read_parquet
 
-HASHES_SCHEMA = pa.schema([("relpath", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()),
-                           ("ctime_ns", pa.int64()), ("inode", pa.int64()), ("sha256", pa.string())])
+STAT_COLUMNS = ("size", "mtime_ns", "ctime_ns", "inode")
+HASHES_SCHEMA = pa.schema([("relpath", pa.string()), *((name, pa.int64()) for name in STAT_COLUMNS),
+                           ("sha256", pa.string())])
 
 
 class SourceFile(NamedTuple):  # a tuple: built once per file of the corpus on every scan, ~4x cheaper than a dataclass
@@ -54,6 +55,7 @@ class Scan(NamedTuple):
     # (files, 4) int64: each file's size, mtime_ns, ctime_ns and inode (zeros where it has none),
     # as columns: as three int objects per file they cost about 140 bytes a file to the ingest's end
     stats: np.ndarray
+    fresh: int  # files whose content hash is new to the memo (new or changed files: the likely decodes)
 
 
 def displayable(text: str) -> str:
@@ -132,15 +134,10 @@ def _link_problem(entry: os.DirEntry, root: str) -> tuple[str, str] | None:
     return None
 
 
-def _hash(root: str, relpath: str, path: str, stat: tuple[int, int, int, int], known: dict) -> SourceFile:
-    size, mtime_ns, ctime_ns, inode = stat
-    odd_path = None if path == f"{root}{os.sep}{relpath}" else path
-    remembered = known.get(relpath)
-    if remembered is not None and remembered[0] == size and remembered[1] == mtime_ns and \
-            remembered[2] == ctime_ns and remembered[3] == inode:
-        return SourceFile(root, relpath, size, remembered[4], odd_path=odd_path)
+def _read(root: str, relpath: str, size: int, odd_path: str | None) -> SourceFile:
+    """The file with its content hash read, or with the reason it could not be read."""
     try:
-        digest = sha256_file(path)
+        digest = sha256_file(odd_path or f"{root}{os.sep}{relpath}")
     except FileNotFoundError:
         return SourceFile(root, relpath, size, "", (
             "read", "FileVanished", "the file disappeared while the corpus was scanned"), odd_path)
@@ -150,35 +147,77 @@ def _hash(root: str, relpath: str, path: str, stat: tuple[int, int, int, int], k
     return SourceFile(root, relpath, size, digest, odd_path=odd_path)
 
 
-def load_hashes(hashes_file: Path) -> dict[str, tuple]:
-    """The last scan's hashes: relpath -> (size, mtime_ns, ctime_ns, inode, sha256) ({} when none)."""
-    if not hashes_file.is_file():
-        return {}
-    table = read_parquet(hashes_file)
-    return dict(zip(table.column("relpath").to_pylist(),
-                    zip(*(table.column(name).to_pylist() for name in HASHES_SCHEMA.names[1:]))))
+class HashMemo:
+    """The last scan's hashes, kept as the Arrow table they are stored as (HASHES_SCHEMA): a few
+    buffers rather than objects per file, which cost about 700 bytes a file as a dict of tuples.
+    (No `pyarrow.compute` here: every decoder process imports this module, and it costs each 10 MB.)"""
+
+    def __init__(self, table: pa.Table | None = None):
+        # built from buffers: `Schema.empty_table` imports pandas (half a second)
+        self.table = arrow_table([[]] * len(HASHES_SCHEMA), HASHES_SCHEMA) if table is None else table
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def rows_of(self, relpaths: list[str]) -> np.ndarray:
+        """Each path's row in the memo, -1 where it has none."""
+        row_of = {relpath: row for row, relpath in enumerate(self.table.column("relpath").to_pylist())}
+        return np.fromiter((row_of.get(relpath, -1) for relpath in relpaths), np.int64, len(relpaths))
+
+    def unchanged(self, rows: np.ndarray, stats: np.ndarray) -> np.ndarray:
+        """Whether each file (its row of `rows_of`) has the size and times the memo holds."""
+        same = rows >= 0
+        if same.any():
+            remembered = np.stack([integer_values(self.table.column(name)) for name in STAT_COLUMNS], axis=1)
+            same[same] = (remembered[rows[same]] == stats[same]).all(axis=1)
+        return same
+
+    def sha256s(self) -> list[str]:
+        """Every remembered hash, by row."""
+        return self.table.column("sha256").to_pylist()
 
 
-def scan_with_stats(raw_dir: Path, known: dict[str, tuple] | None = None, keep: Callable[[str], bool] | None = None
+def load_hashes(hashes_file: Path) -> HashMemo:
+    """The last scan's hashes (an empty memo when there are none)."""
+    return HashMemo(read_parquet(hashes_file)) if hashes_file.is_file() else HashMemo()
+
+
+def scan_with_stats(raw_dir: Path, known: HashMemo | None = None, keep: Callable[[str], bool] | None = None
                     ) -> Scan:
     """Every non-hidden file under `raw_dir` (whose relative path `keep` accepts), sorted by
     relative path, with its content hash (taken from `known`, see `load_hashes`, for files
     whose size and times are unchanged), and the stats `remember_hashes` keeps."""
     root = str(raw_dir)
-    files, stats = [], array("q")  # flat int64s as they come, not a tuple per file until the end
+    relpaths, stats, odd_paths, problems = [], array("q"), {}, {}  # columns as they come, not a tuple per file
     for relpath, path, stat, problem in _listing(raw_dir):
         if keep is not None and not keep(relpath):
             continue
+        if path != f"{root}{os.sep}{relpath}":
+            odd_paths[len(relpaths)] = path
         if problem is not None:
-            files.append(SourceFile(root, relpath, 0, "", problem, path))
-            stats.extend((0, 0, 0, 0))
+            problems[len(relpaths)] = problem
+        stats.extend(stat or (0, 0, 0, 0))
+        relpaths.append(relpath)
+    stat_rows = np.frombuffer(stats, np.int64).reshape(-1, 4)
+    known = known or HashMemo()
+    rows = known.rows_of(relpaths)
+    unchanged = known.unchanged(rows, stat_rows)
+    unchanged[list(problems)] = False
+    remembered = known.sha256s()
+    files, fresh = [], 0
+    for index, (relpath, size, row, same) in enumerate(zip(relpaths, stat_rows[:, 0].tolist(), rows.tolist(),
+                                                          unchanged.tolist())):
+        if same:
+            files.append(SourceFile(root, relpath, size, remembered[row], odd_path=odd_paths.get(index)))
+        elif index in problems:
+            files.append(SourceFile(root, relpath, 0, "", problems[index], odd_paths.get(index)))
         else:
-            files.append(_hash(root, relpath, path, stat, known or {}))
-            stats.extend(stat)
-    return Scan(files, np.frombuffer(stats, np.int64).reshape(-1, 4))
+            files.append(read := _read(root, relpath, size, odd_paths.get(index)))
+            fresh += bool(read.sha256) and (row < 0 or read.sha256 != remembered[row])
+    return Scan(files, stat_rows, fresh)
 
 
-def scan(raw_dir: Path, known: dict[str, tuple] | None = None, keep: Callable[[str], bool] | None = None
+def scan(raw_dir: Path, known: HashMemo | None = None, keep: Callable[[str], bool] | None = None
          ) -> list[SourceFile]:
     """The files of `scan_with_stats`, for callers that remember no hashes."""
     return scan_with_stats(raw_dir, known, keep).files
@@ -191,19 +230,17 @@ def scan(raw_dir: Path, known: dict[str, tuple] | None = None, keep: Callable[[s
 RACY_WINDOW_NS = 2_000_000_000
 
 
-def remember_hashes(scanned: Scan, hashes_file: Path, known: dict[str, tuple], scan_started_ns: int) -> None:
+def remember_hashes(scanned: Scan, hashes_file: Path, known: HashMemo, scan_started_ns: int) -> None:
     """Write this scan's hashes for the next one (but those of files changed after
     `scan_started_ns` or in the RACY_WINDOW_NS before it), unless `known` holds them already."""
-    files, stats = scanned
+    files, stats = scanned.files, scanned.stats
     settled_before = scan_started_ns - RACY_WINDOW_NS
     hashed = np.fromiter((bool(f.sha256) for f in files), bool, len(files))
     rows = np.flatnonzero(hashed & (stats[:, 1] < settled_before) & (stats[:, 2] < settled_before)).tolist()
-    relpaths, sha256s, kept = [files[i].relpath for i in rows], [files[i].sha256 for i in rows], stats[rows]
-    if len(rows) == len(known) and all(known.get(relpath) == (*stat, sha256) for relpath, stat, sha256
-                                       in zip(relpaths, kept.tolist(), sha256s)):
-        return
-    table = arrow_table([relpaths, *kept.T, sha256s], HASHES_SCHEMA)
-    atomic_write(hashes_file, lambda file: pq.write_table(table, file, compression="zstd"))
+    table = arrow_table([[files[i].relpath for i in rows], *stats[rows].T, [files[i].sha256 for i in rows]],
+                        HASHES_SCHEMA)
+    if not table.equals(known.table):
+        atomic_write(hashes_file, lambda file: pq.write_table(table, file, compression="zstd"))
 
 
 def part_of(relpath: str, parts: int) -> int:
@@ -219,7 +256,7 @@ def folder_signature(raw_dir: Path) -> str:
                         for relpath, _, stat, _ in _listing(raw_dir)])
 
 
-def folder_fingerprint(raw_dir: Path, known: dict[str, tuple] | None = None) -> str:
+def folder_fingerprint(raw_dir: Path, known: HashMemo | None = None) -> str:
     """A hash of every file's relative path and content: touching a file does not change it.
     Hashes in `known` (the last ingest's, see `load_hashes`) stand for files it saw unchanged."""
     return sha256_json([(f.relpath, f.sha256) for f in scan(raw_dir, known)])

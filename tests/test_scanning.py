@@ -8,7 +8,7 @@ import time
 import types
 
 import corpora.scanning
-from corpora.scanning import RACY_WINDOW_NS, load_hashes, remember_hashes, scan, scan_with_stats
+from corpora.scanning import RACY_WINDOW_NS, HashMemo, load_hashes, remember_hashes, scan, scan_with_stats
 
 
 def test_the_scan_reads_again_only_the_files_whose_stat_changed(tmp_path, monkeypatch):
@@ -18,7 +18,8 @@ def test_the_scan_reads_again_only_the_files_whose_stat_changed(tmp_path, monkey
         (corpus / name).write_bytes(name.encode() * 100)
     first = scan_with_stats(corpus, load_hashes(hashes_file))
     later = time.time_ns() + 60 * 10**9  # as if the files had settled long before the next scan
-    remember_hashes(first, hashes_file, {}, scan_started_ns=later)
+    remember_hashes(first, hashes_file, HashMemo(), scan_started_ns=later)
+    assert first.fresh == 3
     first = first.files
 
     edited = corpus / "b.bin"
@@ -36,14 +37,14 @@ def test_the_scan_reads_again_only_the_files_whose_stat_changed(tmp_path, monkey
     second_started = time.time_ns()
     second = scan_with_stats(corpus, load_hashes(hashes_file))
 
-    assert read == ["b.bin"]
+    assert read == ["b.bin"] and second.fresh == 1
     hashes = {f.relpath: f.sha256 for f in second.files}
     assert hashes["b.bin"] == hashlib.sha256(b"B" * kept.st_size).hexdigest() != first[1].sha256
     assert hashes["a.bin"] == first[0].sha256 and hashes["c.bin"] == first[2].sha256
 
     # remembered at the real time, every file was changed seconds ago: none is trusted next time
     remember_hashes(second, hashes_file, load_hashes(hashes_file), second_started)
-    assert load_hashes(hashes_file) == {}
+    assert len(load_hashes(hashes_file)) == 0
     read.clear()
     scan(corpus, load_hashes(hashes_file))
     assert read == ["a.bin", "b.bin", "c.bin"]
@@ -56,12 +57,14 @@ def test_a_file_changed_after_the_scan_began_is_not_remembered(tmp_path):
     corpus, hashes_file = tmp_path / "corpus", tmp_path / "hashes.parquet"
     corpus.mkdir()
     (corpus / "a.bin").write_bytes(b"a" * 10)
-    files = scan_with_stats(corpus, {})
+    files = scan_with_stats(corpus)
     changed_ns = int(max(files.stats[0, 1], files.stats[0, 2]))
-    remember_hashes(files, hashes_file, {}, scan_started_ns=changed_ns - 1)
-    assert load_hashes(hashes_file) == {}
-    remember_hashes(files, hashes_file, {}, scan_started_ns=changed_ns + RACY_WINDOW_NS + 1)
-    assert load_hashes(hashes_file)["a.bin"][4] == files.files[0].sha256
+    remember_hashes(files, hashes_file, HashMemo(), scan_started_ns=changed_ns - 1)
+    assert len(load_hashes(hashes_file)) == 0
+    remember_hashes(files, hashes_file, HashMemo(), scan_started_ns=changed_ns + RACY_WINDOW_NS + 1)
+    remembered = load_hashes(hashes_file).table
+    assert remembered.column("relpath").to_pylist() == ["a.bin"]
+    assert remembered.column("sha256").to_pylist() == [files.files[0].sha256]
 
 
 def test_a_scan_leaves_no_reference_cycles(tmp_path):
@@ -77,7 +80,7 @@ def test_a_scan_leaves_no_reference_cycles(tmp_path):
     gc.disable()
     gc.set_debug(gc.DEBUG_SAVEALL)  # what a collection finds is kept in gc.garbage
     try:
-        files = scan(corpus, {})
+        files = scan(corpus)
         gc.collect()
         relpaths = {f.relpath for f in files}
 
@@ -105,6 +108,6 @@ def test_the_scan_lists_files_in_order_of_relative_path(tmp_path):
     for name in names:
         (corpus / name).parent.mkdir(parents=True, exist_ok=True)
         (corpus / name).write_bytes(name.encode())
-    scanned = scan_with_stats(corpus, {})
+    scanned = scan_with_stats(corpus)
     assert [f.relpath for f in scanned.files] == sorted(names)
     assert scanned.stats[:, 0].tolist() == [len(name.encode()) for name in sorted(names)]
