@@ -31,7 +31,7 @@ from corpora.grouping import (HELDOUT, FileSignatures, SplitPlan, SplitSettings,
 from corpora.row_cache import CachedFile, Placement, RowCache, cache_key
 from corpora.scanning import SourceFile, displayable, load_hashes, part_of, remember_hashes, scan, scan_with_stats
 from corpora.shards import ShardWriter, TableSpec, arrow_array, arrow_records, arrow_table, read_parquet, write_parquet
-from corpora.workers import ItemFailure, map_isolated, start_fork_server
+from corpora.workers import ItemFailure, map_isolated, start_fork_server, stop_fork_server
 from provenance.licences import Licences, count_licences, is_licence_file, licence_name, read_licences
 
 MANIFEST_NAME = "manifest.json"
@@ -148,6 +148,10 @@ class IngestSettings:
     # killed ingest can lose, and (times the cache's open batches) what reading them back holds.
     batch_files: int = 512
     batch_megabytes: int = 16
+    # From this many files on, the split's memory outgrows that of the decoders' idle fork server
+    # (about 70 MB of imports), which is then stopped once decoding is done; below it the server
+    # stays up for the next ingest in this process, which would wait half a second to start it.
+    stop_decoders_from_files: int = 20_000
 
     def split_settings(self) -> SplitSettings:
         return SplitSettings(heldout_percent=self.heldout_percent, group_by=self.group_by,
@@ -331,6 +335,8 @@ def ingest(
 
     known = cache.load_index()
     rejections, duplicates, accepted, decoded = _sort_files(modality, config, files, settings, cache, known, progress)
+    if len(files) >= settings.stop_decoders_from_files:
+        stop_fork_server()
     near_memo = cache.load_near_memo()
     # each accepted file's path, hash and place in the cache, shared by the split, the shards and the groups table
     relpaths, sha256s = [source.relpath for source, _ in accepted], [source.sha256 for source, _ in accepted]

@@ -98,6 +98,11 @@ def start_fork_server(fn: Callable[[Any], Any], preload: Sequence[str] = ()) -> 
     multiprocessing.forkserver.ensure_running()
 
 
+def stop_fork_server() -> None:
+    """Stop the fork server, and so free the memory of its imports, until a decode needs it again."""
+    multiprocessing.forkserver._forkserver._stop()  # private (multiprocessing's own tests call it): there is no public way
+
+
 def map_isolated(
     fn: Callable[[Any], Any],
     items: Sequence[Any],

@@ -306,3 +306,33 @@ def test_an_ingest_leaves_the_cyclic_garbage_collector_as_it_found_it(tmp_path):
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def fork_servers_of_this_process() -> list[int]:
+    """The pids of this process's children that run multiprocessing's fork server."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            command = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid() and b"forkserver" in command:
+            found.append(int(entry))
+    return found
+
+
+def test_a_large_corpus_stops_the_decoders_before_the_split_and_the_next_ingest_starts_them(tmp_path):
+    """The idle fork server's imports would sit beside the split's memory; from
+    `stop_decoders_from_files` on, it is stopped once decoding is done (here from 0 files)."""
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    write_pngs(raw, 12, seed=6)
+    stopping = IngestSettings(workers=1, heldout_percent=30, batch_files=8, stop_decoders_from_files=0)
+    first = ingest(IMAGES, CONFIG, raw, out, stopping, progress=lambda message: None)
+    assert first.decoded_files == 12 and fork_servers_of_this_process() == []
+
+    Image.fromarray(np.full((12, 12), 9, np.uint8)).save(raw / "class-0" / "added.png")
+    kept = ingest(IMAGES, CONFIG, raw, out, SETTINGS, progress=lambda message: None)  # 13 files, below 20,000
+    assert kept.decoded_files == 1 and kept.counts["ingested"] == 13 and accounted(kept)
+    assert len(fork_servers_of_this_process()) == 1
+    assert kept.version == fresh_version(raw, tmp_path / "fresh")
