@@ -134,17 +134,14 @@ def _link_problem(entry: os.DirEntry, root: str) -> tuple[str, str] | None:
     return None
 
 
-def _read(root: str, relpath: str, size: int, odd_path: str | None) -> SourceFile:
-    """The file with its content hash read, or with the reason it could not be read."""
+def _read(file: SourceFile) -> SourceFile:
+    """`file` with its content hash read, or with the reason it could not be read."""
     try:
-        digest = sha256_file(odd_path or f"{root}{os.sep}{relpath}")
+        return file._replace(sha256=sha256_file(file.path))
     except FileNotFoundError:
-        return SourceFile(root, relpath, size, "", (
-            "read", "FileVanished", "the file disappeared while the corpus was scanned"), odd_path)
+        return file._replace(problem=("read", "FileVanished", "the file disappeared while the corpus was scanned"))
     except OSError as exc:
-        return SourceFile(root, relpath, size, "", (
-            "read", type(exc).__name__, f"the file cannot be read: {exc.strerror or exc}"), odd_path)
-    return SourceFile(root, relpath, size, digest, odd_path=odd_path)
+        return file._replace(problem=("read", type(exc).__name__, f"the file cannot be read: {exc.strerror or exc}"))
 
 
 class HashMemo:
@@ -202,17 +199,16 @@ def scan_with_stats(raw_dir: Path, known: HashMemo | None = None, keep: Callable
     known = known or HashMemo()
     rows = known.rows_of(relpaths)
     unchanged = known.unchanged(rows, stat_rows)
-    unchanged[list(problems)] = False
     remembered = known.sha256s()
     files, fresh = [], 0
     for index, (relpath, size, row, same) in enumerate(zip(relpaths, stat_rows[:, 0].tolist(), rows.tolist(),
                                                           unchanged.tolist())):
-        if same:
-            files.append(SourceFile(root, relpath, size, remembered[row], odd_path=odd_paths.get(index)))
-        elif index in problems:
+        if index in problems:
             files.append(SourceFile(root, relpath, 0, "", problems[index], odd_paths.get(index)))
+        elif same:
+            files.append(SourceFile(root, relpath, size, remembered[row], odd_path=odd_paths.get(index)))
         else:
-            files.append(read := _read(root, relpath, size, odd_paths.get(index)))
+            files.append(read := _read(SourceFile(root, relpath, size, "", odd_path=odd_paths.get(index))))
             fresh += bool(read.sha256) and (row < 0 or read.sha256 != remembered[row])
     return Scan(files, stat_rows, fresh)
 
