@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -218,8 +219,9 @@ class ShardInfo:
 
 class ShardWriter:
     """Rows in, in order; shards of about `shard_megabytes` out, each written atomically. A
-    shard is streamed to its file a row group at a time, so the writer holds about one row
-    group's rows, never a whole shard's."""
+    shard is streamed to its file a row group at a time, so the writer holds about two row
+    groups' rows, never a whole shard's: Parquet encodes and compresses one on a thread (without
+    the GIL) while the caller builds the next."""
 
     def __init__(self, spec: TableSpec, folder: Path, relative_to: Path, shard_megabytes: int):
         self.spec, self.folder, self.relative_to = spec, folder, relative_to
@@ -230,6 +232,8 @@ class ShardWriter:
         self.buffered = 0  # rows of the current shard, written or not
         self.shards: list[ShardInfo] = []
         self._file: tuple[ExitStack, pq.ParquetWriter, Path] | None = None  # the shard being written
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer")
+        self._writing: Future | None = None  # the row group on the thread; one at a time bounds the memory
 
     def append(self, table: pa.Table) -> None:
         while len(table):
@@ -244,6 +248,7 @@ class ShardWriter:
     def close(self) -> list[ShardInfo]:
         if self.buffered or not self.shards:  # an empty table still gets its one (empty) shard
             self._finish_shard()
+        self._thread.shutdown()
         return self.shards
 
     def cut(self, key: str = "") -> None:
@@ -283,11 +288,19 @@ class ShardWriter:
                 temporary = stack.enter_context(atomic_path(self._path()))
                 writer = stack.enter_context(pq.ParquetWriter(temporary, self.schema, **PARQUET_OPTIONS))
                 self._file = (stack, writer, temporary)
-            self._file[1].write_table(group, row_group_size=self.row_group)
+            self._wait()
+            self._writing = self._thread.submit(self._file[1].write_table, group, row_group_size=self.row_group)
+
+    def _wait(self) -> None:
+        """Until the row group on the thread is written (raising what writing it raised)."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            writing.result()
 
     def _finish_shard(self, key: str = "") -> None:
         path = self._path()
         self._write_row_groups(last=True)
+        self._wait()
         if self._file is None:
             write_parquet(arrow_rows([], self.schema), path, row_group_size=self.row_group)
         else:
