@@ -30,7 +30,9 @@ tune shares with its other settings (another key, another harmonisation).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -208,7 +210,8 @@ def _top_by_pianoroll(pitch, onset, end, total_steps: int) -> np.ndarray:
 
 def tokens_from_skyline(top: np.ndarray, struck: np.ndarray) -> np.ndarray:
     """Melody tokens for a per-step top pitch (-1 = silence) and its note starts (last axis = steps)."""
-    previous = np.concatenate((np.full((*top.shape[:-1], 1), -1, np.int16), top[..., :-1]), axis=-1)
+    previous = np.empty_like(top)  # the pitch a step before (silence before the first)
+    previous[..., 0], previous[..., 1:] = -1, top[..., :-1]
     sounding = top >= 0
     note_on = sounding & ((top != previous) | struck)
     rest = np.where(~sounding & (previous >= 0), NOTE_OFF, HOLD)
@@ -276,7 +279,7 @@ class PieceNotes:
     track: np.ndarray
     is_drum: np.ndarray
 
-    @property
+    @functools.cached_property  # asked for by several steps of a file's decoding
     def total_steps(self) -> int:
         return int((self.onset_step + self.duration_steps).max()) if len(self.pitch) else 0
 
@@ -399,13 +402,16 @@ def validated_notes(data: bytes, score: symusic.Score, config: MidiCorpusConfig)
     _check_range(notes.velocity, config.min_velocity, config.max_velocity, "velocity", "VelocityOutOfRange")
     _check_range(notes.program, 0, _MIDI_DATA_MAX, "program", "ProgramOutOfRange")
     end_tick = int((start + length).max())
-    duration_s = seconds_at(end_tick, tempo_ticks, mspq, tpq)
-    if duration_s > config.max_duration_s:
-        raise Rejected(
-            f"the last note ends after {duration_s:,.0f} s, above the limit of {config.max_duration_s:,.0f} s",
-            "validate",
-            "ImplausibleDuration",
-        )
+    slowest_mspq = max(int(mspq.max()) if len(mspq) else 0, _DEFAULT_MSPQ)
+    # the slowest tempo throughout bounds the duration: most files need no walk of the tempo map
+    if end_tick * slowest_mspq > config.max_duration_s * tpq * 1e6:
+        duration_s = seconds_at(end_tick, tempo_ticks, mspq, tpq)
+        if duration_s > config.max_duration_s:
+            raise Rejected(
+                f"the last note ends after {duration_s:,.0f} s, above the limit of {config.max_duration_s:,.0f} s",
+                "validate",
+                "ImplausibleDuration",
+            )
     return quantize(notes, tpq, config)
 
 
@@ -443,9 +449,8 @@ def ticks_to_steps(ticks: np.ndarray, tpq: int, steps_per_quarter: int) -> np.nd
 def content_hash(notes: PieceNotes) -> str:
     """Hash of the quantized music itself: the same notes saved twice (other tempo, other
     track order, other file layout) hash the same."""
-    content = np.stack(
-        [notes.onset_step, notes.pitch, notes.duration_steps, notes.velocity, notes.program, notes.is_drum]
-    ).astype(np.int64)
+    content = np.array(
+        [notes.onset_step, notes.pitch, notes.duration_steps, notes.velocity, notes.program, notes.is_drum], np.int64)
     content = content[:, np.lexsort(content[::-1])]
     return hashlib.sha256(content.tobytes()).hexdigest()
 
@@ -497,12 +502,14 @@ def bar_grid(signatures: TimeSignatures, total_steps: int, config: MidiCorpusCon
     order = np.argsort(step[usable], kind="stable")
     step, numerator, denominator = step[usable][order], numerator[usable][order], denominator[usable][order]
     # of several events at one step the last one holds; events at or after the end change nothing
-    in_effect = np.append(step[1:] != step[:-1], True) & (step < total_steps)
+    in_effect = step < total_steps
+    in_effect[:-1] &= step[1:] != step[:-1]
     step, numerator, denominator = step[in_effect], numerator[in_effect], denominator[in_effect]
     if len(step) == 0 or step[0] > 0:  # until its first time signature a MIDI file is in 4/4
         step, numerator, denominator = np.append(0, step), np.append(4, numerator), np.append(4, denominator)
 
-    end = np.append(step[1:], total_steps)
+    end = np.empty_like(step)  # each stretch ends where the next begins, the last with the piece
+    end[:-1], end[-1] = step[1:], total_steps
     bar_length = numerator * 4 * config.steps_per_quarter / denominator  # in steps, not always whole
     origin = step.astype(np.float64)  # where each stretch's bar grid starts
     first = 0
@@ -599,7 +606,7 @@ def transposition_free_keys(windows: np.ndarray) -> np.ndarray:
     Every note-on is measured from the window's lowest note-on (one shift for all voices), so
     note-ons become 0..127 and NOTE_OFF and HOLD keep their own values.
     """
-    flat = windows.reshape(len(windows), int(np.prod(windows.shape[1:])))
+    flat = windows.reshape(len(windows), math.prod(windows.shape[1:]))
     is_note_on = flat < NUM_PITCHES
     lowest = np.where(is_note_on, flat, NUM_PITCHES).min(axis=1, initial=NUM_PITCHES)
     shift = np.where(lowest < NUM_PITCHES, lowest, 0).astype(np.uint8)
@@ -623,7 +630,7 @@ def work_keys(top: np.ndarray, struck: np.ndarray) -> np.ndarray:
 def work_keys_of_tokens(tokens: np.ndarray) -> np.ndarray:
     """`work_keys` of a top voice already tokenized (silence and HOLDs around it change nothing)."""
     pitches = tokens[tokens < NUM_PITCHES].astype(np.int64)
-    intervals = np.diff(pitches)
+    intervals = pitches[1:] - pitches[:-1]
     intervals = intervals[intervals != 0]  # a repeated pitch is one event of the tune
     if len(intervals) < WORK_NGRAM:
         return np.empty(0, dtype=np.uint64)
@@ -633,7 +640,9 @@ def work_keys_of_tokens(tokens: np.ndarray) -> np.ndarray:
     for i in range(1, WORK_NGRAM):
         packed |= grams[i : i + count] << np.uint64(8 * i)
     keys = np.sort(_mix64(packed))
-    return keys[np.append(True, keys[1:] != keys[:-1])]
+    first = np.ones(len(keys), dtype=bool)
+    first[1:] = keys[1:] != keys[:-1]
+    return keys[first]
 
 
 def _mix64(x: np.ndarray) -> np.ndarray:
@@ -663,7 +672,7 @@ def choose_voices(notes: PieceNotes, voices: int) -> list[int]:
     if len(track) == 0:
         return []
     counts = np.bincount(track)
-    tracks = np.flatnonzero(counts)
+    tracks = counts.nonzero()[0]
     if len(tracks) < voices:
         return []
     chosen = tracks[np.argsort(-counts[tracks], kind="stable")[:voices]]  # ties: the earlier track
@@ -702,10 +711,10 @@ def notes_rows(notes: PieceNotes) -> TableRows:
 
 def read_score(path: str, config: MidiCorpusConfig) -> tuple[bytes, symusic.Score]:
     """Read and parse one MIDI file, or raise `Rejected`."""
-    size = os.path.getsize(path)
-    if size > config.max_file_bytes:
-        raise Rejected(f"{size:,} bytes, above the limit of {config.max_file_bytes:,}", "read", "FileTooLarge")
     with open(path, "rb") as file:
+        size = os.fstat(file.fileno()).st_size
+        if size > config.max_file_bytes:
+            raise Rejected(f"{size:,} bytes, above the limit of {config.max_file_bytes:,}", "read", "FileTooLarge")
         data = file.read()
     return data, parse_midi(data)
 
@@ -748,7 +757,7 @@ def piece_windows(notes: PieceNotes, starts: np.ndarray, config: MidiCorpusConfi
         tokens = tokens_from_skyline(top, struck)
         shifted = starts + before
         index = shifted[:, None] + np.arange(window)
-        windows = np.moveaxis(tokens[:, index], 1, 0)  # (windows, lanes, window)
+        windows = tokens[:, index].transpose(1, 0, 2)  # (windows, lanes, window)
         first = top[:, shifted].T
         windows[:, :, 0] = np.where(first >= 0, first, HOLD)
         ons = (windows < NUM_PITCHES).sum(axis=2)  # (windows, lanes)
