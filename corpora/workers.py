@@ -3,13 +3,15 @@
 Native decoders (MIDI, video) can hang or crash the process on a malformed file. Files are
 sent to workers in chunks (cheap), and a chunk whose worker crashes or overruns its time is
 split and its files retried one at a time, so the culprit is found and everything else in
-the chunk is still decoded.
+the chunk is still decoded. Each worker is sent its next chunk before it finishes the one it is
+on, so it never waits for the caller (who writes results to disk between chunks) to send one.
 """
 from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.forkserver
 import time
+from multiprocessing.reduction import ForkingPickler
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -59,15 +61,37 @@ class _Chunk:
     isolated: bool  # a single file being retried on its own
 
 
+# A worker's next chunk goes out only while its message is this small: it then waits in the
+# pipe's buffer (64 KiB or more) without blocking the sender, who must stay free to read results.
+_QUEUED_MESSAGE_MAX_BYTES = 16 << 10
+
+
 class _Worker:
     def __init__(self, ctx, fn):
         self.conn, child_conn = ctx.Pipe()
         self.process = ctx.Process(target=_worker_main, args=(child_conn, fn), daemon=True)
         self.process.start()
         child_conn.close()
-        self.chunk: _Chunk | None = None
-        self.chunk_id = -1
-        self.deadline = float("inf")
+        self.chunks: deque[tuple[int, _Chunk]] = deque()  # (chunk id, chunk) sent, the one it is on first
+        self.deadline = float("inf")  # of the chunk it is on
+
+    def send(self, chunk_id: int, chunk: _Chunk, items: Sequence[Any], timeout_s: float) -> bool:
+        """Send `chunk`, unless the worker is busy and the message is too large to queue."""
+        message = ForkingPickler.dumps((chunk_id, [items[i] for i in chunk.indices]))
+        if self.chunks and len(message) > _QUEUED_MESSAGE_MAX_BYTES:
+            return False
+        if not self.chunks:
+            self.deadline = time.monotonic() + timeout_s * len(chunk.indices)
+        self.chunks.append((chunk_id, chunk))
+        self.conn.send_bytes(message)
+        return True
+
+    def finished_chunk(self, timeout_s: float) -> _Chunk:
+        """The chunk it was on, now done; it has started the next one it was sent."""
+        _, chunk = self.chunks.popleft()
+        if self.chunks:
+            self.deadline = time.monotonic() + timeout_s * len(self.chunks[0][1].indices)
+        return chunk
 
     def stop(self, kill: bool = False) -> None:
         if kill:
@@ -134,8 +158,9 @@ def map_isolated(
     outstanding = len(items)
 
     def retry_or_fail(worker: _Worker, reason: ItemFailure) -> list[tuple[int, Any]]:
-        chunk = worker.chunk
-        worker.chunk = None
+        _, chunk = worker.chunks.popleft()
+        pending.extendleft(queued for _, queued in reversed(worker.chunks))  # never started: sent again as they are
+        worker.chunks.clear()
         if chunk.isolated:
             return [(chunk.indices[0], reason)]
         pending.extendleft(_Chunk([index], isolated=True) for index in reversed(chunk.indices))
@@ -144,32 +169,30 @@ def map_isolated(
     try:
         while outstanding:
             for position, worker in enumerate(pool):
-                if worker.chunk is None and pending:
-                    if not worker.process.is_alive():
-                        worker.stop(kill=True)
-                        pool[position] = worker = _Worker(ctx, fn)
-                    chunk = pending.popleft()
-                    worker.chunk, worker.chunk_id = chunk, next_chunk_id
-                    worker.deadline = time.monotonic() + timeout_s * len(chunk.indices)
+                if not worker.chunks and pending and not worker.process.is_alive():
+                    worker.stop(kill=True)
+                    pool[position] = worker = _Worker(ctx, fn)
+                while len(worker.chunks) < 2 and pending:  # the chunk it is on and the next
+                    if not worker.send(next_chunk_id, pending[0], items, timeout_s):
+                        break
+                    pending.popleft()
                     next_chunk_id += 1
-                    worker.conn.send((worker.chunk_id, [items[i] for i in chunk.indices]))
 
-            busy = [w for w in pool if w.chunk is not None]
+            busy = [w for w in pool if w.chunks]
             wait_for = min(w.deadline for w in busy) - time.monotonic()
             ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy], max(0.0, wait_for))
 
             finished: list[tuple[int, Any]] = []
             for position, worker in enumerate(pool):
-                if worker.chunk is None:
+                if not worker.chunks:
                     continue
                 if worker.conn in ready:
                     try:
                         chunk_id, results = worker.conn.recv()
                     except (EOFError, OSError):
                         chunk_id, results = None, None
-                    if chunk_id == worker.chunk_id:
-                        finished += zip(worker.chunk.indices, results)
-                        worker.chunk = None
+                    if chunk_id == worker.chunks[0][0]:
+                        finished += zip(worker.finished_chunk(timeout_s).indices, results)
                         continue
                 if worker.conn in ready or worker.process.sentinel in ready:
                     worker.process.join(timeout=1)
@@ -188,4 +211,4 @@ def map_isolated(
                 yield index, result
     finally:
         for worker in pool:
-            worker.stop(kill=worker.chunk is not None)
+            worker.stop(kill=bool(worker.chunks))
