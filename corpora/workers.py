@@ -11,11 +11,11 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.forkserver
 import time
-from multiprocessing.reduction import ForkingPickler
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 
@@ -61,6 +61,7 @@ class _Chunk:
     isolated: bool  # a single file being retried on its own
 
 
+_CHUNKS_PER_WORKER = 2  # the chunk a worker is on and the next, so it never waits for one
 # A worker's next chunk goes out only while its message is this small: it then waits in the
 # pipe's buffer (64 KiB or more) without blocking the sender, who must stay free to read results.
 _QUEUED_MESSAGE_MAX_BYTES = 16 << 10
@@ -172,7 +173,7 @@ def map_isolated(
                 if not worker.chunks and pending and not worker.process.is_alive():
                     worker.stop(kill=True)
                     pool[position] = worker = _Worker(ctx, fn)
-                while len(worker.chunks) < 2 and pending:  # the chunk it is on and the next
+                while len(worker.chunks) < _CHUNKS_PER_WORKER and pending:
                     if not worker.send(next_chunk_id, pending[0], items, timeout_s):
                         break
                     pending.popleft()
