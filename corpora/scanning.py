@@ -207,12 +207,12 @@ def scan_with_stats(raw_dir: Path, known: HashMemo | None = None, keep: Callable
     files, fresh = [], 0
     for index, (relpath, size, row, same) in enumerate(zip(relpaths, stat_rows[:, 0].tolist(), rows.tolist(),
                                                           unchanged.tolist())):
+        odd_path = odd_paths.get(index)
         if index in problems:
-            files.append(SourceFile(root, relpath, 0, "", problems[index], odd_paths.get(index)))
+            files.append(SourceFile(root, relpath, 0, "", problems[index], odd_path))
         elif same:
-            files.append(SourceFile(root, relpath, size, remembered[row], odd_path=odd_paths.get(index)))
+            files.append(SourceFile(root, relpath, size, remembered[row], odd_path=odd_path))
         else:  # one tuple per file, built once its hash is read (a scan builds 176,000 on a large corpus)
-            odd_path = odd_paths.get(index)
             sha256, problem = _read(real_path(root, relpath, odd_path))
             files.append(SourceFile(root, relpath, size, sha256, problem, odd_path))
             fresh += bool(sha256) and (row < 0 or sha256 != remembered[row])
