@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/scale.py [--images 10000,100000,1000000] [--midi 10000,176000]
                                     [--video 1000,10000] [--scratch /tmp/atelier-scale] [--no-resume]
-                                    [--additions 40]
+                                    [--additions 40] [--rounds 3]
 
 Each size is a fresh synthetic corpus of unique files in the scratch folder (32x32 PNGs;
 MIDI files of four random voices; 3-second 32x32 MP4 clips). Every ingest runs in a child
@@ -14,8 +14,9 @@ workers, summed over /proc every 50 ms). Columns:
 - peak MB: the tree's largest summed RSS during the full ingest; main MB: the ingest process's
   own peak (`ru_maxrss`), without its decoder workers;
 - add, edit, remove: adding a file, giving one new content, removing one, each followed by an
-  ingest; one-file / full is the median of the three over the full time;
-- one-file CPU s: the median CPU seconds of the ingest process itself over the three (the
+  ingest, `--rounds` times each (medians); one-file / full is the median of all of them over
+  the full time;
+- one-file CPU s: the median CPU seconds of the ingest process itself over them (the
   decoders' one file aside): steadier than seconds on a shared machine, to compare two codes;
 - one-file peak MB: the tree's largest peak over the three changes, which can lie above the
   full ingest's;
@@ -176,17 +177,19 @@ def write_videos(folder: Path, start: int, count: int) -> None:
 WRITERS = {"images": write_images, "midi": write_midis, "video": write_videos}
 
 
-def one_file_changes(kind: str, raw: Path, size: int) -> dict[str, Callable[[], None]]:
-    """Adding a file, giving an existing file new content, and removing a file."""
+def one_file_changes(kind: str, raw: Path, size: int, round_: int = 0) -> dict[str, Callable[[], None]]:
+    """Adding a file, giving an existing file new content, and removing a file: each round its
+    own new files (indexes from `size` on) and its own file to remove."""
     files = sorted(path for path in raw.rglob("*") if path.is_file())
 
     def edit() -> None:
         fresh = raw.parent / "fresh"
-        WRITERS[kind](fresh, size + 1, 1)
-        os.replace(next(path for path in fresh.rglob("*") if path.is_file()), files[0])
+        WRITERS[kind](fresh, size + 2 * round_ + 1, 1)
+        os.replace(next(path for path in fresh.rglob("*") if path.is_file()), files[round_])
         shutil.rmtree(fresh)
 
-    return {"add": lambda: WRITERS[kind](raw, size, 1), "edit": edit, "remove": lambda: files[size // 2].unlink()}
+    return {"add": lambda: WRITERS[kind](raw, size + 2 * round_, 1), "edit": edit,
+            "remove": lambda: files[size // 2 + round_].unlink()}
 
 
 def cache_batches(out: Path) -> int:
@@ -205,27 +208,30 @@ def repeated_additions(kind: str, raw: Path, out: Path, first_index: int, count:
             "first_cpu_s": float(np.median(cpu[:5])), "last_cpu_s": float(np.median(cpu[-5:]))}
 
 
-def bench_size(kind: str, size: int, scratch: Path, resume: bool = True, additions: int = 0) -> dict:
+def bench_size(kind: str, size: int, scratch: Path, resume: bool = True, additions: int = 0,
+               rounds: int = 1) -> dict:
     raw, out = scratch / f"{kind}-{size}" / "raw", scratch / f"{kind}-{size}" / "out"
     shutil.rmtree(raw.parent, ignore_errors=True)
     WRITERS[kind](raw, 0, size)
     full = run_ingest(kind, raw, out)
-    one_file, one_file_cpu, one_file_peak = {}, [], 0.0
-    for change, make in one_file_changes(kind, raw, size).items():
-        make()
-        result = run_ingest(kind, raw, out)
-        one_file[change] = result["seconds"]
-        one_file_cpu.append(result["cpu_s"])
-        one_file_peak = max(one_file_peak, result["peak_mb"])
-    median = sorted(one_file.values())[1]
+    one_file: dict[str, list[float]] = {}
+    one_file_cpu, one_file_peak = [], 0.0
+    for round_ in range(rounds):
+        for change, make in one_file_changes(kind, raw, size, round_).items():
+            make()
+            result = run_ingest(kind, raw, out)
+            one_file.setdefault(change, []).append(result["seconds"])
+            one_file_cpu.append(result["cpu_s"])
+            one_file_peak = max(one_file_peak, result["peak_mb"])
+    median = float(np.median([seconds for times in one_file.values() for seconds in times]))
     result = {"kind": kind, "files": size, "full_s": full["seconds"], "files_per_s": size / full["seconds"],
               "peak_mb": full["peak_mb"], "main_peak_mb": full["main_peak_mb"],
-              **{f"{change}_s": seconds for change, seconds in one_file.items()},
-              "one_file_share": median / full["seconds"], "one_file_cpu_s": sorted(one_file_cpu)[1],
+              **{f"{change}_s": float(np.median(times)) for change, times in one_file.items()},
+              "one_file_share": median / full["seconds"], "one_file_cpu_s": float(np.median(one_file_cpu)),
               "one_file_peak_mb": one_file_peak,
               "killed_at_s": float("nan"), "resume_s": float("nan"), "resume_decoded": "-"}
-    if additions:
-        result["additions"] = repeated_additions(kind, raw, out, size + 2, additions)  # past the add's and edit's
+    if additions:  # past the rounds' additions and edits
+        result["additions"] = repeated_additions(kind, raw, out, size + 2 * rounds, additions)
     if resume:
         resumed_out = raw.parent / "resumed"
         half = (size + 1) // 2
@@ -245,11 +251,14 @@ def main() -> None:
     parser.add_argument("--scratch", default="/tmp/atelier-scale")
     parser.add_argument("--no-resume", dest="resume", action="store_false", help="skip the kill-and-resume runs")
     parser.add_argument("--additions", type=int, default=0, help="then add this many files one at a time")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="one-file changes of each kind per size; medians over them (a shared machine's speed "
+                             "moves by a sixth between minutes)")
     args = parser.parse_args()
     rows = []
     for kind in WRITERS:
         for size in [int(s) for s in getattr(args, kind).split(",") if s and int(s) > 0]:
-            rows.append(bench_size(kind, size, Path(args.scratch), args.resume, args.additions))
+            rows.append(bench_size(kind, size, Path(args.scratch), args.resume, args.additions, args.rounds))
             print(rows[-1], flush=True)
 
     print("\n| corpus | files | full s | files/s | peak MB | main MB | add s | edit s | remove s | one-file / full "
