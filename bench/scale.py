@@ -18,7 +18,7 @@ workers, summed over /proc every 50 ms). Columns:
   the full time;
 - one-file CPU s: the median CPU seconds of the ingest process itself over them (the
   decoders' one file aside): steadier than seconds on a shared machine, to compare two codes;
-- one-file peak MB: the tree's largest peak over the three changes, which can lie above the
+- one-file peak MB: the tree's largest peak over the one-file changes, which can lie above the
   full ingest's;
 - resume: a fresh ingest SIGKILLed once half the files are in the row cache, then the rerun;
 - with --additions N, a second table: N more files added one at a time, each followed by an
@@ -253,7 +253,7 @@ def main() -> None:
     parser.add_argument("--additions", type=int, default=0, help="then add this many files one at a time")
     parser.add_argument("--rounds", type=int, default=1,
                         help="one-file changes of each kind per size; medians over them (a shared machine's speed "
-                             "moves by a sixth between minutes)")
+                             "moves by a sixth to a quarter between minutes)")
     args = parser.parse_args()
     rows = []
     for kind in WRITERS:
