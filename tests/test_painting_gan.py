@@ -17,7 +17,10 @@ from models.classifier import FeatureClassifier
 from models.painting_gan import FAMILY
 from models.painting_gan.augment import diff_augment, random_crops
 from models.painting_gan.config import PaintingGanConfig
-from models.painting_gan.fastgan import DECODED_SIZE, SkipLayerExcitation, reconstruction_targets
+from models.painting_gan.fastgan import (
+    DECODED_SIZE, NOISE_MODES, Blur, FastGanDiscriminator, FastGanGenerator, NoiseInjection, SkipLayerExcitation,
+    reconstruction_targets,
+)
 from models.painting_gan.metrics import painting_report, painting_reports, untrained_generator
 from models.painting_gan.networks import modulated_conv2d
 from models.painting_gan.sampling import (
@@ -260,6 +263,42 @@ def test_skip_layer_excitation_gates_the_high_resolution_map_channel_wise_from_t
     other_high = torch.randn(2, 5, 32, 32)
     torch.testing.assert_close(excitation(low, other_high) / other_high, gate.expand(-1, -1, 32, 32))
     assert not torch.allclose(excitation(low + 1, high), excitation(low, high))  # the gate follows the low map
+
+
+def test_fastgan_noise_inputs_start_silent_then_vary_the_picture_and_learn_their_weight():
+    torch.manual_seed(0)
+    generator = FastGanGenerator(tiny_config("fastgan", noise_injection=True)).eval()
+    layers = [module for module in generator.modules() if isinstance(module, NoiseInjection)]
+    assert len(layers) == 4  # the comp blocks to 8x8 and to 32x32, two noise inputs each
+    z = torch.randn(3, generator.z_dim)
+    with torch.no_grad():
+        at_start = {mode: generator(z, noise_mode=mode) for mode in NOISE_MODES}
+        for mode in NOISE_MODES:  # every weight starts at 0: no mode changes a picture
+            torch.testing.assert_close(at_start[mode], at_start["none"])
+        for layer in layers:
+            layer.weight.fill_(1.0)
+        const, again = generator(z), generator(z, noise_mode="const")
+        fresh, silent = generator(z, noise_mode="random"), generator(z, noise_mode="none")
+    assert torch.equal(const, again)  # sampling: the maps drawn at construction, a picture per latent
+    assert not torch.allclose(const, fresh) and not torch.allclose(const, silent)
+    for layer in layers:
+        layer.weight.data.zero_()
+    generator.train()(z, noise_mode="random").square().mean().backward()
+    assert all(layer.weight.grad is not None and layer.weight.grad.abs() > 0 for layer in layers)  # learnt from 0
+    with pytest.raises(ValueError, match="noise_mode"):
+        generator(z, noise_mode="fresh")
+
+
+def test_blurred_downsampling_keeps_a_flat_map_and_removes_the_stride_period():
+    blur = Blur(2)
+    flat = torch.full((1, 2, 8, 8), 3.0)
+    torch.testing.assert_close(blur(flat), flat)  # the edges replicated: flat up to the border
+    rows, columns = torch.meshgrid(torch.arange(8), torch.arange(8), indexing="ij")
+    checkerboard = ((-1.0) ** (rows + columns)).expand(1, 2, 8, 8)
+    assert blur(checkerboard)[..., 1:-1, 1:-1].abs().max() < 1e-6  # what a stride-2 conv would fold into its map
+    discriminator = FastGanDiscriminator(tiny_config("fastgan", blur_downsampling=True))
+    assert all(isinstance(down.main[0], Blur) for down in discriminator.downs)
+    assert not any(isinstance(m, Blur) for m in FastGanDiscriminator(tiny_config("fastgan", blur_downsampling=False)).modules())
 
 
 def test_fastgan_discriminator_learns_its_features_from_the_reconstruction_too():

@@ -41,6 +41,8 @@ class PaintingGanConfig(FamilyConfig):
     style_mixing_prob: float = 0.9
     # fastgan only: weight of D's self-supervised reconstruction loss
     reconstruction_weight: float = 1.0
+    noise_injection: bool = False  # the paper's comp blocks (noise inputs) at every other doubling
+    blur_downsampling: bool = False  # a fixed blur before D's stride-2 convs
     diffaugment: str = "color,translation,cutout"  # comma-separated subset of AUGMENTATIONS; "" for none
     crop_scale: tuple[float, float] = DEFAULT_CROP_SCALE  # crop side as a fraction of the picture's short side
     ema_decay: float = 0.999

@@ -3,7 +3,9 @@ Few-shot Image Synthesis"), narrowed for small pictures: the painting family's s
 architecture (`architecture="fastgan"`). The design and its measurements: docs/painting-gan.md.
 
 Generator: z -> a 4x4 map (transposed 4x4 conv, BatchNorm, GLU), then per doubling a nearest 2x
-upsample, a 3x3 conv, BatchNorm and GLU; a 3x3 conv and tanh make the picture. Skip-layer
+upsample, a 3x3 conv, BatchNorm and GLU; a 3x3 conv and tanh make the picture. With
+`noise_injection`, the doublings to 8x8, 32x32, ... are the paper's "comp" blocks: two convs,
+each followed by a per-pixel noise map times a learned weight. Skip-layer
 excitation (SLE) multiplies the feature map of stage s + SLE_SPAN channel-wise by a gate in
 (0, 1) computed from stage s (average-pooled to 4x4, a 4x4 conv to 1x1, leaky ReLU, a 1x1
 conv, sigmoid). Feeding the gates another latent's low-resolution features changes the style
@@ -14,7 +16,8 @@ BatchNorm statistics recomputed for its own weights over fixed-seed batches.
 
 Discriminator: a 3x3 conv, then residual down blocks (a 4x4 stride-2 conv and a 3x3 conv,
 beside an average pool and a 1x1 conv, averaged) down to 8x8, where a 4x4 conv gives a 5x5 map
-of real/fake logits. Every conv is spectrally normalized and followed by BatchNorm. Its
+of real/fake logits. Every conv is spectrally normalized and followed by BatchNorm; with
+`blur_downsampling` a fixed low-pass comes before each stride-2 conv. Its
 self-supervision: two small decoders reconstruct, from D's own features, the whole (augmented)
 real picture from the 8x8 map, and one random quadrant of it from that quadrant of the 16x16
 map, both at DECODED_SIZE; D adds their error to its hinge loss, so it must learn features that
@@ -38,6 +41,7 @@ LOGIT_KERNEL = 4  # on the 8x8 map: a 5x5 map of logits
 FEATURE_SIZE, PART_FEATURE_SIZE = 8, 16  # the decoders read D's maps of these sizes
 DECODED_SIZE = 32  # two doublings from the 8x8 map
 QUADRANTS = 4
+NOISE_MODES = ("random", "const", "none")
 # standing statistics: BatchNorm's mean and variance recomputed over this many fixed-seed samples
 STANDING_BATCHES, STANDING_BATCH_SIZE, STANDING_SEED = 8, 64, 0
 
@@ -47,6 +51,57 @@ def up_block(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
                          nn.Conv2d(in_channels, 2 * out_channels, 3, padding=1, bias=False),
                          nn.BatchNorm2d(2 * out_channels), nn.GLU(dim=1))
+
+
+class NoiseInjection(nn.Module):
+    """x + weight * a per-pixel noise map shared by the channels, the weight starting at 0: fresh
+    noise in "random" mode (training), the map drawn at construction in "const" mode (sampling,
+    so a picture depends on its latent alone), none in "none". `FastGanGenerator.synthesis` sets
+    the mode."""
+
+    def __init__(self, size: int, seed: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(()))
+        self.register_buffer("const_noise", torch.randn(1, 1, size, size, generator=torch.Generator().manual_seed(seed)))
+        self.mode = "const"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "none":
+            return x
+        if self.mode == "random":
+            noise = torch.randn(x.shape[0], 1, *x.shape[2:], device=x.device, dtype=x.dtype)
+        else:
+            noise = self.const_noise.to(x.dtype)
+        return x + self.weight * noise
+
+
+class CompUpBlock(nn.Module):
+    """The paper's "comp" up block: nearest 2x, then twice (3x3 conv, noise, BatchNorm, GLU)."""
+
+    def __init__(self, in_channels: int, out_channels: int, size: int, seed: int):
+        super().__init__()
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.conv1 = nn.Conv2d(in_channels, 2 * out_channels, 3, padding=1, bias=False)
+        self.noise1, self.norm1 = NoiseInjection(size, seed), nn.BatchNorm2d(2 * out_channels)
+        self.conv2 = nn.Conv2d(out_channels, 2 * out_channels, 3, padding=1, bias=False)
+        self.noise2, self.norm2 = NoiseInjection(size, seed + 1), nn.BatchNorm2d(2 * out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.glu(self.norm1(self.noise1(self.conv1(self.up(x)))), dim=1)
+        return F.glu(self.norm2(self.noise2(self.conv2(x))), dim=1)
+
+
+class Blur(nn.Module):
+    """A fixed [1, 2, 1] x [1, 2, 1] / 16 low-pass per channel, edges replicated: before a stride-2
+    conv it keeps a pattern of the stride's period from folding into the coarse map (Zhang 2019)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        kernel = torch.tensor([1.0, 2.0, 1.0])
+        self.register_buffer("kernel", (kernel[:, None] * kernel[None, :] / 16).expand(channels, 1, 3, 3).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), self.kernel.to(x.dtype), groups=x.shape[1])
 
 
 class SkipLayerExcitation(nn.Module):
@@ -76,7 +131,10 @@ class FastGanGenerator(nn.Module):
         widths = config.widths
         self.initial = nn.Sequential(nn.ConvTranspose2d(config.z_dim, 2 * widths[0], 4, bias=False),
                                      nn.BatchNorm2d(2 * widths[0]), nn.GLU(dim=1))
-        self.ups = nn.ModuleList(up_block(a, b) for a, b in zip(widths, widths[1:]))
+        # with noise_injection, the doublings to 8x8, 32x32, ... are the paper's comp blocks
+        self.ups = nn.ModuleList(
+            CompUpBlock(a, b, 8 << stage, 2 * stage) if config.noise_injection and stage % 2 == 0 else up_block(a, b)
+            for stage, (a, b) in enumerate(zip(widths, widths[1:])))
         # excitations[i] gates stage i + SLE_SPAN with stage i
         self.excitations = nn.ModuleList(SkipLayerExcitation(widths[i], widths[i + SLE_SPAN])
                                          for i in range(len(widths) - SLE_SPAN))
@@ -99,8 +157,13 @@ class FastGanGenerator(nn.Module):
         return (z * truncation_psi)[:, None, :].expand(-1, self.num_ws, -1)
 
     def synthesis(self, ws: torch.Tensor, noise_mode: str = "const") -> torch.Tensor:
-        """ws (N, 2, z_dim) -> pictures (N, C, H, W) in [-1, 1]; no noise inputs (`noise_mode`
-        is the StyleGAN2 signature's)."""
+        """ws (N, 2, z_dim) -> pictures (N, C, H, W) in [-1, 1]; `noise_mode` ("random", "const"
+        or "none", as StyleGAN2's) for the comp blocks' noise inputs, where there are any."""
+        if noise_mode not in NOISE_MODES:
+            raise ValueError(f"noise_mode must be one of {NOISE_MODES}, not {noise_mode!r}")
+        for module in self.modules():
+            if isinstance(module, NoiseInjection):
+                module.mode = noise_mode
         content, style = ws[:, 0], ws[:, 1]
         last = len(self.ups)
         sources = None if torch.equal(content, style) else self.stages(style, last - SLE_SPAN)
@@ -139,9 +202,10 @@ def d_layer(in_channels: int, out_channels: int, kernel: int, stride: int = 1, p
 
 
 class DownBlock(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int):
+    def __init__(self, in_channels: int, out_channels: int, blur: bool = False):
         super().__init__()
-        self.main = nn.Sequential(d_layer(in_channels, out_channels, 4, stride=2, padding=1),
+        self.main = nn.Sequential(*([Blur(in_channels)] if blur else []),
+                                  d_layer(in_channels, out_channels, 4, stride=2, padding=1),
                                   d_layer(out_channels, out_channels, 3, padding=1))
         self.skip = nn.Sequential(nn.AvgPool2d(2), d_layer(in_channels, out_channels, 1))
 
@@ -161,7 +225,8 @@ class FastGanDiscriminator(nn.Module):
         widths = config.widths[::-1]  # full resolution first
         stages = len(widths) - widths_below(FEATURE_SIZE)
         self.from_rgb = nn.Sequential(d_conv(config.channels, widths[0], 3, padding=1), nn.LeakyReLU(D_SLOPE))
-        self.downs = nn.ModuleList(DownBlock(a, b) for a, b in zip(widths[:stages], widths[1:stages]))
+        self.downs = nn.ModuleList(DownBlock(a, b, config.blur_downsampling)
+                                   for a, b in zip(widths[:stages], widths[1:stages]))
         self.logits = d_conv(widths[stages - 1], 1, LOGIT_KERNEL)
         self.decode_whole = decoder(widths[stages - 1], config.channels)
         self.decode_part = decoder(widths[stages - 2], config.channels)

@@ -152,7 +152,7 @@ class PaintingGanFamily:
         quadrant = int(torch.randint(0, QUADRANTS, ()))
         self.discriminator.requires_grad_(True)
         with torch.no_grad(), autocast():
-            fake = self.generator(torch.randn(n, cfg.z_dim, device=real.device))
+            fake = self.generator(torch.randn(n, cfg.z_dim, device=real.device), noise_mode="random")
         with autocast():
             augmented = diff_augment(real, cfg.diffaugment)
             d_real, whole, part = self.discriminator.score_and_reconstruct(augmented, quadrant)
@@ -166,7 +166,7 @@ class PaintingGanFamily:
         metrics = dict(d_loss=d_loss.item(), reconstruction=reconstruction.item(), d_real_sign=d_real.sign().mean().item())
 
         with autocast():
-            fake = self.generator(torch.randn(n, cfg.z_dim, device=real.device))
+            fake = self.generator(torch.randn(n, cfg.z_dim, device=real.device), noise_mode="random")
         metrics["g_loss"] = self._generator_step(fake, lambda scores: -scores.mean(), step, autocast)
         return metrics
 
