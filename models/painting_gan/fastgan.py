@@ -32,6 +32,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from models.painting_gan.config import PaintingGanConfig
+from models.painting_gan.noise import NOISE_MODES, noise_map
 
 SLE_SPAN = 3  # doublings from a gate's source to its target (the paper's 8->128 is 4, at 1024 px)
 SLE_POOL = 4  # the gate's source is average-pooled to this size, then a conv of this kernel makes it 1x1
@@ -41,7 +42,6 @@ LOGIT_KERNEL = 4  # on the 8x8 map: a 5x5 map of logits
 FEATURE_SIZE, PART_FEATURE_SIZE = 8, 16  # the decoders read D's maps of these sizes
 DECODED_SIZE = 32  # two doublings from the 8x8 map
 QUADRANTS = 4
-NOISE_MODES = ("random", "const", "none")
 # standing statistics: BatchNorm's mean and variance recomputed over this many fixed-seed samples
 STANDING_BATCHES, STANDING_BATCH_SIZE, STANDING_SEED = 8, 64, 0
 
@@ -66,13 +66,8 @@ class NoiseInjection(nn.Module):
         self.mode = "const"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mode == "none":
-            return x
-        if self.mode == "random":
-            noise = torch.randn(x.shape[0], 1, *x.shape[2:], device=x.device, dtype=x.dtype)
-        else:
-            noise = self.const_noise.to(x.dtype)
-        return x + self.weight * noise
+        noise = noise_map(x, self.const_noise, self.mode)
+        return x if noise is None else x + self.weight * noise
 
 
 class CompUpBlock(nn.Module):

@@ -34,6 +34,7 @@ from torch import nn
 
 from models.painting_gan.config import PaintingGanConfig
 from models.painting_gan.fastgan import FastGanDiscriminator, FastGanGenerator
+from models.painting_gan.noise import noise_map
 
 LEAKY_SLOPE = 0.2
 ACTIVATION_GAIN = math.sqrt(2)  # keeps the activations' scale through leaky ReLU (StyleGAN's def_gain)
@@ -125,14 +126,7 @@ class SynthesisLayer(nn.Module):
         if self.up:
             x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
         x = modulated_conv2d(x, self.weight, self.affine(w), demodulate=True, padding=self.padding, fused=not self.training)
-        if noise_mode == "random":
-            noise = torch.randn(x.shape[0], 1, x.shape[2], x.shape[3], device=x.device, dtype=x.dtype)
-        elif noise_mode == "const":
-            noise = self.noise_const.to(x.dtype)
-        elif noise_mode == "none":
-            noise = None
-        else:
-            raise ValueError(f"noise_mode must be 'random', 'const' or 'none', not {noise_mode!r}")
+        noise = noise_map(x, self.noise_const, noise_mode)
         if noise is not None:
             x = x + noise * self.noise_strength[None, :, None, None].to(x.dtype)
         return activate(x + self.bias[None, :, None, None].to(x.dtype))
