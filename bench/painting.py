@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.train --family painting [--quality]
     .venv/bin/python -m bench.train --family painting --quality --skip-throughput --profile demo --seed 1
     .venv/bin/python -m bench.train --family painting --quality --skip-throughput --profile cpu-long
+    .venv/bin/python -m bench.train --family painting --quality --skip-throughput --sheets /tmp/sheets  # + samples
 
 Throughput of both demo profiles (StyleGAN2-lite at 32x32, FastGAN at 64x64); quality of each
 profile asked for (default: both demos) to its end, against the real-vs-real floor and an
@@ -10,19 +11,24 @@ untrained generator (models.painting_gan.metrics).
 """
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 
 from bench import throughput
 from bench.runs import row_name, timed_fit
+from common.atomic import atomic_write_bytes
+from corpora.preview import contact_sheet
+from corpora.shards import png_bytes
 from models.bundle import save_bundle
 from models.painting_gan import metrics
 from models.painting_gan.config import PaintingGanConfig
-from models.painting_gan.sampling import load_generator
+from models.painting_gan.sampling import load_generator, sample
 from models.painting_gan.training import PaintingGanFamily, export_bundle, load_pictures
 
 DEFAULT_MANIFEST = Path("data/shards/painting/manifest.json")
 EVAL_SAMPLES = 512
+SHEET_SAMPLES, SHEET_CELL = 16, 128  # a contact sheet's samples, and their side on it (64x64 shown at 2x)
 DEMO_PROFILES = ("demo", "stylegan2-demo")
 
 
@@ -37,7 +43,10 @@ def throughput_table(manifest: Path, steps: int, repeats: int) -> str:
     return "\n\n".join(tables)
 
 
-def quality_table(manifest: Path, profiles=DEMO_PROFILES, seeds=(0,), overrides: dict | None = None) -> str:
+def quality_table(manifest: Path, profiles=DEMO_PROFILES, seeds=(0,), overrides: dict | None = None,
+                  sheets: Path | None = None) -> str:
+    """The kid_style table of each profile and seed; with `sheets`, each row's SHEET_SAMPLES samples
+    (seed 0, shown at SHEET_CELL pixels) as a PNG in that folder, named after the row."""
     pictures = load_pictures(manifest)
     out = []
     for profile in profiles:
@@ -50,6 +59,10 @@ def quality_table(manifest: Path, profiles=DEMO_PROFILES, seeds=(0,), overrides:
             report = metrics.painting_reports(
                 {"untrained_generator": metrics.untrained_generator(config), "model": generator},
                 pictures["train"], heldout=pictures["heldout"], n=EVAL_SAMPLES)
+            if sheets is not None:
+                picture = contact_sheet(sample(generator, SHEET_SAMPLES, seed=0), cell=SHEET_CELL)
+                name = re.sub(r"[^\w.=-]+", "_", row_name(profile, seed, overrides or {}))
+                atomic_write_bytes(Path(sheets) / f"{name}.png", png_bytes(picture))
             out += [f"### {run.describe(row_name(profile, seed, overrides or {}))}",
                     metrics.format_painting_report(report), ""]
     return "\n".join(out)

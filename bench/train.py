@@ -244,6 +244,7 @@ def main() -> None:
     parser.add_argument("--classifier-epochs", type=int, default=ClassifierConfig.epochs,
                         help="with --quality: epochs of the feature classifier (a small corpus needs more)")
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--sheets", type=Path, help="with --quality --family painting: each row's samples as a PNG here")
     parser.add_argument("--family", choices=bench_families(), default="image")
     parser.add_argument("--kind", choices=["chorale", "melody"], default="chorale", help="with --family music")
     args = parser.parse_args()
@@ -254,6 +255,8 @@ def main() -> None:
     if args.family != "image":
         bench = importlib.import_module(f"bench.{args.family}")
         options = {"kind": args.kind} if args.family == "music" else {}
+        if args.sheets:
+            options["sheets"] = args.sheets
         manifest = args.manifest or bench.DEFAULT_MANIFEST
         if not args.skip_throughput:
             print(bench.throughput_table(manifest, args.steps, args.repeats, **options), flush=True)
