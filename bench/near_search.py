@@ -8,7 +8,7 @@ thumbnails, the pictures bench/scale.py writes. For each size, all pairs among t
 searched once (`corpora.grouping.near_pairs`, as a full ingest does batch by batch). Columns:
 the share of pairs whose pixel sums lie within the search's window (what the sort by sum
 cannot rule out), the near pairs found, the median CPU seconds over --repeats, and the growth
-of those seconds against the size before (2.0 per doubling would be quadratic).
+of those seconds against the size before as an exponent of n (2 would be quadratic).
 """
 from __future__ import annotations
 
