@@ -59,10 +59,11 @@ def quality_table(manifest: Path, profiles=DEMO_PROFILES, seeds=(0,), overrides:
             report = metrics.painting_reports(
                 {"untrained_generator": metrics.untrained_generator(config), "model": generator},
                 pictures["train"], heldout=pictures["heldout"], n=EVAL_SAMPLES)
+            row = row_name(profile, seed, overrides or {})
             if sheets is not None:
                 picture = contact_sheet(sample(generator, SHEET_SAMPLES, seed=0), cell=SHEET_CELL)
-                name = re.sub(r"[^\w.=-]+", "_", row_name(profile, seed, overrides or {}))
-                atomic_write_bytes(Path(sheets) / f"{name}.png", png_bytes(picture))
-            out += [f"### {run.describe(row_name(profile, seed, overrides or {}))}",
+                file_name = re.sub(r"[^\w.=-]+", "_", row) + ".png"
+                atomic_write_bytes(Path(sheets) / file_name, png_bytes(picture))
+            out += [f"### {run.describe(row)}",
                     metrics.format_painting_report(report), ""]
     return "\n".join(out)

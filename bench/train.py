@@ -248,6 +248,8 @@ def main() -> None:
     parser.add_argument("--family", choices=bench_families(), default="image")
     parser.add_argument("--kind", choices=["chorale", "melody"], default="chorale", help="with --family music")
     args = parser.parse_args()
+    if args.sheets and args.family != "painting":
+        parser.error("--sheets is for --family painting")
     args.overrides = parse_overrides(args.set)
     torch.set_num_threads(args.threads)
     print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}; threads={args.threads}", flush=True)
@@ -255,14 +257,14 @@ def main() -> None:
     if args.family != "image":
         bench = importlib.import_module(f"bench.{args.family}")
         options = {"kind": args.kind} if args.family == "music" else {}
-        if args.sheets:
-            options["sheets"] = args.sheets
         manifest = args.manifest or bench.DEFAULT_MANIFEST
         if not args.skip_throughput:
             print(bench.throughput_table(manifest, args.steps, args.repeats, **options), flush=True)
         if args.quality:
             profiles = args.profile or list(getattr(bench, "DEMO_PROFILES", ["demo"]))
-            print(bench.quality_table(manifest, profiles, args.seed or [0], args.overrides, **options), flush=True)
+            sheets = {"sheets": args.sheets} if args.sheets else {}
+            print(bench.quality_table(manifest, profiles, args.seed or [0], args.overrides, **options, **sheets),
+                  flush=True)
         return
 
     images, labels, heldout, heldout_labels, class_names = load_images(args.manifest)
