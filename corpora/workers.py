@@ -84,7 +84,10 @@ class _Worker:
         if not self.chunks:
             self.deadline = time.monotonic() + timeout_s * len(chunk.indices)
         self.chunks.append((chunk_id, chunk))
-        self.conn.send_bytes(message)
+        try:
+            self.conn.send_bytes(message)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # it died on the chunk before: its sentinel says so, and its chunks go back to pending
         return True
 
     def finished_chunk(self, timeout_s: float) -> _Chunk:
