@@ -2,8 +2,10 @@
 
 Decoding uses PyAV, which raises on corrupt data where OpenCV silently returns fewer frames.
 A truncated file can still decode without an
-error (a cut Matroska or fragmented MP4 simply ends early), so the number of decoded frames
-is always compared with the number the container reports. A file that decodes cleanly but
+error (a cut Matroska or fragmented MP4 simply ends early), so the time the decoded frames
+span is always compared with the frames the container reports: by time, not by count, because
+a sparse stream (an AVI that stores a dropped frame as an empty packet) spans its whole length
+with fewer frames than its header counts, and is whole. A file that decodes cleanly but
 ends early (a damaged tail: a header that promises more frames than the stream holds) is, by
 default, salvaged up to its last decoded frame when at least one whole clip remains, with a
 `Notice` that says so; `damaged_tail="reject"` refuses it instead. A last packet cut short by
@@ -62,7 +64,7 @@ class VideoCorpusConfig:
     clip_frames: int = 20  # frames per clip (10 context + 10 future for the forecaster)
     clip_hop_frames: int = 20  # a clip starts every this many frames (= clip_frames: no overlap)
     max_frames_per_file: int = 3000  # resampled frames kept per file (5 min at 10 fps); bounds memory
-    min_frame_ratio: float = 0.9  # below this fraction of the frames the container reports, the tail is damaged
+    min_frame_ratio: float = 0.9  # frames spanning less than this share of the reported ones: a damaged tail
     damaged_tail: str = "salvage"  # "salvage": keep the frames before the damage (>= one clip), with a Notice; "reject"
     max_source_pixels: int = 7680 * 4320  # a stream whose frames are larger (8K UHD) is refused
     timestamp_tolerance_s: float = 0.001  # a frame this close after an output time still counts for it
@@ -222,20 +224,23 @@ def decode_resampled(path: str, config: VideoCorpusConfig) -> DecodedVideo:
         rate = stream.average_rate or stream.guessed_rate
         reported = reported_frame_count(stream, container)
         cut = []  # the packet that ends the file cut short, if one does
-        frames, decoded, width, height = _resample(
+        frames, decoded, spanned_s, width, height = _resample(
             _frames_to_the_cut(container, stream, os.path.getsize(path), cut), stream.time_base, rate, config
         )
     if decoded == 0:
         raise Rejected("the video stream decoded to no frames", "decode", "NoFrames")
     notices = []
-    if cut and (reported is None or decoded >= config.min_frame_ratio * reported):
+    # in source frames at the stream's rate: the decoded count where timestamps are missing
+    spanned = spanned_s * Fraction(rate) if rate else decoded
+    if cut and (reported is None or spanned >= config.min_frame_ratio * reported):
         # no frame count to compare with, or no more frames lost than min_frame_ratio allows:
         # kept under either policy, as a file that ends early by a frame or two always was
         notices.append(Notice("validate", "DamagedTail", f"the last packet is cut short by the end of the file: "
                               f"salvaged up to its last good frame ({decoded} frames)"))
-    elif reported is not None and decoded < config.min_frame_ratio * reported:
-        mismatch = (f"decoded {decoded} frames but the container reports {reported} "
-                    f"({decoded / reported:.0%} < {config.min_frame_ratio:.0%}): the file is truncated or damaged")
+    elif reported is not None and spanned < config.min_frame_ratio * reported:
+        mismatch = (f"decoded {decoded} frames spanning {float(spanned):.0f} frame times, but the container reports "
+                    f"{reported} ({float(spanned) / reported:.0%} < {config.min_frame_ratio:.0%}): "
+                    f"the file is truncated or damaged")
         if config.damaged_tail == "reject":
             raise Rejected(mismatch, "validate", "FrameCountMismatch")
         clips = len(clip_starts(len(frames), config.clip_frames, config.clip_hop_frames))
@@ -243,7 +248,7 @@ def decode_resampled(path: str, config: VideoCorpusConfig) -> DecodedVideo:
             raise Rejected(f"{mismatch}, and the {len(frames)} frames before the damage at {config.fps:g} fps are "
                            f"fewer than one clip of {config.clip_frames}", "validate", "FrameCountMismatch")
         notices.append(Notice("validate", "DamagedTail", f"{mismatch}; salvaged up to its last good frame "
-                              f"({decoded / float(rate) if rate else 0:.2f} s): {clips} clip{'s' if clips != 1 else ''}"))
+                              f"({float(spanned_s):.2f} s): {clips} clip{'s' if clips != 1 else ''}"))
     return DecodedVideo(frames, float(rate or 0.0), width, height, reported, decoded, notices)
 
 
@@ -273,7 +278,9 @@ def _resample(decoded_frames, time_base, rate, config: VideoCorpusConfig):
 
     Only frames that are shown are converted and resized; once `max_frames_per_file` output
     frames are kept, the rest of the stream is still decoded (so truncation is still found)
-    but nothing more is converted.
+    but nothing more is converted. Returns the frames, the count of decoded frames, the seconds
+    they span (first frame to one source frame interval past the last), and the source's width
+    and height.
     """
     step = 1 / _exact(config.fps)
     tolerance = _exact(config.timestamp_tolerance_s)
@@ -333,7 +340,8 @@ def _resample(decoded_frames, time_base, rate, config: VideoCorpusConfig):
             show(previous)
             next_output = len(kept) * step
     frames = np.stack(kept) if kept else np.empty((0, config.resolution, config.resolution, config.channels), np.uint8)
-    return frames, count, width, height
+    spanned_s = Fraction(last_time + fallback_step, scale) if last_time is not None else Fraction(0)
+    return frames, count, spanned_s, width, height
 
 
 def clip_starts(num_frames: int, clip_frames: int, hop: int) -> list[int]:

@@ -445,3 +445,43 @@ def test_a_file_cut_inside_its_last_frame_keeps_every_whole_frame(tmp_path):
         np.testing.assert_array_equal(rows.tensors.reshape(20, 64, 64, 3), expected[:20])
         [notice] = result.notices
         assert notice.kind == "DamagedTail" and "cut short" in notice.message
+
+
+def write_sparse_avi(path: Path, values: list[int], every: int, fps: int) -> Path:
+    """Flat frames of the given grey values, one every `every` frame times: FFmpeg's AVI muxer
+    stores each skipped frame as an empty packet, so the header counts them all, as a capture
+    that dropped frames does."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mjpeg", rate=fps)
+        stream.width = stream.height = 64
+        stream.pix_fmt = "yuvj420p"
+        for index, value in enumerate(values):
+            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), value, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = index * every, Fraction(1, fps)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+def test_a_sparse_stream_is_whole_and_a_cut_one_is_not(tmp_path):
+    """20 frames over 115 frame times at 15 fps (every sixth stored): the header reports 115,
+    the decoder gives 20, and they span the whole file, so it is ingested whole, each frame
+    shown until the next, with no notice. The same file cut in half is still a damaged tail."""
+    values = [10 * i for i in range(20)]
+    sparse = write_sparse_avi(tmp_path / "sparse.avi", values, every=6, fps=15)
+    with av.open(str(sparse)) as container:
+        assert container.streams.video[0].frames == 115
+    config = replace(CONFIG, damaged_tail="reject")
+    result = decode(DecodeTask(str(sparse), sparse.name, config))
+    rows = result.tables["clips"]
+    assert result.notices == [] and rows.columns["decoded_frames"][0] == 20
+    frames = rows.tensors.reshape(-1, 64, 64, 3)
+    assert len(rows) == 7  # 7.67 s at 10 fps: 76 frames, 7 whole clips of 10
+    # output frame k (at k / 10 s) shows source frame k // 4 (stored every 6 / 15 = 0.4 s)
+    shown = frames.reshape(len(frames), -1).mean(1)
+    np.testing.assert_allclose(shown, [values[k // 4] for k in range(len(frames))], atol=3)
+
+    cut = truncate(sparse, tmp_path / "cut.avi", 0.5)
+    with pytest.raises(Rejected) as info:
+        decode(DecodeTask(str(cut), cut.name, config))
+    assert info.value.error_type == "FrameCountMismatch" and "reports 115" in str(info.value)
