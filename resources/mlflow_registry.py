@@ -15,6 +15,7 @@ import contextlib
 import functools
 import os
 import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -342,7 +343,7 @@ class MlflowRegistry(dg.ConfigurableResource):
         info.registered_model_version = mv.version
         return info, str(mv.version)
 
-    def download_version(self, name: str, alias_or_version: str | int, dst_dir: str | None = None
+    def download_version(self, name: str, alias_or_version: str | int, dst_dir: str
                          ) -> tuple[str, ModelVersion]:
         """Download a registered version's model folder: ``(local_path, model_version)``.
 
@@ -357,7 +358,7 @@ class MlflowRegistry(dg.ConfigurableResource):
         mv = resolve_version(client, name, alias_or_version)
         local = mlflow.artifacts.download_artifacts(
             artifact_uri=client.get_model_version_download_uri(name, str(mv.version)),
-            dst_path=dst_dir or tempfile.mkdtemp(prefix="mlflow-model-"),
+            dst_path=dst_dir,
             tracking_uri=self.tracking_uri,
         )
         return local, mv
@@ -366,11 +367,25 @@ class MlflowRegistry(dg.ConfigurableResource):
         self, name: str, alias_or_version: str | int, dst_dir: str | None = None
     ) -> tuple[Any, ModelVersion]:
         """Load a registered version in-process, returning ``(pyfunc_model, model_version)``
-        (the version carries run id and lineage tags for galleries)."""
+        (the version carries run id and lineage tags for galleries).
+
+        Without ``dst_dir`` the download goes to a temporary folder that is removed once the
+        model is in memory: every gallery loads a version, and a scheduled run's downloads
+        would otherwise pile up in /tmp. The model's code folder, which MLflow puts first on
+        ``sys.path`` while loading, is taken off again: this process imports the project's own.
+        """
         import mlflow.pyfunc
 
-        local, mv = self.download_version(name, alias_or_version, dst_dir)
-        return mlflow.pyfunc.load_model(local), mv
+        if dst_dir is not None:
+            local, mv = self.download_version(name, alias_or_version, dst_dir)
+            return mlflow.pyfunc.load_model(local), mv
+        path_before = list(sys.path)
+        with tempfile.TemporaryDirectory(prefix="mlflow-model-") as scratch:
+            try:
+                local, mv = self.download_version(name, alias_or_version, scratch)
+                return mlflow.pyfunc.load_model(local), mv
+            finally:
+                sys.path[:] = path_before
 
     def download_bundle(self, name: str, alias_or_version: str | int, dst_dir: str | Path
                         ) -> tuple[Path, ModelVersion]:

@@ -6,6 +6,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -176,7 +177,7 @@ def test_a_model_reference_splits_into_name_and_alias_or_version():
             split_reference(bad)
 
 
-def test_register_twice_alias_and_load_in_fresh_process(store, sampler, tmp_path):
+def test_register_twice_alias_and_load_in_fresh_process(store, sampler, tmp_path, monkeypatch):
     registry, _, cwd = store
     module, src = sampler
     client = registry.client()
@@ -234,6 +235,16 @@ def test_register_twice_alias_and_load_in_fresh_process(store, sampler, tmp_path
     assert str(mv.version) == "1" and mv.run_id == run_ids[0]
     sample = model.predict(pd.DataFrame({"n": [4], "seed": [7]}))
     assert sample["x"].tolist() == pytest.approx(expected_sample(4, 7, 2.0))
+
+    # without a folder, as the galleries load: nothing stays in the temporary folder, nor on sys.path
+    scratch = tmp_path / "tempdir"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    path_before = list(sys.path)
+    model, mv = registry.load_pyfunc_model(name, "2")
+    assert str(mv.version) == "2" and list(scratch.iterdir()) == [] and sys.path == path_before
+    sample = model.predict(pd.DataFrame({"n": [4], "seed": [7]}))
+    assert sample["x"].tolist() == pytest.approx(expected_sample(4, 7, -1.0))
 
     # a fresh interpreter that knows only the tracking URI
     elsewhere = tmp_path / "elsewhere"
