@@ -81,8 +81,9 @@ class TrainerLauncher(dg.ConfigurableResource):
         entry = ["-m", "models.train", "--config", str(request_path), "--manifest", str(manifest),
                  "--run-dir", str(run_dir)]
         if self.nproc_per_node > 1:
+            # torchrun's own logs go with the run (by default each launch leaves a folder in /tmp)
             return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                    f"--nproc-per-node={self.nproc_per_node}", *entry]
+                    f"--nproc-per-node={self.nproc_per_node}", "--log-dir", str(run_dir / "torchrun"), *entry]
         return [sys.executable, *entry]
 
 

@@ -29,6 +29,7 @@ SINGLE_PROCESS_ATOL = 1e-6
 
 def train_on_two_ranks(family: str, run_dir: Path, out_dir: Path, steps: int, *options: str) -> list[dict]:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={RANKS}",
+               "--log-dir", str(out_dir / "torchrun"),
                "-m", "tests.ddp_worker", family, str(run_dir), str(out_dir), str(steps), *options]
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=180)

@@ -315,7 +315,7 @@ def test_trainer_pod_runs_torchrun_and_can_go_without_a_gpu(tmp_path, monkeypatc
     assert namespace == "training"
     [container] = pod.spec.containers
     assert container.command[:5] == ["python", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
-    assert container.command[5:7] == ["-m", "models.train"]
+    assert container.command[5] == "--log-dir" and container.command[7:9] == ["-m", "models.train"]
     assert "nvidia.com/gpu" not in container.resources.requests and not pod.spec.node_selector
 
 

@@ -141,6 +141,7 @@ def test_the_asset_trains_data_parallel_under_torchrun_through_pipes(chorales):
     [event] = result.asset_materializations_for_node("music_vae")
     assert event.metadata["steps"].value == STEPS
     assert load_model(event.metadata["bundle"].value, "chorale").config.kind == "chorale"
+    assert list(Path(event.metadata["bundle"].value).parent.joinpath("torchrun").iterdir())  # its logs, not in /tmp
 
 
 def test_a_trainer_whose_launcher_dies_stops_and_leaves_a_checkpoint(chorales, tmp_path):
