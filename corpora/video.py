@@ -230,7 +230,7 @@ def decode_resampled(path: str, config: VideoCorpusConfig) -> DecodedVideo:
     if decoded == 0:
         raise Rejected("the video stream decoded to no frames", "decode", "NoFrames")
     notices = []
-    # in source frames at the stream's rate: the decoded count where timestamps are missing
+    # the span in source frames at the stream's rate (without timestamps, the decoded count)
     spanned = spanned_s * Fraction(rate) if rate else decoded
     if cut and (reported is None or spanned >= config.min_frame_ratio * reported):
         # no frame count to compare with, or no more frames lost than min_frame_ratio allows:
