@@ -376,13 +376,11 @@ class MlflowRegistry(dg.ConfigurableResource):
         """
         import mlflow.pyfunc
 
-        if dst_dir is not None:
-            local, mv = self.download_version(name, alias_or_version, dst_dir)
-            return mlflow.pyfunc.load_model(local), mv
         path_before = list(sys.path)
-        with tempfile.TemporaryDirectory(prefix="mlflow-model-") as scratch:
+        with contextlib.ExitStack() as stack:
+            folder = dst_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="mlflow-model-"))
             try:
-                local, mv = self.download_version(name, alias_or_version, scratch)
+                local, mv = self.download_version(name, alias_or_version, folder)
                 return mlflow.pyfunc.load_model(local), mv
             finally:
                 sys.path[:] = path_before
