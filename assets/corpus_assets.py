@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
+from typing import ClassVar
 
 import dagster as dg
 import pyarrow.parquet as pq
@@ -22,7 +24,10 @@ MAX_REJECTIONS_SHOWN = 20
 
 
 class IngestConfig(dg.Config):
-    """Options every corpus shares. Corpus-specific options live in the subclasses."""
+    """Options every corpus shares. A subclass names its corpus's config dataclass and declares
+    the fields of it that the launchpad may set; the others keep the dataclass's defaults."""
+
+    CORPUS_CONFIG: ClassVar[type]
 
     source_dir: str = ""  # empty: <data_root>/raw/<corpus>, seeded with the default corpus when empty
     seed_defaults: bool = True
@@ -48,6 +53,11 @@ class IngestConfig(dg.Config):
             workers=compute.threads,
             timeout_s=self.timeout_s,
         )
+
+    def corpus_config(self):
+        declared = type(self).model_fields
+        return self.CORPUS_CONFIG(**{field.name: getattr(self, field.name)
+                                     for field in dataclasses.fields(self.CORPUS_CONFIG) if field.name in declared})
 
 
 def corpus_check_specs(asset_name: str) -> list[dg.AssetCheckSpec]:

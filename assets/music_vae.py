@@ -9,7 +9,7 @@ import dagster as dg
 import numpy as np
 
 from assets.gallery_page import gallery_lineage, gallery_page, lightbox_picture, provenance, write_cover
-from assets.ingest import midi_corpus
+from assets.ingest import CORPUS_ASSET_OF
 from assets.training import (
     champion_check_spec, corpus_manifest, thumbnail_markdown, POINTERS, train_and_register, trained_result,
     TrainingRunConfig,
@@ -45,7 +45,7 @@ class MusicVaeTrainConfig(TrainingRunConfig):
 
 
 @dg.asset(
-    group_name=GROUP, deps=[midi_corpus], code_version=CODE_VERSION, kinds={"pytorch", "mlflow"}, pool="gpu",
+    group_name=GROUP, deps=[CORPUS_ASSET_OF[FAMILY.corpus]], code_version=CODE_VERSION, kinds={"pytorch", "mlflow"}, pool="gpu",
     io_manager_key=POINTERS,
     check_specs=[champion_check_spec(FAMILY.key, FAMILY.rule)],
     description="MusicVAE-style VAEs (BiLSTM encoder, LSTM decoder, scheduled sampling, KL annealing with "

@@ -9,7 +9,7 @@ import dagster as dg
 import numpy as np
 
 from assets.gallery_page import figure, gallery_lineage, gallery_page, lightbox_picture, provenance, write_cover
-from assets.ingest import painting_corpus
+from assets.ingest import CORPUS_ASSET_OF
 from assets.training import (
     champion_check_spec, corpus_manifest, thumbnail_markdown, POINTERS, train_and_register, trained_result,
     TrainingRunConfig,
@@ -44,7 +44,7 @@ class PaintingGanTrainConfig(TrainingRunConfig):
 
 
 @dg.asset(
-    group_name=GROUP, deps=[painting_corpus], code_version=CODE_VERSION, kinds={"pytorch", "mlflow"}, pool="gpu",
+    group_name=GROUP, deps=[CORPUS_ASSET_OF[FAMILY.corpus]], code_version=CODE_VERSION, kinds={"pytorch", "mlflow"}, pool="gpu",
     io_manager_key=POINTERS,
     check_specs=[champion_check_spec(FAMILY.key, FAMILY.rule)],
     description="FastGAN at 64x64 by default (skip-layer excitation, self-supervised discriminator; profile "

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import dagster as dg
 
 from assets.gallery_page import figure, gallery_lineage, gallery_page, lightbox_picture, provenance, write_cover
-from assets.ingest import video_corpus
+from assets.ingest import CORPUS_ASSET_OF
 from assets.training import (
     champion_check_spec, corpus_manifest, thumbnail_markdown, POINTERS, train_and_register, trained_result,
     TrainingRunConfig,
@@ -42,7 +42,7 @@ class VideoRnnTrainConfig(TrainingRunConfig):
 
 
 @dg.asset(
-    group_name=FAMILY.key, deps=[video_corpus], code_version=CODE_VERSION, kinds={"pytorch", "mlflow"}, pool="gpu",
+    group_name=FAMILY.key, deps=[CORPUS_ASSET_OF[FAMILY.corpus]], code_version=CODE_VERSION, kinds={"pytorch", "mlflow"}, pool="gpu",
     io_manager_key=POINTERS,
     check_specs=[champion_check_spec(FAMILY.key, FAMILY.rule)],
     description="ConvLSTM (or, by profile, PredRNN-V2) forecaster with a gated PixelCNN head (exact bits/dim, "

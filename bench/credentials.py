@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from assets.ingest import midi_corpus  # noqa: E402
+from assets.ingest import CORPUS_ASSET_OF  # noqa: E402
 from assets.music_vae import GALLERY_SEED, music_gallery, music_vae  # noqa: E402
 from pipelines.definitions import build_resources  # noqa: E402
 from provenance.credentials import Provenance, is_signable, sign_folder  # noqa: E402
@@ -39,7 +39,7 @@ def prepare(root: Path, instance: dg.DagsterInstance) -> dict:
         write_chorales(root / "raw")
     config = {"ops": {"midi_corpus": {"config": {"source_dir": str(root / "raw"), "heldout_percent": 40}},
                       "music_vae": {"config": {"steps": 6, "eval_samples": 8}}}}
-    result = dg.materialize([midi_corpus, music_vae], resources=resources, run_config=config, instance=instance)
+    result = dg.materialize([CORPUS_ASSET_OF["midi"], music_vae], resources=resources, run_config=config, instance=instance)
     assert result.success
     return resources
 

@@ -10,7 +10,7 @@ quiet_known_warnings()  # in the step processes of `atelier run`; before the ass
 
 from assets.gallery_site import gallery_site  # noqa: E402
 from assets.human_preference import human_preference  # noqa: E402
-from assets.ingest import CORPUS_ASSETS, DECODE_PARTS, PART_ASSETS, PARTS_GROUP  # noqa: E402
+from assets.ingest import CORPUS_ASSET_OF, DECODE_PARTS, PART_ASSET_OF, PARTS_GROUP, RAW_FOLDERS  # noqa: E402
 from assets.training import POINTERS  # noqa: E402
 from models.family import families  # noqa: E402
 from pipelines.automation import gallery_automation, new_votes_sensor, raw_files_sensor, retraining_schedule  # noqa: E402
@@ -93,8 +93,8 @@ def build_executor() -> dg.ExecutorDefinition:
 
 
 defs = dg.Definitions(
-    assets=[*CORPUS_ASSETS, *PART_ASSETS, *(asset for module in FAMILY_MODULES for asset in module.ASSETS), gallery_site,
-            human_preference],
+    assets=[*RAW_FOLDERS.values(), *CORPUS_ASSET_OF.values(), *PART_ASSET_OF.values(),
+            *(asset for module in FAMILY_MODULES for asset in module.ASSETS), gallery_site, human_preference],
     jobs=[ingest_job, ingest_parts_job, main_job, retrain_job],
     schedules=[retraining_schedule(TRAINING_ASSETS, retrain_job)],
     sensors=[raw_files_sensor, new_votes_sensor, gallery_automation(GALLERY_ASSETS)],

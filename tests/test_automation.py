@@ -14,7 +14,7 @@ from dagster._core.definitions.observe import observe
 from dagster._utils.test.data_versions import get_stale_status_resolver
 
 from assets.gallery_site import gallery_site
-from assets.ingest import RAW_FOLDERS, midi_corpus
+from assets.ingest import CORPUS_ASSET_OF, RAW_FOLDERS
 from assets.music_vae import music_gallery, music_vae
 from corpora.scanning import folder_fingerprint
 from pipelines.automation import raw_files_sensor, retraining_schedule
@@ -24,6 +24,8 @@ from resources.mlflow_registry import MlflowRegistry
 from resources.storage import StorageResource
 from tests.test_midi_video_assets import write_chorale
 from tests.test_music_assets import write_chorales
+
+midi_corpus = CORPUS_ASSET_OF["midi"]
 
 MLFLOW_UI, DAGSTER_UI = "http://127.0.0.1:5999", "http://127.0.0.1:3999"
 TINY_MUSIC = {"kinds": ["melody"], "steps": 3, "eval_samples": 4}

@@ -6,6 +6,7 @@ dropped check). After an intended change, refresh it with
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -15,6 +16,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from assets.corpus_assets import IngestConfig
+from assets.ingest import CORPORA, MidiIngestConfig
 from pipelines.definitions import defs, forkserver_unless_chosen
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -55,6 +58,20 @@ def test_definitions_load_and_resolve_jobs():
     assert {key.to_user_string() for key in main.asset_layer.executable_asset_keys} >= {
         "image_corpus", "painting_corpus", "midi_corpus", "video_corpus"
     }
+
+
+def test_each_corpus_option_reaches_its_corpus_config():
+    """A corpus's own launchpad options are fields of its corpus config (a misspelt one would be
+    dropped), and their values arrive there."""
+    shared = set(IngestConfig.model_fields)
+    for corpus in CORPORA:
+        own = set(corpus.config_type.model_fields) - shared
+        assert own, corpus.name
+        assert own <= {field.name for field in dataclasses.fields(corpus.config_type.CORPUS_CONFIG)}, corpus.name
+        config = corpus.config_type()
+        assert all(getattr(config.corpus_config(), name) == getattr(config, name) for name in own), corpus.name
+    # music in 4/2 at a half-note tactus: four steps a half note, eight quarters a bar
+    assert MidiIngestConfig(steps_per_quarter=2, quarters_per_bar=8).corpus_config().bar_steps == 16
 
 
 def test_steps_fork_from_a_preloaded_server_unless_the_run_config_chooses():

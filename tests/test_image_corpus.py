@@ -11,11 +11,14 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from assets.ingest import image_corpus, painting_corpus
+from assets.ingest import CORPUS_ASSET_OF
 from corpora.defaults.painting import read_qt_resources
 from corpora.ingest import load_manifest
 from corpora.shards import read_shards, tensors_from_table
 from tests.conftest import check_outcomes, data_version_of, materialization_metadata
+
+image_corpus = CORPUS_ASSET_OF["images"]
+painting_corpus = CORPUS_ASSET_OF["painting"]
 
 RESOLUTION = 16
 

@@ -14,9 +14,11 @@ from PIL import Image
 
 from assets.image_gan import image_classifier, image_gallery, image_gan
 from models.image_gan import CHAMPION_RULE
-from assets.ingest import image_corpus
+from assets.ingest import CORPUS_ASSET_OF
 from pipelines.definitions import build_resources
 from provenance.credentials import COMPOSITE, verify_file
+
+image_corpus = CORPUS_ASSET_OF["images"]
 
 HOSTILE_CLASS = '<img src=x onerror="alert(1)">'
 CLASSES = ("bar", "blob", HOSTILE_CLASS)

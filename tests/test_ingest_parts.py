@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets.ingest import DECODE_PARTS, image_corpus, image_corpus_parts
+from assets.ingest import CORPUS_ASSET_OF, DECODE_PARTS, PART_ASSET_OF
 from pipelines.definitions import build_resources
 from tests.conftest import data_version_of, materialization_metadata
 from tests.reliability._media import write_pngs
+
+image_corpus = CORPUS_ASSET_OF["images"]
+image_corpus_parts = PART_ASSET_OF["images"]
 
 CONFIG = {"resolution": 12, "heldout_percent": 30}
 

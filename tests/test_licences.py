@@ -11,7 +11,7 @@ import pytest
 from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
 
 from assets.gallery_page import gallery_lineage, gallery_page
-from assets.ingest import image_corpus
+from assets.ingest import CORPUS_ASSET_OF
 from corpora.defaults import DEFAULT_CORPORA, default_licence_file, seed_if_empty
 from corpora.ingest import load_manifest
 from corpora.shards import read_shards
@@ -19,6 +19,8 @@ from provenance.licences import UNKNOWN, LicenceFileError, Licences, read_licenc
 from tests.conftest import check_outcomes, data_version_of, materialization_metadata
 from tests.test_gallery_pages import HOSTILE, Page, assert_no_markup_from_input
 from tests.tiny_corpora import IMAGES_PER_CLASS, write_images
+
+image_corpus = CORPUS_ASSET_OF["images"]
 
 # two globs, and the third class (dots/) matched by neither
 LICENCES_CSV = """# a comment row, then the header

@@ -7,12 +7,15 @@ import numpy as np
 import pretty_midi
 import pyarrow.parquet as pq
 
-from assets.ingest import midi_corpus, video_corpus
+from assets.ingest import CORPUS_ASSET_OF
 from corpora.ingest import load_manifest
 from corpora.midi import HOLD, NOTE_OFF
 from corpora.shards import read_shards, tensors_from_table
 from corpora.video import write_video
 from tests.conftest import check_outcomes, data_version_of, materialization_metadata
+
+midi_corpus = CORPUS_ASSET_OF["midi"]
+video_corpus = CORPUS_ASSET_OF["video"]
 
 SOPRANO_TO_BASS = (72, 67, 60, 48)
 

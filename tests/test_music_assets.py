@@ -13,7 +13,7 @@ import numpy as np
 import pretty_midi
 import pytest
 
-from assets.ingest import midi_corpus
+from assets.ingest import CORPUS_ASSET_OF
 from assets.music_vae import GALLERY_SEED, music_gallery, music_vae
 from common.mlflow_store import resolve_version
 from models.music_vae import CHAMPION_RULE
@@ -21,6 +21,8 @@ from models.music_vae.sampling import GALLERY_BARS, GALLERY_TEMPERATURE, sample
 from models.music_vae.tokens import tokens_to_midi_bytes
 from pipelines.definitions import build_resources
 from provenance.credentials import Provenance, verify_file
+
+midi_corpus = CORPUS_ASSET_OF["midi"]
 
 VOICES = (72, 67, 60, 48)
 MAJOR = (0, 2, 4, 5, 7, 9, 11, 12)

@@ -12,12 +12,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from assets.ingest import painting_corpus
+from assets.ingest import CORPUS_ASSET_OF
 from assets.painting_gan import painting_gallery, painting_gan
 from models.painting_gan.config import PaintingGanConfig
 from pipelines.definitions import build_resources
 from provenance.credentials import COMPOSITE, verify_file
 from tests.tiny_corpora import write_paintings
+
+painting_corpus = CORPUS_ASSET_OF["painting"]
 
 TINY_TRAINING = {"steps": 4, "batch_size": 4, "eval_samples": 16}
 TINY_GALLERY = {"transfer_steps": 6, "transfer_size": 48, "triptychs": 1}

@@ -14,7 +14,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from assets.ingest import midi_corpus
+from assets.ingest import CORPUS_ASSET_OF
 from assets.music_vae import music_vae
 from common.hashing import sha256_file
 from models.music_vae import FAMILY
@@ -24,6 +24,8 @@ from models.train import OUTCOME_FILE, TrainingRequest
 from pipelines.definitions import build_resources
 from resources.trainer import TrainerLauncher
 from tests.test_music_assets import write_chorales
+
+midi_corpus = CORPUS_ASSET_OF["midi"]
 
 STEPS = 4
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

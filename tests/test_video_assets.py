@@ -11,13 +11,15 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from assets.ingest import video_corpus
+from assets.ingest import CORPUS_ASSET_OF
 from assets.video_rnn import video_gallery, video_rnn
 from corpora.video import read_video_frames
 from models.video_rnn import FAMILY
 from pipelines.definitions import build_resources
 from provenance.credentials import COMPOSITE, verify_file
 from tests.tiny_corpora import write_videos
+
+video_corpus = CORPUS_ASSET_OF["video"]
 
 TINY_TRAINING = {"steps": 3, "batch_size": 4}
 CORPUS_FPS = 5.0  # not the default 10, so the gallery must take its frame rate from the corpus

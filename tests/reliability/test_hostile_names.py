@@ -13,12 +13,14 @@ import pytest
 
 from assets import image_gan as image_gan_assets
 from assets import music_vae as music_vae_assets
-from assets.ingest import image_corpus
+from assets.ingest import CORPUS_ASSET_OF
 from corpora.images import IMAGES, ImageCorpusConfig
 from corpora.ingest import IngestSettings, ingest, load_manifest, read_rejections
 from corpora.shards import read_shards
 from tests.conftest import materialization_metadata
 from tests.reliability._media import files_under, noise_image, png_bytes
+
+image_corpus = CORPUS_ASSET_OF["images"]
 
 SCRIPT = "<script>alert(1)</script>"
 ESCAPED_SCRIPT = "&lt;script&gt;alert(1)&lt;/script&gt;"
