@@ -21,7 +21,7 @@ from models import midi_audio
 from models.music_vae import FAMILY
 from models.music_vae.config import KINDS, MusicVaeConfig
 from models.music_vae.render import mel_spectrogram_image, pianoroll_image
-from models.music_vae.sampling import GALLERY_BARS, GALLERY_TEMPERATURE, interpolate, sample
+from models.music_vae.sampling import GALLERY_BARS, GALLERY_FORBIDS_CONSECUTIVES, GALLERY_TEMPERATURE, interpolate, sample
 from models.music_vae.tokens import tokens_to_midi_bytes
 from models.music_vae.training import load_windows
 from models.train import TrainingRequest
@@ -33,8 +33,9 @@ from resources.storage import StorageResource
 from resources.trainer import TrainerLauncher
 
 GROUP = FAMILY.key
-CODE_VERSION = "music-vae-5"  # the training asset's; 5: the cheaper demo profile, parallel scheduled sampling
-GALLERY_CODE_VERSION = "music-gallery-4"  # 4: signed media, rateable cover, licences
+CODE_VERSION = "music-vae-6"  # the training asset's; 5: the cheaper demo profile, parallel scheduled sampling; 6: the
+# registered model draws no consecutive fifths or octaves unless asked to
+GALLERY_CODE_VERSION = "music-gallery-5"  # 4: signed media, rateable cover, licences; 5: no consecutive fifths, octaves
 GALLERY_SAMPLES, GALLERY_SEED, INTERPOLATION_STEPS = 4, 0, 5
 
 
@@ -88,7 +89,8 @@ def music_gallery(
 
     entries, rolls = [], []
     for kind, kind_model in models.items():
-        windows = sample(kind_model, GALLERY_SAMPLES, seed=GALLERY_SEED, temperature=GALLERY_TEMPERATURE, bars=GALLERY_BARS)
+        windows = sample(kind_model, GALLERY_SAMPLES, seed=GALLERY_SEED, temperature=GALLERY_TEMPERATURE, bars=GALLERY_BARS,
+                         forbid_consecutives=GALLERY_FORBIDS_CONSECUTIVES)
         entries += [_write_piece(folder, f"{kind}-{i}", window) for i, window in enumerate(windows)]
         rolls += [pianoroll_image(window) for window in windows]
     interpolation = []
@@ -144,7 +146,10 @@ def gallery_html(title: str, lineage: dict, entries: list[dict], interpolation: 
 
     sampled = provenance(lineage, [GALLERY_SEED])
     chosen = f"{lineage['model']}, phrases drawn with seed {GALLERY_SEED}"
-    body = f"""<h2>Samples</h2>{''.join(piece(entry, sampled) for entry in entries)}
+    body = f"""<h2>Samples</h2><p>{GALLERY_BARS}-bar phrases from the prior at temperature {GALLERY_TEMPERATURE:g}, drawn
+{"so that no two voices make consecutive fifths or octaves (a rule of the sampling: the model's own rate is the "
+ "metrics table's <code>prior</code> row, the phrases here its <code>gallery</code> row)" if GALLERY_FORBIDS_CONSECUTIVES
+ else "as the model gives them"}.</p>{''.join(piece(entry, sampled) for entry in entries)}
 <h2>Interpolation between two held-out chorale phrases</h2>{''.join(piece(entry, chosen) for entry in interpolation)}"""
     return gallery_page(title, lineage, body, metrics_table,
                         style="body{max-width:70em} img{image-rendering:pixelated;height:96px}", family=FAMILY.name)

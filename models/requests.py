@@ -39,3 +39,13 @@ def scalar(value):
 
 def missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def flag(value, name: str, default: bool = False) -> bool:
+    """A true/false request value (`default` when missing); anything else is refused by name."""
+    value = scalar(value)
+    if missing(value):
+        return default
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, (int, np.integer)) and value in (0, 1)):
+        return bool(value)
+    raise ValueError(f"{name} must be true or false, not {value!r}")

@@ -17,7 +17,7 @@ from assets.ingest import CORPUS_ASSET_OF
 from assets.music_vae import GALLERY_SEED, music_gallery, music_vae
 from common.mlflow_store import resolve_version
 from models.music_vae import CHAMPION_RULE
-from models.music_vae.sampling import GALLERY_BARS, GALLERY_TEMPERATURE, sample
+from models.music_vae.sampling import GALLERY_BARS, GALLERY_FORBIDS_CONSECUTIVES, GALLERY_TEMPERATURE, sample
 from models.music_vae.tokens import tokens_to_midi_bytes
 from pipelines.definitions import build_resources
 from provenance.credentials import Provenance, verify_file
@@ -129,14 +129,17 @@ def test_atelier_sample_signs_with_the_version_its_reference_names_and_that_vers
     assert fields["training_attribution"] == by_alias.tags["training_attribution"]  # as registration tagged it
 
 
-def test_gallery_plays_long_phrases_at_the_temperature_the_evaluation_measures(music_run):
+def test_gallery_plays_long_phrases_drawn_as_the_evaluation_measures_them(music_run):
     index = Path(metadata_of(music_run["result"], music_gallery)["index"])
     model, _ = music_run["resources"]["mlflow"].load_pyfunc_model("music-vae", "1")
     chorale = model.unwrap_python_model().models["chorale"]
-    drawn = sample(chorale, 4, seed=0, temperature=GALLERY_TEMPERATURE, bars=GALLERY_BARS)
+    drawn = sample(chorale, 4, seed=0, temperature=GALLERY_TEMPERATURE, bars=GALLERY_BARS,
+                   forbid_consecutives=GALLERY_FORBIDS_CONSECUTIVES)
     assert [(index.parent / f"chorale-{i}.mid").read_bytes() for i in range(4)] == [tokens_to_midi_bytes(w) for w in drawn]
+    assert "no two voices make consecutive fifths or octaves" in index.read_text()
     trained = metadata_of(music_run["result"], music_vae)
     assert f"temperature {GALLERY_TEMPERATURE:g} (the gallery's)" in trained["metrics_table"]
+    assert "| gallery | " in trained["metrics_table"]
 
 
 def test_music_vae_samples_and_interpolates_in_a_clean_process(music_run, tmp_path):

@@ -17,10 +17,10 @@ from models.music_vae import CHAMPION_RULE, FAMILY
 from models.music_vae import metrics as music_metrics
 from models.music_vae import render as music_render
 from models.music_vae.config import MusicVaeConfig
-from models.music_vae.network import START, shift_right
+from models.music_vae.network import START, consecutive_note_ons, next_sounding, shift_right
 from models.music_vae.sampling import (
-    GALLERY_BARS, GALLERY_TEMPERATURE, LATENT_WALK_CORRELATION, encode, interpolate, latent_walk, load_bundle, load_model,
-    sample,
+    GALLERY_BARS, GALLERY_FORBIDS_CONSECUTIVES, GALLERY_TEMPERATURE, LATENT_WALK_CORRELATION, encode, interpolate,
+    latent_walk, load_bundle, load_model, sample,
 )
 from models.music_vae.tokens import HOLD, NOTE_OFF, midi_bytes_to_tokens, step_seconds, tokens_to_midi_bytes, tokens_to_notes
 from models.music_vae.training import MusicVaeFamily, export_bundle, transpose
@@ -173,6 +173,45 @@ def test_each_voice_is_drawn_given_the_voices_above_it_in_its_step():
     assert torch.equal(model.decode_teacher_forced(z, drawn).argmax(-1).transpose(1, 2), drawn)
 
 
+def test_the_rule_masks_exactly_the_note_ons_the_metrics_count_as_consecutive_fifths_or_octaves():
+    """Against the evaluation's own counts: for random previous and current sonorities, a note-on
+    of the last voice is masked exactly when parallel_motions or contrary_motions would count it."""
+    rng = np.random.default_rng(0)
+    before = torch.as_tensor(np.where(rng.random((400, 4)) < 0.1, -1, rng.integers(40, 80, (400, 4))))
+    moved = before + torch.as_tensor(rng.choice([-12, -7, -5, -2, 0, 2, 5, 7, 12], (400, 4)))
+    now = torch.where(torch.as_tensor(rng.random((400, 4)) < 0.1), -1, torch.where(before < 0, -1, moved))
+    masked = consecutive_note_ons(before, now, voice=3)
+
+    def faults(row: int, bass: int) -> int:
+        after = np.array([*now[row, :3].tolist(), bass])
+        return (sum(music_metrics.parallel_motions(before[row].numpy(), after).values())
+                + sum(music_metrics.contrary_motions(before[row].numpy(), after).values()))
+
+    counted = 0
+    for row in range(len(before)):
+        upper_voices_alone = faults(row, -1)  # a silent bass takes part in none
+        for pitch in range(30, 90):
+            with_bass = faults(row, pitch) - upper_voices_alone
+            assert bool(masked[row, pitch]) == (with_bass > 0), (before[row].tolist(), now[row].tolist(), pitch)
+            counted += with_bass > 0
+    assert counted > 100  # the random sonorities meet the rule often enough to test it
+    assert consecutive_note_ons(before, now, voice=0).sum() == 0  # the soprano is drawn first: nothing to keep apart from
+    # a held note keeps its pitch, a NOTE_OFF silences, a note-on sounds its own pitch
+    tokens = torch.tensor([60, HOLD, NOTE_OFF, HOLD])
+    assert next_sounding(torch.tensor([50, 52, 55, -1]), tokens).tolist() == [60, 52, -1, -1]
+
+
+def test_sampling_with_the_rule_draws_no_consecutive_fifths_or_octaves():
+    model = MusicVaeFamily(tiny_config("chorale"), windows("chorale", 8)).model.eval()
+    free = music_metrics.harmony_statistics(sample(model, 24, seed=0, temperature=1.0, bars=4))
+    ruled_windows = sample(model, 24, seed=0, temperature=1.0, bars=4, forbid_consecutives=True)
+    ruled = music_metrics.harmony_statistics(ruled_windows)
+    # an untrained decoder at temperature 1 moves its voices at random: without the rule it makes both faults
+    assert free["parallels_per_bar"] > 0.1 and free["contrary_perfects_per_bar"] > 0.1
+    assert ruled["parallels_per_bar"] == 0 and ruled["contrary_perfects_per_bar"] == 0
+    assert np.array_equal(ruled_windows, sample(model, 24, seed=0, temperature=1.0, bars=4, forbid_consecutives=True))
+
+
 # --- sampling, interpolation, bundles ----------------------------------------------------
 
 
@@ -235,6 +274,13 @@ FRESH_PREDICT = """
     model = mlflow.pyfunc.load_model(sys.argv[1])
     chorales = model.predict({"n": 3, "seed": 7, "temperature": 0.8})
     plain = model.predict({"n": 2, "seed": 7})
+    ruled = model.predict({"n": 2, "seed": 7, "forbid_consecutives": True})
+    free = model.predict({"n": 2, "seed": 7, "forbid_consecutives": False})
+    try:
+        model.predict({"n": 1, "forbid_consecutives": "sometimes"})
+        refused = ""
+    except ValueError as error:
+        refused = str(error)
     default_temperature = model.predict({"n": 2, "seed": 7, "temperature": TEMPERATURE})
     hotter = model.predict({"n": 2, "seed": 7, "temperature": 1.0})
     long = pretty_midi.PrettyMIDI(io.BytesIO(model.predict({"n": 1, "seed": 7, "bars": 8})[0]))
@@ -245,7 +291,8 @@ FRESH_PREDICT = """
     module = sys.modules[type(model.unwrap_python_model()).__module__].__file__
     print(json.dumps({"n": len(chorales), "same": chorales == again, "melodies": len(melodies), "strip": len(strip),
                       "plain": [type(b).__name__ for b in plain], "default_temperature": plain == default_temperature,
-                      "hotter": plain == hotter, "long_seconds": long.get_end_time(),
+                      "hotter": plain == hotter, "long_seconds": long.get_end_time(), "default_rule": plain == ruled,
+                      "free_differs": plain != free, "refused": refused,
                       "instruments": [len(p.instruments) for p in parsed], "module": module}))
 """
 
@@ -260,7 +307,8 @@ def test_pyfunc_in_a_fresh_process_returns_midi_and_interpolations(trained, tmp_
                              code_paths=FAMILY.code_paths())
     result = run_in_fresh_process(FRESH_PREDICT.replace("TEMPERATURE", repr(GALLERY_TEMPERATURE)), model_dir, timeout=180)
     assert result == {**result, "n": 3, "same": True, "melodies": 2, "strip": 4, "plain": ["bytes", "bytes"],
-                      "default_temperature": True, "hotter": False}
+                      "default_temperature": True, "hotter": False, "default_rule": GALLERY_FORBIDS_CONSECUTIVES}
+    assert "forbid_consecutives must be true or false" in result["refused"]
     assert result["long_seconds"] > 6 * 4 * step_seconds() * 4  # more than 6 bars of 16 steps: an 8-bar phrase
     assert result["instruments"] == [4, 4, 4, 1, 1, 4, 4, 4, 4]  # one instrument per voice
     assert result["module"].startswith(str(model_dir)), "the pyfunc must come from the model's own code path"
@@ -346,9 +394,14 @@ def test_harmony_statistics_tell_a_chorale_from_random_pitches_and_count_paralle
     assert music_metrics.parallel_motions(np.array([67, 60]), np.array([74, 67])) == {"fifths": 1, "octaves": 0}
     assert music_metrics.parallel_motions(np.array([72, 60]), np.array([74, 62])) == {"fifths": 0, "octaves": 1}
     assert music_metrics.parallel_motions(np.array([67, 60]), np.array([62, 55])) == {"fifths": 1, "octaves": 0}
-    # contrary motion into a fifth, or a held voice, is no parallel
+    # contrary motion into a fifth, or a held voice, is no parallel; the contrary one is counted apart
     assert music_metrics.parallel_motions(np.array([67, 60]), np.array([74, 55])) == {"fifths": 0, "octaves": 0}
+    assert music_metrics.contrary_motions(np.array([67, 60]), np.array([74, 55])) == {"fifths": 1, "octaves": 0}
+    assert music_metrics.contrary_motions(np.array([72, 60]), np.array([74, 50])) == {"fifths": 0, "octaves": 1}
+    assert music_metrics.contrary_motions(np.array([67, 60]), np.array([74, 67])) == {"fifths": 0, "octaves": 0}
     assert music_metrics.parallel_motions(np.array([67, 60]), np.array([67, 62])) == {"fifths": 0, "octaves": 0}
+    assert music_metrics.contrary_motions(np.array([67, 60]), np.array([67, 62])) == {"fifths": 0, "octaves": 0}
+    assert bach["contrary_perfects_per_bar"] == 0.0 and random["contrary_perfects_per_bar"] > 0
 
 
 def test_report_has_model_and_baselines_in_one_table(trained):
@@ -377,7 +430,8 @@ def test_report_has_model_and_baselines_in_one_table(trained):
     assert rows["model"][columns.index("true_nll_per_token")] == "—"
     assert rows["unigram"][columns.index("posterior_mean_reconstruction_loss_per_token")] == "—"
     assert "overlap: held-out vs train (reference)" in text and f"temperature {GALLERY_TEMPERATURE:g}" in text
-    assert set(report["harmony"]) == {"prior", f"prior_{GALLERY_BARS}_bars", "heldout", "random_pitches"}
+    assert set(report["harmony"]) == {"prior", f"prior_{GALLERY_BARS}_bars", "gallery", "heldout", "random_pitches"}
+    assert report["harmony"]["gallery"]["parallels_per_bar"] == 0 == report["harmony"]["gallery"]["contrary_perfects_per_bar"]
     assert all(set(row) == set(music_metrics.HARMONY) for row in report["harmony"].values())
     assert "| random_pitches |" in text
     with pytest.raises(ValueError, match="held-out windows"):

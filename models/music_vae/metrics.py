@@ -28,9 +28,11 @@ overlapping area).
 Harmony, for prior samples (windows, and phrases as long as the gallery's), held-out windows
 and a random-pitch baseline (the held-out rhythms with each note's pitch drawn uniformly from
 its voice's range): the share of vertical sonorities (>= 3 voices sounding) that are triads or
-seventh chords, parallel fifths and octaves per bar, and key consistency (Krumhansl-Schmuckler:
-the best correlation of the duration-weighted pitch-class histogram with the 24 rotated
-Krumhansl-Kessler key profiles).
+seventh chords, parallel fifths and octaves per bar, fifths and octaves by contrary motion per bar,
+and key consistency (Krumhansl-Schmuckler: the best correlation of the duration-weighted
+pitch-class histogram with the 24 rotated Krumhansl-Kessler key profiles). The gallery's phrases
+are drawn without consecutive fifths and octaves (a rule of the sampling); their row stands beside
+the model's own prior samples, which are drawn without it.
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ import torch
 from models.distances import frechet_distance
 from models.midi_audio import render
 from models.music_vae.network import MusicVae, kl_divergence, reconstruction_nll
-from models.music_vae.sampling import GALLERY_BARS, GALLERY_TEMPERATURE, STEPS_PER_BAR, sample
+from models.music_vae.sampling import GALLERY_BARS, GALLERY_FORBIDS_CONSECUTIVES, GALLERY_TEMPERATURE, STEPS_PER_BAR, sample
 from models.music_vae.tokens import (
     HOLD, NUM_CLASSES, NUM_PITCHES, STEPS_PER_QUARTER, as_voices, tokens_to_midi_bytes, tokens_to_notes,
 )
@@ -70,7 +72,7 @@ CHORD_SHAPES = ((0, 4, 7), (0, 3, 7), (0, 3, 6), (0, 4, 8),
 CHORDS = frozenset(frozenset((root + step) % 12 for step in shape) for shape in CHORD_SHAPES for root in range(12))
 MIN_CHORD_VOICES = 3
 PERFECT_INTERVALS = {7: "fifths", 0: "octaves"}  # compound interval mod 12 -> the parallels it makes
-HARMONY = ("chord_share", "parallels_per_bar", "key_correlation")
+HARMONY = ("chord_share", "parallels_per_bar", "contrary_perfects_per_bar", "key_correlation")
 
 
 def _rotations(profiles) -> np.ndarray:
@@ -262,6 +264,15 @@ def is_chord(pitches) -> bool:
 def parallel_motions(before, after) -> dict[str, int]:
     """Parallel fifths and octaves (compound, unisons included) between two consecutive sonorities
     (V,): a voice pair at the same perfect interval in both whose voices both move the same way."""
+    return _consecutive_perfects(before, after, same_way=True)
+
+
+def contrary_motions(before, after) -> dict[str, int]:
+    """Fifths and octaves by contrary motion: as `parallel_motions`, the two voices moving opposite ways."""
+    return _consecutive_perfects(before, after, same_way=False)
+
+
+def _consecutive_perfects(before, after, same_way: bool) -> dict[str, int]:
     counts = {name: 0 for name in PERFECT_INTERVALS.values()}
     for upper in range(len(before)):
         for lower in range(upper + 1, len(before)):
@@ -270,7 +281,8 @@ def parallel_motions(before, after) -> dict[str, int]:
                 continue
             moves = np.sign(after[upper] - before[upper]), np.sign(after[lower] - before[lower])
             interval = (before[upper] - before[lower]) % 12
-            if moves[0] != 0 and moves[0] == moves[1] and interval == (after[upper] - after[lower]) % 12:
+            ways_agree = moves[0] == moves[1] if same_way else moves[0] == -moves[1]
+            if moves[0] != 0 and ways_agree and interval == (after[upper] - after[lower]) % 12:
                 if interval in PERFECT_INTERVALS:
                     counts[PERFECT_INTERVALS[interval]] += 1
     return counts
@@ -291,8 +303,9 @@ def key_correlation(voices) -> float:
 
 def harmony_statistics(windows) -> dict[str, float]:
     """Pooled over windows (N, T) or (N, V, T): the share of sonorities with >= 3 voices sounding
-    that are chords, parallel fifths and octaves per bar (NaN for one voice), and the mean key correlation."""
-    chords = full = parallels = bars = 0
+    that are chords, parallel fifths and octaves per bar and those by contrary motion (NaN for one
+    voice), and the mean key correlation."""
+    chords = full = parallels = contrary = bars = 0
     keys, pairs = [], False
     for window in windows:
         window = np.atleast_2d(window)
@@ -301,12 +314,14 @@ def harmony_statistics(windows) -> dict[str, float]:
         chords += sum(is_chord(row) for row in found[sounding])
         full += int(sounding.sum())
         parallels += sum(sum(parallel_motions(a, b).values()) for a, b in zip(found[:-1], found[1:]))
+        contrary += sum(sum(contrary_motions(a, b).values()) for a, b in zip(found[:-1], found[1:]))
         bars += window.shape[-1] / STEPS_PER_BAR
         pairs = pairs or len(window) > 1
         keys.append(key_correlation(window))
     keys = np.array(keys, dtype=np.float64)
     return {"chord_share": chords / full if full else float("nan"),
             "parallels_per_bar": parallels / bars if bars and pairs else float("nan"),
+            "contrary_perfects_per_bar": contrary / bars if bars and pairs else float("nan"),
             "key_correlation": _nanmean(keys)}
 
 
@@ -384,10 +399,13 @@ def evaluate(model: MusicVae, train_windows, heldout_windows, n_samples: int = E
               "prior_statistics_overlap": mean_overlap(prior_vs_heldout, voices),
               "heldout_vs_train_statistics_overlap": mean_overlap(heldout_vs_train, voices)}
     # as many steps as the windows above, in the gallery's longer phrases
-    phrases = sample(model, max(1, n_samples * steps_per_window // (GALLERY_BARS * STEPS_PER_BAR)), seed=seed,
-                     temperature=temperature, bars=GALLERY_BARS)
+    phrase_count = max(1, n_samples * steps_per_window // (GALLERY_BARS * STEPS_PER_BAR))
+    phrases = sample(model, phrase_count, seed=seed, temperature=temperature, bars=GALLERY_BARS)
+    gallery_phrases = sample(model, phrase_count, seed=seed, temperature=temperature, bars=GALLERY_BARS,
+                             forbid_consecutives=GALLERY_FORBIDS_CONSECUTIVES)
     report["harmony"] = {"prior": harmony_statistics(generated),
                          f"prior_{GALLERY_BARS}_bars": harmony_statistics(as_voices(phrases, voices)),
+                         "gallery": harmony_statistics(as_voices(gallery_phrases, voices)),
                          "heldout": harmony_statistics(real),
                          "random_pitches": harmony_statistics(random_pitches(real, seed))}
     if chroma_windows:
@@ -433,8 +451,9 @@ def format_report(report: dict) -> str:
         lines += ["", f"chroma of prior samples vs held-out ({chroma['renderer']}): mean-profile cosine "
                       f"{_cell(chroma['mean_profile_cosine'])}, Frechet {_cell(chroma['frechet_distance'])}, "
                       f"mean pitch-class overlap {_cell(chroma['mean_pitch_class_overlap'])}"]
-    lines += ["", "harmony (prior samples at the same temperature; random_pitches: the held-out rhythms with random "
-                  "pitches in each voice's range)", "", "| windows | " + " | ".join(HARMONY) + " |",
+    lines += ["", "harmony (prior samples at the same temperature; gallery: its phrases, drawn without consecutive "
+                  "fifths and octaves; random_pitches: the held-out rhythms with random pitches in each voice's range)",
+              "", "| windows | " + " | ".join(HARMONY) + " |",
               "|---" * (len(HARMONY) + 1) + "|"]
     for source, row in report["harmony"].items():
         lines.append(f"| {source} | " + " | ".join(_cell(row[name]) for name in HARMONY) + " |")

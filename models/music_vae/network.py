@@ -14,10 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.music_vae.config import MusicVaeConfig
-from models.music_vae.tokens import NUM_CLASSES
+from models.music_vae.tokens import HOLD, NOTE_OFF, NUM_CLASSES
 
 START = NUM_CLASSES  # the decoder's input before the first step: an extra embedding row
 MIN_SIGMA = 1e-4  # keeps log(sigma) finite when softplus underflows
+PERFECT_CLASSES = (0, 7)  # unison or octave, fifth (compound ones too): what two moving voices must not keep
 
 
 class VoiceEmbedding(nn.Module):
@@ -98,13 +99,46 @@ class Decoder(nn.Module):
         y, state = self.run(inputs, z, state)
         return self.heads(y, current), state
 
-    def sample_step(self, y: torch.Tensor, temperature: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample_step(self, y: torch.Tensor, temperature: float, generator: torch.Generator | None = None,
+                    sounding: torch.Tensor | None = None) -> torch.Tensor:
         """One step's tokens (B, 1, V) from LSTM outputs (B, 1, H), voice by voice: each voice is
-        drawn given the tokens already drawn for the voices before it."""
+        drawn given the tokens already drawn for the voices before it. With `sounding`, the (B, V)
+        pitches sounding before this step (-1: silent), no voice may make consecutive fifths or
+        octaves with a voice drawn before it: those note-ons get no probability."""
         current = torch.zeros(*y.shape[:-1], self.voices, dtype=torch.long, device=y.device)
+        now = None if sounding is None else sounding.clone()
         for voice in range(self.voices):
-            current[..., voice] = pick_tokens(self.heads(y, current)[..., voice, :], temperature, generator)
+            logits = self.heads(y, current)[..., voice, :]
+            if sounding is not None:
+                forbidden = F.pad(consecutive_note_ons(sounding, now, voice), (0, NUM_CLASSES - NOTE_OFF))
+                logits = logits.masked_fill(forbidden[:, None], float("-inf"))
+            current[..., voice] = pick_tokens(logits, temperature, generator)
+            if now is not None:
+                now[:, voice] = next_sounding(sounding[:, voice], current[:, 0, voice])
         return current
+
+
+def next_sounding(sounding: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """The pitches sounding after `tokens` (-1: silent): a note-on's pitch, the same under HOLD."""
+    return torch.where(tokens < NOTE_OFF, tokens, torch.where(tokens == HOLD, sounding, -1))
+
+
+def consecutive_note_ons(before: torch.Tensor, now: torch.Tensor, voice: int) -> torch.Tensor:
+    """(B, 128) mask of the note-ons (a note-on token is its pitch) that would give `voice`
+    consecutive fifths or octaves with one of the voices before it: both voices sounding at both
+    steps, both moving (the same way, as `metrics.parallel_motions` counts, or opposite ways, as
+    `metrics.contrary_motions`), the same perfect interval class at both. before: (B, V) pitches
+    sounding at the step before; now: (B, V), this step's, valid for the voices before `voice`."""
+    pitches = torch.arange(NOTE_OFF, device=before.device)
+    own = before[:, voice, None]
+    forbidden = torch.zeros(before.size(0), NOTE_OFF, dtype=torch.bool, device=before.device)
+    for other in range(voice):
+        was, moved_to = before[:, other, None], now[:, other, None]
+        interval = (was - own) % 12
+        perfect = (interval == PERFECT_CLASSES[0]) | (interval == PERFECT_CLASSES[1])
+        forbidden |= ((was >= 0) & (own >= 0) & (moved_to >= 0) & (moved_to != was) & (pitches != own) & perfect
+                      & ((moved_to - pitches) % 12 == interval))
+    return forbidden
 
 
 def shift_right(targets: torch.Tensor) -> torch.Tensor:
@@ -159,19 +193,24 @@ class MusicVae(nn.Module):
         return logits, used
 
     @torch.no_grad()
-    def generate(self, z: torch.Tensor, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    def generate(self, z: torch.Tensor, temperature: float = 1.0, generator: torch.Generator | None = None,
+                 forbid_consecutives: bool = False) -> torch.Tensor:
         """Autoregressive decoding from z: tokens (B, V, T), int64. Given one latent per window,
         z (B, K, Z), it decodes K windows as one phrase (B, V, K * T): the decoder starts from the
         first latent's state and goes on across window boundaries, its input switching to the
-        next window's latent, so each window follows on from the one before."""
+        next window's latent, so each window follows on from the one before. `forbid_consecutives`:
+        no two voices make consecutive fifths or octaves, by parallel or contrary motion (a rule of
+        the sampling, not the model's: docs/music-vae.md measures both)."""
         windows = z[:, None] if z.dim() == 2 else z
         state = self.decoder.initial_state(windows[:, 0])
         previous = torch.full((z.size(0), 1, self.config.voices), START, dtype=torch.long, device=z.device)
+        sounding = torch.full((z.size(0), self.config.voices), -1, dtype=torch.long, device=z.device)
         steps = []
         for window in windows.unbind(1):
             for _ in range(self.config.steps_per_window):
                 y, state = self.decoder.run(previous, window, state)
-                previous = self.decoder.sample_step(y, temperature, generator)
+                previous = self.decoder.sample_step(y, temperature, generator, sounding if forbid_consecutives else None)
+                sounding = next_sounding(sounding, previous[:, 0])
                 steps.append(previous[:, 0])
         return torch.stack(steps, dim=-1)
 

@@ -4,22 +4,30 @@ Shipped with the record's code paths (models/ and common/), so it imports nothin
 project (no corpora/, no dagster).
 
 Requests (a dict, or a one-row DataFrame with these columns):
-- {"n": 4, "seed": 0, "temperature": 0.5, "bars": 2, "mode": "chorale"} -> a list of n MIDI files
-  (bytes), each a phrase of `bars` bars (2, 4 or 8; default one 2-bar window) at `temperature`
-  (default the gallery's, 0.5 as Magenta's);
+- {"n": 4, "seed": 0, "temperature": 0.5, "bars": 2, "mode": "chorale", "forbid_consecutives": true}
+  -> a list of n MIDI files (bytes), each a phrase of `bars` bars (2, 4 or 8; default one 2-bar
+  window) at `temperature` (default the gallery's, 0.5 as Magenta's), with no consecutive fifths or
+  octaves between voices unless `forbid_consecutives` is false (default the gallery's: forbidden);
 - {"interpolate": [midi_a, midi_b], "steps": 5, "mode": ...} -> a list of `steps` MIDI files
   from phrase a to phrase b (both encoded, latents slerped, each decoded greedily).
 "mode" defaults to the bundle's first model ("melody" or "chorale").
 """
 from __future__ import annotations
 
-from models.music_vae.sampling import GALLERY_TEMPERATURE, interpolate, load_bundle, load_model, sample
+from models.music_vae.sampling import (
+    GALLERY_FORBIDS_CONSECUTIVES,
+    GALLERY_TEMPERATURE,
+    interpolate,
+    load_bundle,
+    load_model,
+    sample,
+)
 from models.music_vae.tokens import (
     DEFAULT_QPM,
     midi_bytes_to_tokens,
     tokens_to_midi_bytes,
 )
-from models.requests import RequestPyfunc, missing, request_dict, scalar
+from models.requests import RequestPyfunc, flag, missing, request_dict, scalar
 
 DEFAULT_N, DEFAULT_SEED, DEFAULT_STEPS = 4, 0, 5
 MAX_N = 1024  # one request must not be able to ask for unbounded work
@@ -39,7 +47,7 @@ class MusicVaePyfunc(RequestPyfunc):
         return self.models[mode]
 
     def predict(self, context, model_input, params=None):
-        request = request_dict(model_input, "n, seed, temperature, bars, mode or interpolate")
+        request = request_dict(model_input, "n, seed, temperature, bars, forbid_consecutives, mode or interpolate")
         model = self._model(scalar(request.get("mode")))
         voices, steps_per_window = model.config.voices, model.config.steps_per_window
         ends = request.get("interpolate")
@@ -58,5 +66,7 @@ class MusicVaePyfunc(RequestPyfunc):
             bars = scalar(request.get("bars"))
             if not 0 <= n <= MAX_N:
                 raise ValueError(f"n must be within 0..{MAX_N}")
-            windows = sample(model, n, seed=seed, temperature=temperature, bars=None if missing(bars) else float(bars))
+            windows = sample(model, n, seed=seed, temperature=temperature, bars=None if missing(bars) else float(bars),
+                             forbid_consecutives=flag(request.get("forbid_consecutives"), "forbid_consecutives",
+                                                      default=GALLERY_FORBIDS_CONSECUTIVES))
         return [tokens_to_midi_bytes(window, self.qpm) for window in windows]

@@ -21,6 +21,9 @@ SAMPLE_CHUNK = 512  # sequences per decoder pass when sampling, to bound memory
 # default), and the evaluation measures prior samples at it too, so the musical statistics describe
 # the gallery's music.
 GALLERY_TEMPERATURE = 0.5
+# The gallery and the registered model draw no consecutive fifths or octaves between voices: a rule
+# of the sampling (the model alone makes about 0.6 a bar, Bach about none; docs/music-vae.md)
+GALLERY_FORBIDS_CONSECUTIVES = True
 STEPS_PER_BAR = 4 * STEPS_PER_QUARTER  # 4/4, as the corpus's windows
 MAX_PHRASE_BARS = 8  # the longest phrase `sample` makes (and docs/music-vae.md measures)
 GALLERY_BARS = MAX_PHRASE_BARS  # the gallery's phrases, and the evaluation's longer prior samples
@@ -78,13 +81,16 @@ def _squeeze_voices(model: MusicVae, tokens: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def decode(model: MusicVae, z: torch.Tensor, temperature: float = 0.0, seed: int = 0) -> np.ndarray:
+def decode(model: MusicVae, z: torch.Tensor, temperature: float = 0.0, seed: int = 0,
+           forbid_consecutives: bool = False) -> np.ndarray:
     """uint8 windows from latents z (N, Z): (N, T) for melody, (N, V, T) for chorale; temperature 0 =
-    greedy. Latents (N, K, Z) give phrases of K windows, (N, K * T) or (N, V, K * T)."""
+    greedy. Latents (N, K, Z) give phrases of K windows, (N, K * T) or (N, V, K * T).
+    `forbid_consecutives`: no consecutive fifths or octaves between voices (MusicVae.generate)."""
     model.eval()
     generator = torch.Generator().manual_seed(int(seed))
     device = next(model.parameters()).device
-    parts = [model.generate(z[i : i + SAMPLE_CHUNK].to(device), temperature, generator) for i in range(0, len(z), SAMPLE_CHUNK)]
+    parts = [model.generate(z[i : i + SAMPLE_CHUNK].to(device), temperature, generator, forbid_consecutives)
+             for i in range(0, len(z), SAMPLE_CHUNK)]
     windows = 1 if z.dim() == 2 else z.size(1)
     empty = torch.zeros(0, model.config.voices, windows * model.config.steps_per_window, dtype=torch.long)
     return _squeeze_voices(model, torch.cat(parts) if parts else empty)
@@ -105,17 +111,18 @@ def window_bars(model: MusicVae) -> float:
 
 
 def sample(model: MusicVae, n: int, seed: int = 0, temperature: float = GALLERY_TEMPERATURE,
-           bars: float | None = None) -> np.ndarray:
+           bars: float | None = None, forbid_consecutives: bool = False) -> np.ndarray:
     """n new phrases of `bars` bars (default: one window's) from the prior; the same seed,
-    temperature and bars always give the same phrases (the latents come from a CPU generator, so
-    on any device). A phrase of several windows is decoded as one sequence along a latent walk."""
+    temperature, bars and rule always give the same phrases (the latents come from a CPU generator,
+    so on any device). A phrase of several windows is decoded as one sequence along a latent walk.
+    `forbid_consecutives`: no consecutive fifths or octaves between voices (MusicVae.generate)."""
     bars = window_bars(model) if bars is None else bars
     windows = bars / window_bars(model)
     if not (windows == int(windows) and 1 <= windows and bars <= MAX_PHRASE_BARS):
         raise ValueError(f"bars must be a whole number of {window_bars(model):g}-bar windows, at most "
                          f"{MAX_PHRASE_BARS}; not {bars!r}")
     z = latent_walk(n, int(windows), model.config.latent_dim, seed)
-    return decode(model, z if windows > 1 else z[:, 0], temperature, seed=seed)
+    return decode(model, z if windows > 1 else z[:, 0], temperature, seed=seed, forbid_consecutives=forbid_consecutives)
 
 
 def interpolate(model: MusicVae, tokens_a, tokens_b, steps: int = 5, method: str = "slerp") -> np.ndarray:

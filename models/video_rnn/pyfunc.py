@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.requests import RequestPyfunc, missing, request_dict, scalar
+from models.requests import RequestPyfunc, flag, missing, request_dict, scalar
 
 DEFAULT_SEED, DEFAULT_MODE = 0, "mean"
 MAX_HORIZON = {"mean": 1000, "sample": 100}  # one request must not be able to ask for unbounded work
@@ -49,15 +49,6 @@ def _context(value) -> np.ndarray:
     return frames
 
 
-def _flag(value, name: str) -> bool:
-    value = scalar(value)
-    if missing(value):
-        return False
-    if isinstance(value, (bool, np.bool_)) or (isinstance(value, (int, np.integer)) and value in (0, 1)):
-        return bool(value)
-    raise ValueError(f"{name} must be true or false, not {value!r}")
-
-
 class VideoRnnPyfunc(RequestPyfunc):
     def load_context(self, context):
         from models.video_rnn.sampling import bundle_examples, load_bundle, load_model
@@ -81,7 +72,7 @@ class VideoRnnPyfunc(RequestPyfunc):
             raise ValueError(f"horizon must lie in 0..{MAX_HORIZON[mode]} for mode {mode!r}")
         seed = scalar(request.get("seed"))
         seed = DEFAULT_SEED if missing(seed) else int(seed)
-        with_context = _flag(request.get("with_context"), "with_context")
+        with_context = flag(request.get("with_context"), "with_context")
         if not missing(request.get("context")):
             frames = _context(request["context"])
         else:  # a context-less request continues the bundle's example contexts
