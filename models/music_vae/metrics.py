@@ -43,7 +43,7 @@ import torch
 
 from models.distances import frechet_distance
 from models.midi_audio import render
-from models.music_vae.network import MusicVae, kl_divergence, reconstruction_nll
+from models.music_vae.network import PERFECT_INTERVALS, MusicVae, kl_divergence, reconstruction_nll
 from models.music_vae.sampling import GALLERY_BARS, GALLERY_FORBIDS_CONSECUTIVES, GALLERY_TEMPERATURE, STEPS_PER_BAR, sample
 from models.music_vae.tokens import (
     HOLD, NUM_CLASSES, NUM_PITCHES, STEPS_PER_QUARTER, as_voices, tokens_to_midi_bytes, tokens_to_notes,
@@ -71,7 +71,6 @@ CHORD_SHAPES = ((0, 4, 7), (0, 3, 7), (0, 3, 6), (0, 4, 8),
                 (0, 4, 10), (0, 4, 11), (0, 3, 10))
 CHORDS = frozenset(frozenset((root + step) % 12 for step in shape) for shape in CHORD_SHAPES for root in range(12))
 MIN_CHORD_VOICES = 3
-PERFECT_INTERVALS = {7: "fifths", 0: "octaves"}  # compound interval mod 12 -> the parallels it makes
 HARMONY = ("chord_share", "parallels_per_bar", "contrary_perfects_per_bar", "key_correlation")
 
 

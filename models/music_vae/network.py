@@ -18,7 +18,8 @@ from models.music_vae.tokens import HOLD, NOTE_OFF, NUM_CLASSES
 
 START = NUM_CLASSES  # the decoder's input before the first step: an extra embedding row
 MIN_SIGMA = 1e-4  # keeps log(sigma) finite when softplus underflows
-PERFECT_CLASSES = (0, 7)  # unison or octave, fifth (compound ones too): what two moving voices must not keep
+# compound interval mod 12 -> its name: what two moving voices must not keep (metrics count them too)
+PERFECT_INTERVALS = {7: "fifths", 0: "octaves"}
 
 
 class VoiceEmbedding(nn.Module):
@@ -135,7 +136,7 @@ def consecutive_note_ons(before: torch.Tensor, now: torch.Tensor, voice: int) ->
     for other in range(voice):
         was, moved_to = before[:, other, None], now[:, other, None]
         interval = (was - own) % 12
-        perfect = (interval == PERFECT_CLASSES[0]) | (interval == PERFECT_CLASSES[1])
+        perfect = torch.isin(interval, torch.tensor(list(PERFECT_INTERVALS), device=before.device))
         forbidden |= ((was >= 0) & (own >= 0) & (moved_to >= 0) & (moved_to != was) & (pitches != own) & perfect
                       & ((moved_to - pitches) % 12 == interval))
     return forbidden
