@@ -1,6 +1,6 @@
-"""Second corpora for the image, painting and video families, which no test tunes on (issue 16).
+"""Second corpora for the image, painting, video and music families, which no test tunes on (issue 16).
 
-    .venv/bin/python -m bench.second_corpora /tmp/second [--only images painting video]
+    .venv/bin/python -m bench.second_corpora /tmp/second [--only images painting video midi]
 
 Writes each corpus as real files from installed packages (nothing is downloaded) into
 FOLDER/raw/<corpus>/ with its LICENSES.csv, ingests it with the ingest and config of the default
