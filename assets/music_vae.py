@@ -33,8 +33,9 @@ from resources.storage import StorageResource
 from resources.trainer import TrainerLauncher
 
 GROUP = FAMILY.key
-CODE_VERSION = "music-vae-6"  # the training asset's; 5: the cheaper demo profile, parallel scheduled sampling; 6: the
-# registered model draws no consecutive fifths or octaves unless asked to
+# the training asset's; 5: the cheaper demo profile, parallel scheduled sampling; 6: the registered model
+# draws no consecutive fifths or octaves unless asked to
+CODE_VERSION = "music-vae-6"
 GALLERY_CODE_VERSION = "music-gallery-5"  # 4: signed media, rateable cover, licences; 5: no consecutive fifths, octaves
 GALLERY_SAMPLES, GALLERY_SEED, INTERPOLATION_STEPS = 4, 0, 5
 
@@ -46,8 +47,8 @@ class MusicVaeTrainConfig(TrainingRunConfig):
 
 
 @dg.asset(
-    group_name=GROUP, deps=[CORPUS_ASSET_OF[FAMILY.corpus]], code_version=CODE_VERSION, kinds={"pytorch", "mlflow"}, pool="gpu",
-    io_manager_key=POINTERS,
+    group_name=GROUP, deps=[CORPUS_ASSET_OF[FAMILY.corpus]], code_version=CODE_VERSION, kinds={"pytorch", "mlflow"},
+    pool="gpu", io_manager_key=POINTERS,
     check_specs=[champion_check_spec(FAMILY.key, FAMILY.rule)],
     description="MusicVAE-style VAEs (BiLSTM encoder, LSTM decoder, scheduled sampling, KL annealing with "
     "free bits) over 2-bar melodies and 4-voice chorale windows, registered in MLflow as `music-vae`.",
@@ -146,10 +147,11 @@ def gallery_html(title: str, lineage: dict, entries: list[dict], interpolation: 
 
     sampled = provenance(lineage, [GALLERY_SEED])
     chosen = f"{lineage['model']}, phrases drawn with seed {GALLERY_SEED}"
-    body = f"""<h2>Samples</h2><p>{GALLERY_BARS}-bar phrases from the prior at temperature {GALLERY_TEMPERATURE:g}, drawn
-{"so that no two voices make consecutive fifths or octaves (a rule of the sampling: the model's own rate is the "
- "metrics table's <code>prior</code> row, the phrases here its <code>gallery</code> row)" if GALLERY_FORBIDS_CONSECUTIVES
- else "as the model gives them"}.</p>{''.join(piece(entry, sampled) for entry in entries)}
+    voice_leading = ("so that no two voices make consecutive fifths or octaves (a rule of the sampling: the model's "
+                     "own rate is the metrics table's <code>prior</code> row, the phrases here its <code>gallery</code> "
+                     "row)" if GALLERY_FORBIDS_CONSECUTIVES else "as the model gives them")
+    body = f"""<h2>Samples</h2><p>{GALLERY_BARS}-bar phrases from the prior at temperature {GALLERY_TEMPERATURE:g},
+drawn {voice_leading}.</p>{''.join(piece(entry, sampled) for entry in entries)}
 <h2>Interpolation between two held-out chorale phrases</h2>{''.join(piece(entry, chosen) for entry in interpolation)}"""
     return gallery_page(title, lineage, body, metrics_table,
                         style="body{max-width:70em} img{image-rendering:pixelated;height:96px}", family=FAMILY.name)

@@ -44,8 +44,8 @@ class PaintingGanTrainConfig(TrainingRunConfig):
 
 
 @dg.asset(
-    group_name=GROUP, deps=[CORPUS_ASSET_OF[FAMILY.corpus]], code_version=CODE_VERSION, kinds={"pytorch", "mlflow"}, pool="gpu",
-    io_manager_key=POINTERS,
+    group_name=GROUP, deps=[CORPUS_ASSET_OF[FAMILY.corpus]], code_version=CODE_VERSION, kinds={"pytorch", "mlflow"},
+    pool="gpu", io_manager_key=POINTERS,
     check_specs=[champion_check_spec(FAMILY.key, FAMILY.rule)],
     description="FastGAN at 64x64 by default (skip-layer excitation, self-supervised discriminator; profile "
     "stylegan2-demo: a StyleGAN2-lite) trained on random crops of the painting corpus, registered in MLflow as "

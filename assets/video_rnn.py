@@ -42,8 +42,8 @@ class VideoRnnTrainConfig(TrainingRunConfig):
 
 
 @dg.asset(
-    group_name=FAMILY.key, deps=[CORPUS_ASSET_OF[FAMILY.corpus]], code_version=CODE_VERSION, kinds={"pytorch", "mlflow"}, pool="gpu",
-    io_manager_key=POINTERS,
+    group_name=FAMILY.key, deps=[CORPUS_ASSET_OF[FAMILY.corpus]], code_version=CODE_VERSION, kinds={"pytorch", "mlflow"},
+    pool="gpu", io_manager_key=POINTERS,
     check_specs=[champion_check_spec(FAMILY.key, FAMILY.rule)],
     description="ConvLSTM (or, by profile, PredRNN-V2) forecaster with a gated PixelCNN head (exact bits/dim, "
     "pixel-by-pixel sampling), "

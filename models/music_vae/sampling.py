@@ -22,7 +22,7 @@ SAMPLE_CHUNK = 512  # sequences per decoder pass when sampling, to bound memory
 # the gallery's music.
 GALLERY_TEMPERATURE = 0.5
 # The gallery and the registered model draw no consecutive fifths or octaves between voices: a rule
-# of the sampling (the model alone makes about 0.6 a bar, Bach about none; docs/music-vae.md)
+# of the sampling, not the model's (docs/music-vae.md measures both)
 GALLERY_FORBIDS_CONSECUTIVES = True
 STEPS_PER_BAR = 4 * STEPS_PER_QUARTER  # 4/4, as the corpus's windows
 MAX_PHRASE_BARS = 8  # the longest phrase `sample` makes (and docs/music-vae.md measures)
