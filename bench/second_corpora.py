@@ -30,17 +30,14 @@ from pathlib import Path
 from PIL import Image
 
 warnings.filterwarnings("ignore", message=".* is currently in beta")  # Dagster's, from importing the ingest configs
-from assets.ingest import ImageIngestConfig, MidiIngestConfig, PaintingIngestConfig, VideoIngestConfig  # noqa: E402
+from assets.ingest import CORPORA  # noqa: E402
 from common.atomic import atomic_write_text  # noqa: E402
 from corpora.defaults import is_empty, map_in_workers  # noqa: E402
 from corpora.defaults import images as default_images  # noqa: E402
 from corpora.defaults.midi import export_chorale  # noqa: E402
 from corpora.defaults import video as default_video  # noqa: E402
 from corpora.defaults.painting import read_qt_resources  # noqa: E402
-from corpora.images import IMAGES  # noqa: E402
-from corpora.midi import MIDI  # noqa: E402
 from corpora.ingest import IngestSettings, ingest  # noqa: E402
-from corpora.video import VIDEO  # noqa: E402
 from provenance.licences import LICENCE_FILE_NAMES  # noqa: E402
 
 PAINTINGS_BUNDLE = Path("/usr/share/gcompris-qt/rcc/paintings.rcc")
@@ -137,18 +134,20 @@ def write_palestrina(folder: Path) -> int:
     return sum(name is not None for _, name, _ in exported)
 
 
-# corpus -> (writer, modality, the ingest config: the default corpus's, but for the music's metre)
-CORPORA = {
-    "images": (write_digit_pictures, IMAGES, ImageIngestConfig()),
-    "painting": (write_paintings, IMAGES, PaintingIngestConfig()),
-    "video": (write_moving_fashion, VIDEO, VideoIngestConfig()),
-    "midi": (write_palestrina, MIDI, MidiIngestConfig(steps_per_quarter=2, quarters_per_bar=8)),
+# corpus -> (writer, the options its ingest changes from the default corpus's: here only the music's metre)
+WRITERS = {
+    "images": (write_digit_pictures, {}),
+    "painting": (write_paintings, {}),
+    "video": (write_moving_fashion, {}),
+    "midi": (write_palestrina, {"steps_per_quarter": 2, "quarters_per_bar": 8}),
 }
+INGESTED_AS = {corpus.name: corpus for corpus in CORPORA}  # the default corpora's modality and run config
 
 
 def build(corpus: str, root: Path) -> Path:
     """Write (unless already there) and ingest one second corpus; returns its manifest path."""
-    write, modality, config = CORPORA[corpus]
+    write, options = WRITERS[corpus]
+    modality, config = INGESTED_AS[corpus].modality, INGESTED_AS[corpus].config_type(**options)
     raw = root / "raw" / corpus
     if is_empty(raw):
         print(f"{corpus}: wrote {write(raw)} files into {raw}", flush=True)
@@ -164,7 +163,7 @@ def build(corpus: str, root: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path, help="a scratch data root: raw/<corpus>/ and shards/<corpus>/")
-    parser.add_argument("--only", nargs="*", choices=sorted(CORPORA), default=sorted(CORPORA))
+    parser.add_argument("--only", nargs="*", choices=sorted(WRITERS), default=sorted(WRITERS))
     args = parser.parse_args()
     manifests = {corpus: build(corpus, args.folder) for corpus in args.only}
     for corpus, manifest in manifests.items():

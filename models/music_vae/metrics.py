@@ -263,28 +263,31 @@ def is_chord(pitches) -> bool:
 def parallel_motions(before, after) -> dict[str, int]:
     """Parallel fifths and octaves (compound, unisons included) between two consecutive sonorities
     (V,): a voice pair at the same perfect interval in both whose voices both move the same way."""
-    return _consecutive_perfects(before, after, same_way=True)
+    return consecutive_perfects(before, after)[0]
 
 
 def contrary_motions(before, after) -> dict[str, int]:
     """Fifths and octaves by contrary motion: as `parallel_motions`, the two voices moving opposite ways."""
-    return _consecutive_perfects(before, after, same_way=False)
+    return consecutive_perfects(before, after)[1]
 
 
-def _consecutive_perfects(before, after, same_way: bool) -> dict[str, int]:
-    counts = {name: 0 for name in PERFECT_INTERVALS.values()}
+def consecutive_perfects(before, after) -> tuple[dict[str, int], dict[str, int]]:
+    """(parallel, contrary) fifths and octaves between two consecutive sonorities, in one pass."""
+    parallel = {name: 0 for name in PERFECT_INTERVALS.values()}
+    contrary = dict(parallel)
     for upper in range(len(before)):
         for lower in range(upper + 1, len(before)):
-            pair = (before[upper], before[lower], after[upper], after[lower])
-            if min(pair) < 0:
+            if min(before[upper], before[lower], after[upper], after[lower]) < 0:
+                continue
+            interval = (before[upper] - before[lower]) % 12
+            if interval not in PERFECT_INTERVALS or interval != (after[upper] - after[lower]) % 12:
                 continue
             moves = np.sign(after[upper] - before[upper]), np.sign(after[lower] - before[lower])
-            interval = (before[upper] - before[lower]) % 12
-            ways_agree = moves[0] == moves[1] if same_way else moves[0] == -moves[1]
-            if moves[0] != 0 and ways_agree and interval == (after[upper] - after[lower]) % 12:
-                if interval in PERFECT_INTERVALS:
-                    counts[PERFECT_INTERVALS[interval]] += 1
-    return counts
+            if moves[0] != 0 and moves[0] == moves[1]:
+                parallel[PERFECT_INTERVALS[interval]] += 1
+            elif moves[0] != 0 and moves[0] == -moves[1]:
+                contrary[PERFECT_INTERVALS[interval]] += 1
+    return parallel, contrary
 
 
 def key_correlation(voices) -> float:
@@ -312,8 +315,10 @@ def harmony_statistics(windows) -> dict[str, float]:
         sounding = (found >= 0).sum(1) >= MIN_CHORD_VOICES
         chords += sum(is_chord(row) for row in found[sounding])
         full += int(sounding.sum())
-        parallels += sum(sum(parallel_motions(a, b).values()) for a, b in zip(found[:-1], found[1:]))
-        contrary += sum(sum(contrary_motions(a, b).values()) for a, b in zip(found[:-1], found[1:]))
+        for a, b in zip(found[:-1], found[1:]):
+            same_way, opposite_ways = consecutive_perfects(a, b)
+            parallels += sum(same_way.values())
+            contrary += sum(opposite_ways.values())
         bars += window.shape[-1] / STEPS_PER_BAR
         pairs = pairs or len(window) > 1
         keys.append(key_correlation(window))

@@ -114,7 +114,7 @@ class Decoder(nn.Module):
                 forbidden = F.pad(consecutive_note_ons(sounding, now, voice), (0, NUM_CLASSES - NOTE_OFF))
                 logits = logits.masked_fill(forbidden[:, None], float("-inf"))
             current[..., voice] = pick_tokens(logits, temperature, generator)
-            if now is not None:
+            if sounding is not None:
                 now[:, voice] = next_sounding(sounding[:, voice], current[:, 0, voice])
         return current
 
@@ -205,13 +205,16 @@ class MusicVae(nn.Module):
         windows = z[:, None] if z.dim() == 2 else z
         state = self.decoder.initial_state(windows[:, 0])
         previous = torch.full((z.size(0), 1, self.config.voices), START, dtype=torch.long, device=z.device)
-        sounding = torch.full((z.size(0), self.config.voices), -1, dtype=torch.long, device=z.device)
+        # the pitches sounding before each step, which the rule needs (-1: silent)
+        sounding = (torch.full((z.size(0), self.config.voices), -1, dtype=torch.long, device=z.device)
+                    if forbid_consecutives else None)
         steps = []
         for window in windows.unbind(1):
             for _ in range(self.config.steps_per_window):
                 y, state = self.decoder.run(previous, window, state)
-                previous = self.decoder.sample_step(y, temperature, generator, sounding if forbid_consecutives else None)
-                sounding = next_sounding(sounding, previous[:, 0])
+                previous = self.decoder.sample_step(y, temperature, generator, sounding)
+                if sounding is not None:
+                    sounding = next_sounding(sounding, previous[:, 0])
                 steps.append(previous[:, 0])
         return torch.stack(steps, dim=-1)
 
