@@ -39,7 +39,7 @@ from resources.storage import StorageResource
 from resources.trainer import TrainerLauncher
 
 GROUP = FAMILY.key
-CODE_VERSION = "image-gan-5"  # the training asset's; 5: the demo profile's Adam betas are 0.0/0.9
+CODE_VERSION = "image-gan-6"  # the training asset's; 5: the demo profile's Adam betas are 0.0/0.9; 6: channels_last on CPU
 CLASSIFIER_CODE_VERSION = "image-classifier-3"  # 3: two epochs
 GALLERY_CODE_VERSION = "image-gallery-3"  # 3: signed media, rateable cover, licences
 GALLERY_SEED = 0

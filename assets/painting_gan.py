@@ -32,7 +32,7 @@ from resources.storage import StorageResource
 from resources.trainer import TrainerLauncher
 
 GROUP = FAMILY.key
-CODE_VERSION = "painting-gan-7"  # 5: the demo FastGAN half as wide, 700 steps; 6: batch 16, 600 steps; 7: noise, blurred D
+CODE_VERSION = "painting-gan-8"  # 6: batch 16, 600 steps; 7: noise inputs, blurred D; 8: channels_last on CPU
 GALLERY_CODE_VERSION = "painting-gallery-4"  # 4: signed media, rateable cover, licences
 GALLERY_SEED, GALLERY_SAMPLES, GALLERY_PSI = 0, 24, 0.7
 MIXING_SEEDS, SWEEP_SEEDS, SWEEP_PSIS = 4, 4, (0.0, 0.25, 0.5, 0.75, 1.0)

@@ -63,7 +63,7 @@ class TrainerConfig:
     keep_checkpoints: int = 3  # the newest N stay on disk; a killed run loses at most N-1
     seed: int = 0
     bf16: str = "auto"  # "auto": on CUDA and on CPUs with native bf16 (see bf16_supported); "on"; "off"
-    channels_last: str = "auto"  # "auto": on CUDA only, where convs gain from NHWC; "on"; "off"
+    channels_last: str = "auto"  # "auto": on CUDA and CPU, whose convs gain from NHWC; "on"; "off"
     max_minutes: float = 0.0  # wall-clock budget; the run checkpoints and stops when spent; 0: none
     compile: str = "off"  # torch.compile every module: "auto": on CUDA only; "on"; "off"
 
@@ -205,6 +205,10 @@ def resolve_flag(value: str | bool, auto: bool) -> bool:
     if value not in ("auto", "on", "off"):
         raise ValueError(f"expected 'auto', 'on' or 'off', not {value!r}")
     return auto if value == "auto" else value == "on"
+
+
+def uses_channels_last(config: TrainerConfig, device: torch.device) -> bool:
+    return resolve_flag(config.channels_last, device.type in ("cuda", "cpu"))
 
 
 def autocast_for(device: torch.device, enabled: bool) -> Autocast:
@@ -391,7 +395,7 @@ def fit(
         remove_stale_temporaries(folder)  # a killed writer's half file is never a checkpoint
 
     use_bf16 = resolve_flag(config.bf16, bf16_supported(device))
-    use_channels_last = resolve_flag(config.channels_last, device.type == "cuda")
+    use_channels_last = uses_channels_last(config, device)
     use_compile = resolve_flag(config.compile, device.type == "cuda")
     autocast = autocast_for(device, use_bf16)
     family.to(device, use_channels_last)

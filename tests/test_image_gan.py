@@ -77,6 +77,18 @@ def test_a_few_steps_give_finite_losses_and_change_every_network(tmp_path, archi
         assert not torch.equal(before[name], parameters_of(module)), f"{name} did not change"
 
 
+def test_the_trainer_trains_convolutions_in_channels_last_on_cpu_unless_told_not_to(tmp_path):
+    images, labels = tiny_data()
+    for setting, channels_last in (("auto", True), ("off", False)):
+        config = tiny_config()
+        family = ImageGanFamily(config, images, labels)
+        fit(family, config.trainer_config(steps=1, channels_last=setting), tmp_path / setting)
+        # kernels wider than 1x1 over more than one channel: the two layouts differ only there
+        kernels = [p for m in family.modules().values() for p in m.parameters()
+                   if p.dim() == 4 and p.shape[1] > 1 and p.shape[2] > 1]
+        assert kernels and all(p.is_contiguous(memory_format=torch.channels_last) == channels_last for p in kernels)
+
+
 def test_sngan_discriminator_is_projection_conditioned_and_each_weight_has_spectral_norm_one(tmp_path):
     images, labels = tiny_data()
     config = tiny_config(architecture="sngan")
