@@ -5,7 +5,10 @@ bench/train.py because it also counts FLOPs.
 
 - pipeline: the family through models.trainer.fit (sampler, uint8 -> batch, RNG bookkeeping,
   logging, one checkpoint at the end), as the asset runs it;
-- plain loop: the same family's train_step on batches built in memory beforehand.
+- plain loop: the same family's train_step on batches built in memory beforehand, in the
+  memory layout the trainer picks;
+- pipeline, channels_last off: the first row in the NCHW layout, to show what NHWC gains
+  (the families without convolutions ignore the layout).
 """
 from __future__ import annotations
 
@@ -17,21 +20,22 @@ from collections.abc import Callable
 import torch
 
 from models.distributed import Distributed
-from models.trainer import autocast_for, bf16_supported, fit
+from models.trainer import autocast_for, bf16_supported, fit, uses_channels_last
 
 
-def pipeline_rate(make_family: Callable, config, steps: int) -> float:
+def pipeline_rate(make_family: Callable, config, steps: int, channels_last: str = "auto") -> float:
     family = make_family()
     with tempfile.TemporaryDirectory() as run_dir:
         started = time.perf_counter()
-        fit(family, config.trainer_config(steps=steps, log_every=steps, checkpoint_every=steps), run_dir)
+        fit(family, config.trainer_config(steps=steps, log_every=steps, checkpoint_every=steps,
+                                          channels_last=channels_last), run_dir)
         return steps * config.batch_size / (time.perf_counter() - started)
 
 
 def plain_rate(make_family: Callable, config, steps: int) -> float:
     family = make_family()
     device = torch.device("cpu")
-    family.to(device, channels_last=False)
+    family.to(device, uses_channels_last(config.trainer_config(), device))
     autocast = autocast_for(device, bf16_supported(device))
     source = family.rows.batches(config.batch_size, config.seed, Distributed())
     batches = [family.make_batch(next(source), device) for _ in range(steps)]
@@ -43,15 +47,16 @@ def plain_rate(make_family: Callable, config, steps: int) -> float:
 
 
 def throughput_table(title: str, unit: str, make_family: Callable, config, steps: int, repeats: int) -> str:
-    pipeline, plain = [], []
+    rows = {"pipeline (fit)": [], "pipeline, channels_last off": [], "plain loop": []}
     for _ in range(repeats):
-        pipeline.append(pipeline_rate(make_family, config, steps))
-        plain.append(plain_rate(make_family, config, steps))
-    ratio = statistics.median(pipeline) / statistics.median(plain)
+        rows["pipeline (fit)"].append(pipeline_rate(make_family, config, steps))
+        rows["pipeline, channels_last off"].append(pipeline_rate(make_family, config, steps, channels_last="off"))
+        rows["plain loop"].append(plain_rate(make_family, config, steps))
+    medians = {name: statistics.median(values) for name, values in rows.items()}
     return "\n".join([
         f"{title} (batch {config.batch_size}, {steps} steps x {repeats} repeats)",
         f"| loop | {unit}/s median | min | max |", "|---|---|---|---|",
-        f"| pipeline (fit) | {statistics.median(pipeline):.1f} | {min(pipeline):.1f} | {max(pipeline):.1f} |",
-        f"| plain loop | {statistics.median(plain):.1f} | {min(plain):.1f} | {max(plain):.1f} |",
-        f"pipeline / plain = {ratio:.2f}",
+        *(f"| {name} | {medians[name]:.1f} | {min(values):.1f} | {max(values):.1f} |" for name, values in rows.items()),
+        f"pipeline / plain = {medians['pipeline (fit)'] / medians['plain loop']:.2f}; "
+        f"channels_last on / off = {medians['pipeline (fit)'] / medians['pipeline, channels_last off']:.2f}",
     ])

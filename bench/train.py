@@ -47,7 +47,7 @@ from models.image_gan.networks import Discriminator, Generator
 from models.image_gan.sampling import load_generator, sample
 from models.image_gan.training import ImageGanFamily, export_bundle
 from models.distributed import Distributed
-from models.trainer import autocast_for, bf16_supported, fit
+from models.trainer import autocast_for, bf16_supported, fit, uses_channels_last
 
 MATMUL_SIZE, MATMUL_REPEATS = 1024, 10
 QUALITY_SAMPLES = 5000  # images per row of the quality table (FID is biased by n: all rows equal)
@@ -78,19 +78,23 @@ def load_average() -> str:
 # --- throughput ----------------------------------------------------------------------------
 
 
-def pipeline_images_per_second(config, images, labels, steps, bf16: str) -> float:
+def pipeline_images_per_second(config, images, labels, steps, bf16: str, channels_last: str = "auto") -> float:
     family = ImageGanFamily(config, images, labels)
     seen = {}
     with tempfile.TemporaryDirectory() as run_dir:
-        fit(family, config.trainer_config(steps=steps, log_every=steps, checkpoint_every=10 * steps, bf16=bf16),
+        fit(family, config.trainer_config(steps=steps, log_every=steps, checkpoint_every=10 * steps, bf16=bf16,
+                                          channels_last=channels_last),
             run_dir, log=lambda step, m: seen.update(m))
     return seen["items_per_second"]
 
 
 def plain_images_per_second(config, real: torch.Tensor, labels: torch.Tensor, steps: int) -> float:
-    """The same DCGAN step written as a bare loop: no trainer, no uint8 conversion."""
+    """The same DCGAN step written as a bare loop: no trainer, no uint8 conversion; in the memory
+    layout the trainer picks."""
     torch.manual_seed(config.seed)
-    g, d = Generator(config), Discriminator(config)
+    layout = torch.channels_last if uses_channels_last(config.trainer_config(), real.device) else torch.contiguous_format
+    g, d = Generator(config).to(memory_format=layout), Discriminator(config).to(memory_format=layout)
+    real = real.contiguous(memory_format=layout)
     opt_g = torch.optim.Adam(g.parameters(), lr=config.lr_g, betas=config.betas)
     opt_d = torch.optim.Adam(d.parameters(), lr=config.lr_d, betas=config.betas)
     started = time.perf_counter()
@@ -135,12 +139,14 @@ def throughput_table(config, images, labels, steps: int, repeats: int) -> str:
     real = to_unit_range(torch.as_tensor(images))  # the plain loop's pre-converted float copy
     label_tensor = torch.as_tensor(labels)
     use_bf16 = bf16_supported(torch.device("cpu"))
-    rows = {"pipeline fp32": [], "plain loop fp32": []}
+    rows = {"pipeline fp32": [], "pipeline fp32, channels_last off": [], "plain loop fp32": []}
     if use_bf16:
         rows["pipeline bf16 autocast"] = []
     pipeline_images_per_second(config, images, labels, 2, "off")  # warm-up
     for _ in range(repeats):
         rows["pipeline fp32"].append(pipeline_images_per_second(config, images, labels, steps, "off"))
+        rows["pipeline fp32, channels_last off"].append(
+            pipeline_images_per_second(config, images, labels, steps, "off", channels_last="off"))
         rows["plain loop fp32"].append(plain_images_per_second(config, real, label_tensor, steps))
         if use_bf16:
             rows["pipeline bf16 autocast"].append(pipeline_images_per_second(config, images, labels, steps, "on"))
