@@ -33,10 +33,10 @@ from resources.storage import StorageResource
 from resources.trainer import TrainerLauncher
 
 GROUP = FAMILY.key
-# the training asset's; 5: the cheaper demo profile, parallel scheduled sampling; 6: the registered model
-# draws no consecutive fifths or octaves unless asked to
-CODE_VERSION = "music-vae-6"
-GALLERY_CODE_VERSION = "music-gallery-5"  # 4: signed media, rateable cover, licences; 5: no consecutive fifths, octaves
+# the training asset's; 6: the registered model draws no consecutive fifths or octaves unless asked to;
+# 7: nor hidden ones in the outer voices
+CODE_VERSION = "music-vae-7"
+GALLERY_CODE_VERSION = "music-gallery-6"  # 5: no consecutive fifths, octaves; 6: nor hidden ones
 GALLERY_SAMPLES, GALLERY_SEED, INTERPOLATION_STEPS = 4, 0, 5
 
 
@@ -147,7 +147,8 @@ def gallery_html(title: str, lineage: dict, entries: list[dict], interpolation: 
 
     sampled = provenance(lineage, [GALLERY_SEED])
     chosen = f"{lineage['model']}, phrases drawn with seed {GALLERY_SEED}"
-    voice_leading = ("so that no two voices make consecutive fifths or octaves (a rule of the sampling: the model's "
+    voice_leading = ("so that no two voices make consecutive fifths or octaves, nor the outer voices hidden ones "
+                     "(a rule of the sampling: the model's "
                      "own rate is the metrics table's <code>prior</code> row, the phrases here its <code>gallery</code> "
                      "row)" if GALLERY_FORBIDS_CONSECUTIVES else "as the model gives them")
     body = f"""<h2>Samples</h2><p>{GALLERY_BARS}-bar phrases from the prior at temperature {GALLERY_TEMPERATURE:g},

@@ -29,9 +29,9 @@ Harmony, for prior samples (windows, and phrases as long as the gallery's), held
 and a random-pitch baseline (the held-out rhythms with each note's pitch drawn uniformly from
 its voice's range): the share of vertical sonorities (>= 3 voices sounding) that are triads or
 seventh chords, parallel fifths and octaves per bar, fifths and octaves by contrary motion per bar,
-and key consistency (Krumhansl-Schmuckler: the best correlation of the duration-weighted
+hidden fifths and octaves in the outer voices per bar, and key consistency (Krumhansl-Schmuckler: the best correlation of the duration-weighted
 pitch-class histogram with the 24 rotated Krumhansl-Kessler key profiles). The gallery's phrases
-are drawn without consecutive fifths and octaves (a rule of the sampling); their row stands beside
+are drawn without consecutive or hidden fifths and octaves (a rule of the sampling); their row stands beside
 the model's own prior samples, which are drawn without it.
 """
 from __future__ import annotations
@@ -43,7 +43,7 @@ import torch
 
 from models.distances import frechet_distance
 from models.midi_audio import render
-from models.music_vae.network import PERFECT_INTERVALS, MusicVae, kl_divergence, reconstruction_nll
+from models.music_vae.network import PERFECT_INTERVALS, WHOLE_STEP, MusicVae, kl_divergence, reconstruction_nll
 from models.music_vae.sampling import GALLERY_BARS, GALLERY_FORBIDS_CONSECUTIVES, GALLERY_TEMPERATURE, STEPS_PER_BAR, sample
 from models.music_vae.tokens import (
     HOLD, NUM_CLASSES, NUM_PITCHES, STEPS_PER_QUARTER, as_voices, tokens_to_midi_bytes, tokens_to_notes,
@@ -71,7 +71,7 @@ CHORD_SHAPES = ((0, 4, 7), (0, 3, 7), (0, 3, 6), (0, 4, 8),
                 (0, 4, 10), (0, 4, 11), (0, 3, 10))
 CHORDS = frozenset(frozenset((root + step) % 12 for step in shape) for shape in CHORD_SHAPES for root in range(12))
 MIN_CHORD_VOICES = 3
-HARMONY = ("chord_share", "parallels_per_bar", "contrary_perfects_per_bar", "key_correlation")
+HARMONY = ("chord_share", "parallels_per_bar", "contrary_perfects_per_bar", "hidden_perfects_per_bar", "key_correlation")
 
 
 def _rotations(profiles) -> np.ndarray:
@@ -290,6 +290,18 @@ def consecutive_perfects(before, after) -> tuple[dict[str, int], dict[str, int]]
     return parallel, contrary
 
 
+def hidden_perfects(before, after) -> int:
+    """1 if the outer voices of two consecutive sonorities (V,), V >= 2, make hidden fifths or
+    octaves: both moving the same way into a perfect interval class they did not hold before, the
+    top voice by leap (more than a whole step); else 0."""
+    if len(before) < 2 or min(before[0], before[-1], after[0], after[-1]) < 0:
+        return 0
+    top, bass = int(after[0]) - int(before[0]), int(after[-1]) - int(before[-1])
+    arriving = (int(after[0]) - int(after[-1])) % 12
+    return int(arriving in PERFECT_INTERVALS and arriving != (int(before[0]) - int(before[-1])) % 12
+               and abs(top) > WHOLE_STEP and np.sign(top) == np.sign(bass))
+
+
 def key_correlation(voices) -> float:
     """Krumhansl-Schmuckler: the highest Pearson correlation of the window's duration-weighted
     pitch-class histogram with the 12 rotations of the major and the minor profile; NaN if silent
@@ -305,9 +317,9 @@ def key_correlation(voices) -> float:
 
 def harmony_statistics(windows) -> dict[str, float]:
     """Pooled over windows (N, T) or (N, V, T): the share of sonorities with >= 3 voices sounding
-    that are chords, parallel fifths and octaves per bar and those by contrary motion (NaN for one
-    voice), and the mean key correlation."""
-    chords = full = parallels = contrary = bars = 0
+    that are chords, parallel fifths and octaves per bar, those by contrary motion and the outer
+    voices' hidden ones (NaN for one voice), and the mean key correlation."""
+    chords = full = parallels = contrary = hidden = bars = 0
     keys, pairs = [], False
     for window in windows:
         window = np.atleast_2d(window)
@@ -319,6 +331,7 @@ def harmony_statistics(windows) -> dict[str, float]:
             same_way, opposite_ways = consecutive_perfects(a, b)
             parallels += sum(same_way.values())
             contrary += sum(opposite_ways.values())
+            hidden += hidden_perfects(a, b)
         bars += window.shape[-1] / STEPS_PER_BAR
         pairs = pairs or len(window) > 1
         keys.append(key_correlation(window))
@@ -326,6 +339,7 @@ def harmony_statistics(windows) -> dict[str, float]:
     return {"chord_share": chords / full if full else float("nan"),
             "parallels_per_bar": parallels / bars if bars and pairs else float("nan"),
             "contrary_perfects_per_bar": contrary / bars if bars and pairs else float("nan"),
+            "hidden_perfects_per_bar": hidden / bars if bars and pairs else float("nan"),
             "key_correlation": _nanmean(keys)}
 
 

@@ -20,6 +20,7 @@ START = NUM_CLASSES  # the decoder's input before the first step: an extra embed
 MIN_SIGMA = 1e-4  # keeps log(sigma) finite when softplus underflows
 # compound interval mod 12 -> its name: what two moving voices must not keep (metrics count them too)
 PERFECT_INTERVALS = {7: "fifths", 0: "octaves"}
+WHOLE_STEP = 2  # semitones: a top voice moving further leaps, and may not lead the bass into a perfect interval
 
 
 class VoiceEmbedding(nn.Module):
@@ -105,13 +106,15 @@ class Decoder(nn.Module):
         """One step's tokens (B, 1, V) from LSTM outputs (B, 1, H), voice by voice: each voice is
         drawn given the tokens already drawn for the voices before it. With `sounding`, the (B, V)
         pitches sounding before this step (-1: silent), no voice may make consecutive fifths or
-        octaves with a voice drawn before it: those note-ons get no probability."""
+        octaves with a voice drawn before it, nor the bass hidden ones with the soprano: those
+        note-ons get no probability."""
         current = torch.zeros(*y.shape[:-1], self.voices, dtype=torch.long, device=y.device)
         now = None if sounding is None else sounding.clone()
         for voice in range(self.voices):
             logits = self.heads(y, current)[..., voice, :]
             if sounding is not None:
-                forbidden = F.pad(consecutive_note_ons(sounding, now, voice), (0, NUM_CLASSES - NOTE_OFF))
+                forbidden = consecutive_note_ons(sounding, now, voice) | hidden_note_ons(sounding, now, voice)
+                forbidden = F.pad(forbidden, (0, NUM_CLASSES - NOTE_OFF))
                 logits = logits.masked_fill(forbidden[:, None], float("-inf"))
             current[..., voice] = pick_tokens(logits, temperature, generator)
             if sounding is not None:
@@ -140,6 +143,22 @@ def consecutive_note_ons(before: torch.Tensor, now: torch.Tensor, voice: int) ->
         forbidden |= ((was >= 0) & (own >= 0) & (moved_to >= 0) & (moved_to != was) & (pitches != own) & perfect
                       & ((moved_to - pitches) % 12 == interval))
     return forbidden
+
+
+def hidden_note_ons(before: torch.Tensor, now: torch.Tensor, voice: int) -> torch.Tensor:
+    """(B, 128) mask of the note-ons that would give hidden fifths or octaves in the outer voices,
+    as `metrics.hidden_perfects` counts them: `voice` is the bass (the last of two or more), and
+    with the soprano it would move the same way into a perfect interval class it did not hold
+    before, the soprano by leap. before, now: as `consecutive_note_ons`."""
+    pitches = torch.arange(NOTE_OFF, device=before.device)
+    if voice == 0 or voice != before.size(1) - 1:
+        return torch.zeros(before.size(0), NOTE_OFF, dtype=torch.bool, device=before.device)
+    own, was, moved_to = before[:, voice, None], before[:, 0, None], now[:, 0, None]
+    arriving = (moved_to - pitches) % 12
+    perfect = torch.isin(arriving, torch.tensor(list(PERFECT_INTERVALS), device=before.device))
+    same_way = torch.where(moved_to > was, pitches > own, pitches < own)
+    return ((was >= 0) & (own >= 0) & (moved_to >= 0) & ((moved_to - was).abs() > WHOLE_STEP) & same_way
+            & perfect & (arriving != (was - own) % 12))
 
 
 def shift_right(targets: torch.Tensor) -> torch.Tensor:
@@ -200,8 +219,9 @@ class MusicVae(nn.Module):
         z (B, K, Z), it decodes K windows as one phrase (B, V, K * T): the decoder starts from the
         first latent's state and goes on across window boundaries, its input switching to the
         next window's latent, so each window follows on from the one before. `forbid_consecutives`:
-        no two voices make consecutive fifths or octaves, by parallel or contrary motion (a rule of
-        the sampling, not the model's: docs/music-vae.md measures both)."""
+        no two voices make consecutive fifths or octaves, by parallel or contrary motion, nor the
+        outer voices hidden ones (a rule of the sampling, not the model's: docs/music-vae.md
+        measures both)."""
         windows = z[:, None] if z.dim() == 2 else z
         state = self.decoder.initial_state(windows[:, 0])
         previous = torch.full((z.size(0), 1, self.config.voices), START, dtype=torch.long, device=z.device)

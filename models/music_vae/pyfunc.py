@@ -7,7 +7,8 @@ Requests (a dict, or a one-row DataFrame with these columns):
 - {"n": 4, "seed": 0, "temperature": 0.5, "bars": 2, "mode": "chorale", "forbid_consecutives": true}
   -> a list of n MIDI files (bytes), each a phrase of `bars` bars (2, 4 or 8; default one 2-bar
   window) at `temperature` (default the gallery's, 0.5 as Magenta's), with no consecutive fifths or
-  octaves between voices unless `forbid_consecutives` is false (default the gallery's: forbidden);
+  octaves between voices nor hidden ones in the outer voices unless `forbid_consecutives` is false
+  (default the gallery's: forbidden);
 - {"interpolate": [midi_a, midi_b], "steps": 5, "mode": ...} -> a list of `steps` MIDI files
   from phrase a to phrase b (both encoded, latents slerped, each decoded greedily).
 "mode" defaults to the bundle's first model ("melody" or "chorale").

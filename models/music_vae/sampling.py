@@ -21,8 +21,8 @@ SAMPLE_CHUNK = 512  # sequences per decoder pass when sampling, to bound memory
 # default), and the evaluation measures prior samples at it too, so the musical statistics describe
 # the gallery's music.
 GALLERY_TEMPERATURE = 0.5
-# The gallery and the registered model draw no consecutive fifths or octaves between voices: a rule
-# of the sampling, not the model's (docs/music-vae.md measures both)
+# The gallery and the registered model draw no consecutive fifths or octaves between voices, nor
+# hidden ones in the outer voices: a rule of the sampling, not the model's (docs/music-vae.md measures both)
 GALLERY_FORBIDS_CONSECUTIVES = True
 STEPS_PER_BAR = 4 * STEPS_PER_QUARTER  # 4/4, as the corpus's windows
 MAX_PHRASE_BARS = 8  # the longest phrase `sample` makes (and docs/music-vae.md measures)
@@ -85,7 +85,7 @@ def decode(model: MusicVae, z: torch.Tensor, temperature: float = 0.0, seed: int
            forbid_consecutives: bool = False) -> np.ndarray:
     """uint8 windows from latents z (N, Z): (N, T) for melody, (N, V, T) for chorale; temperature 0 =
     greedy. Latents (N, K, Z) give phrases of K windows, (N, K * T) or (N, V, K * T).
-    `forbid_consecutives`: no consecutive fifths or octaves between voices (MusicVae.generate)."""
+    `forbid_consecutives`: no consecutive (in the outer voices, nor hidden) fifths or octaves (MusicVae.generate)."""
     model.eval()
     generator = torch.Generator().manual_seed(int(seed))
     device = next(model.parameters()).device
@@ -115,7 +115,7 @@ def sample(model: MusicVae, n: int, seed: int = 0, temperature: float = GALLERY_
     """n new phrases of `bars` bars (default: one window's) from the prior; the same seed,
     temperature, bars and rule always give the same phrases (the latents come from a CPU generator,
     so on any device). A phrase of several windows is decoded as one sequence along a latent walk.
-    `forbid_consecutives`: no consecutive fifths or octaves between voices (MusicVae.generate)."""
+    `forbid_consecutives`: no consecutive (in the outer voices, nor hidden) fifths or octaves (MusicVae.generate)."""
     bars = window_bars(model) if bars is None else bars
     windows = bars / window_bars(model)
     if not (windows == int(windows) and 1 <= windows and bars <= MAX_PHRASE_BARS):
