@@ -29,10 +29,11 @@ Harmony, for prior samples (windows, and phrases as long as the gallery's), held
 and a random-pitch baseline (the held-out rhythms with each note's pitch drawn uniformly from
 its voice's range): the share of vertical sonorities (>= 3 voices sounding) that are triads or
 seventh chords, parallel fifths and octaves per bar, fifths and octaves by contrary motion per bar,
-hidden fifths and octaves in the outer voices per bar, and key consistency (Krumhansl-Schmuckler: the best correlation of the duration-weighted
-pitch-class histogram with the 24 rotated Krumhansl-Kessler key profiles). The gallery's phrases
-are drawn without consecutive or hidden fifths and octaves (a rule of the sampling); their row stands beside
-the model's own prior samples, which are drawn without it.
+hidden fifths and octaves in the outer voices per bar, and key consistency (Krumhansl-Schmuckler:
+the best correlation of the duration-weighted pitch-class histogram with the 24 rotated
+Krumhansl-Kessler key profiles). The gallery's phrases are drawn without consecutive or hidden
+fifths and octaves (a rule of the sampling); their row stands beside the model's own prior
+samples, which are drawn without it.
 """
 from __future__ import annotations
 

@@ -150,9 +150,9 @@ def hidden_note_ons(before: torch.Tensor, now: torch.Tensor, voice: int) -> torc
     as `metrics.hidden_perfects` counts them: `voice` is the bass (the last of two or more), and
     with the soprano it would move the same way into a perfect interval class it did not hold
     before, the soprano by leap. before, now: as `consecutive_note_ons`."""
-    pitches = torch.arange(NOTE_OFF, device=before.device)
     if voice == 0 or voice != before.size(1) - 1:
         return torch.zeros(before.size(0), NOTE_OFF, dtype=torch.bool, device=before.device)
+    pitches = torch.arange(NOTE_OFF, device=before.device)
     own, was, moved_to = before[:, voice, None], before[:, 0, None], now[:, 0, None]
     arriving = (moved_to - pitches) % 12
     perfect = torch.isin(arriving, torch.tensor(list(PERFECT_INTERVALS), device=before.device))
