@@ -471,7 +471,7 @@ def format_report(report: dict) -> str:
                       f"{_cell(chroma['mean_profile_cosine'])}, Frechet {_cell(chroma['frechet_distance'])}, "
                       f"mean pitch-class overlap {_cell(chroma['mean_pitch_class_overlap'])}"]
     lines += ["", "harmony (prior samples at the same temperature; gallery: its phrases, drawn without consecutive "
-                  "fifths and octaves; random_pitches: the held-out rhythms with random pitches in each voice's range)",
+                  "or hidden fifths and octaves; hidden: outer voices only; random_pitches: the held-out rhythms with random pitches in each voice's range)",
               "", "| windows | " + " | ".join(HARMONY) + " |",
               "|---" * (len(HARMONY) + 1) + "|"]
     for source, row in report["harmony"].items():
