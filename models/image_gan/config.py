@@ -41,7 +41,8 @@ class ImageGanConfig(FamilyConfig):
         # momentum (betas 0.0/0.9) they keep the variety that beta1 0.5 lost (docs/image-gan.md)
         "demo": dict(widths=(128, 64, 32), latent_dim=64, batch_size=64, steps=600, lr_g=4e-4, lr_d=4e-4,
                      betas=(0.0, 0.9)),
-        # pytorch/examples' widths with the demo's betas: about 20 minutes of one CPU core (0.52 CPU s a step)
+        # pytorch/examples' widths with the demo's betas: about 20 minutes of one CPU core in NCHW (0.52 CPU s
+        # a step), 18-19 in NHWC (docs/performance.md)
         "cpu-long": dict(widths=(256, 128, 64), latent_dim=100, batch_size=64, steps=2300, betas=(0.0, 0.9)),
         "gpu": dict(widths=(512, 256, 128), latent_dim=128, batch_size=128, steps=50000),
     }

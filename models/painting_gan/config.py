@@ -58,7 +58,8 @@ class PaintingGanConfig(FamilyConfig):
         "demo": FASTGAN_DEMO,
         # the StyleGAN2-lite at 32x32 (timings: docs/painting-gan.md)
         "stylegan2-demo": dict(resolution=32, widths=(128, 128, 64, 32), z_dim=64, w_dim=64, batch_size=16, steps=1500),
-        # the demo six times longer: about 20 minutes of one CPU core (0.33 CPU s a step, docs/painting-gan.md)
+        # the demo six times longer: about 20 minutes of one CPU core in NCHW (0.33 CPU s a step,
+        # docs/painting-gan.md), 18 in NHWC (docs/performance.md)
         "cpu-long": {**FASTGAN_DEMO, "steps": 3600},
         # the StyleGAN2-lite with twice the 4x4 width and the batch, for the same 20 minutes (1.03 CPU s a step)
         "stylegan2-cpu-long": dict(resolution=32, widths=(256, 128, 64, 32), z_dim=128, w_dim=128, batch_size=32,
