@@ -147,10 +147,10 @@ def gallery_html(title: str, lineage: dict, entries: list[dict], interpolation: 
 
     sampled = provenance(lineage, [GALLERY_SEED])
     chosen = f"{lineage['model']}, phrases drawn with seed {GALLERY_SEED}"
-    voice_leading = ("so that no two voices make consecutive fifths or octaves, nor the outer voices hidden ones "
-                     "(a rule of the sampling: the model's "
-                     "own rate is the metrics table's <code>prior</code> row, the phrases here its <code>gallery</code> "
-                     "row)" if GALLERY_FORBIDS_CONSECUTIVES else "as the model gives them")
+    voice_leading = ("so that no two voices make consecutive fifths or octaves, nor the outer voices hidden ones (a "
+                     "rule of the sampling: the model's own rate is the metrics table's <code>prior</code> row, the "
+                     "phrases here its <code>gallery</code> row)" if GALLERY_FORBIDS_CONSECUTIVES
+                     else "as the model gives them")
     body = f"""<h2>Samples</h2><p>{GALLERY_BARS}-bar phrases from the prior at temperature {GALLERY_TEMPERATURE:g},
 drawn {voice_leading}.</p>{''.join(piece(entry, sampled) for entry in entries)}
 <h2>Interpolation between two held-out chorale phrases</h2>{''.join(piece(entry, chosen) for entry in interpolation)}"""

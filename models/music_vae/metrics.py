@@ -295,12 +295,14 @@ def hidden_perfects(before, after) -> int:
     """1 if the outer voices of two consecutive sonorities (V,), V >= 2, make hidden fifths or
     octaves: both moving the same way into a perfect interval class they did not hold before, the
     top voice by leap (more than a whole step); else 0."""
-    if len(before) < 2 or min(before[0], before[-1], after[0], after[-1]) < 0:
+    if len(before) < 2:
         return 0
-    top, bass = int(after[0]) - int(before[0]), int(after[-1]) - int(before[-1])
-    arriving = (int(after[0]) - int(after[-1])) % 12
-    return int(arriving in PERFECT_INTERVALS and arriving != (int(before[0]) - int(before[-1])) % 12
-               and abs(top) > WHOLE_STEP and np.sign(top) == np.sign(bass))
+    top_was, bass_was, top, bass = (int(pitch) for pitch in (before[0], before[-1], after[0], after[-1]))
+    if min(top_was, bass_was, top, bass) < 0:
+        return 0
+    arriving = (top - bass) % 12
+    return int(arriving in PERFECT_INTERVALS and arriving != (top_was - bass_was) % 12
+               and abs(top - top_was) > WHOLE_STEP and np.sign(top - top_was) == np.sign(bass - bass_was))
 
 
 def key_correlation(voices) -> float:
@@ -471,7 +473,8 @@ def format_report(report: dict) -> str:
                       f"{_cell(chroma['mean_profile_cosine'])}, Frechet {_cell(chroma['frechet_distance'])}, "
                       f"mean pitch-class overlap {_cell(chroma['mean_pitch_class_overlap'])}"]
     lines += ["", "harmony (prior samples at the same temperature; gallery: its phrases, drawn without consecutive "
-                  "or hidden fifths and octaves; hidden: outer voices only; random_pitches: the held-out rhythms with random pitches in each voice's range)",
+                  "or hidden fifths and octaves; hidden: outer voices only; random_pitches: the held-out rhythms "
+                  "with random pitches in each voice's range)",
               "", "| windows | " + " | ".join(HARMONY) + " |",
               "|---" * (len(HARMONY) + 1) + "|"]
     for source, row in report["harmony"].items():
