@@ -21,7 +21,14 @@ from models import midi_audio
 from models.music_vae import FAMILY
 from models.music_vae.config import KINDS, MusicVaeConfig
 from models.music_vae.render import mel_spectrogram_image, pianoroll_image
-from models.music_vae.sampling import GALLERY_BARS, GALLERY_FORBIDS_CONSECUTIVES, GALLERY_TEMPERATURE, interpolate, sample
+from models.music_vae.sampling import (
+    GALLERY_BARS,
+    GALLERY_FORBIDS_CONSECUTIVES,
+    GALLERY_TEMPERATURE,
+    RHYTHM_TEMPERATURE,
+    interpolate,
+    sample,
+)
 from models.music_vae.tokens import tokens_to_midi_bytes
 from models.music_vae.training import load_windows
 from models.train import TrainingRequest
@@ -34,9 +41,10 @@ from resources.trainer import TrainerLauncher
 
 GROUP = FAMILY.key
 # the training asset's; 6: the registered model draws no consecutive fifths or octaves unless asked to;
-# 7: nor hidden ones in the outer voices
-CODE_VERSION = "music-vae-7"
-GALLERY_CODE_VERSION = "music-gallery-6"  # 5: no consecutive fifths, octaves; 6: nor hidden ones
+# 7: nor hidden ones in the outer voices; 8: its rhythm at the model's own odds
+CODE_VERSION = "music-vae-8"
+# 5: no consecutive fifths, octaves; 6: nor hidden ones; 7: the rhythm at the model's own odds
+GALLERY_CODE_VERSION = "music-gallery-7"
 GALLERY_SAMPLES, GALLERY_SEED, INTERPOLATION_STEPS = 4, 0, 5
 
 
@@ -151,8 +159,9 @@ def gallery_html(title: str, lineage: dict, entries: list[dict], interpolation: 
                      "rule of the sampling: the model's own rate is the metrics table's <code>prior</code> row, the "
                      "phrases here its <code>gallery</code> row)" if GALLERY_FORBIDS_CONSECUTIVES
                      else "as the model gives them")
-    body = f"""<h2>Samples</h2><p>{GALLERY_BARS}-bar phrases from the prior at temperature {GALLERY_TEMPERATURE:g},
-drawn {voice_leading}.</p>{''.join(piece(entry, sampled) for entry in entries)}
+    body = f"""<h2>Samples</h2><p>{GALLERY_BARS}-bar phrases from the prior, their pitches drawn at temperature
+{GALLERY_TEMPERATURE:g} and when each voice moves at {RHYTHM_TEMPERATURE:g} (the model's own odds),
+{voice_leading}.</p>{''.join(piece(entry, sampled) for entry in entries)}
 <h2>Interpolation between two held-out chorale phrases</h2>{''.join(piece(entry, chosen) for entry in interpolation)}"""
     return gallery_page(title, lineage, body, metrics_table,
                         style="body{max-width:70em} img{image-rendering:pixelated;height:96px}", family=FAMILY.name)

@@ -17,7 +17,9 @@ from assets.ingest import CORPUS_ASSET_OF
 from assets.music_vae import GALLERY_SEED, music_gallery, music_vae
 from common.mlflow_store import resolve_version
 from models.music_vae import CHAMPION_RULE
-from models.music_vae.sampling import GALLERY_BARS, GALLERY_FORBIDS_CONSECUTIVES, GALLERY_TEMPERATURE, sample
+from models.music_vae.sampling import (
+    GALLERY_BARS, GALLERY_FORBIDS_CONSECUTIVES, GALLERY_TEMPERATURE, RHYTHM_TEMPERATURE, sample,
+)
 from models.music_vae.tokens import tokens_to_midi_bytes
 from pipelines.definitions import build_resources
 from provenance.credentials import Provenance, verify_file
@@ -136,9 +138,11 @@ def test_gallery_plays_long_phrases_drawn_as_the_evaluation_measures_them(music_
     drawn = sample(chorale, 4, seed=0, temperature=GALLERY_TEMPERATURE, bars=GALLERY_BARS,
                    forbid_consecutives=GALLERY_FORBIDS_CONSECUTIVES)
     assert [(index.parent / f"chorale-{i}.mid").read_bytes() for i in range(4)] == [tokens_to_midi_bytes(w) for w in drawn]
-    assert "no two voices make consecutive fifths or octaves, nor the outer voices hidden ones" in index.read_text()
+    page = " ".join(index.read_text().split())
+    assert "no two voices make consecutive fifths or octaves, nor the outer voices hidden ones" in page
+    assert f"temperature {GALLERY_TEMPERATURE:g} and when each voice moves at {RHYTHM_TEMPERATURE:g}" in page
     trained = metadata_of(music_run["result"], music_vae)
-    assert f"temperature {GALLERY_TEMPERATURE:g} (the gallery's)" in trained["metrics_table"]
+    assert f"temperature {GALLERY_TEMPERATURE:g} (the gallery's; rhythm at {RHYTHM_TEMPERATURE:g})" in trained["metrics_table"]
     assert "| gallery | " in trained["metrics_table"]
 
 

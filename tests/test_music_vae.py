@@ -17,10 +17,12 @@ from models.music_vae import CHAMPION_RULE, FAMILY
 from models.music_vae import metrics as music_metrics
 from models.music_vae import render as music_render
 from models.music_vae.config import MusicVaeConfig
-from models.music_vae.network import START, consecutive_note_ons, hidden_note_ons, next_sounding, shift_right
+from models.music_vae.network import (
+    START, consecutive_note_ons, hidden_note_ons, next_sounding, pick_tokens, shift_right, token_probabilities,
+)
 from models.music_vae.sampling import (
-    GALLERY_BARS, GALLERY_FORBIDS_CONSECUTIVES, GALLERY_TEMPERATURE, LATENT_WALK_CORRELATION, encode, interpolate,
-    latent_walk, load_bundle, load_model, sample,
+    GALLERY_BARS, GALLERY_FORBIDS_CONSECUTIVES, GALLERY_TEMPERATURE, LATENT_WALK_CORRELATION, RHYTHM_TEMPERATURE, encode,
+    interpolate, latent_walk, load_bundle, load_model, sample,
 )
 from models.music_vae.tokens import HOLD, NOTE_OFF, midi_bytes_to_tokens, step_seconds, tokens_to_midi_bytes, tokens_to_notes
 from models.music_vae.training import MusicVaeFamily, export_bundle, transpose
@@ -307,6 +309,13 @@ FRESH_PREDICT = """
     except ValueError as error:
         refused = str(error)
     default_temperature = model.predict({"n": 2, "seed": 7, "temperature": TEMPERATURE})
+    default_rhythm = model.predict({"n": 2, "seed": 7, "rhythm_temperature": OWN_ODDS})
+    steadier = model.predict({"n": 2, "seed": 7, "rhythm_temperature": 0.3})
+    try:
+        model.predict({"n": 1, "rhythm_temperature": 0})
+        refused_rhythm = ""
+    except ValueError as error:
+        refused_rhythm = str(error)
     hotter = model.predict({"n": 2, "seed": 7, "temperature": 1.0})
     long = pretty_midi.PrettyMIDI(io.BytesIO(model.predict({"n": 1, "seed": 7, "bars": 8})[0]))
     again = model.predict(pd.DataFrame({"n": [3], "seed": [7], "temperature": [0.8]}))
@@ -317,7 +326,8 @@ FRESH_PREDICT = """
     print(json.dumps({"n": len(chorales), "same": chorales == again, "melodies": len(melodies), "strip": len(strip),
                       "plain": [type(b).__name__ for b in plain], "default_temperature": plain == default_temperature,
                       "hotter": plain == hotter, "long_seconds": long.get_end_time(), "default_rule": plain == ruled,
-                      "free_differs": plain != free, "refused": refused,
+                      "free_differs": plain != free, "refused": refused, "default_rhythm": plain == default_rhythm,
+                      "steadier": plain == steadier, "refused_rhythm": refused_rhythm,
                       "instruments": [len(p.instruments) for p in parsed], "module": module}))
 """
 
@@ -330,10 +340,13 @@ def test_pyfunc_in_a_fresh_process_returns_midi_and_interpolations(trained, tmp_
     # saved as the registry saves it: the record's pyfunc class and code paths
     mlflow.pyfunc.save_model(str(model_dir), python_model=FAMILY.pyfunc(), artifacts={"bundle": str(bundle)},
                              code_paths=FAMILY.code_paths())
-    result = run_in_fresh_process(FRESH_PREDICT.replace("TEMPERATURE", repr(GALLERY_TEMPERATURE)), model_dir, timeout=180)
+    script = FRESH_PREDICT.replace("TEMPERATURE", repr(GALLERY_TEMPERATURE)).replace("OWN_ODDS", repr(RHYTHM_TEMPERATURE))
+    result = run_in_fresh_process(script, model_dir, timeout=180)
     assert result == {**result, "n": 3, "same": True, "melodies": 2, "strip": 4, "plain": ["bytes", "bytes"],
-                      "default_temperature": True, "hotter": False, "default_rule": GALLERY_FORBIDS_CONSECUTIVES}
+                      "default_temperature": True, "hotter": False, "default_rule": GALLERY_FORBIDS_CONSECUTIVES,
+                      "default_rhythm": True, "steadier": False}
     assert "forbid_consecutives must be true or false" in result["refused"]
+    assert "rhythm_temperature must be above 0" in result["refused_rhythm"]
     assert result["long_seconds"] > 6 * 4 * step_seconds() * 4  # more than 6 bars of 16 steps: an 8-bar phrase
     assert result["instruments"] == [4, 4, 4, 1, 1, 4, 4, 4, 4]  # one instrument per voice
     assert result["module"].startswith(str(model_dir)), "the pyfunc must come from the model's own code path"
@@ -402,6 +415,30 @@ def chorale_in_c() -> np.ndarray:
     return window
 
 
+def test_the_rhythm_is_drawn_at_its_own_temperature_and_the_pitch_at_the_requests():
+    """A voice's odds of striking, releasing or holding follow `rhythm_temperature`; which pitch it
+    strikes follows `temperature`; equal temperatures are one softmax, as before."""
+    logits = torch.randn(64, NOTE_OFF + 2, generator=torch.Generator().manual_seed(0)) * 2
+    logits[:, NOTE_OFF + 1] += 3  # HOLD the likeliest token, as in a chorale
+    logits[:8, :NOTE_OFF] = float("-inf")  # every pitch forbidden (the voice-leading rule's mask, at its most)
+    for temperature, rhythm in [(0.5, 1.0), (0.25, 0.75), (1.5, 1.0)]:
+        probs = token_probabilities(logits, temperature, rhythm)
+        assert not probs.isnan().any() and torch.allclose(probs.sum(-1), torch.ones(64))
+        kinds = torch.softmax(logits / rhythm, -1)
+        assert torch.allclose(probs[:, NOTE_OFF:], kinds[:, NOTE_OFF:], atol=1e-6)
+        assert torch.allclose(probs[:, :NOTE_OFF].sum(-1), kinds[:, :NOTE_OFF].sum(-1), atol=1e-6)
+        pitches = torch.softmax(logits[8:, :NOTE_OFF] / temperature, -1)
+        assert torch.allclose(probs[8:, :NOTE_OFF] / probs[8:, :NOTE_OFF].sum(-1, keepdim=True), pitches, atol=1e-5)
+        assert (probs[:8, :NOTE_OFF] == 0).all()
+    assert torch.equal(token_probabilities(logits, 0.5, 0.5), torch.softmax(logits / 0.5, -1))
+    # drawn: a held note as often as the model's odds say at rhythm 1, far more often under one cold softmax
+    row = torch.randn(NOTE_OFF + 2, generator=torch.Generator().manual_seed(2))
+    row[HOLD] = torch.logsumexp(row[:HOLD], 0)  # held half the time at the model's odds
+    held = {rhythm: (pick_tokens(row.expand(20_000, -1), 0.5, torch.Generator().manual_seed(1), rhythm) == HOLD)
+            .float().mean().item() for rhythm in (1.0, 0.5)}
+    assert abs(held[1.0] - 0.5) < 0.02 and held[0.5] > 0.6
+
+
 def test_harmony_statistics_tell_a_chorale_from_random_pitches_and_count_parallels():
     window = chorale_in_c().astype(np.int64)
     bach_like = np.stack([np.where(window < NOTE_OFF, window + shift, window) for shift in range(-5, 7)]).astype(np.uint8)
@@ -416,6 +453,12 @@ def test_harmony_statistics_tell_a_chorale_from_random_pitches_and_count_paralle
     fifths[3, ::8] = [48, 50, 52, 53]  # C D E F: fifths (compound) with the soprano throughout
     fifths[1:3, 0] = [64, 60]
     assert music_metrics.harmony_statistics(fifths[None])["parallels_per_bar"] == 3 / 2  # 3 moves in 2 bars
+    # texture: the chorale changes chord on every beat, all four voices sounding, and never by one voice alone
+    assert bach["sonorities_per_bar"] == 4 and bach["single_voice_moves"] == 0
+    passing = chorale_in_c()
+    passing[0, 2] = 74  # the soprano moves alone to D on the first beat's second eighth, then all move to IV
+    texture = music_metrics.harmony_statistics(passing[None])
+    assert texture["sonorities_per_bar"] == 9 / 2 and texture["single_voice_moves"] == 1 / 8
     assert music_metrics.parallel_motions(np.array([67, 60]), np.array([74, 67])) == {"fifths": 1, "octaves": 0}
     assert music_metrics.parallel_motions(np.array([72, 60]), np.array([74, 62])) == {"fifths": 0, "octaves": 1}
     assert music_metrics.parallel_motions(np.array([67, 60]), np.array([62, 55])) == {"fifths": 1, "octaves": 0}

@@ -44,7 +44,14 @@ import torch
 
 from models.distances import frechet_distance
 from models.midi_audio import render
-from models.music_vae.network import PERFECT_INTERVALS, WHOLE_STEP, MusicVae, kl_divergence, reconstruction_nll
+from models.music_vae.network import (
+    PERFECT_INTERVALS,
+    RHYTHM_TEMPERATURE,
+    WHOLE_STEP,
+    MusicVae,
+    kl_divergence,
+    reconstruction_nll,
+)
 from models.music_vae.sampling import GALLERY_BARS, GALLERY_FORBIDS_CONSECUTIVES, GALLERY_TEMPERATURE, STEPS_PER_BAR, sample
 from models.music_vae.tokens import (
     HOLD, NUM_CLASSES, NUM_PITCHES, STEPS_PER_QUARTER, as_voices, tokens_to_midi_bytes, tokens_to_notes,
@@ -72,7 +79,8 @@ CHORD_SHAPES = ((0, 4, 7), (0, 3, 7), (0, 3, 6), (0, 4, 8),
                 (0, 4, 10), (0, 4, 11), (0, 3, 10))
 CHORDS = frozenset(frozenset((root + step) % 12 for step in shape) for shape in CHORD_SHAPES for root in range(12))
 MIN_CHORD_VOICES = 3
-HARMONY = ("chord_share", "parallels_per_bar", "contrary_perfects_per_bar", "hidden_perfects_per_bar", "key_correlation")
+HARMONY = ("chord_share", "parallels_per_bar", "contrary_perfects_per_bar", "hidden_perfects_per_bar", "key_correlation",
+           "sonorities_per_bar", "single_voice_moves")
 
 
 def _rotations(profiles) -> np.ndarray:
@@ -321,12 +329,15 @@ def key_correlation(voices) -> float:
 def harmony_statistics(windows) -> dict[str, float]:
     """Pooled over windows (N, T) or (N, V, T): the share of sonorities with >= 3 voices sounding
     that are chords, parallel fifths and octaves per bar, those by contrary motion and the outer
-    voices' hidden ones (NaN for one voice), and the mean key correlation."""
-    chords = full = parallels = contrary = hidden = bars = 0
+    voices' hidden ones (NaN for one voice), and the mean key correlation. And the texture: how
+    many sonorities a bar, and the share of changes between two sonorities with every voice
+    sounding in which one voice alone moves (a passing or neighbour note; NaN for one voice)."""
+    chords = full = parallels = contrary = hidden = bars = count = moves = single_moves = 0
     keys, pairs = [], False
     for window in windows:
         window = np.atleast_2d(window)
         found = sonorities(window)
+        count += len(found)
         sounding = (found >= 0).sum(1) >= MIN_CHORD_VOICES
         chords += sum(is_chord(row) for row in found[sounding])
         full += int(sounding.sum())
@@ -335,6 +346,9 @@ def harmony_statistics(windows) -> dict[str, float]:
             parallels += sum(same_way.values())
             contrary += sum(opposite_ways.values())
             hidden += hidden_perfects(a, b)
+            if (a >= 0).all() and (b >= 0).all():
+                moves += 1
+                single_moves += int((a != b).sum() == 1)
         bars += window.shape[-1] / STEPS_PER_BAR
         pairs = pairs or len(window) > 1
         keys.append(key_correlation(window))
@@ -343,7 +357,9 @@ def harmony_statistics(windows) -> dict[str, float]:
             "parallels_per_bar": parallels / bars if bars and pairs else float("nan"),
             "contrary_perfects_per_bar": contrary / bars if bars and pairs else float("nan"),
             "hidden_perfects_per_bar": hidden / bars if bars and pairs else float("nan"),
-            "key_correlation": _nanmean(keys)}
+            "key_correlation": _nanmean(keys),
+            "sonorities_per_bar": count / bars if bars else float("nan"),
+            "single_voice_moves": single_moves / moves if moves and pairs else float("nan")}
 
 
 def random_pitches(windows, seed: int = 0) -> np.ndarray:
@@ -415,7 +431,8 @@ def evaluate(model: MusicVae, train_windows, heldout_windows, n_samples: int = E
                          "heldout_vs_train_overlap": heldout_vs_train[name]["overlapping_area"]}
                   for name in STATISTICS}
     report = {"kind": model.config.kind, "heldout_windows": len(heldout), "n_samples": n_samples,
-              "temperature": temperature, "elbo_samples": elbo_samples, "likelihood": table, "statistics": statistics,
+              "temperature": temperature, "rhythm_temperature": RHYTHM_TEMPERATURE, "elbo_samples": elbo_samples,
+              "likelihood": table, "statistics": statistics,
               "judged_statistics": list(judged_statistics(voices)),
               "prior_statistics_overlap": mean_overlap(prior_vs_heldout, voices),
               "heldout_vs_train_statistics_overlap": mean_overlap(heldout_vs_train, voices)}
@@ -457,7 +474,8 @@ def format_report(report: dict) -> str:
              "|---" * (len(LIKELIHOOD_COLUMNS) + 1) + "|"]
     for name, row in report["likelihood"].items():
         lines.append(f"| {name} | " + " | ".join(_cell(row.get(key)) for key in LIKELIHOOD_COLUMNS) + " |")
-    lines += ["", f"{report['n_samples']} prior samples at temperature {report['temperature']:g} (the gallery's) "
+    lines += ["", f"{report['n_samples']} prior samples at temperature {report['temperature']:g} (the gallery's; "
+                  f"rhythm at {report['rhythm_temperature']:g}) "
                   f"against as many held-out windows; held-out against training windows is the real-vs-real reference", "",
               "| statistic | held-out mean | prior-sample mean | overlap: prior samples vs held-out | "
               "overlap: held-out vs train (reference) |", "|---|---|---|---|---|"]

@@ -21,6 +21,10 @@ MIN_SIGMA = 1e-4  # keeps log(sigma) finite when softplus underflows
 # compound interval mod 12 -> its name: what two moving voices must not keep (metrics count them too)
 PERFECT_INTERVALS = {7: "fifths", 0: "octaves"}
 WHOLE_STEP = 2  # semitones: a top voice moving further leaps, and may not lead the bass into a perfect interval
+# Sampling draws whether a voice strikes, releases or holds at this temperature, and which pitch it
+# strikes at the request's: 1.0 keeps the model's own rhythm, where one low temperature for both
+# made the chorales change chord half as often as Bach (docs/music-vae.md, "Rhythm at the model's odds")
+RHYTHM_TEMPERATURE = 1.0
 
 
 class VoiceEmbedding(nn.Module):
@@ -102,7 +106,8 @@ class Decoder(nn.Module):
         return self.heads(y, current), state
 
     def sample_step(self, y: torch.Tensor, temperature: float, generator: torch.Generator | None = None,
-                    sounding: torch.Tensor | None = None) -> torch.Tensor:
+                    sounding: torch.Tensor | None = None, rhythm_temperature: float = RHYTHM_TEMPERATURE
+                    ) -> torch.Tensor:
         """One step's tokens (B, 1, V) from LSTM outputs (B, 1, H), voice by voice: each voice is
         drawn given the tokens already drawn for the voices before it. With `sounding`, the (B, V)
         pitches sounding before this step (-1: silent), no voice may make consecutive fifths or
@@ -116,7 +121,7 @@ class Decoder(nn.Module):
                 forbidden = consecutive_note_ons(sounding, now, voice) | hidden_note_ons(sounding, now, voice)
                 forbidden = F.pad(forbidden, (0, NUM_CLASSES - NOTE_OFF))
                 logits = logits.masked_fill(forbidden[:, None], float("-inf"))
-            current[..., voice] = pick_tokens(logits, temperature, generator)
+            current[..., voice] = pick_tokens(logits, temperature, generator, rhythm_temperature)
             if sounding is not None:
                 now[:, voice] = next_sounding(sounding[:, voice], current[:, 0, voice])
         return current
@@ -167,13 +172,27 @@ def shift_right(targets: torch.Tensor) -> torch.Tensor:
     return torch.cat([start, targets[..., :-1]], dim=-1).transpose(1, 2)
 
 
-def pick_tokens(logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Greedy (temperature <= 0) or sampled tokens from logits (..., C)."""
+def pick_tokens(logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None,
+                rhythm_temperature: float = RHYTHM_TEMPERATURE) -> torch.Tensor:
+    """Greedy (temperature <= 0) or sampled tokens from logits (..., C): see `token_probabilities`."""
     if temperature <= 0:
         return logits.argmax(-1)
-    probs = F.softmax(logits.float() / temperature, dim=-1)
+    probs = token_probabilities(logits, temperature, rhythm_temperature)
     flat = probs.reshape(-1, probs.size(-1))
     return torch.multinomial(flat.cpu(), 1, generator=generator).view(probs.shape[:-1]).to(logits.device)
+
+
+def token_probabilities(logits: torch.Tensor, temperature: float, rhythm_temperature: float) -> torch.Tensor:
+    """(..., C) probabilities of the tokens: the kind of event (a note-on, NOTE_OFF, HOLD) at
+    `rhythm_temperature`, the pitch of a note-on at `temperature`. Both equal: one softmax."""
+    logits = logits.float()
+    if temperature == rhythm_temperature:
+        return F.softmax(logits / temperature, dim=-1)
+    kinds = F.softmax(logits / rhythm_temperature, dim=-1)
+    note_on = kinds[..., :NOTE_OFF].sum(-1, keepdim=True)
+    # a voice with every pitch forbidden has no note-on mass, and its pitches' NaNs become 0
+    pitches = F.softmax(logits[..., :NOTE_OFF] / temperature, dim=-1).nan_to_num(0.0)
+    return torch.cat([note_on * pitches, kinds[..., NOTE_OFF:]], dim=-1)
 
 
 class MusicVae(nn.Module):
@@ -214,14 +233,14 @@ class MusicVae(nn.Module):
 
     @torch.no_grad()
     def generate(self, z: torch.Tensor, temperature: float = 1.0, generator: torch.Generator | None = None,
-                 forbid_consecutives: bool = False) -> torch.Tensor:
+                 forbid_consecutives: bool = False, rhythm_temperature: float = RHYTHM_TEMPERATURE) -> torch.Tensor:
         """Autoregressive decoding from z: tokens (B, V, T), int64. Given one latent per window,
         z (B, K, Z), it decodes K windows as one phrase (B, V, K * T): the decoder starts from the
         first latent's state and goes on across window boundaries, its input switching to the
         next window's latent, so each window follows on from the one before. `forbid_consecutives`:
         no two voices make consecutive fifths or octaves, by parallel or contrary motion, nor the
         outer voices hidden ones (a rule of the sampling, not the model's: docs/music-vae.md
-        measures both)."""
+        measures both). `rhythm_temperature`: see `token_probabilities`."""
         windows = z[:, None] if z.dim() == 2 else z
         state = self.decoder.initial_state(windows[:, 0])
         previous = torch.full((z.size(0), 1, self.config.voices), START, dtype=torch.long, device=z.device)
@@ -232,7 +251,7 @@ class MusicVae(nn.Module):
         for window in windows.unbind(1):
             for _ in range(self.config.steps_per_window):
                 y, state = self.decoder.run(previous, window, state)
-                previous = self.decoder.sample_step(y, temperature, generator, sounding)
+                previous = self.decoder.sample_step(y, temperature, generator, sounding, rhythm_temperature)
                 if sounding is not None:
                     sounding = next_sounding(sounding, previous[:, 0])
                 steps.append(previous[:, 0])

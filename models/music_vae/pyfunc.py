@@ -4,11 +4,13 @@ Shipped with the record's code paths (models/ and common/), so it imports nothin
 project (no corpora/, no dagster).
 
 Requests (a dict, or a one-row DataFrame with these columns):
-- {"n": 4, "seed": 0, "temperature": 0.5, "bars": 2, "mode": "chorale", "forbid_consecutives": true}
+- {"n": 4, "seed": 0, "temperature": 0.5, "rhythm_temperature": 1.0, "bars": 2, "mode": "chorale",
+   "forbid_consecutives": true}
   -> a list of n MIDI files (bytes), each a phrase of `bars` bars (2, 4 or 8; default one 2-bar
-  window) at `temperature` (default the gallery's, 0.5 as Magenta's), with no consecutive fifths or
-  octaves between voices nor hidden ones in the outer voices unless `forbid_consecutives` is false
-  (default the gallery's: forbidden);
+  window), its pitches drawn at `temperature` (default the gallery's, 0.5 as Magenta's) and when
+  each voice strikes, releases or holds at `rhythm_temperature` (default 1.0: the model's own
+  odds), with no consecutive fifths or octaves between voices nor hidden ones in the outer voices
+  unless `forbid_consecutives` is false (default the gallery's: forbidden);
 - {"interpolate": [midi_a, midi_b], "steps": 5, "mode": ...} -> a list of `steps` MIDI files
   from phrase a to phrase b (both encoded, latents slerped, each decoded greedily).
 "mode" defaults to the bundle's first model ("melody" or "chorale").
@@ -18,6 +20,7 @@ from __future__ import annotations
 from models.music_vae.sampling import (
     GALLERY_FORBIDS_CONSECUTIVES,
     GALLERY_TEMPERATURE,
+    RHYTHM_TEMPERATURE,
     interpolate,
     load_bundle,
     load_model,
@@ -48,7 +51,7 @@ class MusicVaePyfunc(RequestPyfunc):
         return self.models[mode]
 
     def predict(self, context, model_input, params=None):
-        request = request_dict(model_input, "n, seed, temperature, bars, forbid_consecutives, mode or interpolate")
+        request = request_dict(model_input, "n, seed, temperature, rhythm_temperature, bars, forbid_consecutives, mode or interpolate")
         model = self._model(scalar(request.get("mode")))
         voices, steps_per_window = model.config.voices, model.config.steps_per_window
         ends = request.get("interpolate")
@@ -64,10 +67,13 @@ class MusicVaePyfunc(RequestPyfunc):
             seed = DEFAULT_SEED if missing(scalar(request.get("seed"))) else int(scalar(request["seed"]))
             temperature = scalar(request.get("temperature"))
             temperature = GALLERY_TEMPERATURE if missing(temperature) else float(temperature)
+            rhythm_temperature = scalar(request.get("rhythm_temperature"))
+            rhythm_temperature = RHYTHM_TEMPERATURE if missing(rhythm_temperature) else float(rhythm_temperature)
             bars = scalar(request.get("bars"))
             if not 0 <= n <= MAX_N:
                 raise ValueError(f"n must be within 0..{MAX_N}")
             windows = sample(model, n, seed=seed, temperature=temperature, bars=None if missing(bars) else float(bars),
                              forbid_consecutives=flag(request.get("forbid_consecutives"), "forbid_consecutives",
-                                                      default=GALLERY_FORBIDS_CONSECUTIVES))
+                                                      default=GALLERY_FORBIDS_CONSECUTIVES),
+                             rhythm_temperature=rhythm_temperature)
         return [tokens_to_midi_bytes(window, self.qpm) for window in windows]

@@ -12,7 +12,7 @@ import torch
 from models.bundle import load_bundle as load_bundle_file
 from models.generators import latents, slerp
 from models.music_vae.config import MusicVaeConfig
-from models.music_vae.network import MusicVae
+from models.music_vae.network import RHYTHM_TEMPERATURE, MusicVae
 from models.music_vae.tokens import HOLD, NOTE_OFF, NUM_CLASSES, STEPS_PER_QUARTER, as_voices
 
 BUNDLE_FORMAT = "atelier.music_vae/2"  # /1: the voices of a step drawn independently
@@ -20,7 +20,7 @@ SAMPLE_CHUNK = 512  # sequences per decoder pass when sampling, to bound memory
 # What a listener hears: the gallery and the registered model sample at this temperature (Magenta's
 # default), and the evaluation measures prior samples at it too, so the musical statistics describe
 # the gallery's music.
-GALLERY_TEMPERATURE = 0.5
+GALLERY_TEMPERATURE = 0.5  # of the pitches; when notes start and end, network.RHYTHM_TEMPERATURE
 # The gallery and the registered model draw no consecutive fifths or octaves between voices, nor
 # hidden ones in the outer voices: a rule of the sampling, not the model's (docs/music-vae.md measures both)
 GALLERY_FORBIDS_CONSECUTIVES = True
@@ -82,14 +82,18 @@ def _squeeze_voices(model: MusicVae, tokens: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def decode(model: MusicVae, z: torch.Tensor, temperature: float = 0.0, seed: int = 0,
-           forbid_consecutives: bool = False) -> np.ndarray:
+           forbid_consecutives: bool = False, rhythm_temperature: float = RHYTHM_TEMPERATURE) -> np.ndarray:
     """uint8 windows from latents z (N, Z): (N, T) for melody, (N, V, T) for chorale; temperature 0 =
     greedy. Latents (N, K, Z) give phrases of K windows, (N, K * T) or (N, V, K * T).
-    `forbid_consecutives`: no consecutive (in the outer voices, nor hidden) fifths or octaves (MusicVae.generate)."""
+    `forbid_consecutives`: no consecutive (in the outer voices, nor hidden) fifths or octaves (MusicVae.generate).
+    `temperature` chooses the pitches, `rhythm_temperature` when notes start and end (network.token_probabilities)."""
+    if not rhythm_temperature > 0:
+        raise ValueError(f"rhythm_temperature must be above 0, not {rhythm_temperature!r}")
     model.eval()
     generator = torch.Generator().manual_seed(int(seed))
     device = next(model.parameters()).device
-    parts = [model.generate(z[i : i + SAMPLE_CHUNK].to(device), temperature, generator, forbid_consecutives)
+    parts = [model.generate(z[i : i + SAMPLE_CHUNK].to(device), temperature, generator, forbid_consecutives,
+                            rhythm_temperature)
              for i in range(0, len(z), SAMPLE_CHUNK)]
     windows = 1 if z.dim() == 2 else z.size(1)
     empty = torch.zeros(0, model.config.voices, windows * model.config.steps_per_window, dtype=torch.long)
@@ -111,9 +115,10 @@ def window_bars(model: MusicVae) -> float:
 
 
 def sample(model: MusicVae, n: int, seed: int = 0, temperature: float = GALLERY_TEMPERATURE,
-           bars: float | None = None, forbid_consecutives: bool = False) -> np.ndarray:
+           bars: float | None = None, forbid_consecutives: bool = False,
+           rhythm_temperature: float = RHYTHM_TEMPERATURE) -> np.ndarray:
     """n new phrases of `bars` bars (default: one window's) from the prior; the same seed,
-    temperature, bars and rule always give the same phrases (the latents come from a CPU generator,
+    temperatures, bars and rule always give the same phrases (the latents come from a CPU generator,
     so on any device). A phrase of several windows is decoded as one sequence along a latent walk.
     `forbid_consecutives`: no consecutive (in the outer voices, nor hidden) fifths or octaves (MusicVae.generate)."""
     bars = window_bars(model) if bars is None else bars
@@ -122,7 +127,8 @@ def sample(model: MusicVae, n: int, seed: int = 0, temperature: float = GALLERY_
         raise ValueError(f"bars must be a whole number of {window_bars(model):g}-bar windows, at most "
                          f"{MAX_PHRASE_BARS}; not {bars!r}")
     z = latent_walk(n, int(windows), model.config.latent_dim, seed)
-    return decode(model, z if windows > 1 else z[:, 0], temperature, seed=seed, forbid_consecutives=forbid_consecutives)
+    return decode(model, z if windows > 1 else z[:, 0], temperature, seed=seed, forbid_consecutives=forbid_consecutives,
+                  rhythm_temperature=rhythm_temperature)
 
 
 def interpolate(model: MusicVae, tokens_a, tokens_b, steps: int = 5, method: str = "slerp") -> np.ndarray:
