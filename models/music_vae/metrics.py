@@ -44,15 +44,10 @@ import torch
 
 from models.distances import frechet_distance
 from models.midi_audio import render
-from models.music_vae.network import (
-    PERFECT_INTERVALS,
-    RHYTHM_TEMPERATURE,
-    WHOLE_STEP,
-    MusicVae,
-    kl_divergence,
-    reconstruction_nll,
+from models.music_vae.network import PERFECT_INTERVALS, WHOLE_STEP, MusicVae, kl_divergence, reconstruction_nll
+from models.music_vae.sampling import (
+    GALLERY_BARS, GALLERY_FORBIDS_CONSECUTIVES, GALLERY_TEMPERATURE, RHYTHM_TEMPERATURE, STEPS_PER_BAR, sample,
 )
-from models.music_vae.sampling import GALLERY_BARS, GALLERY_FORBIDS_CONSECUTIVES, GALLERY_TEMPERATURE, STEPS_PER_BAR, sample
 from models.music_vae.tokens import (
     HOLD, NUM_CLASSES, NUM_PITCHES, STEPS_PER_QUARTER, as_voices, tokens_to_midi_bytes, tokens_to_notes,
 )

@@ -51,7 +51,8 @@ class MusicVaePyfunc(RequestPyfunc):
         return self.models[mode]
 
     def predict(self, context, model_input, params=None):
-        request = request_dict(model_input, "n, seed, temperature, rhythm_temperature, bars, forbid_consecutives, mode or interpolate")
+        request = request_dict(model_input, "n, seed, temperature, rhythm_temperature, bars, forbid_consecutives, "
+                                            "mode or interpolate")
         model = self._model(scalar(request.get("mode")))
         voices, steps_per_window = model.config.voices, model.config.steps_per_window
         ends = request.get("interpolate")

@@ -85,7 +85,8 @@ def decode(model: MusicVae, z: torch.Tensor, temperature: float = 0.0, seed: int
            forbid_consecutives: bool = False, rhythm_temperature: float = RHYTHM_TEMPERATURE) -> np.ndarray:
     """uint8 windows from latents z (N, Z): (N, T) for melody, (N, V, T) for chorale; temperature 0 =
     greedy. Latents (N, K, Z) give phrases of K windows, (N, K * T) or (N, V, K * T).
-    `forbid_consecutives`: no consecutive (in the outer voices, nor hidden) fifths or octaves (MusicVae.generate).
+    `forbid_consecutives`: no consecutive fifths or octaves, nor hidden ones in the outer voices
+    (MusicVae.generate).
     `temperature` chooses the pitches, `rhythm_temperature` when notes start and end (network.token_probabilities)."""
     if not rhythm_temperature > 0:
         raise ValueError(f"rhythm_temperature must be above 0, not {rhythm_temperature!r}")
@@ -120,7 +121,8 @@ def sample(model: MusicVae, n: int, seed: int = 0, temperature: float = GALLERY_
     """n new phrases of `bars` bars (default: one window's) from the prior; the same seed,
     temperatures, bars and rule always give the same phrases (the latents come from a CPU generator,
     so on any device). A phrase of several windows is decoded as one sequence along a latent walk.
-    `forbid_consecutives`: no consecutive (in the outer voices, nor hidden) fifths or octaves (MusicVae.generate)."""
+    `forbid_consecutives`: no consecutive fifths or octaves, nor hidden ones in the outer voices
+    (MusicVae.generate)."""
     bars = window_bars(model) if bars is None else bars
     windows = bars / window_bars(model)
     if not (windows == int(windows) and 1 <= windows and bars <= MAX_PHRASE_BARS):
