@@ -22,8 +22,7 @@ import shutil
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from itertools import chain, repeat
-from operator import methodcaller
+from itertools import repeat
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -47,6 +46,9 @@ NEAR_PAIRS_FILE = "near-pairs.parquet"
 FULL_FRACTION = 0.75
 MIN_SMALL_BATCHES = 4
 NEAR_PAIRS_SCHEMA = pa.schema([("table", pa.string()), ("a", pa.string()), ("b", pa.string())])  # b "": a was compared
+# Part of the cache key: a cache written in another layout is decoded again, never misread.
+# 2: row spans as numbers (they were JSON, whose parse was most of reading the index).
+CACHE_FORMAT = 2
 # Beside a batch index, the near pairs its files formed with the files decoded before them in the
 # same run (`run`): a killed ingest's comparisons survive it (corpora.ingest.RunNearSearch).
 NEAR_SUFFIX = ".near.parquet"
@@ -59,7 +61,8 @@ INDEX_SCHEMA = pa.schema([
     ("message", pa.string()),
     ("content_hash", pa.string()),
     ("notices", pa.string()),  # JSON [[stage, kind, message], ...]
-    ("row_spans", pa.string()),  # JSON {table: [first row in the batch's table, rows]}
+    # [first row in the batch's table, rows] for each table of the cache, in name order; [0, 0]: none
+    ("row_spans", pa.list_(pa.int64())),
     ("arrays", pa.binary()),  # split signatures, work keys and time spans, packed (see _pack)
     ("arrays_layout", pa.string()),  # JSON [[name, dtype, shape], ...], in packing order
 ])
@@ -72,15 +75,12 @@ class BatchLayout:
 
     __slots__ = ("names", "spans", "layouts", "layout_of")
 
-    def __init__(self, per_file: Sequence[dict], layouts: pa.ChunkedArray | Sequence[str]):
-        """`per_file`: each file's {table: [first row, rows]}, in batch order; `layouts`: each
-        file's `arrays_layout` (most files of a batch share a few), as the index's dictionary
-        column or a list."""
-        self.names = tuple(sorted({name for spans in per_file for name in spans}))
-        self.spans = np.zeros((len(per_file), len(self.names), 2), dtype=np.int64)
-        for number, name in enumerate(self.names):  # a list per table, not an item set per file
-            span_of = chain.from_iterable(map(methodcaller("get", name, (0, 0)), per_file))
-            self.spans[:, number] = np.fromiter(span_of, np.int64, 2 * len(per_file)).reshape(-1, 2)
+    def __init__(self, names: tuple[str, ...], spans: np.ndarray, layouts: pa.ChunkedArray | Sequence[str]):
+        """`names`: the cache's tables, in name order; `spans`: (files, tables, 2) of each file's
+        [first row, rows] there, in batch order; `layouts`: each file's `arrays_layout` (most
+        files of a batch share a few), as the index's dictionary column or a list."""
+        self.names = names
+        self.spans = spans
         if isinstance(layouts, pa.ChunkedArray) and layouts.num_chunks == 1:
             encoded = layouts.chunk(0)  # the index's dictionary column: the distinct layouts, a number per file
         else:
@@ -146,7 +146,7 @@ def hashes_file_of(out_dir: Path) -> Path:
 
 
 def cache_key(code_version: str, config: dict) -> str:
-    return sha256_json({"code_version": code_version, "config": config})[:16]
+    return sha256_json({"cache_format": CACHE_FORMAT, "code_version": code_version, "config": config})[:16]
 
 
 def _pack(arrays: dict[str, np.ndarray]) -> tuple[bytes, str]:
@@ -190,6 +190,7 @@ class RowCache:
         self.root = Path(out_dir) / CACHE_DIR
         self.folder = self.root / key
         self.specs = {spec.name: spec for spec in specs}
+        self.table_names = tuple(sorted(self.specs))  # the order of each index row's spans
         self._open: OrderedDict[tuple[str, str], Any] = OrderedDict()  # LRU of batch tables (and lists) read
         self._open_limit = open_batches
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -197,6 +198,16 @@ class RowCache:
     @property
     def hashes_file(self) -> Path:
         return hashes_file_of(self.root.parent)
+
+    def span_row(self, spans: dict[str, list[int]]) -> list[int]:
+        """A file's {table: [first row, rows]} as its index row's `row_spans`."""
+        return [number for name in self.table_names for number in spans.get(name, (0, 0))]
+
+    def batch_layout(self, index_rows: list[dict]) -> BatchLayout:
+        """The layout of a batch about to be committed, from its index rows."""
+        spans = np.array([row["row_spans"] for row in index_rows], np.int64).reshape(
+            len(index_rows), len(self.table_names), 2)
+        return BatchLayout(self.table_names, spans, [row["arrays_layout"] for row in index_rows])
 
     # ---- reading ---------------------------------------------------------------------------
     def load_index(self) -> dict[str, CachedFile]:
@@ -209,10 +220,14 @@ class RowCache:
                 table = read_parquet(path, columns=columns, dictionary=["arrays_layout"])
             except (OSError, pa.ArrowInvalid):
                 continue  # unreadable: its files are decoded again
-            column = {name: _texts(table.column(name)) for name in columns if name not in ("accepted", "arrays_layout")}
-            # one JSON parse per batch, not one per file: the call, not the text, is the cost
-            batch_layout = BatchLayout(json.loads("[" + ",".join(column["row_spans"]) + "]"),
-                                       table.column("arrays_layout"))
+            try:
+                spans = integer_values(table.column("row_spans").combine_chunks().flatten())
+                spans = spans.reshape(table.num_rows, len(self.table_names), 2)
+            except (ValueError, pa.ArrowInvalid):
+                continue  # not this cache's tables: its files are decoded again
+            text_columns = ("sha256", "stage", "error_type", "message", "content_hash", "notices")
+            column = {name: _texts(table.column(name)) for name in text_columns}
+            batch_layout = BatchLayout(self.table_names, spans, table.column("arrays_layout"))
             # a tuple per file made without a Python call per file (the index is about a tenth of a one-file change)
             known.update(zip(column["sha256"], map(tuple.__new__, repeat(CachedFile), zip(
                 repeat(batch), range(table.num_rows), table.column("accepted").to_pylist(), column["stage"],
@@ -425,16 +440,15 @@ class BatchWriter:
             return
         batch = _new_batch_name()
         folder = self.cache.folder
-        index_rows, spans_of = [], []
+        index_rows = []
         row_parts: dict[str, list] = {name: [] for name in self.cache.specs}
         next_row = {name: 0 for name in self.cache.specs}
         for sha256, result in self.pending:
             if isinstance(result, tuple):
                 stage, error_type, message = result
                 index_rows.append({"sha256": sha256, "accepted": False, "stage": stage, "error_type": error_type,
-                                   "message": message, "content_hash": "", "notices": "[]", "row_spans": "{}",
-                                   "arrays": b"", "arrays_layout": "[]"})
-                spans_of.append({})
+                                   "message": message, "content_hash": "", "notices": "[]",
+                                   "row_spans": self.cache.span_row({}), "arrays": b"", "arrays_layout": "[]"})
                 continue
             spans = {}
             for name, rows in result.tables.items():
@@ -451,13 +465,12 @@ class BatchWriter:
             index_rows.append({"sha256": sha256, "accepted": True, "stage": "", "error_type": "", "message": "",
                                "content_hash": result.content_hash,
                                "notices": json.dumps([[n.stage, n.kind, n.message] for n in result.notices]),
-                               "row_spans": json.dumps(spans), "arrays": packed, "arrays_layout": layout})
-            spans_of.append(spans)
+                               "row_spans": self.cache.span_row(spans), "arrays": packed, "arrays_layout": layout})
         for name, parts in row_parts.items():
             if parts:
                 _write(_stack(self.cache.specs[name], parts), folder / f"{batch}.{name}.parquet")
         _write(arrow_records(index_rows, INDEX_SCHEMA), folder / f"{batch}{INDEX_SUFFIX}")  # commit
-        batch_layout = BatchLayout(spans_of, [row["arrays_layout"] for row in index_rows])
+        batch_layout = self.cache.batch_layout(index_rows)
         for position, row in enumerate(index_rows):
             self.committed[row["sha256"]] = CachedFile(
                 batch, position, row["accepted"], row["stage"], row["error_type"], row["message"],
@@ -489,7 +502,7 @@ class _MergedBatch:
             self.rows[name] = self.rows.get(name, 0) + rows.num_rows
             self.parts.setdefault(name, []).append(rows)
             self.nbytes += rows.nbytes
-        self.index.append({**index_row, "row_spans": json.dumps(spans)})
+        self.index.append({**index_row, "row_spans": self.cache.span_row(spans)})
         if len(self.index) >= self.batch_files or self.nbytes >= self.batch_bytes:
             self.flush()
 
@@ -501,8 +514,7 @@ class _MergedBatch:
         for name, parts in self.parts.items():
             _write(pa.concat_tables(parts), folder / f"{batch}.{name}.parquet")
         _write(pa.Table.from_pylist(self.index, schema=INDEX_SCHEMA), folder / f"{batch}{INDEX_SUFFIX}")  # commit
-        batch_layout = BatchLayout([json.loads(row["row_spans"]) for row in self.index],
-                                   [row["arrays_layout"] for row in self.index])
+        batch_layout = self.cache.batch_layout(self.index)
         for position, row in enumerate(self.index):
             old = self.known[row["sha256"]]
             self.known[row["sha256"]] = CachedFile(

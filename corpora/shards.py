@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +88,12 @@ def arrow_array(values: Sequence, kind: pa.DataType) -> pa.Array:
         codes = {value: code for code, value in enumerate(dict.fromkeys(values))}  # first appearance, as pa.array
         indices = arrow_array(np.fromiter((codes[value] for value in values), np.int64, len(values)), kind.index_type)
         return pa.DictionaryArray.from_arrays(indices, arrow_array(list(codes), kind.value_type))
+    if pa.types.is_list(kind) and pa.types.is_integer(kind.value_type):  # lists of numbers, none of them null
+        lengths = np.fromiter(map(len, values), np.int32, len(values))
+        offsets = np.zeros(len(values) + 1, np.int32)
+        np.cumsum(lengths, out=offsets[1:])
+        flat = np.fromiter(chain.from_iterable(values), np.int64, int(offsets[-1]))
+        return pa.ListArray.from_arrays(arrow_array(offsets, pa.int32()), arrow_array(flat, kind.value_type))
     plain = pa.types.is_string(kind) or pa.types.is_binary(kind) or pa.types.is_boolean(kind) or \
         pa.types.is_integer(kind) or pa.types.is_floating(kind)
     if not plain:

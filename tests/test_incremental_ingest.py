@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -112,6 +113,25 @@ def test_a_change_rewrites_only_the_shards_around_it(tmp_path):
     assert len(kept) >= len(before) - 2 and len(after) - len(kept) <= 2
     assert all(after[key] == before[key] for key in kept)  # the same file, not a copy
     assert changed.manifest["tables"] == run_midi(tmp_path / "fresh").manifest["tables"]
+
+
+def test_a_batch_index_not_in_the_caches_layout_is_decoded_again_not_misread(tmp_path):
+    """Row spans that do not fit the cache's tables (an index from another layout) make the
+    batch unreadable: its files are decoded again and the version is a fresh ingest's."""
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    write_pngs(raw, 20, seed=3)
+    run(raw, out)
+    index = sorted((out / CACHE_DIR).glob(f"*/*{INDEX_SUFFIX}"))[0]
+    table = pq.read_table(index)
+    spans = table.column("row_spans").to_pylist()
+    table = table.set_column(table.schema.get_field_index("row_spans"), "row_spans",
+                             pa.array([row + [0] for row in spans], pa.list_(pa.int64())))
+    pq.write_table(table, index)
+
+    Image.fromarray(np.full((12, 12), 5, np.uint8)).save(raw / "class-0" / "added.png")
+    changed = run(raw, out)
+    assert changed.decoded_files == 1 + table.num_rows and accounted(changed)
+    assert changed.version == fresh_version(raw, tmp_path / "fresh")
 
 
 def test_a_config_change_decodes_again_and_the_old_cache_goes(tmp_path):
