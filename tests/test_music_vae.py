@@ -95,6 +95,18 @@ def test_transposition_moves_pitches_only_and_stays_in_range():
 # --- training ----------------------------------------------------------------------------
 
 
+def test_training_batches_keep_the_corpus_keys_unless_asked_to_transpose():
+    """The default trains on the corpus's own keys (docs/music-vae.md); a range moves whole windows."""
+    tokens = windows("chorale", 64, seed=4)
+    columns = {"voices": torch.as_tensor(tokens)}
+    default = MusicVaeFamily(tiny_config("chorale"), tokens).make_batch(columns, torch.device("cpu"))
+    assert torch.equal(default, torch.as_tensor(tokens).long())
+    torch.manual_seed(0)
+    moved = MusicVaeFamily(tiny_config("chorale", transpose_range=5), tokens).make_batch(columns, torch.device("cpu"))
+    assert not torch.equal(moved, default)
+    assert torch.equal(moved >= NOTE_OFF, default >= NOTE_OFF)  # only pitches move
+
+
 @pytest.mark.parametrize("kind", ["melody", "chorale"])
 def test_a_few_training_steps_are_finite_and_change_the_weights(tmp_path, kind):
     config = tiny_config(kind)

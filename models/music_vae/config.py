@@ -23,7 +23,9 @@ class MusicVaeConfig(FamilyConfig):
     beta_rate: float = 0.999  # beta = (1 - beta_rate**step) * max_beta; 0 = constant max_beta
     free_bits: float = 32.0  # per sequence: no KL pressure below this many bits
     sampling_rate: float = 250.0  # inverse-sigmoid k: p(step) = 1 - k / (k + exp(step / k)); 0 = teacher forcing only
-    transpose_range: int = 5  # each window is moved by a uniform shift in [-range, range] semitones
+    # each window moved by a uniform shift in [-range, range] semitones; 0: the corpus's own keys, which
+    # kept the samples in key far better at both budgets (docs/music-vae.md, "The corpus's own keys")
+    transpose_range: int = 0
     lr: float = 1e-3
     lr_decay: float = 0.9999  # per step, as Magenta
     min_lr: float = 1e-5
