@@ -225,8 +225,8 @@ class RowCache:
                 spans = spans.reshape(table.num_rows, len(self.table_names), 2)
             except (ValueError, pa.ArrowInvalid):
                 continue  # not this cache's tables: its files are decoded again
-            text_columns = ("sha256", "stage", "error_type", "message", "content_hash", "notices")
-            column = {name: _texts(table.column(name)) for name in text_columns}
+            column = {name: _texts(table.column(name)) for name in columns
+                      if name not in ("accepted", "row_spans", "arrays_layout")}
             batch_layout = BatchLayout(self.table_names, spans, table.column("arrays_layout"))
             # a tuple per file made without a Python call per file (the index is about a tenth of a one-file change)
             known.update(zip(column["sha256"], map(tuple.__new__, repeat(CachedFile), zip(
@@ -513,7 +513,7 @@ class _MergedBatch:
         folder = self.cache.folder
         for name, parts in self.parts.items():
             _write(pa.concat_tables(parts), folder / f"{batch}.{name}.parquet")
-        _write(pa.Table.from_pylist(self.index, schema=INDEX_SCHEMA), folder / f"{batch}{INDEX_SUFFIX}")  # commit
+        _write(arrow_records(self.index, INDEX_SCHEMA), folder / f"{batch}{INDEX_SUFFIX}")  # commit
         batch_layout = self.cache.batch_layout(self.index)
         for position, row in enumerate(self.index):
             old = self.known[row["sha256"]]
