@@ -24,6 +24,10 @@ def square_unless_marked(item: int, marker_dir: str) -> int:
     return item * item
 
 
+def process_of(item: object) -> int:
+    return os.getpid()
+
+
 def test_crashes_hangs_and_errors_cost_only_their_own_items(tmp_path):
     items = list(range(48))
     fn = functools.partial(square_unless_marked, marker_dir=str(tmp_path))
@@ -45,3 +49,11 @@ def test_crashes_hangs_and_errors_cost_only_their_own_items(tmp_path):
     # the hanging item's chunk timed out once (4 items x 1 s) and the item alone once more (1 s);
     # nowhere near its 60 s sleep
     assert time.monotonic() - started < 50
+
+
+def test_a_few_items_are_shared_between_the_workers_whatever_the_chunk_size():
+    # six slow files (a folder of long videos) in chunks of 16 would all go to one worker
+    answers = dict(map_isolated(process_of, [None] * 6, workers=2, timeout_s=30.0, chunk_size=16,
+                                preload=[__name__]))
+    assert sorted(answers) == list(range(6))
+    assert len(set(answers.values())) == 2, answers
