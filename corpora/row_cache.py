@@ -475,9 +475,10 @@ class BatchWriter:
             self.committed[row["sha256"]] = CachedFile(
                 batch, position, row["accepted"], row["stage"], row["error_type"], row["message"],
                 row["content_hash"], _notices(row["notices"]), batch_layout)
+        decoded = [(sha, result) for sha, result in self.pending if not isinstance(result, tuple)]
+        self.pending, self.pending_bytes = [], 0  # committed: an on_commit that raises must not commit them twice
         if self.on_commit is not None:
-            self.on_commit(batch, [(sha, result) for sha, result in self.pending if not isinstance(result, tuple)])
-        self.pending, self.pending_bytes = [], 0
+            self.on_commit(batch, decoded)
 
 
 class _MergedBatch:
