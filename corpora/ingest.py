@@ -11,7 +11,9 @@ import gc
 import hashlib
 import logging
 import os
+import queue
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -540,7 +542,14 @@ class RunNearSearch:
     """Compares each committed batch's thumbnails with those this run decoded before, and keeps
     the pairs beside the batch (RowCache.save_batch_near): the split then compares only the
     files outside the largest set compared so far, so a rerun after a kill does not redo the
-    comparisons of the batches the killed run finished."""
+    comparisons of the batches the killed run finished.
+
+    The comparisons run on a thread of their own, a batch at a time in commit order, beside the
+    decoding's bookkeeping (numpy's products release the GIL); at most `QUEUED_BATCHES` batches'
+    thumbnails wait for it. A killed run keeps the pairs of the batches it compared, a prefix of
+    those it committed; a search that fails lets the decoding finish and `close` raises."""
+
+    QUEUED_BATCHES = 2
 
     def __init__(self, grouping: Grouping, cache: RowCache):
         self.grouping, self.cache = grouping, cache
@@ -550,16 +559,39 @@ class RunNearSearch:
         # the rows' block sums, kept as the rows grow: recomputing them for every batch made
         # the search quadratic in more than the comparisons
         self.blocks = {table: _GrowingRows() for table in grouping.near_tables}
+        self._batches: queue.Queue = queue.Queue(maxsize=self.QUEUED_BATCHES)
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._compare_batches, name="near-search", daemon=True)
+        if self.rows:
+            self._thread.start()
 
     def on_commit(self, batch: str, decoded: list[tuple[str, DecodedFile]]) -> None:
-        if not self.rows:
-            return
+        if self.rows:  # the thumbnails only: the batch's rows are not held while it waits
+            self._batches.put((batch, [(sha, result.signatures) for sha, result in decoded]))
+
+    def close(self) -> None:
+        """Wait until every committed batch is compared; raise what stopped the comparisons."""
+        if self._thread.is_alive():
+            self._batches.put(None)
+            self._thread.join()
+        if self._failure is not None:  # the decoding went on: its batches are kept for the rerun
+            raise RuntimeError(f"the near-duplicate search stopped: {self._failure!r}") from self._failure
+
+    def _compare_batches(self) -> None:
+        while (item := self._batches.get()) is not None:
+            if self._failure is None:  # after a failure, batches are taken and dropped: no put waits forever
+                try:
+                    self._compare(*item)
+                except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+                    self._failure = exc
+
+    def _compare(self, batch: str, signatures: list[tuple[str, dict[str, np.ndarray]]]) -> None:
         first = len(self.sha256s)
-        self.sha256s += [sha for sha, _ in decoded]
+        self.sha256s += [sha for sha, _ in signatures]
         found = []
         for table, known in self.rows.items():
-            parts = [(first + i, result.signatures[table]) for i, (_, result) in enumerate(decoded)
-                     if len(result.signatures.get(table, ()))]
+            parts = [(first + i, signature[table]) for i, (_, signature) in enumerate(signatures)
+                     if len(signature.get(table, ()))]
             if not parts:
                 continue
             values = np.concatenate([value for _, value in parts])
@@ -569,7 +601,7 @@ class RunNearSearch:
                                      new_blocks=blocks, old_blocks=self.blocks[table].filled()[0])
             known.append(values, owners)
             self.blocks[table].append(blocks, owners)
-            found += [(self.run, table, sha, "") for sha, _ in decoded]
+            found += [(self.run, table, sha, "") for sha, _ in signatures]
             found += [(self.run, table, self.sha256s[a], self.sha256s[b]) for a, b in pairs]
         self.cache.save_batch_near(batch, found)
 
@@ -664,6 +696,8 @@ def _decode_into_cache(modality, config, to_decode: Sequence[SourceFile], settin
         finally:
             writer.flush()  # a run stopped by an error or a signal keeps what it finished
             known.update(writer.committed)
+            if near_search is not None:
+                near_search.close()
     if items and crashed == len(items):
         # Not a verdict on the files: the workers could not run at all. Saving this as a
         # corpus version would make the next run reuse it instead of trying again.

@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 import corpora.grouping
+import corpora.ingest
 from corpora.images import IMAGES, ImageCorpusConfig
 from corpora.midi import MIDI, MidiCorpusConfig
 from common.hashing import sha256_file
@@ -256,6 +257,31 @@ def test_a_killed_ingest_keeps_the_near_pairs_it_found(tmp_path, monkeypatch):
     groups = pq.read_table(out / resumed.manifest["groups"]["path"]).to_pydict()
     group_of = dict(zip(groups["source_path"], groups["group"]))
     assert all(group_of[f"class-0/{i:05d}-near.png"] == group_of[f"class-0/{i:05d}.png"] for i in range(0, 30, 3))
+
+
+def test_a_failed_near_search_fails_the_ingest_after_keeping_every_decoded_batch(tmp_path, monkeypatch):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    write_pngs(raw, 40, seed=5)
+    calls = []
+    near_owner_pairs = corpora.ingest.near_owner_pairs
+
+    def failing_on_the_second_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise MemoryError("no room for the thumbnails")
+        return near_owner_pairs(*args, **kwargs)
+
+    monkeypatch.setattr(corpora.ingest, "near_owner_pairs", failing_on_the_second_batch)
+    with pytest.raises(RuntimeError, match="near-duplicate search stopped.*no room") as failure:
+        run(raw, out)
+    assert isinstance(failure.value.__cause__, MemoryError)
+    assert not (out / "manifest.json").exists()
+    assert len(index_files(out)) == 5  # 40 files in batches of 8, each committed once
+    assert len(calls) == 2  # the batches after the failure were not compared
+    monkeypatch.undo()
+    resumed = run(raw, out)  # the first batch's comparisons are kept, the rest made at the split
+    assert resumed.decoded_files == 0 and accounted(resumed)
+    assert resumed.version == fresh_version(raw, tmp_path / "fresh")
 
 
 def test_links_inside_are_followed_links_outside_refused(tmp_path):
