@@ -36,10 +36,11 @@ class MusicVaeConfig(FamilyConfig):
 
     PROFILES: ClassVar[dict[str, dict]] = {
         # about a minute per kind on one idle CPU core (docs/music-vae.md): the loss still falls at the
-        # end, so the budget goes to steps (small batches, a narrow encoder) rather than width
+        # end, so the budget goes to steps (small batches, a narrow encoder) rather than width; half
+        # the free bits: 900 steps do not put 32 bits of z to use ("Free bits for the demo's budget")
         "demo": dict(embed_dim=32, encoder_hidden=64, decoder_hidden=160, decoder_layers=1, latent_dim=64,
                      voice_head_hidden=64, batch_size=32, steps=900, lr=3e-3, lr_decay=0.9975,
-                     sampling_rate=200.0, beta_rate=0.997),
+                     sampling_rate=200.0, beta_rate=0.997, free_bits=16.0),
         # Magenta's cat-mel_2bar_small sizes at the demo's batch, its schedules stretched to 3.1x the
         # steps: about 20 minutes of one CPU core per kind (0.43 CPU s a chorale step)
         "cpu-long": dict(embed_dim=64, encoder_hidden=512, decoder_hidden=256, decoder_layers=2, latent_dim=128,
