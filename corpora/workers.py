@@ -154,7 +154,7 @@ def map_isolated(
     if start_method == "forkserver":
         _set_preload(fn, preload)
     # a few files must not all go to one worker in one chunk: every worker gets its two chunks
-    chunk_size = max(1, min(chunk_size, -(-len(items) // (workers * _CHUNKS_PER_WORKER))))
+    chunk_size = max(1, min(chunk_size, -(-len(items) // (max(1, workers) * _CHUNKS_PER_WORKER))))
     pending: deque[_Chunk] = deque(
         _Chunk(range(start, min(start + chunk_size, len(items))), isolated=chunk_size == 1)  # a range: no int per item
         for start in range(0, len(items), chunk_size)
