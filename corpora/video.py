@@ -397,9 +397,8 @@ def decode(task: DecodeTask) -> DecodedFile:
     )
 
 
-# A file costs tens of milliseconds to seconds, so one file a message: the workers finish together,
-# and each file's frames reach the cache while the next decodes (chunks of 16 took the default
-# corpus 1.2x as long; 1,000 short clips cost the same either way).
+# One file a message: a file costs tens of milliseconds to seconds, so the workers finish together and
+# each file's frames reach the cache while the next decodes (measured in docs/performance.md).
 VIDEO = Modality("video", "video-2", EXTENSIONS, table_specs, decode, chunk_size=1,
                  grouping=Grouping(near_tables=(TABLE,), near_rms=NEAR_IDENTICAL_RMS, time_table=TABLE))
 
