@@ -8,11 +8,17 @@ launcher whose `run_pipes` starts a pod, not a change to any asset.
 from __future__ import annotations
 
 import json
+import os
 import sys
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
+from dagster_pipes import PipesDefaultMessageWriter
 
 from common.atomic import atomic_write_text
 from models.train import Reporter, TrainingOutcome, TrainingRequest, train
@@ -47,6 +53,54 @@ class _CollectingReporter(Reporter):
         self.result = outcome
 
 
+class WholeLineMessageReader(dg.PipesMessageReader):
+    """Pipes messages through a temporary file, as Dagster's PipesTempFileMessageReader, but
+    parsed only once their line is whole.
+
+    Dagster's reader tails the file with `readline()`, which returns the part of a line that
+    the child has written so far; a message that crosses a page of the file becomes visible
+    in two parts, `json.loads` fails on the first, the reader thread stops and the step sees
+    no outcome (it happened once in a full test run). Here a line without its newline waits
+    for the rest."""
+
+    @contextmanager
+    def read_messages(self, handler):
+        closed = threading.Event()
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "messages")
+            open(path, "w").close()
+            reader = threading.Thread(target=self._read, args=(path, handler, closed), daemon=True)
+            reader.start()
+            try:
+                yield {PipesDefaultMessageWriter.FILE_PATH_KEY: path,
+                       PipesDefaultMessageWriter.INCLUDE_STDIO_IN_MESSAGES_KEY: False}
+            finally:
+                closed.set()
+                reader.join()
+
+    @staticmethod
+    def _read(path: str, handler, closed: threading.Event) -> None:
+        try:
+            with open(path, encoding="utf-8") as messages:
+                line = ""
+                while True:
+                    part = messages.readline()
+                    line += part
+                    if line.endswith("\n"):
+                        handler.handle_message(json.loads(line))
+                        line = ""
+                    elif not part:
+                        if closed.is_set():  # the child is done: nothing more will come
+                            return
+                        time.sleep(0.01)
+        except Exception:
+            handler.report_pipes_framework_exception("WholeLineMessageReader", sys.exc_info())
+            raise
+
+    def no_messages_debug_text(self) -> str:
+        return "Attempted to read messages from a local temporary file."
+
+
 class TrainerLauncher(dg.ConfigurableResource):
     """`mode="subprocess"` (the default) runs `python -m models.train` through a
     PipesSubprocessClient: logs arrive live, metrics and the outcome as Pipes messages, and a
@@ -75,7 +129,8 @@ class TrainerLauncher(dg.ConfigurableResource):
 
     def run_pipes(self, context: dg.AssetExecutionContext, command: list[str], env: dict[str, str]):
         """Start `command` in a Pipes session and wait for it. Override to run it elsewhere."""
-        return dg.PipesSubprocessClient(cwd=str(PROJECT_ROOT)).run(context=context, command=command, env=env)
+        return dg.PipesSubprocessClient(cwd=str(PROJECT_ROOT), message_reader=WholeLineMessageReader()).run(
+            context=context, command=command, env=env)
 
     def command(self, request_path: Path, manifest: Path, run_dir: Path) -> list[str]:
         entry = ["-m", "models.train", "--config", str(request_path), "--manifest", str(manifest),

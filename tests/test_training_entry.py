@@ -22,7 +22,7 @@ from models.music_vae.config import MusicVaeConfig
 from models.music_vae.sampling import load_model
 from models.train import OUTCOME_FILE, TrainingRequest
 from pipelines.definitions import build_resources
-from resources.trainer import TrainerLauncher
+from resources.trainer import TrainerLauncher, WholeLineMessageReader
 from tests.test_music_assets import write_chorales
 
 midi_corpus = CORPUS_ASSET_OF["midi"]
@@ -191,3 +191,34 @@ def test_a_trainer_whose_launcher_dies_stops_and_leaves_a_checkpoint(chorales, t
     outcome = json.loads((run_dir / OUTCOME_FILE).read_text())
     assert 0 < outcome["step"] < long_run
     assert latest_checkpoint(run_dir / "chorale" / "checkpoints").name == f"step-{outcome['step']:06d}.pt"
+
+
+HALF_WRITTEN_MESSAGE = """
+import json, os, time
+from dagster_pipes import (PIPES_PROTOCOL_VERSION, PIPES_PROTOCOL_VERSION_FIELD, PipesDefaultMessageWriter,
+                           PipesEnvVarParamsLoader, open_dagster_pipes)
+with open_dagster_pipes():
+    path = PipesEnvVarParamsLoader().load_messages_params()[PipesDefaultMessageWriter.FILE_PATH_KEY]
+    line = json.dumps({PIPES_PROTOCOL_VERSION_FIELD: PIPES_PROTOCOL_VERSION, "method": "report_custom_message",
+                       "params": {"payload": {"outcome": "whole"}}}) + "\\n"
+    with open(path, "a", encoding="utf-8") as messages:  # a line that crosses a page arrives in two parts
+        messages.write(line[:40])
+        messages.flush()
+        time.sleep(0.5)
+        messages.write(line[40:])
+"""
+
+
+def test_a_message_written_in_two_parts_reaches_the_asset_whole(tmp_path):
+    script = tmp_path / "child.py"
+    script.write_text(HALF_WRITTEN_MESSAGE)
+
+    @dg.asset(required_resource_keys={"pipes"})
+    def half_written(context):
+        invocation = context.resources.pipes.run(context=context, command=[sys.executable, str(script)])
+        return dg.Output(list(invocation.get_custom_messages()))
+
+    client = dg.PipesSubprocessClient(message_reader=WholeLineMessageReader())
+    result = dg.materialize([half_written], resources={"pipes": client}, instance=dg.DagsterInstance.ephemeral())
+    assert result.success
+    assert result.output_for_node("half_written") == [{"outcome": "whole"}]
