@@ -20,6 +20,7 @@ import hashlib
 import os
 from array import array
 from collections.abc import Callable, Iterator
+from itertools import repeat
 from pathlib import Path
 from typing import NamedTuple
 
@@ -83,34 +84,32 @@ def _listing(raw_dir: Path) -> Iterator[tuple[str, str, tuple[int, int, int, int
     non-hidden file under `raw_dir`, in order of relative path: one folder listed at a time,
     never the whole corpus at once."""
     root = os.path.realpath(raw_dir)
-    # Folders being walked, innermost last; a stack, not recursion, for trees of any depth.
-    walking = [_sorted_entries(str(raw_dir), "")] if Path(raw_dir).is_dir() else []
+    # The entries of the folders being walked, innermost last; a stack, not recursion, for trees
+    # of any depth. A loop over each folder's entries, not a generator per folder: it runs per file.
+    walking = [iter(_sorted_entries(str(raw_dir), ""))] if Path(raw_dir).is_dir() else []
     while walking:
-        item = next(walking[-1], None)
-        if item is None:
+        for relpath, entry in walking[-1]:
+            if isinstance(entry, tuple):  # a folder that cannot be listed
+                folder, problem = entry
+                yield relpath, folder, None, problem
+            elif entry.is_symlink() and (problem := _link_problem(entry, root)) is not None:
+                yield relpath, entry.path, None, ("scan", *problem)
+            elif entry.is_dir(follow_symlinks=False):
+                walking.append(iter(_sorted_entries(entry.path, f"{relpath}/")))
+                break  # into the folder; its parent's entries go on where they stopped
+            elif entry.is_file():
+                try:
+                    stat = entry.stat()
+                except OSError as exc:
+                    yield relpath, entry.path, None, (
+                        "scan", type(exc).__name__, f"the file cannot be read: {exc.strerror or exc}")
+                    continue
+                yield relpath, entry.path, (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino), None
+        else:
             walking.pop()
-            continue
-        relpath, entry = item
-        if isinstance(entry, tuple):  # a folder that cannot be listed
-            folder, problem = entry
-            yield relpath, folder, None, problem
-            continue
-        problem = _link_problem(entry, root)
-        if problem is not None:
-            yield relpath, entry.path, None, ("scan", *problem)
-        elif entry.is_dir(follow_symlinks=False):
-            walking.append(_sorted_entries(entry.path, f"{relpath}/"))
-        elif entry.is_file():
-            try:
-                stat = entry.stat()
-            except OSError as exc:
-                yield relpath, entry.path, None, (
-                    "scan", type(exc).__name__, f"the file cannot be read: {exc.strerror or exc}")
-                continue
-            yield relpath, entry.path, (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino), None
 
 
-def _sorted_entries(folder: str, prefix: str) -> Iterator[tuple[str, os.DirEntry | tuple[str, tuple[str, str, str]]]]:
+def _sorted_entries(folder: str, prefix: str) -> list[tuple[str, os.DirEntry | tuple[str, tuple[str, str, str]]]]:
     """(relative path, entry) of a folder's non-hidden entries, sorted so that walking them
     depth first gives every file in order of relative path: a folder sorts as its name with
     the "/" its files' paths carry (git orders its trees the same way)."""
@@ -118,18 +117,15 @@ def _sorted_entries(folder: str, prefix: str) -> Iterator[tuple[str, os.DirEntry
         with os.scandir(folder) as listing:
             entries = [entry for entry in listing if not entry.name.startswith(".")]
     except OSError as exc:
-        yield displayable(prefix or "."), (folder, ("scan", type(exc).__name__,
-                                                   f"the folder cannot be listed: {exc.strerror or exc}"))
-        return
+        return [(displayable(prefix or "."), (folder, ("scan", type(exc).__name__,
+                                                       f"the folder cannot be listed: {exc.strerror or exc}")))]
     named = [(displayable(f"{prefix}{entry.name}"), entry) for entry in entries]
     named.sort(key=lambda item: f"{item[0]}/" if item[1].is_dir(follow_symlinks=False) else item[0])
-    yield from named
+    return named
 
 
 def _link_problem(entry: os.DirEntry, root: str) -> tuple[str, str] | None:
-    """(error type, message) when `entry` is a symbolic link the corpus cannot follow."""
-    if not entry.is_symlink():
-        return None
+    """(error type, message) when `entry`, a symbolic link, is one the corpus cannot follow."""
     target = os.path.realpath(entry.path)
     if not _inside(target, root):
         return "SymlinkOutsideCorpus", f"a symbolic link to {displayable(target)}, outside the corpus folder"
@@ -162,8 +158,8 @@ class HashMemo:
 
     def rows_of(self, relpaths: list[str]) -> np.ndarray:
         """Each path's row in the memo, -1 where it has none."""
-        row_of = {relpath: row for row, relpath in enumerate(self.table.column("relpath").to_pylist())}
-        return np.fromiter((row_of.get(relpath, -1) for relpath in relpaths), np.int64, len(relpaths))
+        row_of = dict(zip(self.table.column("relpath").to_pylist(), range(self.table.num_rows)))
+        return np.fromiter(map(row_of.get, relpaths, repeat(-1)), np.int64, len(relpaths))
 
     def unchanged(self, rows: np.ndarray, stats: np.ndarray) -> np.ndarray:
         """Whether each file (its row of `rows_of`) has the size and times the memo holds."""
@@ -193,7 +189,8 @@ def scan_with_stats(raw_dir: Path, known: HashMemo | None = None, keep: Callable
     for relpath, path, stat, problem in _listing(raw_dir):
         if keep is not None and not keep(relpath):
             continue
-        if path != f"{root}{os.sep}{relpath}":
+        # an ASCII path is spelled as it is (see `displayable`): only other paths are compared
+        if (problem is not None or not relpath.isascii()) and path != f"{root}{os.sep}{relpath}":
             odd_paths[len(relpaths)] = path
         if problem is not None:
             problems[len(relpaths)] = problem
@@ -204,14 +201,17 @@ def scan_with_stats(raw_dir: Path, known: HashMemo | None = None, keep: Callable
     rows = known.rows_of(relpaths)
     unchanged = known.unchanged(rows, stat_rows)
     remembered = known.sha256s()
-    files, fresh = [], 0
+    files, fresh, plain = [], 0, not odd_paths and not problems
     for index, (relpath, size, row, same) in enumerate(zip(relpaths, stat_rows[:, 0].tolist(), rows.tolist(),
                                                           unchanged.tolist())):
+        if same and plain:  # most files of a corpus scanned before
+            files.append(SourceFile(root, relpath, size, remembered[row], None, None))
+            continue
         odd_path = odd_paths.get(index)
         if index in problems:
             files.append(SourceFile(root, relpath, 0, "", problems[index], odd_path))
         elif same:
-            files.append(SourceFile(root, relpath, size, remembered[row], odd_path=odd_path))
+            files.append(SourceFile(root, relpath, size, remembered[row], None, odd_path))
         else:  # one tuple per file, built once its hash is read (a scan builds 176,000 on a large corpus)
             sha256, problem = _read(real_path(root, relpath, odd_path))
             files.append(SourceFile(root, relpath, size, sha256, problem, odd_path))
