@@ -491,8 +491,12 @@ def _sort_files(modality, config, files: Sequence[SourceFile], settings: IngestS
     byte_copies: list[tuple[SourceFile, SourceFile]] = []  # (a copy, the first file with its bytes)
     candidates: list[SourceFile] = []
     first_by_file_hash: dict[str, SourceFile] = {}
+    endings = tuple(modality.extensions)
     for f in files:
-        if (refusal := _refusal(f, modality)) is not None:
+        # most files pass this test without `_refusal`'s steps: a name the scan lists never
+        # starts with a dot, so a name ending in an extension has it as its suffix
+        if (f.problem is not None or not f.size or not f.relpath.lower().endswith(endings)) and (
+                refusal := _refusal(f, modality)) is not None:
             rejections.append(Rejection(f.relpath, f.sha256, *refusal))
         elif f.sha256 in first_by_file_hash:
             byte_copies.append((f, first_by_file_hash[f.sha256]))  # its verdict is the first copy's
