@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -325,7 +326,7 @@ def ingest(
             "config": config_json,
             "split": asdict(settings.split_settings()),
             "shard_megabytes": settings.shard_megabytes,
-            "files": [(f.relpath, f.sha256) for f in files],
+            "files": _files_digest(files),
             "licences": licences.to_json(),
         }
     )
@@ -408,6 +409,13 @@ def ingest(
     )
     return IngestReport(modality.name, manifest, manifest_path, False, time.monotonic() - started, rejections,
                         decoded)
+
+
+def _files_digest(files: Sequence[SourceFile]) -> str:
+    """A hash of every file's path and content hash, in order: one string hashed, not a JSON list
+    of two strings per file (a fifth of a second at 176,000 files). Unambiguous: no path holds a
+    NUL, and a content hash is empty or 64 hex digits, never a newline."""
+    return hashlib.sha256("\n".join(map("\0".join, map(attrgetter("relpath", "sha256"), files))).encode()).hexdigest()
 
 
 def _corpus_file(relpath: str) -> bool:
