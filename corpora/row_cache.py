@@ -53,6 +53,9 @@ CACHE_FORMAT = 2
 # same run (`run`): a killed ingest's comparisons survive it (corpora.ingest.RunNearSearch).
 NEAR_SUFFIX = ".near.parquet"
 BATCH_NEAR_SCHEMA = pa.schema([("run", pa.string()), *NEAR_PAIRS_SCHEMA])
+# In a batch index's Parquet metadata: b"1" when the writer closed the batch because it was full
+# (by files or by bytes, as it counts them), b"0" when it wrote what was left at a run's end.
+CLOSED_FULL_KEY = b"atelier.closed_full"
 INDEX_SCHEMA = pa.schema([
     ("sha256", pa.string()),
     ("accepted", pa.bool_()),
@@ -378,11 +381,17 @@ class RowCache:
         return len(small)
 
     def _is_small(self, batch: str, files: list[CachedFile], batch_files: int, batch_bytes: int) -> bool:
-        """Whether a batch with only `files` left is under FULL_FRACTION of a full one, by files or by
-        uncompressed bytes (from the Parquet footers, read only when the files do not decide), as
-        the writer closes batches."""
+        """Whether a batch with only `files` left is under FULL_FRACTION of a full one: by files, or,
+        for a batch the writer closed when its rows reached `batch_bytes`, by the share of its files
+        still live (the writer's count of bytes is not the Parquet files', so comparing those
+        would call every batch closed by bytes small). A batch written before the index recorded
+        how it was closed is measured by the uncompressed bytes of its Parquet footers."""
         if len(files) >= FULL_FRACTION * batch_files:
             return False
+        index = pq.read_metadata(self.folder / f"{batch}{INDEX_SUFFIX}")
+        closed_full = (index.metadata or {}).get(CLOSED_FULL_KEY)
+        if closed_full is not None:
+            return closed_full != b"1" or len(files) < FULL_FRACTION * index.num_rows
         live_bytes = 0.0
         for name in self.specs:
             rows = sum(cached.span(name)[1] for cached in files)
@@ -433,9 +442,9 @@ class BatchWriter:
 
     def _flush_if_full(self) -> None:
         if len(self.pending) >= self.batch_files or self.pending_bytes >= self.batch_bytes:
-            self.flush()
+            self.flush(full=True)
 
-    def flush(self) -> None:
+    def flush(self, full: bool = False) -> None:
         if not self.pending:
             return
         batch = _new_batch_name()
@@ -469,7 +478,7 @@ class BatchWriter:
         for name, parts in row_parts.items():
             if parts:
                 _write(_stack(self.cache.specs[name], parts), folder / f"{batch}.{name}.parquet")
-        _write(arrow_records(index_rows, INDEX_SCHEMA), folder / f"{batch}{INDEX_SUFFIX}")  # commit
+        _write(_index_table(index_rows, full), folder / f"{batch}{INDEX_SUFFIX}")  # commit
         batch_layout = self.cache.batch_layout(index_rows)
         for position, row in enumerate(index_rows):
             self.committed[row["sha256"]] = CachedFile(
@@ -505,16 +514,16 @@ class _MergedBatch:
             self.nbytes += rows.nbytes
         self.index.append({**index_row, "row_spans": self.cache.span_row(spans)})
         if len(self.index) >= self.batch_files or self.nbytes >= self.batch_bytes:
-            self.flush()
+            self.flush(full=True)
 
-    def flush(self) -> None:
+    def flush(self, full: bool = False) -> None:
         if not self.index:
             return
         batch = _new_batch_name()
         folder = self.cache.folder
         for name, parts in self.parts.items():
             _write(pa.concat_tables(parts), folder / f"{batch}.{name}.parquet")
-        _write(arrow_records(self.index, INDEX_SCHEMA), folder / f"{batch}{INDEX_SUFFIX}")  # commit
+        _write(_index_table(self.index, full), folder / f"{batch}{INDEX_SUFFIX}")  # commit
         batch_layout = self.cache.batch_layout(self.index)
         for position, row in enumerate(self.index):
             old = self.known[row["sha256"]]
@@ -522,6 +531,10 @@ class _MergedBatch:
                 batch, position, old.accepted, old.stage, old.error_type, old.message, old.content_hash, old.notices,
                 batch_layout)
         self._reset()
+
+
+def _index_table(rows: list[dict], closed_full: bool) -> pa.Table:
+    return arrow_records(rows, INDEX_SCHEMA).replace_schema_metadata({CLOSED_FULL_KEY: b"1" if closed_full else b"0"})
 
 
 def _new_batch_name() -> str:

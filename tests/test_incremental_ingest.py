@@ -21,6 +21,7 @@ from PIL import Image
 
 import corpora.grouping
 import corpora.ingest
+import corpora.row_cache
 from corpora.images import IMAGES, ImageCorpusConfig
 from corpora.midi import MIDI, MidiCorpusConfig
 from common.hashing import sha256_file
@@ -166,6 +167,34 @@ def test_a_corpus_edited_a_file_at_a_time_keeps_its_cache_batches_few(tmp_path):
     (raw / "class-0" / "added-0.png").unlink()  # the next shards are read from the merged batches
     removed = run(raw, out)
     assert removed.decoded_files == 0 and removed.version == fresh_version(raw, tmp_path / "fresh")
+
+
+def test_batches_closed_by_their_bytes_are_full_ones_and_not_merged(tmp_path, monkeypatch):
+    """The writer closes a batch when its rows reach `batch_megabytes` as it counts them, which
+    is not the Parquet files' count: such a batch is full while its files are live, so a fresh
+    ingest does not copy its batches into others."""
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    for seed in range(24):
+        (raw / f"piece-{seed:02d}").mkdir(parents=True)
+        (raw / f"piece-{seed:02d}" / "a.mid").write_bytes(midi_bytes(seed))
+    written = []
+    flush = corpora.row_cache.BatchWriter.flush
+
+    def counted_flush(self, *args, **kwargs):
+        written.append(len(self.pending))
+        return flush(self, *args, **kwargs)
+
+    monkeypatch.setattr(corpora.row_cache.BatchWriter, "flush", counted_flush)
+    settings = IngestSettings(workers=1, heldout_percent=30, batch_files=100, batch_megabytes=0.01)
+    run_midi = lambda: ingest(MIDI, MidiCorpusConfig(), raw, out, settings, progress=lambda message: None)
+    assert run_midi().decoded_files == 24
+    batches = [files for files in written if files]
+    assert len(batches) >= 4 and max(batches) < 100  # closed by bytes, not by files
+    assert len(index_files(out)) == len(batches)  # none merged
+
+    (raw / "piece-99").mkdir()
+    (raw / "piece-99" / "a.mid").write_bytes(midi_bytes(99))
+    assert run_midi().decoded_files == 1 and len(index_files(out)) == len(batches) + 1
 
 
 def kill_ingest_once(raw: Path, out: Path, done) -> None:
