@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from common.atomic import atomic_write_json, remove_stale_temporaries
-from common.hashing import sha256_file, sha256_json
+from common.hashing import sha256_bytes, sha256_file, sha256_json
 from corpora.grouping import (HELDOUT, FileSignatures, SplitPlan, SplitSettings, block_sums, near_owner_pairs,
                               plan_split)
 from corpora.row_cache import CachedFile, Placement, RowCache, cache_key
@@ -415,7 +415,7 @@ def _files_digest(files: Sequence[SourceFile]) -> str:
     """A hash of every file's path and content hash, in order: one string hashed, not a JSON list
     of two strings per file (a fifth of a second at 176,000 files). Unambiguous: no path holds a
     NUL, and a content hash is empty or 64 hex digits, never a newline."""
-    return hashlib.sha256("\n".join(map("\0".join, map(attrgetter("relpath", "sha256"), files))).encode()).hexdigest()
+    return sha256_bytes("\n".join(map("\0".join, map(attrgetter("relpath", "sha256"), files))).encode())
 
 
 def _corpus_file(relpath: str) -> bool:

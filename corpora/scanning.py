@@ -201,14 +201,12 @@ def scan_with_stats(raw_dir: Path, known: HashMemo | None = None, keep: Callable
     rows = known.rows_of(relpaths)
     unchanged = known.unchanged(rows, stat_rows)
     remembered = known.sha256s()
-    files, fresh, plain = [], 0, not odd_paths and not problems
+    files, fresh = [], 0
     for index, (relpath, size, row, same) in enumerate(zip(relpaths, stat_rows[:, 0].tolist(), rows.tolist(),
                                                           unchanged.tolist())):
-        if same and plain:  # most files of a corpus scanned before
-            files.append(SourceFile(root, relpath, size, remembered[row], None, None))
-            continue
-        odd_path = odd_paths.get(index)
-        if index in problems:
+        # most corpora have neither odd paths nor problems: no lookup per file then
+        odd_path = odd_paths.get(index) if odd_paths else None
+        if problems and index in problems:
             files.append(SourceFile(root, relpath, 0, "", problems[index], odd_path))
         elif same:
             files.append(SourceFile(root, relpath, size, remembered[row], None, odd_path))
