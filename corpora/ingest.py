@@ -398,8 +398,7 @@ def ingest(
     atomic_write_json(manifest_path, manifest)  # the commit point: readers now see the new shards
     _remove_old_versions(out_dir, manifest, replaced)
     cache.save_near_memo(near_memo)
-    cache.compact(live, known, settings.batch_files, settings.batch_megabytes)
-    cache.collect_garbage(live, known)
+    cache.collect_garbage(cache.compact(live, known, settings.batch_files, settings.batch_megabytes))
 
     counts = manifest["counts"]
     progress(
