@@ -197,6 +197,31 @@ def test_batches_closed_by_their_bytes_are_full_ones_and_not_merged(tmp_path, mo
     assert run_midi().decoded_files == 1 and len(index_files(out)) == len(batches) + 1
 
 
+def test_batches_indexed_before_the_closed_full_mark_are_measured_by_their_footers(tmp_path):
+    """A batch index written before `CLOSED_FULL_KEY` existed says nothing of how its batch was
+    closed: the batch is measured by the bytes in its Parquet footers, about half the writer's
+    count for MIDI, so these batches closed by bytes look small and are merged, once, with every
+    file's rows kept."""
+    raw, out, fresh = tmp_path / "raw", tmp_path / "out", tmp_path / "fresh"
+    for seed in range(24):
+        (raw / f"piece-{seed:02d}").mkdir(parents=True)
+        (raw / f"piece-{seed:02d}" / "a.mid").write_bytes(midi_bytes(seed))
+    settings = IngestSettings(workers=1, heldout_percent=30, batch_files=100, batch_megabytes=0.01)
+    run_midi = lambda out_dir: ingest(MIDI, MidiCorpusConfig(), raw, out_dir, settings, progress=lambda message: None)
+    run_midi(out)
+    batches = len(index_files(out))
+    assert batches > MIN_SMALL_BATCHES
+    for path in index_files(out):  # as an older version of the cache wrote them
+        assert pq.read_metadata(path).metadata[corpora.row_cache.CLOSED_FULL_KEY] == b"1"
+        pq.write_table(pq.read_table(path).replace_schema_metadata(None), path)
+
+    (raw / "piece-99").mkdir()
+    (raw / "piece-99" / "a.mid").write_bytes(midi_bytes(99))
+    report = run_midi(out)
+    assert report.decoded_files == 1 and len(index_files(out)) < batches  # merged, not one more
+    assert report.manifest["version"] == run_midi(fresh).manifest["version"]  # the same rows as a fresh ingest
+
+
 def kill_ingest_once(raw: Path, out: Path, done) -> None:
     """Run an ingest of `raw` in a child process (batches of 8 files) and SIGKILL it once `done()`."""
     script = ("import sys; from corpora.images import IMAGES, ImageCorpusConfig; "
