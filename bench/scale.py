@@ -148,20 +148,23 @@ def write_images(folder: Path, start: int, count: int) -> None:
 
 
 def write_midis(folder: Path, start: int, count: int) -> None:
-    import pretty_midi
+    # symusic, not pretty_midi: about 0.4 ms a file against 13 (176,000 files in about a minute, not 40)
+    from symusic import Note, Score, Tempo, Track
 
     rng = np.random.default_rng(start)
+    quarter = 220  # ticks
+    onsets, lengths, loudness = np.arange(32, dtype=np.int32) * quarter, np.full(32, quarter, np.int32), np.full(32, 90, np.int8)
     for index in range(start, start + count):
-        song = pretty_midi.PrettyMIDI(initial_tempo=120)
+        song = Score(quarter)
+        song.tempos.append(Tempo(0, 120.0))
         for voice in range(4):
-            instrument = pretty_midi.Instrument(program=0)
-            pitches = 48 + 12 * voice // 2 + rng.integers(0, 12, 32)
-            for step, pitch in enumerate(pitches):  # 8 bars of quarter notes
-                instrument.notes.append(pretty_midi.Note(90, int(pitch), step * 0.5, step * 0.5 + 0.5))
-            song.instruments.append(instrument)
+            pitches = 48 + 12 * voice // 2 + rng.integers(0, 12, 32)  # 8 bars of quarter notes
+            track = Track(f"voice {voice}", 0, False)
+            track.notes = Note.from_numpy(onsets, lengths, pitches.astype(np.int8), loudness)
+            song.tracks.append(track)
         path = folder / f"p{index % 10}" / f"{index:07d}.mid"
         path.parent.mkdir(parents=True, exist_ok=True)
-        song.write(str(path))
+        song.dump_midi(str(path))
 
 
 def write_videos(folder: Path, start: int, count: int) -> None:
