@@ -169,14 +169,26 @@ def test_a_corpus_edited_a_file_at_a_time_keeps_its_cache_batches_few(tmp_path):
     assert removed.decoded_files == 0 and removed.version == fresh_version(raw, tmp_path / "fresh")
 
 
+# Batches that close by their bytes (a few MIDI files each) long before they reach 100 files
+BATCHES_CLOSED_BY_BYTES = IngestSettings(workers=1, heldout_percent=30, batch_files=100, batch_megabytes=0.01)
+
+
+def write_pieces(raw: Path, seeds) -> None:
+    for seed in seeds:
+        (raw / f"piece-{seed:02d}").mkdir(parents=True)
+        (raw / f"piece-{seed:02d}" / "a.mid").write_bytes(midi_bytes(seed))
+
+
+def ingest_midi(raw: Path, out: Path):
+    return ingest(MIDI, MidiCorpusConfig(), raw, out, BATCHES_CLOSED_BY_BYTES, progress=lambda message: None)
+
+
 def test_batches_closed_by_their_bytes_are_full_ones_and_not_merged(tmp_path, monkeypatch):
     """The writer closes a batch when its rows reach `batch_megabytes` as it counts them, which
     is not the Parquet files' count: such a batch is full while its files are live, so a fresh
     ingest does not copy its batches into others."""
     raw, out = tmp_path / "raw", tmp_path / "out"
-    for seed in range(24):
-        (raw / f"piece-{seed:02d}").mkdir(parents=True)
-        (raw / f"piece-{seed:02d}" / "a.mid").write_bytes(midi_bytes(seed))
+    write_pieces(raw, range(24))
     written = []
     flush = corpora.row_cache.BatchWriter.flush
 
@@ -185,16 +197,13 @@ def test_batches_closed_by_their_bytes_are_full_ones_and_not_merged(tmp_path, mo
         return flush(self, *args, **kwargs)
 
     monkeypatch.setattr(corpora.row_cache.BatchWriter, "flush", counted_flush)
-    settings = IngestSettings(workers=1, heldout_percent=30, batch_files=100, batch_megabytes=0.01)
-    run_midi = lambda: ingest(MIDI, MidiCorpusConfig(), raw, out, settings, progress=lambda message: None)
-    assert run_midi().decoded_files == 24
+    assert ingest_midi(raw, out).decoded_files == 24
     batches = [files for files in written if files]
     assert len(batches) >= 4 and max(batches) < 100  # closed by bytes, not by files
     assert len(index_files(out)) == len(batches)  # none merged
 
-    (raw / "piece-99").mkdir()
-    (raw / "piece-99" / "a.mid").write_bytes(midi_bytes(99))
-    assert run_midi().decoded_files == 1 and len(index_files(out)) == len(batches) + 1
+    write_pieces(raw, [99])
+    assert ingest_midi(raw, out).decoded_files == 1 and len(index_files(out)) == len(batches) + 1
 
 
 def test_batches_indexed_before_the_closed_full_mark_are_measured_by_their_footers(tmp_path):
@@ -202,24 +211,19 @@ def test_batches_indexed_before_the_closed_full_mark_are_measured_by_their_foote
     closed: the batch is measured by the bytes in its Parquet footers, about half the writer's
     count for MIDI, so these batches closed by bytes look small and are merged, once, with every
     file's rows kept."""
-    raw, out, fresh = tmp_path / "raw", tmp_path / "out", tmp_path / "fresh"
-    for seed in range(24):
-        (raw / f"piece-{seed:02d}").mkdir(parents=True)
-        (raw / f"piece-{seed:02d}" / "a.mid").write_bytes(midi_bytes(seed))
-    settings = IngestSettings(workers=1, heldout_percent=30, batch_files=100, batch_megabytes=0.01)
-    run_midi = lambda out_dir: ingest(MIDI, MidiCorpusConfig(), raw, out_dir, settings, progress=lambda message: None)
-    run_midi(out)
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    write_pieces(raw, range(24))
+    ingest_midi(raw, out)
     batches = len(index_files(out))
     assert batches > MIN_SMALL_BATCHES
     for path in index_files(out):  # as an older version of the cache wrote them
         assert pq.read_metadata(path).metadata[corpora.row_cache.CLOSED_FULL_KEY] == b"1"
         pq.write_table(pq.read_table(path).replace_schema_metadata(None), path)
 
-    (raw / "piece-99").mkdir()
-    (raw / "piece-99" / "a.mid").write_bytes(midi_bytes(99))
-    report = run_midi(out)
+    write_pieces(raw, [99])
+    report = ingest_midi(raw, out)
     assert report.decoded_files == 1 and len(index_files(out)) < batches  # merged, not one more
-    assert report.manifest["version"] == run_midi(fresh).manifest["version"]  # the same rows as a fresh ingest
+    assert report.version == ingest_midi(raw, tmp_path / "fresh").version  # the same rows as a fresh ingest
 
 
 def kill_ingest_once(raw: Path, out: Path, done) -> None:
