@@ -30,6 +30,9 @@ THUMBNAIL_SIDE = 16
 GROUP_BY_CHOICES = ("work", "file")
 NEAR_CHUNK_ROWS = 1024  # query rows, and pool rows, per distance block: 1024 x 1024 floats at most
 MAX_KEY_FILES = 64  # a work key in more files than this is a commonplace (a scale run), not a tune
+# Bump when the rule that links two files changes: groups kept from a version made under another
+# rule are not reused (see LastGroups).
+GROUPING_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,19 @@ class FileSignatures:
     def rows_of(self, table: str) -> tuple[np.ndarray, np.ndarray]:
         """Every row signature of `table` stacked, and the index of the file each came from."""
         return self.rows.get(table, (np.empty(0), np.empty(0, dtype=np.int64)))
+
+
+@dataclass
+class LastGroups:
+    """The groups of the version before, for the files a change keeps. A group none of whose
+    files went is still one group: its links are between files that are all still here, and a
+    link between two files depends on those two alone (and on how many files hold a work key,
+    which `find_groups` checks). So only the links of added files, and of the files left in a
+    group that lost one, are searched again."""
+
+    group: np.ndarray  # per file: its group's number in the version before; -1 for a file added since
+    removed_groups: np.ndarray  # the numbers of the groups that lost a file
+    removed_work_keys: tuple[np.ndarray, np.ndarray] | None = None  # (keys, owners) of the files that went
 
 
 @dataclass
@@ -278,13 +294,21 @@ def near_owner_pairs(new: np.ndarray, new_owners: np.ndarray, old: np.ndarray, o
     return [(a, b) for query, pool in found for a, b in zip(query.tolist(), pool.tolist()) if a != b]
 
 
-def link_shared_work(files: FileSignatures, overlap: float, union: _UnionFind, pairs_at_once: int = 1 << 18) -> None:
-    """Link files that share at least `overlap` of the smaller one's work keys. The pairs of
-    files sharing a key are counted for a range of files at a time, `pairs_at_once` or so in
-    each: their number grows faster than the corpus (keys shared by more files, as it grows)."""
+def link_shared_work(files: FileSignatures, overlap: float, union: _UnionFind, pairs_at_once: int = 1 << 18,
+                     searched: np.ndarray | None = None) -> None:
+    """Link files that share at least `overlap` of the smaller one's work keys (only the links of
+    `searched` files, where given). The pairs of files sharing a key are counted for a range of
+    files at a time, `pairs_at_once` or so in each: their number grows faster than the corpus
+    (keys shared by more files, as it grows)."""
     if files.work_keys is None:
         return
-    key_ranks, owners, sizes = _shared_keys(*files.work_keys, len(files))
+    keys, owners = _rows_with_keys_of(*files.work_keys, searched)
+    key_ranks, owners, sizes = _shared_keys(keys, owners, len(files))
+    if searched is not None:  # a file's share is of all its keys, not of those it shares with the searched
+        involved = np.zeros(len(files), bool)
+        involved[owners] = True
+        all_keys, all_owners = files.work_keys
+        sizes = _distinct_keys(all_keys[involved[all_owners]], all_owners[involved[all_owners]], len(files))
     if (sizes > 0).sum() < 2:
         return
     partners = _later_holders(key_ranks)
@@ -377,13 +401,19 @@ def _in_sorted(values: np.ndarray, sorted_set: np.ndarray, chunk: int = 1 << 16)
     return found
 
 
-def find_groups(files: FileSignatures, grouping, group_by: str, memo: NearPairMemo | None = None) -> list[int]:
-    """A root index per file: files with the same root are the same work. With a `memo`, near
-    pairs are searched only from files it has not seen (and the memo is brought up to date)."""
+def find_groups(files: FileSignatures, grouping, group_by: str, memo: NearPairMemo | None = None,
+                last: LastGroups | None = None) -> list[int]:
+    """A root index per file (the smallest index of its group): files with the same root are the
+    same work. With a `memo`, near pairs are searched only from files it has not seen (and the
+    memo is brought up to date); with `last`, equal keys and shared work only from the files
+    `_join_kept_groups` leaves to search."""
     union = _UnionFind(len(files))
     if group_by == "work":
+        searched = None  # every file
+        if last is not None and not _commonplaces_moved(files, grouping, last):
+            searched = _join_kept_groups(last, union)
         for table in grouping.exact_tables:
-            keys, owners = files.rows_of(table)
+            keys, owners = _rows_with_keys_of(*files.rows_of(table), searched)
             if len(keys):
                 link_equal_keys(keys, owners, union)
         for table in grouping.near_tables:
@@ -395,8 +425,67 @@ def find_groups(files: FileSignatures, grouping, group_by: str, memo: NearPairMe
             else:
                 link_near_rows_incrementally(files, table, thumbs, owners, grouping.near_rms, union, memo)
         if grouping.overlap is not None:
-            link_shared_work(files, grouping.overlap, union)
+            link_shared_work(files, grouping.overlap, union, searched=searched)
     return union.roots().tolist()
+
+
+def _join_kept_groups(last: LastGroups, union: _UnionFind) -> np.ndarray:
+    """Join the files of every kept group (see LastGroups) under its first file; the files left to
+    search from, as a mask: those added, and those of a group that lost a file."""
+    searched = (last.group < 0) | np.isin(last.group, last.removed_groups)
+    kept = np.flatnonzero(~searched)
+    _, first, which = np.unique(last.group[kept], return_index=True, return_inverse=True)
+    union.parent[kept] = kept[first][which.reshape(-1)]
+    return searched
+
+
+def _rows_with_keys_of(keys: np.ndarray, owners: np.ndarray, searched: np.ndarray | None,
+                       more_keys: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The rows holding a key that some `searched` file (or `more_keys`) holds; every row when
+    `searched` is None. Only they can link a searched file to another."""
+    if searched is None or not len(keys):
+        return keys, owners
+    wanted = keys[searched[owners]]
+    if more_keys is not None:
+        wanted = np.r_[wanted, more_keys.astype(keys.dtype)]
+    rows = _in_sorted(keys, np.unique(wanted))
+    return keys[rows], owners[rows]
+
+
+def _distinct_keys(keys: np.ndarray, owners: np.ndarray, files: int) -> np.ndarray:
+    """How many distinct keys each file holds."""
+    return np.bincount(owners, minlength=files) - _repeated_key_rows(keys, owners, files)[1]
+
+
+def _holders(keys: np.ndarray, owners: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each distinct key, and how many distinct files hold it."""
+    pairs = np.unique(np.stack([keys.astype(np.uint64), owners.astype(np.uint64)], axis=1), axis=0)
+    return np.unique(pairs[:, 0], return_counts=True)
+
+
+def _commonplaces_moved(files: FileSignatures, grouping, last: LastGroups) -> bool:
+    """Whether a work key of an added or removed file crossed MAX_KEY_FILES holders: it then links
+    (or no longer links) files whose groups the version before settled, and every link is
+    searched again."""
+    if grouping.overlap is None or files.work_keys is None:
+        return False
+    keys, owners = files.work_keys
+    added = last.group < 0
+    removed_keys, removed_owners = last.removed_work_keys if last.removed_work_keys is not None else (
+        np.empty(0, np.uint64), np.empty(0, np.int64))
+    keys, owners = _rows_with_keys_of(keys, owners, added, removed_keys)
+    now_keys, now = _holders(keys, owners)
+    added_keys, added_count = _holders(keys[added[owners]], owners[added[owners]])
+    gone_keys, gone_count = _holders(removed_keys, removed_owners)
+    before = now.copy()
+    before[np.searchsorted(now_keys, added_keys)] -= added_count
+    place = np.searchsorted(now_keys, gone_keys)
+    inside = place < len(now_keys)
+    inside[inside] = now_keys[place[inside]] == gone_keys[inside]
+    before[place[inside]] += gone_count[inside]
+    # a removed file's key that no file holds now was held by its removed files alone
+    moved = ((before > MAX_KEY_FILES) != (now > MAX_KEY_FILES)).any()
+    return bool(moved or (gone_count[~inside] > MAX_KEY_FILES).any())
 
 
 # --- dealing groups to the two sides ---------------------------------------------------------
@@ -446,8 +535,8 @@ def time_split_rows(spans: np.ndarray, percent: int) -> np.ndarray | None:
 
 
 def plan_split(files: FileSignatures, grouping, settings: SplitSettings,
-               memo: NearPairMemo | None = None) -> SplitPlan:
-    roots = np.asarray(find_groups(files, grouping, settings.group_by, memo), np.int64)
+               memo: NearPairMemo | None = None, last: LastGroups | None = None) -> SplitPlan:
+    roots = np.asarray(find_groups(files, grouping, settings.group_by, memo, last), np.int64)
     # groups numbered in order of their smallest member: the bookkeeping below is per group and
     # in arrays, not dictionaries of member lists per file
     _, group_id = np.unique(roots, return_inverse=True)

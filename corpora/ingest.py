@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from itertools import repeat
 from operator import attrgetter
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,8 @@ import pyarrow as pa
 
 from common.atomic import atomic_write_json, remove_stale_temporaries
 from common.hashing import sha256_bytes, sha256_file, sha256_json
-from corpora.grouping import (HELDOUT, FileSignatures, SplitPlan, SplitSettings, block_sums, near_owner_pairs,
-                              plan_split)
+from corpora.grouping import (GROUPING_VERSION, HELDOUT, FileSignatures, LastGroups, SplitPlan, SplitSettings,
+                              block_sums, near_owner_pairs, plan_split)
 from corpora.row_cache import CachedFile, Placement, RowCache, cache_key
 from corpora.scanning import SourceFile, displayable, load_hashes, part_of, remember_hashes, scan, scan_with_stats
 from corpora.shards import ShardWriter, TableSpec, arrow_array, arrow_records, arrow_table, read_parquet, write_parquet
@@ -348,8 +349,15 @@ def ingest(
                 "message": message} for source, cached in accepted for stage, kind, message in cached.notices]
     seen, live = len(files), {f.sha256 for f in files if f.sha256}
     del files, accepted  # a tuple per file of the corpus: not held through the split, the largest phase
+    grouping_key = sha256_json({"rule": GROUPING_VERSION, "grouping": asdict(modality.grouping),
+                                "split": asdict(settings.split_settings())})
+    last = _last_groups(previous, out_dir, sha256s, known, cache, modality.grouping, settings.group_by, grouping_key)
+    if last is not None:
+        progress(f"{modality.name}: the groups of version {previous['version'][:12]} kept where no file left them "
+                 f"({int((last.group >= 0).sum())} of its files are here)")
     plan = plan_split(_signatures(relpaths, sha256s, placement, cache), modality.grouping,
-                      settings.split_settings(), near_memo)
+                      settings.split_settings(), near_memo, last)
+    del last
     progress(_split_line(modality.name, plan.summary))
 
     version_dir = out_dir / f"v-{fingerprint[:16]}"
@@ -398,6 +406,7 @@ def ingest(
     atomic_write_json(manifest_path, manifest)  # the commit point: readers now see the new shards
     _remove_old_versions(out_dir, manifest, replaced)
     cache.save_near_memo(near_memo)
+    cache.save_split_basis({"version": manifest["version"], "grouping": grouping_key})
     cache.collect_garbage(cache.compact(live, known, settings.batch_files, settings.batch_megabytes))
 
     counts = manifest["counts"]
@@ -723,6 +732,37 @@ def _signatures(relpaths: list[str], sha256s: list[str], placement: Placement, c
         relpaths, sha256s,
         {name.split(":", 1)[1]: value for name, value in columns.items() if name.startswith("signature:")},
         columns.get("work_keys"), time_spans)
+
+
+def _last_groups(previous: dict | None, out_dir: Path, sha256s: list[str], known: dict[str, CachedFile],
+                 cache: RowCache, grouping: Grouping, group_by: str, grouping_key: str) -> LastGroups | None:
+    """The groups of the version before, for the split to keep (see LastGroups): None unless that
+    version's split was made under the same rule, its removed files are still in the cache, and
+    there are links to keep (near pairs have a memo of their own)."""
+    if group_by != "work" or not (grouping.exact_tables or grouping.overlap is not None):
+        return None
+    if not previous or cache.load_split_basis() != {"version": previous["version"], "grouping": grouping_key}:
+        return None
+    try:
+        table = read_parquet(out_dir / previous["groups"]["path"], columns=["sha256", "group"])
+    except (OSError, pa.ArrowInvalid):
+        return None
+    old_sha256s = table.column("sha256").to_pylist()
+    numbers: dict[str, int] = {}
+    old_group = np.fromiter((numbers.setdefault(name, len(numbers)) for name in table.column("group").to_pylist()),
+                            np.int64, table.num_rows)
+    row_of = dict(zip(old_sha256s, range(len(old_sha256s))))
+    rows = np.fromiter(map(row_of.get, sha256s, repeat(-1)), np.int64, len(sha256s))
+    del row_of
+    here = np.zeros(len(old_sha256s), bool)
+    here[rows[rows >= 0]] = True
+    removed = [known.get(old_sha256s[row]) for row in np.flatnonzero(~here).tolist()]
+    if None in removed:
+        return None
+    removed_work_keys = None
+    if removed and grouping.overlap is not None:
+        removed_work_keys = cache.stacked_arrays(Placement(removed))[0].get("work_keys")
+    return LastGroups(np.where(rows >= 0, old_group[rows], -1), np.unique(old_group[~here]), removed_work_keys)
 
 
 def _split_line(corpus: str, summary: dict) -> str:

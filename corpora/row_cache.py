@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from common.atomic import atomic_write
+from common.atomic import atomic_write, atomic_write_json
 from common.hashing import sha256_json
 from corpora.grouping import NearPairMemo
 from corpora.shards import TableSpec, arrow_array, arrow_records, arrow_rows, integer_values, read_parquet, tensor_table
@@ -42,6 +42,7 @@ INDEX_SUFFIX = ".index.parquet"
 TRANSIENT_ERRORS = frozenset({"WorkerCrashed", "Timeout", "FileChanged", "FileNotFoundError", "PermissionError"})
 HASHES_FILE = "hashes.parquet"
 NEAR_PAIRS_FILE = "near-pairs.parquet"
+SPLIT_BASIS_FILE = "split-basis.json"  # which corpus version's groups the next split may keep, and under which rule
 # RowCache.compact: a batch under this share of a full one is small; up to MIN_SMALL_BATCHES
 # of them, and no more than the full ones, are left alone
 FULL_FRACTION = 0.75
@@ -342,6 +343,15 @@ class RowCache:
         for path in self.folder.glob(f"b-*{NEAR_SUFFIX}"):
             path.unlink(missing_ok=True)
 
+    def load_split_basis(self) -> dict | None:
+        try:
+            return json.loads((self.folder / SPLIT_BASIS_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def save_split_basis(self, basis: dict) -> None:
+        atomic_write_json(self.folder / SPLIT_BASIS_FILE, basis)
+
     def save_batch_near(self, batch: str, rows: list[tuple[str, str, str, str]]) -> None:
         """(run, table, a, b) rows of a committed batch (see NEAR_SUFFIX)."""
         _write(arrow_rows(rows, BATCH_NEAR_SCHEMA), self.folder / f"{batch}{NEAR_SUFFIX}")
@@ -406,7 +416,7 @@ class RowCache:
         for folder in self.root.iterdir():
             if folder.is_dir() and folder != self.folder:  # another code version or config
                 shutil.rmtree(folder, ignore_errors=True)
-        live_batches = live_batches | {NEAR_PAIRS_FILE.split(".", 1)[0]}
+        live_batches = live_batches | {name.split(".", 1)[0] for name in (NEAR_PAIRS_FILE, SPLIT_BASIS_FILE)}
         for path in self.folder.iterdir():
             if path.name.split(".", 1)[0] not in live_batches:  # a temporary starts with "." and never is
                 path.unlink(missing_ok=True)

@@ -11,8 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from corpora.grouping import (GAP, HELDOUT, MAX_KEY_FILES, TRAIN, FileSignatures, NearPairMemo, _UnionFind,
-                              block_sums, find_groups, link_shared_work, near_owner_pairs, near_pairs, time_split_rows)
+import corpora.grouping
+import corpora.ingest
+from corpora.grouping import (GAP, HELDOUT, MAX_KEY_FILES, TRAIN, FileSignatures, LastGroups, NearPairMemo,
+                              SplitSettings, _commonplaces_moved, _UnionFind, block_sums, find_groups,
+                              link_shared_work, near_owner_pairs, near_pairs, plan_split, time_split_rows)
 from corpora.images import IMAGES, ImageCorpusConfig
 from corpora.ingest import IngestSettings, ingest, load_manifest
 from corpora.shards import read_shards
@@ -96,6 +99,76 @@ def test_shared_work_links_the_files_brute_force_links(pairs_at_once):
                 expected.union(i, j)
     assert union.roots().tolist() == expected.roots().tolist()
     assert len(set(union.roots().tolist())) < len(sets)  # it links something
+
+
+class TuneGrouping:  # what MIDI links files by: equal window keys, and shared work keys
+    exact_tables, near_tables, near_rms, overlap, time_table = ("windows",), (), 6.0, 0.4, None
+
+
+def tune_signatures(pieces: list[dict]) -> FileSignatures:
+    def stacked(name):
+        return (np.concatenate([piece[name] for piece in pieces]).astype(np.uint64),
+                np.repeat(np.arange(len(pieces)), [len(piece[name]) for piece in pieces]))
+
+    return FileSignatures([piece["path"] for piece in pieces], [piece["sha"] for piece in pieces],
+                          {"windows": stacked("windows")}, stacked("work"))
+
+
+def last_groups(before: list[dict], after: list[dict]) -> LastGroups:
+    """What an ingest keeps of the split of `before` for the files of `after`."""
+    names = plan_split(tune_signatures(before), TuneGrouping, SplitSettings()).group
+    number = {sha: sorted(set(names)).index(name) for sha, name in zip((piece["sha"] for piece in before), names)}
+    now = {piece["sha"] for piece in after}
+    removed = [piece for piece in before if piece["sha"] not in now]
+    return LastGroups(np.array([number.get(piece["sha"], -1) for piece in after]),
+                      np.array(sorted({number[piece["sha"]] for piece in removed}), dtype=np.int64),
+                      tune_signatures(removed).work_keys if removed else None)
+
+
+def test_groups_kept_from_the_version_before_are_the_groups_a_full_search_finds(monkeypatch):
+    """Random changes to a corpus of tunes whose keys are widely shared: the groups found from the
+    last version's equal those of a search of every file, whether a work key's holders crossed
+    the commonplace bound (every link searched again) or not (only the changed files' links)."""
+    monkeypatch.setattr(corpora.grouping, "MAX_KEY_FILES", 6)  # commonplaces a few changes can make or unmake
+    rng = np.random.default_rng(3)
+    pool = [{"path": f"p{i:03d}.mid", "sha": f"{i:016x}" * 4,  # groups are named by their first 16 digits
+             "windows": rng.choice(400, rng.integers(1, 4), replace=False),
+             "work": rng.choice(60, rng.integers(1, 6), replace=False)} for i in range(120)]
+    kept_path = crossed = 0
+    for _ in range(40):
+        before = [pool[i] for i in np.sort(rng.choice(len(pool), 90, replace=False))]
+        changed = set(rng.choice(len(pool), rng.integers(1, 5), replace=False).tolist())  # added or removed
+        after = [piece for i, piece in enumerate(pool) if (piece in before) != (i in changed)]
+        last, files = last_groups(before, after), tune_signatures(after)
+        moved = _commonplaces_moved(files, TuneGrouping, last)
+        kept_path, crossed = kept_path + (not moved), crossed + moved
+        assert find_groups(files, TuneGrouping, "work", last=last) == find_groups(files, TuneGrouping, "work")
+    assert kept_path >= 10 and crossed >= 5  # both ways were taken
+
+
+@pytest.mark.parametrize("change", ["add", "remove"])
+def test_a_work_key_that_becomes_or_stops_being_a_commonplace_relinks_the_kept_groups(monkeypatch, change):
+    monkeypatch.setattr(corpora.grouping, "MAX_KEY_FILES", 6)
+    holders = [{"path": f"h{i}.mid", "sha": f"{i:016x}" * 4, "windows": np.array([100 + i]), "work": np.array([50])}
+               for i in range(7)]  # each holds only the one key: linked by it while it is no commonplace
+    before, after = (holders[:6], holders) if change == "add" else (holders, holders[:6])
+    last, files = last_groups(before, after), tune_signatures(after)
+    assert len(set(last.group.tolist()) - {-1} | set(last.removed_groups.tolist())) == (1 if change == "add" else 7)
+    groups = find_groups(files, TuneGrouping, "work", last=last)
+    assert groups == find_groups(files, TuneGrouping, "work")
+    assert groups == (list(range(7)) if change == "add" else [0] * 6)
+
+
+def test_a_group_that_loses_the_file_linking_it_splits_in_two():
+    tune = {"windows": np.array([7]), "work": np.array([3, 4])}
+    pieces = [{"path": "a.mid", "sha": "a" * 64, "windows": np.array([5]), "work": np.array([1, 2])},
+              {"path": "b.mid", "sha": "b" * 64, "windows": np.array([5, 7]), "work": np.array([1, 2])},
+              {"path": "c.mid", "sha": "c" * 64, **tune}, {"path": "d.mid", "sha": "d" * 64, **tune}]
+    pieces[3]["work"] = np.array([9])  # d is linked to c by its window alone
+    after = [pieces[0], pieces[2], pieces[3]]
+    last = last_groups(pieces, after)
+    assert set(last.group.tolist()) == {0} and last.removed_groups.tolist() == [0]  # a, c, d: one group through b
+    assert find_groups(tune_signatures(after), TuneGrouping, "work", last=last) == [0, 1, 1]
 
 
 def test_a_batch_spread_over_brightness_finds_the_brute_force_pairs_against_kept_block_sums():
@@ -270,3 +343,38 @@ def test_a_tune_transposed_and_reharmonised_lands_with_its_original(tmp_path):
     assert {row["split"] for row in groups.values()} == {TRAIN, HELDOUT}
     for table in ("melody_windows", "chorale_windows"):
         assert report.manifest["grouping"]["leakage"][table]["leaked"] == 0
+
+
+def test_a_one_file_change_keeps_the_groups_it_does_not_touch_and_lands_on_the_fresh_version(tmp_path, monkeypatch):
+    from corpora.midi import MIDI, MidiCorpusConfig
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    steps = [np.random.default_rng(seed).choice([-5, -4, -3, -2, -1, 1, 2, 3, 4, 5], 32) for seed in range(6)]
+    tunes = [72 + np.cumsum(step) - np.cumsum(step).mean().round().astype(int) for step in steps]
+    for index, tune in enumerate(tunes):
+        write_tune(raw / f"tune-{index}.mid", tune, lower_seed=index)
+    settings = IngestSettings(workers=1, heldout_percent=40)
+
+    def run(out: Path) -> tuple:
+        said = []
+        report = ingest(MIDI, MidiCorpusConfig(), raw, out, settings, progress=said.append)
+        groups = pq.read_table(report.manifest_path.parent / report.manifest["groups"]["path"]).to_pydict()
+        kept = any("kept where no file left them" in line for line in said)
+        return report.version, dict(zip(groups["source_path"], groups["group"])), kept
+
+    def fresh() -> str:
+        return run(tmp_path / f"fresh-{len(list(tmp_path.glob('fresh-*')))}")[0]
+
+    assert run(tmp_path / "out")[2] is False  # nothing before it
+    write_tune(raw / "tune-0-in-another-key.mid", tunes[0], lower_seed=99, shift=5)
+    version, group_of, kept = run(tmp_path / "out")
+    assert kept and version == fresh() and group_of["tune-0-in-another-key.mid"] == group_of["tune-0.mid"]
+    (raw / "tune-0.mid").unlink()
+    version, group_of, kept = run(tmp_path / "out")
+    assert kept and version == fresh() and len(set(group_of.values())) == 6
+
+    monkeypatch.setattr(corpora.ingest, "GROUPING_VERSION", corpora.ingest.GROUPING_VERSION + 1)  # another rule
+    (raw / "tune-1.mid").unlink()
+    version, _, kept = run(tmp_path / "out")
+    assert not kept and version == fresh()
