@@ -324,15 +324,21 @@ def write_tune(path: Path, soprano: np.ndarray, lower_seed: int, shift: int = 0)
     midi.write(str(path))
 
 
+def write_tunes(raw: Path, count: int) -> list[np.ndarray]:
+    """`count` distinct random-walk tunes as tune-<i>.mid, each harmonised by its own seed."""
+    raw.mkdir()
+    steps = [np.random.default_rng(seed).choice([-5, -4, -3, -2, -1, 1, 2, 3, 4, 5], 32) for seed in range(count)]
+    tunes = [72 + np.cumsum(step) - np.cumsum(step).mean().round().astype(int) for step in steps]
+    for index, tune in enumerate(tunes):
+        write_tune(raw / f"tune-{index}.mid", tune, lower_seed=index)
+    return tunes
+
+
 def test_a_tune_transposed_and_reharmonised_lands_with_its_original(tmp_path):
     from corpora.midi import MIDI, MidiCorpusConfig
 
     raw = tmp_path / "raw"
-    raw.mkdir()
-    steps = [np.random.default_rng(seed).choice([-5, -4, -3, -2, -1, 1, 2, 3, 4, 5], 32) for seed in range(8)]
-    tunes = [72 + np.cumsum(step) - np.cumsum(step).mean().round().astype(int) for step in steps]
-    for index, tune in enumerate(tunes):
-        write_tune(raw / f"tune-{index}.mid", tune, lower_seed=index)
+    tunes = write_tunes(raw, 8)
     write_tune(raw / "tune-0-in-another-key.mid", tunes[0], lower_seed=99, shift=5)
     report = ingest(MIDI, MidiCorpusConfig(), raw, tmp_path / "shards", IngestSettings(workers=1, heldout_percent=40))
     groups = {row["source_path"]: row for row in pq.read_table(
@@ -349,11 +355,7 @@ def test_a_one_file_change_keeps_the_groups_it_does_not_touch_and_lands_on_the_f
     from corpora.midi import MIDI, MidiCorpusConfig
 
     raw = tmp_path / "raw"
-    raw.mkdir()
-    steps = [np.random.default_rng(seed).choice([-5, -4, -3, -2, -1, 1, 2, 3, 4, 5], 32) for seed in range(6)]
-    tunes = [72 + np.cumsum(step) - np.cumsum(step).mean().round().astype(int) for step in steps]
-    for index, tune in enumerate(tunes):
-        write_tune(raw / f"tune-{index}.mid", tune, lower_seed=index)
+    tunes = write_tunes(raw, 6)
     settings = IngestSettings(workers=1, heldout_percent=40)
 
     def run(out: Path) -> tuple:
