@@ -49,8 +49,9 @@ CHUNK = 1000  # rows generated and appended at a time
 EVAL_ROWS = 2000  # what the memory child's metrics read of each split (LoaderConfig.eval_rows)
 
 MEMORY_CHILD = """
-import json, resource, sys, tempfile
+import json, sys, tempfile
 import torch
+from bench.memory import own_peak_bytes
 torch.set_num_threads(1)
 from corpora.readers import training_rows
 from models.batches import LoaderConfig
@@ -63,11 +64,11 @@ config = PaintingGanConfig.profile("demo", steps=steps)
 family = PaintingGanFamily(config, training_rows(manifest, "images", ["pixels"], loader))
 with tempfile.TemporaryDirectory() as run_dir:
     result = fit(family, config.trainer_config(checkpoint_every=steps), run_dir)
-trained_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+trained_kb = own_peak_bytes() // 1024
 pictures = load_pictures(manifest, max_rows=loader.eval_rows)
 print(json.dumps({"train_rows": family.rows.num_rows, "batch_size": config.batch_size, "trained_kb": trained_kb, "seconds": result.seconds,
                   "eval_read": {name: len(values) for name, values in pictures.items()},
-                  "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+                  "peak_kb": own_peak_bytes() // 1024}))
 """
 
 

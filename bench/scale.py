@@ -12,7 +12,7 @@ workers, summed over /proc every 50 ms). Columns:
 - full: a first ingest, everything decoded (the ingest call's own time, without the child's
   start and imports);
 - peak MB: the tree's largest summed RSS during the full ingest; main MB: the ingest process's
-  own peak (`ru_maxrss`), without its decoder workers;
+  own peak (`bench.memory.own_peak_bytes`), without its decoder workers;
 - add, edit, remove: adding a file, giving one new content, removing one, each followed by an
   ingest, `--rounds` times each (medians); one-file / full is the median of all of them over
   the full time;
@@ -49,7 +49,8 @@ PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
 INGEST_CHILD = """
-import json, resource, sys, time
+import json, sys, time
+from bench.memory import own_peak_bytes
 from bench.scale import modality_and_config
 from corpora.ingest import IngestSettings, ingest
 modality, config = modality_and_config(sys.argv[1])
@@ -57,7 +58,7 @@ started, cpu = time.perf_counter(), time.process_time()
 report = ingest(modality, config, sys.argv[2], sys.argv[3], IngestSettings(workers=2), progress=lambda m: None)
 print(json.dumps({"seconds": time.perf_counter() - started, "cpu_s": time.process_time() - cpu,
                   "decoded": report.decoded_files,
-                  "main_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6}))
+                  "main_peak_mb": own_peak_bytes() / 1e6}))
 """
 
 

@@ -1,7 +1,12 @@
-"""The scale bench's synthetic corpora: real files the ingest reads, each one unique."""
+"""The scale bench: its synthetic corpora are real files the ingest reads, each one unique, and
+a child it starts reports its own peak memory."""
+import subprocess
+import sys
+
 import symusic
 
-from bench.scale import write_midis
+from bench.memory import own_peak_bytes
+from bench.scale import PROJECT, write_midis
 from corpora.ingest import DecodeTask
 from corpora.midi import MidiCorpusConfig, decode
 
@@ -20,3 +25,11 @@ def test_the_scale_bench_writes_unique_midi_files_of_four_voices_of_quarter_note
     config = MidiCorpusConfig()
     decoded = [decode(DecodeTask(str(path), path.name, config)) for path in files]
     assert len({file.content_hash for file in decoded}) == 12  # no two files the same music
+
+
+def test_a_child_reports_its_own_peak_memory_not_its_parents():
+    held = b"\x01" * (300 * 2**20)  # a large parent, resident: ru_maxrss would pass its size on to its child
+    child = subprocess.run([sys.executable, "-c", "from bench.memory import own_peak_bytes; print(own_peak_bytes())"],
+                           cwd=PROJECT, capture_output=True, text=True, check=True)
+    assert 1 * 2**20 < int(child.stdout) < 100 * 2**20 < own_peak_bytes()
+    del held
