@@ -15,7 +15,7 @@ workers, summed over /proc every 50 ms). Columns:
   own peak (`bench.memory.own_peak_bytes`), without its decoder workers;
 - add, edit, remove: adding a file, giving one new content, removing one, each followed by an
   ingest, `--rounds` times each (medians); one-file / full is the median of all of them over
-  the full time;
+  the full time, and its range the fastest and the slowest of them over the same;
 - one-file CPU s: the median CPU seconds of the ingest process itself over them (the
   decoders' one file aside): steadier than seconds on a shared machine, to compare two codes;
 - one-file peak MB: the tree's largest peak over the one-file changes, which can lie above the
@@ -228,11 +228,14 @@ def bench_size(kind: str, size: int, scratch: Path, resume: bool = True, additio
             one_file.setdefault(change, []).append(result["seconds"])
             one_file_cpu.append(result["cpu_s"])
             one_file_peak = max(one_file_peak, result["peak_mb"])
-    median = float(np.median([seconds for times in one_file.values() for seconds in times]))
+    changes = [seconds for times in one_file.values() for seconds in times]
+    median = float(np.median(changes))
     result = {"kind": kind, "files": size, "full_s": full["seconds"], "files_per_s": size / full["seconds"],
               "peak_mb": full["peak_mb"], "main_peak_mb": full["main_peak_mb"],
               **{f"{change}_s": float(np.median(times)) for change, times in one_file.items()},
-              "one_file_share": median / full["seconds"], "one_file_cpu_s": float(np.median(one_file_cpu)),
+              "one_file_share": median / full["seconds"],
+              "one_file_share_range": (min(changes) / full["seconds"], max(changes) / full["seconds"]),
+              "one_file_cpu_s": float(np.median(one_file_cpu)),
               "one_file_peak_mb": one_file_peak,
               "killed_at_s": float("nan"), "resume_s": float("nan"), "resume_decoded": "-"}
     if additions:  # past the rounds' additions and edits
@@ -267,12 +270,13 @@ def main() -> None:
             print(rows[-1], flush=True)
 
     print("\n| corpus | files | full s | files/s | peak MB | main MB | add s | edit s | remove s | one-file / full "
-          "| one-file CPU s | one-file peak MB | killed at s | resume s | resume decoded |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| range | one-file CPU s | one-file peak MB | killed at s | resume s | resume decoded |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['kind']} | {r['files']} | {r['full_s']:.1f} | {r['files_per_s']:.0f} | {r['peak_mb']:.0f} | "
               f"{r['main_peak_mb']:.0f} | "
               f"{r['add_s']:.1f} | {r['edit_s']:.1f} | {r['remove_s']:.1f} | {r['one_file_share']:.1%} | "
+              f"{r['one_file_share_range'][0]:.1%}-{r['one_file_share_range'][1]:.1%} | "
               f"{r['one_file_cpu_s']:.2f} | {r['one_file_peak_mb']:.0f} | {r['killed_at_s']:.1f} | {r['resume_s']:.1f} | "
               f"{r['resume_decoded']} |")
     if args.additions:

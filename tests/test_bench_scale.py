@@ -1,12 +1,13 @@
-"""The scale bench: its synthetic corpora are real files the ingest reads, each one unique, and
-a child it starts reports its own peak memory."""
+"""The scale bench: its synthetic corpora are real files the ingest reads, each one unique; a
+size's row measures a full ingest and one-file changes of each kind; a child it starts reports
+its own peak memory."""
 import subprocess
 import sys
 
 import symusic
 
 from bench.memory import own_peak_bytes
-from bench.scale import PROJECT, write_midis
+from bench.scale import PROJECT, bench_size, write_midis
 from corpora.ingest import DecodeTask
 from corpora.midi import MidiCorpusConfig, decode
 
@@ -25,6 +26,15 @@ def test_the_scale_bench_writes_unique_midi_files_of_four_voices_of_quarter_note
     config = MidiCorpusConfig()
     decoded = [decode(DecodeTask(str(path), path.name, config)) for path in files]
     assert len({file.content_hash for file in decoded}) == 12  # no two files the same music
+
+
+def test_a_size_of_the_scale_bench_times_a_full_ingest_and_each_kind_of_one_file_change(tmp_path):
+    row = bench_size("midi", 24, tmp_path, resume=False, rounds=1)
+    assert row["files"] == 24 and row["full_s"] > 0 and row["peak_mb"] > row["main_peak_mb"] > 0
+    assert all(row[f"{change}_s"] > 0 for change in ("add", "edit", "remove"))
+    low, high = row["one_file_share_range"]
+    assert 0 < low <= row["one_file_share"] <= high
+    assert not (tmp_path / "midi-24").exists()  # the corpus and its shards are removed afterwards
 
 
 def test_a_child_reports_its_own_peak_memory_not_its_parents():
