@@ -182,12 +182,26 @@ def memory_row(manifest: Path, count: int, steps: int) -> dict:
     return {"pictures": count, **json.loads(child.stdout.strip().splitlines()[-1])}
 
 
+def throughput_table(scratch: Path, images: int, windows: int, repeats: int, steps: int, raw_batches: int) -> None:
+    image_manifest = write_corpus(scratch / "images", SPECS["images"], images, labelled_images)
+    music_manifest = write_corpus(scratch / "midi", SPECS["chorale_windows"], windows, chorale_windows)
+    print(f"rows/s and items/s, medians of {repeats} interleaved repeats; streamed / in memory\n")
+    print("| loop | unit | in memory | streamed | ratio |\n|---|---|---|---|---|")
+    print(median_row(f"raw batch source, {images:,} 32x32 images", raw_rates(image_manifest, repeats, raw_batches),
+                     "rows/s"))
+    print(median_row(f"image GAN demo, rows + fit, {steps} steps", family_rates(image_gan(image_manifest), repeats, steps),
+                     "images/s"))
+    print(median_row(f"music VAE demo (chorale), rows + fit, {steps} steps",
+                     family_rates(music_vae(music_manifest), repeats, steps), "windows/s"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller corpora and fewer steps (a few minutes on an idle machine)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--scratch", type=Path, default=Path(tempfile.gettempdir()) / "atelier-loader")
     parser.add_argument("--skip-memory", action="store_true", help="only the throughput table")
+    parser.add_argument("--skip-throughput", action="store_true", help="only the memory table")
     args = parser.parse_args()
     torch.set_num_threads(1)
     images, windows = (10_000, 10_000) if args.quick else (60_000, 20_000)  # the demo corpora: 60k images
@@ -195,16 +209,8 @@ def main() -> None:
     steps, raw_batches, memory_steps = (10, 200, 40) if args.quick else (30, 1000, 100)
     shutil.rmtree(args.scratch, ignore_errors=True)
     try:
-        image_manifest = write_corpus(args.scratch / "images", SPECS["images"], images, labelled_images)
-        music_manifest = write_corpus(args.scratch / "midi", SPECS["chorale_windows"], windows, chorale_windows)
-        print(f"rows/s and items/s, medians of {args.repeats} interleaved repeats; streamed / in memory\n")
-        print("| loop | unit | in memory | streamed | ratio |\n|---|---|---|---|---|")
-        print(median_row(f"raw batch source, {images:,} 32x32 images", raw_rates(image_manifest, args.repeats,
-                                                                                raw_batches), "rows/s"))
-        print(median_row(f"image GAN demo, rows + fit, {steps} steps", family_rates(image_gan(image_manifest), args.repeats,
-                                                                               steps), "images/s"))
-        print(median_row(f"music VAE demo (chorale), rows + fit, {steps} steps",
-                         family_rates(music_vae(music_manifest), args.repeats, steps), "windows/s"))
+        if not args.skip_throughput:
+            throughput_table(args.scratch, images, windows, args.repeats, steps, raw_batches)
         if args.skip_memory:
             return
         rows = []
