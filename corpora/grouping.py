@@ -19,9 +19,11 @@ import hashlib
 import itertools
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
+from common.hashing import sha256_json
 
 TRAIN, HELDOUT, GAP = "train", "heldout", "gap"
 # Thumbnails (the near_tables' signatures) are flat uint8 grey squares of this side, one per
@@ -31,7 +33,7 @@ GROUP_BY_CHOICES = ("work", "file")
 NEAR_CHUNK_ROWS = 1024  # query rows, and pool rows, per distance block: 1024 x 1024 floats at most
 MAX_KEY_FILES = 64  # a work key in more files than this is a commonplace (a scale run), not a tune
 # Bump when the rule that links two files changes: groups kept from a version made under another
-# rule are not reused (see LastGroups).
+# rule are not reused (see LastGroups, rule_key).
 GROUPING_VERSION = 1
 
 
@@ -429,6 +431,11 @@ def find_groups(files: FileSignatures, grouping, group_by: str, memo: NearPairMe
     return union.roots().tolist()
 
 
+def rule_key(grouping, settings: SplitSettings) -> str:
+    """A hash of what decides the groups: a version's groups may be kept by a split under the same key."""
+    return sha256_json({"rule": GROUPING_VERSION, "grouping": asdict(grouping), "split": asdict(settings)})
+
+
 def _join_kept_groups(last: LastGroups, union: _UnionFind) -> np.ndarray:
     """Join the files of every kept group (see LastGroups) under its first file; the files left to
     search from, as a mask: those added, and those of a group that lost a file."""
@@ -488,18 +495,15 @@ def _commonplaces_moved(files: FileSignatures, grouping, last: LastGroups) -> bo
     removed_keys, removed_owners = last.removed_work_keys if last.removed_work_keys is not None else (
         np.empty(0, np.uint64), np.empty(0, np.int64))
     keys, owners = _rows_with_keys_of(keys, owners, added, removed_keys)
-    now_keys, now = _holders(keys, owners)
-    added_keys, added_count = _holders(keys[added[owners]], owners[added[owners]])
-    gone_keys, gone_count = _holders(removed_keys, removed_owners)
-    before = now.copy()
-    before[np.searchsorted(now_keys, added_keys)] -= added_count
-    place = np.searchsorted(now_keys, gone_keys)
-    inside = place < len(now_keys)
-    inside[inside] = now_keys[place[inside]] == gone_keys[inside]
-    before[place[inside]] += gone_count[inside]
-    # a removed file's key that no file holds now was held by its removed files alone
-    moved = ((before > MAX_KEY_FILES) != (now > MAX_KEY_FILES)).any()
-    return bool(moved or (gone_count[~inside] > MAX_KEY_FILES).any())
+    kept = ~added[owners]
+    now = _holders(keys, owners)
+    before = _holders(np.r_[keys[kept], removed_keys.astype(keys.dtype)],
+                      np.r_[owners[kept], removed_owners + len(added)])  # removed files numbered after today's
+    every_key = np.union1d(now[0], before[0])
+    commonplace = [np.zeros(len(every_key), bool) for _ in range(2)]
+    for is_commonplace, (held, count) in zip(commonplace, (now, before)):
+        is_commonplace[np.searchsorted(every_key, held)] = count > MAX_KEY_FILES
+    return bool((commonplace[0] != commonplace[1]).any())
 
 
 # --- dealing groups to the two sides ---------------------------------------------------------

@@ -30,8 +30,8 @@ import pyarrow as pa
 
 from common.atomic import atomic_write_json, remove_stale_temporaries
 from common.hashing import sha256_bytes, sha256_file, sha256_json
-from corpora.grouping import (GROUPING_VERSION, HELDOUT, FileSignatures, LastGroups, SplitPlan, SplitSettings,
-                              block_sums, near_owner_pairs, plan_split)
+from corpora.grouping import (HELDOUT, FileSignatures, LastGroups, SplitPlan, SplitSettings, block_sums,
+                              near_owner_pairs, plan_split, rule_key)
 from corpora.row_cache import CachedFile, Placement, RowCache, cache_key
 from corpora.scanning import SourceFile, displayable, load_hashes, part_of, remember_hashes, scan, scan_with_stats
 from corpora.shards import ShardWriter, TableSpec, arrow_array, arrow_records, arrow_table, read_parquet, write_parquet
@@ -349,8 +349,7 @@ def ingest(
                 "message": message} for source, cached in accepted for stage, kind, message in cached.notices]
     seen, live = len(files), {f.sha256 for f in files if f.sha256}
     del files, accepted  # a tuple per file of the corpus: not held through the split, the largest phase
-    grouping_key = sha256_json({"rule": GROUPING_VERSION, "grouping": asdict(modality.grouping),
-                                "split": asdict(settings.split_settings())})
+    grouping_key = rule_key(modality.grouping, settings.split_settings())
     last = _last_groups(previous, out_dir, sha256s, known, cache, modality.grouping, settings.group_by, grouping_key)
     if last is not None:
         progress(f"{modality.name}: the groups of version {previous['version'][:12]} kept where no file left them "

@@ -431,9 +431,8 @@ def _live_files_per_batch(live: set[str], known: dict[str, CachedFile]) -> Count
 def _live_members(live: set[str], known: dict[str, CachedFile]) -> dict[str, list[CachedFile]]:
     """The cache entries of each batch's live files."""
     members: dict[str, list[CachedFile]] = {}
-    for sha in live:
-        if sha in known:
-            members.setdefault(known[sha].batch, []).append(known[sha])
+    for cached in filter(None, map(known.get, live)):
+        members.setdefault(cached.batch, []).append(cached)
     return members
 
 

@@ -12,7 +12,6 @@ import pytest
 from PIL import Image
 
 import corpora.grouping
-import corpora.ingest
 from corpora.grouping import (GAP, HELDOUT, MAX_KEY_FILES, TRAIN, FileSignatures, LastGroups, NearPairMemo,
                               SplitSettings, _commonplaces_moved, _UnionFind, block_sums, find_groups,
                               link_shared_work, near_owner_pairs, near_pairs, plan_split, time_split_rows)
@@ -376,7 +375,7 @@ def test_a_one_file_change_keeps_the_groups_it_does_not_touch_and_lands_on_the_f
     version, group_of, kept = run(tmp_path / "out")
     assert kept and version == fresh() and len(set(group_of.values())) == 6
 
-    monkeypatch.setattr(corpora.ingest, "GROUPING_VERSION", corpora.ingest.GROUPING_VERSION + 1)  # another rule
+    monkeypatch.setattr(corpora.grouping, "GROUPING_VERSION", corpora.grouping.GROUPING_VERSION + 1)  # another rule
     (raw / "tune-1.mid").unlink()
     version, _, kept = run(tmp_path / "out")
     assert not kept and version == fresh()
