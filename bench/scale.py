@@ -130,11 +130,9 @@ def run_ingest(kind: str, raw: Path, out: Path, kill_when=None) -> dict:
 
 
 def cached_files(out: Path) -> int:
-    import pyarrow.parquet as pq
+    from corpora.row_cache import CACHE_DIR, INDEX_SUFFIX, read_index
 
-    from corpora.row_cache import CACHE_DIR, INDEX_SUFFIX
-
-    return sum(pq.read_metadata(path).num_rows for path in (out / CACHE_DIR).glob(f"*/*{INDEX_SUFFIX}"))
+    return sum(read_index(path, ["sha256"]).num_rows for path in (out / CACHE_DIR).glob(f"*/*{INDEX_SUFFIX}"))
 
 
 # ---- synthetic corpora: unique files, written with the libraries directly ----------------------

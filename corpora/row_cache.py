@@ -10,9 +10,9 @@ run tries those files again.
 Beside the batches lies the memo of near-identical pairs the held-out grouping found, so a
 changed corpus compares only its new files (corpora.grouping.NearPairMemo).
 
-A batch `b-<id>` is an index (`b-<id>.index.parquet`, one row per file: its verdict, content
-hash, notices and split signatures) and one Parquet file per output table holding the rows of
-its accepted files, each file's rows contiguous.
+A batch `b-<id>` is an index (`b-<id>.index.arrow`, an Arrow IPC file with one row per file: its
+verdict, content hash, notices and split signatures) and one Parquet file per output table
+holding the rows of its accepted files, each file's rows contiguous.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ from corpora.grouping import NearPairMemo
 from corpora.shards import TableSpec, arrow_array, arrow_records, arrow_rows, integer_values, read_parquet, tensor_table
 
 CACHE_DIR = "cache"
-INDEX_SUFFIX = ".index.parquet"
+INDEX_SUFFIX = ".index.arrow"
 # Not a verdict on the file's content: never cached, so the next run tries the file again.
 TRANSIENT_ERRORS = frozenset({"WorkerCrashed", "Timeout", "FileChanged", "FileNotFoundError", "PermissionError"})
 HASHES_FILE = "hashes.parquet"
@@ -50,12 +50,13 @@ MIN_SMALL_BATCHES = 4
 NEAR_PAIRS_SCHEMA = pa.schema([("table", pa.string()), ("a", pa.string()), ("b", pa.string())])  # b "": a was compared
 # Part of the cache key: a cache written in another layout is decoded again, never misread.
 # 2: row spans as numbers (they were JSON, whose parse was most of reading the index).
-CACHE_FORMAT = 2
+# 3: batch indexes as Arrow IPC files, not Parquet (see write_index).
+CACHE_FORMAT = 3
 # Beside a batch index, the near pairs its files formed with the files decoded before them in the
 # same run (`run`): a killed ingest's comparisons survive it (corpora.ingest.RunNearSearch).
 NEAR_SUFFIX = ".near.parquet"
 BATCH_NEAR_SCHEMA = pa.schema([("run", pa.string()), *NEAR_PAIRS_SCHEMA])
-# In a batch index's Parquet metadata: b"1" when the writer closed the batch because it was full
+# In a batch index's schema metadata: b"1" when the writer closed the batch because it was full
 # (by files or by bytes, as it counts them), b"0" when it wrote what was left at a run's end.
 CLOSED_FULL_KEY = b"atelier.closed_full"
 INDEX_SCHEMA = pa.schema([
@@ -69,7 +70,8 @@ INDEX_SCHEMA = pa.schema([
     # [first row in the batch's table, rows] for each table of the cache, in name order; [0, 0]: none
     ("row_spans", pa.list_(pa.int64())),
     ("arrays", pa.binary()),  # split signatures, work keys and time spans, packed (see _pack)
-    ("arrays_layout", pa.string()),  # JSON [[name, dtype, shape], ...], in packing order
+    # JSON [[name, dtype, shape], ...], in packing order; most files of a batch share a few
+    ("arrays_layout", pa.dictionary(pa.int32(), pa.string())),
 ])
 
 
@@ -222,7 +224,7 @@ class RowCache:
         for path in sorted(self.folder.glob(f"b-*{INDEX_SUFFIX}"), key=lambda p: p.stat().st_mtime_ns):
             batch = path.name[: -len(INDEX_SUFFIX)]
             try:
-                table = read_parquet(path, columns=columns, dictionary=["arrays_layout"])
+                table = read_index(path, columns)
             except (OSError, pa.ArrowInvalid):
                 continue  # unreadable: its files are decoded again
             try:
@@ -251,8 +253,7 @@ class RowCache:
         return self._open[key]
 
     def _table(self, batch: str, name: str) -> pa.Table:
-        suffix = INDEX_SUFFIX if name == "" else f".{name}.parquet"
-        return self._opened((batch, name), lambda: read_parquet(self.folder / f"{batch}{suffix}"))
+        return self._opened((batch, name), lambda: read_parquet(self.folder / f"{batch}.{name}.parquet"))
 
     def stacked_arrays(self, files: Placement) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]],
                                                        dict[int, np.ndarray]]:
@@ -287,7 +288,7 @@ class RowCache:
         time_spans: dict[int, np.ndarray] = {}
         for batch in files.batches:
             owners, positions, distinct, which = layouts_of.pop(batch)
-            packed = read_parquet(self.folder / f"{batch}{INDEX_SUFFIX}", columns=["arrays"]).column("arrays")
+            packed = read_index(self.folder / f"{batch}{INDEX_SUFFIX}", ["arrays"]).column("arrays")
             packed = packed.combine_chunks()
             offsets = np.frombuffer(packed.buffers()[1], np.int32)[packed.offset : packed.offset + len(packed) + 1]
             data = packed.buffers()[2]
@@ -372,43 +373,30 @@ class RowCache:
         live_files = _live_files_per_batch(live, known)
         if len(live_files) <= MIN_SMALL_BATCHES:
             return set(live_files)
-        members = functools.cache(lambda: _live_members(live, known))  # only a small batch needs its files
-        batch_bytes = int(batch_megabytes * (1 << 20))
-        small = sorted(batch for batch, count in live_files.items()
-                       if self._is_small(batch, count, members, batch_files, batch_bytes))
+        small = sorted(batch for batch, count in live_files.items() if self._is_small(batch, count, batch_files))
         if len(small) <= max(len(live_files) - len(small), MIN_SMALL_BATCHES):
             return set(live_files)
-        merged = _MergedBatch(self, batch_files, batch_bytes, known)
+        members = _live_members(live, known)
+        merged = _MergedBatch(self, batch_files, int(batch_megabytes * (1 << 20)), known)
         for batch in small:
-            index = read_parquet(self.folder / f"{batch}{INDEX_SUFFIX}").to_pylist()
-            for cached in sorted(members()[batch], key=attrgetter("position")):
+            index = read_index(self.folder / f"{batch}{INDEX_SUFFIX}").to_pylist()
+            for cached in sorted(members[batch], key=attrgetter("position")):
                 tables = {name: self.table_rows(batch, name, first, count)
                           for name, (first, count) in cached.row_spans.items()}
                 merged.add(index[cached.position], tables)
         merged.flush()
         return set(_live_files_per_batch(live, known))
 
-    def _is_small(self, batch: str, live_files: int, members: Callable[[], dict[str, list[CachedFile]]],
-                  batch_files: int, batch_bytes: int) -> bool:
+    def _is_small(self, batch: str, live_files: int, batch_files: int) -> bool:
         """Whether a batch with `live_files` left is under FULL_FRACTION of a full one: by files, or,
-        for a batch the writer closed when its rows reached `batch_bytes`, by the share of its files
+        for a batch the writer closed when its rows reached its bytes, by the share of its files
         still live (the writer's count of bytes is not the Parquet files', so comparing those
-        would call every batch closed by bytes small). A batch written before the index recorded
-        how it was closed is measured by the uncompressed bytes of its Parquet footers."""
+        would call every batch closed by bytes small)."""
         if live_files >= FULL_FRACTION * batch_files:
             return False
-        index = pq.read_metadata(self.folder / f"{batch}{INDEX_SUFFIX}")
-        closed_full = (index.metadata or {}).get(CLOSED_FULL_KEY)
-        if closed_full is not None:
-            return closed_full != b"1" or live_files < FULL_FRACTION * index.num_rows
-        live_bytes = 0.0
-        for name in self.specs:
-            rows = sum(cached.span(name)[1] for cached in members()[batch])
-            if rows:
-                metadata = pq.read_metadata(self.folder / f"{batch}.{name}.parquet")
-                stored = sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups))
-                live_bytes += stored * rows / max(metadata.num_rows, 1)
-        return live_bytes < FULL_FRACTION * batch_bytes
+        index = read_index(self.folder / f"{batch}{INDEX_SUFFIX}", ["sha256"])
+        closed_full = (index.schema.metadata or {}).get(CLOSED_FULL_KEY)
+        return closed_full != b"1" or live_files < FULL_FRACTION * index.num_rows
 
     def collect_garbage(self, live_batches: set[str]) -> None:
         """Remove other keys' folders, batches other than `live_batches` (`compact`'s answer),
@@ -501,7 +489,7 @@ class BatchWriter:
         for name, parts in row_parts.items():
             if parts:
                 _write(_stack(self.cache.specs[name], parts), folder / f"{batch}.{name}.parquet")
-        _write(_index_table(index_rows, full), folder / f"{batch}{INDEX_SUFFIX}")  # commit
+        write_index(_index_table(index_rows, full), folder / f"{batch}{INDEX_SUFFIX}")  # commit
         batch_layout = self.cache.batch_layout(index_rows)
         for position, row in enumerate(index_rows):
             self.committed[row["sha256"]] = CachedFile(
@@ -546,7 +534,7 @@ class _MergedBatch:
         folder = self.cache.folder
         for name, parts in self.parts.items():
             _write(pa.concat_tables(parts), folder / f"{batch}.{name}.parquet")
-        _write(_index_table(self.index, full), folder / f"{batch}{INDEX_SUFFIX}")  # commit
+        write_index(_index_table(self.index, full), folder / f"{batch}{INDEX_SUFFIX}")  # commit
         batch_layout = self.cache.batch_layout(self.index)
         for position, row in enumerate(self.index):
             old = self.known[row["sha256"]]
@@ -554,6 +542,23 @@ class _MergedBatch:
                 batch, position, old.accepted, old.stage, old.error_type, old.message, old.content_hash, old.notices,
                 batch_layout)
         self._reset()
+
+
+def write_index(table: pa.Table, path: Path) -> None:
+    """A batch index as an Arrow IPC file, uncompressed: every later version reads each index
+    whole, and IPC needs no decoding where a Parquet file's footer and pages cost about a
+    millisecond a batch (docs/corpora-at-scale.md)."""
+    def write(file) -> None:
+        with pa.ipc.new_file(file, table.schema) as writer:
+            writer.write_table(table)
+    atomic_write(path, write)
+
+
+def read_index(path: Path, columns: Sequence[str] | None = None) -> pa.Table:
+    """A batch index (write_index), or those of its `columns`."""
+    with pa.OSFile(str(path)) as source:
+        table = pa.ipc.open_file(source).read_all()
+    return table.select(columns) if columns is not None else table
 
 
 def _index_table(rows: list[dict], closed_full: bool) -> pa.Table:

@@ -26,7 +26,7 @@ from corpora.images import IMAGES, ImageCorpusConfig
 from corpora.midi import MIDI, MidiCorpusConfig
 from common.hashing import sha256_file
 from corpora.ingest import DecodeTask, IngestSettings, Rejected, _row_cache, decode_checked, ingest
-from corpora.row_cache import CACHE_DIR, INDEX_SUFFIX, MIN_SMALL_BATCHES, NEAR_SUFFIX
+from corpora.row_cache import CACHE_DIR, INDEX_SUFFIX, MIN_SMALL_BATCHES, NEAR_SUFFIX, read_index, write_index
 from corpora.shards import read_shards
 from tests.reliability._media import midi_bytes, write_pngs
 
@@ -124,11 +124,11 @@ def test_a_batch_index_not_in_the_caches_layout_is_decoded_again_not_misread(tmp
     write_pngs(raw, 20, seed=3)
     run(raw, out)
     index = sorted((out / CACHE_DIR).glob(f"*/*{INDEX_SUFFIX}"))[0]
-    table = pq.read_table(index)
+    table = read_index(index)
     spans = table.column("row_spans").to_pylist()
     table = table.set_column(table.schema.get_field_index("row_spans"), "row_spans",
                              pa.array([row + [0] for row in spans], pa.list_(pa.int64())))
-    pq.write_table(table, index)
+    write_index(table, index)
 
     Image.fromarray(np.full((12, 12), 5, np.uint8)).save(raw / "class-0" / "added.png")
     changed = run(raw, out)
@@ -204,26 +204,6 @@ def test_batches_closed_by_their_bytes_are_full_ones_and_not_merged(tmp_path, mo
 
     write_pieces(raw, [99])
     assert ingest_midi(raw, out).decoded_files == 1 and len(index_files(out)) == len(batches) + 1
-
-
-def test_batches_indexed_before_the_closed_full_mark_are_measured_by_their_footers(tmp_path):
-    """A batch index written before `CLOSED_FULL_KEY` existed says nothing of how its batch was
-    closed: the batch is measured by the bytes in its Parquet footers, about half the writer's
-    count for MIDI, so these batches closed by bytes look small and are merged, once, with every
-    file's rows kept."""
-    raw, out = tmp_path / "raw", tmp_path / "out"
-    write_pieces(raw, range(24))
-    ingest_midi(raw, out)
-    batches = len(index_files(out))
-    assert batches > MIN_SMALL_BATCHES
-    for path in index_files(out):  # as an older version of the cache wrote them
-        assert pq.read_metadata(path).metadata[corpora.row_cache.CLOSED_FULL_KEY] == b"1"
-        pq.write_table(pq.read_table(path).replace_schema_metadata(None), path)
-
-    write_pieces(raw, [99])
-    report = ingest_midi(raw, out)
-    assert report.decoded_files == 1 and len(index_files(out)) < batches  # merged, not one more
-    assert report.version == ingest_midi(raw, tmp_path / "fresh").version  # the same rows as a fresh ingest
 
 
 def kill_ingest_once(raw: Path, out: Path, done) -> None:
