@@ -190,6 +190,41 @@ def _layout(layout_json: str) -> tuple:
     return tuple(parts)
 
 
+def _array_places(batch_layout: BatchLayout, positions: np.ndarray, row_type: dict) -> dict[str, tuple]:
+    """Per array name, where the batch's files at `positions` hold it in their packed records:
+    (which of them have it, its byte offset in each record, its bytes, its rows), worked out
+    once per distinct layout; `row_type` learns each name's dtype and row shape."""
+    numbers, which = np.unique(batch_layout.layout_of[positions], return_inverse=True)
+    by_layout: dict[str, np.ndarray] = {}  # name -> (has it, offset, bytes, rows) per distinct layout
+    for number, layout_number in enumerate(numbers.tolist()):
+        for name, dtype, shape, offset, count in _layout(batch_layout.layouts[layout_number]):
+            if name == "time_spans" or (shape and shape[0]):
+                rows = by_layout.setdefault(name, np.zeros((4, len(numbers)), np.int64))
+                rows[:, number] = 1, offset, count * dtype.itemsize, shape[0] if shape else 1
+                row_type[name] = (dtype, shape[1:])
+    places = {}
+    for name, (has, offset, nbytes, rows) in by_layout.items():
+        present = has[which.reshape(-1)].astype(bool)
+        chosen = which.reshape(-1)[present]
+        places[name] = (present, offset[chosen], nbytes[chosen], rows[chosen])
+    return places
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The indices start, start + 1, ... of each range, one range after another."""
+    ends = np.cumsum(lengths)
+    return np.repeat(starts - (ends - lengths), lengths) + np.arange(int(ends[-1]) if len(ends) else 0)
+
+
+def _gather(data: np.ndarray, starts: np.ndarray, nbytes: np.ndarray, itemsize: int) -> np.ndarray:
+    """The bytes of each range [start, start + nbytes) of `data`, one after another, copied in
+    the widest unit that every range's start and length allow (a word, not a byte, at a time
+    where the records keep their arrays aligned)."""
+    unit = int(np.gcd.reduce(np.r_[starts, nbytes, itemsize, 8]))
+    words = data[: len(data) // unit * unit].view(f"u{unit}")
+    return words[_ranges(starts // unit, nbytes // unit)].view(np.uint8)
+
+
 class RowCache:
     """The decoded rows of one (code version, config), under `<corpus out dir>/cache/<key>/`."""
 
@@ -261,24 +296,18 @@ class RowCache:
         file order with the index in `files` each row came from, and time spans per file index.
 
         The layouts (known from the index already) size each stacked array first; then each
-        batch's rows are written straight to their places, one gather per batch and layout. So
-        the peak is the result plus one batch, not the result three times over (pieces, their
+        batch's rows are written straight to their places, one gather per batch and array name.
+        So the peak is the result plus one batch, not the result three times over (pieces, their
         concatenation, and that reordered)."""
-        layouts_of = {}
+        places_of = {}
         rows_per_file: dict[str, np.ndarray] = {}
         row_type: dict[str, tuple[np.dtype, tuple]] = {}  # name -> dtype and shape of one row
         for batch, batch_layout, owners in zip(files.batches, files.batch_layouts, files.files_of_batch):
-            positions = files.position[owners]
-            numbers, which = np.unique(batch_layout.layout_of[positions], return_inverse=True)
-            distinct = [batch_layout.layouts[number] for number in numbers.tolist()]
-            layouts_of[batch] = (owners, positions, distinct, which.reshape(-1))
-            for number, layout_json in enumerate(distinct):
-                for name, dtype, shape, _, _ in _layout(layout_json):
-                    if name != "time_spans" and shape and shape[0]:
-                        if name not in rows_per_file:
-                            rows_per_file[name] = np.zeros(len(files), np.int64)
-                        rows_per_file[name][owners[which == number]] = shape[0]
-                        row_type[name] = (dtype, shape[1:])
+            places = _array_places(batch_layout, files.position[owners], row_type)
+            places_of[batch] = (owners, files.position[owners], places)
+            for name, (present, _, _, rows) in places.items():
+                if name != "time_spans":
+                    rows_per_file.setdefault(name, np.zeros(len(files), np.int64))[owners[present]] = rows
         stacked, first_row = {}, {}
         for name, counts in rows_per_file.items():
             first_row[name] = np.cumsum(counts) - counts
@@ -287,25 +316,19 @@ class RowCache:
                              np.repeat(np.arange(len(files), dtype=np.int32), counts))
         time_spans: dict[int, np.ndarray] = {}
         for batch in files.batches:
-            owners, positions, distinct, which = layouts_of.pop(batch)
-            packed = read_index(self.folder / f"{batch}{INDEX_SUFFIX}", ["arrays"]).column("arrays")
-            packed = packed.combine_chunks()
-            offsets = np.frombuffer(packed.buffers()[1], np.int32)[packed.offset : packed.offset + len(packed) + 1]
+            owners, positions, places = places_of.pop(batch)
+            packed = read_index(self.folder / f"{batch}{INDEX_SUFFIX}", ["arrays"]).column("arrays").combine_chunks()
+            record_starts = np.frombuffer(packed.buffers()[1], np.int32)[packed.offset : packed.offset + len(packed) + 1]
             data = packed.buffers()[2]
             data = np.frombuffer(data, np.uint8) if data is not None else np.empty(0, np.uint8)
-            for number, layout_json in enumerate(distinct):
-                chosen = which == number
-                parts = _layout(layout_json)
-                size = sum(count * dtype.itemsize for _, dtype, _, _, count in parts)
-                records = data[offsets[positions[chosen]][:, None] + np.arange(size)]
-                for name, dtype, shape, offset, count in parts:
-                    values = np.ascontiguousarray(records[:, offset : offset + count * dtype.itemsize]).view(dtype)
-                    values = values.reshape(len(records), *shape)
-                    if name == "time_spans":
-                        time_spans.update(zip(owners[chosen].tolist(), values))
-                    elif shape and shape[0]:
-                        rows = (first_row[name][owners[chosen]][:, None] + np.arange(shape[0])).reshape(-1)
-                        stacked[name][0][rows] = values.reshape(-1, *shape[1:])
+            for name, (present, offset, nbytes, rows) in places.items():
+                dtype, row_shape = row_type[name]
+                values = _gather(data, record_starts[positions[present]] + offset, nbytes, dtype.itemsize)
+                values = values.view(dtype).reshape(-1, *row_shape)
+                if name == "time_spans":
+                    time_spans.update(zip(owners[present].tolist(), np.split(values, np.cumsum(rows)[:-1])))
+                else:
+                    stacked[name][0][_ranges(first_row[name][owners[present]], rows)] = values
         return stacked, time_spans
 
     def table_rows(self, batch: str, table: str, first: int, count: int) -> pa.Table:
