@@ -318,7 +318,8 @@ class RowCache:
         for batch in files.batches:
             owners, positions, places = places_of.pop(batch)
             packed = read_index(self.folder / f"{batch}{INDEX_SUFFIX}", ["arrays"]).column("arrays").combine_chunks()
-            record_starts = np.frombuffer(packed.buffers()[1], np.int32)[packed.offset : packed.offset + len(packed) + 1]
+            record_starts = np.frombuffer(packed.buffers()[1], np.int32)
+            record_starts = record_starts[packed.offset : packed.offset + len(packed) + 1]
             data = packed.buffers()[2]
             data = np.frombuffer(data, np.uint8) if data is not None else np.empty(0, np.uint8)
             for name, (present, offset, nbytes, rows) in places.items():
