@@ -94,7 +94,7 @@ class BatchLayout:
             values = layouts.to_pylist() if isinstance(layouts, pa.ChunkedArray) else list(layouts)
             encoded = arrow_array(values, pa.dictionary(pa.int32(), pa.string()))
         self.layouts = tuple(encoded.dictionary.to_pylist())
-        self.layout_of = integer_values(encoded.indices)
+        self.layout_of = integer_values(encoded.indices).copy()  # not a view that keeps the index's buffers
 
 
 class CachedFile(NamedTuple):
@@ -264,7 +264,7 @@ class RowCache:
                 continue  # unreadable: its files are decoded again
             try:
                 spans = integer_values(table.column("row_spans").combine_chunks().flatten())
-                spans = spans.reshape(table.num_rows, len(self.table_names), 2)
+                spans = spans.reshape(table.num_rows, len(self.table_names), 2).copy()  # as layout_of
             except (ValueError, pa.ArrowInvalid):
                 continue  # not this cache's tables: its files are decoded again
             column = {name: _texts(table.column(name)) for name in columns
@@ -579,9 +579,10 @@ def write_index(table: pa.Table, path: Path) -> None:
 
 
 def read_index(path: Path, columns: Sequence[str] | None = None) -> pa.Table:
-    """A batch index (write_index), or those of its `columns`."""
+    """A batch index (write_index), or those of its `columns` (the others are not read)."""
+    fields = None if columns is None else [INDEX_SCHEMA.get_field_index(name) for name in columns]
     with pa.OSFile(str(path)) as source:
-        table = pa.ipc.open_file(source).read_all()
+        table = pa.ipc.open_file(source, options=pa.ipc.IpcReadOptions(included_fields=fields)).read_all()
     return table.select(columns) if columns is not None else table
 
 
