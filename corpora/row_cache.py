@@ -199,8 +199,8 @@ def _array_places(batch_layout: BatchLayout, positions: np.ndarray, row_type: di
     for number, layout_number in enumerate(numbers.tolist()):
         for name, dtype, shape, offset, count in _layout(batch_layout.layouts[layout_number]):
             if name == "time_spans" or (shape and shape[0]):
-                rows = by_layout.setdefault(name, np.zeros((4, len(numbers)), np.int64))
-                rows[:, number] = 1, offset, count * dtype.itemsize, shape[0] if shape else 1
+                place = by_layout.setdefault(name, np.zeros((4, len(numbers)), np.int64))
+                place[:, number] = 1, offset, count * dtype.itemsize, shape[0] if shape else 1
                 row_type[name] = (dtype, shape[1:])
     places = {}
     for name, (has, offset, nbytes, rows) in by_layout.items():
@@ -569,8 +569,8 @@ class _MergedBatch:
 
 
 def write_index(table: pa.Table, path: Path) -> None:
-    """A batch index as an Arrow IPC file, uncompressed: every later version reads each index
-    whole, and IPC needs no decoding where a Parquet file's footer and pages cost about a
+    """A batch index as an Arrow IPC file, uncompressed: every later version reads every
+    index, and IPC needs no decoding where a Parquet file's footer and pages cost about a
     millisecond a batch (docs/corpora-at-scale.md)."""
     def write(file) -> None:
         with pa.ipc.new_file(file, table.schema) as writer:
