@@ -117,18 +117,30 @@ def test_a_change_rewrites_only_the_shards_around_it(tmp_path):
     assert changed.manifest["tables"] == run_midi(tmp_path / "fresh").manifest["tables"]
 
 
-def test_a_batch_index_not_in_the_caches_layout_is_decoded_again_not_misread(tmp_path):
-    """Row spans that do not fit the cache's tables (an index from another layout) make the
-    batch unreadable: its files are decoded again and the version is a fresh ingest's."""
+def wider_spans(index: Path) -> None:
+    """An index from another layout: row spans that do not fit the cache's tables."""
+    table = read_index(index)
+    spans = table.column("row_spans").to_pylist()
+    write_index(table.set_column(table.schema.get_field_index("row_spans"), "row_spans",
+                                 pa.array([row + [0] for row in spans], pa.list_(pa.int64()))), index)
+
+
+def cut_short(index: Path) -> None:
+    """An index damaged on disk: its second half gone."""
+    data = index.read_bytes()
+    index.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("damage", [wider_spans, cut_short])
+def test_a_batch_index_not_in_the_caches_layout_is_decoded_again_not_misread(tmp_path, damage):
+    """A batch whose index cannot be read as this cache's (another layout, or a damaged file) is
+    unreadable: its files are decoded again and the version is a fresh ingest's."""
     raw, out = tmp_path / "raw", tmp_path / "out"
     write_pngs(raw, 20, seed=3)
     run(raw, out)
     index = sorted((out / CACHE_DIR).glob(f"*/*{INDEX_SUFFIX}"))[0]
     table = read_index(index)
-    spans = table.column("row_spans").to_pylist()
-    table = table.set_column(table.schema.get_field_index("row_spans"), "row_spans",
-                             pa.array([row + [0] for row in spans], pa.list_(pa.int64())))
-    write_index(table, index)
+    damage(index)
 
     Image.fromarray(np.full((12, 12), 5, np.uint8)).save(raw / "class-0" / "added.png")
     changed = run(raw, out)
