@@ -478,10 +478,11 @@ def _distinct_keys(keys: np.ndarray, owners: np.ndarray, files: int) -> np.ndarr
     return np.bincount(owners, minlength=files) - _repeated_key_rows(keys, owners, files)[1]
 
 
-def _holders(keys: np.ndarray, owners: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each distinct key, and how many distinct files hold it."""
+def _commonplaces(keys: np.ndarray, owners: np.ndarray) -> np.ndarray:
+    """The keys held by more than MAX_KEY_FILES distinct files, sorted."""
     pairs = np.unique(np.stack([keys.astype(np.uint64), owners.astype(np.uint64)], axis=1), axis=0)
-    return np.unique(pairs[:, 0], return_counts=True)
+    held, count = np.unique(pairs[:, 0], return_counts=True)
+    return held[count > MAX_KEY_FILES]
 
 
 def _commonplaces_moved(files: FileSignatures, grouping, last: LastGroups) -> bool:
@@ -496,14 +497,10 @@ def _commonplaces_moved(files: FileSignatures, grouping, last: LastGroups) -> bo
         np.empty(0, np.uint64), np.empty(0, np.int64))
     keys, owners = _rows_with_keys_of(keys, owners, added, removed_keys)
     kept = ~added[owners]
-    now = _holders(keys, owners)
-    before = _holders(np.r_[keys[kept], removed_keys.astype(keys.dtype)],
-                      np.r_[owners[kept], removed_owners + len(added)])  # removed files numbered after today's
-    every_key = np.union1d(now[0], before[0])
-    commonplace = [np.zeros(len(every_key), bool) for _ in range(2)]
-    for is_commonplace, (held, count) in zip(commonplace, (now, before)):
-        is_commonplace[np.searchsorted(every_key, held)] = count > MAX_KEY_FILES
-    return bool((commonplace[0] != commonplace[1]).any())
+    now = _commonplaces(keys, owners)
+    before = _commonplaces(np.r_[keys[kept], removed_keys.astype(keys.dtype)],
+                           np.r_[owners[kept], removed_owners + len(added)])  # removed files numbered after today's
+    return not np.array_equal(now, before)
 
 
 # --- dealing groups to the two sides ---------------------------------------------------------

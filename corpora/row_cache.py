@@ -195,6 +195,7 @@ def _array_places(batch_layout: BatchLayout, positions: np.ndarray, row_type: di
     (which of them have it, its byte offset in each record, its bytes, its rows), worked out
     once per distinct layout; `row_type` learns each name's dtype and row shape."""
     numbers, which = np.unique(batch_layout.layout_of[positions], return_inverse=True)
+    which = which.reshape(-1)
     by_layout: dict[str, np.ndarray] = {}  # name -> (has it, offset, bytes, rows) per distinct layout
     for number, layout_number in enumerate(numbers.tolist()):
         for name, dtype, shape, offset, count in _layout(batch_layout.layouts[layout_number]):
@@ -204,8 +205,8 @@ def _array_places(batch_layout: BatchLayout, positions: np.ndarray, row_type: di
                 row_type[name] = (dtype, shape[1:])
     places = {}
     for name, (has, offset, nbytes, rows) in by_layout.items():
-        present = has[which.reshape(-1)].astype(bool)
-        chosen = which.reshape(-1)[present]
+        present = has[which].astype(bool)
+        chosen = which[present]
         places[name] = (present, offset[chosen], nbytes[chosen], rows[chosen])
     return places
 
@@ -303,8 +304,9 @@ class RowCache:
         rows_per_file: dict[str, np.ndarray] = {}
         row_type: dict[str, tuple[np.dtype, tuple]] = {}  # name -> dtype and shape of one row
         for batch, batch_layout, owners in zip(files.batches, files.batch_layouts, files.files_of_batch):
-            places = _array_places(batch_layout, files.position[owners], row_type)
-            places_of[batch] = (owners, files.position[owners], places)
+            positions = files.position[owners]
+            places = _array_places(batch_layout, positions, row_type)
+            places_of[batch] = (owners, positions, places)
             for name, (present, _, _, rows) in places.items():
                 if name != "time_spans":
                     rows_per_file.setdefault(name, np.zeros(len(files), np.int64))[owners[present]] = rows
