@@ -62,11 +62,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="One quality run of the video model (bench/video.py).")
     parser.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST)
     parser.add_argument("--profile", default="demo", choices=sorted(VideoRnnConfig.PROFILES))
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=JSON", help="config overrides")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(quality_table(args.manifest, [args.profile], overrides=parse_overrides(args.set)), flush=True)
+    print(quality_table(args.manifest, [args.profile], [args.seed], parse_overrides(args.set)), flush=True)
 
 
 if __name__ == "__main__":
