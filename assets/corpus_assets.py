@@ -35,6 +35,7 @@ class IngestConfig(dg.Config):
     # "work": files holding the same tune, scene or picture are held out together; "file": each file alone
     group_by: str = IngestSettings.group_by
     time_split_below_groups: int = IngestSettings.time_split_below_groups  # fewer groups: split long videos by time
+    min_heldout_groups: int = IngestSettings.min_heldout_groups  # per folder split by groups, even above heldout_percent
     shard_megabytes: int = IngestSettings.shard_megabytes
     timeout_s: float = IngestSettings.timeout_s
     max_reject_rate: float = 0.05  # the blocking check fails above this share of rejected files
@@ -49,6 +50,7 @@ class IngestConfig(dg.Config):
             heldout_percent=self.heldout_percent,
             group_by=self.group_by,
             time_split_below_groups=self.time_split_below_groups,
+            min_heldout_groups=self.min_heldout_groups,
             shard_megabytes=self.shard_megabytes,
             workers=compute.threads,
             timeout_s=self.timeout_s,

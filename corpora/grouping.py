@@ -42,6 +42,9 @@ class SplitSettings:
     heldout_percent: int = 10
     group_by: str = "work"  # "file": every file its own group (what a plain hash split does)
     time_split_below_groups: int = 5  # a time-splittable stratum with fewer groups is split by time
+    # a stratum split by groups holds out at least this many of them (one fewer than it has, at
+    # most), even where they exceed heldout_percent: one held-out scene is one sample, not a test
+    min_heldout_groups: int = 1
     leakage_sample: int = 4096  # held-out rows checked for near-identical training rows, per table
     seed: int = 0
 
@@ -50,6 +53,8 @@ class SplitSettings:
             raise ValueError(f"group_by must be one of {GROUP_BY_CHOICES}, not {self.group_by!r}")
         if not 0 <= self.heldout_percent <= 100:
             raise ValueError(f"heldout_percent must lie in 0..100, not {self.heldout_percent}")
+        if self.min_heldout_groups < 0:
+            raise ValueError(f"min_heldout_groups must not be negative, not {self.min_heldout_groups}")
 
 
 @dataclass
@@ -506,10 +511,10 @@ def _commonplaces_moved(files: FileSignatures, grouping, last: LastGroups) -> bo
 # --- dealing groups to the two sides ---------------------------------------------------------
 
 
-def _deal_groups(sizes: dict[str, int], percent: int) -> set[str]:
+def _deal_groups(sizes: dict[str, int], percent: int, at_least: int) -> set[str]:
     """Held-out groups of one stratum (its groups' file counts by name): in a stable hash order,
-    every group that still fits in `percent` of the stratum's files; at least one (the
-    smallest) when there are two or more."""
+    every group that still fits in `percent` of the stratum's files; then the smallest of the
+    others until `at_least` are held out, always leaving one for training."""
     target = sum(sizes.values()) * percent / 100
     order = sorted(sizes, key=_stable_order)
     held, count = set(), 0
@@ -517,8 +522,10 @@ def _deal_groups(sizes: dict[str, int], percent: int) -> set[str]:
         if count + sizes[name] <= target:
             held.add(name)
             count += sizes[name]
-    if not held and len(sizes) >= 2 and percent > 0:
-        held.add(min(order, key=lambda name: sizes[name]))
+    if percent > 0:
+        wanted = min(at_least, len(sizes) - 1)
+        for name in sorted((n for n in order if n not in held), key=lambda n: sizes[n])[: max(0, wanted - len(held))]:
+            held.add(name)
     return held
 
 
@@ -581,7 +588,8 @@ def plan_split(files: FileSignatures, grouping, settings: SplitSettings,
                     if labels is not None:
                         file_split[i], row_splits[i] = "time", labels
         if mode == "group":
-            held = _deal_groups(dict(zip(names[ids].tolist(), sizes[ids].tolist())), settings.heldout_percent)
+            held = _deal_groups(dict(zip(names[ids].tolist(), sizes[ids].tolist())), settings.heldout_percent,
+                                settings.min_heldout_groups)
             held_ids = ids[np.fromiter((n in held for n in names[ids].tolist()), bool, len(ids))]
             file_split[in_stratum[np.isin(group_id[in_stratum], held_ids)]] = HELDOUT
         strata_summary[name or "."] = {

@@ -148,6 +148,7 @@ class IngestSettings:
     chunk_size: int | None = None  # None: the modality's own choice
     group_by: str = SplitSettings.group_by  # "work": the same tune, scene or picture on one side; "file"
     time_split_below_groups: int = SplitSettings.time_split_below_groups
+    min_heldout_groups: int = SplitSettings.min_heldout_groups
     # Decoded files are kept in batches of at most this many files or megabytes of rows: what a
     # killed ingest can lose, and (times the cache's open batches) what reading them back holds.
     batch_files: int = 512
@@ -159,7 +160,8 @@ class IngestSettings:
 
     def split_settings(self) -> SplitSettings:
         return SplitSettings(heldout_percent=self.heldout_percent, group_by=self.group_by,
-                             time_split_below_groups=self.time_split_below_groups)
+                             time_split_below_groups=self.time_split_below_groups,
+                             min_heldout_groups=self.min_heldout_groups)
 
 
 @dataclass(frozen=True)

@@ -269,6 +269,29 @@ def test_near_identical_videos_land_in_one_split(tmp_path):
     assert report.manifest["grouping"]["leakage"]["clips"]["leaked"] == 0
 
 
+def test_a_folder_of_few_scenes_holds_out_at_least_the_minimum(tmp_path):
+    raw = tmp_path / "raw"
+    for index in range(6):
+        write_video(raw / f"scene-{index}.mp4", moving_bars(30, seed=index), 10.0)
+    write_video(raw / "scene-0-again.mp4", moving_bars(30, seed=0), 10.0, crf=35)  # one scene, two files
+    config = VideoCorpusConfig(clip_frames=10, clip_hop_frames=10)
+
+    def heldout_scenes(at_least: int) -> list[str]:
+        settings = IngestSettings(workers=1, heldout_percent=10, min_heldout_groups=at_least)
+        report = ingest(VIDEO, config, raw, tmp_path / f"shards-{at_least}", settings)
+        assert report.manifest["grouping"]["strata"]["."]["split"] == "group"
+        splits = split_by_source(report.manifest_path, "clips")
+        assert splits["scene-0.mp4"] == splits["scene-0-again.mp4"]
+        return sorted(path for path, sides in splits.items() if sides == {HELDOUT} and "again" not in path)
+
+    # a tenth of 7 files is no whole scene: one is held out all the same, then as many as asked,
+    # the smaller scenes first and the same ones as before, and one always stays for training
+    one, two, all_but_one = heldout_scenes(1), heldout_scenes(2), heldout_scenes(10)
+    assert len(one) == 1 and len(two) == 2 and set(one) < set(two)
+    assert "scene-0.mp4" not in two
+    assert len(all_but_one) == 5 and "scene-0.mp4" not in all_but_one
+
+
 def test_few_long_videos_are_split_by_time_with_a_gap(tmp_path):
     raw = tmp_path / "raw"
     for index in range(3):
