@@ -31,8 +31,9 @@ from resources.trainer import TrainerLauncher
 
 # 3: one package; the bundle (format /3) keeps example contexts and the corpus' frame rate;
 # 4: the demo profile at about a fifth of the CPU cost (2 x 32, batch 4, SSIM loss);
-# 5: the demo's mean keeps the last frame's detail below the quantization (keep_detail)
-CODE_VERSION = "video-rnn-5"
+# 5: the demo's mean keeps the last frame's detail below the quantization (keep_detail);
+# 6: so does cpu-long's
+CODE_VERSION = "video-rnn-6"
 GALLERY_CODE_VERSION = "video-gallery-5"  # 5: captions with version and seed, larger views, signed media, rateable cover, licences
 GALLERY_SEED = 0
 

@@ -59,8 +59,8 @@ class VideoRnnConfig(FamilyConfig):
         # keeps the objects' outlines where the ConvLSTM's means blur (docs/video-rnn.md, "The
         # 20-minute budget")
         "cpu-long": dict(architecture="predrnn_v2", hidden=(48, 48), kernel=3, decoder="resize",
-                         true_context_start=0.5, ssim_weight=1.0, head_width=16, head_layers=4, head_frames=1,
-                         batch_size=8, lr=2e-3, steps=300),
+                         true_context_start=0.5, ssim_weight=1.0, keep_detail=True, head_width=16, head_layers=4,
+                         head_frames=1, batch_size=8, lr=2e-3, steps=300),
         # the demo 7.5 times longer: the same 20 minutes (0.56 CPU s a step)
         "convlstm-cpu-long": {**CONVLSTM_DEMO, "steps": 2250},
         # PredRNN-V2 as the paper sized it for Moving MNIST (4 x 128, kernel 5, patch 4) and a VPN-like head
